@@ -1,0 +1,1 @@
+"""Adapters exposing curvlab to PyTorch and JAX."""

@@ -1,0 +1,1 @@
+"""Curvature estimators from stochastic gradients (paper 001)."""

@@ -1,0 +1,1 @@
+"""Fused kernels: Numba (CPU), CuPy (GPU) and plain-array reference twins."""

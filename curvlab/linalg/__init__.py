@@ -1,0 +1,1 @@
+"""Linear algebra: operators, eigen-solvers, spectral density, trace and diagonal estimators."""

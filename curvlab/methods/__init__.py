@@ -1,0 +1,1 @@
+"""Optimizer transforms: the four papers and first-order baselines."""

@@ -1,0 +1,1 @@
+"""Reference models in plain arrays with exact curvature products."""

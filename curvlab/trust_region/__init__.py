@@ -1,0 +1,1 @@
+"""Trust-region subproblems: KL (paper 001) and l2."""
