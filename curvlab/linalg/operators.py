@@ -455,9 +455,15 @@ class LowRankPlusDiagonal(LinearOperator):
         Db = dinv * b64 if b.ndim == 1 else dinv[:, None] * b64
         DU = dinv[:, None] * U
         cap = xp.eye(k) + C @ (U.T @ DU)
-        inner = xp.linalg.solve(cap, C @ (U.T @ Db))
+        singular = np.linalg.LinAlgError(
+            "LowRankPlusDiagonal.solve: the operator is singular (capacitance I + C Uᵀ D⁻¹ U is singular)"
+        )
+        try:
+            inner = xp.linalg.solve(cap, C @ (U.T @ Db))
+        except np.linalg.LinAlgError as exc:
+            raise singular from exc
         if not bool(xp.all(xp.isfinite(inner))):
-            raise np.linalg.LinAlgError("LowRankPlusDiagonal.solve: the operator is singular")
+            raise singular
         return (Db - DU @ inner).astype(self.dtype)
 
 
