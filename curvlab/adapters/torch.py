@@ -1,0 +1,642 @@
+"""PyTorch adapter: curvature operators of an ``nn.Module`` on flat parameter vectors.
+
+Given a module, a loss and a batch, :class:`TorchCurvature` returns curvlab
+:class:`~curvlab.linalg.operators.LinearOperator` s acting on the flat vector of
+the parameters that require gradients (layout: :class:`NamedLayout`, the
+module's ``named_parameters()`` order, each tensor row-major):
+
+* :meth:`~TorchCurvature.hessian` — ``H v`` by forward-over-reverse
+  (``torch.func.jvp`` of ``torch.func.grad``; default) or reverse-over-reverse
+  (double backward, ``hvp_mode="reverse_over_reverse"``);
+* :meth:`~TorchCurvature.ggn` — generalized Gauss–Newton ``Jᵀ H_L J v``;
+* :meth:`~TorchCurvature.fisher` — empirical Fisher ``(1/B) Σ_i g_i g_iᵀ v``
+  (``g_i`` per-sample gradients) or Monte-Carlo Fisher with labels sampled from
+  the model's predictive distribution by an explicit ``rng``;
+
+and callables: :meth:`~TorchCurvature.gradient` ``-> (loss, g)``,
+:meth:`~TorchCurvature.curvature` ``d -> dᵀHd`` computed forward-only
+(``torch.func.jvp`` nested: forward-over-forward, no backward graph stored) and
+:meth:`~TorchCurvature.grad_and_curvature` ``d -> (loss, g, dᵀHd)`` (one
+forward carrying second-order tangents, one backward).
+
+Arrays cross between torch and curvlab through DLPack without copies: NumPy
+vectors for CPU modules, CuPy vectors for CUDA modules. Dtype: the parameters'
+(float32 or float64). The loss is ``"cross_entropy"`` (integer targets, logits
+on the last axis), ``"mse"`` (``0.5 ||z - y||²`` summed over the last axis) —
+both averaged over every other axis, as in :mod:`curvlab.models.mlp` — or a
+callable ``loss(outputs, targets) -> scalar tensor`` that is a mean over the
+batch (axis 0).
+
+Data parallelism: with ``process_group`` (a ``torch.distributed`` group, or
+``True`` for the default one) every matvec, gradient and curvature is the
+batch-size-weighted average over ranks (``all_reduce``), so ranks holding
+shards of a dataset see the operator of the whole dataset.
+
+Example
+-------
+>>> import torch, numpy as np
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<...>
+>>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+>>> X, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+>>> curv = TorchCurvature(net, "cross_entropy", (X, y))
+>>> H = curv.hessian()
+>>> H.shape
+(26, 26)
+>>> v = np.ones(26)
+>>> bool(np.isclose(v @ (H @ v), curv.curvature(v)))
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .. import backend
+from ..linalg.operators import CallableOperator, LinearOperator
+from ..methods._transform import Transform
+from ._layout import NamedLayout
+
+__all__ = [
+    "TorchCurvature",
+    "NamedLayout",
+    "CurvlabOptimizer",
+    "to_torch",
+    "from_torch",
+    "hessian_operator",
+    "ggn_operator",
+    "fisher_operator",
+    "HVP_MODES",
+]
+
+HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
+_FLOAT_TORCH = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------- DLPack crossing
+def to_torch(x: Any) -> torch.Tensor:
+    """A NumPy (CPU) or CuPy (CUDA) array as a torch tensor sharing its memory (DLPack).
+
+    Read-only NumPy arrays (which DLPack cannot export) are copied once.
+    """
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        return torch.from_dlpack(x)
+    except (BufferError, TypeError, RuntimeError):
+        return torch.from_dlpack(np.array(x))
+
+
+def from_torch(t: torch.Tensor) -> Any:
+    """A torch tensor as a NumPy (CPU) or CuPy (CUDA) array sharing its memory (DLPack)."""
+    return backend.from_dlpack(t.detach())
+
+
+# --------------------------------------------------------------------------- losses
+def _builtin_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == "cross_entropy":
+
+        def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1))
+
+        return ce
+    if name == "mse":
+
+        def mse(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if y.shape != z.shape:
+                raise ValueError(f"mse targets must have the outputs' shape {tuple(z.shape)}, got {tuple(y.shape)}")
+            return 0.5 * ((z - y) ** 2).sum(-1).mean()
+
+        return mse
+    raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable, got {name!r}")
+
+
+def _resolve_group(process_group: Any) -> Any:
+    if process_group is None or process_group is False:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("process_group was given but torch.distributed is not initialized "
+                           "(call torch.distributed.init_process_group first)")
+    return dist.group.WORLD if process_group is True else process_group
+
+
+# --------------------------------------------------------------------------- the adapter
+class TorchCurvature:
+    """Curvature operators and callables of a torch model on one batch.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Evaluated with ``torch.func.functional_call``; put BatchNorm/Dropout in
+        ``eval()`` mode for a deterministic, per-sample-separable function.
+    loss : "cross_entropy" | "mse" | callable
+        See the module docstring; a callable must return a 0-d tensor.
+    batch : (inputs, targets)
+        Tensors on the model's device. Floating inputs must have the
+        parameters' dtype.
+    params : iterable of (name, tensor), optional
+        The parameters to differentiate; default: every ``named_parameters()``
+        entry with ``requires_grad``.
+    hvp_mode : "forward_over_reverse" (default) | "reverse_over_reverse"
+    process_group : torch.distributed group, True (default group) or None
+        Average matvecs and gradients over ranks, weighted by batch size.
+
+    The operators are evaluated at a snapshot of the parameters taken at
+    construction (updating the model afterwards does not change them).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        batch: tuple[Any, Any],
+        *,
+        params: Iterable[tuple[str, torch.Tensor]] | None = None,
+        hvp_mode: str = "forward_over_reverse",
+        process_group: Any = None,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if hvp_mode not in HVP_MODES:
+            raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {hvp_mode!r}")
+        named = list(model.named_parameters() if params is None else params)
+        named = [(n, p) for n, p in named if p.requires_grad]
+        if not named:
+            raise ValueError("model has no trainable parameters (none with requires_grad=True)")
+        dtypes = {p.dtype for _, p in named}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in _FLOAT_TORCH:
+            raise TypeError(f"trainable parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")
+        devices = {p.device for _, p in named}
+        if len(devices) != 1:
+            raise ValueError(f"trainable parameters live on several devices: {sorted(map(str, devices))}")
+        self.model = model
+        self.device = next(iter(devices))
+        self.torch_dtype = next(iter(dtypes))
+        self.dtype = np.dtype("float32" if self.torch_dtype == torch.float32 else "float64")
+        self.xp = np if self.device.type == "cpu" else backend._import_cupy()
+        if self.xp is None:
+            raise RuntimeError(f"parameters live on {self.device} but CuPy is not available for the vectors")
+        self.layout = NamedLayout([n for n, _ in named], [tuple(p.shape) for _, p in named], self.dtype)
+        self.params: tuple[torch.Tensor, ...] = tuple(p.detach().clone() for _, p in named)
+        self.loss_name = loss if isinstance(loss, str) else None
+        self.loss_fn = _builtin_loss(loss) if isinstance(loss, str) else loss
+        if not callable(self.loss_fn):
+            raise TypeError(f"loss must be a string or a callable, got {type(loss).__name__}")
+        self.hvp_mode = hvp_mode
+        self.group = _resolve_group(process_group)
+        self.X, self.y = self._check_batch(batch)
+        self.batch_size = int(self.X.shape[0])
+        self._weight, self._total = self._rank_weight()
+        self._vmap_ok = True
+
+    # ------------------------------------------------------------------ checks and helpers
+    def _check_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
+        X, y = batch
+        out = []
+        for name, t in (("inputs", X), ("targets", y)):
+            if not isinstance(t, torch.Tensor):
+                t = to_torch(t)
+            if t.device != self.device:
+                raise ValueError(f"batch {name} live on {t.device} but the model's parameters on {self.device}; "
+                                 f"move them with .to({str(self.device)!r})")
+            if t.is_floating_point() and t.dtype != self.torch_dtype and name == "inputs":
+                raise TypeError(f"batch inputs have dtype {t.dtype} but the parameters {self.torch_dtype}")
+            if t.ndim == 0:
+                raise ValueError(f"batch {name} must have a leading batch axis, got a 0-d tensor")
+            out.append(t)
+        if out[0].shape[0] != out[1].shape[0]:
+            raise ValueError(f"inputs and targets differ in batch size: {out[0].shape[0]} vs {out[1].shape[0]}")
+        return out[0], out[1]
+
+    def _rank_weight(self) -> tuple[float, float]:
+        if self.group is None:
+            return 1.0, float(self.batch_size)
+        import torch.distributed as dist
+
+        n = torch.tensor([float(self.batch_size)], dtype=torch.float64,
+                         device=self.device if dist.get_backend(self.group) == "nccl" else "cpu")
+        dist.all_reduce(n, group=self.group)
+        total = float(n.item())
+        return self.batch_size / total, total
+
+    def _allreduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Batch-size-weighted sum over ranks (identity without a group)."""
+        if self.group is None:
+            return t
+        import torch.distributed as dist
+
+        t = t * self._weight
+        dist.all_reduce(t, group=self.group)
+        return t
+
+    def _forward(self, plist: Sequence[torch.Tensor], X: torch.Tensor | None = None) -> torch.Tensor:
+        out = functional_call(self.model, dict(zip(self.layout.names, plist)), (self.X if X is None else X,))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"model must return a tensor, got {type(out).__name__}")
+        return out
+
+    def _loss_of(self, plist: Sequence[torch.Tensor]) -> torch.Tensor:
+        val = self.loss_fn(self._forward(plist), self.y)
+        if not isinstance(val, torch.Tensor) or val.ndim != 0:
+            shape = tuple(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__
+            raise ValueError(f"loss must return a scalar (0-d) tensor, got {shape}")
+        return val
+
+    def _vec_in(self, v: Any, name: str = "v") -> tuple[torch.Tensor, ...]:
+        t = to_torch(v)
+        if t.ndim != 1 or t.shape[0] != self.layout.size:
+            raise ValueError(f"{name} must have shape ({self.layout.size},), got {tuple(t.shape)}")
+        if t.device != self.device:
+            raise ValueError(f"{name} lives on {t.device} but the model on {self.device}")
+        if t.dtype != self.torch_dtype:
+            t = t.to(self.torch_dtype)
+        return tuple(self.layout.unpack(t))
+
+    def _block_in(self, V: Any) -> tuple[torch.Tensor, ...]:
+        T = to_torch(V)
+        if T.ndim != 2 or T.shape[0] != self.layout.size:
+            raise ValueError(f"V must have shape ({self.layout.size}, k), got {tuple(T.shape)}")
+        T = T.to(self.torch_dtype).T  # (k, P) view
+        k = T.shape[0]
+        return tuple(T[:, a:b].reshape((k,) + s) for a, b, s in
+                     zip(self.layout.offsets[:-1], self.layout.offsets[1:], self.layout.shapes))
+
+    def _flat(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([p.reshape(-1) for p in parts])
+
+    def _flat_block(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        k = parts[0].shape[0]
+        return torch.cat([p.reshape(k, -1) for p in parts], dim=1).T  # (P, k)
+
+    def _out(self, t: torch.Tensor) -> Any:
+        return from_torch(self._allreduce(t.detach()))
+
+    def _apply_block(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]], V: Any) -> Any:
+        parts = self._block_in(V)
+        if self._vmap_ok:
+            try:
+                res = torch.func.vmap(single)(parts)
+                return self._out(self._flat_block(res))
+            except Exception:  # some ops have no batching rule: fall back to a loop
+                self._vmap_ok = False
+        k = parts[0].shape[0]
+        cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(k)]
+        return self._out(torch.stack(cols, dim=1))
+
+    def _operator(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
+                  *, psd: bool, batched: bool = True) -> LinearOperator:
+        n = self.layout.size
+
+        def mv(v: Any) -> Any:
+            return self._out(self._flat(single(self._vec_in(v))))
+
+        def mm(V: Any) -> Any:
+            if batched:
+                return self._apply_block(single, V)
+            parts = self._block_in(V)
+            cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(parts[0].shape[0])]
+            return self._out(torch.stack(cols, dim=1))
+
+        return CallableOperator(mv, (n, n), self.dtype, matmat=mm, symmetric=True, psd=psd, xp=self.xp)
+
+    # ------------------------------------------------------------------ gradient
+    def gradient(self, params: Any = None) -> tuple[float, Any]:
+        """``(loss, g)``: the batch loss and its gradient, a ``(P,)`` array (rank-averaged).
+
+        ``params`` (a flat ``(P,)`` vector) evaluates at other parameter values.
+        """
+        plist = self.params if params is None else self._vec_in(params, "params")
+        g, val = torch.func.grad_and_value(self._loss_of)(tuple(plist))
+        val = self._allreduce(val.detach().reshape(1))
+        return float(val[0]), self._out(self._flat(g))
+
+    def gradient_fn(self) -> Callable[[Any], tuple[float, Any]]:
+        """A callable ``params (P,) -> (loss, g)`` on this batch."""
+        return lambda p: self.gradient(p)
+
+    # ------------------------------------------------------------------ Hessian
+    def _hvp_single(self, mode: str) -> Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
+        params = self.params
+        if mode == "forward_over_reverse":
+            grad_fn = torch.func.grad(self._loss_of)
+
+            def hv(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+                return torch.func.jvp(grad_fn, (params,), (v,))[1]
+
+            return hv
+
+        def hv_rr(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            with torch.enable_grad():
+                ps = [p.detach().requires_grad_(True) for p in params]
+                g = torch.autograd.grad(self._loss_of(ps), ps, create_graph=True)
+                return torch.autograd.grad(g, ps, grad_outputs=v)
+
+        return hv_rr
+
+    def hessian(self, hvp_mode: str | None = None) -> LinearOperator:
+        """The loss Hessian ``H`` (P × P, symmetric) as a LinearOperator.
+
+        ``hvp_mode`` overrides the adapter's default (forward-over-reverse).
+        """
+        mode = self.hvp_mode if hvp_mode is None else hvp_mode
+        if mode not in HVP_MODES:
+            raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
+        return self._operator(self._hvp_single(mode), psd=False, batched=(mode == "forward_over_reverse"))
+
+    def hvp(self, v: Any) -> Any:
+        """``H v`` for a flat ``(P,)`` vector (default mode)."""
+        return self._out(self._flat(self._hvp_single(self.hvp_mode)(self._vec_in(v))))
+
+    # ------------------------------------------------------------------ GGN and Fisher
+    def _outputs(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self._forward(self.params)
+
+    def _jtuj(self, weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """``v -> Jᵀ weight(z, J v)``: J the Jacobian of the outputs w.r.t. the parameters."""
+        params = self.params
+
+        def single(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            z, Jv = torch.func.jvp(self._forward, (params,), (v,))
+            _, vjp_fn = torch.func.vjp(self._forward, params)
+            return vjp_fn(weight(z, Jv))[0]
+
+        return single
+
+    def ggn(self) -> LinearOperator:
+        """Generalized Gauss–Newton ``G = Jᵀ H_L J`` (P × P, symmetric PSD for convex losses)."""
+        y = self.y
+
+        def weight(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            g_z = torch.func.grad(lambda zz: self.loss_fn(zz, y))
+            return torch.func.jvp(g_z, (z,), (u,))[1]
+
+        return self._operator(self._jtuj(weight), psd=True)
+
+    def fisher(self, kind: str = "empirical", *, rng: Any = None, mc_samples: int = 1) -> LinearOperator:
+        """Fisher operator (P × P, symmetric PSD).
+
+        ``kind="empirical"``: ``(1/B) Σ_i g_i g_iᵀ`` with ``g_i`` the gradient of
+        sample ``i``'s loss (``loss`` a mean over axis 0).
+        ``kind="mc"``: Monte-Carlo Fisher ``(1/(N M)) Σ_n Σ_m J_nᵀ r_nm r_nmᵀ J_n`` with
+        ``r_nm = ∇_z ℓ(z_n, ỹ_nm)``, labels ``ỹ`` drawn from the model's predictive
+        distribution (categorical for cross-entropy, ``N(z, I)`` for mse) with the
+        explicit ``rng`` (NumPy Generator or seed), ``mc_samples`` draws per output
+        position ``n``; its expectation is the GGN. Built-in losses only.
+        """
+        z = self._outputs()
+        if kind == "empirical":
+            B = z.shape[0]
+            with torch.enable_grad():
+                zz = z.detach().requires_grad_(True)
+                r = torch.autograd.grad(self.loss_fn(zz, self.y), zz)[0] * B  # per-sample ∇_z ℓ_i
+
+            def weight(_z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+                s = (r * u).reshape(B, -1).sum(1)
+                return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
+
+            return self._operator(self._jtuj(weight), psd=True)
+        if kind != "mc":
+            raise ValueError(f"kind must be 'empirical' or 'mc', got {kind!r}")
+        if self.loss_name is None:
+            raise ValueError("the Monte-Carlo Fisher needs a built-in loss ('cross_entropy' or 'mse') to sample from")
+        if rng is None:
+            raise ValueError("the Monte-Carlo Fisher needs an explicit rng (numpy Generator or seed)")
+        M = int(mc_samples)
+        if M < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        gen = backend.default_rng(rng)
+        C = z.shape[-1]
+        if self.loss_name == "cross_entropy":
+            p = torch.softmax(z, dim=-1)
+            p_np = backend.to_numpy(from_torch(p)).astype(np.float64)
+            cdf = np.cumsum(p_np, axis=-1)
+            u = gen.random((M,) + p_np.shape[:-1] + (1,))
+            idx = np.minimum((cdf < u).sum(-1), C - 1)
+            onehot = torch.nn.functional.one_hot(torch.as_tensor(idx, device=self.device), C).to(self.torch_dtype)
+            R = p.unsqueeze(0) - onehot  # (M, *z.shape)
+        else:
+            R = -torch.as_tensor(gen.standard_normal((M,) + tuple(z.shape)), dtype=self.torch_dtype, device=self.device)
+        npos = z.numel() // C
+
+        def weight_mc(_z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            s = (R * u.unsqueeze(0)).sum(-1, keepdim=True)
+            return (R * s).sum(0) / (npos * M)
+
+        return self._operator(self._jtuj(weight_mc), psd=True)
+
+    # ------------------------------------------------------------------ directional curvature
+    def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
+        """``dᵀ H d`` by forward-over-forward (nested ``torch.func.jvp``); no backward pass.
+
+        With ``return_all=True`` returns ``(loss, gᵀd, dᵀHd)`` as floats.
+        """
+        plist = self.params if params is None else self._vec_in(params, "params")
+        dv = self._vec_in(d, "d")
+
+        def inner(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.func.jvp(self._loss_of, (p,), (dv,))
+
+        with torch.no_grad():
+            (val, gd), (_, c) = torch.func.jvp(inner, (tuple(plist),), (dv,))
+        vals = self._allreduce(torch.stack([val, gd, c]).detach())
+        if return_all:
+            return float(vals[0]), float(vals[1]), float(vals[2])
+        return float(vals[2])
+
+    def curvature_fn(self) -> Callable[[Any], float]:
+        """A callable ``d (P,) -> dᵀHd`` (forward-only) on this batch."""
+        return lambda d: self.curvature(d)
+
+    def grad_and_curvature(self, d: Any, *, params: Any = None) -> tuple[float, Any, float]:
+        """``(loss, g, dᵀHd)``: one forward pass carrying first- and second-order
+        tangents along ``d`` and one backward pass for the gradient.
+        """
+        plist = self.params if params is None else self._vec_in(params, "params")
+        dv = self._vec_in(d, "d")
+
+        def f(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            def inner(q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                return torch.func.jvp(self._loss_of, (q,), (dv,))
+
+            (val, _), (_, c) = torch.func.jvp(inner, (p,), (dv,))
+            return val, c.detach()
+
+        g, (val, c) = torch.func.grad_and_value(f, has_aux=True)(tuple(plist))
+        vals = self._allreduce(torch.stack([val.detach(), c]))
+        return float(vals[0]), self._out(self._flat(g)), float(vals[1])
+
+    # ------------------------------------------------------------------ parameters
+    def flat_params(self) -> Any:
+        """The snapshot of the trainable parameters as a flat ``(P,)`` array (a copy)."""
+        return from_torch(self._flat(self.params))
+
+
+# --------------------------------------------------------------------------- functional shortcuts
+def hessian_operator(model: torch.nn.Module, loss: Any, batch: tuple[Any, Any], **kwargs: Any) -> LinearOperator:
+    """``TorchCurvature(model, loss, batch, **kwargs).hessian()``."""
+    return TorchCurvature(model, loss, batch, **kwargs).hessian()
+
+
+def ggn_operator(model: torch.nn.Module, loss: Any, batch: tuple[Any, Any], **kwargs: Any) -> LinearOperator:
+    """``TorchCurvature(model, loss, batch, **kwargs).ggn()``."""
+    return TorchCurvature(model, loss, batch, **kwargs).ggn()
+
+
+def fisher_operator(model: torch.nn.Module, loss: Any, batch: tuple[Any, Any], kind: str = "empirical", *,
+                    rng: Any = None, mc_samples: int = 1, **kwargs: Any) -> LinearOperator:
+    """``TorchCurvature(model, loss, batch, **kwargs).fisher(kind, rng=rng, mc_samples=mc_samples)``."""
+    return TorchCurvature(model, loss, batch, **kwargs).fisher(kind, rng=rng, mc_samples=mc_samples)
+
+
+# --------------------------------------------------------------------------- optimizer wrapper
+class CurvlabOptimizer(torch.optim.Optimizer):
+    """Any curvlab :class:`~curvlab.methods._transform.Transform` as a ``torch.optim.Optimizer``.
+
+    Each parameter group holds a ``"transform"`` (default: the constructor's)
+    and a ``"flat"`` flag. The transform sees the group's parameters and
+    gradients as NumPy (CPU) / CuPy (CUDA) arrays that share memory with the
+    tensors (DLPack, no copy): a list of per-tensor arrays, or with
+    ``flat=True`` one concatenated ``(P,)`` vector (a copy; use it for methods
+    whose extras act on flat vectors, e.g. an HVP from :class:`TorchCurvature`).
+    Updates are added to the parameters in place.
+
+    ``step(closure=None, **extras)``: the closure (re-evaluates the loss and
+    calls ``backward``) is run first when given; ``extras`` (an HVP or
+    curvature callable, ...) go to every group's ``transform.update``; a
+    callable ``extras_fn(optimizer, group_index) -> dict`` given to the
+    constructor is consulted each step for per-group extras.
+
+    ``state_dict()`` stores each group's transform state as a dict of NumPy
+    arrays (:meth:`TransformState.to_dict`), so ``load_state_dict`` restores
+    it exactly.
+
+    Example
+    -------
+    >>> import torch
+    >>> from curvlab.methods.baselines import SGD
+    >>> w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    >>> opt = CurvlabOptimizer([w], SGD(lr=0.5))
+    >>> (w ** 2).sum().backward(); _ = opt.step()
+    >>> w.detach().tolist()
+    [0.0, 0.0, 0.0]
+    """
+
+    def __init__(self, params: Any, transform: Transform, *, flat: bool = False,
+                 extras_fn: Callable[["CurvlabOptimizer", int], dict[str, Any]] | None = None) -> None:
+        if not isinstance(transform, Transform):
+            raise TypeError(f"transform must be a curvlab Transform, got {type(transform).__name__}")
+        self.extras_fn = extras_fn
+        super().__init__(params, {"transform": transform, "flat": bool(flat)})
+        for i, g in enumerate(self.param_groups):
+            if not isinstance(g["transform"], Transform):
+                raise TypeError(f"param_groups[{i}]['transform'] must be a curvlab Transform, "
+                                f"got {type(g['transform']).__name__}")
+
+    # -- helpers
+    @staticmethod
+    def _group_arrays(group: dict[str, Any], attr: str | None) -> list[Any]:
+        out = []
+        for p in group["params"]:
+            t = p.detach() if attr is None else p.grad
+            if t is None:
+                out.append(None)
+            else:
+                out.append(from_torch(t.detach()))
+        return out
+
+    @staticmethod
+    def _pack(arrs: list[Any]) -> Any:
+        xp = backend.get_namespace(*arrs)
+        return xp.concatenate([a.reshape(-1) for a in arrs])
+
+    def _tree(self, group: dict[str, Any], attr: str | None) -> Any:
+        arrs = self._group_arrays(group, attr)
+        if attr is not None:
+            arrs = [a if a is not None else backend.get_namespace(q).zeros_like(q)
+                    for a, q in zip(arrs, self._group_arrays(group, None))]
+        return self._pack(arrs) if group["flat"] else arrs
+
+    def _state_key(self, group: dict[str, Any]) -> torch.Tensor:
+        return group["params"][0]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, **extras: Any) -> Any:  # type: ignore[override]
+        """One update of every group; returns the closure's loss (or None)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for gi, group in enumerate(self.param_groups):
+            if not group["params"] or all(p.grad is None for p in group["params"]):
+                continue
+            tr: Transform = group["transform"]
+            params = self._tree(group, None)
+            grads = self._tree(group, "grad")
+            st = self.state[self._state_key(group)]
+            if "transform_state" not in st:
+                st["transform_state"] = tr.init(params)
+                st["step"] = 0
+            kw = dict(extras)
+            if self.extras_fn is not None:
+                kw.update(self.extras_fn(self, gi))
+            updates, st["transform_state"] = tr.update(grads, st["transform_state"], params, **kw)
+            st["step"] += 1
+            if group["flat"]:
+                u = to_torch(updates)
+                off = 0
+                for p in group["params"]:
+                    n = p.numel()
+                    p.add_(u[off:off + n].view_as(p).to(p.dtype))
+                    off += n
+            else:
+                for p, u in zip(group["params"], updates):
+                    p.add_(to_torch(u).view_as(p).to(p.dtype))
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """``{"state": {group_index: {"step", "transform_state": dict of arrays}}, "param_groups": ...}``."""
+        state: dict[int, Any] = {}
+        groups = []
+        idx = 0
+        for gi, g in enumerate(self.param_groups):
+            st = self.state.get(self._state_key(g), {}) if g["params"] else {}
+            if "transform_state" in st:
+                state[gi] = {"step": st["step"], "transform_state": st["transform_state"].to_dict()}
+            n = len(g["params"])
+            groups.append({"params": list(range(idx, idx + n)), "flat": g["flat"],
+                           "transform": type(g["transform"]).__name__})
+            idx += n
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Restore what :meth:`state_dict` saved (group structure must match)."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, the optimizer {len(self.param_groups)}")
+        for gi, (saved, g) in enumerate(zip(groups, self.param_groups)):
+            if len(saved["params"]) != len(g["params"]):
+                raise ValueError(f"param group {gi}: state_dict has {len(saved['params'])} params, "
+                                 f"the optimizer {len(g['params'])}")
+            if saved.get("transform") != type(g["transform"]).__name__:
+                raise ValueError(f"param group {gi}: state_dict is for {saved.get('transform')}, "
+                                 f"the optimizer uses {type(g['transform']).__name__}")
+            g["flat"] = saved["flat"]
+        for gi, g in enumerate(self.param_groups):
+            saved = state_dict["state"].get(gi, state_dict["state"].get(str(gi)))
+            key = self._state_key(g)
+            self.state.pop(key, None)
+            if saved is not None:
+                xp = np if key.device.type == "cpu" else backend._import_cupy()
+                self.state[key] = {"step": int(saved["step"]),
+                                   "transform_state": g["transform"].load_state(saved["transform_state"], xp=xp)}
+
