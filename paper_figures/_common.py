@@ -1,0 +1,356 @@
+"""Shared pieces of the figure modules: the spec/result types, the run context, data,
+training loops, tuning on a validation split, and plotting helpers.
+
+A figure module defines ``SPEC`` (a :class:`FigureSpec`) and ``run(ctx) -> FigureResult``.
+The runner (:mod:`paper_figures._runner`) checks ``SPEC.requires`` before calling ``run``:
+a figure whose curvlab module is not importable yet is *skipped*, not failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import math
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MODES = ("tiny", "quick", "full")
+DEFAULT_SEEDS = {"tiny": 1, "quick": 2, "full": 5}
+
+ARXIV = {
+    "000": "2104.03804",
+    "001": "2310.20574",
+    "002": "1708.00523",
+    "003": "2210.14520",
+}
+PAPER_TITLES = {
+    "000": "Exact Stochastic Second Order Deep Learning",
+    "001": "Information-Theoretic Trust Regions for Stochastic Gradient-Based Optimization (arTuRO)",
+    "002": "The duality structure gradient descent algorithm (DSGD)",
+    "003": "Adaptive scaling of the learning rate by second order automatic differentiation",
+    "core": "curvlab core (no paper)",
+}
+
+
+class FigureSkipped(Exception):
+    """Raised inside ``run`` when a needed curvlab piece is missing: the figure is skipped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSpec:
+    """Static description of one figure.
+
+    name : registry name, e.g. ``"000_exactness"``.
+    paper : ``"000"`` .. ``"003"`` or ``"core"``.
+    claims : claim labels of the paper's spec (``("C2", "C3")``); empty for ``core``.
+    title : short title of the plot.
+    substitution : what replaces the paper's setting (dataset, scale).
+    columns : the CSV header, checked by the smoke test.
+    requires : importable ``"module"`` or ``"module:attr"`` strings; missing -> skipped.
+    """
+
+    name: str
+    paper: str
+    claims: tuple[str, ...]
+    title: str
+    substitution: str
+    columns: tuple[str, ...]
+    requires: tuple[str, ...] = ()
+
+    @property
+    def arxiv(self) -> str | None:
+        return ARXIV.get(self.paper)
+
+    def claim_text(self) -> str:
+        if self.paper == "core":
+            return "Library validation experiment (no paper claim): " + self.title
+        claims = ", ".join(self.claims)
+        word = "claims" if len(self.claims) > 1 else "claim"
+        return f"Surrogate experiment testing {word} {claims} of arXiv {self.arxiv}"
+
+
+@dataclasses.dataclass
+class Check:
+    """A sanity assertion of a figure: ``ok`` False marks the figure failed."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclasses.dataclass
+class FigureResult:
+    """What ``run`` returns: the figure, the plotted data, the outcome and the checks."""
+
+    fig: Any
+    rows: list[Sequence[Any]]
+    outcome: str
+    checks: list[Check] = dataclasses.field(default_factory=list)
+    hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scale: str = ""
+
+
+class Context:
+    """Run settings handed to every figure: mode, seeds, progress bars.
+
+    ``ctx.pick(tiny=..., quick=..., full=...)`` selects a size by mode
+    (``tiny`` defaults to ``quick``'s value if omitted).
+    """
+
+    def __init__(self, mode: str = "quick", seeds: int | None = None, progress: bool = True) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        n = DEFAULT_SEEDS[mode] if seeds is None else int(seeds)
+        if n < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        self.mode = mode
+        self.seeds = list(range(n))
+        self.show_progress = progress
+
+    @property
+    def tiny(self) -> bool:
+        return self.mode == "tiny"
+
+    @property
+    def full(self) -> bool:
+        return self.mode == "full"
+
+    def pick(self, *, quick: Any, full: Any, tiny: Any = None) -> Any:
+        if self.mode == "full":
+            return full
+        if self.mode == "tiny":
+            return quick if tiny is None else tiny
+        return quick
+
+    def progress(self, iterable: Iterable[Any], desc: str = "", total: int | None = None, leave: bool = False):
+        """A tqdm bar over ``iterable`` (plain iteration with progress off)."""
+        if not self.show_progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=f"  {desc}", total=total, leave=leave, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- requirements
+def missing_requirements(requires: Iterable[str]) -> list[str]:
+    """The entries of ``requires`` that cannot be imported (``module`` or ``module:attr``)."""
+    missing = []
+    for req in requires:
+        mod, _, attr = req.partition(":")
+        try:
+            m = importlib.import_module(mod)
+            if attr and not hasattr(m, attr):
+                missing.append(req)
+        except Exception:  # ImportError, or a half-written module raising anything
+            missing.append(req)
+    return missing
+
+
+def need(module: str, attr: str | None = None) -> Any:
+    """Import ``module`` (and ``attr``) or raise :class:`FigureSkipped`."""
+    try:
+        m = importlib.import_module(module)
+    except Exception as exc:
+        raise FigureSkipped(f"module {module} not available ({type(exc).__name__})") from exc
+    if attr is None:
+        return m
+    if not hasattr(m, attr):
+        raise FigureSkipped(f"{module}.{attr} not available")
+    return getattr(m, attr)
+
+
+# ----------------------------------------------------------------------------- data
+@functools.lru_cache(maxsize=None)
+def dataset(name: str = "digits", dtype: str = "float64"):
+    """The fixed train/test split of ``curvlab.data`` (cached per process)."""
+    from curvlab import data
+
+    if name == "digits":
+        return data.load_digits(dtype=dtype)
+    if name == "mnist":
+        return data.load_mnist_subset(dtype=dtype)
+    raise ValueError(f"dataset must be 'digits' or 'mnist', got {name!r}")
+
+
+def subsample(X: np.ndarray, y: np.ndarray, n: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``n`` rows chosen with a fixed seed (all rows when ``n`` is None)."""
+    if n is None or n >= len(X):
+        return X, y
+    idx = np.random.default_rng(seed).choice(len(X), n, replace=False)
+    return X[idx], y[idx]
+
+
+def validation_split(X: np.ndarray, y: np.ndarray, frac: float = 0.1, seed: int = 0):
+    """Split the training set into (fit, validation) parts; the test set is never used to tune."""
+    perm = np.random.default_rng(1000 + seed).permutation(len(X))
+    n_val = max(1, int(round(frac * len(X))))
+    v, t = perm[:n_val], perm[n_val:]
+    return X[t], y[t], X[v], y[v]
+
+
+# ----------------------------------------------------------------------------- models and training
+def make_mlp(sizes: Sequence[int], activation: str = "tanh", loss: str = "cross_entropy"):
+    MLP = need("curvlab.models.mlp", "MLP")
+    return MLP(list(sizes), activation=activation, loss=loss, dtype=np.float64)
+
+
+def accuracy(model, params, X, y) -> float:
+    return float(np.mean(np.argmax(np.asarray(model.forward(params, X)), axis=1) == y))
+
+
+def diverged(loss: float, loss0: float, factor: float = 50.0) -> bool:
+    return not np.isfinite(loss) or loss > factor * max(loss0, 1.0)
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch record of one training run (index 0 = before training)."""
+
+    train_loss: list[float]
+    test_acc: list[float]
+    test_loss: list[float]
+    wall: list[float]
+    diverged: bool = False
+    extra: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+
+    def final_loss(self) -> float:
+        return self.train_loss[-1] if not self.diverged else float("inf")
+
+
+def train_epochs(model, params, stepper: Callable[..., Any], state: Any, X, y, Xte, yte, epochs: int,
+                 batch: int, seed: int, eval_n: int | None = None, on_epoch: Callable[..., None] | None = None
+                 ) -> tuple[np.ndarray, History]:
+    """Mini-batch training: ``stepper(params, state, Xb, yb) -> (params, state)`` per batch.
+
+    Losses are evaluated on the full training set (or its first ``eval_n`` rows) after every
+    epoch; a non-finite or exploding loss stops the run and flags it diverged.
+    """
+    from curvlab.data import minibatches
+
+    rng = np.random.default_rng(seed)
+    Xe, ye = (X, y) if eval_n is None else (X[:eval_n], y[:eval_n])
+    l0 = model.loss(params, Xe, ye)
+    h = History([l0], [accuracy(model, params, Xte, yte)], [model.loss(params, Xte, yte)], [0.0])
+    t0 = time.perf_counter()
+    for ep in range(epochs):
+        bad = False
+        with np.errstate(all="ignore"):
+            for Xb, yb in minibatches(X, y, batch, rng):
+                params, state = stepper(params, state, Xb, yb)
+                if not np.all(np.isfinite(params)):
+                    bad = True
+                    break
+            loss = model.loss(params, Xe, ye) if not bad else float("nan")
+        if bad or diverged(loss, l0):
+            h.diverged = True
+            break
+        h.train_loss.append(float(loss))
+        h.test_acc.append(accuracy(model, params, Xte, yte))
+        h.test_loss.append(float(model.loss(params, Xte, yte)))
+        h.wall.append(time.perf_counter() - t0)
+        if on_epoch is not None:
+            on_epoch(ep, params, state, h)
+    return params, h
+
+
+def transform_stepper(model, opt) -> Callable[..., Any]:
+    """A ``stepper`` for a first-order transform: gradient on the batch, then ``opt.step``."""
+
+    def step(params, state, Xb, yb):
+        _, g = model.loss_and_grad(params, Xb, yb)
+        return opt.step(params, g, state)
+
+    return step
+
+
+def baseline(name: str, lr: float, **kw: Any):
+    """A first-order baseline transform by name: sgd, momentum, adam, adamw."""
+    from curvlab.methods import baselines as b
+
+    if name == "sgd":
+        return b.SGD(lr=lr, weight_decay=kw.get("weight_decay", 0.0))
+    if name == "momentum":
+        return b.Momentum(lr=lr, momentum=kw.get("momentum", 0.9), weight_decay=kw.get("weight_decay", 0.0))
+    if name == "adam":
+        return b.Adam(lr=lr, **{k: v for k, v in kw.items() if k in ("b1", "b2", "eps", "weight_decay")})
+    if name == "adamw":
+        return b.AdamW(lr=lr, **{k: v for k, v in kw.items() if k in ("b1", "b2", "eps", "weight_decay")})
+    raise ValueError(f"unknown baseline {name!r}")
+
+
+def tune(configs: Sequence[dict[str, Any]], score: Callable[[dict[str, Any]], float]) -> tuple[dict[str, Any], list[float]]:
+    """Pick the configuration of smallest ``score`` (non-finite scores lose). Returns (best, scores)."""
+    scores = [float(score(c)) for c in configs]
+    finite = [s if np.isfinite(s) else np.inf for s in scores]
+    return dict(configs[int(np.argmin(finite))]), scores
+
+
+def log_grid(lo: float, hi: float, n: int) -> list[float]:
+    return [float(v) for v in np.geomspace(lo, hi, n)]
+
+
+# ----------------------------------------------------------------------------- aggregation and plotting
+def stack_ragged(curves: Sequence[Sequence[float]]) -> np.ndarray:
+    """Seeds x T array, NaN-padded where a run stopped early (diverged)."""
+    T = max(len(c) for c in curves)
+    out = np.full((len(curves), T), np.nan)
+    for i, c in enumerate(curves):
+        out[i, : len(c)] = c
+    return out
+
+
+def mean_std(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    A = stack_ragged(curves)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(A, axis=0), np.nan_to_num(np.nanstd(A, axis=0))
+
+
+def band(ax, x, curves: Sequence[Sequence[float]], label: str, color=None, ls="-", log: bool = False):
+    """Plot mean ± std over seeds (geometric for ``log``). Returns (x, mean, std) plotted."""
+    m, s = mean_std(curves)
+    x = np.asarray(x)[: len(m)]
+    (line,) = ax.plot(x, m, ls=ls, color=color, label=label, lw=1.6)
+    lo, hi = m - s, m + s
+    if log:
+        lo = np.maximum(lo, m * 0.05)
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    return x, m, s
+
+
+def new_figure(ncols: int, nrows: int = 1, w: float = 4.6, h: float = 3.5):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
+    return fig, axes.ravel()
+
+
+def finish_figure(fig, title: str):
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if x is None or not np.isfinite(x):
+        return str(x)
+    if x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e4):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def finite_rows(rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Drop rows with a non-finite number (points after a divergence are not plotted)."""
+    out = []
+    for r in rows:
+        if all(not isinstance(v, float) or math.isfinite(v) for v in r):
+            out.append(r)
+    return out

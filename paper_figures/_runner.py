@@ -1,0 +1,224 @@
+"""Command line of ``python -m paper_figures``: pick figures, run them, write outputs and the report.
+
+Exit status: 0 when every selected figure succeeded or was skipped (its curvlab module not
+available yet), 1 when at least one failed (after all the others ran), 2 on bad input
+(unknown figure name, unwritable output folder, bad ``--seeds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import paper_figures as _pf
+from ._common import Context, FigureResult, FigureSkipped, missing_requirements
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+
+
+class UsageError(Exception):
+    """Bad command-line input, reported before any work starts."""
+
+
+# ----------------------------------------------------------------------------- selection
+def resolve_names(names: Sequence[str]) -> list[str]:
+    """Exact figure names, or group prefixes (``000``, ``core``); unknown names raise UsageError."""
+    if not names:
+        return list(_pf.FIGURE_NAMES)
+    chosen: list[str] = []
+    unknown = []
+    for n in names:
+        n = n.removeprefix("fig_").removesuffix(".py")
+        hits = [f for f in _pf.FIGURE_NAMES if f == n] or [f for f in _pf.FIGURE_NAMES if len(n) >= 3 and f.startswith(n)]
+        if not hits:
+            unknown.append(n)
+        chosen += [h for h in hits if h not in chosen]
+    if unknown:
+        raise UsageError(f"unknown figure name(s): {', '.join(unknown)}\nknown figures:\n  "
+                         + "\n  ".join(_pf.FIGURE_NAMES))
+    return [f for f in _pf.FIGURE_NAMES if f in chosen]
+
+
+def check_writable(out: Path) -> Path:
+    """Create ``out`` and prove a file can be written there, or raise UsageError."""
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-", delete=True) as fh:
+            fh.write(b"ok")
+    except OSError as exc:
+        raise UsageError(f"output folder {str(out)!r} is not writable: {exc.strerror or exc}") from exc
+    return out.resolve()
+
+
+# ----------------------------------------------------------------------------- records
+def library_versions() -> dict[str, str]:
+    vers = {"python": platform.python_version()}
+    for mod in ("numpy", "scipy", "matplotlib", "sklearn", "mlxtend", "numba", "curvlab"):
+        try:
+            m = __import__(mod)
+            vers[mod] = str(getattr(m, "__version__", "?"))
+        except Exception:
+            vers[mod] = "not installed"
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        if rev.returncode == 0:
+            vers["curvlab_git"] = rev.stdout.strip()
+    except Exception:
+        pass
+    return vers
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if hasattr(x, "tolist"):
+        return _jsonable(x.tolist())
+    return str(x)
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([f"{v:.10g}" if isinstance(v, float) else v for v in r])
+
+
+def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str]) -> dict[str, Any]:
+    """Run one figure and write its PNG/CSV/JSON; never raises. Returns the JSON record."""
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"name": name, "mode": ctx.mode, "seeds": ctx.seeds, "versions": versions,
+                           "started": _dt.datetime.now().isoformat(timespec="seconds")}
+    files: dict[str, str] = {}
+    try:
+        mod = _pf.load(name)
+        spec = mod.SPEC
+        rec.update(paper=spec.paper, arxiv=spec.arxiv, claims=list(spec.claims), title=spec.title,
+                   caption=spec.claim_text(), substitution=spec.substitution, columns=list(spec.columns))
+        missing = missing_requirements(spec.requires)
+        if missing:
+            raise FigureSkipped("module " + ", ".join(m.split(":")[0] + (f" ({m.split(':')[1]})" if ":" in m else "")
+                                                     for m in missing) + " not available")
+        result: FigureResult = mod.run(ctx)
+        rows = [list(r) for r in result.rows]
+        bad = [i for i, r in enumerate(rows) if len(r) != len(spec.columns)]
+        if bad:
+            raise ValueError(f"CSV row {bad[0]} has {len(rows[bad[0]])} fields, expected {len(spec.columns)}")
+        png = out / f"{name}.png"
+        result.fig.savefig(png, dpi=100)
+        import matplotlib.pyplot as plt
+
+        plt.close(result.fig)
+        write_csv(out / f"{name}.csv", spec.columns, rows)
+        files = {"png": png.name, "csv": f"{name}.csv"}
+        failed = [c for c in result.checks if not c.ok]
+        rec.update(outcome=result.outcome, scale=result.scale, hyperparameters=result.hyperparameters,
+                   checks=[{"name": c.name, "ok": bool(c.ok), "detail": c.detail} for c in result.checks],
+                   status="failed" if failed else "ok")
+        if failed:
+            rec["reason"] = "sanity check failed: " + "; ".join(f"{c.name} ({c.detail})" for c in failed)
+    except FigureSkipped as exc:
+        rec.update(status="skipped", reason=f"skipped: {exc}")
+    except Exception as exc:  # a figure's bug must not stop the others
+        rec.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    rec["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    rec["files"] = {**files, "json": f"{name}.json"}
+    with open(out / f"{name}.json", "w") as fh:
+        json.dump(_jsonable(rec), fh, indent=1)
+    return rec
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m paper_figures",
+        description="Run curvlab's surrogate experiments (one figure per module) and write a report.",
+        epilog="Known figures: " + ", ".join(_pf.FIGURE_NAMES) + ". A group prefix (000, 001, 002, 003, core) "
+               "selects all figures of a paper.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="figures to run (default: all)")
+    p.add_argument("--list", action="store_true", help="list the figures and whether their modules are available")
+    p.add_argument("--full", action="store_true", help="run the specifications' protocols at full size (slow)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds (default 2 quick, 5 full)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help="output folder (default paper_figures/out)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p
+
+
+def list_figures(names: Sequence[str]) -> None:
+    for n in names:
+        try:
+            spec = _pf.load(n).SPEC
+            miss = missing_requirements(spec.requires)
+            avail = "ready" if not miss else "skipped (needs " + ", ".join(miss) + ")"
+            print(f"{n:22s} {spec.claim_text()[:80]:80s}  {avail}")
+        except Exception as exc:
+            print(f"{n:22s} (cannot import: {type(exc).__name__}: {exc})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        names = resolve_names(args.names)
+        if args.list:
+            list_figures(names)
+            return 0
+        if args.seeds is not None and args.seeds < 1:
+            raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.full and args.tiny:
+            raise UsageError("--full and --tiny exclude each other")
+        out = check_writable(Path(args.out))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    mode = "full" if args.full else "tiny" if args.tiny else "quick"
+    progress = not args.no_progress and os.environ.get("PAPER_FIGURES_NO_PROGRESS") != "1"
+    ctx = Context(mode=mode, seeds=args.seeds, progress=progress)
+    versions = library_versions()
+    records = []
+    t0 = time.perf_counter()
+    bar = names
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(names, desc="figures", unit="fig", dynamic_ncols=True)
+    for n in bar:
+        if progress:
+            bar.set_postfix_str(n)
+        records.append(run_one(n, ctx, out, versions))
+    from ._report import write_report
+
+    index = write_report(out)
+    total = time.perf_counter() - t0
+    print(f"\npaper_figures ({mode} mode, seeds {ctx.seeds}) -> {out}")
+    for r in records:
+        where = out / r["files"].get("png", r["files"]["json"])
+        print(f"  {r['name']:22s} {r['status']:8s} {r['wall_time_s']:7.1f} s  {where}")
+        if r["status"] != "ok":
+            print(f"  {'':22s} {r.get('reason', '')}")
+    n_failed = sum(r["status"] == "failed" for r in records)
+    print(f"total {total:.1f} s; {sum(r['status'] == 'ok' for r in records)} ok, {n_failed} failed, "
+          f"{sum(r['status'] == 'skipped' for r in records)} skipped; report: {index}")
+    return 1 if n_failed else 0

@@ -1,0 +1,139 @@
+"""E3.1: time and peak memory of the directional curvature dᵀHd (adjoint and forward/Taylor
+modes) and of an HVP + dot, as ratios to one gradient evaluation, on synthetic MLPs."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+
+from ._common import Check, FigureResult, FigureSpec, finish_figure, fmt, make_mlp, new_figure
+
+SPEC = FigureSpec(
+    name="003_cost",
+    paper="003",
+    claims=("C1", "C2"),
+    title="cost of a gradient step with the curvature dᵀHd, against the gradient alone",
+    substitution="synthetic Gaussian inputs and random labels on tanh MLPs of several widths and depths, batch 128, "
+                 "NumPy on CPU; memory is the tracemalloc peak of NumPy allocations during one call",
+    columns=("width", "depth", "dtype", "op", "time_ms", "time_ratio", "peak_mb", "mem_ratio"),
+    requires=("curvlab.models.mlp:MLP",),
+)
+
+OPS = ("gradient", "grad + curvature adjoint", "grad + curvature forward", "grad + HVP dot")
+
+
+def _ops(model, params, X, y, d):
+    """The step's whole work in each mode: the gradient alone, or the gradient and c = dᵀHd."""
+
+    def fwd():
+        model.loss_and_grad(params, X, y)
+        return model.curvature(params, X, y, d, mode="forward")
+
+    def hvp():
+        model.loss_and_grad(params, X, y)
+        return float(d @ model.hvp(params, X, y, d))
+
+    return {
+        "gradient": lambda: model.loss_and_grad(params, X, y),
+        "grad + curvature adjoint": lambda: model.grad_and_curvature(params, X, y, d),
+        "grad + curvature forward": fwd,
+        "grad + HVP dot": hvp,
+    }
+
+
+def _times(ops: dict, repeats: int) -> dict:
+    """Minimum wall time per op over ``repeats`` interleaved rounds (robust on a shared machine)."""
+    for fn in ops.values():
+        fn()  # warm-up (Numba compilation, caches)
+    ts: dict = {k: [] for k in ops}
+    for _ in range(repeats):
+        for k, fn in ops.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in ts.items()}
+
+
+def _one_thread():
+    """Single-threaded BLAS while timing, so ratios do not depend on thread contention."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1)
+    except Exception:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _peak(fn) -> float:
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def run(ctx) -> FigureResult:
+    widths = ctx.pick(tiny=[32], quick=[64, 256], full=[64, 256, 1024])
+    depths = ctx.pick(tiny=[2], quick=[2, 4], full=[2, 4, 8])
+    dtypes = ctx.pick(tiny=["float64"], quick=["float64"], full=["float64", "float32"])
+    repeats = ctx.pick(tiny=3, quick=7, full=15)
+    batch = 128
+    rows, checks, agree = [], [], []
+    grid = [(w, dp, dt) for dt in dtypes for w in widths for dp in depths]
+    for w, dp, dt in ctx.progress(grid, desc="003_cost grid"):
+        rng = np.random.default_rng(0)
+        model = make_mlp([w] * dp + [10], "tanh")
+        if dt == "float32":
+            MLP = type(model)
+            model = MLP([w] * dp + [10], activation="tanh", loss="cross_entropy", dtype=np.float32)
+        params = model.init_params(rng)
+        X = rng.standard_normal((batch, w)).astype(dt)
+        y = rng.integers(0, 10, batch)
+        d = rng.standard_normal(params.shape).astype(params.dtype)
+        ops = _ops(model, params, X, y, d)
+        if dt == "float64":
+            ref = float(d @ model.hvp(params, X, y, d))
+            cs = [float(model.curvature(params, X, y, d, mode=m)) for m in ("adjoint", "forward")]
+            cs.append(float(model.grad_and_curvature(params, X, y, d)[2]))
+            agree += [abs(c - ref) / max(abs(ref), 1e-300) for c in cs]
+        with _one_thread():
+            t = _times(ops, repeats)
+        mem = {k: _peak(f) for k, f in ops.items()}
+        for k in OPS:
+            rows.append([w, dp, dt, k, 1e3 * t[k], t[k] / t["gradient"], mem[k], mem[k] / max(mem["gradient"], 1e-12)])
+    worst = max(agree)
+    checks.append(Check("curvature modes equal <d, Hd>", worst < 1e-8, f"max relative difference {worst:.1e}"))
+
+    fig, axes = new_figure(2, w=6.0)
+    labels = [f"w{w} d{dp}" + ("" if dt == "float64" else " f32") for w, dp, dt in grid]
+    x = np.arange(len(grid))
+    width = 0.8 / (len(OPS) - 1)
+    for j, (col, ax, ylabel) in enumerate(((5, axes[0], "time ratio (gradient = 1)"), (7, axes[1], "peak-memory ratio (gradient = 1)"))):
+        for i, op in enumerate(OPS[1:]):
+            vals = [r[col] for r in rows if r[3] == op]
+            ax.bar(x + (i - 1) * width, vals, width, label=op)
+        for ref, ls in ((1.5, "--"), (2.0, ":")):
+            ax.axhline(ref, color="k", ls=ls, lw=1, label=f"claimed ratio {ref}")
+        ax.set_xticks(x, labels, rotation=30, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("MLP width w, depth d (batch 128)")
+        ax.legend(fontsize=7)
+    finish_figure(fig, "Curvature cost relative to the gradient (claims: (1.5C, 2M) or (2C, 1M))")
+
+    def med(op, col):
+        return float(np.median([r[col] for r in rows if r[3] == op]))
+
+    outcome = (f"Median over sizes, as (time, memory) multiples of the gradient: adjoint mode "
+               f"({fmt(med(OPS[1], 5), 2)}C, {fmt(med(OPS[1], 7), 2)}M), forward mode "
+               f"({fmt(med(OPS[2], 5), 2)}C, {fmt(med(OPS[2], 7), 2)}M), HVP "
+               f"({fmt(med(OPS[3], 5), 2)}C, {fmt(med(OPS[3], 7), 2)}M), against the claimed (1.5C, 2M) "
+               f"or (2C, 1M); both modes agree with <d, Hd> to {worst:.0e}")
+    scale = (f"widths {widths}, depths {depths}, dtypes {dtypes}, minimum of {repeats} interleaved repeats, single-threaded BLAS "
+             "(full mode: widths 64-1024, depths 2-8, float32 and float64)")
+    return FigureResult(fig, rows, outcome, checks, {"batch": batch, "repeats": repeats, "widths": widths,
+                                                     "depths": depths, "dtypes": dtypes}, scale)
