@@ -1,0 +1,153 @@
+"""Plain-array reference twins of the fused kernels (the oracle of the fast versions).
+
+Every function here is written with whole-array NumPy/CuPy operations (several
+passes over memory) and computes in ``dtype`` (float64 by default, so float32
+inputs are up-cast, exactly as the fused kernels do per element). Results are
+written back in the state's dtype. The same functions, called with
+``dtype=float32``, are the "straightforward multi-pass" baseline of the
+benchmarks. Method inspired by arXiv 2310.20574 (arTuRO).
+
+Example
+-------
+>>> import numpy as np
+>>> g = np.array([1.0, np.nan]); w = np.zeros(2)
+>>> a, h, P00, P01, P11 = (np.zeros(2) for _ in range(5))
+>>> rls_filter_update(g, w, a, h, P00, P01, P11, q=0.0, r=1.0, init=True, h0=0.1, P0=1.0)
+(1, 0)
+>>> float(a[0])
+1.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+
+__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite"]
+
+
+def count_nonfinite(x: Any) -> int:
+    """Number of NaN/Inf entries of ``x`` (any shape)."""
+    xp = backend.get_namespace(x)
+    return int(x.size - int(xp.count_nonzero(xp.isfinite(x))))
+
+
+def rls_filter_update(g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: Any, *,
+                      xscale: float = 1.0, q: float, r: float, forget: float = 1.0,
+                      init: bool = False, h0: float = 0.1, P0: float = 0.0,
+                      psd_guard: bool = False, dtype: Any = np.float64) -> tuple[int, int]:
+    """One step of the per-coordinate 2-state Kalman/RLS filter, in place.
+
+    All arrays are 1-D of length ``n``; ``a, h, P00, P01, P11`` are updated in
+    place. Regressor ``x = w * xscale``, observation ``g``. Process model:
+    ``P <- P / forget + q I`` (Kalman random walk for ``forget = 1``, exponential
+    forgetting RLS for ``q = 0``). With ``init`` the state is first set to
+    ``a = g, h = h0, P00 = P11 = P0, P01 = 0``. Coordinates with non-finite
+    ``g`` or ``x`` keep their state (after ``init``, with ``a = 0``).
+    Returns ``(n_skipped, n_guarded)``.
+    """
+    xp = backend.get_namespace(g, w, a)
+    dt = np.dtype(dtype)
+    g_ = g.astype(dt)
+    x = w.astype(dt) * dt.type(xscale)
+    ok = xp.isfinite(g_) & xp.isfinite(x)
+    if init:
+        a[...] = xp.where(ok, g_, 0).astype(a.dtype)
+        h[...] = h0
+        P00[...] = P0
+        P01[...] = 0
+        P11[...] = P0
+    A, H = a.astype(dt), h.astype(dt)
+    p00, p01, p11 = P00.astype(dt), P01.astype(dt), P11.astype(dt)
+    inv = dt.type(1.0 / forget)
+    p00 = p00 * inv + dt.type(q)
+    p01 = p01 * inv
+    p11 = p11 * inv + dt.type(q)
+    k0 = p00 + p01 * x
+    k1 = p01 + p11 * x
+    S = k0 + k1 * x + dt.type(r)
+    K0 = k0 / S
+    K1 = k1 / S
+    e = g_ - (A + H * x)
+    A = A + K0 * e
+    H = H + K1 * e
+    p00 = p00 - S * K0 * K0
+    p01 = p01 - S * K0 * K1
+    p11 = p11 - S * K1 * K1
+    n_guard = 0
+    if psd_guard:
+        q00 = xp.maximum(p00, 0)
+        q11 = xp.maximum(p11, 0)
+        bound = xp.sqrt(q00 * q11)
+        q01 = xp.where(xp.abs(p01) > bound, xp.copysign(bound, p01), p01)
+        changed = (q00 != p00) | (q11 != p11) | (q01 != p01)
+        n_guard = int(xp.count_nonzero(changed & ok))
+        p00, p01, p11 = q00, q01, q11
+    for dst, src in ((a, A), (h, H), (P00, p00), (P01, p01), (P11, p11)):
+        dst[...] = xp.where(ok, src, dst).astype(dst.dtype)
+    return int(ok.size - int(xp.count_nonzero(ok))), n_guard
+
+
+def _terms(w: Any, a: Any, h: Any, mscale: float, beta_p0: float, h_min: float, dt: np.dtype) -> tuple[Any, Any, Any]:
+    xp = backend.get_namespace(w)
+    mu = w.astype(dt) * dt.type(mscale)
+    H = h.astype(dt)
+    G = a.astype(dt) + (H + dt.type(beta_p0)) * mu
+    c = xp.maximum(H, dt.type(h_min)) + dt.type(beta_p0)
+    return mu, G, c
+
+
+def kl_dual(eta: float, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 1.0, beta_p0: float,
+            h_min: float = -np.inf, dtype: Any = np.float64) -> tuple[float, float]:
+    """``(KL(η), dKL/dη)`` of the arTuRO mean step, summed in float64.
+
+    With ``μ = w·mscale``, ``G = a + (h + βp0)μ``, ``c = max(h, h_min) + βp0``:
+    ``KL = ½ Σ p G²/(c + ηp)²`` and ``dKL/dη = −Σ p² G²/(c + ηp)³``; entries
+    with ``G = 0`` contribute 0.
+    """
+    xp = backend.get_namespace(w, a, h, p)
+    dt = np.dtype(dtype)
+    _, G, c = _terms(w, a, h, mscale, beta_p0, h_min, dt)
+    P = p.astype(dt)
+    D = c + dt.type(eta) * P
+    t = xp.where(G == 0, dt.type(0), G / xp.where(G == 0, dt.type(1), D))
+    pt2 = P * t * t
+    kl = 0.5 * float(xp.sum(pt2, dtype=np.float64))
+    dkl = -float(xp.sum(xp.where(G == 0, dt.type(0), pt2 * P / D), dtype=np.float64))
+    return kl, dkl
+
+
+def kl_pole(h: Any, p: Any, *, beta_p0: float, h_min: float = -np.inf, dtype: Any = np.float64) -> tuple[float, int]:
+    """``(max_j −c_j/p_j, #{h_j < 0})``; ``−inf`` for empty input."""
+    xp = backend.get_namespace(h, p)
+    dt = np.dtype(dtype)
+    if h.size == 0:
+        return -np.inf, 0
+    c = xp.maximum(h.astype(dt), dt.type(h_min)) + dt.type(beta_p0)
+    return float(xp.max(-c / p.astype(dt))), int(xp.count_nonzero(h < 0))
+
+
+def arturo_apply(eta: float, w: Any, a: Any, h: Any, p: Any, out: Any, *, mscale: float = 1.0,
+                 beta_p0: float, h_min: float = -np.inf, nu: float, beta: float,
+                 p_min: float = -np.inf, dtype: Any = np.float64) -> tuple[int, float]:
+    """The arTuRO primal update given η, in place: ``out`` and ``p``.
+
+    ``out = μ' − w`` with ``μ' = μ − G/(c + ηp)`` (``G = 0`` keeps ``μ``), and
+    ``p <- max((c + νp)/(β + ν), p_min)``. Returns ``(n_clamped, KL)`` with
+    ``KL = ½ Σ p_old (μ' − μ)²`` (float64), the achieved mean-KL at ``η``.
+    """
+    xp = backend.get_namespace(w, a, h, p, out)
+    dt = np.dtype(dtype)
+    mu, G, c = _terms(w, a, h, mscale, beta_p0, h_min, dt)
+    P = p.astype(dt)
+    D = c + dt.type(eta) * P
+    step = xp.where(G == 0, dt.type(0), -G / xp.where(G == 0, dt.type(1), D))
+    out[...] = ((mu - w.astype(dt)) + step).astype(out.dtype)
+    kl = 0.5 * float(xp.sum(P * step * step, dtype=np.float64))
+    pn = (c + dt.type(nu) * P) / dt.type(beta + nu)
+    clamped = pn < dt.type(p_min)
+    p[...] = xp.where(clamped, dt.type(p_min), pn).astype(p.dtype)
+    return int(xp.count_nonzero(clamped)), kl

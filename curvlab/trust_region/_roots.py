@@ -1,0 +1,142 @@
+"""Scalar root-finding shared by the KL and l2 trust regions.
+
+Both problems look for the multiplier ``x`` at which a positive, strictly
+decreasing function ``F`` (the mean-KL of the step, or ``½‖s‖²``) meets a
+target ``t``, on a domain ``(lower, ∞)`` that may start at a pole.
+
+- :func:`solve_decreasing` — safeguarded Newton on ``ψ(x) = F^{-1/2} − t^{-1/2}``
+  (exactly linear when every term has the same pole, so one step solves that
+  case), with bracket expansion, geometric/arithmetic bisection as the fallback,
+  and the "inactive" exit when ``F(lower_point) ≤ t``.
+- :func:`bisect_reference` — the fixed-tolerance bisection of the official arTuRO
+  code (cold/warm bracket, early exit, final-bracket midpoint).
+
+``fun(x)`` returns ``(F, dF/dx)`` for the Newton solver and is called once per
+iteration (its count is ``n_evals``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+__all__ = ["RootResult", "solve_decreasing", "bisect_reference"]
+
+
+@dataclasses.dataclass
+class RootResult:
+    """Outcome of a scalar root-finder.
+
+    ``x`` the multiplier; ``f`` = ``F(x)`` (NaN if not evaluated there);
+    ``n_evals`` calls of ``F``; ``converged`` the tolerance was met (or the
+    bracket collapsed to ``xtol``, or the constraint is inactive);
+    ``at_lower`` the answer is the domain's lower point (inactive constraint
+    or, with a pole, the hard case); ``bracket_failed`` no upper bound found.
+    """
+
+    x: float
+    f: float
+    n_evals: int
+    converged: bool
+    at_lower: bool = False
+    bracket_failed: bool = False
+
+
+def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float, *, lower: float,
+                     lower_point: float, start: float | None = None, rtol: float = 1e-10,
+                     max_iter: int = 50, max_expand: int = 60, xtol: float = 1e-12) -> RootResult:
+    """Solve ``F(x) = target`` for ``F`` strictly decreasing on ``(lower, ∞)``.
+
+    ``lower_point`` (≥ ``lower``) is the smallest point at which ``F`` is
+    evaluated; if ``F(lower_point) ≤ target`` the answer is ``lower_point``
+    (``at_lower``). ``start`` is the warm start (ignored unless > ``lower``).
+    Stops when ``|F/target − 1| ≤ rtol``, when the bracket is narrower than
+    ``xtol·hi`` (returns the feasible end ``hi``), or after ``max_iter``
+    evaluations (``converged=False``).
+
+    >>> r = solve_decreasing(lambda x: (1 / (1 + x) ** 2, -2 / (1 + x) ** 3), 0.25, lower=0.0, lower_point=0.0)
+    >>> round(r.x, 12), r.converged
+    (1.0, True)
+    """
+    if not target > 0:
+        raise ValueError(f"target must be > 0, got {target}")
+    lo, lo_ok = lower, False
+    hi, f_hi = math.inf, math.nan
+    x = start if (start is not None and start > lower and math.isfinite(start)) else lower_point
+    n = 0
+    n_expand = 0
+    width_before = math.inf
+    newton_last = False
+    s_t = target ** -0.5
+    while True:
+        F, dF = fun(x)
+        n += 1
+        if x <= lower_point and F <= target:
+            return RootResult(lower_point, F, n, True, at_lower=True)
+        if abs(F / target - 1.0) <= rtol:
+            return RootResult(x, F, n, True)
+        if F > target or math.isnan(F):
+            lo, lo_ok = x, True
+        else:
+            hi, f_hi = x, F
+        if n >= max_iter:
+            return RootResult(hi, f_hi, n, False) if math.isfinite(hi) else RootResult(x, F, n, False)
+        if math.isfinite(hi) and hi - lo <= xtol * hi:
+            return RootResult(hi, f_hi, n, True)
+        cand = math.nan
+        if 0.0 < F < math.inf and dF < 0.0 and math.isfinite(dF):
+            dpsi = -0.5 * F ** -1.5 * dF
+            if dpsi > 0.0:
+                cand = x - (F ** -0.5 - s_t) / dpsi
+        width = hi - lo
+        if math.isinf(hi):
+            n_expand += 1
+            if n_expand > max_expand:
+                return RootResult(x, F, n, False, bracket_failed=True)
+            grow = max(4.0 * x, 1.0)
+            if not (math.isfinite(cand) and cand > x):
+                cand = grow
+            x = cand
+        elif not lo_ok and not (lo < cand < hi):
+            x = lower_point
+        else:
+            stalled = newton_last and width > 0.5 * width_before
+            if stalled or not (lo < cand < hi):
+                cand = math.sqrt(lo * hi) if (lo > 0.0 and hi > 4.0 * lo) else 0.5 * (lo + hi)
+                newton_last = False
+            else:
+                newton_last = True
+            width_before = width
+            x = cand
+
+
+def bisect_reference(fun: Callable[[float], float], target: float, x_prev: float, *, tol_abs: float = 0.5,
+                     x_max: float = 1e4, warm: float = 3.0, early: float = 0.1) -> tuple[float, int]:
+    """The official arTuRO bisection; returns ``(x, iterations)``.
+
+    Bracket ``[0, x_max]`` when ``x_prev < 0`` (cold), else
+    ``[x_prev/warm, min(warm·x_prev, x_max)]`` (never expanded). While the
+    width exceeds ``tol_abs``: ``D = F(mid) − target``, ``lo = mid`` if
+    ``D > 0`` else ``hi = mid``, then stop if ``|D| < early·target``.
+    Returns the midpoint of the final bracket.
+
+    >>> bisect_reference(lambda x: 1.0, 2.0, -1.0)     # constraint inactive, cold start
+    (0.152587890625, 15)
+    """
+    if x_prev < 0:
+        lo, hi = 0.0, x_max
+    else:
+        lo, hi = x_prev / warm, min(warm * x_prev, x_max)
+    it = 0
+    while hi - lo > tol_abs:
+        mid = (lo + hi) / 2.0
+        D = fun(mid) - target
+        it += 1
+        if D > 0:
+            lo = mid
+        else:
+            hi = mid
+        if abs(D) < early * target:
+            break
+    return (lo + hi) / 2.0, it
