@@ -1,0 +1,357 @@
+"""Layer norms, dual norms and duality maps (method inspired by arXiv 1708.00523).
+
+A layer's weight block ``W`` (shape ``(n, m)``; a conv kernel ``(out, in, k1, k2, ...)``
+is viewed as the matrix ``(out, in*k1*k2*...)``, see :func:`as_matrix`) is measured by a
+norm ``‖·‖``; its dual norm is ``‖G‖_* = sup{⟨G, U⟩ : ‖U‖ ≤ 1}`` with
+``⟨G, U⟩ = Σ G∘U``, and the duality map ``ρ(G)`` satisfies
+
+    ⟨G, ρ(G)⟩ = ‖G‖_*²      and      ‖ρ(G)‖ = ‖G‖_*.
+
+Supported norms (``scale = c > 0``; thin SVD ``G = U diag(σ) Vᵀ`` keeping
+``σ_k > rtol·σ_max`` with ``rtol = max(n, m)·eps``):
+
+=================  ==================  ==========================
+norm ``‖Δ‖``        dual ``‖G‖_*``       duality map ``ρ(G)``
+=================  ==================  ==========================
+``c·‖Δ‖_op``        ``Σσ_k / c``         ``(Σσ_k / c²) · U Vᵀ``
+``c·‖Δ‖_F``         ``‖G‖_F / c``        ``G / c²``
+=================  ==================  ==========================
+
+The polar factor ``U Vᵀ`` comes from an exact thin SVD (``method="svd"``, LAPACK gesdd
+with a gesvd retry on NumPy) or from the Newton–Schulz iteration
+``X ← 1.5 X − 0.5 X XᵀX`` started at ``X₀ = G/‖G‖_F`` (``method="newton_schulz"``,
+matrix products only: fast on GPUs). Newton–Schulz acts on each singular value
+separately: after ``k`` steps a singular value ``σ`` becomes ``p^k(σ/‖G‖_F)`` with
+``p(x) = 1.5x − 0.5x³``, so (exact arithmetic)
+
+    ‖X_k − U Vᵀ‖_op = max_k |p^k(σ_k/‖G‖_F) − 1|
+
+over the non-zero singular values (zero singular values stay zero). Small relative
+singular values converge slowly (they grow by 1.5× per step until near 1, then the
+error squares each step): a singular value ``σ ≥ δ·‖G‖_F`` is accurate to
+``tol`` after about ``log(1/δ)/log(1.5) + log2(log(1/tol)) + 1`` steps. The iteration
+stops when ``‖X_{k+1} − X_k‖_F ≤ tol·‖X_k‖_F`` or after ``max_steps``;
+:func:`newton_schulz_error_bound` returns the exact error from the singular values
+(used in the tests), and :func:`polar_factor` reports the steps used. The nuclear
+norm is then ``⟨G, X_k⟩`` (exact when ``X_k = U Vᵀ``).
+
+Example
+-------
+>>> import numpy as np
+>>> G = np.array([[3.0, 0.0], [0.0, 4.0]])
+>>> rho, dn = duality_map(G, "spectral")
+>>> float(dn), float(np.vdot(G, rho))
+(7.0, 49.0)
+>>> round(float(layer_norm(rho, "spectral")), 12)
+7.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import backend
+
+__all__ = [
+    "NORMS",
+    "LayerNorm",
+    "as_matrix",
+    "from_matrix",
+    "layer_norm",
+    "dual_norm",
+    "duality_map",
+    "polar_factor",
+    "newton_schulz_polar",
+    "newton_schulz_error_bound",
+    "PolarResult",
+]
+
+NORMS = ("spectral", "frobenius")
+
+
+def _check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
+def _check_scale(scale: float) -> float:
+    s = float(scale)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+    return s
+
+
+def as_matrix(W: Any) -> Any:
+    """View a weight block as a matrix: ``(n,)`` → ``(n, 1)``, ``(n, m)`` unchanged,
+    a conv kernel ``(out, in, k1, ...)`` → ``(out, in·k1·...)`` (row-major, a view when possible).
+
+    >>> as_matrix(np.zeros((8, 3, 5, 5))).shape
+    (8, 75)
+    """
+    backend.check_float_array(W, "W")
+    if W.ndim == 0:
+        raise ValueError(f"W must have ndim >= 1, got shape {tuple(W.shape)}")
+    if W.ndim == 1:
+        return W.reshape(W.shape[0], 1)
+    if W.ndim == 2:
+        return W
+    return W.reshape(W.shape[0], -1)
+
+
+def from_matrix(M: Any, shape: Sequence[int]) -> Any:
+    """Inverse of :func:`as_matrix`: reshape the matrix ``M`` back to the block ``shape``."""
+    shape = tuple(int(s) for s in shape)
+    if int(np.prod(shape)) != M.size:
+        raise ValueError(f"M has {M.size} entries, cannot reshape to shape {shape}")
+    return M.reshape(shape)
+
+
+def _rtol(M: Any) -> float:
+    return max(M.shape) * float(np.finfo(M.dtype).eps)
+
+
+def _svd(M: Any) -> tuple[Any, Any, Any]:
+    """Thin SVD; on NumPy retry with the gesvd driver (scipy) when gesdd fails."""
+    xp = backend.get_namespace(M)
+    try:
+        return xp.linalg.svd(M, full_matrices=False)
+    except np.linalg.LinAlgError:
+        if xp is not np:
+            raise
+        import scipy.linalg  # noqa: PLC0415
+
+        return scipy.linalg.svd(M, full_matrices=False, lapack_driver="gesvd")
+
+
+def _singular_values(M: Any) -> Any:
+    xp = backend.get_namespace(M)
+    try:
+        return xp.linalg.svd(M, compute_uv=False)
+    except np.linalg.LinAlgError:
+        if xp is not np:
+            raise
+        import scipy.linalg  # noqa: PLC0415
+
+        return scipy.linalg.svd(M, compute_uv=False, lapack_driver="gesvd")
+
+
+def _kept(s: Any, M: Any) -> Any:
+    xp = backend.get_namespace(s)
+    if s.size == 0:
+        return s
+    smax = s.max()
+    return xp.where(s > _rtol(M) * smax, s, xp.zeros_like(s))
+
+
+def layer_norm(W: Any, norm: str = "spectral", scale: float = 1.0) -> float:
+    """The layer norm ``scale·‖W‖`` (spectral: largest singular value; frobenius: ‖W‖_F).
+
+    ``W``: float32/float64 array of ndim ≥ 1 (reshaped by :func:`as_matrix`). Returns a
+    Python float (computed in the dtype of ``W``).
+    """
+    _check_norm(norm)
+    c = _check_scale(scale)
+    M = as_matrix(W)
+    if M.size == 0:
+        return 0.0
+    xp = backend.get_namespace(M)
+    if norm == "frobenius":
+        return c * float(xp.linalg.norm(M))
+    return c * float(_singular_values(M).max())
+
+
+def dual_norm(G: Any, norm: str = "spectral", scale: float = 1.0) -> float:
+    """The dual norm ``‖G‖_*`` of ``scale·‖·‖``: nuclear/scale or Frobenius/scale.
+
+    The nuclear norm sums the singular values kept by the rank tolerance (module docstring).
+
+    >>> float(dual_norm(np.eye(3), "spectral", scale=2.0))
+    1.5
+    """
+    _check_norm(norm)
+    c = _check_scale(scale)
+    M = as_matrix(G)
+    if M.size == 0:
+        return 0.0
+    xp = backend.get_namespace(M)
+    if norm == "frobenius":
+        return float(xp.linalg.norm(M)) / c
+    return float(_kept(_singular_values(M), M).sum()) / c
+
+
+@dataclasses.dataclass
+class PolarResult:
+    """Polar factor ``Q ≈ U Vᵀ`` of a matrix and how it was obtained.
+
+    ``Q``: ``(n, m)`` array in the input dtype; ``nuclear``: ``⟨G, Q⟩`` (the nuclear norm
+    when ``Q`` is exact); ``method``: "svd" or "newton_schulz"; ``steps``: Newton–Schulz
+    iterations (0 for the SVD); ``converged``: the stopping test was met (always True for
+    the SVD); ``rank``: singular values kept (SVD only, −1 otherwise).
+    """
+
+    Q: Any
+    nuclear: float
+    method: str
+    steps: int
+    converged: bool
+    rank: int
+
+
+def newton_schulz_polar(G: Any, max_steps: int = 60, tol: float | None = None) -> PolarResult:
+    """Polar factor of ``G`` (ndim 2) by the cubic Newton–Schulz iteration.
+
+    ``X₀ = G/‖G‖_F``, ``X ← 1.5X − 0.5 (X Xᵀ) X`` (the Gram matrix of the shorter side is
+    formed, so a step costs ``4·n·m·min(n, m)`` flops). Stops when the relative Frobenius
+    change is ≤ ``tol`` (default ``10·sqrt(eps)`` of the dtype: the error in ``Q`` is then
+    about ``tol²``, i.e. near machine precision) or after ``max_steps``. Accuracy: see the
+    module docstring and :func:`newton_schulz_error_bound`.
+
+    >>> r = newton_schulz_polar(np.diag([1.0, 0.5]))
+    >>> bool(np.allclose(r.Q, np.eye(2), atol=1e-12)), r.converged
+    (True, True)
+    """
+    backend.check_float_array(G, "G", ndim=2)
+    if int(max_steps) < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    xp = backend.get_namespace(G)
+    if tol is None:
+        tol = 10.0 * float(np.sqrt(np.finfo(G.dtype).eps))
+    if G.size == 0:
+        return PolarResult(xp.zeros_like(G), 0.0, "newton_schulz", 0, True, -1)
+    fro = float(xp.linalg.norm(G))
+    if fro == 0.0 or not np.isfinite(fro):
+        if not np.isfinite(fro):
+            raise FloatingPointError("G contains NaN or Inf")
+        return PolarResult(xp.zeros_like(G), 0.0, "newton_schulz", 0, True, -1)
+    wide = G.shape[0] <= G.shape[1]
+    X = G / G.dtype.type(fro)
+    if not wide:
+        X = X.T
+    a, b = G.dtype.type(1.5), G.dtype.type(0.5)
+    steps, converged = 0, False
+    for steps in range(1, int(max_steps) + 1):
+        A = X @ X.T
+        Xn = a * X - b * (A @ X)
+        delta = float(xp.linalg.norm(Xn - X))
+        X = Xn
+        if delta <= tol * float(xp.linalg.norm(X)):
+            converged = True
+            break
+    else:
+        steps = int(max_steps)
+    Q = X if wide else X.T
+    Q = xp.ascontiguousarray(Q)
+    nuclear = float(xp.vdot(G.ravel().astype(np.float64), Q.ravel().astype(np.float64)))
+    return PolarResult(Q, nuclear, "newton_schulz", steps, converged, -1)
+
+
+def newton_schulz_error_bound(singular_values: Any, steps: int) -> float:
+    """Exact ``‖X_k − U Vᵀ‖_op`` of :func:`newton_schulz_polar` after ``steps`` iterations,
+    given the singular values of ``G`` (exact arithmetic; rounding adds O(eps)).
+
+    >>> round(newton_schulz_error_bound(np.array([1.0, 1e-3]), 3), 6)  # 1e-3/‖G‖_F grows 1.5x per step
+    0.996625
+    """
+    s = np.asarray(backend.to_numpy(singular_values), dtype=np.float64)
+    s = s[s > 0]
+    if s.size == 0:
+        return 0.0
+    x = s / np.sqrt(np.sum(s * s))
+    for _ in range(int(steps)):
+        x = 1.5 * x - 0.5 * x**3
+    return float(np.max(np.abs(x - 1.0)))
+
+
+def polar_factor(G: Any, method: str = "svd", max_steps: int = 60, tol: float | None = None) -> PolarResult:
+    """The polar factor ``U Vᵀ`` of ``G`` (ndim ≥ 1, reshaped by :func:`as_matrix`).
+
+    ``method="svd"``: exact thin SVD, singular values ≤ ``rtol·σ_max`` dropped (rank-deficient
+    ``G`` gives the partial isometry on the kept subspace). ``method="newton_schulz"``: see
+    :func:`newton_schulz_polar` (``max_steps``, ``tol``). ``Q`` has the shape of ``G``.
+    """
+    if method not in ("svd", "newton_schulz"):
+        raise ValueError(f"method must be 'svd' or 'newton_schulz', got {method!r}")
+    M = as_matrix(G)
+    xp = backend.get_namespace(M)
+    if method == "newton_schulz":
+        r = newton_schulz_polar(M, max_steps=max_steps, tol=tol)
+        r.Q = from_matrix(r.Q, G.shape)
+        return r
+    if M.size == 0:
+        return PolarResult(xp.zeros_like(G), 0.0, "svd", 0, True, 0)
+    U, s, Vt = _svd(M)
+    keep = s > _rtol(M) * s.max() if s.size else s > 0
+    rank = int(keep.sum())
+    if rank == 0:
+        return PolarResult(xp.zeros_like(G), 0.0, "svd", 0, True, 0)
+    Q = U[:, :rank] @ Vt[:rank]
+    return PolarResult(from_matrix(Q, G.shape), float(s[:rank].sum()), "svd", 0, True, rank)
+
+
+def duality_map(G: Any, norm: str = "spectral", scale: float = 1.0, method: str = "svd",
+                max_steps: int = 60, tol: float | None = None) -> tuple[Any, float]:
+    """The duality map ``ρ(G)`` of the norm ``scale·‖·‖`` and the dual norm ``‖G‖_*``.
+
+    ``G``: float32/float64 array (a matrix, a vector seen as a column, or a conv kernel seen
+    through :func:`as_matrix`); ``ρ(G)`` has the shape and dtype of ``G``.
+    spectral: ``ρ = (‖G‖_nuc/c²)·U Vᵀ``, ``‖G‖_* = ‖G‖_nuc/c``; frobenius: ``ρ = G/c²``,
+    ``‖G‖_* = ‖G‖_F/c``. ``method`` picks the polar factor for the spectral norm ("svd" or
+    "newton_schulz"; the latter approximate, with ``‖G‖_nuc`` estimated by ``⟨G, Q⟩``).
+    A zero or empty ``G`` maps to zeros with dual norm 0.
+
+    >>> rho, dn = duality_map(np.array([[1.0, 1.0]]), "frobenius", scale=2.0)
+    >>> rho, round(dn, 6)
+    (array([[0.25, 0.25]]), 0.707107)
+    """
+    _check_norm(norm)
+    c = _check_scale(scale)
+    backend.check_float_array(G, "G")
+    xp = backend.get_namespace(G)
+    if norm == "frobenius":
+        M = as_matrix(G)
+        dn = float(xp.linalg.norm(M)) / c if M.size else 0.0
+        return G * G.dtype.type(1.0 / (c * c)), dn
+    r = polar_factor(G, method=method, max_steps=max_steps, tol=tol)
+    nuc = r.nuclear
+    return r.Q * G.dtype.type(nuc / (c * c)), nuc / c
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNorm:
+    """A layer norm ``scale·‖·‖_kind`` bundled with how its duality map is computed.
+
+    ``kind``: "spectral" or "frobenius"; ``scale``: ``c > 0``; ``method``: "svd" or
+    "newton_schulz" (spectral only); ``max_steps``/``tol``: Newton–Schulz controls.
+
+    >>> n = LayerNorm("spectral", scale=2.0)
+    >>> round(n.dual(np.eye(2)), 12), round(n.norm(np.eye(2)), 12)
+    (1.0, 2.0)
+    """
+
+    kind: str = "spectral"
+    scale: float = 1.0
+    method: str = "svd"
+    max_steps: int = 60
+    tol: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_norm(self.kind)
+        _check_scale(self.scale)
+        if self.method not in ("svd", "newton_schulz"):
+            raise ValueError(f"method must be 'svd' or 'newton_schulz', got {self.method!r}")
+
+    def norm(self, W: Any) -> float:
+        """``scale·‖W‖``."""
+        return layer_norm(W, self.kind, self.scale)
+
+    def dual(self, G: Any) -> float:
+        """``‖G‖_*`` (exact, by SVD for the spectral kind)."""
+        return dual_norm(G, self.kind, self.scale)
+
+    def map(self, G: Any) -> tuple[Any, float]:
+        """``(ρ(G), ‖G‖_*)`` by :func:`duality_map` with this norm's settings."""
+        return duality_map(G, self.kind, self.scale, self.method, self.max_steps, self.tol)

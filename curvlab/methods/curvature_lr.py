@@ -1,0 +1,367 @@
+"""Learning rate rescaled by the directional curvature ``c = dᵀHd`` (method inspired by arXiv 2210.14520).
+
+A base optimizer (SGD, momentum, Adam from :mod:`curvlab.methods.baselines`) proposes a
+direction ``d``; the step along it is the minimiser of the quadratic model
+``q(t) = f − t⟨g, d⟩ + ½t²c`` scaled by ``λ``:
+
+    t = λ · ⟨g, d⟩ / c,      θ ← θ − t d,      predicted change  q(t) − f = −λ(2 − λ)·⟨g, d⟩²/(2c).
+
+Regimes of ``λ`` (on an exact quadratic the error along ``d`` is multiplied by ``1 − λ``):
+
+* ``0 < λ < 1`` under-relaxed, monotone ("hyper-convergence");
+* ``λ = 1`` model minimiser, largest predicted decrease;
+* ``1 < λ < 2`` over-relaxed, oscillating but decreasing (exploration/convergence trade-off);
+* ``λ = 2`` mirror point, zero predicted change;
+* ``λ > 2`` predicted increase ("hyper-exploration"; diverges on a quadratic).
+
+(The names in quotes follow a secondary description; their mapping to λ is a guess.)
+Schedules: :class:`ConstantSchedule` and exponential decay from an exploration value
+``λ_0`` to a convergence value ``λ_end`` (:class:`GeometricSchedule`, the default
+``2.0 → 0.1``, and :class:`ExpFloorSchedule`).
+
+The curvature ``c`` comes from the extra ``curvature(d) -> float`` (any callable: the
+adapters pass theirs) or from ``model.curvature(params, X, y, d, mode)`` of the reference
+MLP (``mode="forward"``: Taylor mode, ``"adjoint"``: adjoint mode). ``⟨g, d⟩`` and
+``‖d‖²`` are accumulated in float64.
+
+Policy when ``c ≤ c_rel·‖d‖²`` (negative, zero or tiny curvature), ``curvature_policy``:
+``"fallback"`` (default) steps with ``fallback_lr`` (``None``: the previous valid ``t``,
+``t_init`` before any), ``"abs"`` uses ``|c|`` (then the floor if still tiny), ``"floor"``
+uses ``c = c_rel·‖d‖²``, ``"skip"`` makes no step. Each event is counted. Other cases: ``d = 0``
+or ``⟨g, d⟩ = 0`` (zero gradient): no step, no division; NaN/Inf in ``g``, ``d`` or ``c``:
+no step, counted, ``FloatingPointError`` after 100 in a row; ``⟨g, d⟩ < 0``: the model
+minimiser (``t < 0``) is kept unless ``sign="clamp"`` (no step). Optional cap
+``max_step``: ``|t|·‖d‖ ≤ max_step``.
+
+Example
+-------
+>>> import numpy as np
+>>> A = np.diag([1.0, 4.0])                       # f = ½θᵀAθ, g = Aθ
+>>> opt = CurvatureLR(schedule=1.0)
+>>> th = np.array([1.0, 1.0]); st = opt.init(th)
+>>> upd, st = opt.update(A @ th, st, th, curvature=lambda d: float(d @ A @ d))
+>>> round(st.t, 6), round(st.predicted, 6)        # t = gᵀg / gᵀAg = 17/65
+(0.261538, -2.223077)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import backend
+from ._transform import Transform, TransformState, Tree, apply_updates, check_tree_like, tree_leaves, tree_map, tree_vdot
+from .baselines import SGD
+
+__all__ = [
+    "CurvatureLR",
+    "CurvatureLRState",
+    "ConstantSchedule",
+    "GeometricSchedule",
+    "ExpFloorSchedule",
+    "as_schedule",
+    "DIAGNOSTIC_FIELDS",
+]
+
+MAX_CONSECUTIVE_BAD = 100
+#: per-step diagnostics stored in :class:`CurvatureLRState` (see :meth:`CurvatureLR.diagnostics`)
+DIAGNOSTIC_FIELDS = ("t", "c", "gd", "dd", "lam", "predicted", "realized", "event")
+
+
+def _pos(name: str, v: float) -> float:
+    v = float(v)
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {v!r}")
+    return v
+
+
+class ConstantSchedule:
+    """``λ_k = lam`` for every step k.
+
+    >>> ConstantSchedule(0.5)(10)
+    0.5
+    """
+
+    def __init__(self, lam: float) -> None:
+        self.lam = _pos("lam", lam)
+
+    def __call__(self, k: int) -> float:
+        return self.lam
+
+    def __repr__(self) -> str:
+        return f"ConstantSchedule({self.lam})"
+
+
+class GeometricSchedule:
+    """Exponential decay ``λ_k = λ_0 · (λ_end/λ_0)^(k/K)`` for ``k ≤ K``, then ``λ_end``.
+
+    Exploration (``λ_0 ≈ 2``) to convergence (``λ_end < 1``): hits both ends exactly.
+
+    >>> s = GeometricSchedule(2.0, 0.1, 100)
+    >>> s(0), s(100), round(s(50), 6)
+    (2.0, 0.1, 0.447214)
+    """
+
+    def __init__(self, lam0: float = 2.0, lam_end: float = 0.1, total_steps: int = 1000) -> None:
+        self.lam0, self.lam_end = _pos("lam0", lam0), _pos("lam_end", lam_end)
+        if int(total_steps) < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.total_steps = int(total_steps)
+
+    def __call__(self, k: int) -> float:
+        if k <= 0:
+            return self.lam0
+        if k >= self.total_steps:
+            return self.lam_end
+        return self.lam0 * (self.lam_end / self.lam0) ** (k / self.total_steps)
+
+    def __repr__(self) -> str:
+        return f"GeometricSchedule({self.lam0}, {self.lam_end}, {self.total_steps})"
+
+
+class ExpFloorSchedule:
+    """Exponential decay to a floor ``λ_k = λ_end + (λ_0 − λ_end)·exp(−k/τ)`` (monotone).
+
+    >>> round(ExpFloorSchedule(2.0, 0.5, tau=10.0)(10), 6)
+    1.051819
+    """
+
+    def __init__(self, lam0: float = 2.0, lam_end: float = 0.1, tau: float = 100.0) -> None:
+        self.lam0, self.lam_end, self.tau = _pos("lam0", lam0), _pos("lam_end", lam_end), _pos("tau", tau)
+
+    def __call__(self, k: int) -> float:
+        return self.lam_end + (self.lam0 - self.lam_end) * math.exp(-max(k, 0) / self.tau)
+
+    def __repr__(self) -> str:
+        return f"ExpFloorSchedule({self.lam0}, {self.lam_end}, tau={self.tau})"
+
+
+def as_schedule(schedule: Any) -> Callable[[int], float]:
+    """A number becomes :class:`ConstantSchedule`; a callable ``k -> λ`` is returned as is."""
+    if isinstance(schedule, (int, float, np.floating, np.integer)):
+        return ConstantSchedule(float(schedule))
+    if callable(schedule):
+        return schedule
+    raise TypeError(f"schedule must be a number or a callable k -> lambda, got {type(schedule).__name__}")
+
+
+@dataclasses.dataclass
+class CurvatureLRState(TransformState):
+    """State of :class:`CurvatureLR`: the base optimizer's state plus scalars.
+
+    ``count``: steps taken (the schedule index; it advances on skipped steps too);
+    ``t_prev``: last valid step length (``t_init`` before any). Last-step diagnostics:
+    ``t``, ``c``, ``gd`` = ⟨g, d⟩, ``dd`` = ‖d‖², ``lam``, ``predicted`` = ``−t·gd + ½t²c`` (the
+    quadratic model's change, with the measured ``c``), ``realized`` = ``f(θ − t d) − f(θ)``
+    (NaN unless a loss function was available), ``event`` (0 normal, 1 curvature policy,
+    2 zero direction/gradient, 3 non-finite, 4 sign clamp, 5 skipped by policy).
+    Counters: ``n_policy``, ``n_zero``, ``n_nonfinite``, ``n_capped``, ``n_negative_gd``,
+    ``consecutive_bad``. ``base``: the base transform's state (nested in ``to_dict`` under
+    ``"base/"`` keys).
+    """
+
+    count: int
+    t_prev: float
+    t: float
+    c: float
+    gd: float
+    dd: float
+    lam: float
+    predicted: float
+    realized: float
+    event: int
+    n_policy: int
+    n_zero: int
+    n_nonfinite: int
+    n_capped: int
+    n_negative_gd: int
+    consecutive_bad: int
+    base: Any = None
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        base = self.base
+        out = dataclasses.replace(self, base=None)
+        d = TransformState.to_dict(out)
+        d.pop("base/none", None)
+        if base is not None:
+            for k, v in base.to_dict().items():
+                d["base/" + k] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], xp: Any = np, base_class: Any = None) -> "CurvatureLRState":
+        own = {k: v for k, v in d.items() if not k.startswith("base/")}
+        own["base/none"] = np.asarray(0)
+        st = TransformState.from_dict.__func__(cls, own, xp)  # type: ignore[attr-defined]
+        sub = {k[5:]: v for k, v in d.items() if k.startswith("base/")}
+        if sub:
+            if base_class is None:
+                raise ValueError("the dict holds a base state: pass base_class (or use CurvatureLR.load_state)")
+            st.base = base_class.from_dict(sub, xp=xp)
+        return st
+
+
+class CurvatureLR(Transform):
+    """Curvature-rescaled learning rate wrapping a base transform (see the module docstring).
+
+    Parameters
+    ----------
+    base:
+        Base transform giving the direction ``d`` (default ``SGD(lr=1)``): ``d`` is its
+        ``direction()`` when it has one (Adam), else ``−updates/base.lr``. The step ``t·d``
+        does not depend on the base's ``lr`` (``t`` rescales).
+    schedule:
+        ``λ``: a number (constant), a schedule object, or any ``k -> λ`` callable.
+    mode:
+        ``dᵀHd`` mode of the reference MLP when the extra ``model`` is given: "forward" (Taylor)
+        or "adjoint".
+    curvature_policy, fallback_lr, c_rel, t_init:
+        Non-positive/tiny-curvature policy (module docstring): "fallback" | "abs" | "floor" | "skip".
+    sign:
+        "keep" (default: ``t < 0`` when ``⟨g, d⟩ < 0``) or "clamp" (no step then).
+    max_step:
+        Optional cap on ``|t|·‖d‖``.
+    realized:
+        Compute the realised change (one extra forward pass) when a loss is available.
+    """
+
+    state_class = CurvatureLRState
+
+    def __init__(self, base: Transform | None = None, schedule: Any = None, mode: str = "adjoint",
+                 curvature_policy: str = "fallback", fallback_lr: float | None = None, c_rel: float = 1e-12,
+                 t_init: float = 0.1, sign: str = "keep", max_step: float | None = None,
+                 realized: bool = True) -> None:
+        self.base = SGD(lr=1.0) if base is None else base
+        if not isinstance(self.base, Transform):
+            raise TypeError(f"base must be a curvlab Transform, got {type(self.base).__name__}")
+        self.schedule = as_schedule(GeometricSchedule() if schedule is None else schedule)
+        if mode not in ("forward", "adjoint"):
+            raise ValueError(f"mode must be 'forward' or 'adjoint', got {mode!r}")
+        if curvature_policy not in ("fallback", "abs", "floor", "skip"):
+            raise ValueError(f"curvature_policy must be 'fallback', 'abs', 'floor' or 'skip', got {curvature_policy!r}")
+        if sign not in ("keep", "clamp"):
+            raise ValueError(f"sign must be 'keep' or 'clamp', got {sign!r}")
+        self.mode, self.policy, self.sign = mode, curvature_policy, sign
+        self.fallback_lr = None if fallback_lr is None else _pos("fallback_lr", fallback_lr)
+        self.c_rel = float(c_rel)
+        if not (np.isfinite(self.c_rel) and self.c_rel >= 0):
+            raise ValueError(f"c_rel must be a finite number >= 0, got {c_rel!r}")
+        self.t_init = _pos("t_init", t_init)
+        self.max_step = None if max_step is None else _pos("max_step", max_step)
+        self.realized = bool(realized)
+
+    def init(self, params: Tree) -> CurvatureLRState:
+        nan = math.nan
+        return CurvatureLRState(count=0, t_prev=self.t_init, t=0.0, c=nan, gd=nan, dd=nan, lam=nan,
+                                predicted=nan, realized=nan, event=0, n_policy=0, n_zero=0, n_nonfinite=0,
+                                n_capped=0, n_negative_gd=0, consecutive_bad=0, base=self.base.init(params))
+
+    def load_state(self, d: dict[str, Any], xp: Any = np) -> CurvatureLRState:
+        return CurvatureLRState.from_dict(d, xp=xp, base_class=self.base.state_class)
+
+    @staticmethod
+    def diagnostics(state: CurvatureLRState) -> dict[str, float]:
+        """The last step's diagnostics as a plain dict (keys :data:`DIAGNOSTIC_FIELDS`)."""
+        return {k: getattr(state, k) for k in DIAGNOSTIC_FIELDS}
+
+    def _direction(self, grads: Tree, base_state: Any, params: Tree | None) -> tuple[Tree, Any]:
+        if hasattr(self.base, "direction"):
+            return self.base.direction(grads, base_state, params)
+        upd, new = self.base.update(grads, base_state, params)
+        lr = float(getattr(self.base, "lr", 1.0))
+        return tree_map(lambda u: u * u.dtype.type(-1.0 / lr), upd), new
+
+    def update(self, grads: Tree, state: CurvatureLRState, params: Tree | None = None, *,
+               curvature: Callable[[Tree], float] | None = None, model: Any = None, X: Any = None,
+               y: Any = None, loss: float | None = None, loss_fn: Callable[[Tree], float] | None = None,
+               **extras: Any) -> tuple[Tree, CurvatureLRState]:
+        """One rescaled step: ``(updates = −t·d, new_state)``.
+
+        Extras: ``curvature(d) -> dᵀHd`` (``d`` structured like ``grads``), or ``model`` with
+        ``X``, ``y`` (reference MLP, flat params; ``mode`` picks its dᵀHd mode); ``loss`` =
+        f(θ) and ``loss_fn(params) -> float`` for the realised change (``model`` supplies both).
+        """
+        if params is not None:
+            check_tree_like("grads", grads, params)
+        d, base_state = self._direction(grads, state.base, params)
+        lam = float(self.schedule(state.count))
+        new = dataclasses.replace(state, count=state.count + 1, base=base_state, lam=lam, t=0.0,
+                                  predicted=0.0, realized=math.nan, event=0, c=math.nan)
+        xp = backend.get_namespace(*tree_leaves(grads))
+        zeros = tree_map(lambda x: xp.zeros_like(x), grads)
+        gd, dd = tree_vdot(grads, d), tree_vdot(d, d)
+        new.gd, new.dd = gd, dd
+        if not (np.isfinite(gd) and np.isfinite(dd)):
+            return zeros, self._bad(new)
+        if dd == 0.0 or gd == 0.0:
+            new.n_zero += 1
+            new.event = 2
+            new.consecutive_bad = 0
+            return zeros, new
+        if gd < 0:
+            new.n_negative_gd += 1
+            if self.sign == "clamp":
+                new.event = 4
+                new.consecutive_bad = 0
+                return zeros, new
+        c = self._curvature(d, params, curvature, model, X, y)
+        new.c = c
+        if not np.isfinite(c):
+            return zeros, self._bad(new)
+        thresh = self.c_rel * dd
+        if c > thresh and c > 0:
+            t = lam * gd / c
+        else:
+            new.n_policy += 1
+            new.event = 1
+            if self.policy == "skip":
+                new.event = 5
+                new.consecutive_bad = 0
+                return zeros, new
+            if self.policy == "fallback":
+                t = self.fallback_lr if self.fallback_lr is not None else state.t_prev
+                t = math.copysign(t, gd)
+            else:
+                ce = abs(c) if self.policy == "abs" else 0.0
+                ce = max(ce, thresh)
+                if ce <= 0:  # c_rel = 0 and c = 0: nothing to divide by
+                    t = math.copysign(self.fallback_lr if self.fallback_lr is not None else state.t_prev, gd)
+                else:
+                    t = lam * gd / ce
+        if self.max_step is not None and abs(t) * math.sqrt(dd) > self.max_step:
+            t = math.copysign(self.max_step / math.sqrt(dd), t)
+            new.n_capped += 1
+        new.t = t
+        if new.event == 0:
+            new.t_prev = abs(t)
+        new.predicted = -t * gd + 0.5 * t * t * c
+        new.consecutive_bad = 0
+        upd = tree_map(lambda x: x * x.dtype.type(-t), d)
+        if self.realized:
+            if loss_fn is None and model is not None and X is not None:
+                loss_fn = lambda p: model.loss(p, X, y)  # noqa: E731
+            if loss_fn is not None and params is not None:
+                f0 = float(loss) if loss is not None else float(loss_fn(params))
+                new.realized = float(loss_fn(apply_updates(params, upd))) - f0
+        return upd, new
+
+    def _bad(self, new: CurvatureLRState) -> CurvatureLRState:
+        new.n_nonfinite += 1
+        new.event = 3
+        new.consecutive_bad += 1
+        if new.consecutive_bad >= MAX_CONSECUTIVE_BAD:
+            raise FloatingPointError(f"CurvatureLR: {new.consecutive_bad} consecutive steps with NaN/Inf "
+                                     "in the gradient, direction or curvature")
+        return new
+
+    def _curvature(self, d: Tree, params: Tree | None, curvature: Any, model: Any, X: Any, y: Any) -> float:
+        if curvature is not None:
+            return float(curvature(d))
+        if model is not None:
+            if params is None or X is None or y is None:
+                raise ValueError("the extra model needs params, X and y to compute dᵀHd")
+            return float(model.curvature(params, X, y, d, mode=self.mode))
+        raise ValueError("CurvatureLR.update needs the extra curvature(d) -> dᵀHd, or model with X and y")

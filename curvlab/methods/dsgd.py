@@ -1,0 +1,520 @@
+"""Duality structure gradient descent (DSGD): greedy layer-wise steepest descent.
+
+Method inspired by arXiv 1708.00523 (T. Flynn). Each step scores every layer ``i`` by the
+guaranteed improvement of a step on that layer alone,
+
+    score_i = ‖G_i‖²_{i,*} / (2 L_i(w)),
+
+picks ``j = argmax_i score_i`` (ties: lowest index) and updates only block ``j``:
+
+    W_j ← W_j − (s / L_j) · ρ_j(G_j),      guaranteed  f(w) − f(w⁺) ≥ s(2 − s)·score_j,
+
+with ``G_i = ∇_{W_i} f``, ``‖·‖_{i,*}`` and ``ρ_i`` the dual norm and duality map of the
+layer norm (:mod:`curvlab.linalg.duality`: spectral by default, Frobenius, scaled) and
+``L_i(w)`` a layer smoothness constant: ``f(w + U) ≤ f(w) + ⟨G_i, U⟩ + L_i/2 ‖U‖_i²`` for
+``U`` supported on block ``i``. Three rules for ``L_i``:
+
+* ``"bound"`` (default, rigorous; [derived] for a dense MLP with softmax cross-entropy,
+  bias folded as the last column of ``W_i``, see :func:`mlp_layer_smoothness_bound`);
+* ``"estimate"``: ``L̂_i = safety · ρ_iᵀ H_ii ρ_i / ‖ρ_i‖_i²`` from the local curvature along
+  the layer's dual step (a ``curvature`` callable returning ``dᵀHd``); not rigorous;
+* ``"constant"``: user-given ``L_i``.
+
+Deterministic mode passes full-batch gradients (and the full ``X`` to the bound);
+mini-batch mode passes a batch (``average="mean"``: the bound is valid for that batch's
+loss; ``average="max"`` with the training set as ``X``: valid for every batch).
+:func:`dsgd_train` runs either and records the chosen layer at every step.
+
+Example
+-------
+>>> import numpy as np
+>>> opt = DSGD(rule="constant", constants=[1.0, 4.0])
+>>> params = [np.zeros((2, 2)), np.zeros((1, 3))]
+>>> grads = [np.eye(2), np.array([[2.0, 0.0, 0.0]])]   # scores 2²/2 = 2 and 2²/8 = 0.5
+>>> upd, st = opt.update(grads, opt.init(params), params)
+>>> st.chosen, upd[0]
+(0, array([[-2., -0.],
+       [-0., -2.]]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import backend
+from ..linalg import duality
+from ._transform import Transform, TransformState, Tree, check_tree_like, tree_leaves
+
+__all__ = [
+    "DSGD",
+    "DSGDState",
+    "DSGDHistory",
+    "dsgd_train",
+    "activation_derivative_bounds",
+    "mlp_layer_smoothness_bound",
+]
+
+_SQRT3 = math.sqrt(3.0)
+#: (sup|σ'|, sup|σ''|) per activation
+_ACT_BOUNDS = {
+    "tanh": (1.0, 4.0 / (3.0 * _SQRT3)),
+    "sigmoid": (0.25, 1.0 / (6.0 * _SQRT3)),
+    "softplus": (1.0, 0.25),
+    "identity": (1.0, 0.0),
+}
+MAX_CONSECUTIVE_BAD = 100
+
+
+def activation_derivative_bounds(activation: str) -> tuple[float, float]:
+    """``(s1, s2) = (sup|σ'|, sup|σ''|)``: tanh (1, 4/(3√3)), sigmoid (1/4, 1/(6√3)),
+    softplus (1, 1/4), identity (1, 0). ReLU has no finite ``s2`` (not C²): ValueError.
+
+    >>> round(activation_derivative_bounds("tanh")[1], 9)
+    0.769800359
+    """
+    if activation not in _ACT_BOUNDS:
+        raise ValueError(f"activation must be one of {sorted(_ACT_BOUNDS)} for the smoothness bound "
+                         f"(ReLU is not twice differentiable), got {activation!r}")
+    return _ACT_BOUNDS[activation]
+
+
+def _act(xp: Any, name: str, z: Any) -> Any:
+    if name == "tanh":
+        return xp.tanh(z)
+    if name == "sigmoid":
+        return 0.5 * (1.0 + xp.tanh(0.5 * z))
+    if name == "softplus":
+        return xp.logaddexp(0.0, z)
+    return z
+
+
+def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str = "tanh",
+                               loss: str = "cross_entropy", average: str = "mean",
+                               log: bool = False) -> np.ndarray:
+    """Rigorous layer smoothness constants ``L_i(w)`` of a dense MLP (method inspired by arXiv 1708.00523).
+
+    ``weights``: list of K arrays ``(n_i, n_{i-1}+1)`` (bias as the last column, layer input
+    ``ã = [a; 1]``); ``X``: ``(B, n_0)`` inputs. With ``(s1, s2)`` from
+    :func:`activation_derivative_bounds` and ``W̄`` = ``W`` without its bias column::
+
+        β_K = 1/2, γ_K = √2                         (softmax cross-entropy)
+        β_i = s1²‖W̄_{i+1}‖²_op β_{i+1} + s2‖W̄_{i+1}‖_op γ_{i+1},   γ_i = s1‖W̄_{i+1}‖_op γ_{i+1}
+        L_i = β_i · mean_n ‖ã_{i-1,n}‖²            (average="mean"; "max": max over rows of X)
+
+    valid for the spectral and the Frobenius layer norms. ``loss="mse"`` (½‖z−y‖²) is
+    supported for K = 1 only (β = 1; the lower layers have no uniform bound). Computed in
+    log space (float64) so deep nets do not overflow; returns ``log L`` when ``log=True``.
+
+    >>> W = [np.zeros((3, 3))]                      # one linear layer, inputs of norm² 1
+    >>> float(mlp_layer_smoothness_bound(W, np.array([[1.0, 0.0]]), loss="mse")[0])  # 1·(1+1)
+    2.0
+    """
+    if loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
+    if average not in ("mean", "max"):
+        raise ValueError(f"average must be 'mean' or 'max', got {average!r}")
+    K = len(weights)
+    if K == 0:
+        raise ValueError("weights must hold at least one layer")
+    if loss == "mse" and K > 1:
+        raise ValueError("loss='mse' has a uniform smoothness bound only for K = 1 layer, got "
+                         f"K = {K}; use rule='estimate' or 'constant'")
+    s1, s2 = activation_derivative_bounds(activation)
+    backend.check_float_array(X, "X", ndim=2)
+    xp = backend.get_namespace(X, *weights)
+    a = X
+    sq_in = []
+    for i, W in enumerate(weights):
+        backend.check_float_array(W, f"weights[{i}]", ndim=2)
+        if W.shape[1] != a.shape[1] + 1:
+            raise ValueError(f"weights[{i}] must have shape (n_{i+1}, {a.shape[1] + 1}) (bias as last "
+                             f"column), got {tuple(W.shape)}")
+        r = xp.sum(a.astype(np.float64) ** 2, axis=1) + 1.0
+        sq_in.append(float(r.mean()) if average == "mean" else float(r.max()))
+        if i < K - 1:
+            a = _act(xp, activation, a @ W[:, :-1].T + W[:, -1])
+    # log-space backward recursion
+    log_beta = [0.0] * K
+    log_gamma = [0.0] * K
+    log_beta[K - 1] = math.log(0.5) if loss == "cross_entropy" else 0.0
+    log_gamma[K - 1] = 0.5 * math.log(2.0)
+    ls1 = math.log(s1)
+    for i in range(K - 2, -1, -1):
+        Wb = weights[i + 1][:, :-1]
+        nrm = float(duality._singular_values(Wb).max()) if Wb.size else 0.0
+        lw = math.log(nrm) if nrm > 0 else -math.inf
+        t1 = 2 * ls1 + 2 * lw + log_beta[i + 1]
+        t2 = (math.log(s2) + lw + log_gamma[i + 1]) if s2 > 0 else -math.inf
+        log_beta[i] = float(np.logaddexp(t1, t2))
+        log_gamma[i] = ls1 + lw + log_gamma[i + 1]
+    logL = np.array([log_beta[i] + math.log(sq_in[i]) for i in range(K)], dtype=np.float64)
+    return logL if log else np.exp(logL)
+
+
+@dataclasses.dataclass
+class DSGDState(TransformState):
+    """State and last-step diagnostics of :class:`DSGD` (all float64/int64 host arrays).
+
+    ``count``: steps taken (updates made or not); ``chosen``: last chosen layer (−1: none);
+    ``layer_counts`` (K,): how often each layer was chosen; ``scores``, ``L``, ``dual_norms``
+    (K,): the last step's ``‖G_i‖²_*/(2L_i)`` (0 for excluded layers), ``L_i`` and ``‖G_i‖_*``;
+    ``guaranteed``: ``s(2−s)·score_j``; ``actual``: ``f(w) − f(w⁺)`` when verified (NaN
+    otherwise); ``L_prev``: last valid estimated ``L_i`` (rule "estimate"; NaN unknown);
+    counters ``n_stationary``, ``n_nonfinite``, ``n_excluded`` (layer-steps with an invalid
+    ``L_i``), ``n_fallback`` (SVD failures mapped with Frobenius), ``consecutive_bad``.
+    """
+
+    count: int
+    chosen: int
+    layer_counts: Any
+    scores: Any
+    L: Any
+    dual_norms: Any
+    guaranteed: float
+    actual: float
+    L_prev: Any
+    n_stationary: int
+    n_nonfinite: int
+    n_excluded: int
+    n_fallback: int
+    consecutive_bad: int
+
+
+class _Blocks:
+    """Flat ⟷ list-of-blocks conversion (row-major) for a given list of block shapes."""
+
+    def __init__(self, shapes: Sequence[Sequence[int]]) -> None:
+        self.shapes = [tuple(int(s) for s in sh) for sh in shapes]
+        self.sizes = [int(np.prod(sh)) for sh in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+
+    def unpack(self, flat: Any) -> list[Any]:
+        if flat.ndim != 1 or flat.shape[0] != self.offsets[-1]:
+            raise ValueError(f"flat vector must have shape ({self.offsets[-1]},), got {tuple(flat.shape)}")
+        return [flat[self.offsets[i]:self.offsets[i + 1]].reshape(sh) for i, sh in enumerate(self.shapes)]
+
+    def pack(self, blocks: Sequence[Any]) -> Any:
+        xp = backend.get_namespace(*blocks)
+        return xp.concatenate([b.reshape(-1) for b in blocks])
+
+
+def _shapes_of(shapes: Any) -> list[tuple[int, ...]]:
+    return list(getattr(shapes, "shapes", shapes))
+
+
+class DSGD(Transform):
+    """Greedy layer-wise DSGD as a transform (see the module docstring).
+
+    Parameters
+    ----------
+    norm, scale, method:
+        Layer norm kind ("spectral" | "frobenius"), its scale ``c`` and the polar-factor
+        method ("svd" | "newton_schulz"); one value for all layers or a sequence per layer.
+    step:
+        The multiplier ``s`` (default 1, the rigorous step); ``s ∈ (0, 2)`` keeps the
+        guarantee ``s(2−s)·score``; larger values are accepted (experiments sweep s) and the
+        reported guarantee is then negative.
+    rule:
+        "bound" | "estimate" | "constant" (module docstring). "bound" needs the extra ``X``
+        (batch inputs) and ``params``; "estimate" needs the extra ``curvature(d) -> dᵀHd`` with
+        ``d`` structured like ``params``; "constant" uses ``constants``.
+    activation, loss, average:
+        For the bound: hidden activation, "cross_entropy" | "mse", "mean" | "max".
+    safety:
+        Multiplier (≥ 1) of the estimated constant.
+    selection:
+        "greedy" (DSGD) or the baselines "cyclic" and "random" (same step, other choice).
+    shapes:
+        Block shapes when params/grads are flat vectors (a list of shapes or an object with
+        ``.shapes`` such as the MLP's ``ParamLayout``); lists of blocks need none.
+    verify:
+        With the extra ``loss_fn(params) -> float`` (and optionally ``loss`` = f(w)), record the
+        actual decrease in the state (one or two extra forward passes).
+    seed:
+        Seed of the "random" selection (deterministic per step count).
+    """
+
+    state_class = DSGDState
+
+    def __init__(self, norm: str | Sequence[str] = "spectral", scale: float | Sequence[float] = 1.0,
+                 step: float = 1.0, rule: str = "bound", activation: str = "tanh",
+                 loss: str = "cross_entropy", average: str = "mean", constants: Sequence[float] | None = None,
+                 safety: float = 2.0, method: str | Sequence[str] = "svd", selection: str = "greedy",
+                 shapes: Any = None, verify: bool = False, seed: int = 0) -> None:
+        self.step_size = float(step)
+        if not (np.isfinite(self.step_size) and self.step_size > 0):
+            raise ValueError(f"step must be a finite positive number, got {step!r}")
+        if rule not in ("bound", "estimate", "constant"):
+            raise ValueError(f"rule must be 'bound', 'estimate' or 'constant', got {rule!r}")
+        if rule == "bound":
+            activation_derivative_bounds(activation)
+        if rule == "constant" and constants is None:
+            raise ValueError("rule='constant' needs constants (one L_i per layer)")
+        if selection not in ("greedy", "cyclic", "random"):
+            raise ValueError(f"selection must be 'greedy', 'cyclic' or 'random', got {selection!r}")
+        self.safety = float(safety)
+        if not (np.isfinite(self.safety) and self.safety >= 1.0):
+            raise ValueError(f"safety must be >= 1, got {safety!r}")
+        self.norm, self.scale, self.method = norm, scale, method
+        self.rule, self.activation, self.loss, self.average = rule, activation, loss, average
+        self.constants = None if constants is None else np.asarray(constants, dtype=np.float64)
+        self.selection, self.verify, self.seed = selection, bool(verify), int(seed)
+        self.blocks = None if shapes is None else _Blocks(_shapes_of(shapes))
+
+    # -- structure -------------------------------------------------------------------
+    def _layer_norms(self, K: int) -> list[duality.LayerNorm]:
+        def per(v: Any, name: str) -> list[Any]:
+            if isinstance(v, (list, tuple)):
+                if len(v) != K:
+                    raise ValueError(f"{name} has {len(v)} entries, expected one per layer ({K})")
+                return list(v)
+            return [v] * K
+
+        return [duality.LayerNorm(k, s, m) for k, s, m in
+                zip(per(self.norm, "norm"), per(self.scale, "scale"), per(self.method, "method"))]
+
+    def _split(self, tree: Tree, name: str) -> list[Any]:
+        if isinstance(tree, (list, tuple)):
+            return list(tree)
+        if self.blocks is None:
+            raise ValueError(f"{name} is a flat vector: pass shapes= (block shapes or the MLP layout) to DSGD")
+        return self.blocks.unpack(tree)
+
+    def init(self, params: Tree) -> DSGDState:
+        blocks = self._split(params, "params")
+        for i, b in enumerate(blocks):
+            backend.check_float_array(b, f"params[{i}]")
+            if b.size == 0:
+                raise ValueError(f"params[{i}] has zero size (shape {tuple(b.shape)}); DSGD needs non-empty layers")
+        K = len(blocks)
+        if K == 0:
+            raise ValueError("params must hold at least one layer")
+        self._layer_norms(K)
+        if self.constants is not None and self.constants.shape != (K,):
+            raise ValueError(f"constants must have shape ({K},), got {self.constants.shape}")
+        z = np.zeros(K)
+        return DSGDState(count=0, chosen=-1, layer_counts=np.zeros(K, dtype=np.int64), scores=z.copy(),
+                         L=np.full(K, np.nan), dual_norms=z.copy(), guaranteed=0.0, actual=math.nan,
+                         L_prev=np.full(K, np.nan), n_stationary=0, n_nonfinite=0, n_excluded=0,
+                         n_fallback=0, consecutive_bad=0)
+
+    # -- the step --------------------------------------------------------------------
+    def _dual_all(self, G: list[Any], norms: list[duality.LayerNorm]) -> tuple[np.ndarray, list[Any], int]:
+        """Dual norms of all blocks and a lazy duality map per block."""
+        K = len(G)
+        dn = np.zeros(K)
+        maps: list[Any] = [None] * K
+        n_fb = 0
+        for i, (g, nm) in enumerate(zip(G, norms)):
+            if nm.kind == "frobenius":
+                rho, dn[i] = nm.map(g)
+                maps[i] = rho
+                continue
+            try:
+                r = duality.polar_factor(g, nm.method, nm.max_steps, nm.tol)
+            except np.linalg.LinAlgError:
+                n_fb += 1
+                fro = duality.LayerNorm("frobenius", nm.scale)
+                maps[i], dn[i] = fro.map(g)
+                continue
+            c = nm.scale
+            dn[i] = r.nuclear / c
+            maps[i] = r.Q * g.dtype.type(r.nuclear / (c * c))
+        return dn, maps, n_fb
+
+    def update(self, grads: Tree, state: DSGDState, params: Tree | None = None, *, X: Any = None,
+               curvature: Callable[[Tree], float] | None = None,
+               loss_fn: Callable[[Tree], float] | None = None, loss: float | None = None,
+               constants: Sequence[float] | None = None, **extras: Any) -> tuple[Tree, DSGDState]:
+        """One DSGD step: ``(updates, new_state)``; ``updates`` is zero outside the chosen block.
+
+        Extras: ``X`` (rule "bound"), ``curvature`` (rule "estimate"), ``constants`` (overrides
+        the constructor's for this step), ``loss_fn``/``loss`` (``verify=True``).
+        """
+        flat = not isinstance(grads, (list, tuple))
+        G = self._split(grads, "grads")
+        K = len(G)
+        if state.layer_counts.shape != (K,):
+            raise ValueError(f"state is for {state.layer_counts.shape[0]} layers, grads have {K}")
+        W = None
+        if params is not None:
+            check_tree_like("grads", grads, params)
+            W = self._split(params, "params")
+        xp = backend.get_namespace(*G)
+        new = dataclasses.replace(state, count=state.count + 1, chosen=-1, actual=math.nan, guaranteed=0.0,
+                                  layer_counts=state.layer_counts.copy(), L_prev=state.L_prev.copy())
+        zeros = [xp.zeros_like(g) for g in G]
+
+        def out(blocks: list[Any]) -> Tree:
+            return self.blocks.pack(blocks) if flat else blocks
+
+        if not all(bool(xp.all(xp.isfinite(g))) for g in G):
+            new.n_nonfinite += 1
+            new.consecutive_bad += 1
+            if new.consecutive_bad >= MAX_CONSECUTIVE_BAD:
+                raise FloatingPointError(f"DSGD: {new.consecutive_bad} consecutive steps with NaN/Inf gradients")
+            return out(zeros), new
+        norms = self._layer_norms(K)
+        dn, maps, n_fb = self._dual_all(G, norms)
+        new.n_fallback += n_fb
+        logL = self._log_constants(G, W, maps, dn, X, curvature, constants, new, flat)
+        valid = np.isfinite(logL) & (dn > 0)
+        new.n_excluded += int(np.sum(~np.isfinite(logL) & (dn > 0)))
+        with np.errstate(divide="ignore"):
+            log_scores = np.where(valid, 2.0 * np.log(np.where(dn > 0, dn, 1.0)) - math.log(2.0) - logL, -np.inf)
+        new.scores = np.where(valid, np.exp(log_scores), 0.0)
+        new.L = np.exp(logL)
+        new.dual_norms = dn
+        if not valid.any():
+            new.n_stationary += int(bool(np.all(dn == 0)))
+            new.consecutive_bad = 0
+            return out(zeros), new
+        j = self._select(log_scores, valid, state.count)
+        s = self.step_size
+        coef = s * math.exp(-logL[j])
+        upd = list(zeros)
+        upd[j] = maps[j] * G[j].dtype.type(-coef)
+        new.chosen = j
+        new.layer_counts[j] += 1
+        new.guaranteed = s * (2.0 - s) * float(new.scores[j])
+        new.consecutive_bad = 0
+        result = out(upd)
+        if self.verify and loss_fn is not None and params is not None:
+            f0 = float(loss) if loss is not None else float(loss_fn(params))
+            from ._transform import apply_updates  # noqa: PLC0415
+
+            new.actual = f0 - float(loss_fn(apply_updates(params, result)))
+        return result, new
+
+    def _select(self, log_scores: np.ndarray, valid: np.ndarray, count: int) -> int:
+        idx = np.flatnonzero(valid)
+        if self.selection == "greedy":
+            return int(np.argmax(log_scores))  # first maximiser: lowest index on ties
+        if self.selection == "cyclic":
+            K = log_scores.shape[0]
+            for k in range(K):
+                i = (count + k) % K
+                if valid[i]:
+                    return i
+        rng = np.random.default_rng([self.seed, count])
+        return int(rng.choice(idx))
+
+    def _log_constants(self, G: list[Any], W: list[Any] | None, maps: list[Any], dn: np.ndarray, X: Any,
+                       curvature: Any, constants: Any, new: DSGDState, flat: bool) -> np.ndarray:
+        K = len(G)
+        if constants is not None or self.rule == "constant":
+            Lc = np.asarray(constants if constants is not None else self.constants, dtype=np.float64)
+            if Lc.shape != (K,):
+                raise ValueError(f"constants must have shape ({K},), got {Lc.shape}")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where((Lc > 0) & np.isfinite(Lc), np.log(np.where(Lc > 0, Lc, 1.0)), np.inf)
+        if self.rule == "bound":
+            if X is None or W is None:
+                raise ValueError("rule='bound' needs params and the extra X (the batch inputs, shape (B, n_0))")
+            return mlp_layer_smoothness_bound(W, X, self.activation, self.loss, self.average, log=True)
+        # rule == "estimate"
+        if curvature is None:
+            raise ValueError("rule='estimate' needs the extra curvature(d) -> dᵀHd (d structured like params)")
+        logL = np.full(K, np.inf)
+        xp = backend.get_namespace(*G)
+        for i in range(K):
+            if dn[i] <= 0:
+                continue
+            d = [xp.zeros_like(g) for g in G]
+            d[i] = maps[i]
+            c = float(curvature(self.blocks.pack(d) if flat else d))
+            Lhat = self.safety * c / (dn[i] ** 2)
+            if np.isfinite(Lhat) and Lhat > 0:
+                new.L_prev[i] = Lhat
+                logL[i] = math.log(Lhat)
+            elif np.isfinite(new.L_prev[i]) and new.L_prev[i] > 0:
+                logL[i] = math.log(new.L_prev[i])
+        return logL
+
+
+@dataclasses.dataclass
+class DSGDHistory:
+    """Record of a :func:`dsgd_train` run (host float64/int64 arrays; T steps, K layers).
+
+    ``chosen`` (T,): layer updated at each step (−1: no update); ``loss`` (T+1,): the loss
+    before each step and after the last (the full-batch loss in deterministic mode, the
+    batch loss otherwise, then ``loss[-1]`` on the full data); ``guaranteed`` (T,):
+    ``s(2−s)·score_j``; ``actual`` (T,): ``loss[t] − loss[t+1]`` (deterministic mode; NaN in
+    mini-batch mode); ``scores``, ``L``, ``dual_norms`` (T, K); ``params``: the final params.
+    """
+
+    chosen: np.ndarray
+    loss: np.ndarray
+    guaranteed: np.ndarray
+    actual: np.ndarray
+    scores: np.ndarray
+    L: np.ndarray
+    dual_norms: np.ndarray
+    params: Any
+    state: DSGDState
+
+    def selection_counts(self) -> np.ndarray:
+        """How often each layer was chosen, shape (K,)."""
+        K = self.scores.shape[1]
+        c = self.chosen[self.chosen >= 0]
+        return np.bincount(c, minlength=K)
+
+
+def dsgd_train(opt: DSGD, params: Tree, loss_and_grad: Callable[[Tree, Any, Any], tuple[float, Tree]],
+               X: Any, y: Any, steps: int, batch_size: int | None = None, rng: Any = None,
+               X_bound: Any = None,
+               curvature_fn: Callable[[Tree, Any, Any, Tree], float] | None = None) -> DSGDHistory:
+    """Run ``steps`` DSGD steps, deterministic (``batch_size=None``: full batch) or mini-batch.
+
+    ``loss_and_grad(params, Xb, yb) -> (loss, grads)`` (e.g. ``model.loss_and_grad``, with
+    ``shapes=model.layout`` given to :class:`DSGD` for flat params); ``X``: ``(N, n_0)``,
+    ``y``: labels/targets; mini-batches of ``batch_size`` rows are drawn without replacement
+    within a step from ``rng`` (a seed or Generator). ``X_bound``: inputs given to the
+    bound instead of the batch (e.g. the training set with ``average="max"``).
+    ``curvature_fn(params, Xb, yb, d) -> dᵀHd`` (rule "estimate"). Returns a :class:`DSGDHistory`.
+
+    >>> import numpy as np
+    >>> f = lambda p, X, y: (0.5 * float(np.sum(p[0] ** 2)), [p[0].copy()])   # L = 1 exactly
+    >>> h = dsgd_train(DSGD(rule="constant", constants=[1.0]), [np.full((1, 1), 2.0)], f, None, None, 2)
+    >>> h.chosen, h.loss
+    (array([ 0, -1]), array([2., 0., 0.]))
+    """
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if batch_size is not None and (X is None or not (1 <= int(batch_size) <= X.shape[0])):
+        raise ValueError(f"batch_size must be in [1, N] with X given, got {batch_size}")
+    gen = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    state = opt.init(params)
+    K = state.layer_counts.shape[0]
+    chosen = np.full(steps, -1, dtype=np.int64)
+    loss = np.full(steps + 1, np.nan)
+    guar, act = np.zeros(steps), np.full(steps, np.nan)
+    scores, Ls, dns = np.zeros((steps, K)), np.zeros((steps, K)), np.zeros((steps, K))
+    for t in range(steps):
+        if batch_size is None:
+            Xb, yb = X, y
+        else:
+            idx = gen.choice(X.shape[0], size=int(batch_size), replace=False)
+            xp = backend.get_namespace(X)
+            idx = xp.asarray(idx) if xp is not np else idx
+            Xb, yb = X[idx], y[idx]
+        f, g = loss_and_grad(params, Xb, yb)
+        loss[t] = float(f)
+        extras: dict[str, Any] = {"X": X_bound if X_bound is not None else Xb}
+        if curvature_fn is not None:
+            extras["curvature"] = (lambda d, p=params, a=Xb, b=yb: curvature_fn(p, a, b, d))
+        upd, state = opt.update(g, state, params, **extras)
+        from ._transform import apply_updates  # noqa: PLC0415
+
+        params = apply_updates(params, upd)
+        chosen[t], guar[t] = state.chosen, state.guaranteed
+        scores[t], Ls[t], dns[t] = state.scores, state.L, state.dual_norms
+    loss[steps] = float(loss_and_grad(params, X, y)[0])
+    if batch_size is None and steps:
+        act = loss[:-1] - loss[1:]
+    return DSGDHistory(chosen, loss, guar, act, scores, Ls, dns, params, state)
