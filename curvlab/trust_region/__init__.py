@@ -4,7 +4,7 @@ Example
 -------
 >>> import numpy as np
 >>> from curvlab.trust_region import solve_l2_subproblem
->>> solve_l2_subproblem(np.array([3.0]), 1.0, diag=np.array([1.0])).norm
+>>> round(solve_l2_subproblem(np.array([3.0]), 1.0, diag=np.array([1.0])).norm, 12)
 1.0
 """
 
