@@ -1,0 +1,171 @@
+"""Layer norms, dual norms and duality maps (curvlab.linalg.duality)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curvlab.linalg import duality as du
+from tests.conftest import rel_err
+
+NORMS = [("spectral", 1.0), ("spectral", 2.5), ("frobenius", 1.0), ("frobenius", 0.3)]
+
+
+def _to(xp, a):
+    return xp.asarray(a)
+
+
+def _cases(rng):
+    """Full-rank wide/tall, rank-deficient, vector, conv kernel."""
+    A = rng.standard_normal((7, 3)) @ rng.standard_normal((3, 9))  # rank 3
+    return [rng.standard_normal((6, 4)), rng.standard_normal((3, 8)), A, rng.standard_normal(5),
+            rng.standard_normal((4, 2, 3, 3))]
+
+
+def _primal(x, kind, c):
+    M = np.asarray(x).reshape(x.shape[0], -1)
+    return c * (np.linalg.norm(M, 2) if kind == "spectral" else np.linalg.norm(M))
+
+
+@pytest.mark.parametrize("kind,c", NORMS)
+def test_duality_identities(xp, rng, kind, c):
+    for G in _cases(rng):
+        Gx = _to(xp, G)
+        rho, dn = du.duality_map(Gx, kind, c)
+        assert rho.shape == G.shape and rho.dtype == G.dtype
+        r = np.asarray(rho.get() if hasattr(rho, "get") else rho)
+        M = G.reshape(G.shape[0], -1)
+        ref = (np.linalg.svd(M, compute_uv=False).sum() if kind == "spectral" else np.linalg.norm(M)) / c
+        assert abs(dn - ref) <= 1e-12 * ref
+        assert abs(float(np.vdot(G, r)) - dn**2) <= 1e-12 * dn**2       # ⟨G, ρ(G)⟩ = ‖G‖_*²
+        assert abs(_primal(r, kind, c) - dn) <= 1e-12 * dn               # ‖ρ(G)‖ = ‖G‖_*
+        assert abs(du.dual_norm(Gx, kind, c) - dn) <= 1e-12 * dn
+        assert abs(du.layer_norm(Gx, kind, c) - _primal(G, kind, c)) <= 1e-12 * _primal(G, kind, c)
+
+
+@pytest.mark.parametrize("kind,c", NORMS)
+def test_dual_norm_maximality(rng, kind, c):
+    G = rng.standard_normal((5, 4))
+    dn = du.dual_norm(G, kind, c)
+    U = rng.standard_normal((1000, 5, 4))
+    if kind == "spectral":
+        nrm = c * np.linalg.norm(U, ord=2, axis=(1, 2))
+    else:
+        nrm = c * np.sqrt(np.sum(U**2, axis=(1, 2)))
+    inner = np.einsum("ij,kij->k", G, U) / nrm
+    assert np.all(inner <= dn * (1 + 1e-12))
+    assert inner.max() > 0.3 * dn  # the sup is approached, not trivially slack
+
+
+def test_rank_deficient_polar(rng):
+    A = rng.standard_normal((8, 2)) @ rng.standard_normal((2, 6))
+    r = du.polar_factor(A)
+    assert r.rank == 2
+    Q = r.Q
+    # partial isometry: Q Qᵀ Q = Q, and Q has the row/column spaces of A
+    assert rel_err(Q @ Q.T @ Q, Q) < 1e-12
+    assert np.linalg.matrix_rank(Q) == 2
+    assert abs(np.vdot(A, Q) - np.linalg.svd(A, compute_uv=False).sum()) < 1e-12 * np.abs(A).sum()
+
+
+def test_scaled_maps_are_rescaled(rng):
+    G = rng.standard_normal((4, 6))
+    for kind in ("spectral", "frobenius"):
+        r1, d1 = du.duality_map(G, kind, 1.0)
+        r3, d3 = du.duality_map(G, kind, 3.0)
+        assert rel_err(r3, r1 / 9.0) < 1e-14 and abs(d3 - d1 / 3.0) < 1e-14 * d1
+
+
+def test_conv_kernel_reshape_roundtrip(rng):
+    K = rng.standard_normal((8, 3, 5, 5))
+    M = du.as_matrix(K)
+    assert M.shape == (8, 75) and np.shares_memory(M, K)
+    assert np.array_equal(du.from_matrix(M, K.shape), K)
+    rho, dn = du.duality_map(K, "spectral")
+    rhoM, dnM = du.duality_map(M, "spectral")
+    assert rel_err(rho.reshape(8, 75), rhoM) < 1e-14 and dn == dnM
+    with pytest.raises(ValueError, match="reshape"):
+        du.from_matrix(M, (8, 3, 5, 4))
+
+
+def test_zero_and_empty(xp):
+    for kind in ("spectral", "frobenius"):
+        for G in (xp.zeros((3, 4)), xp.zeros((0, 4)), xp.zeros((3, 0))):
+            rho, dn = du.duality_map(G, kind)
+            assert dn == 0.0 and rho.shape == G.shape and not bool(xp.any(rho))
+            assert du.dual_norm(G, kind) == 0.0 and du.layer_norm(G, kind) == 0.0
+        rho, dn = du.duality_map(xp.zeros((3, 4)), kind, method="newton_schulz")
+        assert dn == 0.0 and not bool(xp.any(rho))
+
+
+def test_bad_input():
+    G = np.ones((2, 2))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        du.duality_map(G, "nuclear")
+    with pytest.raises(ValueError, match="scale must be"):
+        du.duality_map(G, "spectral", scale=0.0)
+    with pytest.raises(ValueError, match="method must be"):
+        du.duality_map(G, "spectral", method="qr")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        du.duality_map(np.ones((2, 2), dtype=int))
+    with pytest.raises(ValueError, match="ndim"):
+        du.as_matrix(np.float64(1.0)[()] * np.ones(()))
+    with pytest.raises(FloatingPointError):
+        du.newton_schulz_polar(np.array([[np.nan, 1.0]]))
+
+
+# --- Newton–Schulz accuracy -----------------------------------------------------------
+
+def _with_singular_values(rng, n, m, s):
+    U, _ = np.linalg.qr(rng.standard_normal((n, len(s))))
+    V, _ = np.linalg.qr(rng.standard_normal((m, len(s))))
+    return (U * s) @ V.T, U @ V.T
+
+
+@pytest.mark.parametrize("shape", [(30, 20), (20, 30)])
+def test_newton_schulz_error_matches_bound(rng, shape):
+    """After k steps ‖X_k − UVᵀ‖_op equals the scalar-iteration prediction (documented accuracy)."""
+    s = np.geomspace(1.0, 1e-3, 12)
+    G, Q = _with_singular_values(rng, *shape, s)
+    for k in (2, 5, 10, 20):
+        r = du.newton_schulz_polar(G, max_steps=k, tol=0.0)
+        err = np.linalg.norm(r.Q - Q, 2)
+        pred = du.newton_schulz_error_bound(s, k)
+        assert abs(err - pred) <= 1e-12 + 1e-9 * pred
+    # converged run: within 1e-12 of the SVD polar factor, nuclear norm to 1e-12
+    r = du.newton_schulz_polar(G)
+    assert r.converged and r.steps <= 40
+    assert np.linalg.norm(r.Q - Q, 2) < 1e-12
+    assert abs(r.nuclear - s.sum()) < 1e-12 * s.sum()
+    # steps are as predicted: the bound after r.steps is tiny, after r.steps - 3 it is not
+    assert du.newton_schulz_error_bound(s, r.steps) < 1e-12
+    assert du.newton_schulz_error_bound(s, r.steps - 3) > 1e-12
+
+
+def test_newton_schulz_duality_map(xp, rng):
+    G = rng.standard_normal((16, 24))
+    rs, ds = du.duality_map(_to(xp, G), "spectral", 2.0)
+    rn, dn_ = du.duality_map(_to(xp, G), "spectral", 2.0, method="newton_schulz")
+    assert rel_err(rn, rs) < 1e-12 and abs(dn_ - ds) < 1e-12 * ds
+
+
+def test_float32(xp, rng):
+    """float32 inputs: identities to 1e-5 relative (looser: single precision)."""
+    G = rng.standard_normal((20, 12)).astype(np.float32)
+    for method in ("svd", "newton_schulz"):
+        rho, dn = du.duality_map(_to(xp, G), "spectral", method=method)
+        assert rho.dtype == np.float32
+        r = np.asarray(rho.get() if hasattr(rho, "get") else rho, dtype=np.float64)
+        ref = np.linalg.svd(G.astype(np.float64), compute_uv=False).sum()
+        assert abs(dn - ref) < 1e-5 * ref
+        assert abs(np.vdot(G.astype(np.float64), r) - ref**2) < 1e-5 * ref**2
+        assert abs(np.linalg.norm(r, 2) - ref) < 1e-5 * ref
+
+
+def test_layer_norm_object(rng):
+    G = rng.standard_normal((5, 3))
+    n = du.LayerNorm("spectral", 2.0, method="newton_schulz")
+    rho, d = n.map(G)
+    assert abs(n.norm(rho) - d) < 1e-12 * d and abs(n.dual(G) - d) < 1e-12 * d
+    with pytest.raises(ValueError):
+        du.LayerNorm("l1")
