@@ -66,8 +66,7 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
     x = start if (start is not None and start > lower and math.isfinite(start)) else lower_point
     n = 0
     n_expand = 0
-    width_before = math.inf
-    newton_last = False
+    prev_step = math.inf
     s_t = target ** -0.5
     while True:
         F, dF = fun(x)
@@ -89,7 +88,6 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
             dpsi = -0.5 * F ** -1.5 * dF
             if dpsi > 0.0:
                 cand = x - (F ** -0.5 - s_t) / dpsi
-        width = hi - lo
         if math.isinf(hi):
             n_expand += 1
             if n_expand > max_expand:
@@ -101,13 +99,12 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         elif not lo_ok and not (lo < cand < hi):
             x = lower_point
         else:
-            stalled = newton_last and width > 0.5 * width_before
-            if stalled or not (lo < cand < hi):
+            # Newton while its steps at least halve; otherwise (or outside the bracket) bisect
+            if not (lo < cand < hi) or abs(cand - x) > 0.5 * prev_step:
                 cand = math.sqrt(lo * hi) if (lo > 0.0 and hi > 4.0 * lo) else 0.5 * (lo + hi)
-                newton_last = False
+                prev_step = math.inf
             else:
-                newton_last = True
-            width_before = width
+                prev_step = abs(cand - x)
             x = cand
 
 
