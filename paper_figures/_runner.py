@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds (default 2 quick, 5 full)")
     p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help="output folder (default paper_figures/out)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--threads", type=int, default=1, metavar="T",
+                   help="BLAS threads (default 1: small matrices, and stable timings on shared machines)")
     return p
 
 
@@ -178,6 +180,15 @@ def list_figures(names: Sequence[str]) -> None:
             print(f"{n:22s} (cannot import: {type(exc).__name__}: {exc})")
 
 
+def _thread_limits(n: int):
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(n)
+    except Exception:  # threadpoolctl ships with scikit-learn; without it keep the defaults
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -187,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.seeds is not None and args.seeds < 1:
             raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
         if args.full and args.tiny:
             raise UsageError("--full and --tiny exclude each other")
         out = check_writable(Path(args.out))
@@ -199,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     versions = library_versions()
     records = []
     t0 = time.perf_counter()
+    limits = _thread_limits(args.threads)
     bar = names
     if progress:
         from tqdm.auto import tqdm
@@ -208,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if progress:
             bar.set_postfix_str(n)
         records.append(run_one(n, ctx, out, versions))
+    if limits is not None:
+        limits.restore_original_limits()
     from ._report import write_report
 
     index = write_report(out)
