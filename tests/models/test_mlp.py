@@ -468,3 +468,24 @@ def test_nan_policy_propagate_and_raise():
     assert np.isfinite(f_ok)
     with pytest.raises(ValueError, match="nan_policy"):
         MLP(SIZES, nan_policy="ignore")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_curvature_tiny_and_huge_directions(dtype):
+    """The adjoint mode rescales d internally: c(κd) = κ² c(d) over 40 orders of magnitude."""
+    m64, p, X, y, rng = _problem("tanh", "cross_entropy")
+    d = rng.standard_normal(p.size)
+    c = m64.curvature(p, X, y, d, mode="forward")
+    model = MLP(SIZES, dtype=dtype)
+    pd, Xd = p.astype(dtype), X.astype(dtype)
+    tol = 1e-10 if dtype == np.float64 else RTOL[np.float32]
+    ref = m64.curvature(pd.astype(np.float64), X, y, d, mode="forward")
+    for kappa in (1e-20, 1e-6, 1e6, 1e15):
+        dk = (kappa * d).astype(dtype)
+        for mode in ("forward", "adjoint"):
+            ck = model.curvature(pd, Xd, y, dk, mode=mode)
+            if dtype == np.float32 and kappa in (1e-20, 1e15) and mode == "forward":
+                continue  # no rescaling in forward mode: κ² leaves the float32 range
+            assert abs(ck / kappa**2 - ref) <= tol * abs(ref), (kappa, mode)
+    if dtype == np.float64:
+        assert abs(ref - c) <= 1e-15 * abs(c)

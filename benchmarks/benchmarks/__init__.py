@@ -1,0 +1,1 @@
+"""asv benchmarks of curvlab (one module per topic: ``bench_<topic>.py``)."""
