@@ -50,6 +50,7 @@ from .operators import LinearOperator
 __all__ = [
     "ADJUSTMENTS",
     "adjust_spectrum",
+    "eigh_batched",
     "KroneckerLayerBlock",
     "KroneckerSumBlock",
     "ProjectedSpectralBlock",
@@ -104,6 +105,36 @@ def adjust_spectrum(kappa: Any, rule: str = "abs", *, kappa_min: float = 1e-4, k
     if not (kappa_max > 0 and np.isfinite(kappa_max)):
         raise ValueError(f"kappa_max must be a finite number > 0, got {kappa_max}")
     return xp.minimum(xp.abs(kappa), kappa_max)
+
+
+def eigh_batched(M: Any) -> tuple[Any, Any]:
+    """Eigendecomposition of a stack ``(..., n, n)`` of symmetric matrices, in float64.
+
+    CuPy: one batched ``cupy.linalg.eigh``. NumPy: a loop of ``scipy.linalg.eigh`` (LAPACK
+    ``syevd``, retried with ``syev`` on failure), which on a busy multi-core host is much faster
+    than NumPy's batched call for small ``n`` (BLAS thread oversubscription). Raises
+    ``numpy.linalg.LinAlgError`` when both drivers fail and ``ValueError`` for NaN/Inf input.
+
+    >>> w, V = eigh_batched(np.array([[[2.0, 0.0], [0.0, 1.0]]]))
+    >>> w
+    array([[1., 2.]])
+    """
+    xp = backend.get_namespace(M)
+    M = M.astype(np.float64, copy=False)
+    if xp is not np:
+        return xp.linalg.eigh(M)
+    import scipy.linalg as sla  # noqa: PLC0415
+
+    n = M.shape[-1]
+    flat = M.reshape(-1, n, n)
+    w = np.empty(flat.shape[:2])
+    V = np.empty_like(flat)
+    for i in range(flat.shape[0]):
+        try:
+            w[i], V[i] = sla.eigh(flat[i], driver="evd", check_finite=False)
+        except (np.linalg.LinAlgError, ValueError):
+            w[i], V[i] = sla.eigh(0.5 * (flat[i] + flat[i].T), driver="ev", check_finite=True)
+    return w.reshape(M.shape[:-1]), V.reshape(M.shape)
 
 
 def _singular_guard(den: Any, kappa: Any, xp: Any, what: str) -> None:
@@ -193,8 +224,7 @@ class KroneckerLayerBlock(LinearOperator):
     # -- spectra -----------------------------------------------------------
     def _eigh_M(self) -> tuple[Any, Any]:
         if self._eig is None:
-            mu, U = self.xp.linalg.eigh(self.M.astype(np.float64))
-            self._eig = (mu, U)
+            self._eig = eigh_batched(self.M)
         return self._eig
 
     @property
@@ -362,7 +392,7 @@ class KroneckerSumBlock(LinearOperator):
         if self._proj is None:
             xp = self.xp
             A64 = self.A.astype(np.float64)
-            gam, V = xp.linalg.eigh(A64 @ A64.T)
+            gam, V = eigh_batched(A64 @ A64.T)
             tau = max(self.B, self.m) * np.finfo(np.float64).eps
             keep = gam > tau * float(gam.max())
             gam_r, V_r = gam[keep], V[:, keep]
@@ -388,7 +418,7 @@ class KroneckerSumBlock(LinearOperator):
         """Eigenpairs ``(κ, Y)`` of :meth:`projected_core` (float64): the non-trivial spectrum
         of ``scale Σ_b M_b ⊗ ã_b ã_bᵀ`` (λ not added)."""
         if self._S_eig is None:
-            self._S_eig = self.xp.linalg.eigh(self.projected_core())
+            self._S_eig = eigh_batched(self.projected_core())
         return self._S_eig
 
     def eigvalsh(self) -> Any:
@@ -411,7 +441,7 @@ class KroneckerSumBlock(LinearOperator):
         if where == "per_sample":
             M64 = self.Ms.astype(np.float64)
             s = xp.sum(self.A.astype(np.float64) ** 2, axis=1)
-            mu, U = xp.linalg.eigh(M64)
+            mu, U = eigh_batched(M64)
             sk = xp.where(s > 0, s, 1.0)
             rk = adjust_spectrum(mu * sk[:, None], rule, **kwargs) / sk[:, None]
             Mt = xp.einsum("bij,bj,bkj->bik", U, rk, U)

@@ -63,7 +63,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import backend
-from ..linalg.kronecker import KroneckerSumBlock, _canonical_rule, adjust_spectrum
+from ..linalg.kronecker import KroneckerSumBlock, _canonical_rule, adjust_spectrum, eigh_batched
 from ..models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
 from ._transform import Transform, TransformState, Tree, tree_leaves
 
@@ -109,7 +109,7 @@ def _average_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objecti
     B = f.M.shape[0]
     A = f.a
     s = xp.sum(A * A, axis=1)                                  # (B,)
-    mu, U = xp.linalg.eigh(f.M)                                # (B, n), (B, n, n)
+    mu, U = eigh_batched(f.M)                                  # (B, n), (B, n, n)
     kap = mu * s[:, None]
     diag["kappa"].append(kap)
     rho = adjust_spectrum(kap, rule, **adj_kw)
@@ -145,7 +145,7 @@ def _block_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective
     xp = backend.get_namespace(f.M)
     n, m = W.shape
     s = xp.sum(f.a * f.a, axis=1)
-    mu = xp.linalg.eigvalsh(f.M)
+    mu = eigh_batched(f.M)[0]
     diag["kappa"].append(mu * s[:, None])
     blk = KroneckerSumBlock(f.M, f.a, lam)
     op = blk if rule == "raw" else blk.adjusted(rule, where=block_spectrum, **adj_kw)
