@@ -113,7 +113,7 @@ def eigh_batched(M: Any) -> tuple[Any, Any]:
     CuPy: one batched ``cupy.linalg.eigh``. NumPy: a loop of ``scipy.linalg.eigh`` (LAPACK
     ``syevd``, retried with ``syev`` on failure), which on a busy multi-core host is much faster
     than NumPy's batched call for small ``n`` (BLAS thread oversubscription). Raises
-    ``numpy.linalg.LinAlgError`` when both drivers fail and ``ValueError`` for NaN/Inf input.
+    ``numpy.linalg.LinAlgError`` when both drivers fail and ``FloatingPointError`` for NaN/Inf input.
 
     >>> w, V = eigh_batched(np.array([[[2.0, 0.0], [0.0, 1.0]]]))
     >>> w
@@ -121,6 +121,7 @@ def eigh_batched(M: Any) -> tuple[Any, Any]:
     """
     xp = backend.get_namespace(M)
     M = M.astype(np.float64, copy=False)
+    backend.check_finite(M, "M")
     if xp is not np:
         return xp.linalg.eigh(M)
     import scipy.linalg as sla  # noqa: PLC0415
