@@ -94,7 +94,7 @@ def _act(xp: Any, name: str, z: Any) -> Any:
 
 def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str = "tanh",
                                loss: str = "cross_entropy", average: str = "mean",
-                               log: bool = False) -> np.ndarray:
+                               log: bool = False, op_norms: Sequence[float] | None = None) -> np.ndarray:
     """Rigorous layer smoothness constants ``L_i(w)`` of a dense MLP (method inspired by arXiv 1708.00523).
 
     ``weights``: list of K arrays ``(n_i, n_{i-1}+1)`` (bias as the last column, layer input
@@ -108,6 +108,7 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
     valid for the spectral and the Frobenius layer norms. ``loss="mse"`` (½‖z−y‖²) is
     supported for K = 1 only (β = 1; the lower layers have no uniform bound). Computed in
     log space (float64) so deep nets do not overflow; returns ``log L`` when ``log=True``.
+    ``op_norms`` (K,): precomputed ``‖W̄_i‖_op`` (entry 0 unused); default: exact singular values.
 
     >>> W = [np.zeros((3, 3))]                      # one linear layer, inputs of norm² 1
     >>> float(mlp_layer_smoothness_bound(W, np.array([[1.0, 0.0]]), loss="mse")[0])  # 1·(1+1)
@@ -145,7 +146,10 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
     ls1 = math.log(s1)
     for i in range(K - 2, -1, -1):
         Wb = weights[i + 1][:, :-1]
-        nrm = float(duality._singular_values(Wb).max()) if Wb.size else 0.0
+        if op_norms is not None:
+            nrm = float(op_norms[i + 1])
+        else:
+            nrm = float(duality._singular_values(Wb).max()) if Wb.size else 0.0
         lw = math.log(nrm) if nrm > 0 else -math.inf
         t1 = 2 * ls1 + 2 * lw + log_beta[i + 1]
         t2 = (math.log(s2) + lw + log_gamma[i + 1]) if s2 > 0 else -math.inf
@@ -165,7 +169,10 @@ class DSGDState(TransformState):
     ``guaranteed``: ``s(2−s)·score_j``; ``actual``: ``f(w) − f(w⁺)`` when verified (NaN
     otherwise); ``L_prev``: last valid estimated ``L_i`` (rule "estimate"; NaN unknown);
     counters ``n_stationary``, ``n_nonfinite``, ``n_excluded`` (layer-steps with an invalid
-    ``L_i``), ``n_fallback`` (SVD failures mapped with Frobenius), ``consecutive_bad``.
+    ``L_i``), ``n_fallback`` (SVD failures mapped with Frobenius), ``consecutive_bad``;
+    ``w_opnorm`` (K,), ``w_fingerprint`` (K, 2): cache of the exact ``‖W̄_i‖_op`` used by the
+    bound, reused while the block's fingerprint (``Σ W̄²`` and a cosine-weighted sum) is
+    unchanged: a DSGD step moves one block, so one weight SVD per step instead of K − 1.
     """
 
     count: int
@@ -182,6 +189,8 @@ class DSGDState(TransformState):
     n_excluded: int
     n_fallback: int
     consecutive_bad: int
+    w_opnorm: Any = None
+    w_fingerprint: Any = None
 
 
 class _Blocks:
@@ -300,31 +309,59 @@ class DSGD(Transform):
         return DSGDState(count=0, chosen=-1, layer_counts=np.zeros(K, dtype=np.int64), scores=z.copy(),
                          L=np.full(K, np.nan), dual_norms=z.copy(), guaranteed=0.0, actual=math.nan,
                          L_prev=np.full(K, np.nan), n_stationary=0, n_nonfinite=0, n_excluded=0,
-                         n_fallback=0, consecutive_bad=0)
+                         n_fallback=0, consecutive_bad=0, w_opnorm=np.full(K, np.nan),
+                         w_fingerprint=np.full((K, 2), np.nan))
 
     # -- the step --------------------------------------------------------------------
     def _dual_all(self, G: list[Any], norms: list[duality.LayerNorm]) -> tuple[np.ndarray, list[Any], int]:
-        """Dual norms of all blocks and a lazy duality map per block."""
+        """Dual norms of all blocks; duality maps where they come for free (Frobenius,
+        Newton–Schulz), ``None`` for SVD layers (singular values only: the polar factor of
+        the chosen layer is computed afterwards by :meth:`_map`)."""
         K = len(G)
         dn = np.zeros(K)
         maps: list[Any] = [None] * K
         n_fb = 0
         for i, (g, nm) in enumerate(zip(G, norms)):
             if nm.kind == "frobenius":
-                rho, dn[i] = nm.map(g)
-                maps[i] = rho
+                maps[i], dn[i] = nm.map(g)
                 continue
             try:
+                if nm.method == "svd":
+                    dn[i] = duality.dual_norm(g, "spectral", nm.scale)
+                    continue
                 r = duality.polar_factor(g, nm.method, nm.max_steps, nm.tol)
             except np.linalg.LinAlgError:
                 n_fb += 1
-                fro = duality.LayerNorm("frobenius", nm.scale)
-                maps[i], dn[i] = fro.map(g)
+                maps[i], dn[i] = duality.LayerNorm("frobenius", nm.scale).map(g)
                 continue
-            c = nm.scale
-            dn[i] = r.nuclear / c
-            maps[i] = r.Q * g.dtype.type(r.nuclear / (c * c))
+            dn[i] = r.nuclear / nm.scale
+            maps[i] = r.Q * g.dtype.type(r.nuclear / nm.scale**2)
         return dn, maps, n_fb
+
+    def _map(self, g: Any, nm: duality.LayerNorm, maps: list[Any], i: int) -> Any:
+        if maps[i] is None:
+            try:
+                maps[i] = nm.map(g)[0]
+            except np.linalg.LinAlgError:
+                maps[i] = duality.LayerNorm("frobenius", nm.scale).map(g)[0]
+        return maps[i]
+
+    def _op_norms(self, W: list[Any], state: DSGDState) -> np.ndarray:
+        """``‖W̄_i‖_op`` (i ≥ 1) from the cache when the block's fingerprint is unchanged."""
+        K = len(W)
+        out = np.full(K, np.nan)
+        for i in range(1, K):
+            Wb = W[i][:, :-1]
+            xp = backend.get_namespace(Wb)
+            w = xp.cos(xp.arange(Wb.shape[1], dtype=np.float64))
+            fp = (float(xp.sum(Wb.astype(np.float64) ** 2)), float(xp.sum(Wb @ w.astype(Wb.dtype), dtype=np.float64)))
+            if state.w_fingerprint[i, 0] == fp[0] and state.w_fingerprint[i, 1] == fp[1] and np.isfinite(state.w_opnorm[i]):
+                out[i] = state.w_opnorm[i]
+            else:
+                out[i] = float(duality._singular_values(Wb).max()) if Wb.size else 0.0
+                state.w_fingerprint[i] = fp
+                state.w_opnorm[i] = out[i]
+        return out
 
     def update(self, grads: Tree, state: DSGDState, params: Tree | None = None, *, X: Any = None,
                curvature: Callable[[Tree], float] | None = None,
@@ -346,7 +383,8 @@ class DSGD(Transform):
             W = self._split(params, "params")
         xp = backend.get_namespace(*G)
         new = dataclasses.replace(state, count=state.count + 1, chosen=-1, actual=math.nan, guaranteed=0.0,
-                                  layer_counts=state.layer_counts.copy(), L_prev=state.L_prev.copy())
+                                  layer_counts=state.layer_counts.copy(), L_prev=state.L_prev.copy(),
+                                  w_opnorm=state.w_opnorm.copy(), w_fingerprint=state.w_fingerprint.copy())
         zeros = [xp.zeros_like(g) for g in G]
 
         def out(blocks: list[Any]) -> Tree:
@@ -361,7 +399,7 @@ class DSGD(Transform):
         norms = self._layer_norms(K)
         dn, maps, n_fb = self._dual_all(G, norms)
         new.n_fallback += n_fb
-        logL = self._log_constants(G, W, maps, dn, X, curvature, constants, new, flat)
+        logL = self._log_constants(G, W, maps, dn, X, curvature, constants, new, flat, norms)
         valid = np.isfinite(logL) & (dn > 0)
         new.n_excluded += int(np.sum(~np.isfinite(logL) & (dn > 0)))
         with np.errstate(divide="ignore"):
@@ -377,7 +415,7 @@ class DSGD(Transform):
         s = self.step_size
         coef = s * math.exp(-logL[j])
         upd = list(zeros)
-        upd[j] = maps[j] * G[j].dtype.type(-coef)
+        upd[j] = self._map(G[j], norms[j], maps, j) * G[j].dtype.type(-coef)
         new.chosen = j
         new.layer_counts[j] += 1
         new.guaranteed = s * (2.0 - s) * float(new.scores[j])
@@ -404,7 +442,8 @@ class DSGD(Transform):
         return int(rng.choice(idx))
 
     def _log_constants(self, G: list[Any], W: list[Any] | None, maps: list[Any], dn: np.ndarray, X: Any,
-                       curvature: Any, constants: Any, new: DSGDState, flat: bool) -> np.ndarray:
+                       curvature: Any, constants: Any, new: DSGDState, flat: bool,
+                       norms: list[duality.LayerNorm]) -> np.ndarray:
         K = len(G)
         if constants is not None or self.rule == "constant":
             Lc = np.asarray(constants if constants is not None else self.constants, dtype=np.float64)
@@ -415,7 +454,8 @@ class DSGD(Transform):
         if self.rule == "bound":
             if X is None or W is None:
                 raise ValueError("rule='bound' needs params and the extra X (the batch inputs, shape (B, n_0))")
-            return mlp_layer_smoothness_bound(W, X, self.activation, self.loss, self.average, log=True)
+            return mlp_layer_smoothness_bound(W, X, self.activation, self.loss, self.average, log=True,
+                                              op_norms=self._op_norms(W, new))
         # rule == "estimate"
         if curvature is None:
             raise ValueError("rule='estimate' needs the extra curvature(d) -> dᵀHd (d structured like params)")
@@ -425,7 +465,7 @@ class DSGD(Transform):
             if dn[i] <= 0:
                 continue
             d = [xp.zeros_like(g) for g in G]
-            d[i] = maps[i]
+            d[i] = self._map(G[i], norms[i], maps, i)
             c = float(curvature(self.blocks.pack(d) if flat else d))
             Lhat = self.safety * c / (dn[i] ** 2)
             if np.isfinite(Lhat) and Lhat > 0:

@@ -337,3 +337,22 @@ def test_spectral_update_is_polar_step(rng):
     u, st = opt.update(G, opt.init([np.zeros((4, 3))]), [np.zeros((4, 3))])
     r = du.polar_factor(G[0])
     assert rel_err(u[0], -(0.7 * r.nuclear / 2.0) * r.Q) < 1e-14
+
+
+def test_weight_norm_cache_follows_params(digits_small):
+    """The cached ‖W̄_i‖_op used by the bound always equals the exact value of the current params."""
+    X, y = digits_small
+    m = MLP([64, 12, 8, 10], activation="tanh")
+    p = m.init_params(np.random.default_rng(7))
+    opt = DSGD(shapes=m.layout)
+    st = opt.init(p)
+    for k in range(6):
+        if k == 3:  # an external change of every block must invalidate the cache
+            p = p * 1.5
+        _, g = m.loss_and_grad(p, X, y)
+        u, st = opt.update(g, st, p, X=X)
+        Ws = m.layout.unpack(p)
+        exact = [np.linalg.norm(W[:, :-1], 2) for W in Ws[1:]]
+        np.testing.assert_allclose(st.w_opnorm[1:], exact, rtol=1e-13)
+        np.testing.assert_allclose(st.L, mlp_layer_smoothness_bound(Ws, X, "tanh"), rtol=1e-13)
+        p = p + u
