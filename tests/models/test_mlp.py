@@ -489,3 +489,21 @@ def test_curvature_tiny_and_huge_directions(dtype):
             assert abs(ck / kappa**2 - ref) <= tol * abs(ref), (kappa, mode)
     if dtype == np.float64:
         assert abs(ref - c) <= 1e-15 * abs(c)
+
+
+@pytest.mark.parametrize("act,loss", [("tanh", "cross_entropy"), ("softplus", "mse"), ("sigmoid", "cross_entropy")])
+def test_layer_hessian_factors_match_single_sample_blocks(act, loss, xp):
+    """δ_l ã ᵀ is the per-sample gradient block, M_l ⊗ ã ãᵀ the per-sample Hessian block."""
+    model, p, X, y, _ = _problem(act, loss, xp=xp)
+    factors = model.layer_hessian_factors(p, X, y)
+    assert len(factors) == model.n_layers
+    for b in (0, 3):
+        Xb, yb = X[b : b + 1], y[b : b + 1]
+        H = _np(model.dense_hessian(p, Xb, yb))
+        g = _np(model.grad(p, Xb, yb))
+        for l, (delta, M, at) in enumerate(factors):
+            sl = model.layout.slice(l)
+            dl, Ml, al = _np(delta[b]), _np(M[b]), _np(at[b])
+            assert rel_err(np.outer(dl, al).ravel(), g[sl]) < 1e-12
+            assert rel_err(np.kron(Ml, np.outer(al, al)), H[sl, sl]) < 1e-12
+            assert rel_err(Ml, Ml.T) < 1e-13
