@@ -753,11 +753,10 @@ class MLP:
         n, m = self.layout.shapes[l]
         k = Rd.shape[0]
         blk = out[:, self.layout.slice(l)].reshape(k, n, m)
-        Wpart = xp.matmul(Rd.transpose(0, 2, 1), a)
+        _matmul_into(Rd.transpose(0, 2, 1), a, blk[:, :, :-1], xp)
         if extra is not None:
-            Wpart += extra
-        blk[:, :, :-1] = Wpart
-        blk[:, :, -1] = Rd.sum(axis=1)
+            blk[:, :, :-1] += extra
+        xp.sum(Rd, axis=1, out=blk[:, :, -1])
 
     def hvp_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Any:
         """Exact Hessian times a block ``V`` (P, k) -> (P, k), one R-operator pass.
