@@ -50,7 +50,9 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+import contextlib
+import math
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -72,6 +74,8 @@ __all__ = [
     "ggn_operator",
     "fisher_operator",
     "HVP_MODES",
+    "from_reference_mlp",
+    "forward_mode_safe_ops",
 ]
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
@@ -95,6 +99,100 @@ def to_torch(x: Any) -> torch.Tensor:
 def from_torch(t: torch.Tensor) -> Any:
     """A torch tensor as a NumPy (CPU) or CuPy (CUDA) array sharing its memory (DLPack)."""
     return backend.from_dlpack(t.detach())
+
+
+# --------------------------------------------------------------------------- forward-mode-safe ops
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: ANN001, ANN202
+    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    mu = input.mean(dims, keepdim=True)
+    xc = input - mu
+    out = xc * torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight
+    return out if bias is None else out + bias
+
+
+def _affine_channels(out: torch.Tensor, weight: Any, bias: Any) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (out.ndim - 2)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    return out if bias is None else out + bias.reshape(shape)
+
+
+def _normalize_over(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+    mu = x.mean(dims, keepdim=True)
+    xc = x - mu
+    return xc * torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
+
+
+def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,  # noqa: ANN001, ANN202
+                momentum=0.1, eps=1e-5):
+    if not training and running_mean is not None:
+        shape = (1, -1) + (1,) * (input.ndim - 2)
+        out = (input - running_mean.reshape(shape)) * torch.rsqrt(running_var.reshape(shape) + eps)
+    else:  # batch statistics; running statistics are left untouched while curvature is evaluated
+        out = _normalize_over(input, (0,) + tuple(range(2, input.ndim)), eps)
+    return _affine_channels(out, weight, bias)
+
+
+def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,  # noqa: ANN001, ANN202
+                   use_input_stats=True, momentum=0.1, eps=1e-5):
+    if not use_input_stats and running_mean is not None:
+        return _batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    return _affine_channels(_normalize_over(input, tuple(range(2, input.ndim)), eps), weight, bias)
+
+
+def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,  # noqa: ANN001, ANN202
+          enable_gqa=False):
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        rep = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(rep, -3), value.repeat_interleave(rep, -3)
+    s = (query @ key.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))
+    L, S = query.shape[-2], key.shape[-2]
+    if is_causal:
+        s = s.masked_fill(~torch.ones(L, S, dtype=torch.bool, device=s.device).tril(), float("-inf"))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+    p = torch.softmax(s, dim=-1)
+    if dropout_p > 0.0:
+        p = F.dropout(p, dropout_p)
+    return p @ value
+
+
+_COMPOSITES = {"layer_norm": _layer_norm, "batch_norm": _batch_norm, "instance_norm": _instance_norm,
+               "scaled_dot_product_attention": _sdpa}
+
+
+@contextlib.contextmanager
+def forward_mode_safe_ops(enabled: bool = True) -> Iterator[None]:
+    """Swap a few fused ``torch.nn.functional`` kernels for compositions of elementary ops.
+
+    In torch 2.13 nested forward mode (``jvp`` of ``jvp``) is wrong for the
+    fused ``layer_norm`` and training-mode ``batch_norm``/``instance_norm``
+    kernels, and the CPU flash-attention kernel behind
+    ``scaled_dot_product_attention`` (used by ``nn.MultiheadAttention``) has no
+    forward-mode rule at all (nor a double backward). Inside this context those functions are the
+    textbook formulas (same values; training-mode batch norm does not update the
+    running statistics) and the MultiheadAttention fast path is off. The swap
+    patches module attributes, so it is not thread-safe.
+    """
+    if not enabled:
+        yield
+        return
+    saved = {k: getattr(F, k) for k in _COMPOSITES}
+    mha = getattr(torch.backends, "mha", None)
+    fast = mha.get_fastpath_enabled() if mha is not None else None
+    try:
+        for k, f in _COMPOSITES.items():
+            setattr(F, k, f)
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+        yield
+    finally:
+        for k, f in saved.items():
+            setattr(F, k, f)
+        if mha is not None:
+            mha.set_fastpath_enabled(fast)
 
 
 # --------------------------------------------------------------------------- losses
@@ -147,6 +245,11 @@ class TorchCurvature:
     hvp_mode : "forward_over_reverse" (default) | "reverse_over_reverse"
     process_group : torch.distributed group, True (default group) or None
         Average matvecs and gradients over ranks, weighted by batch size.
+    composite_ops : bool
+        Run forward-mode products under :func:`forward_mode_safe_ops` (default
+        True) and reverse-over-reverse products too: works around torch kernels
+        whose nested forward mode is wrong or missing (LayerNorm, training-mode
+        BatchNorm, fused attention, which also lacks a double backward on the CPU).
 
     The operators are evaluated at a snapshot of the parameters taken at
     construction (updating the model afterwards does not change them).
@@ -161,6 +264,7 @@ class TorchCurvature:
         params: Iterable[tuple[str, torch.Tensor]] | None = None,
         hvp_mode: str = "forward_over_reverse",
         process_group: Any = None,
+        composite_ops: bool = True,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -190,6 +294,7 @@ class TorchCurvature:
         if not callable(self.loss_fn):
             raise TypeError(f"loss must be a string or a callable, got {type(loss).__name__}")
         self.hvp_mode = hvp_mode
+        self.composite_ops = bool(composite_ops)
         self.group = _resolve_group(process_group)
         self.X, self.y = self._check_batch(batch)
         self.batch_size = int(self.X.shape[0])
@@ -293,18 +398,22 @@ class TorchCurvature:
         return self._out(torch.stack(cols, dim=1))
 
     def _operator(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
-                  *, psd: bool, batched: bool = True) -> LinearOperator:
+                  *, psd: bool, block: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None
+                  ) -> LinearOperator:
         n = self.layout.size
 
         def mv(v: Any) -> Any:
             return self._out(self._flat(single(self._vec_in(v))))
 
         def mm(V: Any) -> Any:
-            if batched:
+            if block is None:
                 return self._apply_block(single, V)
             parts = self._block_in(V)
-            cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(parts[0].shape[0])]
-            return self._out(torch.stack(cols, dim=1))
+            try:
+                return self._out(self._flat_block(block(parts)))
+            except RuntimeError:  # no batched backward for some op: one column at a time
+                cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(parts[0].shape[0])]
+                return self._out(torch.stack(cols, dim=1))
 
         return CallableOperator(mv, (n, n), self.dtype, matmat=mm, symmetric=True, psd=psd, xp=self.xp)
 
@@ -330,15 +439,16 @@ class TorchCurvature:
             grad_fn = torch.func.grad(self._loss_of)
 
             def hv(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-                return torch.func.jvp(grad_fn, (params,), (v,))[1]
+                with forward_mode_safe_ops(self.composite_ops):
+                    return torch.func.jvp(grad_fn, (params,), (v,))[1]
 
             return hv
 
-        def hv_rr(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            with torch.enable_grad():
+        def hv_rr(v: tuple[torch.Tensor, ...], batched: bool = False) -> tuple[torch.Tensor, ...]:
+            with torch.enable_grad(), forward_mode_safe_ops(self.composite_ops):
                 ps = [p.detach().requires_grad_(True) for p in params]
                 g = torch.autograd.grad(self._loss_of(ps), ps, create_graph=True)
-                return torch.autograd.grad(g, ps, grad_outputs=v)
+                return torch.autograd.grad(g, ps, grad_outputs=v, is_grads_batched=batched)
 
         return hv_rr
 
@@ -350,7 +460,11 @@ class TorchCurvature:
         mode = self.hvp_mode if hvp_mode is None else hvp_mode
         if mode not in HVP_MODES:
             raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
-        return self._operator(self._hvp_single(mode), psd=False, batched=(mode == "forward_over_reverse"))
+        single = self._hvp_single(mode)
+        if mode == "forward_over_reverse":
+            return self._operator(single, psd=False)
+        # one double-backward graph, all columns through one batched backward
+        return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True))
 
     def hvp(self, v: Any) -> Any:
         """``H v`` for a flat ``(P,)`` vector (default mode)."""
@@ -366,7 +480,8 @@ class TorchCurvature:
         params = self.params
 
         def single(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            z, Jv = torch.func.jvp(self._forward, (params,), (v,))
+            with forward_mode_safe_ops(self.composite_ops):
+                z, Jv = torch.func.jvp(self._forward, (params,), (v,))
             _, vjp_fn = torch.func.vjp(self._forward, params)
             return vjp_fn(weight(z, Jv))[0]
 
@@ -446,7 +561,7 @@ class TorchCurvature:
         def inner(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.func.jvp(self._loss_of, (p,), (dv,))
 
-        with torch.no_grad():
+        with torch.no_grad(), forward_mode_safe_ops(self.composite_ops):
             (val, gd), (_, c) = torch.func.jvp(inner, (tuple(plist),), (dv,))
         vals = self._allreduce(torch.stack([val, gd, c]).detach())
         if return_all:
@@ -471,7 +586,8 @@ class TorchCurvature:
             (val, _), (_, c) = torch.func.jvp(inner, (p,), (dv,))
             return val, c.detach()
 
-        g, (val, c) = torch.func.grad_and_value(f, has_aux=True)(tuple(plist))
+        with forward_mode_safe_ops(self.composite_ops):
+            g, (val, c) = torch.func.grad_and_value(f, has_aux=True)(tuple(plist))
         vals = self._allreduce(torch.stack([val.detach(), c]))
         return float(vals[0]), self._out(self._flat(g)), float(vals[1])
 
@@ -640,3 +756,48 @@ class CurvlabOptimizer(torch.optim.Optimizer):
                 self.state[key] = {"step": int(saved["step"]),
                                    "transform_state": g["transform"].load_state(saved["transform_state"], xp=xp)}
 
+
+
+# --------------------------------------------------------------------------- reference MLP bridge
+_ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "softplus": torch.nn.Softplus,
+                "sigmoid": torch.nn.Sigmoid, "identity": torch.nn.Identity}
+
+
+def from_reference_mlp(model: Any, params: Any) -> tuple[torch.nn.Sequential, np.ndarray]:
+    """The ``nn.Sequential`` twin of a :class:`curvlab.models.mlp.MLP` with weights ``params``.
+
+    Returns ``(net, perm)`` with ``torch_flat = mlp_flat[perm]``: the reference
+    layout stores ``W_l`` (bias as its last column) row-major, torch stores
+    ``weight`` then ``bias`` per ``nn.Linear``. Hence
+    ``H_torch = H_mlp[perm][:, perm]``.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from curvlab.models.mlp import MLP
+    >>> m = MLP([3, 4, 2]); p = m.init_params(np.random.default_rng(0))
+    >>> net, perm = from_reference_mlp(m, p)
+    >>> net(torch.zeros(1, 3, dtype=torch.float64)).shape
+    torch.Size([1, 2])
+    >>> perm[:4].tolist(), perm[12:16].tolist()
+    ([0, 1, 2, 4], [3, 7, 11, 15])
+    """
+    mats = model.layout.unpack(backend.to_numpy(params))
+    tdtype = torch.float64 if np.dtype(model.dtype) == np.float64 else torch.float32
+    layers: list[torch.nn.Module] = []
+    perm: list[np.ndarray] = []
+    off = 0
+    for l, W in enumerate(mats):
+        n, m1 = W.shape
+        lin = torch.nn.Linear(m1 - 1, n, dtype=tdtype)
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(np.ascontiguousarray(W[:, :-1])))
+            lin.bias.copy_(torch.as_tensor(np.ascontiguousarray(W[:, -1])))
+        layers.append(lin)
+        if l < len(mats) - 1:
+            layers.append(_ACTIVATIONS[model.activation]())
+        rows = off + np.arange(n)[:, None] * m1
+        perm.append((rows + np.arange(m1 - 1)[None, :]).ravel())
+        perm.append(rows[:, 0] + m1 - 1)
+        off += n * m1
+    return torch.nn.Sequential(*layers), np.concatenate(perm)

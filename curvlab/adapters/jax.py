@@ -1,0 +1,473 @@
+"""JAX adapter: curvature operators of a JAX model on flat parameter vectors.
+
+Given ``apply_fn(params, inputs) -> outputs`` (``params`` any pytree), a loss and a
+batch, :class:`JaxCurvature` returns curvlab
+:class:`~curvlab.linalg.operators.LinearOperator` s on the flat vector of a chosen
+subtree of the parameters (``trainable``; layout: :class:`NamedLayout` with
+``"a/b/0"``-style key paths, leaves in ``jax.tree_util`` order, row-major):
+Hessian (``jax.jvp`` of ``jax.grad``: forward-over-reverse, default; or
+``jax.vjp`` of ``jax.grad``: reverse-over-reverse), GGN ``Jᵀ H_L J``, empirical
+and Monte-Carlo Fisher (explicit ``rng``), the gradient, ``dᵀHd``
+forward-only (nested ``jax.jvp``) and ``(loss, g, dᵀHd)``. Every product is
+``jax.jit``-compiled once per adapter (``matmat`` is a ``jax.vmap`` of the
+matvec); the flat vector is split inside the compiled function.
+
+Arrays cross through DLPack: NumPy vectors on the CPU, CuPy on a GPU. JAX's CPU
+client imports a NumPy buffer without a copy only when it is 64-byte aligned
+(otherwise one copy is made; results always come back without a copy).
+float64 needs ``jax.config.update("jax_enable_x64", True)``.
+
+Data parallelism: ``devices=`` (a count or a list of devices) shards the batch
+along axis 0 over a 1-D mesh; parameters and vectors are replicated and XLA
+inserts the all-reduce, so products equal those on one device.
+
+The loss is ``"cross_entropy"`` (integer targets, logits on the last axis),
+``"mse"`` (``0.5 ||z - y||²`` over the last axis), averaged over all other
+axes as in :mod:`curvlab.models.mlp`, or a callable ``loss(outputs, targets)``
+returning a scalar mean over axis 0.
+
+Example
+-------
+>>> import jax, jax.numpy as jnp, numpy as np
+>>> def apply(p, X): return jnp.tanh(X @ p["w"].T) @ p["v"].T
+>>> rng = np.random.default_rng(0)
+>>> p = {"w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32),
+...      "v": jnp.asarray(rng.standard_normal((2, 4)), jnp.float32)}
+>>> X = jnp.asarray(rng.standard_normal((8, 3)), jnp.float32); y = jnp.asarray(rng.integers(0, 2, 8))
+>>> curv = JaxCurvature(apply, p, "cross_entropy", (X, y))
+>>> curv.layout.names
+('v', 'w')
+>>> H = curv.hessian(); H.shape
+(20, 20)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import backend
+from ..linalg.operators import CallableOperator, LinearOperator
+from ..methods._transform import Transform, TransformState
+from ._layout import NamedLayout
+
+__all__ = [
+    "JaxCurvature",
+    "NamedLayout",
+    "to_jax",
+    "from_jax",
+    "as_optax",
+    "CurvlabOptaxState",
+    "HVP_MODES",
+]
+
+HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
+
+
+# --------------------------------------------------------------------------- DLPack crossing
+def to_jax(x: Any) -> jax.Array:
+    """A NumPy/CuPy array as a JAX array; zero-copy when the buffer allows it (64-byte
+    aligned on the CPU), one copy otherwise."""
+    if isinstance(x, jax.Array):
+        return x
+    try:
+        return jnp.from_dlpack(x, copy=False)
+    except Exception:
+        return jnp.from_dlpack(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else jnp.asarray(x)
+
+
+def from_jax(a: jax.Array) -> Any:
+    """A JAX array as NumPy (CPU) / CuPy (GPU) sharing its buffer (read-only for NumPy).
+
+    Arrays sharded over several devices are gathered (one copy).
+    """
+    if len(a.sharding.device_set) > 1:
+        return np.asarray(a)
+    return backend.from_dlpack(a)
+
+
+def _key_name(k: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _path_name(path: Sequence[Any]) -> str:
+    return "/".join(_key_name(k) for k in path) or "."
+
+
+# --------------------------------------------------------------------------- losses
+def _builtin_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    if name == "cross_entropy":
+
+        def ce(z: jax.Array, y: jax.Array) -> jax.Array:
+            logp = jax.nn.log_softmax(z, axis=-1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[..., None].astype(jnp.int32), axis=-1))
+
+        return ce
+    if name == "mse":
+
+        def mse(z: jax.Array, y: jax.Array) -> jax.Array:
+            return 0.5 * jnp.mean(jnp.sum((z - y) ** 2, axis=-1))
+
+        return mse
+    raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable, got {name!r}")
+
+
+class JaxCurvature:
+    """Curvature operators and callables of a JAX model on one batch.
+
+    Parameters
+    ----------
+    apply_fn : callable ``(params, inputs) -> outputs``
+    params : pytree of arrays
+    loss : "cross_entropy" | "mse" | callable
+    batch : (inputs, targets)
+    trainable : None | sequence of str | callable(name) -> bool
+        The subtree to differentiate: all float leaves (None), the leaves whose
+        key path (``"layer/w"``) equals or starts with ``prefix + "/"`` for one
+        of the given prefixes, or those a predicate accepts. The others are
+        held fixed.
+    hvp_mode : "forward_over_reverse" (default) | "reverse_over_reverse"
+    devices : int or sequence of jax devices, optional
+        Shard the batch over these devices (axis 0; the batch size must be a
+        multiple of their number).
+    """
+
+    def __init__(
+        self,
+        apply_fn: Callable[[Any, Any], Any],
+        params: Any,
+        loss: str | Callable[[Any, Any], Any],
+        batch: tuple[Any, Any],
+        *,
+        trainable: Sequence[str] | Callable[[str], bool] | None = None,
+        hvp_mode: str = "forward_over_reverse",
+        devices: int | Sequence[Any] | None = None,
+    ) -> None:
+        if not callable(apply_fn):
+            raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+        if hvp_mode not in HVP_MODES:
+            raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {hvp_mode!r}")
+        leaves_p, treedef = jax.tree_util.tree_flatten_with_path(params)
+        names = [_path_name(p) for p, _ in leaves_p]
+        leaves = [leaf for _, leaf in leaves_p]
+        if trainable is None:
+            pick = lambda n: True  # noqa: E731
+        elif callable(trainable):
+            pick = trainable
+        else:
+            prefixes = [str(t).strip("/") for t in ([trainable] if isinstance(trainable, str) else trainable)]
+            pick = lambda n: any(n == q or n.startswith(q + "/") for q in prefixes)  # noqa: E731
+        idx = [i for i, (n, leaf) in enumerate(zip(names, leaves))
+               if pick(n) and np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)).kind == "f"]
+        if not idx:
+            raise ValueError(f"no trainable parameters: trainable={trainable!r} selects no float leaf of {names}")
+        dts = {np.dtype(leaves[i].dtype) for i in idx}
+        if len(dts) != 1 or next(iter(dts)) not in backend.FLOAT_DTYPES:
+            raise TypeError(f"trainable leaves must all be float32 or all float64, got {sorted(map(str, dts))}")
+        self.dtype = next(iter(dts))
+        if self.dtype == np.float64 and not jax.config.jax_enable_x64:
+            raise TypeError("float64 parameters need jax.config.update('jax_enable_x64', True) before use")
+        leaves = [jnp.asarray(leaf) for leaf in leaves]
+        self.layout = NamedLayout([names[i] for i in idx], [tuple(leaves[i].shape) for i in idx], self.dtype)
+        self.apply_fn = apply_fn
+        self.loss_name = loss if isinstance(loss, str) else None
+        self.loss_fn = _builtin_loss(loss) if isinstance(loss, str) else loss
+        if not callable(self.loss_fn):
+            raise TypeError(f"loss must be a string or a callable, got {type(loss).__name__}")
+        self.hvp_mode = hvp_mode
+        self._treedef, self._leaves, self._idx = treedef, leaves, idx
+        self.theta = jnp.concatenate([leaves[i].reshape(-1) for i in idx])
+        dev = next(iter(self.theta.devices()))
+        self.xp = np if dev.platform == "cpu" else backend._import_cupy()
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
+        X, y = (jnp.asarray(b) if not isinstance(b, jax.Array) else b for b in batch)
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(f"inputs and targets differ in batch size: {X.shape[0]} vs {y.shape[0]}")
+        if jnp.issubdtype(X.dtype, jnp.floating) and np.dtype(X.dtype) != self.dtype:
+            raise TypeError(f"batch inputs have dtype {X.dtype} but the parameters {self.dtype}")
+        self.mesh = None
+        if devices is not None:
+            devs = jax.devices()[: int(devices)] if isinstance(devices, int) else list(devices)
+            if len(devs) < 1 or (isinstance(devices, int) and len(devs) < devices):
+                raise ValueError(f"devices={devices!r} but only {len(jax.devices())} JAX devices exist")
+            if X.shape[0] % len(devs):
+                raise ValueError(f"batch size {X.shape[0]} is not a multiple of the {len(devs)} devices")
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            self.mesh = Mesh(np.array(devs), ("batch",))
+            X = jax.device_put(X, NamedSharding(self.mesh, PartitionSpec("batch")))
+            y = jax.device_put(y, NamedSharding(self.mesh, PartitionSpec("batch")))
+            self.theta = jax.device_put(self.theta, NamedSharding(self.mesh, PartitionSpec()))
+        self.X, self.y = X, y
+        self.batch_size = int(X.shape[0])
+        out = jax.eval_shape(self._outputs_of, self.theta, X)
+        lval = jax.eval_shape(lambda z: self.loss_fn(z, y), out)
+        if tuple(lval.shape) != ():
+            raise ValueError(f"loss must return a scalar, got shape {tuple(lval.shape)}")
+        self._jit: dict[str, Callable[..., Any]] = {}
+
+    # ------------------------------------------------------------------ pure functions
+    def _merge(self, theta: jax.Array) -> Any:
+        leaves = list(self._leaves)
+        for k, i in enumerate(self._idx):
+            a, b = self.layout.offsets[k], self.layout.offsets[k + 1]
+            leaves[i] = theta[a:b].reshape(self.layout.shapes[k])
+        return jax.tree_util.tree_unflatten(self._treedef, leaves)
+
+    def _outputs_of(self, theta: jax.Array, X: jax.Array) -> jax.Array:
+        return self.apply_fn(self._merge(theta), X)
+
+    def _loss_flat(self, theta: jax.Array, X: jax.Array, y: jax.Array) -> jax.Array:
+        return self.loss_fn(self._outputs_of(theta, X), y)
+
+    def _compiled(self, key: str) -> Callable[..., Any]:
+        if key in self._jit:
+            return self._jit[key]
+        L = self._loss_flat
+        if key == "grad":
+            f = jax.value_and_grad(L)
+        elif key == "hvp_forward_over_reverse":
+            def f(th, X, y, v):  # noqa: ANN001, ANN202
+                return jax.jvp(lambda t: jax.grad(L)(t, X, y), (th,), (v,))[1]
+        elif key == "hvp_reverse_over_reverse":
+            def f(th, X, y, v):  # noqa: ANN001, ANN202
+                return jax.vjp(lambda t: jax.grad(L)(t, X, y), th)[1](v)[0]
+        elif key == "curvature":
+            def f(th, X, y, d):  # noqa: ANN001, ANN202
+                inner = lambda t: jax.jvp(lambda s: L(s, X, y), (t,), (d,))  # noqa: E731
+                (val, gd), (_, c) = jax.jvp(inner, (th,), (d,))
+                return jnp.stack([val, gd, c])
+        elif key == "grad_and_curvature":
+            def f(th, X, y, d):  # noqa: ANN001, ANN202
+                def phi(t):  # noqa: ANN001, ANN202
+                    inner = lambda s: jax.jvp(lambda r: L(r, X, y), (s,), (d,))  # noqa: E731
+                    (val, _), (_, c) = jax.jvp(inner, (t,), (d,))
+                    return val, jax.lax.stop_gradient(c)
+                (val, c), g = jax.value_and_grad(phi, has_aux=True)(th)
+                return val, g, c
+        elif key == "ggn":
+            lf = self.loss_fn
+
+            def f(th, X, y, v):  # noqa: ANN001, ANN202
+                z, Jv = jax.jvp(lambda t: self._outputs_of(t, X), (th,), (v,))
+                u = jax.jvp(jax.grad(lambda zz: lf(zz, y)), (z,), (Jv,))[1]
+                return jax.vjp(lambda t: self._outputs_of(t, X), th)[1](u)[0]
+        else:  # pragma: no cover
+            raise KeyError(key)
+        self._jit[key] = f
+        return f
+
+    def _mv_fns(self, key: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        base = self._compiled(key)
+        return jax.jit(base), jax.jit(jax.vmap(base, in_axes=(None, None, None, 1), out_axes=1))
+
+    def _vec(self, v: Any, name: str = "v", ndim: int = 1) -> jax.Array:
+        shape = tuple(getattr(v, "shape", ()))
+        if len(shape) != ndim or shape[0] != self.layout.size:
+            want = f"({self.layout.size},)" if ndim == 1 else f"({self.layout.size}, k)"
+            raise ValueError(f"{name} must have shape {want}, got {shape}")
+        a = to_jax(v)
+        if np.dtype(a.dtype) != self.dtype:
+            a = a.astype(self.dtype)
+        if self.mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            a = jax.device_put(a, NamedSharding(self.mesh, PartitionSpec()))
+        return a
+
+    def _operator(self, key: str, *, psd: bool) -> LinearOperator:
+        mv, mm = self._mv_fns(key)
+        th, X, y = self.theta, self.X, self.y
+        n = self.layout.size
+        return CallableOperator(lambda v: from_jax(mv(th, X, y, self._vec(v))), (n, n), self.dtype,
+                                matmat=lambda V: from_jax(mm(th, X, y, self._vec(V, "V", 2))),
+                                symmetric=True, psd=psd, xp=self.xp)
+
+    # ------------------------------------------------------------------ public API
+    def flat_params(self) -> Any:
+        """The trainable parameters as a flat ``(P,)`` array."""
+        return from_jax(self.theta)
+
+    def unflatten(self, theta: Any) -> Any:
+        """The full parameter pytree with the trainable leaves taken from ``theta`` (P,)."""
+        return self._merge(self._vec(theta, "theta"))
+
+    def gradient(self, params: Any = None) -> tuple[float, Any]:
+        """``(loss, g)`` on the batch; ``params`` (flat) evaluates elsewhere."""
+        if "grad_jit" not in self._jit:
+            self._jit["grad_jit"] = jax.jit(self._compiled("grad"))
+        th = self.theta if params is None else self._vec(params, "params")
+        val, g = self._jit["grad_jit"](th, self.X, self.y)
+        return float(val), from_jax(g)
+
+    def gradient_fn(self) -> Callable[[Any], tuple[float, Any]]:
+        """A callable ``params (P,) -> (loss, g)``."""
+        return lambda p: self.gradient(p)
+
+    def hessian(self, hvp_mode: str | None = None) -> LinearOperator:
+        """The loss Hessian (P × P, symmetric) as a LinearOperator."""
+        mode = self.hvp_mode if hvp_mode is None else hvp_mode
+        if mode not in HVP_MODES:
+            raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
+        return self._operator("hvp_" + mode, psd=False)
+
+    def ggn(self) -> LinearOperator:
+        """Generalized Gauss–Newton ``Jᵀ H_L J`` (symmetric PSD for convex losses)."""
+        return self._operator("ggn", psd=True)
+
+    def fisher(self, kind: str = "empirical", *, rng: Any = None, mc_samples: int = 1) -> LinearOperator:
+        """Empirical or Monte-Carlo Fisher; same definitions as
+        :meth:`curvlab.adapters.torch.TorchCurvature.fisher` (explicit ``rng`` for MC)."""
+        z = jax.jit(self._outputs_of)(self.theta, self.X)
+        B = z.shape[0]
+        if kind == "empirical":
+            r = jax.grad(lambda zz: self.loss_fn(zz, self.y))(z) * B
+
+            def weight(_z: jax.Array, u: jax.Array, r: jax.Array = r) -> jax.Array:
+                s = jnp.sum((r * u).reshape(B, -1), axis=1)
+                return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
+
+            return self._fisher_op(weight)
+        if kind != "mc":
+            raise ValueError(f"kind must be 'empirical' or 'mc', got {kind!r}")
+        if self.loss_name is None:
+            raise ValueError("the Monte-Carlo Fisher needs a built-in loss ('cross_entropy' or 'mse') to sample from")
+        if rng is None:
+            raise ValueError("the Monte-Carlo Fisher needs an explicit rng (numpy Generator or seed)")
+        M = int(mc_samples)
+        if M < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        gen = backend.default_rng(rng)
+        C = z.shape[-1]
+        if self.loss_name == "cross_entropy":
+            p = jax.nn.softmax(z, axis=-1)
+            cdf = np.cumsum(np.asarray(p, dtype=np.float64), axis=-1)
+            u = gen.random((M,) + tuple(z.shape[:-1]) + (1,))
+            idx = np.minimum((cdf < u).sum(-1), C - 1)
+            R = p[None] - jax.nn.one_hot(jnp.asarray(idx), C, dtype=z.dtype)
+        else:
+            R = -jnp.asarray(gen.standard_normal((M,) + tuple(z.shape)), dtype=z.dtype)
+        npos = z.size // C
+
+        def weight_mc(_z: jax.Array, u: jax.Array, R: jax.Array = R) -> jax.Array:
+            s = jnp.sum(R * u[None], axis=-1, keepdims=True)
+            return jnp.sum(R * s, axis=0) / (npos * M)
+
+        return self._fisher_op(weight_mc)
+
+    def _fisher_op(self, weight: Callable[[jax.Array, jax.Array], jax.Array]) -> LinearOperator:
+        # the weight closes over its arrays; compile a dedicated pair of functions
+        L_out = self._outputs_of
+
+        def f(th, X, y, v):  # noqa: ANN001, ANN202
+            z, Jv = jax.jvp(lambda t: L_out(t, X), (th,), (v,))
+            return jax.vjp(lambda t: L_out(t, X), th)[1](weight(z, Jv))[0]
+
+        mv = jax.jit(f)
+        mm = jax.jit(jax.vmap(f, in_axes=(None, None, None, 1), out_axes=1))
+        th, X, y, n = self.theta, self.X, self.y, self.layout.size
+        return CallableOperator(lambda v: from_jax(mv(th, X, y, self._vec(v))), (n, n), self.dtype,
+                                matmat=lambda V: from_jax(mm(th, X, y, self._vec(V, "V", 2))),
+                                symmetric=True, psd=True, xp=self.xp)
+
+    def hvp(self, v: Any) -> Any:
+        """``H v`` for a flat ``(P,)`` vector (default mode)."""
+        key = "hvp_jit_" + self.hvp_mode
+        if key not in self._jit:
+            self._jit[key] = jax.jit(self._compiled("hvp_" + self.hvp_mode))
+        return from_jax(self._jit[key](self.theta, self.X, self.y, self._vec(v)))
+
+    def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
+        """``dᵀHd`` by forward-over-forward (nested ``jax.jvp``); ``return_all`` gives
+        ``(loss, gᵀd, dᵀHd)``."""
+        if "curv_jit" not in self._jit:
+            self._jit["curv_jit"] = jax.jit(self._compiled("curvature"))
+        th = self.theta if params is None else self._vec(params, "params")
+        out = np.asarray(self._jit["curv_jit"](th, self.X, self.y, self._vec(d, "d")))
+        return (float(out[0]), float(out[1]), float(out[2])) if return_all else float(out[2])
+
+    def curvature_fn(self) -> Callable[[Any], float]:
+        """A callable ``d (P,) -> dᵀHd`` (forward-only)."""
+        return lambda d: self.curvature(d)
+
+    def grad_and_curvature(self, d: Any, *, params: Any = None) -> tuple[float, Any, float]:
+        """``(loss, g, dᵀHd)`` from one forward with second-order tangents and one backward."""
+        if "gc_jit" not in self._jit:
+            self._jit["gc_jit"] = jax.jit(self._compiled("grad_and_curvature"))
+        th = self.theta if params is None else self._vec(params, "params")
+        val, g, c = self._jit["gc_jit"](th, self.X, self.y, self._vec(d, "d"))
+        return float(val), from_jax(g), float(c)
+
+
+# --------------------------------------------------------------------------- optax wrapper
+class CurvlabOptaxState(NamedTuple):
+    """optax state of a wrapped transform: the curvlab state and the step count."""
+
+    inner: TransformState
+    count: int
+
+
+def as_optax(transform: Transform, *, flat: bool = False) -> Any:
+    """A curvlab :class:`~curvlab.methods._transform.Transform` as an optax transformation.
+
+    Returns an ``optax.GradientTransformationExtraArgs``: ``update(grads, state,
+    params=None, **extra_args)`` forwards ``extra_args`` (an HVP or curvature
+    callable, ...) to ``transform.update``. The transform sees the leaves as
+    NumPy/CuPy arrays (DLPack), a list in ``jax.tree_util`` order, or one
+    concatenated ``(P,)`` vector with ``flat=True``. The transform runs NumPy
+    code, so call ``update`` outside ``jax.jit`` (jit the gradient instead).
+
+    Example
+    -------
+    >>> import jax.numpy as jnp, optax
+    >>> from curvlab.methods.baselines import SGD
+    >>> opt = as_optax(SGD(lr=0.5))
+    >>> p = {"w": jnp.ones(2)}
+    >>> s = opt.init(p)
+    >>> u, s = opt.update({"w": jnp.ones(2)}, s, p)
+    >>> optax.apply_updates(p, u)["w"].tolist()
+    [0.5, 0.5]
+    """
+    import optax
+
+    if not isinstance(transform, Transform):
+        raise TypeError(f"transform must be a curvlab Transform, got {type(transform).__name__}")
+
+    def to_tree(tree: Any) -> tuple[Any, Any, list[tuple[int, ...]]]:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        arrs = [from_jax(jnp.asarray(leaf)) for leaf in leaves]
+        shapes = [tuple(a.shape) for a in arrs]
+        if flat:
+            xp = backend.get_namespace(*arrs)
+            return xp.concatenate([a.reshape(-1) for a in arrs]), treedef, shapes
+        return arrs, treedef, shapes
+
+    def back(upd: Any, treedef: Any, shapes: list[tuple[int, ...]]) -> Any:
+        if flat:
+            parts, off = [], 0
+            for s in shapes:
+                n = int(np.prod(s, dtype=np.int64))
+                parts.append(upd[off:off + n].reshape(s))
+                off += n
+            upd = parts
+        return jax.tree_util.tree_unflatten(treedef, [to_jax(np.ascontiguousarray(u) if isinstance(u, np.ndarray)
+                                                             else u) for u in upd])
+
+    def init_fn(params: Any) -> CurvlabOptaxState:
+        p, _, _ = to_tree(params)
+        return CurvlabOptaxState(transform.init(p), 0)
+
+    def update_fn(updates: Any, state: CurvlabOptaxState, params: Any = None, **extra_args: Any) -> tuple[Any, Any]:
+        g, treedef, shapes = to_tree(updates)
+        p = None if params is None else to_tree(params)[0]
+        upd, inner = transform.update(g, state.inner, p, **extra_args)
+        return back(upd, treedef, shapes), CurvlabOptaxState(inner, state.count + 1)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

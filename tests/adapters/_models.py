@@ -1,0 +1,54 @@
+"""Small torch models shared by the adapter tests (imported only when torch is present)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """conv 3x3 -> BatchNorm (use in eval mode) -> tanh -> linear; input (B, 1, 6, 6)."""
+
+    def __init__(self, n_classes: int = 3, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, dtype=dtype)
+        self.bn = nn.BatchNorm2d(2, dtype=dtype)
+        self.fc = nn.Linear(2 * 4 * 4, n_classes, dtype=dtype)
+        with torch.no_grad():  # non-trivial running statistics and affine parameters
+            self.bn.running_mean.copy_(torch.tensor([0.1, -0.2], dtype=dtype))
+            self.bn.running_var.copy_(torch.tensor([0.5, 2.0], dtype=dtype))
+            self.bn.weight.copy_(torch.tensor([1.3, 0.7], dtype=dtype))
+            self.bn.bias.copy_(torch.tensor([0.05, -0.1], dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.bn(self.conv(x))).flatten(1))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: LayerNorm -> multi-head self-attention (``nn.MultiheadAttention``) ->
+    residual -> LayerNorm -> GELU MLP -> residual -> linear head per token.
+    Input (B, T, D), output (B, T, C)."""
+
+    def __init__(self, d: int = 4, heads: int = 2, hidden: int = 6, n_classes: int = 3,
+                 dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d, dtype=dtype)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True, dtype=dtype)
+        self.ln2 = nn.LayerNorm(d, dtype=dtype)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden, dtype=dtype), nn.GELU(), nn.Linear(hidden, d, dtype=dtype))
+        self.head = nn.Linear(d, n_classes, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.mlp(self.ln2(x))
+        return self.head(x)
+
+
+def mlp(sizes: list[int], dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1], dtype=dtype))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
