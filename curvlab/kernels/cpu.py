@@ -1,6 +1,7 @@
 """Numba CPU versions of the fused kernels (parallel over cores, one pass each).
 
-Each kernel reads its 1-D contiguous float32/float64 arrays once, does the
+Each kernel (a parallel version, and a serial twin used below
+``PARALLEL_MIN`` elements) reads its 1-D contiguous float32/float64 arrays once, does the
 arithmetic of one element in float64 registers and writes the state back in
 its own dtype; reductions accumulate in float64. ``fastmath`` is off (the
 twins in :mod:`curvlab.kernels.reference` are matched to rounding), and
@@ -17,6 +18,7 @@ Example
 from __future__ import annotations
 
 import math
+import types
 
 import numba as nb
 import numpy as np
@@ -24,9 +26,13 @@ import numpy as np
 __all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite"]
 
 _OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+_SERIAL = dict(parallel=False, cache=True, fastmath=False, nogil=True)
+
+#: below this many elements the serial twin of each kernel runs: waking worker threads costs
+#: more than the work (milliseconds on a loaded machine)
+PARALLEL_MIN = 1 << 16
 
 
-@nb.njit(**_OPTS)
 def _count_nonfinite(x):  # pragma: no cover - compiled
     n = 0
     for i in nb.prange(x.size):
@@ -35,7 +41,6 @@ def _count_nonfinite(x):  # pragma: no cover - compiled
     return n
 
 
-@nb.njit(**_OPTS)
 def _filter(g, w, a, h, P00, P01, P11, xscale, q, r, inv_lam, init, h0, P0, guard):  # pragma: no cover
     skipped = 0
     guarded = 0
@@ -88,7 +93,6 @@ def _filter(g, w, a, h, P00, P01, P11, xscale, q, r, inv_lam, init, h0, P0, guar
     return skipped, guarded
 
 
-@nb.njit(**_OPTS)
 def _dual(eta, w, a, h, p, mscale, bp0, hmin):  # pragma: no cover
     kl = 0.0
     dkl = 0.0
@@ -105,7 +109,6 @@ def _dual(eta, w, a, h, p, mscale, bp0, hmin):  # pragma: no cover
     return 0.5 * kl, -dkl
 
 
-@nb.njit(**_OPTS)
 def _pole(h, p, bp0, hmin):  # pragma: no cover
     m = -np.inf
     neg = 0
@@ -118,7 +121,6 @@ def _pole(h, p, bp0, hmin):  # pragma: no cover
     return m, neg
 
 
-@nb.njit(**_OPTS)
 def _apply(eta, w, a, h, p, out, mscale, bp0, hmin, nu, beta, pmin):  # pragma: no cover
     clamped = 0
     kl = 0.0
@@ -142,29 +144,47 @@ def _apply(eta, w, a, h, p, out, mscale, bp0, hmin, nu, beta, pmin):  # pragma: 
     return clamped, 0.5 * kl
 
 
+def _renamed(fn, suffix):
+    """A copy of ``fn`` under another name, so that numba caches its second compilation separately."""
+    name = fn.__name__ + suffix
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, fn.__globals__, name)
+
+
+_count_nonfinite_par, _count_nonfinite_ser = nb.njit(**_OPTS)(_count_nonfinite), nb.njit(**_SERIAL)(_renamed(_count_nonfinite, '_serial'))
+_filter_par, _filter_ser = nb.njit(**_OPTS)(_filter), nb.njit(**_SERIAL)(_renamed(_filter, '_serial'))
+_dual_par, _dual_ser = nb.njit(**_OPTS)(_dual), nb.njit(**_SERIAL)(_renamed(_dual, '_serial'))
+_pole_par, _pole_ser = nb.njit(**_OPTS)(_pole), nb.njit(**_SERIAL)(_renamed(_pole, '_serial'))
+_apply_par, _apply_ser = nb.njit(**_OPTS)(_apply), nb.njit(**_SERIAL)(_renamed(_apply, '_serial'))
+
+
+def _pick(par, ser, n):
+    return par if n >= PARALLEL_MIN else ser
+
+
 def count_nonfinite(x: np.ndarray) -> int:
-    return int(_count_nonfinite(x.reshape(-1)))
+    return int(_pick(_count_nonfinite_par, _count_nonfinite_ser, x.size)(x.reshape(-1)))
 
 
 def rls_filter_update(g, w, a, h, P00, P01, P11, *, xscale=1.0, q, r, forget=1.0, init=False,
                       h0=0.1, P0=0.0, psd_guard=False) -> tuple[int, int]:
-    s, k = _filter(g, w, a, h, P00, P01, P11, float(xscale), float(q), float(r), 1.0 / float(forget),
+    s, k = _pick(_filter_par, _filter_ser, g.size)(g, w, a, h, P00, P01, P11, float(xscale), float(q), float(r), 1.0 / float(forget),
                    bool(init), float(h0), float(P0), bool(psd_guard))
     return int(s), int(k)
 
 
 def kl_dual(eta, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-np.inf) -> tuple[float, float]:
-    kl, dkl = _dual(float(eta), w, a, h, p, float(mscale), float(beta_p0), float(h_min))
+    kl, dkl = _pick(_dual_par, _dual_ser, w.size)(float(eta), w, a, h, p, float(mscale), float(beta_p0), float(h_min))
     return float(kl), float(dkl)
 
 
 def kl_pole(h, p, *, beta_p0, h_min=-np.inf) -> tuple[float, int]:
-    m, n = _pole(h, p, float(beta_p0), float(h_min))
+    m, n = _pick(_pole_par, _pole_ser, h.size)(h, p, float(beta_p0), float(h_min))
     return float(m), int(n)
 
 
 def arturo_apply(eta, w, a, h, p, out, *, mscale=1.0, beta_p0, h_min=-np.inf, nu, beta,
                  p_min=-np.inf) -> tuple[int, float]:
-    n, kl = _apply(float(eta), w, a, h, p, out, float(mscale), float(beta_p0), float(h_min),
+    n, kl = _pick(_apply_par, _apply_ser, w.size)(float(eta), w, a, h, p, out, float(mscale), float(beta_p0), float(h_min),
                    float(nu), float(beta), float(p_min))
     return int(n), float(kl)
