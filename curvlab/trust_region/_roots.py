@@ -52,8 +52,9 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
     evaluated; if ``F(lower_point) ≤ target`` the answer is ``lower_point``
     (``at_lower``). ``start`` is the warm start (ignored unless > ``lower``).
     Stops when ``|F/target − 1| ≤ rtol``, when the bracket is narrower than
-    ``xtol·hi`` (returns the feasible end ``hi``), or after ``max_iter``
-    evaluations (``converged=False``).
+    ``xtol·(hi − lower)`` or 4 ulps (returns the feasible end ``hi``), or
+    after ``max_iter`` evaluations (``converged=False``; ``bracket_failed``
+    too if no upper end was found, as after ``max_expand`` expansions).
 
     >>> r = solve_decreasing(lambda x: (1 / (1 + x) ** 2, -2 / (1 + x) ** 3), 0.25, lower=0.0, lower_point=0.0)
     >>> round(r.x, 12), r.converged
@@ -80,8 +81,12 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         else:
             hi, f_hi = x, F
         if n >= max_iter:
-            return RootResult(hi, f_hi, n, False) if math.isfinite(hi) else RootResult(x, F, n, False)
-        if math.isfinite(hi) and hi - lo <= xtol * hi:
+            if math.isfinite(hi):
+                return RootResult(hi, f_hi, n, False)
+            return RootResult(x, F, n, False, bracket_failed=True)
+        # bracket collapsed: relative to the distance from the domain's edge (a pole makes F steep
+        # there), or to a few ulps
+        if math.isfinite(hi) and (hi - lo <= xtol * (hi - lower) or hi - lo <= 4 * math.ulp(hi)):
             return RootResult(hi, f_hi, n, True)
         cand = math.nan
         if 0.0 < F < math.inf and dF < 0.0 and math.isfinite(dF):

@@ -100,8 +100,9 @@ def solve_l2_subproblem(g: Any, delta: float, *, eigvals: Any = None, eigvecs: A
 
     def secular(sig: float) -> tuple[float, float]:
         d = lam + sig
-        t = xp.where(nz, gam / xp.where(nz, d, 1.0), 0.0)
-        return 0.5 * float(xp.sum(t * t)), -float(xp.sum(xp.where(nz, t * t / xp.where(nz, d, 1.0), 0.0)))
+        with np.errstate(divide="ignore", invalid="ignore"):  # γ ≠ 0 at the pole: F = +inf, by design
+            t = xp.where(nz, gam / xp.where(nz, d, 1.0), 0.0)
+            return 0.5 * float(xp.sum(t * t)), -float(xp.sum(xp.where(nz, t * t / xp.where(nz, d, 1.0), 0.0)))
 
     lower = max(0.0, -lam_min)
     target = 0.5 * delta * delta
