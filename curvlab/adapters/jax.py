@@ -265,8 +265,10 @@ class JaxCurvature:
         return f
 
     def _mv_fns(self, key: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        base = self._compiled(key)
-        return jax.jit(base), jax.jit(jax.vmap(base, in_axes=(None, None, None, 1), out_axes=1))
+        if "mvmm_" + key not in self._jit:
+            base = self._compiled(key)
+            self._jit["mvmm_" + key] = (jax.jit(base), jax.jit(jax.vmap(base, in_axes=(None, None, None, 1), out_axes=1)))
+        return self._jit["mvmm_" + key]
 
     def _vec(self, v: Any, name: str = "v", ndim: int = 1) -> jax.Array:
         shape = tuple(getattr(v, "shape", ()))
@@ -379,10 +381,8 @@ class JaxCurvature:
 
     def hvp(self, v: Any) -> Any:
         """``H v`` for a flat ``(P,)`` vector (default mode)."""
-        key = "hvp_jit_" + self.hvp_mode
-        if key not in self._jit:
-            self._jit[key] = jax.jit(self._compiled("hvp_" + self.hvp_mode))
-        return from_jax(self._jit[key](self.theta, self.X, self.y, self._vec(v)))
+        mv, _ = self._mv_fns("hvp_" + self.hvp_mode)
+        return from_jax(mv(self.theta, self.X, self.y, self._vec(v)))
 
     def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
         """``dᵀHd`` by forward-over-forward (nested ``jax.jvp``); ``return_all`` gives

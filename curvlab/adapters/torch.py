@@ -357,6 +357,10 @@ class TorchCurvature:
         return val
 
     def _vec_in(self, v: Any, name: str = "v") -> tuple[torch.Tensor, ...]:
+        if isinstance(v, (list, tuple)):  # a tree: one array per parameter, in layout order
+            if len(v) != len(self.layout):
+                raise ValueError(f"{name} must hold {len(self.layout)} arrays (one per parameter), got {len(v)}")
+            v = torch.cat([to_torch(a).reshape(-1) for a in v])
         t = to_torch(v)
         if t.ndim != 1 or t.shape[0] != self.layout.size:
             raise ValueError(f"{name} must have shape ({self.layout.size},), got {tuple(t.shape)}")

@@ -1,0 +1,184 @@
+"""CurvlabOptimizer: same trajectory as the core transforms, param groups, state_dict round trip."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from curvlab.adapters.torch import CurvlabOptimizer, TorchCurvature, from_reference_mlp  # noqa: E402
+from curvlab.methods._transform import Transform  # noqa: E402
+from curvlab.methods.baselines import SGD, Adam, AdamW, Momentum  # noqa: E402
+from tests.conftest import rel_err  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+SHAPES = [(4, 3), (4,), (2, 4)]
+
+
+def _problem(rng):
+    """A float64 quadratic with a little quartic term: f(θ) = ½θᵀAθ − bᵀθ + ¼ Σ θ⁴/10."""
+    P = sum(int(np.prod(s)) for s in SHAPES)
+    Q = rng.standard_normal((P, P))
+    A = Q @ Q.T / P + np.eye(P)
+    b = rng.standard_normal(P)
+    grad = lambda th: A @ th - b + 0.1 * th**3  # noqa: E731
+    curv = lambda th, d: float(d @ A @ d + 0.3 * np.sum(th**2 * d**2))  # noqa: E731
+    return P, grad, curv
+
+
+def _split(flat):
+    out, off = [], 0
+    for s in SHAPES:
+        n = int(np.prod(s))
+        out.append(flat[off:off + n].reshape(s))
+        off += n
+    return out
+
+
+def _transforms():
+    out = [SGD(lr=0.05), Momentum(lr=0.02, momentum=0.9, nesterov=True), Adam(lr=0.01), AdamW(lr=0.01, weight_decay=0.1)]
+    try:
+        from curvlab.methods.arturo import ArTuRO
+
+        out.append(ArTuRO())
+    except ImportError:  # pragma: no cover - not landed
+        pass
+    try:
+        from curvlab.methods.curvature_lr import CurvatureLR
+
+        out.append(CurvatureLR(base=Adam(lr=1.0), schedule=1.0))
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["tree", "flat"])
+@pytest.mark.parametrize("transform", _transforms(), ids=lambda t: type(t).__name__)
+def test_same_trajectory_as_core_transform(transform: Transform, flat, rng):
+    P, grad, curv = _problem(rng)
+    th0 = rng.standard_normal(P) * 0.5
+    needs_curv = type(transform).__name__ == "CurvatureLR"
+    steps = 300
+    # core transform on NumPy, flat vector
+    core, state = copy.deepcopy(transform), None
+    th = th0.copy()
+    state = core.init(th)
+    for _ in range(steps):
+        ex = {"curvature": (lambda d, t=th: curv(t, d))} if needs_curv else {}
+        th, state = core.step(th, grad(th), state, **ex)
+    # wrapper on torch parameters with the same gradients
+    params = [torch.nn.Parameter(torch.as_tensor(p.copy())) for p in _split(th0)]
+    opt = CurvlabOptimizer(params, copy.deepcopy(transform), flat=flat)
+
+    def current() -> np.ndarray:
+        return np.concatenate([p.detach().numpy().ravel() for p in params])
+
+    for _ in range(steps):
+        cur = current()
+        for p, g in zip(params, _split(grad(cur))):
+            p.grad = torch.as_tensor(g.copy())
+        if needs_curv:
+            if flat:
+                cf = lambda d, t=cur: curv(t, d)  # noqa: E731
+            else:
+                cf = lambda d, t=cur: curv(t, np.concatenate([x.ravel() for x in d]))  # noqa: E731
+            opt.step(curvature=cf)
+        else:
+            opt.step()
+    assert np.all(np.isfinite(th))
+    assert rel_err(current(), th) < 1e-12
+
+
+def test_param_groups_state_dict_round_trip(rng):
+    P, grad, _ = _problem(rng)
+    th0 = rng.standard_normal(P)
+
+    def make():
+        ps = [torch.nn.Parameter(torch.as_tensor(p.copy())) for p in _split(th0)]
+        opt = CurvlabOptimizer([{"params": ps[:2]}, {"params": ps[2:], "transform": Adam(lr=0.02), "flat": True}],
+                               Momentum(lr=0.03, momentum=0.8))
+        return ps, opt
+
+    def closure_for(ps, opt):
+        def closure():
+            opt.zero_grad()
+            cur = torch.cat([p.reshape(-1) for p in ps])
+            th = cur.detach().numpy()
+            loss = torch.as_tensor(0.0, dtype=torch.float64)
+            g = torch.as_tensor(grad(th))
+            cur.backward(g)  # gradient of the test problem, injected by a linear surrogate
+            return loss
+        return closure
+
+    ps, opt = make()
+    for _ in range(40):
+        opt.step(closure_for(ps, opt))
+    saved_params = [p.detach().clone() for p in ps]
+    sd = opt.state_dict()
+    blob = pickle.loads(pickle.dumps(sd))  # plain Python/NumPy content
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    for _ in range(40):
+        opt.step(closure_for(ps, opt))
+    ref = [p.detach().clone() for p in ps]
+    # fresh optimizer, parameters restored, state loaded
+    ps2, opt2 = make()
+    with torch.no_grad():
+        for p, s in zip(ps2, saved_params):
+            p.copy_(s)
+    opt2.load_state_dict(blob)
+    for gi, saved in blob["state"].items():  # lossless: same keys, values and dtypes
+        loaded = opt2.state[opt2.param_groups[gi]["params"][0]]["transform_state"].to_dict()
+        assert set(loaded) == set(saved["transform_state"])
+        for k, v in saved["transform_state"].items():
+            assert loaded[k].dtype == v.dtype
+            np.testing.assert_array_equal(loaded[k], v)
+    for _ in range(40):
+        opt2.step(closure_for(ps2, opt2))
+    for a, b in zip(ps2, ref):
+        assert torch.equal(a.detach(), b)
+    buf.seek(0)
+    sd3 = torch.load(buf, weights_only=False)
+    assert sd3["state"][1]["step"] == 40 and set(sd3["state"]) == {0, 1}
+    assert sd3["param_groups"][1]["transform"] == "Adam"
+    st = opt2.state_dict()
+    with pytest.raises(ValueError, match="param groups"):
+        CurvlabOptimizer([torch.nn.Parameter(torch.ones(2, dtype=torch.float64))], SGD()).load_state_dict(st)
+    with pytest.raises(ValueError, match="Adam"):
+        ps3, opt3 = make()
+        opt3.param_groups[1]["transform"] = SGD()
+        opt3.load_state_dict(st)
+    with pytest.raises(TypeError, match="Transform"):
+        CurvlabOptimizer(ps, "sgd")
+
+
+def test_curvature_lr_with_torch_curvature_matches_reference_mlp(rng):
+    """CurvatureLR driven by the torch adapter's forward-only dᵀHd follows the core
+    transform driven by the reference MLP (same weights, permuted layout)."""
+    cl = pytest.importorskip("curvlab.methods.curvature_lr")
+    from curvlab.models.mlp import MLP
+
+    model = MLP([6, 8, 3])
+    params = model.init_params(rng)
+    X, y = rng.standard_normal((32, 6)), rng.integers(0, 3, 32)
+    net, perm = from_reference_mlp(model, params)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    make = lambda: cl.CurvatureLR(base=SGD(lr=1.0), schedule=0.8)  # noqa: E731
+    core, th = make(), params.copy()
+    state = core.init(th)
+    opt = CurvlabOptimizer(net.parameters(), make(), flat=True)
+    for _ in range(30):
+        th, state = core.step(th, model.grad(th, X, y), state, model=model, X=X, y=y)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(Xt), yt).backward()
+        curv = TorchCurvature(net, "cross_entropy", (Xt, yt))
+        opt.step(curvature=curv.curvature)
+    mine = np.concatenate([p.detach().numpy().ravel() for p in net.parameters()])
+    assert rel_err(mine, th[perm]) < 1e-9
+    assert model.loss(th, X, y) < model.loss(params, X, y)
