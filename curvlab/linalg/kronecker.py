@@ -43,6 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.linalg as sla
 
 from .. import backend
 from .operators import LinearOperator
@@ -124,8 +125,6 @@ def eigh_batched(M: Any) -> tuple[Any, Any]:
     backend.check_finite(M, "M")
     if xp is not np:
         return xp.linalg.eigh(M)
-    import scipy.linalg as sla  # noqa: PLC0415
-
     n = M.shape[-1]
     flat = M.reshape(-1, n, n)
     w = np.empty(flat.shape[:2])
@@ -182,7 +181,7 @@ class KroneckerLayerBlock(LinearOperator):
     array([25., 25.])
     """
 
-    def __init__(self, M: Any, a: Any, lam: float = 0.0) -> None:
+    def __init__(self, M: Any, a: Any, lam: float = 0.0, *, _eig: tuple[Any, Any] | None = None) -> None:
         backend.check_float_array(M, "M", ndim=2)
         backend.check_float_array(a, "a", ndim=1)
         xp = backend.get_namespace(M, a)
@@ -201,7 +200,7 @@ class KroneckerLayerBlock(LinearOperator):
         self.n, self.m, self.lam = n, m, lam
         self.M = (0.5 * (M + M.T)).astype(dtype, copy=False)
         self.a = a.astype(dtype, copy=False)
-        self._eig: tuple[Any, Any] | None = None
+        self._eig: tuple[Any, Any] | None = _eig
         self.s = float(xp.sum(self.a.astype(np.float64) ** 2))
         self.psd = bool(float(self._eigh_M()[0].min()) >= 0 or self.s == 0.0)
 
@@ -272,11 +271,11 @@ class KroneckerLayerBlock(LinearOperator):
         """
         mu, U = self._eigh_M()
         if self.s == 0.0:
-            Mt = self.M.astype(np.float64)
-        else:
-            rk = adjust_spectrum(self.kappa, rule, **kwargs)
-            Mt = (U * (rk / self.s)) @ U.T
-        return KroneckerLayerBlock(Mt.astype(self.dtype), self.a, self.lam)
+            return KroneckerLayerBlock(self.M, self.a, self.lam, _eig=(mu, U))
+        mt = adjust_spectrum(self.kappa, rule, **kwargs) / self.s
+        Mt = (U * mt) @ U.T
+        order = self.xp.argsort(mt)
+        return KroneckerLayerBlock(Mt.astype(self.dtype), self.a, self.lam, _eig=(mt[order], U[:, order]))
 
     # -- solve -------------------------------------------------------------
     def solve(self, b: Any) -> Any:
@@ -412,7 +411,10 @@ class KroneckerSumBlock(LinearOperator):
         _, e = self.projection()
         n, r = self.n, e.shape[1]
         M64 = self.Ms.astype(np.float64)
-        S = xp.einsum("bij,bk,bl->ikjl", M64, e, e).reshape(n * r, n * r) * self.scale
+        B = M64.shape[0]
+        ee = (e[:, :, None] * e[:, None, :]).reshape(B, r * r)
+        S4 = (M64.reshape(B, n * n).T @ ee).reshape(n, n, r, r)          # one GEMM: [i, j, k, l]
+        S = xp.ascontiguousarray(S4.transpose(0, 2, 1, 3)).reshape(n * r, n * r) * self.scale
         return 0.5 * (S + S.T)
 
     def eigh_projected(self) -> tuple[Any, Any]:
@@ -429,20 +431,21 @@ class KroneckerSumBlock(LinearOperator):
         rest = xp.zeros(self.n * (self.m - self.rank), dtype=np.float64)
         return xp.sort(xp.concatenate([kap, rest])) + self.lam
 
-    def adjusted(self, rule: str = "abs", *, where: str = "per_sample", **kwargs: Any) -> LinearOperator:
+    def adjusted(self, rule: str = "abs", *, where: str = "per_sample", eig: tuple[Any, Any] | None = None,
+                 **kwargs: Any) -> LinearOperator:
         """A spectrally adjusted block (same λ and scale).
 
         ``where="per_sample"``: each ``M_b`` becomes ``M̃_b = U_b diag(ρ(s_b μ_b)/s_b) U_bᵀ``
         (``s_b = ‖ã_b‖²``); returns a :class:`KroneckerSumBlock` ``Σ M̃_b ⊗ ã_b ã_bᵀ`` (PSD for
         every rule but raw, so it has a real factorisation). ``where="batch"``: ρ applied to the
         spectrum of the whole block (``rule="abs"`` gives ``|H^B|``); returns a
-        :class:`ProjectedSpectralBlock`.
+        :class:`ProjectedSpectralBlock`. ``eig``: precomputed ``eigh`` of ``Ms`` (per_sample only).
         """
         xp = self.xp
         if where == "per_sample":
             M64 = self.Ms.astype(np.float64)
             s = xp.sum(self.A.astype(np.float64) ** 2, axis=1)
-            mu, U = eigh_batched(M64)
+            mu, U = eigh_batched(M64) if eig is None else eig
             sk = xp.where(s > 0, s, 1.0)
             rk = adjust_spectrum(mu * sk[:, None], rule, **kwargs) / sk[:, None]
             Mt = xp.einsum("bij,bj,bkj->bik", U, rk, U)

@@ -145,10 +145,15 @@ def _block_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective
     xp = backend.get_namespace(f.M)
     n, m = W.shape
     s = xp.sum(f.a * f.a, axis=1)
-    mu = eigh_batched(f.M)[0]
+    mu, U = eigh_batched(f.M)
     diag["kappa"].append(mu * s[:, None])
     blk = KroneckerSumBlock(f.M, f.a, lam)
-    op = blk if rule == "raw" else blk.adjusted(rule, where=block_spectrum, **adj_kw)
+    if rule == "raw":
+        op = blk
+    elif block_spectrum == "per_sample":
+        op = blk.adjusted(rule, where="per_sample", eig=(mu, U), **adj_kw)
+    else:
+        op = blk.adjusted(rule, where="batch", **adj_kw)
     G = f.grad
     rhs = G + lam * W if objective == "regularized" else G
     try:
