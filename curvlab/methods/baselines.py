@@ -83,11 +83,16 @@ class SGD(Transform):
             backend.check_float_array(p, f"params[{i}]")
         return SGDState(count=0)
 
-    def update(self, grads: Tree, state: SGDState, params: Tree | None = None, **extras: Any) -> tuple[Tree, SGDState]:
+    def direction(self, grads: Tree, state: SGDState, params: Tree | None = None) -> tuple[Tree, SGDState]:
+        """The unscaled direction ``d = g (+ wd * params)`` (``grads`` itself, no copy, when
+        ``weight_decay = 0``) and the new state."""
         if params is not None:
             check_tree_like("grads", grads, params)
-        g = _with_decay(grads, params, self.weight_decay)
-        return tree_map(lambda x: -x.dtype.type(self.lr) * x, g), SGDState(count=state.count + 1)
+        return _with_decay(grads, params, self.weight_decay), SGDState(count=state.count + 1)
+
+    def update(self, grads: Tree, state: SGDState, params: Tree | None = None, **extras: Any) -> tuple[Tree, SGDState]:
+        g, new = self.direction(grads, state, params)
+        return tree_map(lambda x: -x.dtype.type(self.lr) * x, g), new
 
 
 class Momentum(Transform):
@@ -105,14 +110,19 @@ class Momentum(Transform):
     def init(self, params: Tree) -> MomentumState:
         return MomentumState(count=0, buffer=tree_zeros_like(params))
 
-    def update(self, grads: Tree, state: MomentumState, params: Tree | None = None,
-               **extras: Any) -> tuple[Tree, MomentumState]:
+    def direction(self, grads: Tree, state: MomentumState, params: Tree | None = None) -> tuple[Tree, MomentumState]:
+        """The unscaled direction ``d`` (the buffer, or ``g + mu b`` for Nesterov) and the new state."""
         _check_grads(grads, state.buffer)
         g = _with_decay(grads, params, self.weight_decay)
         mu = self.momentum
         buf = tree_map(lambda b, x: b.dtype.type(mu) * b + x, state.buffer, g)
         d = tree_map(lambda x, b: x + b.dtype.type(mu) * b, g, buf) if self.nesterov else buf
-        return tree_map(lambda x: -x.dtype.type(self.lr) * x, d), MomentumState(state.count + 1, buf)
+        return d, MomentumState(state.count + 1, buf)
+
+    def update(self, grads: Tree, state: MomentumState, params: Tree | None = None,
+               **extras: Any) -> tuple[Tree, MomentumState]:
+        d, new = self.direction(grads, state, params)
+        return tree_map(lambda x: -x.dtype.type(self.lr) * x, d), new
 
 
 class Adam(Transform):

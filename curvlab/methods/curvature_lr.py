@@ -53,7 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import backend
-from ._transform import Transform, TransformState, Tree, apply_updates, check_tree_like, tree_leaves, tree_map, tree_vdot
+from ._transform import Transform, TransformState, Tree, apply_updates, check_tree_like, tree_leaves, tree_map
 from .baselines import SGD
 
 __all__ = [
@@ -76,6 +76,24 @@ def _pos(name: str, v: float) -> float:
     if not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite positive number, got {v!r}")
     return v
+
+
+_CHUNK = 1 << 16
+
+
+def _vdot64(a: Tree, b: Tree) -> float:
+    """``⟨a, b⟩`` over all leaves with products and sums in float64, converting chunks of
+    65,536 entries at a time (no full float64 copy of a float32 vector)."""
+    total = 0.0
+    for x, y in zip(tree_leaves(a), tree_leaves(b)):
+        xp = backend.get_namespace(x, y)
+        x, y = x.reshape(-1), y.reshape(-1)
+        if x.dtype == np.float64 and y.dtype == np.float64:
+            total += float(xp.dot(x, y))
+            continue
+        for i in range(0, x.shape[0], _CHUNK):
+            total += float(xp.dot(x[i:i + _CHUNK].astype(np.float64), y[i:i + _CHUNK].astype(np.float64)))
+    return total
 
 
 class ConstantSchedule:
@@ -211,7 +229,7 @@ class CurvatureLR(Transform):
     ----------
     base:
         Base transform giving the direction ``d`` (default ``SGD(lr=1)``): ``d`` is its
-        ``direction()`` when it has one (Adam), else ``−updates/base.lr``. The step ``t·d``
+        ``direction()`` when it has one (SGD, Momentum, Adam), else ``−updates/base.lr``. The step ``t·d``
         does not depend on the base's ``lr`` (``t`` rescales).
     schedule:
         ``λ``: a number (constant), a schedule object, or any ``k -> λ`` callable.
@@ -292,7 +310,7 @@ class CurvatureLR(Transform):
                                   predicted=0.0, realized=math.nan, event=0, c=math.nan)
         xp = backend.get_namespace(*tree_leaves(grads))
         zeros = tree_map(lambda x: xp.zeros_like(x), grads)
-        gd, dd = tree_vdot(grads, d), tree_vdot(d, d)
+        gd, dd = _vdot64(grads, d), _vdot64(d, d)
         new.gd, new.dd = gd, dd
         if not (np.isfinite(gd) and np.isfinite(dd)):
             return zeros, self._bad(new)
