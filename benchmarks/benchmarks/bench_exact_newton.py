@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg  # noqa: F401  (load SciPy's BLAS before any thread limit is entered)
 
-from .common import get_xp, interleaved_best, sync
+from .common import blas_threads, get_xp, interleaved_best, sync
 
 try:  # import the measured modules up front, so their BLAS libraries exist when limits apply
     import curvlab.linalg.kronecker  # noqa: F401
@@ -97,8 +97,9 @@ class LayerSpeedup:
 
     def setup(self):
         inp = layer_inputs(64)
-        self.t = interleaved_best({"closed": lambda: raw_closed_form_direction(*inp),
-                                   "dense": lambda: dense_direction(*inp)}, repeat=3)
+        with blas_threads(1):   # single-threaded CPU time: steady on a shared host
+            self.t = interleaved_best({"closed": lambda: raw_closed_form_direction(*inp),
+                                       "dense": lambda: dense_direction(*inp)}, repeat=3, timer="cpu")
 
     def track_speedup_64(self):
         return self.t["dense"] / self.t["closed"]
@@ -148,7 +149,8 @@ class StepCost:
     timeout = 300
 
     def setup(self):
-        self.t = interleaved_best(step_calls(*make_problem(32)), repeat=5)
+        with blas_threads(1):
+            self.t = interleaved_best(step_calls(*make_problem(32)), repeat=5, timer="cpu")
 
     def track_ratio_average(self):
         return self.t["average"] / self.t["sgd"]

@@ -249,6 +249,9 @@ class ExactNewton(Transform):
     on_indefinite : "apply" | "abs" | "skip" (raw only).
     max_consecutive_skips : int
         Steps in a row with no finite sample before ``FloatingPointError``.
+    layers : list of int, optional
+        Update only these layers (0 = input layer); the others get zero updates and
+        zero diagnostics. Default: all.
 
     ``update(grads, state, params, *, model=, X=, y=)`` (flat params of a
     :class:`~curvlab.models.mlp.MLP`), or ``update(grads, state, params, X=, y=, activation=,
@@ -263,7 +266,7 @@ class ExactNewton(Transform):
     def __init__(self, lr: float = 0.1, lam: float = 1.0, adjustment: str = "abs", batch_mode: str = "average",
                  objective: str = "damped", *, block_spectrum: str = "per_sample", on_indefinite: str = "apply",
                  kappa_min: float = 1e-4, kappa_max: float = 1.0, shift: float = 0.1,
-                 max_consecutive_skips: int = 100) -> None:
+                 max_consecutive_skips: int = 100, layers: Sequence[int] | None = None) -> None:
         if not (float(lr) > 0 and np.isfinite(lr)):
             raise ValueError(f"lr must be a finite number > 0, got {lr}")
         if not (float(lam) > 0 and np.isfinite(lam)):
@@ -285,6 +288,11 @@ class ExactNewton(Transform):
         self.block_spectrum, self.on_indefinite = block_spectrum, on_indefinite
         self.kappa_min, self.kappa_max, self.shift = float(kappa_min), float(kappa_max), float(shift)
         self.max_consecutive_skips = int(max_consecutive_skips)
+        if layers is not None:
+            layers = sorted({int(i) for i in layers})
+            if not layers or layers[0] < 0:
+                raise ValueError(f"layers must be a non-empty list of layer indices >= 0, got {layers}")
+        self.layers = layers
 
     def init(self, params: Tree) -> ExactNewtonState:
         leaves = tree_leaves(params)
@@ -320,7 +328,8 @@ class ExactNewton(Transform):
         if factors is None:
             if X is None or y is None:
                 raise ValueError("ExactNewton.update needs X= and y= (the batch), or factors=")
-            factors = (layer_hessian_factors(model, params, X, y) if model is not None
+            factors = (layer_hessian_factors(model, params if flat else model.layout.pack(weights), X, y)
+                       if model is not None
                        else layer_curvature(weights, X, y, activation=activation, loss=loss))
         xp = backend.get_namespace(factors[0].M)
         ok = _finite_rows(factors)
@@ -342,10 +351,17 @@ class ExactNewton(Transform):
             return upd, new
         if nbad:
             factors = [LayerCurvature(f.delta[ok], f.M[ok], f.a[ok], f.z[ok]) for f in factors]
-        D = exact_newton_directions(
-            factors, weights, lam=self.lam, adjustment=self.adjustment, batch_mode=self.batch_mode,
+        sel = list(range(L)) if self.layers is None else self.layers
+        if sel[-1] >= L:
+            raise ValueError(f"layers {self.layers} name a layer >= the number of layers {L}")
+        Dsel = exact_newton_directions(
+            [factors[i] for i in sel], [weights[i] for i in sel], lam=self.lam, adjustment=self.adjustment, batch_mode=self.batch_mode,
             objective=self.objective, block_spectrum=self.block_spectrum, on_indefinite=self.on_indefinite,
             kappa_min=self.kappa_min, kappa_max=self.kappa_max, shift=self.shift, diagnostics=diag)
+        D = [xp.zeros(W.shape) for W in weights]
+        kap = [xp.zeros((1, 1)) for _ in weights]
+        for j, i in enumerate(sel):
+            D[i], kap[i] = Dsel[j], diag["kappa"][j]
         if not all(bool(xp.all(xp.isfinite(d))) for d in D):
             # numerical failure in a direction: leave the weights untouched, count the batch
             nbad_all = B
@@ -354,7 +370,6 @@ class ExactNewton(Transform):
             return upd, self._state(state.count + 1, state.n_skipped + nbad_all, state.consecutive_skips + 1,
                                     state.n_guarded, state.n_indefinite, state.n_singular, L)
         ups = [(self.lr * d).astype(W.dtype) for d, W in zip(D, weights)]
-        kap = diag["kappa"]
         diag_arrays = (
             np.array([float(k.min()) for k in kap]),
             np.array([float(k.max()) for k in kap]),

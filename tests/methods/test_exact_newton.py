@@ -271,3 +271,20 @@ def test_backends(xp):
         for a, b in zip(got, ref):
             assert rel_err(a, b) <= 1e-12
     assert layer_curvature is not None
+
+
+def test_layer_subset_and_list_params_with_model():
+    model, p, X, y = _problem(3, seed=12)
+    full, _ = _update(ExactNewton(lr=0.1), model, p, X, y)
+    opt = ExactNewton(lr=0.1, layers=[1])
+    upd, st = _update(opt, model, p, X, y)
+    s0, s1 = model.layout.slice(0), model.layout.slice(1)
+    assert np.all(upd[s0] == 0) and rel_err(upd[s1], full[s1]) <= 1e-14
+    assert st.step_norm[0] == 0 and st.step_norm[1] > 0
+    Ws = model.layout.unpack(p)
+    ul, _ = opt.update([np.zeros_like(W) for W in Ws], opt.init(Ws), Ws, model=model, X=X, y=y)
+    assert rel_err(model.layout.pack(ul), upd) <= 1e-14
+    with pytest.raises(ValueError, match="layers"):
+        _update(ExactNewton(layers=[5]), model, p, X, y)
+    with pytest.raises(ValueError, match="layers"):
+        ExactNewton(layers=[-1])
