@@ -75,8 +75,8 @@ def to_jax(x: Any) -> jax.Array:
         return x
     try:
         return jnp.from_dlpack(x, copy=False)
-    except Exception:
-        return jnp.from_dlpack(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else jnp.asarray(x)
+    except Exception:  # unaligned or read-only host buffer: one copy
+        return jnp.asarray(x)
 
 
 def from_jax(a: jax.Array) -> Any:

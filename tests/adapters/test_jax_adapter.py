@@ -1,0 +1,218 @@
+"""JAX adapter (jitted): reference MLP, dense jax.hessian on a CNN, subtree, sharding, optax."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+
+from curvlab.adapters.jax import JaxCurvature, as_optax, from_jax, to_jax  # noqa: E402
+from curvlab.models.mlp import MLP  # noqa: E402
+from tests.conftest import rel_err  # noqa: E402
+
+pytestmark = pytest.mark.jax
+
+
+def mlp_apply(ps, X):
+    """Reference-MLP layout: W_l with the bias as its last column."""
+    a = X
+    for i, W in enumerate(ps):
+        a = a @ W[:, :-1].T + W[:, -1]
+        if i < len(ps) - 1:
+            a = jnp.tanh(a)
+    return a
+
+
+def cnn_apply(p, X):
+    """conv 3x3 (1 -> 2 channels, NCHW) -> tanh -> dense; X (B, 1, 6, 6)."""
+    h = jax.lax.conv_general_dilated(X, p["conv"]["w"], (1, 1), "VALID") + p["conv"]["b"][None, :, None, None]
+    h = jnp.tanh(h).reshape(X.shape[0], -1)
+    return h @ p["dense"]["w"].T + p["dense"]["b"]
+
+
+def _cnn_case(rng):
+    p = {"conv": {"w": jnp.asarray(rng.standard_normal((2, 1, 3, 3)) * 0.5), "b": jnp.asarray(rng.standard_normal(2) * 0.1)},
+         "dense": {"w": jnp.asarray(rng.standard_normal((3, 32)) * 0.3), "b": jnp.asarray(rng.standard_normal(3) * 0.1)}}
+    X = jnp.asarray(rng.standard_normal((6, 1, 6, 6)))
+    y = jnp.asarray(rng.integers(0, 3, 6))
+    return p, X, y
+
+
+def test_agrees_with_reference_mlp(rng):
+    model = MLP([5, 6, 3], activation="tanh", loss="cross_entropy")
+    params = model.init_params(rng)
+    X, y = rng.standard_normal((7, 5)), rng.integers(0, 3, 7)
+    curv = JaxCurvature(mlp_apply, [jnp.asarray(W) for W in model.layout.unpack(params)], "cross_entropy", (X, y))
+    assert curv.layout.names == ("0", "1") and curv.layout.size == model.n_params
+    np.testing.assert_array_equal(curv.flat_params(), params)  # same flat layout
+    V = rng.standard_normal((model.n_params, 3))
+    assert rel_err(curv.hessian().matmat(V), model.hvp_matmat(params, X, y, V)) < 1e-10
+    assert rel_err(curv.hessian("reverse_over_reverse") @ V[:, 0], model.hvp(params, X, y, V[:, 0])) < 1e-10
+    assert rel_err(curv.ggn() @ V[:, 1], model.ggn_vp(params, X, y, V[:, 1])) < 1e-10
+    assert rel_err(curv.fisher() @ V[:, 2], model.fisher_vp(params, X, y, V[:, 2])) < 1e-10
+    loss, g = curv.gradient()
+    rl, rg = model.loss_and_grad(params, X, y)
+    assert abs(loss - rl) < 1e-12 * abs(rl) and rel_err(g, rg) < 1e-10
+    d = V[:, 0]
+    c = model.curvature(params, X, y, d)
+    assert abs(curv.curvature(d) - c) <= 1e-10 * abs(c)
+    l2, g2, c2 = curv.grad_and_curvature(d)
+    assert abs(c2 - c) <= 1e-10 * abs(c) and rel_err(g2, rg) < 1e-10
+
+
+def test_cnn_dense_hessian_and_subtree(rng):
+    p, X, y = _cnn_case(rng)
+    curv = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y))
+    assert curv.layout.names == ("conv/b", "conv/w", "dense/b", "dense/w")
+
+    def f(theta):
+        return curv._loss_flat(theta, X, y)
+
+    Hd = np.asarray(jax.jit(jax.hessian(f))(curv.theta))
+    H = curv.hessian().to_dense()
+    assert rel_err(H, Hd) < 1e-10
+    ev = np.linalg.eigvalsh(Hd)
+    try:
+        from curvlab.linalg.lanczos import eigsh
+
+        res = eigsh(curv.hessian(), k=2, which="LA", rng=0, tol=1e-12)
+        top = np.sort(np.asarray(res.eigenvalues))[::-1]
+    except ImportError:  # pragma: no cover
+        from scipy.sparse.linalg import eigsh as sp_eigsh
+
+        top = np.sort(sp_eigsh(curv.hessian().to_scipy(), k=2, which="LA", tol=1e-12)[0])[::-1]
+    np.testing.assert_allclose(top, ev[::-1][:2], rtol=1e-8)
+    # the "conv" subtree only: the corresponding block of the full Hessian
+    sub = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y), trainable=["conv"])
+    assert sub.layout.names == ("conv/b", "conv/w")
+    k = sub.layout.size
+    v = rng.standard_normal(k)
+    assert rel_err(sub.hessian() @ v, Hd[:k, :k] @ v) < 1e-10
+    tree = sub.unflatten(sub.flat_params())
+    np.testing.assert_array_equal(np.asarray(tree["dense"]["w"]), np.asarray(p["dense"]["w"]))
+
+
+def test_float32_and_mc_fisher(rng):
+    model = MLP([4, 5, 2], loss="mse")
+    params = model.init_params(rng)
+    X, y = rng.standard_normal((16, 4)), rng.standard_normal((16, 2))
+    ps32 = [jnp.asarray(W, jnp.float32) for W in model.layout.unpack(params)]
+    c32 = JaxCurvature(mlp_apply, ps32, "mse", (X.astype(np.float32), y.astype(np.float32)))
+    v = rng.standard_normal(model.n_params)
+    out = c32.hessian() @ v.astype(np.float32)
+    assert out.dtype == np.float32 and rel_err(out, model.hvp(params, X, y, v)) < 1e-4
+    # Monte-Carlo Fisher of the Gaussian likelihood: unbiased for the GGN, error falls with samples
+    G = model.ggn_matmat(params, X, y, np.eye(model.n_params))
+    c64 = JaxCurvature(mlp_apply, [jnp.asarray(W) for W in model.layout.unpack(params)], "mse", (X, y))
+    e_small = np.mean([rel_err(c64.fisher("mc", rng=s, mc_samples=10).to_dense(), G) for s in range(3)])
+    e_big = rel_err(c64.fisher("mc", rng=7, mc_samples=2000).to_dense(), G)
+    assert e_big < 0.1 and e_big < e_small / 4
+
+
+def test_errors(rng):
+    p, X, y = _cnn_case(rng)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X, y), trainable=["nope"])
+    with pytest.raises(ValueError, match="scalar"):
+        JaxCurvature(cnn_apply, p, lambda z, t: z.sum(-1), (X, y))
+    with pytest.raises(TypeError, match="float32"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X.astype(jnp.float32), y))
+    curv = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y))
+    n = curv.layout.size
+    with pytest.raises(ValueError, match=rf"\({n},\)"):
+        curv.hessian() @ np.ones(n - 1)
+    with pytest.raises(ValueError, match=rf"\({n},\)"):
+        curv.curvature(np.ones(n + 1))
+    with pytest.raises(ValueError, match="rng"):
+        curv.fisher("mc")
+    with pytest.raises(ValueError, match="devices"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X, y), devices=64)
+
+
+def test_dlpack_zero_copy():
+    buf = np.empty(64 + 8 * 100, dtype=np.uint8)  # a 64-byte aligned float64 view
+    off = (-buf.ctypes.data) % 64
+    v = buf[off:off + 800].view(np.float64)
+    v[:] = np.arange(100.0)
+    a = to_jax(v)
+    assert a.unsafe_buffer_pointer() == v.ctypes.data  # no copy on the way in
+    w = a * 2.0
+    back = from_jax(w)
+    assert back.ctypes.data == w.unsafe_buffer_pointer()  # none on the way out
+    unaligned = np.arange(11.0)[1:]
+    np.testing.assert_array_equal(np.asarray(to_jax(unaligned)), unaligned)  # copied, still correct
+
+
+def test_sharded_batch_matches_single_device(tmp_path):
+    """Two host devices (XLA_FLAGS) in a subprocess: sharded products equal single-device ones."""
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        assert len(jax.devices()) == 2, jax.devices()
+        from tests.adapters.test_jax_adapter import cnn_apply, _cnn_case
+        from curvlab.adapters.jax import JaxCurvature
+        rng = np.random.default_rng(0)
+        p, X, y = _cnn_case(rng)
+        one = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y))
+        two = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y), devices=2)
+        assert len(two.X.sharding.device_set) == 2
+        V = rng.standard_normal((one.layout.size, 2))
+        errs = []
+        for a, b in ((one.hessian().matmat(V), two.hessian().matmat(V)),
+                     (one.ggn() @ V[:, 1], two.ggn() @ V[:, 1]),
+                     (one.gradient()[1], two.gradient()[1])):
+            errs.append(np.linalg.norm(a - b) / np.linalg.norm(a))
+        print("MAXERR", max(errs))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    err = float(res.stdout.split("MAXERR")[1])
+    assert err < 1e-12
+
+
+def test_optax_wrapper_same_trajectory(rng):
+    optax = pytest.importorskip("optax")
+    from curvlab.methods.baselines import Adam, Momentum
+
+    P = 12
+    Q = rng.standard_normal((P, P))
+    A = Q @ Q.T / P + np.eye(P)
+    b = rng.standard_normal(P)
+    grad = lambda th: A @ th - b + 0.1 * th**3  # noqa: E731
+    transforms = [Adam(lr=0.01), Momentum(lr=0.02, nesterov=True)]
+    try:
+        from curvlab.methods.curvature_lr import CurvatureLR
+
+        transforms.append(CurvatureLR(base=Adam(lr=1.0), schedule=1.0))
+    except ImportError:  # pragma: no cover
+        pass
+    for tr in transforms:
+        needs = type(tr).__name__ == "CurvatureLR"
+        th = rng.standard_normal(P)
+        p = {"a": jnp.asarray(th[:5]), "b": jnp.asarray(th[5:].reshape(7, 1))}
+        st = tr.init(th)
+        opt = as_optax(tr, flat=needs)
+        ost = opt.init(p)
+        for _ in range(300):
+            ex = {"curvature": (lambda d, t=th: float(d @ A @ d + 0.3 * np.sum(t**2 * d**2)))} if needs else {}
+            th, st = tr.step(th, grad(th), st, **ex)
+            cur = np.concatenate([np.asarray(p["a"]), np.asarray(p["b"]).ravel()])
+            g = grad(cur)
+            gt = {"a": jnp.asarray(g[:5]), "b": jnp.asarray(g[5:].reshape(7, 1))}
+            ex = {"curvature": (lambda d, t=cur: float(d @ A @ d + 0.3 * np.sum(t**2 * d**2)))} if needs else {}
+            u, ost = opt.update(gt, ost, p, **ex)
+            p = optax.apply_updates(p, u)
+        cur = np.concatenate([np.asarray(p["a"]), np.asarray(p["b"]).ravel()])
+        assert rel_err(cur, th) < 1e-12, type(tr).__name__
+        assert ost.count == 300

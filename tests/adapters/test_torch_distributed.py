@@ -1,0 +1,112 @@
+"""Data-parallel torch operators: two gloo CPU processes equal one process on the whole batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+
+from tests.conftest import rel_err  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+SIZES = [5, 7, 3]
+SPLIT = 5  # rank 0 holds 5 samples, rank 1 the other 8: unequal shards test the weighting
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _quantities(curv, V, d) -> dict[str, np.ndarray]:
+    loss, g = curv.gradient()
+    loss2, g2, c2 = curv.grad_and_curvature(d)
+    return {
+        "hv": curv.hessian() @ V[:, 0],
+        "hV": curv.hessian().matmat(V),
+        "hv_rr": curv.hessian("reverse_over_reverse") @ V[:, 0],
+        "ggn": curv.ggn() @ V[:, 0],
+        "fisher": curv.fisher() @ V[:, 0],
+        "grad": g,
+        "loss": np.array([loss, loss2]),
+        "curv": np.array([curv.curvature(d), c2]),
+    }
+
+
+def _worker(rank: int, world: int, port: int, data: dict, out_path: str) -> None:
+    import torch.distributed as dist
+
+    from curvlab.adapters.torch import TorchCurvature
+    from tests.adapters._models import mlp
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        net = mlp(SIZES)
+        net.load_state_dict(data["state"])
+        sl = slice(0, SPLIT) if rank == 0 else slice(SPLIT, None)
+        X, y = torch.as_tensor(data["X"][sl]), torch.as_tensor(data["y"][sl])
+        curv = TorchCurvature(net, "cross_entropy", (X, y), process_group=True)
+        q = _quantities(curv, data["V"], data["d"])
+        if rank == 0:
+            np.savez(out_path, **q)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one(tmp_path, rng):
+    import torch.multiprocessing as mp
+
+    from curvlab.adapters.torch import TorchCurvature
+    from tests.adapters._models import mlp
+
+    torch.manual_seed(3)
+    net = mlp(SIZES)
+    B = 13
+    data = {
+        "state": {k: v.clone() for k, v in net.state_dict().items()},
+        "X": rng.standard_normal((B, SIZES[0])),
+        "y": rng.integers(0, SIZES[-1], B),
+        "V": rng.standard_normal((sum(p.numel() for p in net.parameters()), 2)),
+        "d": rng.standard_normal(sum(p.numel() for p in net.parameters())),
+    }
+    out = str(tmp_path / "rank0.npz")
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), data, out), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 120.0
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail("the two gloo processes did not finish within 120 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+    got = np.load(out)
+    full = TorchCurvature(net, "cross_entropy", (torch.as_tensor(data["X"]), torch.as_tensor(data["y"])))
+    want = _quantities(full, data["V"], data["d"])
+    for k, v in want.items():
+        assert rel_err(got[k], v) < 1e-12, k
+    # one shard alone differs from the whole batch: the all-reduce is doing the work
+    half = TorchCurvature(net, "cross_entropy", (torch.as_tensor(data["X"][:SPLIT]), torch.as_tensor(data["y"][:SPLIT])))
+    assert rel_err(half.hessian() @ data["V"][:, 0], want["hv"]) > 1e-3
+
+
+def test_process_group_needs_initialisation():
+    from curvlab.adapters.torch import TorchCurvature
+    from tests.adapters._models import mlp
+
+    if dist.is_initialized():  # pragma: no cover
+        pytest.skip("a process group is already initialised in this process")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        TorchCurvature(mlp([2, 2]), "mse", (torch.zeros(2, 2, dtype=torch.float64),) * 2, process_group=True)
