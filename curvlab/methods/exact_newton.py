@@ -27,8 +27,10 @@ Spectral adjustments (:func:`~curvlab.linalg.kronecker.adjust_spectrum`): raw/no
 
 Cost per step (L layers of widths ``n_l x m_l``, batch ``B``): one forward pass plus the
 second-order backward ``O(B Σ n_{l+1} n_l (n_{l+1} + n_l))`` plus the directions above;
-memory ``O(B Σ n_l^2)``. A gradient step is ``O(B Σ n_l m_l)``; see
-``benchmarks/run_exact_newton.py`` for measured ratios.
+memory ``O(B Σ n_l^2)``. A gradient step is ``O(B Σ n_l m_l)``. Measured (NumPy, one BLAS
+thread, CPU time; ``python benchmarks/run_exact_newton.py``) on MLP 64-32-10 float64: B = 32
+average ≈ 5 ms (≈ 30x an SGD step), exact_block ≈ 44 ms; B = 8 / 128: average 1.5 / 18 ms,
+exact_block 3.5 / 265 ms; per-sample mode ≈ 0.6 ms per sample (Python-bound).
 
 Policies: λ must be > 0 (``ValueError`` at construction). Samples whose ``δ``, ``M`` or ``ã``
 hold NaN/Inf are skipped (excluded from the step, counted in ``state.n_skipped``); a step where
@@ -84,7 +86,9 @@ _GUARD = 1e-12
 class ExactNewtonState(TransformState):
     """Step counter and diagnostics of the last step (per layer arrays of shape ``(L,)``).
 
-    ``kappa_min``/``kappa_max``: extreme per-sample curvature eigenvalues ``κ = ‖ã‖² μ(M)``;
+    The per-layer arrays are empty after ``init`` with flat params (the layer count is known
+    from the first step). ``kappa_min``/``kappa_max``: extreme per-sample curvature eigenvalues
+    ``κ = ‖ã‖² μ(M)``;
     ``n_negative``: count of κ < 0 over the batch; ``step_norm``: ``‖update_l‖_F``.
     Totals since init: ``n_skipped`` samples, ``n_guarded`` dropped components,
     ``n_indefinite`` raw samples with some κ+λ < 0, ``n_singular`` singular block solves.
