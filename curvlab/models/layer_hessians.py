@@ -249,7 +249,7 @@ def layer_hessian_factors(model: Any, params: Any, X: Any, y: Any) -> list[Layer
     """:func:`layer_curvature` for a reference :class:`~curvlab.models.mlp.MLP` and flat ``params``.
 
     Uses the model's public pieces: ``model.forward_cache`` (``z_l``, ``ã_{l-1}``),
-    ``curvlab.models.mlp.activation_derivatives`` and ``loss_output_derivatives``; the
+    ``curvlab.models.mlp.activation_derivatives`` and ``model.loss_output_derivatives``; the
     recursion then runs in float64 (:func:`backprop_curvature`).
 
     Example
@@ -262,14 +262,13 @@ def layer_hessian_factors(model: Any, params: Any, X: Any, y: Any) -> list[Layer
     >>> f[0].M.shape
     (2, 3, 3)
     """
-    from .mlp import activation_derivatives, loss_output_derivatives  # noqa: PLC0415
+    from .mlp import activation_derivatives  # noqa: PLC0415
 
     cache = model.forward_cache(params, X)
     zs = [z.astype(np.float64) for z in cache.z]
     ats = [a.astype(np.float64) for a in cache.a_tilde]
     Ws = [W.astype(np.float64) for W in model.layout.unpack(params)]
-    y = model._check_y(y, zs[-1].shape[0]) if hasattr(model, "_check_y") else y
-    _, dL, ML = loss_output_derivatives(model.loss_name, zs[-1], y, model.xp, hessian=True)
+    _, dL, ML = model.loss_output_derivatives(zs[-1], y, hessian=True)
     return backprop_curvature(Ws, zs, ats, dL, ML, model.activation, activation_derivatives)
 
 
