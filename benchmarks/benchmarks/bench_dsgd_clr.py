@@ -10,7 +10,9 @@ the update:
   gradient: ``d = g`` is only known after the gradient pass);
 * ``adjoint_pass``: ``grad_and_curvature`` alone (gradient and ``dᵀHd`` in one pass), the
   cost of a step whose direction is known before its gradient pass;
-* ``dsgd``: one DSGD step (rigorous bound, spectral norm, SVD of every layer's gradient).
+* ``dsgd``: one DSGD step in steady state (rigorous bound, spectral norm: singular values of
+  every layer's gradient, the polar factor of the chosen one, the weight norm of the block
+  updated last step, one extra forward pass for the layer-input norms).
 
 ``track_time_ratio_*`` and ``track_peak_ratio_*`` are measured round-robin in the same
 run, relative to ``sgd``; the paper's claim (arXiv 2210.14520) is (1.5C, 2M) or (2C, 1M).
@@ -71,10 +73,14 @@ def step_calls(model, params, X, y):
         f, g, c = model.grad_and_curvature(params, X, y, d_prev)
         return params - 0.1 * g
 
-    def dsgd_step():
-        f, g = model.loss_and_grad(params, X, y)
-        u, _ = dsgd.update(g, s_d, params, X=X)
-        return params + u
+    box = {"p": params, "s": s_d}
+
+    def dsgd_step():  # steady state: the state (weight-norm cache) and params carry over
+        p = box["p"]
+        f, g = model.loss_and_grad(p, X, y)
+        u, box["s"] = dsgd.update(g, box["s"], p, X=X)
+        box["p"] = p + u
+        return box["p"]
 
     return {"sgd": sgd_step, "clr_forward": clr_step(clr_f, s_f), "clr_adjoint": clr_step(clr_a, s_a),
             "adjoint_pass": adjoint_pass, "dsgd": dsgd_step}
