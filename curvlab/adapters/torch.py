@@ -17,7 +17,8 @@ and callables: :meth:`~TorchCurvature.gradient` ``-> (loss, g)``,
 :meth:`~TorchCurvature.curvature` ``d -> dᵀHd`` computed forward-only
 (``torch.func.jvp`` nested: forward-over-forward, no backward graph stored) and
 :meth:`~TorchCurvature.grad_and_curvature` ``d -> (loss, g, dᵀHd)`` (one
-forward carrying second-order tangents, one backward).
+forward-over-reverse pass by default; or a backward pass plus the forward-only
+curvature).
 
 Arrays cross between torch and curvlab through DLPack without copies: NumPy
 vectors for CPU modules, CuPy vectors for CUDA modules. Dtype: the parameters'
@@ -428,7 +429,10 @@ class TorchCurvature:
         ``params`` (a flat ``(P,)`` vector) evaluates at other parameter values.
         """
         plist = self.params if params is None else self._vec_in(params, "params")
-        g, val = torch.func.grad_and_value(self._loss_of)(tuple(plist))
+        with torch.enable_grad():
+            ps = [p.detach().requires_grad_(True) for p in plist]
+            val = self._loss_of(ps)
+            g = torch.autograd.grad(val, ps)
         val = self._allreduce(val.detach().reshape(1))
         return float(val[0]), self._out(self._flat(g))
 
@@ -576,23 +580,40 @@ class TorchCurvature:
         """A callable ``d (P,) -> dᵀHd`` (forward-only) on this batch."""
         return lambda d: self.curvature(d)
 
-    def grad_and_curvature(self, d: Any, *, params: Any = None) -> tuple[float, Any, float]:
-        """``(loss, g, dᵀHd)``: one forward pass carrying first- and second-order
-        tangents along ``d`` and one backward pass for the gradient.
+    def grad_and_curvature(self, d: Any, *, params: Any = None, mode: str = "forward_over_reverse"
+                           ) -> tuple[float, Any, float]:
+        """``(loss, g, dᵀHd)`` on the batch.
+
+        ``mode="forward_over_reverse"`` (default): one ``jvp`` of the gradient gives
+        ``g`` and ``H d`` together, ``c = ⟨d, H d⟩`` (the HVP's cost).
+        ``mode="separate"``: the gradient by one backward pass, then ``c`` forward-only
+        (:meth:`curvature`); peak memory is the larger of the two, not their sum.
+        ``mode="shared"``: one forward pass carrying the second-order tangents
+        under reverse mode, one backward pass (records the tangent work too).
         """
+        if mode == "separate":
+            val, g = self.gradient(params)
+            return val, g, self.curvature(d, params=params)
         plist = self.params if params is None else self._vec_in(params, "params")
         dv = self._vec_in(d, "d")
+        if mode == "forward_over_reverse":
+            with forward_mode_safe_ops(self.composite_ops):
+                gv = torch.func.grad_and_value(self._loss_of)
+                (g, val), (hd, _) = torch.func.jvp(gv, (tuple(plist),), (dv,))
+            c = sum((a * b).sum() for a, b in zip(hd, dv))
+        elif mode == "shared":
+            def f(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                def inner(q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                    return torch.func.jvp(self._loss_of, (q,), (dv,))
 
-        def f(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-            def inner(q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-                return torch.func.jvp(self._loss_of, (q,), (dv,))
+                (val, _), (_, c) = torch.func.jvp(inner, (p,), (dv,))
+                return val, c.detach()
 
-            (val, _), (_, c) = torch.func.jvp(inner, (p,), (dv,))
-            return val, c.detach()
-
-        with forward_mode_safe_ops(self.composite_ops):
-            g, (val, c) = torch.func.grad_and_value(f, has_aux=True)(tuple(plist))
-        vals = self._allreduce(torch.stack([val.detach(), c]))
+            with forward_mode_safe_ops(self.composite_ops):
+                g, (val, c) = torch.func.grad_and_value(f, has_aux=True)(tuple(plist))
+        else:
+            raise ValueError(f"mode must be 'forward_over_reverse', 'separate' or 'shared', got {mode!r}")
+        vals = self._allreduce(torch.stack([val.detach(), c.detach()]))
         return float(vals[0]), self._out(self._flat(g)), float(vals[1])
 
     # ------------------------------------------------------------------ parameters

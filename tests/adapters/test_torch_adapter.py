@@ -69,8 +69,14 @@ def test_agrees_with_reference_mlp(loss, rng):
     d = V[:, 0]
     c_ref = model.curvature(params, X, y, d)
     assert abs(curv.curvature(d[perm]) - c_ref) <= 1e-10 * abs(c_ref)
-    l2, g2, c2 = curv.grad_and_curvature(d[perm])
-    assert abs(c2 - c_ref) <= 1e-10 * abs(c_ref) and rel_err(g2, rg[perm]) < 1e-10 and abs(l2 - rl) < 1e-12
+    for mode in ("forward_over_reverse", "separate", "shared"):
+        l2, g2, c2 = curv.grad_and_curvature(d[perm], mode=mode)
+        assert abs(c2 - c_ref) <= 1e-10 * abs(c_ref) and rel_err(g2, rg[perm]) < 1e-10 and abs(l2 - rl) < 1e-12
+    # at other parameter values (flat vector in the torch layout)
+    p2 = params + 0.1 * V[:, 1]
+    assert rel_err(curv.gradient(p2[perm])[1], model.grad(p2, X, y)[perm]) < 1e-10
+    c_ref2 = model.curvature(p2, X, y, d)
+    assert abs(curv.curvature(d[perm], params=p2[perm]) - c_ref2) <= 1e-10 * abs(c_ref2)
 
 
 # ----------------------------------------------------------------- dense Hessians, architectures
@@ -104,7 +110,8 @@ def test_dense_hessian_architectures(case, rng):
     d = rng.standard_normal(curv.layout.size)
     ref = d @ Hd @ d
     assert abs(curv.curvature(d) - ref) <= 1e-10 * np.abs(Hd).sum()
-    assert abs(curv.grad_and_curvature(d)[2] - ref) <= 1e-10 * np.abs(Hd).sum()
+    for mode in ("forward_over_reverse", "separate", "shared"):
+        assert abs(curv.grad_and_curvature(d, mode=mode)[2] - ref) <= 1e-10 * np.abs(Hd).sum()
     # GGN: symmetric PSD, equals the dense Jᵀ H_L J
     G = curv.ggn().to_dense()
     assert np.allclose(G, G.T, atol=1e-12) and np.linalg.eigvalsh(G).min() > -1e-10
@@ -237,5 +244,7 @@ def test_errors(rng):
         curv.fisher("mc")
     with pytest.raises(ValueError, match="hvp_mode"):
         curv.hessian("finite_differences")
+    with pytest.raises(ValueError, match="mode"):
+        curv.grad_and_curvature(np.ones(26), mode="adjoint")
     with pytest.raises(ValueError, match="built-in loss"):
         TorchCurvature(net, lambda z, t: z.mean(), (X, y)).fisher("mc", rng=0)

@@ -1,0 +1,277 @@
+"""asv benchmarks of the PyTorch and JAX adapters (issue 7).
+
+Problems: a 784-512-512-10 tanh MLP (cross-entropy, batch 512, as in bench_mlp) and a
+small CNN (conv 1->16 3x3, BatchNorm in eval mode, tanh, avg-pool, conv 16->32 3x3,
+tanh, avg-pool, linear to 10; 28x28 inputs, batch 128). Measured: the gradient,
+Hessian-vector products forward-over-reverse and reverse-over-reverse (NumPy vectors in
+and out through DLPack), forward-only ``dᵀHd`` (nested jvp), ``(loss, g, dᵀHd)``,
+curvlinops-for-pytorch's ``HessianLinearOperator`` matvec on the same model, the JAX
+(jitted) equivalents on the MLP, and the DLPack crossing itself. ``track_*`` give the
+HVP/gradient time ratios measured round-robin in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from .common import interleaved_best
+
+try:
+    import torch
+    from torch import nn
+
+    HAVE_TORCH = True
+except Exception:  # pragma: no cover
+    HAVE_TORCH = False
+
+try:
+    import jax
+
+    HAVE_JAX = True
+except Exception:  # pragma: no cover
+    HAVE_JAX = False
+
+try:
+    import curvlinops  # noqa: F401
+
+    HAVE_CURVLINOPS = True
+except Exception:  # pragma: no cover
+    HAVE_CURVLINOPS = False
+
+MLP_SIZES = (784, 512, 512, 10)
+
+
+def _need(flag: bool, what: str) -> None:
+    if not flag:
+        raise NotImplementedError(f"{what} not installed")  # asv: skip
+
+
+def peak_rss_bytes(fn: Callable[[], Any]) -> int:
+    """Peak resident memory (bytes) during ``fn()`` above the level at its start.
+
+    Linux: resets the high-water mark through ``/proc/self/clear_refs`` and reads
+    ``VmHWM``; torch and XLA CPU buffers are seen (tracemalloc does not see them).
+    """
+    import gc
+
+    def read() -> dict[str, int]:
+        out = {}
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS", "VmHWM")):
+                    k, v = line.split(":")
+                    out[k] = int(v.split()[0]) * 1024
+        return out
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    base = read()["VmRSS"]
+    out = fn()
+    peak = read()["VmHWM"]
+    del out
+    return peak - base
+
+
+# ------------------------------------------------------------------------- torch problems
+def torch_mlp_problem(dtype: Any = None, batch: int = 512, seed: int = 0) -> tuple[Any, Any, Any]:
+    dtype = dtype or torch.float32
+    g = torch.Generator().manual_seed(seed)
+    layers: list[Any] = []
+    for i in range(len(MLP_SIZES) - 1):
+        layers.append(nn.Linear(MLP_SIZES[i], MLP_SIZES[i + 1], dtype=dtype))
+        if i < len(MLP_SIZES) - 2:
+            layers.append(nn.Tanh())
+    net = nn.Sequential(*layers)
+    X = torch.randn(batch, MLP_SIZES[0], generator=g, dtype=dtype)
+    y = torch.randint(0, MLP_SIZES[-1], (batch,), generator=g)
+    return net, X, y
+
+
+def torch_cnn_problem(dtype: Any = None, batch: int = 128, seed: int = 0) -> tuple[Any, Any, Any]:
+    dtype = dtype or torch.float32
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, dtype=dtype), nn.BatchNorm2d(16, dtype=dtype), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1, dtype=dtype), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10, dtype=dtype),
+    ).eval()
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(batch, 1, 28, 28, generator=g, dtype=dtype)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    return net, X, y
+
+
+def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[str, Callable[[], Any]]:
+    """The timed callables for one torch problem; every one returns its result."""
+    from curvlab.adapters.torch import TorchCurvature
+
+    curv = TorchCurvature(net, "cross_entropy", (X, y))
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(curv.layout.size).astype(curv.dtype)
+    H_fr = curv.hessian("forward_over_reverse")
+    H_rr = curv.hessian("reverse_over_reverse")
+    params = [p for p in net.parameters() if p.requires_grad]
+    lossf = nn.CrossEntropyLoss()
+
+    def autograd_grad() -> Any:
+        return torch.autograd.grad(lossf(net(X), y), params)
+
+    calls: dict[str, Callable[[], Any]] = {
+        "grad": lambda: curv.gradient(),
+        "grad_autograd": autograd_grad,
+        "hvp_fwd_rev": lambda: H_fr @ v,
+        "hvp_rev_rev": lambda: H_rr @ v,
+        "curvature_fwd_fwd": lambda: curv.curvature(v),
+        "grad_and_curv_fwdrev": lambda: curv.grad_and_curvature(v),
+        "grad_and_curv_separate": lambda: curv.grad_and_curvature(v, mode="separate"),
+        "grad_and_curv_shared": lambda: curv.grad_and_curvature(v, mode="shared"),
+    }
+    if with_curvlinops and HAVE_CURVLINOPS:
+        from curvlinops import HessianLinearOperator
+
+        Hc = HessianLinearOperator(net, lossf, params, [(X, y)], check_deterministic=False)
+        vt = torch.as_tensor(v)
+        calls["curvlinops_hvp"] = lambda: Hc @ vt
+    return calls
+
+
+# ------------------------------------------------------------------------- JAX problem
+def jax_mlp_problem(dtype: Any = np.float32, batch: int = 512, seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    params = []
+    for i in range(len(MLP_SIZES) - 1):
+        bound = 1.0 / np.sqrt(MLP_SIZES[i])
+        params.append({"w": jnp.asarray(rng.uniform(-bound, bound, (MLP_SIZES[i + 1], MLP_SIZES[i])), dtype),
+                       "b": jnp.asarray(rng.uniform(-bound, bound, MLP_SIZES[i + 1]), dtype)})
+
+    def apply(ps: Any, X: Any) -> Any:
+        a = X
+        for i, p in enumerate(ps):
+            a = a @ p["w"].T + p["b"]
+            if i < len(ps) - 1:
+                a = jnp.tanh(a)
+        return a
+
+    X = jnp.asarray(rng.standard_normal((batch, MLP_SIZES[0])), dtype)
+    y = jnp.asarray(rng.integers(0, MLP_SIZES[-1], batch))
+    return apply, params, X, y
+
+
+def jax_calls(apply: Any, params: Any, X: Any, y: Any) -> dict[str, Callable[[], Any]]:
+    from curvlab.adapters.jax import JaxCurvature
+
+    curv = JaxCurvature(apply, params, "cross_entropy", (X, y))
+    v = np.random.default_rng(0).standard_normal(curv.layout.size).astype(curv.dtype)
+    H_fr, H_rr = curv.hessian("forward_over_reverse"), curv.hessian("reverse_over_reverse")
+    return {
+        "grad": lambda: curv.gradient(),
+        "hvp_fwd_rev": lambda: H_fr @ v,
+        "hvp_rev_rev": lambda: H_rr @ v,
+        "curvature_fwd_fwd": lambda: curv.curvature(v),
+        "grad_and_curvature": lambda: curv.grad_and_curvature(v),
+    }
+
+
+# ------------------------------------------------------------------------- asv classes
+class TorchAdapter:
+    """Torch adapter on the CPU (intra-op threads = 1 for steady timings)."""
+
+    params = (["mlp", "cnn"],)
+    param_names = ["model"]
+    timeout = 300
+
+    def setup(self, model: str) -> None:
+        _need(HAVE_TORCH, "torch")
+        torch.set_num_threads(int(os.environ.get("CURVLAB_BENCH_THREADS", "1")))
+        net, X, y = (torch_mlp_problem if model == "mlp" else torch_cnn_problem)()
+        self.calls = torch_calls(net, X, y)
+        for f in self.calls.values():
+            f()
+
+    def time_grad(self, model: str) -> None:
+        self.calls["grad"]()
+
+    def time_hvp_fwd_rev(self, model: str) -> None:
+        self.calls["hvp_fwd_rev"]()
+
+    def time_hvp_rev_rev(self, model: str) -> None:
+        self.calls["hvp_rev_rev"]()
+
+    def time_curvature_fwd_fwd(self, model: str) -> None:
+        self.calls["curvature_fwd_fwd"]()
+
+    def time_grad_and_curvature(self, model: str) -> None:
+        self.calls["grad_and_curv_fwdrev"]()
+
+    def time_curvlinops_hvp(self, model: str) -> None:
+        _need("curvlinops_hvp" in self.calls, "curvlinops-for-pytorch")
+        self.calls["curvlinops_hvp"]()
+
+    def track_ratio_hvp_over_grad(self, model: str) -> float:
+        t = interleaved_best({k: self.calls[k] for k in ("grad", "hvp_fwd_rev")}, repeat=5, timer="cpu")
+        return t["hvp_fwd_rev"] / t["grad"]
+
+    track_ratio_hvp_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
+    def track_ratio_curvature_over_grad(self, model: str) -> float:
+        t = interleaved_best({k: self.calls[k] for k in ("grad", "curvature_fwd_fwd")}, repeat=5, timer="cpu")
+        return t["curvature_fwd_fwd"] / t["grad"]
+
+    track_ratio_curvature_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
+
+class JaxAdapter:
+    """JAX adapter (jitted) on the CPU, MLP."""
+
+    timeout = 300
+
+    def setup(self) -> None:
+        _need(HAVE_JAX, "jax")
+        self.calls = jax_calls(*jax_mlp_problem())
+        for f in self.calls.values():
+            f()  # compile
+
+    def time_grad(self) -> None:
+        self.calls["grad"]()
+
+    def time_hvp_fwd_rev(self) -> None:
+        self.calls["hvp_fwd_rev"]()
+
+    def time_curvature_fwd_fwd(self) -> None:
+        self.calls["curvature_fwd_fwd"]()
+
+    def track_ratio_hvp_over_grad(self) -> float:
+        t = interleaved_best({k: self.calls[k] for k in ("grad", "hvp_fwd_rev")}, repeat=5, timer="cpu")
+        return t["hvp_fwd_rev"] / t["grad"]
+
+    track_ratio_hvp_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
+
+class DLPackCrossing:
+    """NumPy <-> torch / JAX crossing of a parameter-sized vector (no copy)."""
+
+    params = ([10_000, 1_000_000],)
+    param_names = ["n"]
+
+    def setup(self, n: int) -> None:
+        _need(HAVE_TORCH, "torch")
+        self.v = np.random.default_rng(0).standard_normal(n)
+
+    def time_torch_roundtrip(self, n: int) -> None:
+        from curvlab.adapters.torch import from_torch, to_torch
+
+        from_torch(to_torch(self.v))
+
+    def track_torch_shares_memory(self, n: int) -> int:
+        from curvlab.adapters.torch import from_torch, to_torch
+
+        t = to_torch(self.v)
+        return int(t.data_ptr() == self.v.ctypes.data and from_torch(t).ctypes.data == self.v.ctypes.data)
+
+    track_torch_shares_memory.unit = "bool"  # type: ignore[attr-defined]
