@@ -25,6 +25,11 @@ QUANTITIES = ("layer block", "eigenvalues", "Newton raw", "Newton abs")
 LAM = 1.0
 
 
+def _rel(diff: float, scale: float) -> float:
+    """diff / scale, with 0/0 = 0 (a dead ReLU layer has a zero block and a zero direction)."""
+    return 0.0 if diff == 0.0 else float(diff / scale) if scale > 0 else float("inf")
+
+
 def _errors(model, params, X, y):
     lh = need("curvlab.models.layer_hessians")
     en = need("curvlab.methods.exact_newton")
@@ -48,11 +53,11 @@ def _errors(model, params, X, y):
                  "abs": (U / (np.abs(w) + LAM)) @ (U.T @ -g[sl])}
         t_dense += time.perf_counter() - t1
         blk = lh.layer_hessian_block(f[l])
-        err["layer block"] = max(err["layer block"], np.abs(blk.to_dense() - Hl).max() / np.abs(Hl).max())
+        err["layer block"] = max(err["layer block"], _rel(np.abs(blk.to_dense() - Hl).max(), np.abs(Hl).max()))
         ev = np.sort(np.asarray(lh.layer_hessian_block(f[l], LAM).eigvalsh()))
         err["eigenvalues"] = max(err["eigenvalues"], np.abs(ev - (w + LAM)).max() / np.abs(w + LAM).max())
         for rule in ("raw", "abs"):
-            e = np.linalg.norm(np.ravel(D[rule][l]) - dense[rule]) / np.linalg.norm(dense[rule])
+            e = _rel(np.linalg.norm(np.ravel(D[rule][l]) - dense[rule]), np.linalg.norm(dense[rule]))
             err[f"Newton {rule}"] = max(err[f"Newton {rule}"], e)
     return err, 1e3 * t_closed, 1e3 * t_dense
 

@@ -114,8 +114,11 @@ def run(ctx) -> FigureResult:
         hs = [en_run(n, E, s, key)[0] for s in ctx.seeds]
         x, m, sd = band(axes[0], np.arange(E + 1), [h.train_loss for h in hs], name, color=f"C{i}", log=True)
         _, am, asd = band(axes[1], np.arange(E + 1), [h.test_acc for h in hs], name, color=f"C{i}")
-        nf = np.nanmean(np.array([h.extra["neg_frac"] + [np.nan] * (E + 1 - len(h.extra["neg_frac"])) for h in hs]),
-                        axis=0) if key[0] == "newton" else np.zeros(E + 1)
+        nf = np.zeros(E + 1)
+        if key[0] == "newton":
+            A = np.array([h.extra["neg_frac"] + [np.nan] * (E + 1 - len(h.extra["neg_frac"])) for h in hs])
+            with np.errstate(all="ignore"):
+                nf = np.array([np.nanmean(c) if np.any(np.isfinite(c)) else np.nan for c in A.T])
         if key[0] == "newton":
             axes[2].plot(np.arange(1, E + 1), nf[1:], marker="o", color=f"C{i}", label=name)
         rows += [[name, int(k), float(m[k]), float(sd[k]), float(am[k]), float(asd[k]),
