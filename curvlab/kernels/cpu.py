@@ -1,11 +1,15 @@
 """Numba CPU versions of the fused kernels (parallel over cores, one pass each).
 
 Each kernel (a parallel version, and a serial twin used below
-``PARALLEL_MIN`` elements) reads its 1-D contiguous float32/float64 arrays once, does the
-arithmetic of one element in float64 registers and writes the state back in
-its own dtype; reductions accumulate in float64. ``fastmath`` is off (the
-twins in :mod:`curvlab.kernels.reference` are matched to rounding), and
-``cache=True`` keeps the compiled code between processes. Method inspired by
+``PARALLEL_MIN`` elements) reads its 1-D contiguous float32/float64 arrays
+once, does the arithmetic of one element in float64 registers and writes the
+state back in its own dtype; reductions accumulate in float64. Loop bodies are
+branch-free (selects, unconditional stores) so that LLVM vectorises them.
+``fastmath`` is off for the element-wise kernels (the twins in
+:mod:`curvlab.kernels.reference` are matched to rounding); the two pure
+reductions (dual, pole) allow reassociation only (``fastmath={"reassoc"}``),
+which is what vectorises a sum: terms may be regrouped (a few ulps), while
+NaN/Inf keep their IEEE behaviour. ``cache=True`` keeps the compiled code between processes. Method inspired by
 arXiv 2310.20574 (arTuRO).
 
 Example
@@ -26,6 +30,9 @@ import numpy as np
 __all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite"]
 
 _OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+#: reductions only: reassociation lets LLVM vectorise the float64 sums (their order is already
+#: unspecified across threads); no nnan/ninf flags, so NaN and Inf behave as IEEE says
+_RED = dict(parallel=True, cache=True, fastmath={"reassoc"}, nogil=True)
 _SERIAL = dict(parallel=False, cache=True, fastmath=False, nogil=True)
 
 #: below this many elements the serial twin of each kernel runs: waking worker threads costs
@@ -36,61 +43,74 @@ PARALLEL_MIN = 1 << 16
 def _count_nonfinite(x):  # pragma: no cover - compiled
     n = 0
     for i in nb.prange(x.size):
-        if not math.isfinite(x[i]):
-            n += 1
+        n += 0 if math.isfinite(x[i]) else 1
     return n
 
 
-def _filter(g, w, a, h, P00, P01, P11, xscale, q, r, inv_lam, init, h0, P0, guard):  # pragma: no cover
+def _filter(g, w, a, h, P00, P01, P11, xscale, q, r, inv_lam, init, h0, P0):  # pragma: no cover
+    # branch-free body (selects, unconditional stores) so that LLVM vectorises it
     skipped = 0
-    guarded = 0
     for i in nb.prange(g.size):
         gi = np.float64(g[i])
         x = np.float64(w[i]) * xscale
         ok = math.isfinite(gi) and math.isfinite(x)
         if init:
-            a[i] = gi if ok else 0.0
-            h[i] = h0
-            P00[i] = P0
-            P01[i] = 0.0
-            P11[i] = P0
-        if not ok:
-            skipped += 1
+            A0 = gi if ok else 0.0
+            H0 = h0
+            p00 = P0
+            p01 = 0.0
+            p11 = P0
         else:
-            A = np.float64(a[i])
-            H = np.float64(h[i])
-            p00 = np.float64(P00[i]) * inv_lam + q
-            p01 = np.float64(P01[i]) * inv_lam
-            p11 = np.float64(P11[i]) * inv_lam + q
-            k0 = p00 + p01 * x
-            k1 = p01 + p11 * x
-            S = k0 + k1 * x + r
-            K0 = k0 / S
-            K1 = k1 / S
-            e = gi - (A + H * x)
-            A = A + K0 * e
-            H = H + K1 * e
-            p00 = p00 - S * K0 * K0
-            p01 = p01 - S * K0 * K1
-            p11 = p11 - S * K1 * K1
-            if guard:
-                q00 = max(p00, 0.0)
-                q11 = max(p11, 0.0)
-                bound = math.sqrt(q00 * q11)
-                q01 = p01
-                if abs(p01) > bound:
-                    q01 = math.copysign(bound, p01)
-                if q00 != p00 or q11 != p11 or q01 != p01:
-                    guarded += 1
-                p00 = q00
-                p01 = q01
-                p11 = q11
-            a[i] = A
-            h[i] = H
-            P00[i] = p00
-            P01[i] = p01
-            P11[i] = p11
-    return skipped, guarded
+            A0 = np.float64(a[i])
+            H0 = np.float64(h[i])
+            p00 = np.float64(P00[i])
+            p01 = np.float64(P01[i])
+            p11 = np.float64(P11[i])
+        n00 = p00 * inv_lam + q
+        n01 = p01 * inv_lam
+        n11 = p11 * inv_lam + q
+        k0 = n00 + n01 * x
+        k1 = n01 + n11 * x
+        S = k0 + k1 * x + r
+        iS = 1.0 / S
+        K0 = k0 * iS
+        K1 = k1 * iS
+        e = gi - (A0 + H0 * x)
+        A = A0 + K0 * e
+        H = H0 + K1 * e
+        n00 = n00 - S * K0 * K0
+        n01 = n01 - S * K0 * K1
+        n11 = n11 - S * K1 * K1
+        skipped += 0 if ok else 1
+        a[i] = A if ok else A0
+        h[i] = H if ok else H0
+        P00[i] = n00 if ok else p00
+        P01[i] = n01 if ok else p01
+        P11[i] = n11 if ok else p11
+    return skipped
+
+
+def _guard(g, w, xscale, P00, P01, P11):  # pragma: no cover
+    # PSD guard as its own pass: inside the filter loop it stops LLVM from vectorising
+    guarded = 0
+    for i in nb.prange(g.size):
+        x = np.float64(w[i]) * xscale
+        if math.isfinite(np.float64(g[i])) and math.isfinite(x):
+            n00 = np.float64(P00[i])
+            n01 = np.float64(P01[i])
+            n11 = np.float64(P11[i])
+            q00 = max(n00, 0.0)
+            q11 = max(n11, 0.0)
+            bound = math.sqrt(q00 * q11)
+            q01 = n01
+            if abs(n01) > bound:
+                q01 = math.copysign(bound, n01)
+            if q00 != n00 or q11 != n11 or q01 != n01:
+                guarded += 1
+                P00[i] = q00
+                P01[i] = q01
+                P11[i] = q11
+    return guarded
 
 
 def _dual(eta, w, a, h, p, mscale, bp0, hmin):  # pragma: no cover
@@ -99,13 +119,13 @@ def _dual(eta, w, a, h, p, mscale, bp0, hmin):  # pragma: no cover
     for i in nb.prange(w.size):
         H = np.float64(h[i])
         G = np.float64(a[i]) + (H + bp0) * (np.float64(w[i]) * mscale)
-        if G != 0.0:
-            P = np.float64(p[i])
-            D = (max(H, hmin) + bp0) + eta * P
-            t = G / D
-            pt2 = P * t * t
-            kl += pt2
-            dkl += pt2 * P / D
+        P = np.float64(p[i])
+        iD = 1.0 / (((H if H > hmin else hmin) + bp0) + eta * P)
+        t = G * iD
+        pt2 = P * t * t
+        d2 = pt2 * P * iD
+        kl += pt2 if G != 0.0 else 0.0
+        dkl += d2 if G != 0.0 else 0.0
     return 0.5 * kl, -dkl
 
 
@@ -114,34 +134,29 @@ def _pole(h, p, bp0, hmin):  # pragma: no cover
     neg = 0
     for i in nb.prange(h.size):
         H = np.float64(h[i])
-        v = -(max(H, hmin) + bp0) / np.float64(p[i])
-        m = max(m, v)
-        if H < 0.0:
-            neg += 1
+        v = -((H if H > hmin else hmin) + bp0) / np.float64(p[i])
+        m = v if v > m else m
+        neg += 1 if H < 0.0 else 0
     return m, neg
 
 
 def _apply(eta, w, a, h, p, out, mscale, bp0, hmin, nu, beta, pmin):  # pragma: no cover
     clamped = 0
-    kl = 0.0
     for i in nb.prange(w.size):
         W = np.float64(w[i])
         H = np.float64(h[i])
         P = np.float64(p[i])
         mu = W * mscale
         G = np.float64(a[i]) + (H + bp0) * mu
-        c = max(H, hmin) + bp0
-        step = 0.0
-        if G != 0.0:
-            step = -G / (c + eta * P)
-            kl += P * step * step
+        c = (H if H > hmin else hmin) + bp0
+        step = -G / (c + eta * P)
+        step = step if G != 0.0 else 0.0
         out[i] = (mu - W) + step
         pn = (c + nu * P) / (beta + nu)
-        if pn < pmin:
-            pn = pmin
-            clamped += 1
-        p[i] = pn
-    return clamped, 0.5 * kl
+        low = pn < pmin
+        p[i] = pmin if low else pn
+        clamped += 1 if low else 0
+    return clamped
 
 
 def _renamed(fn, suffix):
@@ -151,10 +166,12 @@ def _renamed(fn, suffix):
     return types.FunctionType(code, fn.__globals__, name)
 
 
-_count_nonfinite_par, _count_nonfinite_ser = nb.njit(**_OPTS)(_count_nonfinite), nb.njit(**_SERIAL)(_renamed(_count_nonfinite, '_serial'))
+_count_nonfinite_par = nb.njit(**_OPTS)(_count_nonfinite)
+_count_nonfinite_ser = nb.njit(**_SERIAL)(_renamed(_count_nonfinite, '_serial'))
 _filter_par, _filter_ser = nb.njit(**_OPTS)(_filter), nb.njit(**_SERIAL)(_renamed(_filter, '_serial'))
-_dual_par, _dual_ser = nb.njit(**_OPTS)(_dual), nb.njit(**_SERIAL)(_renamed(_dual, '_serial'))
-_pole_par, _pole_ser = nb.njit(**_OPTS)(_pole), nb.njit(**_SERIAL)(_renamed(_pole, '_serial'))
+_guard_par, _guard_ser = nb.njit(**_OPTS)(_guard), nb.njit(**_SERIAL)(_renamed(_guard, '_serial'))
+_dual_par, _dual_ser = nb.njit(**_RED)(_dual), nb.njit(**_SERIAL)(_renamed(_dual, '_serial'))
+_pole_par, _pole_ser = nb.njit(**_RED)(_pole), nb.njit(**_SERIAL)(_renamed(_pole, '_serial'))
 _apply_par, _apply_ser = nb.njit(**_OPTS)(_apply), nb.njit(**_SERIAL)(_renamed(_apply, '_serial'))
 
 
@@ -168,13 +185,15 @@ def count_nonfinite(x: np.ndarray) -> int:
 
 def rls_filter_update(g, w, a, h, P00, P01, P11, *, xscale=1.0, q, r, forget=1.0, init=False,
                       h0=0.1, P0=0.0, psd_guard=False) -> tuple[int, int]:
-    s, k = _pick(_filter_par, _filter_ser, g.size)(g, w, a, h, P00, P01, P11, float(xscale), float(q), float(r), 1.0 / float(forget),
-                   bool(init), float(h0), float(P0), bool(psd_guard))
+    s = _pick(_filter_par, _filter_ser, g.size)(g, w, a, h, P00, P01, P11, float(xscale), float(q), float(r),
+                                                1.0 / float(forget), bool(init), float(h0), float(P0))
+    k = _pick(_guard_par, _guard_ser, g.size)(g, w, float(xscale), P00, P01, P11) if psd_guard else 0
     return int(s), int(k)
 
 
 def kl_dual(eta, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-np.inf) -> tuple[float, float]:
-    kl, dkl = _pick(_dual_par, _dual_ser, w.size)(float(eta), w, a, h, p, float(mscale), float(beta_p0), float(h_min))
+    kl, dkl = _pick(_dual_par, _dual_ser, w.size)(float(eta), w, a, h, p, float(mscale), float(beta_p0),
+                                                  float(h_min))
     return float(kl), float(dkl)
 
 
@@ -184,7 +203,6 @@ def kl_pole(h, p, *, beta_p0, h_min=-np.inf) -> tuple[float, int]:
 
 
 def arturo_apply(eta, w, a, h, p, out, *, mscale=1.0, beta_p0, h_min=-np.inf, nu, beta,
-                 p_min=-np.inf) -> tuple[int, float]:
-    n, kl = _pick(_apply_par, _apply_ser, w.size)(float(eta), w, a, h, p, out, float(mscale), float(beta_p0), float(h_min),
-                   float(nu), float(beta), float(p_min))
-    return int(n), float(kl)
+                 p_min=-np.inf) -> int:
+    return int(_pick(_apply_par, _apply_ser, w.size)(float(eta), w, a, h, p, out, float(mscale), float(beta_p0),
+                                                    float(h_min), float(nu), float(beta), float(p_min)))

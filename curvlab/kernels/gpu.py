@@ -36,7 +36,8 @@ if (!ok) {
     double k0 = p00 + p01 * x;
     double k1 = p01 + p11 * x;
     double S = k0 + k1 * x + r;
-    double K0 = k0 / S, K1 = k1 / S;
+    double iS = 1.0 / S;
+    double K0 = k0 * iS, K1 = k1 * iS;
     double e = gi - (A + H * x);
     A = A + K0 * e;
     H = H + K1 * e;
@@ -44,6 +45,7 @@ if (!ok) {
     p01 = p01 - S * K0 * K1;
     p11 = p11 - S * K1 * K1;
     if (guard) {
+        p00 = (double)(T)p00; p01 = (double)(T)p01; p11 = (double)(T)p11;  // guard the stored values
         double q00 = fmax(p00, 0.0), q11 = fmax(p11, 0.0);
         double bound = sqrt(q00 * q11);
         double q01 = fabs(p01) > bound ? copysign(bound, p01) : p01;
@@ -59,10 +61,10 @@ __device__ complex<double> _kl_term(double w, double a, double h, double p, doub
                                     double mscale, double bp0, double hmin) {
     double G = a + (h + bp0) * (w * mscale);
     if (G == 0.0) return complex<double>(0.0, 0.0);
-    double D = (fmax(h, hmin) + bp0) + eta * p;
-    double t = G / D;
+    double iD = 1.0 / ((fmax(h, hmin) + bp0) + eta * p);
+    double t = G * iD;
     double pt2 = p * t * t;
-    return complex<double>(pt2, pt2 * p / D);
+    return complex<double>(pt2, pt2 * p * iD);
 }
 """
 
@@ -137,11 +139,9 @@ def kl_pole(h, p, *, beta_p0, h_min=-math.inf) -> tuple[float, int]:
 
 
 def arturo_apply(eta, w, a, h, p, out, *, mscale=1.0, beta_p0, h_min=-math.inf, nu, beta,
-                 p_min=-math.inf) -> tuple[int, float]:
-    # the achieved KL needs a reduction: one extra read-only pass before p changes
-    kl = kl_dual(eta, w, a, h, p, mscale=mscale, beta_p0=beta_p0, h_min=h_min)[0]
+                 p_min=-math.inf) -> int:
     counts = cp.zeros(1, dtype=cp.uint64)
     if w.size:
         _kernels()["apply"](w, a, h, float(eta), float(mscale), float(beta_p0), float(h_min), float(nu),
                             float(beta), float(p_min), counts, p, out)
-    return int(counts.get()[0]), kl
+    return int(counts.get()[0])

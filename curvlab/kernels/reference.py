@@ -69,25 +69,28 @@ def rls_filter_update(g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: A
     k0 = p00 + p01 * x
     k1 = p01 + p11 * x
     S = k0 + k1 * x + dt.type(r)
-    K0 = k0 / S
-    K1 = k1 / S
+    iS = 1 / S
+    K0 = k0 * iS
+    K1 = k1 * iS
     e = g_ - (A + H * x)
     A = A + K0 * e
     H = H + K1 * e
     p00 = p00 - S * K0 * K0
     p01 = p01 - S * K0 * K1
     p11 = p11 - S * K1 * K1
+    for dst, src in ((a, A), (h, H), (P00, p00), (P01, p01), (P11, p11)):
+        dst[...] = xp.where(ok, src, dst).astype(dst.dtype)
     n_guard = 0
-    if psd_guard:
+    if psd_guard:  # on the stored values, as the fused kernels do (a second pass there)
+        p00, p01, p11 = P00.astype(np.float64), P01.astype(np.float64), P11.astype(np.float64)
         q00 = xp.maximum(p00, 0)
         q11 = xp.maximum(p11, 0)
         bound = xp.sqrt(q00 * q11)
         q01 = xp.where(xp.abs(p01) > bound, xp.copysign(bound, p01), p01)
-        changed = (q00 != p00) | (q11 != p11) | (q01 != p01)
-        n_guard = int(xp.count_nonzero(changed & ok))
-        p00, p01, p11 = q00, q01, q11
-    for dst, src in ((a, A), (h, H), (P00, p00), (P01, p01), (P11, p11)):
-        dst[...] = xp.where(ok, src, dst).astype(dst.dtype)
+        changed = ok & ((q00 != p00) | (q11 != p11) | (q01 != p01))
+        n_guard = int(xp.count_nonzero(changed))
+        for dst, src in ((P00, q00), (P01, q01), (P11, q11)):
+            dst[...] = xp.where(changed, src, dst).astype(dst.dtype)
     return int(ok.size - int(xp.count_nonzero(ok))), n_guard
 
 
@@ -112,32 +115,34 @@ def kl_dual(eta: float, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 1.0, 
     dt = np.dtype(dtype)
     _, G, c = _terms(w, a, h, mscale, beta_p0, h_min, dt)
     P = p.astype(dt)
-    D = c + dt.type(eta) * P
-    t = xp.where(G == 0, dt.type(0), G / xp.where(G == 0, dt.type(1), D))
-    pt2 = P * t * t
-    kl = 0.5 * float(xp.sum(pt2, dtype=np.float64))
-    dkl = -float(xp.sum(xp.where(G == 0, dt.type(0), pt2 * P / D), dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):  # G = 0 terms are dropped below
+        iD = 1 / (c + dt.type(eta) * P)
+        t = G * iD
+        pt2 = P * t * t
+        d2 = pt2 * P * iD
+    kl = 0.5 * float(xp.sum(xp.where(G == 0, dt.type(0), pt2), dtype=np.float64))
+    dkl = -float(xp.sum(xp.where(G == 0, dt.type(0), d2), dtype=np.float64))
     return kl, dkl
 
 
 def kl_pole(h: Any, p: Any, *, beta_p0: float, h_min: float = -np.inf, dtype: Any = np.float64) -> tuple[float, int]:
-    """``(max_j −c_j/p_j, #{h_j < 0})``; ``−inf`` for empty input."""
+    """``(max_j −c_j/p_j, #{h_j < 0})``; NaN entries are ignored; ``−inf`` for empty input."""
     xp = backend.get_namespace(h, p)
     dt = np.dtype(dtype)
     if h.size == 0:
         return -np.inf, 0
     c = xp.maximum(h.astype(dt), dt.type(h_min)) + dt.type(beta_p0)
-    return float(xp.max(-c / p.astype(dt))), int(xp.count_nonzero(h < 0))
+    v = -c / p.astype(dt)
+    return float(xp.max(xp.where(xp.isnan(v), -np.inf, v))), int(xp.count_nonzero(h < 0))
 
 
 def arturo_apply(eta: float, w: Any, a: Any, h: Any, p: Any, out: Any, *, mscale: float = 1.0,
                  beta_p0: float, h_min: float = -np.inf, nu: float, beta: float,
-                 p_min: float = -np.inf, dtype: Any = np.float64) -> tuple[int, float]:
+                 p_min: float = -np.inf, dtype: Any = np.float64) -> int:
     """The arTuRO primal update given η, in place: ``out`` and ``p``.
 
     ``out = μ' − w`` with ``μ' = μ − G/(c + ηp)`` (``G = 0`` keeps ``μ``), and
-    ``p <- max((c + νp)/(β + ν), p_min)``. Returns ``(n_clamped, KL)`` with
-    ``KL = ½ Σ p_old (μ' − μ)²`` (float64), the achieved mean-KL at ``η``.
+    ``p <- max((c + νp)/(β + ν), p_min)``. Returns the number of clamped ``p``.
     """
     xp = backend.get_namespace(w, a, h, p, out)
     dt = np.dtype(dtype)
@@ -146,8 +151,7 @@ def arturo_apply(eta: float, w: Any, a: Any, h: Any, p: Any, out: Any, *, mscale
     D = c + dt.type(eta) * P
     step = xp.where(G == 0, dt.type(0), -G / xp.where(G == 0, dt.type(1), D))
     out[...] = ((mu - w.astype(dt)) + step).astype(out.dtype)
-    kl = 0.5 * float(xp.sum(P * step * step, dtype=np.float64))
     pn = (c + dt.type(nu) * P) / dt.type(beta + nu)
     clamped = pn < dt.type(p_min)
     p[...] = xp.where(clamped, dt.type(p_min), pn).astype(p.dtype)
-    return int(xp.count_nonzero(clamped)), kl
+    return int(xp.count_nonzero(clamped))

@@ -140,7 +140,10 @@ class ArTuRO(Transform):
     rtol, max_iter : exact solver tolerance on ``|KL/ε − 1|`` and evaluation cap.
     h_min : curvature floor (exact mode).  decay : ``"decoupled"`` or ``"none"`` (exact mode).
     psd_guard : clamp the filter covariance to PSD (exact mode).
-    impl : kernel implementation.  copy_state : work on a copy of the state.
+    track_kl : reference mode: evaluate the achieved KL at the returned η (one extra
+        read pass, which the official code does not make); else ``state.kl`` is NaN.
+    impl : kernel implementation (``"numpy"``: the multi-pass NumPy baseline).
+    copy_state : work on a copy of the state.
     """
 
     state_class = ArTuROState
@@ -151,7 +154,8 @@ class ArTuRO(Transform):
                  weight_decay: float = 0.0, mode: str = "reference", *, h0: float = 0.1, eta_tol: float = 0.5,
                  eta_max: float = 1e4, warm_factor: float = 3.0, early_exit: float = 0.1, rtol: float = 1e-10,
                  max_iter: int = 50, h_min: float | None = None, decay: str = "decoupled",
-                 psd_guard: bool = False, impl: str = "auto", copy_state: bool = False) -> None:
+                 psd_guard: bool = False, track_kl: bool = True, impl: str = "auto",
+                 copy_state: bool = False) -> None:
         if mode not in ("reference", "exact"):
             raise ValueError(f"mode must be 'reference' or 'exact', got {mode!r}")
         self.mode = mode
@@ -189,6 +193,7 @@ class ArTuRO(Transform):
         if psd_guard and mode != "exact":
             raise ValueError("psd_guard needs mode='exact'")
         self.psd_guard = bool(psd_guard)
+        self.track_kl = bool(track_kl)
         self.impl = impl
         self.copy_state = bool(copy_state)
 
@@ -263,21 +268,23 @@ class ArTuRO(Transform):
                        eta_tol=self.eta_tol, eta_max=self.eta_max, warm_factor=self.warm_factor,
                        early_exit=self.early_exit, final_kl=False)
         eta = res.eta
+        if self.mode == "exact":
+            kl = res.kl if res.kl == res.kl else dual(eta)[0]
+        else:
+            kl = dual(eta)[0] if self.track_kl else math.nan
+        if dual.n_nan:
+            bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
+            raise FloatingPointError(f"arTuRO state holds {bad} non-finite entries (step {state.count}); "
+                                     "the gradients were finite, so the state was corrupted before this step")
         nu = eta if self.nu == "coupled" else self.nu
         beta_p0 = self.reg_weight * self.prior_prec
         p_min = beta_p0 / (self.reg_weight + nu) if self.mode == "exact" else -math.inf
         outs = [xp.empty_like(w) for w in W]
-        clamped, kl = 0, 0.0
+        clamped = 0
         for i, w in enumerate(W):
-            c, k = kernels.arturo_apply(eta, w, Sf[1][i], Sf[2][i], Sf[0][i], outs[i], mscale=mscale,
-                                        beta_p0=beta_p0, h_min=-math.inf if self.h_min is None else self.h_min,
-                                        nu=nu, beta=self.reg_weight, p_min=p_min, impl=self.impl)
-            clamped += c
-            kl += k
-        if not math.isfinite(kl):
-            bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
-            raise FloatingPointError(f"arTuRO state holds {bad} non-finite entries (step {state.count}); "
-                                     "the gradients were finite, so the state was corrupted before this step")
+            clamped += kernels.arturo_apply(eta, w, Sf[1][i], Sf[2][i], Sf[0][i], outs[i], mscale=mscale,
+                                            beta_p0=beta_p0, nu=nu, beta=self.reg_weight, p_min=p_min,
+                                            h_min=-math.inf if self.h_min is None else self.h_min, impl=self.impl)
         if self.mode == "exact":
             n_neg = res.n_negative_h
         else:

@@ -72,11 +72,13 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
     while True:
         F, dF = fun(x)
         n += 1
+        if F != F:  # NaN: the function is broken (e.g. a corrupted state); give up at once
+            return RootResult(x, F, n, False)
         if x <= lower_point and F <= target:
             return RootResult(lower_point, F, n, True, at_lower=True)
         if abs(F / target - 1.0) <= rtol:
             return RootResult(x, F, n, True)
-        if F > target or math.isnan(F):
+        if F > target:
             lo, lo_ok = x, True
         else:
             hi, f_hi = x, F

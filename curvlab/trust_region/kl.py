@@ -57,7 +57,7 @@ class KLDual:
     block, float32/float64; ``μ = w·mscale``. ``h_min`` (optional) floors the
     curvature in the denominator only. Each call is one fused pass per block
     (:func:`curvlab.kernels.kl_dual`), summed in float64; ``n_evals`` counts
-    calls.
+    calls and ``n_nan`` the calls that returned NaN (a corrupted state).
 
     >>> import numpy as np
     >>> d = KLDual(np.zeros(1), np.ones(1), np.ones(1), np.ones(1), beta=0.0, prior_prec=0.0)
@@ -79,6 +79,7 @@ class KLDual:
         self.h_min = -math.inf if h_min is None else float(h_min)
         self.impl = impl
         self.n_evals = 0
+        self.n_nan = 0
 
     def __call__(self, eta: float) -> tuple[float, float]:
         self.n_evals += 1
@@ -88,6 +89,8 @@ class KLDual:
                                    impl=self.impl)
             kl += k
             dkl += d
+        if kl != kl:
+            self.n_nan += 1
         return kl, dkl
 
     def pole(self) -> tuple[float, int]:

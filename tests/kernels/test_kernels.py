@@ -102,10 +102,9 @@ def test_dual_pole_apply_match_reference(xp, rng, dt, edge):
     o1, o2 = xp.empty_like(w), xp.empty_like(w)
     p1, p2 = p.copy(), p.copy()
     akw = dict(kw, nu=1.3, beta=0.1, p_min=0.2)
-    c1, kl1 = kernels.arturo_apply(2.5, w, a, h, p1, o1, **akw)
-    c2, kl2 = reference.arturo_apply(2.5, w, a, h, p2, o2, **akw)
+    c1 = kernels.arturo_apply(2.5, w, a, h, p1, o1, **akw)
+    c2 = reference.arturo_apply(2.5, w, a, h, p2, o2, **akw)
     assert c1 == c2 and c1 > 0
-    assert math.isclose(kl1, kl2, rel_tol=1e-12)
     _close(o1, o2, dt)
     _close(p1, p2, dt)
 
@@ -116,8 +115,7 @@ def test_apply_kl_equals_dual(rng):
     h = np.abs(h)
     kl, _ = kernels.kl_dual(0.8, w, a, h, p, beta_p0=0.01)
     out = np.empty_like(w)
-    _, kl_apply = kernels.arturo_apply(0.8, w, a, h, p.copy(), out, beta_p0=0.01, nu=0.0, beta=0.1)
-    assert math.isclose(kl, kl_apply, rel_tol=1e-13)
+    kernels.arturo_apply(0.8, w, a, h, p.copy(), out, beta_p0=0.01, nu=0.0, beta=0.1)
     assert math.isclose(kl, 0.5 * float(np.sum(p * out * out)), rel_tol=1e-12)
 
 
@@ -144,7 +142,7 @@ def test_empty_arrays():
     assert kernels.rls_filter_update(z, z, z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), q=0.1, r=1.0) == (0, 0)
     assert kernels.kl_dual(1.0, z, z, z, z, beta_p0=0.0) == (0.0, 0.0)
     assert kernels.kl_pole(z, z, beta_p0=0.0) == (-math.inf, 0)
-    assert kernels.arturo_apply(1.0, z, z, z, z.copy(), z.copy(), beta_p0=0.0, nu=1.0, beta=1.0) == (0, 0.0)
+    assert kernels.arturo_apply(1.0, z, z, z, z.copy(), z.copy(), beta_p0=0.0, nu=1.0, beta=1.0) == 0
 
 
 def test_bad_input():
