@@ -29,10 +29,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     ap.add_argument("--skip-solver", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="numba threads (default: all cores)")
     args = ap.parse_args()
     xp = get_xp(args.backend)
     import numba
 
+    if args.threads:
+        numba.set_num_threads(args.threads)
     print(f"n = {args.n:,} float32, backend {args.backend}, numba threads {numba.get_num_threads()}, "
           f"best of {args.repeat} interleaved repeats")
 

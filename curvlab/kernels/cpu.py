@@ -43,29 +43,22 @@ PARALLEL_MIN = 1 << 16
 def _count_nonfinite(x):  # pragma: no cover - compiled
     n = 0
     for i in nb.prange(x.size):
-        n += 0 if math.isfinite(x[i]) else 1
+        n += 0 if x[i] - x[i] == 0 else 1
     return n
 
 
-def _filter(g, w, a, h, P00, P01, P11, xscale, q, r, inv_lam, init, h0, P0):  # pragma: no cover
+def _filter(g, w, a, h, P00, P01, P11, xscale, q, r, inv_lam):  # pragma: no cover
     # branch-free body (selects, unconditional stores) so that LLVM vectorises it
     skipped = 0
     for i in nb.prange(g.size):
         gi = np.float64(g[i])
         x = np.float64(w[i]) * xscale
-        ok = math.isfinite(gi) and math.isfinite(x)
-        if init:
-            A0 = gi if ok else 0.0
-            H0 = h0
-            p00 = P0
-            p01 = 0.0
-            p11 = P0
-        else:
-            A0 = np.float64(a[i])
-            H0 = np.float64(h[i])
-            p00 = np.float64(P00[i])
-            p01 = np.float64(P01[i])
-            p11 = np.float64(P11[i])
+        ok = (gi - gi == 0.0) & (x - x == 0.0)  # finite test that vectorises (NaN/Inf give NaN)
+        A0 = np.float64(a[i])
+        H0 = np.float64(h[i])
+        p00 = np.float64(P00[i])
+        p01 = np.float64(P01[i])
+        p11 = np.float64(P11[i])
         n00 = p00 * inv_lam + q
         n01 = p01 * inv_lam
         n11 = p11 * inv_lam + q
@@ -88,6 +81,19 @@ def _filter(g, w, a, h, P00, P01, P11, xscale, q, r, inv_lam, init, h0, P0):  # 
         P01[i] = n01 if ok else p01
         P11[i] = n11 if ok else p11
     return skipped
+
+
+def _init(g, w, a, h, P00, P01, P11, xscale, h0, P0):  # pragma: no cover
+    # the reference initialisation, once, as its own pass (a branch on it slows the filter loop)
+    for i in nb.prange(g.size):
+        gi = np.float64(g[i])
+        x = np.float64(w[i]) * xscale
+        ok = (gi - gi == 0.0) & (x - x == 0.0)
+        a[i] = gi if ok else 0.0
+        h[i] = h0
+        P00[i] = P0
+        P01[i] = 0.0
+        P11[i] = P0
 
 
 def _guard(g, w, xscale, P00, P01, P11):  # pragma: no cover
@@ -169,6 +175,7 @@ def _renamed(fn, suffix):
 _count_nonfinite_par = nb.njit(**_OPTS)(_count_nonfinite)
 _count_nonfinite_ser = nb.njit(**_SERIAL)(_renamed(_count_nonfinite, '_serial'))
 _filter_par, _filter_ser = nb.njit(**_OPTS)(_filter), nb.njit(**_SERIAL)(_renamed(_filter, '_serial'))
+_init_par, _init_ser = nb.njit(**_OPTS)(_init), nb.njit(**_SERIAL)(_renamed(_init, '_serial'))
 _guard_par, _guard_ser = nb.njit(**_OPTS)(_guard), nb.njit(**_SERIAL)(_renamed(_guard, '_serial'))
 _dual_par, _dual_ser = nb.njit(**_RED)(_dual), nb.njit(**_SERIAL)(_renamed(_dual, '_serial'))
 _pole_par, _pole_ser = nb.njit(**_RED)(_pole), nb.njit(**_SERIAL)(_renamed(_pole, '_serial'))
@@ -185,8 +192,10 @@ def count_nonfinite(x: np.ndarray) -> int:
 
 def rls_filter_update(g, w, a, h, P00, P01, P11, *, xscale=1.0, q, r, forget=1.0, init=False,
                       h0=0.1, P0=0.0, psd_guard=False) -> tuple[int, int]:
+    if init:
+        _pick(_init_par, _init_ser, g.size)(g, w, a, h, P00, P01, P11, float(xscale), float(h0), float(P0))
     s = _pick(_filter_par, _filter_ser, g.size)(g, w, a, h, P00, P01, P11, float(xscale), float(q), float(r),
-                                                1.0 / float(forget), bool(init), float(h0), float(P0))
+                                                1.0 / float(forget))
     k = _pick(_guard_par, _guard_ser, g.size)(g, w, float(xscale), P00, P01, P11) if psd_guard else 0
     return int(s), int(k)
 
