@@ -5,9 +5,10 @@ Given a module, a loss and a batch, :class:`TorchCurvature` returns curvlab
 the parameters that require gradients (layout: :class:`NamedLayout`, the
 module's ``named_parameters()`` order, each tensor row-major):
 
-* :meth:`~TorchCurvature.hessian` — ``H v`` by forward-over-reverse
-  (``torch.func.jvp`` of ``torch.func.grad``; default) or reverse-over-reverse
-  (double backward, ``hvp_mode="reverse_over_reverse"``);
+* :meth:`~TorchCurvature.hessian` — ``H v`` by forward-over-reverse (default:
+  dual-number parameters ``θ + ε v`` through one backward pass, so the gradient's
+  tangent is ``H v``; blocks by ``torch.func.vmap`` of ``jvp(grad)``) or
+  reverse-over-reverse (double backward, ``hvp_mode="reverse_over_reverse"``);
 * :meth:`~TorchCurvature.ggn` — generalized Gauss–Newton ``Jᵀ H_L J v``;
 * :meth:`~TorchCurvature.fisher` — empirical Fisher ``(1/B) Σ_i g_i g_iᵀ v``
   (``g_i`` per-sample gradients) or Monte-Carlo Fisher with labels sampled from
@@ -57,6 +58,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.func import functional_call
 
@@ -416,7 +418,7 @@ class TorchCurvature:
             parts = self._block_in(V)
             try:
                 return self._out(self._flat_block(block(parts)))
-            except RuntimeError:  # no batched backward for some op: one column at a time
+            except Exception:  # no batching rule for some op: one column at a time
                 cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(parts[0].shape[0])]
                 return self._out(torch.stack(cols, dim=1))
 
@@ -444,11 +446,15 @@ class TorchCurvature:
     def _hvp_single(self, mode: str) -> Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
         params = self.params
         if mode == "forward_over_reverse":
-            grad_fn = torch.func.grad(self._loss_of)
-
+            # dual parameters (primal θ, tangent v) through one autograd backward: the
+            # gradient comes out as a dual number whose tangent is H v
             def hv(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-                with forward_mode_safe_ops(self.composite_ops):
-                    return torch.func.jvp(grad_fn, (params,), (v,))[1]
+                with forward_mode_safe_ops(self.composite_ops), fwAD.dual_level(), torch.enable_grad():
+                    leaves = [p.detach().requires_grad_(True) for p in params]
+                    duals = [fwAD.make_dual(q, t) for q, t in zip(leaves, v)]
+                    g = torch.autograd.grad(self._loss_of(duals), leaves)
+                    tans = [fwAD.unpack_dual(x).tangent for x in g]
+                return tuple(torch.zeros_like(q) if t is None else t for q, t in zip(params, tans))
 
             return hv
 
@@ -470,7 +476,14 @@ class TorchCurvature:
             raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
         single = self._hvp_single(mode)
         if mode == "forward_over_reverse":
-            return self._operator(single, psd=False)
+            grad_fn = torch.func.grad(self._loss_of)
+
+            def hv_func(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+                with forward_mode_safe_ops(self.composite_ops):
+                    return torch.func.jvp(grad_fn, (self.params,), (v,))[1]
+
+            # a block of vectors: torch.func.jvp of torch.func.grad, vmapped over the columns
+            return self._operator(single, psd=False, block=lambda parts: torch.func.vmap(hv_func)(parts))
         # one double-backward graph, all columns through one batched backward
         return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True))
 
@@ -597,10 +610,14 @@ class TorchCurvature:
         plist = self.params if params is None else self._vec_in(params, "params")
         dv = self._vec_in(d, "d")
         if mode == "forward_over_reverse":
-            with forward_mode_safe_ops(self.composite_ops):
-                gv = torch.func.grad_and_value(self._loss_of)
-                (g, val), (hd, _) = torch.func.jvp(gv, (tuple(plist),), (dv,))
-            c = sum((a * b).sum() for a, b in zip(hd, dv))
+            with forward_mode_safe_ops(self.composite_ops), fwAD.dual_level(), torch.enable_grad():
+                leaves = [p.detach().requires_grad_(True) for p in plist]
+                loss = self._loss_of([fwAD.make_dual(q, t) for q, t in zip(leaves, dv)])
+                gd = torch.autograd.grad(loss, leaves)
+                val = fwAD.unpack_dual(loss).primal.detach()
+                g = [fwAD.unpack_dual(x).primal.detach() for x in gd]
+                hd = [fwAD.unpack_dual(x).tangent for x in gd]
+            c = sum(((h * t).sum() for h, t in zip(hd, dv) if h is not None), torch.zeros((), dtype=val.dtype, device=val.device))
         elif mode == "shared":
             def f(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
                 def inner(q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
+from curvlab import backend  # noqa: E402
 from curvlab.adapters.jax import JaxCurvature, as_optax, from_jax, to_jax  # noqa: E402
 from curvlab.models.mlp import MLP  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
@@ -135,6 +136,20 @@ def test_errors(rng):
         curv.fisher("mc")
     with pytest.raises(ValueError, match="devices"):
         JaxCurvature(cnn_apply, p, "cross_entropy", (X, y), devices=64)
+
+
+def test_backend_of_vectors(xp, rng):
+    """NumPy vectors for a CPU model; CuPy with a JAX GPU device (skipped otherwise)."""
+    if xp is not np and not any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("JAX has no GPU device")
+    model = MLP([3, 4, 2])
+    params = model.init_params(rng)
+    X, y = rng.standard_normal((5, 3)), rng.integers(0, 2, 5)
+    curv = JaxCurvature(mlp_apply, [jnp.asarray(W) for W in model.layout.unpack(params)], "cross_entropy", (X, y))
+    assert curv.xp is xp
+    v = xp.asarray(rng.standard_normal(model.n_params))
+    out = curv.hessian() @ v
+    assert type(out) is type(v) and rel_err(out, model.hvp(params, X, y, backend.to_numpy(v))) < 1e-10
 
 
 def test_dlpack_zero_copy():

@@ -96,9 +96,11 @@ def _transformer_case(rng, dtype=torch.float64):
     return net, X, y
 
 
-@pytest.mark.parametrize("case", ["cnn_batchnorm", "transformer"])
+@pytest.mark.parametrize("case", ["cnn_batchnorm", "transformer", "transformer_eval"])
 def test_dense_hessian_architectures(case, rng):
     net, X, y = (_cnn_case if case == "cnn_batchnorm" else _transformer_case)(rng)
+    if case == "transformer_eval":  # nn.MultiheadAttention's fused fast path is eligible in eval mode
+        net.eval()
     curv = TorchCurvature(net, "cross_entropy", (X, y))
     Hd = dense_hessian(curv)
     assert np.allclose(Hd, Hd.T, atol=1e-12)
