@@ -1,0 +1,446 @@
+"""Lanczos with full reorthogonalisation and a thick-restart eigen-driver.
+
+:func:`lanczos` runs ``m`` steps of the symmetric Lanczos recurrence
+``A Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ`` from one start vector, reorthogonalising
+every new vector against the whole basis with blocked classical Gram-Schmidt
+applied twice ("twice is enough"). The recurrence coefficients ``α, β`` are
+kept in float64 on the host even for float32 operators, and the tridiagonal
+eigenproblem is solved with :func:`scipy.linalg.eigh_tridiagonal`.
+
+:func:`eigsh` computes ``k`` extreme eigenpairs by thick-restart Lanczos
+(Wu & Simon 2000): after each cycle of ``ncv`` steps it keeps the ``n_keep``
+Ritz pairs nearest the wanted end(s) together with the residual direction, so
+the projected matrix becomes "arrowhead + tridiagonal"; it is diagonalised
+with a symmetric dense eigensolver on the host (never a general ``eig``).
+Convergence is tested after every step once ``k`` Ritz values exist, so the
+solver stops as soon as the wanted pairs meet the tolerance.
+
+Stopping rule (the same as ARPACK's): pair ``i`` has converged when
+``‖A y_i - θ_i y_i‖ <= tol · max(|θ_i|, ε^{2/3} ‖T‖)``; the residual norm is
+read from the Lanczos relation (``|β| |s_{m,i}|``), which full
+reorthogonalisation keeps accurate to round-off.
+
+NaN or Inf from the operator stops the run: the result is returned with
+``converged`` false and a message (``strict=True`` raises). A single-vector
+Krylov method finds one copy of a repeated eigenvalue per round-off
+"seed"; for multiplicities use :func:`curvlab.linalg.lobpcg` (a block method).
+
+Example
+-------
+>>> import numpy as np
+>>> from curvlab.linalg.testing import prescribed_spectrum_operator
+>>> ps = prescribed_spectrum_operator(np.arange(1.0, 101.0), rng=0)
+>>> res = eigsh(ps.operator, k=3, which="LA", rng=1)
+>>> np.round(res.eigenvalues, 6).tolist(), bool(res.all_converged)
+([100.0, 99.0, 98.0], True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from .. import backend
+from ._checks import as_symmetric_operator, check_k, check_positive_int, check_tol, check_which, start_vectors
+from .operators import LinearOperator
+from .results import ConvergenceError, EigResult
+
+__all__ = ["LanczosDecomposition", "lanczos", "eigsh"]
+
+_EPS23 = np.finfo(np.float64).eps ** (2.0 / 3.0)
+
+
+@dataclass
+class LanczosDecomposition:
+    """``A Q ≈ Q T + β_m q_{m+1} e_mᵀ`` from :func:`lanczos`.
+
+    Attributes
+    ----------
+    alpha : numpy.ndarray ``(m,)`` float64, diagonal of ``T``
+    beta : numpy.ndarray ``(m,)`` float64; ``beta[:-1]`` off-diagonal of ``T``,
+        ``beta[-1]`` the residual norm ``β_m``
+    basis : array ``(n, m)`` or None (operator backend/dtype)
+    start_norm : float  ``‖v0‖``
+    n_matvecs : int
+    breakdown : bool  True when an invariant subspace was found (``β ≈ 0``) before ``m`` steps
+    message : str
+    """
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    basis: Any
+    start_norm: float
+    n_matvecs: int
+    breakdown: bool
+    message: str = ""
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.alpha.size)
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ritz values ``(m,)`` ascending and eigenvectors ``(m, m)`` of ``T`` (host float64)."""
+        return tridiagonal_eigh(self.alpha, self.beta[:-1])
+
+
+def tridiagonal_eigh(alpha: np.ndarray, offdiag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of the symmetric tridiagonal matrix (host float64, ascending)."""
+    if alpha.size == 1:
+        return alpha.copy(), np.ones((1, 1))
+    return scipy.linalg.eigh_tridiagonal(alpha, offdiag, lapack_driver="stev")
+
+
+def _orthogonalize(V: Any, w: Any) -> tuple[Any, Any]:
+    """Blocked classical Gram-Schmidt twice: ``w ⟂ range(V)``; returns (w, coefficients)."""
+    h = V.T @ w
+    w = w - V @ h
+    h2 = V.T @ w
+    w = w - V @ h2
+    return w, h + h2
+
+
+def lanczos(
+    A: Any,
+    m: int,
+    v0: Any = None,
+    rng: Any = None,
+    *,
+    return_basis: bool = False,
+    check_symmetry: bool | None = None,
+) -> LanczosDecomposition:
+    """``m`` Lanczos steps with full reorthogonalisation from ``v0`` (or a Gaussian from ``rng``).
+
+    Parameters
+    ----------
+    A : symmetric operator ``(n, n)`` (anything :func:`aslinearoperator` wraps)
+    m : int, ``1 <= m <= n``
+    v0 : array ``(n,)``, optional
+    return_basis : keep the ``(n, m)`` orthonormal basis (memory ``n m``)
+
+    Returns
+    -------
+    LanczosDecomposition with float64 ``alpha``/``beta``. Stops early on an
+    invariant subspace (then the Gauss quadrature is exact) or on a non-finite
+    operator output (``message`` says so).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> dec = lanczos(np.diag([1.0, 2.0, 3.0]), 3, v0=np.ones(3))
+    >>> np.round(dec.ritz()[0], 10).tolist()
+    [1.0, 2.0, 3.0]
+    """
+    op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
+    n = op.shape[0]
+    m = check_k(m, n, "m", allow_n=True)
+    xp = op.xp
+    v = start_vectors(op, v0, rng)
+    before = op.n_matvecs
+    nrm0 = float(xp.linalg.norm(v))
+    V = xp.zeros((n, m), dtype=op.dtype)
+    V[:, 0] = v / op.dtype.type(nrm0)
+    alpha = np.zeros(m)
+    beta = np.zeros(m)
+    breakdown = False
+    msg = "completed"
+    j = 0
+    for j in range(m):
+        w = op.matvec(V[:, j])
+        w, h = _orthogonalize(V[:, : j + 1], w)
+        a = float(h[j])
+        b = float(xp.linalg.norm(w))
+        if not (np.isfinite(a) and np.isfinite(b)):
+            msg = f"operator returned NaN/Inf at step {j + 1}"
+            breakdown = True
+            j -= 1
+            break
+        alpha[j], beta[j] = a, b
+        scale = max(abs(a), float(np.max(np.abs(alpha[: j + 1]))), float(np.max(beta[: j + 1])), 1e-300)
+        if b <= 100 * np.finfo(op.dtype).eps * scale:
+            breakdown = True
+            msg = f"invariant subspace found after {j + 1} steps"
+            beta[j] = 0.0
+            break
+        if j + 1 < m:
+            V[:, j + 1] = w / op.dtype.type(b)
+    steps = j + 1
+    return LanczosDecomposition(
+        alpha=alpha[:steps],
+        beta=beta[:steps],
+        basis=V[:, :steps] if return_basis else None,
+        start_norm=nrm0,
+        n_matvecs=op.n_matvecs - before,
+        breakdown=breakdown,
+        message=msg,
+    )
+
+
+def _select(theta: np.ndarray, which: str, k: int) -> np.ndarray:
+    """Indices (into ascending ``theta``) of the ``k`` wanted values, in output order."""
+    m = theta.size
+    if which == "LA":
+        return np.arange(m - 1, m - 1 - k, -1)
+    if which == "SA":
+        return np.arange(k)
+    if which == "LM":
+        return np.argsort(-np.abs(theta), kind="stable")[:k]
+    # BE: k//2 from the bottom, the rest from the top (ARPACK's convention), ascending
+    lo = k // 2
+    return np.concatenate([np.arange(lo), np.arange(m - (k - lo), m)])
+
+
+def _keep_set(theta: np.ndarray, which: str, k: int, n_keep: int) -> np.ndarray:
+    """Indices of the Ritz pairs kept at a restart (the wanted end(s), ``n_keep`` of them)."""
+    m = theta.size
+    n_keep = min(n_keep, m - 1)
+    if which == "LA":
+        return np.arange(m - n_keep, m)
+    if which == "SA":
+        return np.arange(n_keep)
+    if which == "LM":
+        return np.sort(np.argsort(-np.abs(theta), kind="stable")[:n_keep])
+    lo = max(k // 2, int(round(n_keep * (k // 2) / k)))
+    hi = n_keep - lo
+    return np.concatenate([np.arange(lo), np.arange(m - hi, m)])
+
+
+def eigsh(
+    A: Any,
+    k: int = 6,
+    which: str = "LA",
+    tol: float = 1e-8,
+    *,
+    maxiter: int | None = None,
+    max_matvecs: int | None = None,
+    v0: Any = None,
+    rng: Any = None,
+    ncv: int | None = None,
+    n_keep: int | str | None = None,
+    return_eigenvectors: bool = True,
+    return_history: bool = False,
+    strict: bool = False,
+    check_symmetry: bool | None = None,
+) -> EigResult:
+    """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos.
+
+    Parameters
+    ----------
+    A : symmetric ``(n, n)`` operator, array, SciPy operator or callable
+    k : number of eigenpairs, ``1 <= k < n``
+    which : "LA" (largest algebraic, default), "SA" (smallest), "BE" (both
+        ends: ``k//2`` smallest and the rest largest) or "LM" (largest magnitude)
+    tol : relative residual tolerance (see the module docstring)
+    maxiter : restart cycles allowed (default ``max(100, 10 n / ncv)``)
+    max_matvecs : matvec budget (default: unlimited within ``maxiter``)
+    v0, rng : start vector, or the generator drawing a Gaussian one
+    ncv : Krylov basis size per cycle (default ``min(n, max(3k + 1, 20))``)
+    n_keep : Ritz pairs kept at a restart; default "adaptive": ``k`` plus
+        ``min(n_converged + 2, (ncv - k) // 2)`` (at least 2) extra pairs, and
+        ``(ncv - 1) // 2`` extra for ``k = 1`` (tuned on prescribed spectra to
+        need no more matvecs than ARPACK)
+    return_history : record Ritz values and residuals at each restart
+    strict : raise :class:`ConvergenceError` unless all ``k`` pairs converged
+    check_symmetry : verify symmetry with random probes (default: only for
+        inputs that are not curvlab operators)
+
+    Returns
+    -------
+    EigResult; ``eigenvalues`` descending for "LA"/"LM", ascending for "SA"/"BE".
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> res = eigsh(np.diag(np.arange(1.0, 51.0)), k=2, which="BE", rng=0)
+    >>> np.round(res.eigenvalues, 8).tolist()
+    [1.0, 50.0]
+    """
+    op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
+    n = op.shape[0]
+    k = check_k(k, n)
+    which = check_which(which, ("LA", "SA", "BE", "LM"))
+    tol = check_tol(tol)
+    xp = op.xp
+    ncv = min(n, max(3 * k + 1, 20)) if ncv is None else check_positive_int(ncv, "ncv")
+    if not k < ncv <= n:
+        raise ValueError(f"ncv must satisfy k < ncv <= n (k = {k}, n = {n}), got ncv = {ncv}")
+    adaptive_keep = n_keep is None or n_keep == "adaptive"
+    if adaptive_keep:
+        n_keep = k + (ncv - k) // 2
+    n_keep = check_positive_int(n_keep, "n_keep")
+    if not k <= n_keep < ncv:
+        raise ValueError(f"n_keep must satisfy k <= n_keep < ncv (k = {k}, ncv = {ncv}), got {n_keep}")
+    if maxiter is None:
+        maxiter = max(100, (10 * n) // ncv)
+    maxiter = check_positive_int(maxiter, "maxiter")
+    budget = np.inf if max_matvecs is None else check_positive_int(max_matvecs, "max_matvecs")
+    g = backend.default_rng(rng, xp)
+    v = start_vectors(op, v0, g)
+    dt = op.dtype
+    eps = np.finfo(dt).eps
+    before = op.n_matvecs
+
+    V = xp.zeros((n, ncv + 1), dtype=dt)
+    V[:, 0] = v / dt.type(float(xp.linalg.norm(v)))
+    T = np.zeros((ncv, ncv))
+    p = 0  # number of kept Ritz vectors at the front of V
+    history: list[dict[str, Any]] | None = [] if return_history else None
+    message = ""
+    theta = S = None
+    beta_last = 0.0
+    converged_all = False
+    cycles = 0
+    last_sel = None
+    tnorm = 0.0
+    stop = False
+    invariant = False
+
+    while cycles < maxiter and not stop:
+        cycles += 1
+        j = p
+        while j < ncv:
+            if op.n_matvecs - before >= budget:
+                message = f"matvec budget {max_matvecs} exhausted"
+                stop = True
+                break
+            w = op.matvec(V[:, j])
+            w, h = _orthogonalize(V[:, : j + 1], w)
+            a = float(h[j])
+            b = float(xp.linalg.norm(w))
+            if not (np.isfinite(a) and np.isfinite(b)):
+                message = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs"
+                stop = True
+                theta = None
+                break
+            T[j, j] = a
+            tnorm = max(tnorm, abs(a) + b)
+            invariant = b <= 100 * eps * max(tnorm, 1e-300)
+            if invariant:
+                b = 0.0
+            beta_last = b
+            j += 1
+            if j >= k and j >= 2 or j == n:
+                # Ritz pairs of the current projected matrix
+                Tj = T[:j, :j]
+                if p == 0:
+                    theta, S = tridiagonal_eigh(np.diag(Tj).copy(), np.diag(Tj, 1).copy())
+                else:
+                    theta, S = scipy.linalg.eigh(Tj)
+                if theta.size >= k:
+                    sel = _select(theta, which, k)
+                    resid = np.abs(beta_last * S[j - 1, sel])
+                    scale = np.maximum(np.abs(theta[sel]), _EPS23 * max(tnorm, 1e-300))
+                    conv = resid <= tol * scale
+                    last_sel = (sel, resid, conv, j)
+                    if conv.all():
+                        converged_all = True
+                        stop = True
+                        break
+            if invariant:
+                if j >= n:
+                    stop = True
+                    break
+                # continue with a fresh random direction orthogonal to the basis (decoupled block)
+                r = g.standard_normal(n).astype(dt)
+                r, _ = _orthogonalize(V[:, :j], r)
+                V[:, j] = r / dt.type(float(xp.linalg.norm(r)))
+                if j < ncv:
+                    T[j, j - 1] = T[j - 1, j] = 0.0
+                continue
+            V[:, j] = w / dt.type(b)
+            if j < ncv:
+                T[j, j - 1] = T[j - 1, j] = b
+        if history is not None and last_sel is not None and theta is not None:
+            sel, resid, conv, _ = last_sel
+            history.append(
+                {"n_matvecs": op.n_matvecs - before, "eigenvalues": theta[sel].copy(), "residual_norms": resid.copy()}
+            )
+        if stop or theta is None or j < ncv or cycles >= maxiter:
+            break
+        # thick restart: keep n_keep Ritz pairs nearest the wanted end(s) plus the residual vector
+        nk = n_keep
+        if adaptive_keep:
+            nconv = int(np.count_nonzero(last_sel[2])) if last_sel is not None else 0
+            half = (ncv - k) // 2
+            nk = k + (half if k == 1 else max(min(2, half), min(nconv + 2, half)))
+            nk = min(nk, ncv - 1)
+        keep = _keep_set(theta, which, k, nk)
+        Sk = S[:, keep]
+        Y = V[:, :ncv] @ xp.asarray(Sk.astype(dt))
+        p = keep.size
+        V[:, :p] = Y
+        V[:, p] = V[:, ncv]
+        coupling = beta_last * S[ncv - 1, keep]
+        T[:] = 0.0
+        T[np.arange(p), np.arange(p)] = theta[keep]
+        T[p, :p] = coupling
+        T[:p, p] = coupling
+        theta = None
+
+    n_mv = op.n_matvecs - before
+    jj = j
+    nan_stop = message.startswith("operator returned NaN")
+    if jj < 1 or jj < k:
+        res = EigResult(
+            eigenvalues=np.full(k, np.nan),
+            eigenvectors=None,
+            residual_norms=np.full(k, np.inf),
+            converged=np.zeros(k, dtype=bool),
+            n_matvecs=n_mv,
+            n_iterations=cycles,
+            history=history,
+            method="thick-restart lanczos",
+            message=message or "stopped before k Ritz values were available",
+            tol=tol,
+        )
+        if strict:
+            raise ConvergenceError(res.message, res)
+        return res
+    # Ritz pairs of the current (consistent) projected matrix and basis V[:, :jj]
+    Tj = T[:jj, :jj]
+    if p == 0:
+        theta_f, S_f = tridiagonal_eigh(np.diag(Tj).copy(), np.diag(Tj, 1).copy())
+    else:
+        theta_f, S_f = scipy.linalg.eigh(Tj)
+    c = np.zeros(jj)
+    if jj == p:  # just restarted: the kept vectors couple to V[:, p] through T[p, :p]
+        c[:] = T[p, :p] if p < ncv else 0.0
+    else:
+        c[jj - 1] = beta_last
+    sel = _select(theta_f, which, k)
+    vals = theta_f[sel]
+    resid = np.abs(c @ S_f[:, sel])
+    conv = resid <= tol * np.maximum(np.abs(vals), _EPS23 * max(tnorm, 1e-300))
+    if nan_stop:
+        conv[:] = False
+    vecs = None
+    if return_eigenvectors:
+        vecs = V[:, :jj] @ xp.asarray(S_f[:, sel].astype(dt))
+    if which == "BE":
+        order = np.argsort(vals)
+        vals, resid, conv = vals[order], resid[order], conv[order]
+        if vecs is not None:
+            vecs = vecs[:, xp.asarray(order)] if xp is not np else vecs[:, order]
+    if not message:
+        message = "converged" if conv.all() else f"maxiter {maxiter} restart cycles reached"
+    res = EigResult(
+        eigenvalues=vals,
+        eigenvectors=vecs,
+        residual_norms=resid,
+        converged=conv,
+        n_matvecs=n_mv,
+        n_iterations=cycles,
+        history=history,
+        method="thick-restart lanczos",
+        message=message,
+        tol=tol,
+    )
+    if strict and not res.all_converged:
+        raise ConvergenceError(f"eigsh: {res.n_converged}/{k} pairs converged ({message})", res)
+    return res
+
+
+def _is_operator(A: Any) -> bool:  # pragma: no cover - helper for callers
+    return isinstance(A, LinearOperator)

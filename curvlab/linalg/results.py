@@ -1,0 +1,241 @@
+"""Typed results of the iterative eigen-solvers and the stochastic estimators.
+
+Every iterative routine in :mod:`curvlab.linalg` returns one of these
+dataclasses instead of bare numbers: the values, their accuracy (residual
+norms or standard errors), honest convergence flags, the work done (matvecs,
+iterations) and optionally a history. An unconverged result is returned with
+``converged`` false, never hidden; ``strict=True`` on a solver turns it into a
+:class:`ConvergenceError`.
+
+Arrays (``eigenvectors``, diagonal estimates) live on the operator's backend
+(NumPy or CuPy); small per-value arrays (eigenvalues, residual norms, flags)
+are host NumPy arrays.
+
+Example
+-------
+>>> import numpy as np
+>>> r = TraceEstimate(estimate=3.0, std_error=0.1, n_matvecs=10, converged=True, method="hutchinson")
+>>> r.interval(2.0)
+(2.8, 3.2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "ConvergenceError",
+    "EigResult",
+    "SpectralDensity",
+    "TraceEstimate",
+    "DiagonalEstimate",
+]
+
+
+class ConvergenceError(RuntimeError):
+    """Raised by a solver called with ``strict=True`` when a value did not converge.
+
+    The unconverged result is attached as ``.result``.
+    """
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class EigResult:
+    """Eigenpairs of a symmetric operator from an iterative solver.
+
+    Attributes
+    ----------
+    eigenvalues : numpy.ndarray ``(k,)`` float64
+        Ritz values, in the order the solver was asked for (descending for
+        ``which="LA"``, ascending for ``"SA"``; ``"BE"``: ascending).
+    eigenvectors : array ``(n, k)`` or None
+        Ritz vectors (operator backend and dtype), orthonormal columns.
+    residual_norms : numpy.ndarray ``(k,)`` float64
+        ``‖A v - λ v‖₂`` per pair (from the Lanczos relation, or computed).
+    converged : numpy.ndarray ``(k,)`` bool
+        ``residual_norms[i] <= tol * scale_i`` (see the solver's docstring).
+    n_matvecs, n_iterations : int
+        Operator applications (a block of ``b`` columns counts ``b``) and
+        outer iterations (restart cycles or block steps).
+    history : list of dict or None
+        One entry per check: ``{"n_matvecs", "eigenvalues", "residual_norms"}``.
+    method, message : str
+        Which solver, and why it stopped.
+    tol : float
+        The relative tolerance used.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: Any
+    residual_norms: np.ndarray
+    converged: np.ndarray
+    n_matvecs: int
+    n_iterations: int
+    history: list[dict[str, Any]] | None = None
+    method: str = ""
+    message: str = ""
+    tol: float = 0.0
+
+    @property
+    def all_converged(self) -> bool:
+        """True when every requested value converged."""
+        return bool(np.all(self.converged)) and len(self.converged) > 0
+
+    @property
+    def n_converged(self) -> int:
+        return int(np.count_nonzero(self.converged))
+
+    def __repr__(self) -> str:
+        return (
+            f"EigResult(method={self.method!r}, k={len(self.eigenvalues)}, "
+            f"converged={self.n_converged}/{len(self.converged)}, n_matvecs={self.n_matvecs}, "
+            f"n_iterations={self.n_iterations}, message={self.message!r})"
+        )
+
+
+@dataclass
+class SpectralDensity:
+    """Stochastic Lanczos quadrature of a symmetric ``n x n`` operator.
+
+    Attributes
+    ----------
+    nodes, weights : numpy.ndarray ``(n_probes, m)`` float64
+        Gauss quadrature nodes (Ritz values) and weights (squared first
+        components of the Ritz vectors, summing to 1 per probe). Probes that
+        stopped early (an invariant Krylov space) are padded with weight 0.
+    probe_norms_sq : numpy.ndarray ``(n_probes,)``
+        ``‖z‖²`` of each probe (``n`` for Rademacher probes).
+    n : int
+        Dimension of the operator.
+    n_matvecs : int
+    lanczos_steps : int
+    probe : str
+
+    Methods
+    -------
+    density(grid, sigma) : Gaussian-smoothed density on a grid.
+    trace(f) : :class:`TraceEstimate` of ``tr f(A)`` with a standard error.
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    probe_norms_sq: np.ndarray
+    n: int
+    n_matvecs: int
+    lanczos_steps: int
+    probe: str = "rademacher"
+
+    @property
+    def n_probes(self) -> int:
+        return int(self.nodes.shape[0])
+
+    def density(self, grid: Any, sigma: float) -> np.ndarray:
+        """Density ``φ(t) = (1/P) Σ_p Σ_j w_pj N(t; θ_pj, σ²)`` on ``grid`` (host float64).
+
+        Integrates to 1 over the real line: an estimate of the smoothed
+        spectral density ``(1/n) Σ_i N(t; λ_i, σ²)``.
+        """
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        t = np.asarray(grid, dtype=np.float64).reshape(-1)
+        th = self.nodes.reshape(-1)
+        w = self.weights.reshape(-1) / self.n_probes
+        keep = w > 0
+        th, w = th[keep], w[keep]
+        z = (t[:, None] - th[None, :]) / sigma
+        return (np.exp(-0.5 * z * z) @ w) / (sigma * np.sqrt(2.0 * np.pi))
+
+    def probe_values(self, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Per-probe quadratures ``‖z‖² Σ_j w_j f(θ_j)`` ``(n_probes,)``: unbiased for ``tr f(A)``."""
+        vals = np.zeros_like(self.nodes)
+        mask = self.weights > 0
+        vals[mask] = np.asarray(f(self.nodes[mask]), dtype=np.float64)
+        return self.probe_norms_sq * np.sum(self.weights * vals, axis=1)
+
+    def trace(self, f: Callable[[np.ndarray], np.ndarray], name: str = "slq") -> TraceEstimate:
+        """Estimate ``tr f(A)``; the standard error is the probe spread ``std/√P``."""
+        s = self.probe_values(f)
+        se = float(np.std(s, ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("inf")
+        return TraceEstimate(
+            estimate=float(np.mean(s)),
+            std_error=se,
+            n_matvecs=self.n_matvecs,
+            converged=True,
+            method=name,
+            samples=s,
+        )
+
+
+@dataclass
+class TraceEstimate:
+    """A stochastic estimate of a trace.
+
+    Attributes
+    ----------
+    estimate, std_error : float
+        The estimate and its standard error (probe spread; see each method).
+    n_matvecs : int
+    converged : bool
+        True when the requested target relative error was met (always True
+        for a fixed budget without a target).
+    method : str
+    samples : numpy.ndarray or None
+        The per-probe (or per-exchange) values the standard error came from.
+    history : list of dict or None
+        ``{"n_matvecs", "estimate", "std_error"}`` per adaptive round.
+    """
+
+    estimate: float
+    std_error: float
+    n_matvecs: int
+    converged: bool
+    method: str = ""
+    samples: np.ndarray | None = None
+    history: list[dict[str, Any]] | None = None
+    message: str = ""
+
+    @property
+    def rel_std_error(self) -> float:
+        return abs(self.std_error) / max(abs(self.estimate), 1e-300)
+
+    def interval(self, k: float = 2.0) -> tuple[float, float]:
+        """``(estimate - k se, estimate + k se)``."""
+        return (self.estimate - k * self.std_error, self.estimate + k * self.std_error)
+
+
+@dataclass
+class DiagonalEstimate:
+    """A stochastic estimate of ``diag(A)``.
+
+    Attributes
+    ----------
+    estimate, std_error : array ``(n,)`` (operator backend, float64 accumulation cast to the operator dtype)
+    n_matvecs : int
+    converged : bool
+        True when ``‖std_error‖₂ <= target * ‖estimate‖₂`` (or no target given).
+    method : str
+    history : list of dict or None
+    """
+
+    estimate: Any
+    std_error: Any
+    n_matvecs: int
+    converged: bool
+    method: str = ""
+    history: list[dict[str, Any]] | None = None
+    message: str = ""
+
+    @property
+    def rel_std_error(self) -> float:
+        from ..backend import get_namespace
+
+        xp = get_namespace(self.estimate)
+        return float(xp.linalg.norm(self.std_error) / max(float(xp.linalg.norm(self.estimate)), 1e-300))
+
