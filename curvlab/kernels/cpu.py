@@ -126,7 +126,7 @@ def _dual(eta, w, a, h, p, mscale, bp0, hmin):  # pragma: no cover
         H = np.float64(h[i])
         G = np.float64(a[i]) + (H + bp0) * (np.float64(w[i]) * mscale)
         P = np.float64(p[i])
-        iD = 1.0 / (((H if H > hmin else hmin) + bp0) + eta * P)
+        iD = 1.0 / (((hmin if H < hmin else H) + bp0) + eta * P)
         t = G * iD
         pt2 = P * t * t
         d2 = pt2 * P * iD
@@ -140,7 +140,7 @@ def _pole(h, p, bp0, hmin):  # pragma: no cover
     neg = 0
     for i in nb.prange(h.size):
         H = np.float64(h[i])
-        v = -((H if H > hmin else hmin) + bp0) / np.float64(p[i])
+        v = -((hmin if H < hmin else H) + bp0) / np.float64(p[i])
         m = v if v > m else m
         neg += 1 if H < 0.0 else 0
     return m, neg
@@ -154,7 +154,7 @@ def _apply(eta, w, a, h, p, out, mscale, bp0, hmin, nu, beta, pmin):  # pragma: 
         P = np.float64(p[i])
         mu = W * mscale
         G = np.float64(a[i]) + (H + bp0) * mu
-        c = (H if H > hmin else hmin) + bp0
+        c = (hmin if H < hmin else H) + bp0
         step = -G / (c + eta * P)
         step = step if G != 0.0 else 0.0
         out[i] = (mu - W) + step

@@ -166,3 +166,17 @@ def test_bad_input():
         kernels.arturo_apply(1.0, x, x, x, ro, x.copy(), beta_p0=0.0, nu=1.0, beta=1.0)
     with pytest.raises(ValueError, match="impl='cupy' needs CuPy"):
         kernels.count_nonfinite(x, impl="cupy")
+
+
+def test_numpy_impl_computes_in_the_array_dtype(rng):
+    _, w, a, h, p, *_ = _state(np, rng, 1000, np.float32)
+    p = np.abs(p) + np.float32(0.1)
+    k64, _ = kernels.kl_dual(0.3, w, a, h, p, beta_p0=0.01, impl="reference")
+    k32, _ = kernels.kl_dual(0.3, w, a, h, p, beta_p0=0.01, impl="numpy")
+    assert k32 != k64 and math.isclose(k32, k64, rel_tol=1e-5)
+
+
+def test_pole_ignores_nan(rng):
+    h = np.array([1.0, np.nan, -2.0])
+    p = np.ones(3)
+    assert kernels.kl_pole(h, p, beta_p0=0.0) == reference.kl_pole(h, p, beta_p0=0.0) == (2.0, 1)

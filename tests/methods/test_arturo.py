@@ -314,3 +314,11 @@ def test_training_digits_mlp(mode):
             if mode == "exact":
                 assert st.converged and (st.inactive or abs(st.kl / opt.kl_bound - 1) <= 1e-9)
     assert model.loss(w, d.X_train, d.y_train) < 0.35
+
+
+def test_track_kl_off_and_numpy_impl():
+    a = _run(ArTuRO(kl_bound=0.01, track_kl=False, **CFG))
+    assert math.isnan(a[1].kl)
+    b = _run(ArTuRO(kl_bound=0.01, impl="numpy", **CFG))  # the multi-pass NumPy baseline, float64 here
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
+    np.testing.assert_allclose(b[2], GOLDEN["A"]["eta"], rtol=1e-9)
