@@ -32,6 +32,7 @@ __all__ = [
     "SpectralDensity",
     "TraceEstimate",
     "DiagonalEstimate",
+    "StochasticEigResult",
 ]
 
 
@@ -239,3 +240,33 @@ class DiagonalEstimate:
         xp = get_namespace(self.estimate)
         return float(xp.linalg.norm(self.std_error) / max(float(xp.linalg.norm(self.estimate)), 1e-300))
 
+
+
+@dataclass
+class StochasticEigResult:
+    """Top eigenpair of an expected operator from stochastic (mini-batch) products.
+
+    Attributes
+    ----------
+    eigenvalue : float
+        Average of the Rayleigh quotients ``v_tᵀ A_t v_t`` over the averaging phase.
+    std_error : float
+        Their standard error (``std / √m``); a fresh batch per step makes the
+        quotients nearly independent once ``v_t`` has settled.
+    eigenvector : array ``(n,)`` (operator backend), unit norm
+    n_matvecs, n_batches, n_steps : int
+    converged : bool
+        ``std_error <= tol * |eigenvalue|`` when a ``tol`` was given, else True.
+    history : list of dict or None  ``{"step", "rayleigh", "eigenvalue"}``
+    """
+
+    eigenvalue: float
+    std_error: float
+    eigenvector: Any
+    n_matvecs: int
+    n_batches: int
+    n_steps: int
+    converged: bool
+    history: list[dict[str, Any]] | None = None
+    method: str = "stochastic power (Oja) with averaging"
+    message: str = ""
