@@ -96,6 +96,29 @@ def crossing(repeat: int) -> None:
     del torch
 
 
+def memory_vs_depth(batch: int = 2048, depths: tuple[int, ...] = (2, 8)) -> None:
+    """Peak memory over the autograd gradient's for tanh MLPs 784-512x(depth)-10."""
+    import torch
+    from torch import nn
+
+    print(f"\nPeak memory vs depth (PyTorch, float32, width 512, batch {batch}; MB and x autograd gradient)")
+    keys = ("grad_autograd", "hvp_fwd_rev", "hvp_rev_rev", "curvature_fwd_fwd", "grad_and_curv_separate")
+    print(f"{'depth':>5s} " + " ".join(f"{k:>22s}" for k in keys))
+    for depth in depths:
+        torch.manual_seed(0)
+        layers: list = [nn.Linear(784, 512), nn.Tanh()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(512, 512), nn.Tanh()]
+        net = nn.Sequential(*layers, nn.Linear(512, 10))
+        X, y = torch.randn(batch, 784), torch.randint(0, 10, (batch,))
+        calls = torch_calls(net, X, y, with_curvlinops=False)
+        for k in keys:
+            calls[k]()
+        mem = {k: peak_rss_bytes(calls[k]) for k in keys}
+        base = mem["grad_autograd"]
+        print(f"{depth:5d} " + " ".join(f"{mem[k] / 2**20:12.1f} ({mem[k] / base:5.2f}x)" for k in keys))
+
+
 def main() -> None:
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
         # large buffers straight from/to the OS, so the resident set follows live memory
@@ -135,6 +158,7 @@ def main() -> None:
                   calls, args.repeat, args.timer)
         except ImportError:
             print("\nJAX not installed: skipped")
+    memory_vs_depth()
     crossing(args.repeat)
 
 
