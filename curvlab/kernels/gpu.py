@@ -61,7 +61,7 @@ __device__ complex<double> _kl_term(double w, double a, double h, double p, doub
                                     double mscale, double bp0, double hmin) {
     double G = a + (h + bp0) * (w * mscale);
     if (G == 0.0) return complex<double>(0.0, 0.0);
-    double iD = 1.0 / ((fmax(h, hmin) + bp0) + eta * p);
+    double iD = 1.0 / ((((h < hmin) ? hmin : h) + bp0) + eta * p);
     double t = G * iD;
     double pt2 = p * t * t;
     return complex<double>(pt2, pt2 * p * iD);
@@ -72,7 +72,7 @@ _APPLY_OP = r"""
 double W = (double)w, H = (double)h, P = (double)p;
 double mu = W * mscale;
 double G = (double)a + (H + bp0) * mu;
-double c = fmax(H, hmin) + bp0;
+double c = ((H < hmin) ? hmin : H) + bp0;
 double step = (G != 0.0) ? -G / (c + eta * P) : 0.0;
 out = (T)((mu - W) + step);
 double pn = (c + nu * P) / (beta + nu);
@@ -95,7 +95,8 @@ def _kernels() -> dict:
         reduce_type="complex<double>", preamble=_DUAL_PREAMBLE)
     k["pole"] = cp.ReductionKernel(
         "T h_, T p_, float64 bp0, float64 hmin", "float64 y",
-        "-(fmax((double)h_, hmin) + bp0) / (double)p_", "fmax(a, b)", "y = a", "__longlong_as_double(0xfff0000000000000ULL)",
+        "-((((double)h_ < hmin) ? hmin : (double)h_) + bp0) / (double)p_", "fmax(a, b)", "y = a",
+        "__longlong_as_double(0xfff0000000000000ULL)",
         name="curvlab_kl_pole", reduce_type="double")
     k["neg"] = cp.ReductionKernel("T x", "int64 y", "(x < (T)0) ? 1 : 0", "a + b", "y = a", "0",
                                   name="curvlab_count_neg", reduce_type="long long")

@@ -27,8 +27,12 @@ def _run(est, xp, rng, steps, H, b=None, noise=0.0, dtype=np.float64, track=None
 def test_noiseless_quadratic_recovers_curvature(xp, rng):
     est = DiagonalRLS(q=1e-3, r=1.0, P0=5e-5)
     dets = []
-    state = _run(est, xp, rng, 500, H, b=rng.standard_normal(5),
-                 track=lambda s: dets.append(np.asarray(getattr(s.P00 * s.P11 - s.P01 ** 2, "get", lambda: s.P00 * s.P11 - s.P01 ** 2)())))
+
+    def det(s):
+        d = s.P00 * s.P11 - s.P01 ** 2
+        dets.append(np.asarray(getattr(d, "get", lambda: d)()))
+
+    state = _run(est, xp, rng, 500, H, b=rng.standard_normal(5), track=det)
     assert rel_err(state.h, H) <= 1e-5
     assert np.min(dets) > 0
 

@@ -39,7 +39,8 @@ def _state(xp, rng, n, dt, edge=False):
 
 
 def _close(x, y, dt):
-    x, y = np.asarray(getattr(x, "get", lambda: x)(), np.float64), np.asarray(getattr(y, "get", lambda: y)(), np.float64)
+    x = np.asarray(getattr(x, "get", lambda: x)(), np.float64)
+    y = np.asarray(getattr(y, "get", lambda: y)(), np.float64)
     np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
     m = np.isfinite(x) & np.isfinite(y)
     np.testing.assert_array_equal(x[~m], y[~m])

@@ -155,7 +155,8 @@ def test_precision_clamp_counts():
 
 
 def test_coupled_nu_and_psd_guard_run():
-    opt = ArTuRO(kl_bound=0.01, mode="exact", nu="coupled", psd_guard=True, **{k: v for k, v in CFG.items() if k != "nu"})
+    cfg = {k: v for k, v in CFG.items() if k != "nu"}
+    opt = ArTuRO(kl_bound=0.01, mode="exact", nu="coupled", psd_guard=True, **cfg)
     w, st, etas, _ = _run(opt, steps=20)
     assert np.all(np.isfinite(w)) and st.converged
     # ν = η: p' = (c + ηp)/(β + η)
@@ -260,7 +261,8 @@ def test_zero_size_leaf_is_allowed():
     (dict(measurement_noise=-1.0), "measurement_noise"), (dict(measurement_noise=0.0), "measurement_noise"),
     (dict(dynamic_model_noise=-1e-3), "dynamic_model_noise"), (dict(start_filter_cov=-1.0), "start_filter_cov"),
     (dict(mode="fast"), "mode"), (dict(h_min=0.0), "h_min"), (dict(psd_guard=True), "psd_guard"),
-    (dict(nu="coupled"), "coupled"), (dict(reg_weight=0.0, nu=0.0), "reg_weight"), (dict(decay="l2", mode="exact"), "decay"),
+    (dict(nu="coupled"), "coupled"), (dict(reg_weight=0.0, nu=0.0), "reg_weight"),
+    (dict(decay="l2", mode="exact"), "decay"),
 ])
 def test_bad_hyperparameters(kw, match):
     with pytest.raises(ValueError, match=match):
