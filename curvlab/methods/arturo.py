@@ -21,9 +21,14 @@ optional curvature floor ``h_min``, ``nu="coupled"`` (ν = η), precision clamp
 ``p' ≥ βp0/(β + ν)``, decoupled weight decay every step, optional PSD guard.
 
 Both modes skip a step whose gradient holds NaN/Inf (state untouched,
-counted). The state arrays are updated in place (``copy_state=True`` keeps
-the input state intact); every step is five fused passes over memory plus one
-per dual evaluation (:mod:`curvlab.kernels`).
+counted). Pass only parameters that receive gradients (the official code reads
+the state of gradient-free tensors and crashes on them); zero-size arrays are
+allowed. One global η couples all arrays of the tree. The state arrays are
+updated in place (``copy_state=True`` keeps the input state intact). A step is
+a handful of fused passes over memory (finite check, filter, pole, apply)
+plus one per dual evaluation (:mod:`curvlab.kernels`); on a GPU each pass that
+returns a number is one host synchronisation (5 + evaluations per step in
+exact mode, 6 + evaluations in reference mode with ``track_kl``, per array).
 
 Example
 -------
