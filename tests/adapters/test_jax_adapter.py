@@ -207,6 +207,12 @@ def test_optax_wrapper_same_trajectory(rng):
     grad = lambda th: A @ th - b + 0.1 * th**3  # noqa: E731
     transforms = [Adam(lr=0.01), Momentum(lr=0.02, nesterov=True)]
     try:
+        from curvlab.methods.arturo import ArTuRO
+
+        transforms.append(ArTuRO())
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         from curvlab.methods.curvature_lr import CurvatureLR
 
         transforms.append(CurvatureLR(base=Adam(lr=1.0), schedule=1.0))
@@ -230,4 +236,4 @@ def test_optax_wrapper_same_trajectory(rng):
             p = optax.apply_updates(p, u)
         cur = np.concatenate([np.asarray(p["a"]), np.asarray(p["b"]).ravel()])
         assert rel_err(cur, th) < 1e-12, type(tr).__name__
-        assert ost.count == 300
+        assert ost.count == 300 and p["a"].dtype == jnp.float64
