@@ -1,1 +1,79 @@
-"""Linear algebra: operators, eigen-solvers, spectral density, trace and diagonal estimators."""
+"""Linear algebra: operators, eigen-solvers, spectral density, trace and diagonal estimators.
+
+Operators (:mod:`.operators`, :mod:`.stochastic`), eigen-solvers (thick-restart
+Lanczos :func:`eigsh`, block :func:`lobpcg`, :func:`power_iteration`,
+:func:`stochastic_power`), stochastic Lanczos quadrature (:func:`slq`), trace
+(:func:`hutchinson`, :func:`hutchpp`, :func:`xtrace`) and diagonal
+(:func:`hutchinson_diagonal`, :func:`xdiag`) estimators, typed results
+(:mod:`.results`), and test operators with prescribed spectra (:mod:`.testing`).
+"""
+
+from .diagonal import hutchinson_diagonal, xdiag
+from .lanczos import LanczosDecomposition, eigsh, lanczos
+from .lobpcg import lobpcg
+from .operators import (
+    CallableOperator,
+    DenseOperator,
+    DiagonalOperator,
+    LinearOperator,
+    LowRankPlusDiagonal,
+    ScaledOperator,
+    ScipyWrappedOperator,
+    ShiftedOperator,
+    SumOperator,
+    aslinearoperator,
+    symmetry_defect,
+)
+from .power import power_iteration, stochastic_power
+from .results import ConvergenceError, DiagonalEstimate, EigResult, SpectralDensity, StochasticEigResult, TraceEstimate
+from .slq import exact_smoothed_density, slq, slq_logdet, slq_trace_inverse, wasserstein1
+from .stochastic import StochasticOperator, minibatch_sampler
+from .testing import PrescribedSpectrum, named_spectrum, prescribed_spectrum_operator
+from .trace import hutchinson, hutchpp, xtrace
+
+__all__ = [
+    # operators
+    "LinearOperator",
+    "CallableOperator",
+    "DenseOperator",
+    "DiagonalOperator",
+    "LowRankPlusDiagonal",
+    "SumOperator",
+    "ScaledOperator",
+    "ShiftedOperator",
+    "ScipyWrappedOperator",
+    "aslinearoperator",
+    "symmetry_defect",
+    "StochasticOperator",
+    "minibatch_sampler",
+    # eigen-solvers
+    "lanczos",
+    "LanczosDecomposition",
+    "eigsh",
+    "lobpcg",
+    "power_iteration",
+    "stochastic_power",
+    # spectral density
+    "slq",
+    "slq_logdet",
+    "slq_trace_inverse",
+    "exact_smoothed_density",
+    "wasserstein1",
+    # trace and diagonal
+    "hutchinson",
+    "hutchpp",
+    "xtrace",
+    "hutchinson_diagonal",
+    "xdiag",
+    # results
+    "EigResult",
+    "SpectralDensity",
+    "TraceEstimate",
+    "DiagonalEstimate",
+    "StochasticEigResult",
+    "ConvergenceError",
+    # testing
+    "prescribed_spectrum_operator",
+    "named_spectrum",
+    "PrescribedSpectrum",
+]
