@@ -1,0 +1,144 @@
+"""Lanczos decomposition and the thick-restart eigsh driver."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+
+from curvlab.linalg import ConvergenceError, LowRankPlusDiagonal, eigsh, lanczos
+from curvlab.linalg.operators import CallableOperator, DenseOperator
+from tests.linalg._cases import SPECTRUM_CASES, exact_wanted, make_case, nan_operator, true_residuals
+
+
+def test_lanczos_relation_and_orthogonality(xp):
+    ps = make_case("decaying", 150, xp=xp)
+    dec = lanczos(ps.operator, 40, rng=1, return_basis=True)
+    Q = np.asarray(dec.basis.get() if hasattr(dec.basis, "get") else dec.basis)
+    assert dec.alpha.dtype == np.float64 and dec.n_matvecs == 40
+    assert np.abs(Q.T @ Q - np.eye(40)).max() < 1e-12
+    A = np.asarray(ps.operator.to_dense().get() if xp is not np else ps.operator.to_dense())
+    T = np.diag(dec.alpha) + np.diag(dec.beta[:-1], 1) + np.diag(dec.beta[:-1], -1)
+    assert np.abs(Q.T @ A @ Q - T).max() < 1e-11
+    # extreme Ritz value converges to the top eigenvalue
+    assert abs(dec.ritz()[0][-1] - ps.eigenvalues[-1]) < 1e-8
+
+
+def test_lanczos_float32_keeps_float64_coefficients():
+    ps = make_case("uniform", 100, dtype=np.float32)
+    dec = lanczos(ps.operator, 30, rng=0)
+    assert dec.alpha.dtype == np.float64
+    assert abs(dec.ritz()[0][-1] - 2.0) < 1e-4
+
+
+def test_lanczos_invariant_subspace_breakdown():
+    A = np.diag([1.0, 2.0, 3.0, 4.0])
+    dec = lanczos(A, 4, v0=np.array([1.0, 1.0, 0.0, 0.0]))
+    assert dec.breakdown and dec.n_steps == 2
+    assert np.allclose(np.sort(dec.ritz()[0]), [1.0, 2.0])
+
+
+@pytest.mark.parametrize("name,which", SPECTRUM_CASES)
+@pytest.mark.parametrize("k", [1, 5])
+def test_eigsh_prescribed_spectra(name, which, k):
+    ps = make_case(name, 200)
+    tol = 1e-8
+    res = eigsh(ps.operator, k=k, which=which, tol=tol, rng=3)
+    assert res.all_converged, res
+    want = exact_wanted(ps.eigenvalues, which, k)
+    assert np.allclose(res.eigenvalues, want, rtol=0, atol=1e-6 * np.abs(ps.eigenvalues).max())
+    # reported residuals are the true ones, and meet the tolerance
+    tr = true_residuals(ps.operator, res.eigenvalues, res.eigenvectors)
+    assert np.all(tr <= 1e-7 * np.abs(ps.eigenvalues).max() + 2 * res.residual_norms)
+    assert np.all(res.residual_norms <= tol * np.maximum(np.abs(res.eigenvalues), 1e-300) + 1e-10)
+    V = res.eigenvectors
+    assert np.abs(V.T @ V - np.eye(k)).max() < 1e-8
+
+
+@pytest.mark.parametrize("which", ["BE", "LM", "SA"])
+def test_eigsh_other_ends(which):
+    ps = make_case("indefinite", 150, seed=2)
+    res = eigsh(ps.operator, k=4, which=which, rng=0)
+    assert res.all_converged
+    if which == "LM":
+        lam = ps.eigenvalues
+        want = lam[np.argsort(-np.abs(lam))][:4]
+    else:
+        want = exact_wanted(ps.eigenvalues, which, 4)
+    if which == "LM":  # ±5, ±3 tie in magnitude
+        res.eigenvalues, want = np.abs(res.eigenvalues), np.abs(want)
+    assert np.allclose(np.sort(res.eigenvalues), np.sort(want), atol=1e-7)
+
+
+def test_eigsh_restarts_and_matches_scipy_counts():
+    ps = make_case("uniform", 400, seed=1)
+    v0 = np.random.default_rng(0).standard_normal(400)
+    res = eigsh(ps.operator, k=5, tol=1e-8, v0=v0, return_history=True)
+    assert res.all_converged and res.n_iterations > 1 and len(res.history) == res.n_iterations
+    op = ps.operator
+    op.reset_counter()
+    ref = sla.eigsh(op.to_scipy(), k=5, which="LA", tol=1e-8, v0=v0, return_eigenvectors=False)
+    assert np.allclose(np.sort(ref)[::-1], res.eigenvalues, atol=1e-9)
+    assert res.n_matvecs <= op.n_matvecs  # tuned to need no more products than ARPACK
+
+
+def test_eigsh_float32():
+    ps = make_case("large_gap", 200, dtype=np.float32)
+    res = eigsh(ps.operator, k=3, tol=1e-5, rng=0)
+    assert res.all_converged and res.eigenvectors.dtype == np.float32
+    assert np.allclose(res.eigenvalues, ps.eigenvalues[::-1][:3], rtol=2e-5)
+
+
+def test_eigsh_small_budget_is_honest():
+    ps = make_case("tiny_gap", 300)
+    res = eigsh(ps.operator, k=2, tol=1e-10, max_matvecs=25, rng=0)
+    assert not res.all_converged and res.n_matvecs <= 25
+    assert "budget" in res.message
+    with pytest.raises(ConvergenceError) as info:
+        eigsh(ps.operator, k=2, tol=1e-10, max_matvecs=25, rng=0, strict=True)
+    assert info.value.result is not None
+    res = eigsh(ps.operator, k=2, tol=1e-10, maxiter=1, ncv=10, rng=0)
+    assert not res.all_converged and "maxiter" in res.message
+
+
+def test_eigsh_lowrank_plus_diagonal_exact():
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((300, 6))
+    C = np.diag([5.0, 3.0, 1.0, -1.0, -2.0, 4.0])
+    A = LowRankPlusDiagonal(0.5, U, C)
+    vals, _ = A.eigh_lowrank()
+    res = eigsh(A, k=3, which="LA", rng=1)
+    assert np.allclose(res.eigenvalues, np.sort(vals)[::-1][:3], rtol=1e-9)
+    res = eigsh(A, k=2, which="SA", rng=1)
+    assert np.allclose(res.eigenvalues, np.sort(vals)[:2], rtol=1e-9)
+
+
+def test_eigsh_nan_operator_stops():
+    op = nan_operator(100, after=7)
+    res = eigsh(op, k=2, rng=0)
+    assert not res.converged.any() and "NaN" in res.message and res.n_matvecs <= 8
+
+
+def test_eigsh_bad_inputs():
+    A = np.diag(np.arange(1.0, 11.0))
+    with pytest.raises(ValueError, match="k"):
+        eigsh(A, k=10)
+    with pytest.raises(ValueError, match="k"):
+        eigsh(A, k=0)
+    with pytest.raises(ValueError, match="which"):
+        eigsh(A, k=2, which="XX")
+    with pytest.raises(ValueError, match="non-zero"):
+        eigsh(A, k=2, v0=np.zeros(10))
+    with pytest.raises(ValueError, match="shape"):
+        eigsh(A, k=2, v0=np.ones(9))
+    with pytest.raises(ValueError, match="square"):
+        eigsh(CallableOperator(lambda v: v[:3], (3, 4)), k=1)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="symmetr"):
+        eigsh(rng.standard_normal((10, 10)), k=2)  # measured on probes for raw arrays
+    with pytest.raises(ValueError, match="symmetric"):
+        eigsh(DenseOperator(rng.standard_normal((10, 10))), k=2)  # not declared
+    with pytest.raises(ValueError, match="symmetry_defect"):
+        eigsh(DenseOperator(rng.standard_normal((10, 10))), k=2, check_symmetry=True)
+    with pytest.raises(ValueError, match="tol"):
+        eigsh(A, k=2, tol=-1.0)

@@ -1,0 +1,155 @@
+"""Block LOBPCG, power iteration with deflation, stochastic operators and Oja power."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curvlab import backend
+from curvlab.linalg import (
+    ConvergenceError,
+    DenseOperator,
+    StochasticOperator,
+    eigsh,
+    lobpcg,
+    power_iteration,
+    slq,
+    stochastic_power,
+)
+from tests.linalg._cases import SPECTRUM_CASES, exact_wanted, make_case, nan_operator, true_residuals
+
+
+@pytest.mark.parametrize("name,which", SPECTRUM_CASES)
+@pytest.mark.parametrize("k", [1, 4])
+def test_lobpcg_prescribed_spectra(name, which, k):
+    ps = make_case(name, 200)
+    res = lobpcg(ps.operator, k=k, which=which, tol=1e-8, rng=2, block_size=k + 2, maxiter=1000)
+    assert res.all_converged, res
+    scale = np.abs(ps.eigenvalues).max()
+    assert np.allclose(res.eigenvalues, exact_wanted(ps.eigenvalues, which, k), atol=1e-7 * scale)
+    tr = true_residuals(ps.operator, res.eigenvalues, res.eigenvectors)
+    assert np.all(tr <= 1e-6 * scale)
+
+
+def test_lobpcg_and_eigsh_on_backend(xp):
+    ps = make_case("large_gap", 300, xp=xp)
+    r1 = lobpcg(ps.operator, k=3, rng=0, tol=1e-8)
+    r2 = eigsh(ps.operator, k=3, rng=0, tol=1e-8)
+    for r in (r1, r2):
+        assert r.all_converged
+        assert backend.get_namespace(r.eigenvectors) is xp
+        assert np.allclose(r.eigenvalues, ps.eigenvalues[::-1][:3], rtol=1e-8)
+
+
+def test_lobpcg_warm_start_saves_matvecs():
+    ps = make_case("uniform", 300)
+    cold = lobpcg(ps.operator, k=3, rng=0, tol=1e-8, block_size=5)
+    exact = ps.eigenvectors([-1, -2, -3, -4, -5])
+    noisy = exact + 1e-4 * np.random.default_rng(1).standard_normal(exact.shape)
+    warm = lobpcg(ps.operator, k=3, X0=noisy, tol=1e-8)
+    assert warm.all_converged and cold.all_converged
+    assert warm.n_matvecs < cold.n_matvecs / 2
+
+
+def test_lobpcg_float32_and_soft_locking():
+    ps = make_case("large_gap", 300, dtype=np.float32)
+    res = lobpcg(ps.operator, k=4, rng=0, tol=1e-4, return_history=True)
+    assert res.all_converged and res.eigenvectors.dtype == np.float32
+    assert np.allclose(res.eigenvalues, ps.eigenvalues[::-1][:4], rtol=1e-4)
+    # soft locking: once a column converged, later iterations apply fewer than k columns
+    steps = np.diff([h["n_matvecs"] for h in res.history])
+    assert steps.min() < 4
+
+
+def test_lobpcg_budget_nan_and_bad_inputs():
+    ps = make_case("tiny_gap", 300)
+    res = lobpcg(ps.operator, k=2, tol=1e-10, max_matvecs=20, rng=0)
+    assert not res.all_converged and "budget" in res.message and res.n_matvecs <= 20
+    with pytest.raises(ConvergenceError):
+        lobpcg(ps.operator, k=2, tol=1e-10, maxiter=3, rng=0, strict=True)
+    res = lobpcg(nan_operator(60, after=3), k=2, rng=0)
+    assert not res.converged.any() and "NaN" in res.message
+    with pytest.raises(ValueError, match="block_size"):
+        lobpcg(ps.operator, k=3, block_size=2)
+    with pytest.raises(ValueError, match="3 \\* block_size"):
+        lobpcg(np.eye(6), k=3)
+    with pytest.raises(ValueError, match="which"):
+        lobpcg(ps.operator, k=1, which="BE")
+    with pytest.raises(ValueError, match="non-zero"):
+        lobpcg(ps.operator, k=1, X0=np.zeros(300))
+
+
+def test_power_iteration_deflation():
+    ps = make_case("large_gap", 200)
+    # later pairs are limited by the error of earlier ones (sequential deflation): tol 1e-6
+    res = power_iteration(ps.operator, k=3, tol=1e-6, maxiter=5000, rng=0)
+    assert res.all_converged
+    assert np.allclose(res.eigenvalues, ps.eigenvalues[::-1][:3], rtol=1e-8)
+    tr = true_residuals(ps.operator, res.eigenvalues, res.eigenvectors)
+    assert np.all(tr <= 1.01e-6 * res.eigenvalues)
+
+
+def test_power_iteration_honest_flags():
+    ps = make_case("tiny_gap", 200)
+    res = power_iteration(ps.operator, k=1, tol=1e-10, maxiter=30, rng=0)
+    assert not res.all_converged and "maxiter" in res.message
+    res = power_iteration(ps.operator, k=2, tol=1e-10, max_matvecs=10, rng=0)
+    assert not res.all_converged and res.n_matvecs <= 10
+    res = power_iteration(nan_operator(50, after=2), k=1, rng=0)
+    assert not res.all_converged and "NaN" in res.message
+
+
+def _noisy_operator(n=60, noise=0.5, seed=0):
+    """E[A_t] = Q diag(λ) Qᵀ with a top gap; A_t adds a symmetric zero-mean noise matrix."""
+    rng = np.random.default_rng(seed)
+    lam = np.concatenate([np.linspace(0.0, 1.0, n - 1), [3.0]])
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    Abar = (Q * lam) @ Q.T
+
+    def sampler(g):
+        E = g.standard_normal((n, n))
+        return noise * (E + E.T) / np.sqrt(2 * n)
+
+    def make(batch):
+        return DenseOperator(Abar + batch, symmetric=True)
+
+    return Abar, Q[:, -1], make, sampler
+
+
+def test_stochastic_operator_draws_fresh_batches():
+    Abar, _, make, sampler = _noisy_operator()
+    A = StochasticOperator(make, sampler, rng=0, shape=Abar.shape)
+    v = np.ones(Abar.shape[0])
+    assert not np.allclose(A @ v, A @ v)
+    assert A.n_batches == 2
+    # a fixed batch is deterministic, and the expectation is Abar
+    F = A.fixed(rng=5)
+    assert np.allclose(F @ v, F @ v)
+    mean = np.mean([A @ v for _ in range(400)], axis=0)
+    assert np.linalg.norm(mean - Abar @ v) < 0.1 * np.linalg.norm(Abar @ v)
+    # deterministic solvers refuse it (documented policy)
+    for solver in (eigsh, lobpcg, power_iteration):
+        with pytest.raises(ValueError, match="stochastic"):
+            solver(A, k=1)
+    with pytest.raises(ValueError, match="stochastic"):
+        slq(A, 2, 5)
+
+
+def test_stochastic_power_error_falls_with_batches():
+    Abar, u, make, sampler = _noisy_operator()
+    errs = {40: [], 640: []}
+    lam_err = {40: [], 640: []}
+    covered = 0
+    for seed in range(6):
+        for T in errs:
+            A = StochasticOperator(make, sampler, rng=100 + seed, shape=Abar.shape)
+            res = stochastic_power(A, T, rng=seed)
+            assert res.n_batches == T and res.n_matvecs == T
+            errs[T].append(np.sqrt(max(0.0, 1.0 - float(res.eigenvector @ u) ** 2)))
+            lam_err[T].append(abs(res.eigenvalue - 3.0))
+            if T == 640:
+                covered += abs(res.eigenvalue - 3.0) <= 3 * res.std_error + 1e-3
+    # sin of the angle to the expected operator's top eigenvector, and eigenvalue error, fall
+    assert np.mean(errs[640]) < 0.4 * np.mean(errs[40])
+    assert np.mean(lam_err[640]) < 0.5 * np.mean(lam_err[40])
+    assert covered >= 5
