@@ -52,3 +52,19 @@ def mlp(sizes: list[int], dtype: torch.dtype = torch.float64) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.Tanh())
     return nn.Sequential(*layers)
+
+
+class FoldedMLP(nn.Module):
+    """tanh MLP in the reference layout: parameter ``W{l}`` of shape (n_l, n_{l-1} + 1),
+    bias as the last column, so its parameter list *is* :class:`curvlab.models.mlp.MLP`'s tree."""
+
+    def __init__(self, mats: list) -> None:
+        super().__init__()
+        self.Ws = nn.ParameterList([nn.Parameter(torch.as_tensor(W).clone()) for W in mats])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, W in enumerate(self.Ws):
+            x = x @ W[:, :-1].T + W[:, -1]
+            if i < len(self.Ws) - 1:
+                x = torch.tanh(x)
+        return x

@@ -237,3 +237,31 @@ def test_optax_wrapper_same_trajectory(rng):
         cur = np.concatenate([np.asarray(p["a"]), np.asarray(p["b"]).ravel()])
         assert rel_err(cur, th) < 1e-12, type(tr).__name__
         assert ost.count == 300 and p["a"].dtype == jnp.float64
+
+
+@pytest.mark.parametrize("method", ["exact_newton", "dsgd"])
+def test_optax_layerwise_methods(method, rng):
+    """Exact Newton / DSGD as optax transformations on a list of layer matrices (extra args)."""
+    optax = pytest.importorskip("optax")
+    if method == "exact_newton":
+        mod = pytest.importorskip("curvlab.methods.exact_newton")
+        make = lambda: mod.ExactNewton(lr=0.5)  # noqa: E731
+    else:
+        mod = pytest.importorskip("curvlab.methods.dsgd")
+        make = lambda: mod.DSGD()  # noqa: E731
+    model = MLP([4, 5, 3])
+    params = model.init_params(rng)
+    X, y = rng.standard_normal((16, 4)), rng.integers(0, 3, 16)
+    extras = {"X": X, "y": y, "model": model} if method == "exact_newton" else {"X": X}
+    core, W = make(), [w.copy() for w in model.layout.unpack(params)]
+    state = core.init(W)
+    opt = as_optax(make())
+    p = [jnp.asarray(w) for w in W]
+    ost = opt.init(p)
+    for _ in range(20):
+        g = model.layout.unpack(model.grad(model.layout.pack(W), X, y))
+        W, state = core.step(W, g, state, **extras)
+        gj = model.layout.unpack(model.grad(model.layout.pack([np.asarray(a) for a in p]), X, y))
+        u, ost = opt.update([jnp.asarray(a) for a in gj], ost, p, **extras)
+        p = optax.apply_updates(p, u)
+    assert rel_err(np.concatenate([np.asarray(a).ravel() for a in p]), model.layout.pack(W)) < 1e-10
