@@ -283,6 +283,11 @@ class TorchCurvature:
         devices = {p.device for _, p in named}
         if len(devices) != 1:
             raise ValueError(f"trainable parameters live on several devices: {sorted(map(str, devices))}")
+        for mname, m in model.named_modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
+                raise ValueError(f"BatchNorm module {mname or type(m).__name__!r} is in training mode: its output couples "
+                                 "the samples and every evaluation would update its running statistics; call "
+                                 "model.eval() (or that module's .eval()) before building curvature operators")
         self.model = model
         self.device = next(iter(devices))
         self.torch_dtype = next(iter(dtypes))

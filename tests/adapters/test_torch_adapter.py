@@ -236,6 +236,9 @@ def test_errors(rng):
         TorchCurvature(net, "cross_entropy", (X.to("meta"), y))
     with pytest.raises(TypeError, match="float32"):
         TorchCurvature(net, "cross_entropy", (X.float(), y))
+    cnn = SmallCNN().train()
+    with pytest.raises(ValueError, match="BatchNorm module 'bn' is in training mode"):
+        TorchCurvature(cnn, "cross_entropy", (torch.zeros(2, 1, 6, 6, dtype=torch.float64), torch.tensor([0, 1])))
     curv = TorchCurvature(net, "cross_entropy", (X, y))
     H = curv.hessian()
     with pytest.raises(ValueError, match=r"\(26,\)"):
