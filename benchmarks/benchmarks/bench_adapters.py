@@ -4,7 +4,8 @@ Problems: a 784-512-512-10 tanh MLP (cross-entropy, batch 512, as in bench_mlp) 
 small CNN (conv 1->16 3x3, BatchNorm in eval mode, tanh, avg-pool, conv 16->32 3x3,
 tanh, avg-pool, linear to 10; 28x28 inputs, batch 128). Measured: the gradient,
 Hessian-vector products forward-over-reverse and reverse-over-reverse (NumPy vectors in
-and out through DLPack), forward-only ``dᵀHd`` (nested jvp), ``(loss, g, dᵀHd)``,
+and out through DLPack; reverse-over-reverse also with the gradient graph cached across
+products), forward-only ``dᵀHd`` (nested jvp), ``(loss, g, dᵀHd)``,
 curvlinops-for-pytorch's ``HessianLinearOperator`` matvec on the same model, the JAX
 (jitted) equivalents on the MLP, and the DLPack crossing itself. ``track_*`` give the
 HVP/gradient time ratios measured round-robin in the same run.
@@ -114,6 +115,7 @@ def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[
     v = rng.standard_normal(curv.layout.size).astype(curv.dtype)
     H_fr = curv.hessian("forward_over_reverse")
     H_rr = curv.hessian("reverse_over_reverse")
+    H_rc = curv.hessian("reverse_over_reverse", cache_graph=True)
     params = [p for p in net.parameters() if p.requires_grad]
     lossf = nn.CrossEntropyLoss()
 
@@ -125,6 +127,7 @@ def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[
         "grad_autograd": autograd_grad,
         "hvp_fwd_rev": lambda: H_fr @ v,
         "hvp_rev_rev": lambda: H_rr @ v,
+        "hvp_rev_rev_cached": lambda: H_rc @ v,
         "curvature_fwd_fwd": lambda: curv.curvature(v),
         "grad_and_curv_fwdrev": lambda: curv.grad_and_curvature(v),
         "grad_and_curv_separate": lambda: curv.grad_and_curvature(v, mode="separate"),
@@ -202,6 +205,9 @@ class TorchAdapter:
 
     def time_hvp_rev_rev(self, model: str) -> None:
         self.calls["hvp_rev_rev"]()
+
+    def time_hvp_rev_rev_cached(self, model: str) -> None:
+        self.calls["hvp_rev_rev_cached"]()
 
     def time_curvature_fwd_fwd(self, model: str) -> None:
         self.calls["curvature_fwd_fwd"]()

@@ -471,14 +471,22 @@ class TorchCurvature:
 
         return hv_rr
 
-    def hessian(self, hvp_mode: str | None = None) -> LinearOperator:
+    def hessian(self, hvp_mode: str | None = None, *, cache_graph: bool = False) -> LinearOperator:
         """The loss Hessian ``H`` (P × P, symmetric) as a LinearOperator.
 
         ``hvp_mode`` overrides the adapter's default (forward-over-reverse).
+        ``cache_graph=True`` (reverse-over-reverse only) builds the gradient's
+        differentiable graph once, at the first product, and keeps it for the
+        operator's lifetime: each further product is one double-backward pass
+        (faster for iterative solvers; holds the graph's memory meanwhile).
         """
         mode = self.hvp_mode if hvp_mode is None else hvp_mode
         if mode not in HVP_MODES:
             raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
+        if cache_graph:
+            if mode != "reverse_over_reverse":
+                raise ValueError("cache_graph=True needs hvp_mode='reverse_over_reverse'")
+            return self._cached_rr_operator()
         single = self._hvp_single(mode)
         if mode == "forward_over_reverse":
             grad_fn = torch.func.grad(self._loss_of)
@@ -490,6 +498,24 @@ class TorchCurvature:
             # a block of vectors: torch.func.jvp of torch.func.grad, vmapped over the columns
             return self._operator(single, psd=False, block=lambda parts: torch.func.vmap(hv_func)(parts))
         # one double-backward graph, all columns through one batched backward
+        return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True))
+
+    def _cached_rr_operator(self) -> LinearOperator:
+        cache: dict[str, Any] = {}
+
+        def graph() -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+            if "g" not in cache:
+                with torch.enable_grad(), forward_mode_safe_ops(self.composite_ops):
+                    ps = [p.detach().requires_grad_(True) for p in self.params]
+                    cache["ps"] = ps
+                    cache["g"] = torch.autograd.grad(self._loss_of(ps), ps, create_graph=True)
+            return cache["ps"], cache["g"]
+
+        def single(v: tuple[torch.Tensor, ...], batched: bool = False) -> tuple[torch.Tensor, ...]:
+            ps, g = graph()
+            with torch.enable_grad():
+                return torch.autograd.grad(g, ps, grad_outputs=v, retain_graph=True, is_grads_batched=batched)
+
         return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True))
 
     def hvp(self, v: Any) -> Any:

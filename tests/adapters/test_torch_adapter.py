@@ -104,11 +104,12 @@ def test_dense_hessian_architectures(case, rng):
     curv = TorchCurvature(net, "cross_entropy", (X, y))
     Hd = dense_hessian(curv)
     assert np.allclose(Hd, Hd.T, atol=1e-12)
-    for mode in MODES:
-        H = curv.hessian(mode)
-        assert rel_err(H.to_dense(), Hd) < 1e-10  # matmat path (vmap for forward-over-reverse)
+    for H in (curv.hessian("forward_over_reverse"), curv.hessian("reverse_over_reverse"),
+              curv.hessian("reverse_over_reverse", cache_graph=True)):
         v = rng.standard_normal(curv.layout.size)
         assert rel_err(H @ v, Hd @ v) < 1e-10  # matvec path
+        assert rel_err(H.to_dense(), Hd) < 1e-10  # matmat path (vmap / batched backward)
+        assert rel_err(H @ v, Hd @ v) < 1e-10  # again (the cached graph is reused)
     d = rng.standard_normal(curv.layout.size)
     ref = d @ Hd @ d
     assert abs(curv.curvature(d) - ref) <= 1e-10 * np.abs(Hd).sum()
@@ -249,6 +250,8 @@ def test_errors(rng):
         curv.fisher("mc")
     with pytest.raises(ValueError, match="hvp_mode"):
         curv.hessian("finite_differences")
+    with pytest.raises(ValueError, match="cache_graph"):
+        curv.hessian("forward_over_reverse", cache_graph=True)
     with pytest.raises(ValueError, match="mode"):
         curv.grad_and_curvature(np.ones(26), mode="adjoint")
     with pytest.raises(ValueError, match="built-in loss"):
