@@ -9,8 +9,9 @@ Hessian (``jax.jvp`` of ``jax.grad``: forward-over-reverse, default; or
 ``jax.vjp`` of ``jax.grad``: reverse-over-reverse), GGN ``Jᵀ H_L J``, empirical
 and Monte-Carlo Fisher (explicit ``rng``), the gradient, ``dᵀHd``
 forward-only (nested ``jax.jvp``) and ``(loss, g, dᵀHd)``. Every product is
-``jax.jit``-compiled once per adapter (``matmat`` is a ``jax.vmap`` of the
-matvec); the flat vector is split inside the compiled function.
+``jax.jit``-compiled once per adapter (a Fisher operator once per operator:
+its residuals are constants of the program); ``matmat`` is a ``jax.vmap`` of the
+matvec, and the flat vector is split inside the compiled function.
 
 Arrays cross through DLPack: NumPy vectors on the CPU, CuPy on a GPU. JAX's CPU
 client imports a NumPy buffer without a copy only when it is 64-byte aligned
@@ -267,7 +268,8 @@ class JaxCurvature:
     def _mv_fns(self, key: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
         if "mvmm_" + key not in self._jit:
             base = self._compiled(key)
-            self._jit["mvmm_" + key] = (jax.jit(base), jax.jit(jax.vmap(base, in_axes=(None, None, None, 1), out_axes=1)))
+            block = jax.vmap(base, in_axes=(None, None, None, 1), out_axes=1)
+            self._jit["mvmm_" + key] = (jax.jit(base), jax.jit(block))
         return self._jit["mvmm_" + key]
 
     def _vec(self, v: Any, name: str = "v", ndim: int = 1) -> jax.Array:

@@ -285,7 +285,8 @@ class TorchCurvature:
             raise ValueError(f"trainable parameters live on several devices: {sorted(map(str, devices))}")
         for mname, m in model.named_modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
-                raise ValueError(f"BatchNorm module {mname or type(m).__name__!r} is in training mode: its output couples "
+                name = mname or type(m).__name__
+                raise ValueError(f"BatchNorm module {name!r} is in training mode: its output couples "
                                  "the samples and every evaluation would update its running statistics; call "
                                  "model.eval() (or that module's .eval()) before building curvature operators")
         self.model = model
@@ -527,7 +528,8 @@ class TorchCurvature:
         with torch.no_grad():
             return self._forward(self.params)
 
-    def _jtuj(self, weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    def _jtuj(self, weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+              ) -> Callable[..., tuple[torch.Tensor, ...]]:
         """``v -> Jᵀ weight(z, J v)``: J the Jacobian of the outputs w.r.t. the parameters."""
         params = self.params
 
@@ -648,7 +650,8 @@ class TorchCurvature:
                 val = fwAD.unpack_dual(loss).primal.detach()
                 g = [fwAD.unpack_dual(x).primal.detach() for x in gd]
                 hd = [fwAD.unpack_dual(x).tangent for x in gd]
-            c = sum(((h * t).sum() for h, t in zip(hd, dv) if h is not None), torch.zeros((), dtype=val.dtype, device=val.device))
+            zero = torch.zeros((), dtype=val.dtype, device=val.device)
+            c = sum(((h * t).sum() for h, t in zip(hd, dv) if h is not None), zero)
         elif mode == "shared":
             def f(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
                 def inner(q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
