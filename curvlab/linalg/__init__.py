@@ -28,7 +28,7 @@ from .power import power_iteration, stochastic_power
 from .results import ConvergenceError, DiagonalEstimate, EigResult, SpectralDensity, StochasticEigResult, TraceEstimate
 from .slq import exact_smoothed_density, slq, slq_logdet, slq_trace_inverse, wasserstein1
 from .stochastic import StochasticOperator, minibatch_sampler
-from .testing import PrescribedSpectrum, named_spectrum, prescribed_spectrum_operator
+from .testing import PrescribedSpectrum, exact_eigvalsh, named_spectrum, prescribed_spectrum_operator
 from .trace import hutchinson, hutchpp, xtrace
 
 __all__ = [
@@ -76,4 +76,5 @@ __all__ = [
     "prescribed_spectrum_operator",
     "named_spectrum",
     "PrescribedSpectrum",
+    "exact_eigvalsh",
 ]

@@ -30,7 +30,7 @@ import numpy as np
 from .. import backend
 from .operators import CallableOperator, LinearOperator
 
-__all__ = ["PrescribedSpectrum", "prescribed_spectrum_operator", "named_spectrum", "SPECTRA"]
+__all__ = ["PrescribedSpectrum", "prescribed_spectrum_operator", "named_spectrum", "exact_eigvalsh", "SPECTRA"]
 
 #: names accepted by :func:`named_spectrum`
 SPECTRA = ("decaying", "fast_decay", "clustered", "repeated", "indefinite", "large_gap", "tiny_gap", "uniform")
@@ -176,3 +176,31 @@ def prescribed_spectrum_operator(
 
     op = CallableOperator(lambda v: mm_h(v[:, None])[:, 0], (n, n), dt, matmat=mm_h, symmetric=True, psd=psd, xp=xp)
     return PrescribedSpectrum(op, lam, None, Hd)
+
+
+def exact_eigvalsh(A: Any) -> np.ndarray:
+    """All eigenvalues (host float64, ascending) of an operator that knows them exactly.
+
+    Uses the operator's own closed form: ``eigvalsh()`` of
+    :class:`~curvlab.linalg.DiagonalOperator`, :class:`~curvlab.linalg.LowRankPlusDiagonal`
+    (``D = σI``), the Kronecker layer blocks of :mod:`curvlab.linalg.kronecker`;
+    ``eigh()`` of a symmetric :class:`~curvlab.linalg.DenseOperator`; the
+    prescribed values of a :class:`PrescribedSpectrum`. Raises ``TypeError``
+    for an operator without exact spectral data.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from curvlab.linalg import LowRankPlusDiagonal
+    >>> np.round(exact_eigvalsh(LowRankPlusDiagonal(1.0, np.array([[1.0], [1.0]]))), 12).tolist()
+    [1.0, 3.0]
+    """
+    if isinstance(A, PrescribedSpectrum):
+        return A.eigenvalues.copy()
+    if hasattr(A, "eigvalsh"):
+        vals = A.eigvalsh()
+    elif hasattr(A, "eigh") and getattr(A, "symmetric", False):
+        vals = A.eigh()[0]
+    else:
+        raise TypeError(f"{type(A).__name__} has no exact spectral data (eigvalsh/eigh)")
+    return np.sort(np.asarray(backend.to_numpy(vals), dtype=np.float64))

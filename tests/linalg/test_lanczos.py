@@ -142,3 +142,29 @@ def test_eigsh_bad_inputs():
         eigsh(DenseOperator(rng.standard_normal((10, 10))), k=2, check_symmetry=True)
     with pytest.raises(ValueError, match="tol"):
         eigsh(A, k=2, tol=-1.0)
+
+
+def test_solvers_against_structured_exact_spectra():
+    """Operators with closed-form spectra (low-rank + σI, Kronecker layer block, diagonal)."""
+    from curvlab.linalg import DiagonalOperator, lobpcg
+    from curvlab.linalg.kronecker import KroneckerLayerBlock
+    from curvlab.linalg.testing import exact_eigvalsh
+
+    rng = np.random.default_rng(3)
+    B = rng.standard_normal((6, 6))
+    M = B @ B.T + np.diag(np.arange(6.0))
+    ops = [
+        KroneckerLayerBlock(M - 2.0 * np.eye(6), rng.standard_normal(30), lam=0.1),
+        LowRankPlusDiagonal(0.3, rng.standard_normal((400, 5)), np.diag([9.0, 7.0, 5.0, -4.0, -6.0])),
+        DiagonalOperator(np.linspace(-1.0, 3.0, 300) ** 3),
+    ]
+    for op in ops:
+        lam = exact_eigvalsh(op)
+        scale = np.abs(lam).max()
+        r = eigsh(op, k=3, which="BE", rng=0)
+        assert r.all_converged
+        assert np.allclose(r.eigenvalues, np.concatenate([lam[:1], lam[-2:]]), atol=1e-8 * scale)
+        r = lobpcg(op, k=2, which="LA", rng=0, tol=1e-8, block_size=3)
+        assert r.all_converged and np.allclose(r.eigenvalues, lam[::-1][:2], atol=1e-8 * scale)
+    with pytest.raises(TypeError, match="exact"):
+        exact_eigvalsh(CallableOperator(lambda v: v, (3, 3), symmetric=True))
