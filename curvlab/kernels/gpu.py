@@ -81,31 +81,35 @@ p = (T)pn;
 """
 
 
+#: no fused multiply-add contraction: the same IEEE operations as the CPU kernels and the twins
+_OPTIONS = ("--fmad=false",)
+
+
 @functools.lru_cache(maxsize=None)
 def _kernels() -> dict:
     k = {}
     k["filter"] = cp.ElementwiseKernel(
         "T g, T w, float64 xscale, float64 q, float64 r, float64 inv_lam, bool init, float64 h0, "
         "float64 P0, bool guard, raw uint64 counts",
-        "T a, T h, T P00, T P01, T P11", _FILTER_OP, name="curvlab_rls_filter")
+        "T a, T h, T P00, T P01, T P11", _FILTER_OP, name="curvlab_rls_filter", options=_OPTIONS)
     k["dual"] = cp.ReductionKernel(
         "T w_, T a_, T h_, T p_, float64 eta, float64 mscale, float64 bp0, float64 hmin", "complex128 y",
         "_kl_term((double)w_, (double)a_, (double)h_, (double)p_, eta, mscale, bp0, hmin)",
-        "a + b", "y = a", "complex<double>(0.0, 0.0)", name="curvlab_kl_dual",
+        "a + b", "y = a", "complex<double>(0.0, 0.0)", name="curvlab_kl_dual", options=_OPTIONS,
         reduce_type="complex<double>", preamble=_DUAL_PREAMBLE)
     k["pole"] = cp.ReductionKernel(
         "T h_, T p_, float64 bp0, float64 hmin", "float64 y",
         "-((((double)h_ < hmin) ? hmin : (double)h_) + bp0) / (double)p_", "fmax(a, b)", "y = a",
         "__longlong_as_double(0xfff0000000000000ULL)",
-        name="curvlab_kl_pole", reduce_type="double")
+        name="curvlab_kl_pole", options=_OPTIONS, reduce_type="double")
     k["neg"] = cp.ReductionKernel("T x", "int64 y", "(x < (T)0) ? 1 : 0", "a + b", "y = a", "0",
-                                  name="curvlab_count_neg", reduce_type="long long")
+                                  name="curvlab_count_neg", options=_OPTIONS, reduce_type="long long")
     k["nonfinite"] = cp.ReductionKernel("T x", "int64 y", "isfinite((double)x) ? 0 : 1", "a + b", "y = a", "0",
-                                        name="curvlab_count_nonfinite", reduce_type="long long")
+                                        name="curvlab_count_nonfinite", options=_OPTIONS, reduce_type="long long")
     k["apply"] = cp.ElementwiseKernel(
         "T w, T a, T h, float64 eta, float64 mscale, float64 bp0, float64 hmin, float64 nu, float64 beta, "
         "float64 pmin, raw uint64 counts",
-        "T p, T out", _APPLY_OP, name="curvlab_arturo_apply")
+        "T p, T out", _APPLY_OP, name="curvlab_arturo_apply", options=_OPTIONS)
     return k
 
 
