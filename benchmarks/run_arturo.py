@@ -18,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.bench_arturo import kernel_calls, make_problem, make_step, solver_evaluations  # noqa: E402
+from benchmarks.bench_arturo import (careful_numpy_filter, kernel_calls, make_problem, make_step,  # noqa: E402
+                                    solver_evaluations)
 from benchmarks.common import get_xp, interleaved_best  # noqa: E402
 
 
@@ -56,11 +57,17 @@ def main() -> None:
 
     print("\n== kernel memory throughput vs an array copy of the same size ==")
     calls = kernel_calls(args.n, np.float32, xp)
-    t = interleaved_best({k: v[0] for k, v in calls.items()}, repeat=args.repeat)
+    fns = {k: v[0] for k, v in calls.items()}
+    fns["careful NumPy filter"] = careful_numpy_filter(args.n) if args.backend == "numpy" else None
+    fns = {k: f for k, f in fns.items() if f is not None}
+    t = interleaved_best(fns, repeat=args.repeat)
     gbs = {k: calls[k][1] / t[k] / 1e9 for k in calls}
     for k in ("copy", "filter", "dual"):
         print(f"{k:7s} {t[k] * 1e3:8.2f} ms  {gbs[k]:7.2f} GB/s  ({gbs[k] / gbs['copy'] * 100:5.1f}% of copy)")
-    del calls
+    if "careful NumPy filter" in t:
+        print(f"careful in-place NumPy float32 filter (no NaN policy): {t['careful NumPy filter'] * 1e3:.2f} ms, "
+              f"fused filter {t['careful NumPy filter'] / t['filter']:.1f}x faster")
+    del calls, fns
 
     if not args.skip_solver:
         print(f"\n== dual evaluations per step, digits MLP 64-32-10, batch 32, {args.steps} steps ==")
