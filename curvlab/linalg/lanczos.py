@@ -45,7 +45,6 @@ import scipy.linalg
 
 from .. import backend
 from ._checks import as_symmetric_operator, check_k, check_positive_int, check_tol, check_which, start_vectors
-from .operators import LinearOperator
 from .results import ConvergenceError, EigResult
 
 __all__ = ["LanczosDecomposition", "lanczos", "eigsh"]
@@ -93,12 +92,16 @@ def tridiagonal_eigh(alpha: np.ndarray, offdiag: np.ndarray) -> tuple[np.ndarray
     return scipy.linalg.eigh_tridiagonal(alpha, offdiag, lapack_driver="stev")
 
 
-def _orthogonalize(V: Any, w: Any) -> tuple[Any, Any]:
-    """Blocked classical Gram-Schmidt twice: ``w ⟂ range(V)``; returns (w, coefficients)."""
-    h = V.T @ w
-    w = w - V @ h
-    h2 = V.T @ w
-    w = w - V @ h2
+def _orthogonalize(Vt: Any, w: Any) -> tuple[Any, Any]:
+    """Blocked classical Gram-Schmidt twice: ``w ⟂`` the rows of ``Vt``; returns (w, coefficients).
+
+    The basis is stored as rows (``(j, n)``, C-contiguous) so both products are
+    contiguous matrix-vector products.
+    """
+    h = Vt @ w
+    w = w - Vt.T @ h
+    h2 = Vt @ w
+    w = w - Vt.T @ h2
     return w, h + h2
 
 
@@ -140,16 +143,16 @@ def lanczos(
     v = start_vectors(op, v0, rng)
     before = op.n_matvecs
     nrm0 = float(xp.linalg.norm(v))
-    V = xp.zeros((n, m), dtype=op.dtype)
-    V[:, 0] = v / op.dtype.type(nrm0)
+    V = xp.zeros((m, n), dtype=op.dtype)  # basis vectors as rows
+    V[0] = v / op.dtype.type(nrm0)
     alpha = np.zeros(m)
     beta = np.zeros(m)
     breakdown = False
     msg = "completed"
     j = 0
     for j in range(m):
-        w = op.matvec(V[:, j])
-        w, h = _orthogonalize(V[:, : j + 1], w)
+        w = op.matvec(V[j])
+        w, h = _orthogonalize(V[: j + 1], w)
         a = float(h[j])
         b = float(xp.linalg.norm(w))
         if not (np.isfinite(a) and np.isfinite(b)):
@@ -165,12 +168,12 @@ def lanczos(
             beta[j] = 0.0
             break
         if j + 1 < m:
-            V[:, j + 1] = w / op.dtype.type(b)
+            V[j + 1] = w / op.dtype.type(b)
     steps = j + 1
     return LanczosDecomposition(
         alpha=alpha[:steps],
         beta=beta[:steps],
-        basis=V[:, :steps] if return_basis else None,
+        basis=V[:steps].T if return_basis else None,
         start_norm=nrm0,
         n_matvecs=op.n_matvecs - before,
         breakdown=breakdown,
@@ -203,7 +206,8 @@ def _keep_set(theta: np.ndarray, which: str, k: int, n_keep: int) -> np.ndarray:
     if which == "LM":
         return np.sort(np.argsort(-np.abs(theta), kind="stable")[:n_keep])
     lo = max(k // 2, int(round(n_keep * (k // 2) / k)))
-    hi = n_keep - lo
+    hi = max(n_keep - lo, k - k // 2)
+    lo = n_keep - hi
     return np.concatenate([np.arange(lo), np.arange(m - hi, m)])
 
 
@@ -282,15 +286,14 @@ def eigsh(
     eps = np.finfo(dt).eps
     before = op.n_matvecs
 
-    V = xp.zeros((n, ncv + 1), dtype=dt)
-    V[:, 0] = v / dt.type(float(xp.linalg.norm(v)))
+    V = xp.zeros((ncv + 1, n), dtype=dt)  # basis vectors as rows (contiguous Gram-Schmidt)
+    V[0] = v / dt.type(float(xp.linalg.norm(v)))
     T = np.zeros((ncv, ncv))
     p = 0  # number of kept Ritz vectors at the front of V
     history: list[dict[str, Any]] | None = [] if return_history else None
     message = ""
     theta = S = None
     beta_last = 0.0
-    converged_all = False
     cycles = 0
     last_sel = None
     tnorm = 0.0
@@ -305,8 +308,8 @@ def eigsh(
                 message = f"matvec budget {max_matvecs} exhausted"
                 stop = True
                 break
-            w = op.matvec(V[:, j])
-            w, h = _orthogonalize(V[:, : j + 1], w)
+            w = op.matvec(V[j])
+            w, h = _orthogonalize(V[: j + 1], w)
             a = float(h[j])
             b = float(xp.linalg.norm(w))
             if not (np.isfinite(a) and np.isfinite(b)):
@@ -335,7 +338,6 @@ def eigsh(
                     conv = resid <= tol * scale
                     last_sel = (sel, resid, conv, j)
                     if conv.all():
-                        converged_all = True
                         stop = True
                         break
             if invariant:
@@ -344,12 +346,12 @@ def eigsh(
                     break
                 # continue with a fresh random direction orthogonal to the basis (decoupled block)
                 r = g.standard_normal(n).astype(dt)
-                r, _ = _orthogonalize(V[:, :j], r)
-                V[:, j] = r / dt.type(float(xp.linalg.norm(r)))
+                r, _ = _orthogonalize(V[:j], r)
+                V[j] = r / dt.type(float(xp.linalg.norm(r)))
                 if j < ncv:
                     T[j, j - 1] = T[j - 1, j] = 0.0
                 continue
-            V[:, j] = w / dt.type(b)
+            V[j] = w / dt.type(b)
             if j < ncv:
                 T[j, j - 1] = T[j - 1, j] = b
         if history is not None and last_sel is not None and theta is not None:
@@ -368,10 +370,10 @@ def eigsh(
             nk = min(nk, ncv - 1)
         keep = _keep_set(theta, which, k, nk)
         Sk = S[:, keep]
-        Y = V[:, :ncv] @ xp.asarray(Sk.astype(dt))
+        Yt = xp.asarray(Sk.T.astype(dt)) @ V[:ncv]
         p = keep.size
-        V[:, :p] = Y
-        V[:, p] = V[:, ncv]
+        V[:p] = Yt
+        V[p] = V[ncv]
         coupling = beta_last * S[ncv - 1, keep]
         T[:] = 0.0
         T[np.arange(p), np.arange(p)] = theta[keep]
@@ -417,7 +419,7 @@ def eigsh(
         conv[:] = False
     vecs = None
     if return_eigenvectors:
-        vecs = V[:, :jj] @ xp.asarray(S_f[:, sel].astype(dt))
+        vecs = V[:jj].T @ xp.asarray(S_f[:, sel].astype(dt))
     if which == "BE":
         order = np.argsort(vals)
         vals, resid, conv = vals[order], resid[order], conv[order]
@@ -440,7 +442,3 @@ def eigsh(
     if strict and not res.all_converged:
         raise ConvergenceError(f"eigsh: {res.n_converged}/{k} pairs converged ({message})", res)
     return res
-
-
-def _is_operator(A: Any) -> bool:  # pragma: no cover - helper for callers
-    return isinstance(A, LinearOperator)
