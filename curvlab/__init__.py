@@ -1,31 +1,101 @@
 """curvlab: second-order numerical linear algebra for deep-learning optimization.
 
 Arrays in, arrays out: every routine takes NumPy (CPU) or CuPy (GPU) arrays and
-returns arrays of the same kind. See ``README.md`` and ``../shared/DESIGN.md``.
+returns arrays of the same kind. The public API, by topic:
+
+- operators: :class:`LinearOperator` and its concrete kinds, :func:`aslinearoperator`;
+- reference model: :class:`MLP` and its Hessian / GGN / Fisher operators;
+- eigen-solvers and estimators: :func:`eigsh`, :func:`lobpcg`, :func:`power_iteration`,
+  :func:`slq`, :func:`hutchinson`, :func:`hutchpp`, :func:`xtrace`, :func:`xdiag`, ...;
+- curvature estimators and trust regions: :class:`DiagonalRLS`, :func:`solve_kl`,
+  :func:`solve_l2_subproblem`;
+- methods (optimizer transforms): :class:`ExactNewton`, :class:`ArTuRO`, :class:`DSGD`,
+  :class:`CurvatureLR` and the baselines;
+- :mod:`curvlab.adapters` (PyTorch, JAX; imported on first use), :mod:`curvlab.data`,
+  :mod:`curvlab.backend`, :mod:`curvlab.kernels`.
+
+Example
+-------
+>>> import numpy as np, curvlab
+>>> model = curvlab.MLP([4, 3, 2], activation="tanh", loss="cross_entropy", dtype=np.float64)
+>>> rng = np.random.default_rng(0)
+>>> params = model.init_params(rng)
+>>> X, y = rng.standard_normal((8, 4)), rng.integers(0, 2, 8)
+>>> H = curvlab.hessian_operator(model, params, X, y)
+>>> res = curvlab.eigsh(H, k=1, which="LA", rng=rng)
+>>> bool(res.converged.all()), res.eigenvalues.shape
+(True, (1,))
 """
 
-from . import backend
-from .linalg.operators import (
+from . import adapters, backend, data, kernels
+from .estimators import DiagonalRLS, RLSInfo, RLSState
+from .linalg import (
     CallableOperator,
     DenseOperator,
+    DiagonalEstimate,
     DiagonalOperator,
+    EigResult,
     LinearOperator,
     LowRankPlusDiagonal,
+    SpectralDensity,
+    StochasticOperator,
+    TraceEstimate,
     aslinearoperator,
+    eigsh,
+    hutchinson,
+    hutchinson_diagonal,
+    hutchpp,
+    lanczos,
+    lobpcg,
+    power_iteration,
+    prescribed_spectrum_operator,
+    slq,
+    slq_logdet,
+    slq_trace_inverse,
+    stochastic_power,
     symmetry_defect,
+    xdiag,
+    xtrace,
 )
+from .linalg.duality import dual_norm, duality_map, layer_norm
+from .linalg.kronecker import KroneckerLayerBlock, KroneckerSumBlock
+from .methods import (
+    DSGD,
+    SGD,
+    Adam,
+    AdamW,
+    ArTuRO,
+    CurvatureLR,
+    ExactNewton,
+    Momentum,
+    Transform,
+    apply_updates,
+)
+from .models import MLP, ParamLayout, fisher_operator, ggn_operator, hessian_operator
+from .trust_region import solve_kl, solve_l2_subproblem
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "__version__",
-    "backend",
+    # submodules
+    "adapters", "backend", "data", "kernels",
     # operators
-    "LinearOperator",
-    "CallableOperator",
-    "DenseOperator",
-    "DiagonalOperator",
-    "LowRankPlusDiagonal",
-    "aslinearoperator",
-    "symmetry_defect",
+    "LinearOperator", "CallableOperator", "DenseOperator", "DiagonalOperator", "LowRankPlusDiagonal",
+    "KroneckerLayerBlock", "KroneckerSumBlock", "StochasticOperator", "aslinearoperator", "symmetry_defect",
+    # reference model
+    "MLP", "ParamLayout", "hessian_operator", "ggn_operator", "fisher_operator",
+    # eigen-solvers, spectral density, trace and diagonal
+    "lanczos", "eigsh", "lobpcg", "power_iteration", "stochastic_power",
+    "slq", "slq_logdet", "slq_trace_inverse",
+    "hutchinson", "hutchpp", "xtrace", "hutchinson_diagonal", "xdiag",
+    "EigResult", "SpectralDensity", "TraceEstimate", "DiagonalEstimate",
+    "prescribed_spectrum_operator",
+    # layer norms and duality maps
+    "layer_norm", "dual_norm", "duality_map",
+    # curvature estimators and trust regions
+    "DiagonalRLS", "RLSState", "RLSInfo", "solve_kl", "solve_l2_subproblem",
+    # methods
+    "Transform", "apply_updates", "SGD", "Momentum", "Adam", "AdamW",
+    "ExactNewton", "ArTuRO", "DSGD", "CurvatureLR",
 ]

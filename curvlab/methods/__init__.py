@@ -1,1 +1,42 @@
-"""Optimizer transforms: the four papers and first-order baselines."""
+"""Optimizer transforms: the four papers and first-order baselines.
+
+Every method is a :class:`~curvlab.methods._transform.Transform` with
+``init(params) -> state`` and ``update(grads, state, params, **extras)``:
+
+- :class:`ExactNewton` — exact stochastic Newton with spectral adjustment
+  (method inspired by arXiv 2104.03804);
+- :class:`ArTuRO` — KL trust region with an RLS curvature filter (arXiv 2310.20574);
+- :class:`DSGD` — duality structure gradient descent (method inspired by arXiv 1708.00523);
+- :class:`CurvatureLR` — curvature-rescaled learning rate around a base transform
+  (method inspired by arXiv 2210.14520);
+- :class:`SGD`, :class:`Momentum`, :class:`Adam`, :class:`AdamW` — baselines.
+"""
+
+from ._transform import Transform, TransformState, apply_updates, tree_map, tree_vdot
+from .arturo import ARTURO_PRESETS, ArTuRO, ArTuROState, ArTuROStepInfo
+from .baselines import SGD, Adam, AdamState, AdamW, Momentum, MomentumState, SGDState
+from .curvature_lr import (
+    ConstantSchedule,
+    CurvatureLR,
+    CurvatureLRState,
+    ExpFloorSchedule,
+    GeometricSchedule,
+    as_schedule,
+)
+from .dsgd import DSGD, DSGDHistory, DSGDState, dsgd_train, mlp_layer_smoothness_bound
+from .exact_newton import ExactNewton, ExactNewtonState, exact_newton_directions
+
+__all__ = [
+    # protocol
+    "Transform", "TransformState", "apply_updates", "tree_map", "tree_vdot",
+    # baselines
+    "SGD", "Momentum", "Adam", "AdamW", "SGDState", "MomentumState", "AdamState",
+    # paper 000
+    "ExactNewton", "ExactNewtonState", "exact_newton_directions",
+    # paper 001
+    "ArTuRO", "ArTuROState", "ArTuROStepInfo", "ARTURO_PRESETS",
+    # paper 002
+    "DSGD", "DSGDState", "DSGDHistory", "dsgd_train", "mlp_layer_smoothness_bound",
+    # paper 003
+    "CurvatureLR", "CurvatureLRState", "ConstantSchedule", "GeometricSchedule", "ExpFloorSchedule", "as_schedule",
+]
