@@ -201,3 +201,15 @@ def test_diagonal_adaptive_and_bad_inputs():
         xdiag(DenseOperator(np.random.default_rng(0).standard_normal((30, 30))), 10)
     with pytest.raises(FloatingPointError):
         hutchinson_diagonal(nan_operator(30, after=0), 10, rng=0)
+
+
+def test_float32_operators_accumulate_in_float64():
+    """float32 operators: SLQ/trace/diagonal accumulate in float64; tolerance 1e-4 relative (float32 products)."""
+    ps = make_case("decaying", 200, dtype=np.float32)
+    lam = ps.eigenvalues
+    sd = slq(ps.operator, 4, 20, rng=0)
+    assert sd.nodes.dtype == np.float64 and abs(sd.nodes.max() - lam[-1]) < 1e-4 * lam[-1]
+    r = xtrace(ps.operator, 200, rng=0)
+    assert abs(r.estimate - lam.sum()) < 1e-4 * lam.sum() + 3 * r.std_error
+    d = hutchinson_diagonal(ps.operator, 32, rng=0)
+    assert d.estimate.dtype == np.float64

@@ -153,3 +153,21 @@ def test_stochastic_power_error_falls_with_batches():
     assert np.mean(errs[640]) < 0.4 * np.mean(errs[40])
     assert np.mean(lam_err[640]) < 0.5 * np.mean(lam_err[40])
     assert covered >= 5
+
+
+def test_stochastic_operator_shape_inference_and_sampler_checks():
+    from curvlab.linalg import minibatch_sampler
+
+    X = np.arange(20.0).reshape(10, 2)
+    y = np.arange(10)
+    s = minibatch_sampler(X, y, 4)
+    Xb, yb = s(np.random.default_rng(0))
+    assert Xb.shape == (4, 2) and np.allclose(Xb[:, 0] / 2, yb)
+    A = StochasticOperator(lambda b: np.diag(b[0][:, 0][:2]), s, rng=0)
+    assert A.shape == (2, 2) and A.n_batches == 1 and A.stochastic
+    with pytest.raises(ValueError, match="batch_size"):
+        minibatch_sampler(X, y, 11)
+    with pytest.raises(ValueError, match="same number of rows"):
+        minibatch_sampler(X, y[:5], 2)
+    with pytest.raises(TypeError):
+        StochasticOperator(None, s, rng=0)
