@@ -171,3 +171,8 @@ def test_stochastic_operator_shape_inference_and_sampler_checks():
         minibatch_sampler(X, y[:5], 2)
     with pytest.raises(TypeError):
         StochasticOperator(None, s, rng=0)
+
+
+def test_stochastic_power_nan_stops_and_reports():
+    res = stochastic_power(nan_operator(40, after=5), 50, rng=0)
+    assert not res.converged and "NaN" in res.message and res.n_matvecs <= 6
