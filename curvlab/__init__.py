@@ -35,17 +35,22 @@ from .linalg import (
     DiagonalEstimate,
     DiagonalOperator,
     EigResult,
+    KroneckerLayerBlock,
+    KroneckerSumBlock,
     LinearOperator,
     LowRankPlusDiagonal,
     SpectralDensity,
     StochasticOperator,
     TraceEstimate,
     aslinearoperator,
+    dual_norm,
+    duality_map,
     eigsh,
     hutchinson,
     hutchinson_diagonal,
     hutchpp,
     lanczos,
+    layer_norm,
     lobpcg,
     power_iteration,
     prescribed_spectrum_operator,
@@ -57,8 +62,6 @@ from .linalg import (
     xdiag,
     xtrace,
 )
-from .linalg.duality import dual_norm, duality_map, layer_norm
-from .linalg.kronecker import KroneckerLayerBlock, KroneckerSumBlock
 from .methods import (
     DSGD,
     SGD,

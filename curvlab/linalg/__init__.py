@@ -1,6 +1,7 @@
 """Linear algebra: operators, eigen-solvers, spectral density, trace and diagonal estimators.
 
-Operators (:mod:`.operators`, :mod:`.stochastic`), eigen-solvers (thick-restart
+Operators (:mod:`.operators`, :mod:`.stochastic`, Kronecker layer blocks in
+:mod:`.kronecker`), layer norms and duality maps (:mod:`.duality`), eigen-solvers (thick-restart
 Lanczos :func:`eigsh`, block :func:`lobpcg`, :func:`power_iteration`,
 :func:`stochastic_power`), stochastic Lanczos quadrature (:func:`slq`), trace
 (:func:`hutchinson`, :func:`hutchpp`, :func:`xtrace`) and diagonal
@@ -9,6 +10,8 @@ Lanczos :func:`eigsh`, block :func:`lobpcg`, :func:`power_iteration`,
 """
 
 from .diagonal import hutchinson_diagonal, xdiag
+from .duality import LayerNorm, dual_norm, duality_map, layer_norm, newton_schulz_polar, polar_factor
+from .kronecker import ADJUSTMENTS, KroneckerLayerBlock, KroneckerSumBlock, ProjectedSpectralBlock, adjust_spectrum
 from .lanczos import LanczosDecomposition, eigsh, lanczos
 from .lobpcg import lobpcg
 from .operators import (
@@ -46,6 +49,18 @@ __all__ = [
     "symmetry_defect",
     "StochasticOperator",
     "minibatch_sampler",
+    "KroneckerLayerBlock",
+    "KroneckerSumBlock",
+    "ProjectedSpectralBlock",
+    "adjust_spectrum",
+    "ADJUSTMENTS",
+    # layer norms and duality maps
+    "LayerNorm",
+    "layer_norm",
+    "dual_norm",
+    "duality_map",
+    "polar_factor",
+    "newton_schulz_polar",
     # eigen-solvers
     "lanczos",
     "LanczosDecomposition",
