@@ -93,7 +93,7 @@ def _epochs_to_95(loss) -> int:
 
 
 def run(ctx) -> FigureResult:
-    trials = ctx.pick(tiny=1, quick=2, full=24)
+    trials = ctx.pick(tiny=1, quick=8, full=24)
     plan = {"digits": (ctx.pick(tiny=300, quick=None, full=None), ctx.pick(tiny=2, quick=8, full=120)),
             "mnist": (ctx.pick(tiny=200, quick=1500, full=None), ctx.pick(tiny=1, quick=4, full=120))}
     rows, fig, axes = [], *new_figure(2, 2)
