@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+from scipy.integrate import trapezoid
 
 from ._common import (Check, FigureResult, FigureSpec, baseline, dataset, finish_figure, fmt, make_mlp, need,
                       new_figure, subsample, train_epochs, transform_stepper)
@@ -73,7 +74,7 @@ def run(ctx) -> FigureResult:
         d_slq = np.asarray(sd.density(grid, sigma))
         z = (grid[:, None] - ev[None, :]) / sigma
         d_dense = np.exp(-0.5 * z * z).sum(1) / (len(ev) * sigma * np.sqrt(2 * np.pi))
-        l1s[stage] = float(np.trapezoid(np.abs(d_slq - d_dense), grid))
+        l1s[stage] = float(trapezoid(np.abs(d_slq - d_dense), grid))
         axes[i].plot(grid, np.maximum(d_dense, 1e-6), "k-", lw=1.5, label="dense eigvalsh (smoothed)")
         axes[i].plot(grid, np.maximum(d_slq, 1e-6), "C1--", lw=1.5, label=f"SLQ ({n_probes} probes x {steps} steps)")
         axes[i].set_yscale("log")
