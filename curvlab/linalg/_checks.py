@@ -127,3 +127,33 @@ def check_which(which: str, allowed: tuple[str, ...]) -> str:
     if w not in allowed:
         raise ValueError(f"which must be one of {allowed}, got {which!r}")
     return w
+
+
+def eigen_problem(
+    A: Any,
+    k: Any,
+    tol: Any,
+    which: str | None = None,
+    allowed: tuple[str, ...] = (),
+    *,
+    check_symmetry: bool | None = None,
+    rng: Any = None,
+) -> tuple[LinearOperator, int, int, str | None, float]:
+    """The checked ``(op, n, k, which, tol)`` of an eigen-solver call.
+
+    ``A`` as in :func:`as_symmetric_operator`, then :func:`check_k`,
+    :func:`check_which` (only when ``allowed`` is given) and :func:`check_tol`,
+    in that order.
+    """
+    op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
+    n = op.shape[0]
+    k = check_k(k, n)
+    if allowed:
+        which = check_which(which, allowed)
+    tol = check_tol(tol)
+    return op, n, k, which, tol
+
+
+def check_budget(max_matvecs: Any) -> float:
+    """Matvec budget: ``inf`` when ``max_matvecs`` is None, else a positive int."""
+    return np.inf if max_matvecs is None else check_positive_int(max_matvecs, "max_matvecs")

@@ -27,19 +27,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 from .. import backend
+from ._adaptive import blocks, diagonal_rule, doubling_rounds, run_rounds
 from ._checks import as_symmetric_operator, check_positive_int
 from ._probes import check_probe, draw
 from .results import DiagonalEstimate
-from .trace import _budget, square_operator
+from .trace import _budget, _exchangeable_sketch, square_operator
 
 __all__ = ["hutchinson_diagonal", "xdiag"]
-
-
-def _rel(xp: Any, se: Any, est: Any) -> float:
-    return float(xp.linalg.norm(se)) / max(float(xp.linalg.norm(est)), 1e-300)
 
 
 def hutchinson_diagonal(
@@ -62,51 +58,28 @@ def hutchinson_diagonal(
     g = backend.default_rng(rng, xp)
     s1 = xp.zeros(n, dtype=np.float64)
     s2 = xp.zeros(n, dtype=np.float64)
-    used = 0
-    converged = tgt is None
-    history: list[dict[str, Any]] | None = [] if return_history else None
-    est = se = s1
-    while used < cap:
-        b = min(bs, cap - used)
+
+    def step(b: int, used: int) -> tuple[Any, Any, None]:
+        nonlocal s1, s2
         Z = draw(g, n, b, probe, op.dtype)
         P = (Z * op.matmat(Z)).astype(np.float64)
         if not bool(xp.all(xp.isfinite(P))):
             raise FloatingPointError("hutchinson_diagonal: the operator returned NaN/Inf")
         s1 = s1 + P.sum(axis=1)
         s2 = s2 + (P * P).sum(axis=1)
-        used += b
         est = s1 / used
         var = xp.maximum(s2 / used - est * est, 0.0) * (used / max(used - 1, 1))
         se = xp.sqrt(var / used) if used > 1 else xp.full(n, np.inf)
-        if history is not None:
-            history.append({"n_matvecs": used, "rel_std_error": _rel(xp, se, est)})
-        if tgt is not None and used > bs and _rel(xp, se, est) <= tgt:
-            converged = True
-            break
-    return DiagonalEstimate(
-        estimate=est,
-        std_error=se,
-        n_matvecs=used,
-        converged=converged,
-        method=f"hutchinson diagonal ({probe})",
-        history=history,
-        message="target met" if (tgt is not None and converged) else ("budget exhausted" if tgt is not None else ""),
-    )
+        return est, se, None
+
+    res = run_rounds(blocks(cap, bs), step, tgt, diagonal_rule(xp), record=return_history, min_rounds=2)
+    return res.diagonal_estimate(f"hutchinson diagonal ({probe})")
 
 
 def _xdiag_once(op: Any, s: int, g: Any, probe: str) -> Any:
     """``(n, s)`` exchangeable diagonal estimates ``d_i`` (``2 s`` matvecs)."""
     xp, dt = op.xp, op.dtype
-    n = op.shape[0]
-    Om = draw(g, n, s, probe, dt)
-    Y = op.matmat(Om)
-    Q, R = xp.linalg.qr(Y)
-    Z = op.matmat(Q)
-    Rh = np.asarray(backend.to_numpy(R), dtype=np.float64)
-    if not np.all(np.isfinite(Rh)):
-        raise FloatingPointError("xdiag: the operator returned NaN/Inf")
-    Sm = scipy.linalg.solve_triangular(Rh, np.eye(s), lower=False, check_finite=False).T
-    Sm = Sm / np.linalg.norm(Sm, axis=0, keepdims=True)
+    Om, Y, Q, Z, Rh, Sm = _exchangeable_sketch(op, s, g, probe, "xdiag")
     Cr = Rh - Sm * np.einsum("ji,ji->i", Sm, Rh)[None, :]
     Smd = xp.asarray(Sm.astype(dt))
     Crd = xp.asarray(Cr.astype(dt))
@@ -139,39 +112,11 @@ def xdiag(
     cap, tgt = _budget(n_matvecs, max_matvecs, target_rel_error, 100 if target_rel_error is None else 10_000)
     xp, n = op.xp, op.shape[0]
     g = backend.default_rng(rng, xp)
-    if tgt is None:
-        s = min(cap // 2, n)
-        if s < 2:
-            raise ValueError(f"xdiag needs n_matvecs >= 4, got {cap}")
-        rounds = [s]
-    else:
-        rounds, s, tot = [], 8, 0
-        while s <= n and tot + 2 * s <= cap:
-            rounds.append(s)
-            tot += 2 * s
-            s *= 2
-        if not rounds:
-            raise ValueError(f"xdiag needs max_matvecs >= 16 for an adaptive run, got {cap}")
-    used = 0
-    converged = tgt is None
-    history: list[dict[str, Any]] | None = [] if return_history else None
-    est = se = None
-    for s in rounds:
+    rounds = doubling_rounds("xdiag", cap, tgt, n)
+
+    def step(s: int, used: int) -> tuple[Any, Any, None]:
         D = _xdiag_once(op, s, g, probe)
-        used += 2 * s
-        est = D.mean(axis=1)
-        se = D.std(axis=1, ddof=1) / np.sqrt(s)
-        if history is not None:
-            history.append({"n_matvecs": used, "rel_std_error": _rel(xp, se, est)})
-        if tgt is not None and _rel(xp, se, est) <= tgt:
-            converged = True
-            break
-    return DiagonalEstimate(
-        estimate=est,
-        std_error=se,
-        n_matvecs=used,
-        converged=converged,
-        method=f"xdiag ({probe})",
-        history=history,
-        message="target met" if (tgt is not None and converged) else ("budget exhausted" if tgt is not None else ""),
-    )
+        return D.mean(axis=1), D.std(axis=1, ddof=1) / np.sqrt(s), None
+
+    res = run_rounds(rounds, step, tgt, diagonal_rule(xp), record=return_history, cost=2)
+    return res.diagonal_estimate(f"xdiag ({probe})")

@@ -45,8 +45,8 @@ import numpy as np
 import scipy.linalg
 
 from .. import backend
-from ._checks import as_symmetric_operator, check_k, check_positive_int, check_tol, check_which, start_vectors
-from .results import ConvergenceError, EigResult
+from ._checks import as_symmetric_operator, check_budget, check_k, check_positive_int, eigen_problem, start_vectors
+from .results import ConvergenceError, EigResult, eig_result
 
 __all__ = ["LanczosDecomposition", "lanczos", "eigsh"]
 
@@ -262,11 +262,7 @@ def eigsh(
     >>> np.round(res.eigenvalues, 8).tolist()
     [1.0, 50.0]
     """
-    op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
-    n = op.shape[0]
-    k = check_k(k, n)
-    which = check_which(which, ("LA", "SA", "BE", "LM"))
-    tol = check_tol(tol)
+    op, n, k, which, tol = eigen_problem(A, k, tol, which, ("LA", "SA", "BE", "LM"), check_symmetry=check_symmetry, rng=rng)
     xp = op.xp
     ncv = min(n, max(3 * k + 1, 20)) if ncv is None else check_positive_int(ncv, "ncv")
     if not k < ncv <= n:
@@ -280,7 +276,7 @@ def eigsh(
     if maxiter is None:
         maxiter = max(100, (10 * n) // ncv)
     maxiter = check_positive_int(maxiter, "maxiter")
-    budget = np.inf if max_matvecs is None else check_positive_int(max_matvecs, "max_matvecs")
+    budget = check_budget(max_matvecs)
     g = backend.default_rng(rng, xp)
     v = start_vectors(op, v0, g)
     dt = op.dtype
@@ -433,18 +429,7 @@ def eigsh(
             vecs = vecs[:, xp.asarray(order)] if xp is not np else vecs[:, order]
     if not message:
         message = "converged" if conv.all() else f"maxiter {maxiter} restart cycles reached"
-    res = EigResult(
-        eigenvalues=vals,
-        eigenvectors=vecs,
-        residual_norms=resid,
-        converged=conv,
-        n_matvecs=n_mv,
-        n_iterations=cycles,
-        history=history,
-        method="thick-restart lanczos",
-        message=message,
-        tol=tol,
+    return eig_result(
+        "eigsh", strict, eigenvalues=vals, eigenvectors=vecs, residual_norms=resid, converged=conv,
+        n_matvecs=n_mv, n_iterations=cycles, history=history, method="thick-restart lanczos", message=message, tol=tol,
     )
-    if strict and not res.all_converged:
-        raise ConvergenceError(f"eigsh: {res.n_converged}/{k} pairs converged ({message})", res)
-    return res

@@ -32,8 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import backend
-from ._checks import as_symmetric_operator, check_k, check_positive_int, check_tol, check_which, start_vectors
-from .results import ConvergenceError, EigResult
+from ._checks import check_budget, check_positive_int, eigen_problem, start_vectors
+from .results import EigResult, eig_result
 
 __all__ = ["lobpcg"]
 
@@ -95,11 +95,7 @@ def lobpcg(
     EigResult (descending for "LA", ascending for "SA"); ``n_iterations`` is
     the number of block steps.
     """
-    op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
-    n = op.shape[0]
-    k = check_k(k, n)
-    which = check_which(which, ("LA", "SA"))
-    tol = check_tol(tol)
+    op, n, k, which, tol = eigen_problem(A, k, tol, which, ("LA", "SA"), check_symmetry=check_symmetry, rng=rng)
     xp, dt = op.xp, op.dtype
     b = k if block_size is None else check_positive_int(block_size, "block_size")
     if X0 is not None and block_size is None:
@@ -109,7 +105,7 @@ def lobpcg(
     if 3 * b > n:
         raise ValueError(f"lobpcg needs 3 * block_size <= n (block_size = {b}, n = {n}); use a dense eigh")
     maxiter = 500 if maxiter is None else check_positive_int(maxiter, "maxiter")
-    budget = np.inf if max_matvecs is None else check_positive_int(max_matvecs, "max_matvecs")
+    budget = check_budget(max_matvecs)
     g = backend.default_rng(rng, xp)
     if X0 is None:
         X = g.standard_normal((n, b)).astype(dt)
@@ -218,18 +214,8 @@ def lobpcg(
     except FloatingPointError:
         message = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs"
         conv = np.zeros(b, dtype=bool)
-    res = EigResult(
-        eigenvalues=theta[:k].copy(),
-        eigenvectors=X[:, :k],
-        residual_norms=rnorm[:k].copy(),
-        converged=conv[:k].copy(),
-        n_matvecs=op.n_matvecs - before,
-        n_iterations=it,
-        history=history,
-        method="lobpcg",
-        message=message,
-        tol=tol,
+    return eig_result(
+        "lobpcg", strict, eigenvalues=theta[:k].copy(), eigenvectors=X[:, :k], residual_norms=rnorm[:k].copy(),
+        converged=conv[:k].copy(), n_matvecs=op.n_matvecs - before, n_iterations=it, history=history,
+        method="lobpcg", message=message, tol=tol,
     )
-    if strict and not res.all_converged:
-        raise ConvergenceError(f"lobpcg: {res.n_converged}/{k} pairs converged ({message})", res)
-    return res

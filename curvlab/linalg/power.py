@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._checks import as_symmetric_operator, check_k, check_positive_int, check_tol, start_vectors
-from .results import ConvergenceError, EigResult, StochasticEigResult
+from ._checks import as_symmetric_operator, check_budget, check_positive_int, eigen_problem, start_vectors
+from .results import EigResult, StochasticEigResult, eig_result
 
 __all__ = ["power_iteration", "stochastic_power"]
 
@@ -72,12 +72,9 @@ def power_iteration(
     EigResult ordered as found (descending magnitude); unconverged pairs are
     flagged. NaN/Inf from the operator stops the run.
     """
-    op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
-    n = op.shape[0]
-    k = check_k(k, n)
-    tol = check_tol(tol)
+    op, n, k, _, tol = eigen_problem(A, k, tol, check_symmetry=check_symmetry, rng=rng)
     maxiter = check_positive_int(maxiter, "maxiter")
-    budget = np.inf if max_matvecs is None else check_positive_int(max_matvecs, "max_matvecs")
+    budget = check_budget(max_matvecs)
     xp, dt = op.xp, op.dtype
     g = backend.default_rng(rng, xp)
     before = op.n_matvecs
@@ -129,21 +126,11 @@ def power_iteration(
             break
         if not conv[i] and message == "converged":
             message = f"maxiter {maxiter} reached for pair {i}"
-    res = EigResult(
-        eigenvalues=lam,
-        eigenvectors=V,
-        residual_norms=rn,
-        converged=conv,
-        n_matvecs=op.n_matvecs - before,
-        n_iterations=iters,
-        history=history,
-        method="power iteration with deflation",
-        message=message,
-        tol=tol,
+    return eig_result(
+        "power_iteration", strict, eigenvalues=lam, eigenvectors=V, residual_norms=rn, converged=conv,
+        n_matvecs=op.n_matvecs - before, n_iterations=iters, history=history,
+        method="power iteration with deflation", message=message, tol=tol,
     )
-    if strict and not res.all_converged:
-        raise ConvergenceError(f"power_iteration: {res.n_converged}/{k} pairs converged ({message})", res)
-    return res
 
 
 def stochastic_power(

@@ -101,6 +101,15 @@ class EigResult:
         )
 
 
+def eig_result(who: str, strict: bool, **fields: Any) -> EigResult:
+    """An :class:`EigResult` from ``fields``; with ``strict``, raise :class:`ConvergenceError`
+    (``"{who}: c/k pairs converged (message)"``) unless every pair converged."""
+    res = EigResult(**fields)
+    if strict and not res.all_converged:
+        raise ConvergenceError(f"{who}: {res.n_converged}/{len(res.converged)} pairs converged ({res.message})", res)
+    return res
+
+
 @dataclass
 class SpectralDensity:
     """Stochastic Lanczos quadrature of a symmetric ``n x n`` operator.

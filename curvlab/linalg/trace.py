@@ -37,12 +37,13 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.linalg
 
 from .. import backend
+from ._adaptive import TRACE, blocks, doubling_rounds, run_rounds
 from ._checks import check_positive_int, check_tol
 from ._probes import check_probe, draw, sample_se
 from .operators import LinearOperator, aslinearoperator
@@ -83,6 +84,32 @@ def _budget(n_matvecs: Any, max_matvecs: Any, target: Any, default: int) -> tupl
     return int(cap), tgt
 
 
+def _hutchinson_step(
+    op: LinearOperator, g: Any, probe: str, who: str, Q: Any = None, low: float | None = None
+) -> Callable[[int, int], tuple[float, float, np.ndarray]]:
+    """A round of Hutchinson probes for :func:`run_rounds`, deflated by ``Q`` (Hutch++) when given.
+
+    Each call draws ``b`` probes (projected off ``range(Q)``), adds their
+    quadratic forms to the samples and returns ``(estimate, std_error, all
+    samples)``; the estimate is the sample mean, plus ``low`` when given.
+    """
+    n, dt = op.shape[0], op.dtype
+    samples: list[np.ndarray] = []
+
+    def step(b: int, used: int) -> tuple[float, float, np.ndarray]:
+        G = draw(g, n, b, probe, dt)
+        if Q is not None:
+            G = G - Q @ (Q.T @ G)
+        s = _colwise_dot(G, op.matmat(G))
+        _finite(s, who)
+        samples.append(s)
+        allx = np.concatenate(samples)
+        est = float(allx.mean())
+        return (est if low is None else low + est), sample_se(allx), allx
+
+    return step
+
+
 def hutchinson(
     A: Any,
     n_matvecs: int | None = None,
@@ -109,36 +136,9 @@ def hutchinson(
     cap, tgt = _budget(n_matvecs, max_matvecs, target_rel_error, 100 if target_rel_error is None else 10_000)
     bs = check_positive_int(block_size, "block_size")
     g = backend.default_rng(rng, op.xp)
-    n = op.shape[0]
-    samples: list[np.ndarray] = []
-    history: list[dict[str, Any]] | None = [] if return_history else None
-    used = 0
-    converged = tgt is None
-    while used < cap:
-        b = min(bs, cap - used)
-        Z = draw(g, n, b, probe, op.dtype)
-        s = _colwise_dot(Z, op.matmat(Z))
-        _finite(s, "hutchinson")
-        samples.append(s)
-        used += b
-        allx = np.concatenate(samples)
-        est, se = float(allx.mean()), sample_se(allx)
-        if history is not None:
-            history.append({"n_matvecs": used, "estimate": est, "std_error": se})
-        if tgt is not None and len(samples) >= 2 and se <= tgt * abs(est):
-            converged = True
-            break
-    allx = np.concatenate(samples)
-    return TraceEstimate(
-        estimate=float(allx.mean()),
-        std_error=sample_se(allx),
-        n_matvecs=used,
-        converged=converged,
-        method=f"hutchinson ({probe})",
-        samples=allx,
-        history=history,
-        message="target met" if (tgt is not None and converged) else ("budget exhausted" if tgt is not None else ""),
-    )
+    step = _hutchinson_step(op, g, probe, "hutchinson")
+    res = run_rounds(blocks(cap, bs), step, tgt, TRACE, record=return_history, min_rounds=2)
+    return res.trace_estimate(f"hutchinson ({probe})")
 
 
 def _orth(Y: Any) -> Any:
@@ -192,40 +192,22 @@ def hutchpp(
     low = float(backend.to_numpy(xp.sum(Q.astype(np.float64) * AQ.astype(np.float64))))
     if not np.isfinite(low):
         raise FloatingPointError("hutchpp: the operator returned NaN/Inf")
-    used = 2 * r
-    samples: list[np.ndarray] = []
-    history: list[dict[str, Any]] | None = [] if return_history else None
-    converged = tgt is None
-    while used < cap:
-        b = min(bs, cap - used) if tgt is not None else cap - used
-        G = draw(g, n, b, probe, dt)
-        G = G - Q @ (Q.T @ G)
-        s = _colwise_dot(G, op.matmat(G))
-        _finite(s, "hutchpp")
-        samples.append(s)
-        used += b
-        allx = np.concatenate(samples)
-        est, se = low + float(allx.mean()), sample_se(allx)
-        if history is not None:
-            history.append({"n_matvecs": used, "estimate": est, "std_error": se})
-        if tgt is not None and len(samples) >= 2 and se <= tgt * abs(est):
-            converged = True
-            break
-    allx = np.concatenate(samples)
-    return TraceEstimate(
-        estimate=low + float(allx.mean()),
-        std_error=sample_se(allx),
-        n_matvecs=used,
-        converged=converged,
-        method=f"hutch++ ({probe}, rank {r})",
-        samples=allx,
-        history=history,
-        message="target met" if (tgt is not None and converged) else ("budget exhausted" if tgt is not None else ""),
-    )
+    step = _hutchinson_step(op, g, probe, "hutchpp", Q=Q, low=low)
+    rest = cap - 2 * r
+    sizes = blocks(rest, bs if tgt is not None else rest)
+    res = run_rounds(sizes, step, tgt, TRACE, record=return_history, used=2 * r, min_rounds=2)
+    return res.trace_estimate(f"hutch++ ({probe}, rank {r})")
 
 
-def _xtrace_once(op: LinearOperator, s: int, g: Any, probe: str) -> np.ndarray:
-    """The ``s`` exchangeable estimates ``t_i`` of XTrace (``2 s`` matvecs)."""
+def _exchangeable_sketch(op: LinearOperator, s: int, g: Any, probe: str, who: str) -> tuple[Any, ...]:
+    """The sketch shared by XTrace and XDiag (``2 s`` matvecs).
+
+    Returns ``(Om, Y, Q, Z, Rh, Sm)``: probes ``Ω`` ``(n, s)``, ``Y = A Ω``,
+    ``Q, R = qr(Y)``, ``Z = A Q`` (operator backend and dtype), ``R`` on the
+    host in float64, and the unit downdate vectors ``s_i = R^{-T} e_i /
+    ‖R^{-T} e_i‖`` as the columns of ``Sm`` (host float64). A non-finite
+    ``R`` raises ``FloatingPointError`` naming ``who``.
+    """
     xp, dt = op.xp, op.dtype
     n = op.shape[0]
     Om = draw(g, n, s, probe, dt)
@@ -234,11 +216,18 @@ def _xtrace_once(op: LinearOperator, s: int, g: Any, probe: str) -> np.ndarray:
     Z = op.matmat(Q)
     Rh = np.asarray(backend.to_numpy(R), dtype=np.float64)
     if not np.all(np.isfinite(Rh)):
-        raise FloatingPointError("xtrace: the operator returned NaN/Inf")
+        raise FloatingPointError(f"{who}: the operator returned NaN/Inf")
     # s_i = R^{-T} e_i normalised: column i of inv(R)^T, i.e. row i of inv(R)
     Rinv = scipy.linalg.solve_triangular(Rh, np.eye(s), lower=False, check_finite=False)
     Sm = Rinv.T
     Sm = Sm / np.linalg.norm(Sm, axis=0, keepdims=True)
+    return Om, Y, Q, Z, Rh, Sm
+
+
+def _xtrace_once(op: LinearOperator, s: int, g: Any, probe: str) -> np.ndarray:
+    """The ``s`` exchangeable estimates ``t_i`` of XTrace (``2 s`` matvecs)."""
+    xp, dt = op.xp, op.dtype
+    Om, Y, Q, Z, _, Sm = _exchangeable_sketch(op, s, g, probe, "xtrace")
     H = np.asarray(backend.to_numpy(Q.T @ Z), dtype=np.float64)
     W = np.asarray(backend.to_numpy(Q.T @ Om), dtype=np.float64)
     # low-rank parts: tr(H) - s_iᵀ H s_i
@@ -279,39 +268,11 @@ def xtrace(
     cap, tgt = _budget(n_matvecs, max_matvecs, target_rel_error, 100 if target_rel_error is None else 10_000)
     n = op.shape[0]
     g = backend.default_rng(rng, op.xp)
-    history: list[dict[str, Any]] | None = [] if return_history else None
-    if tgt is None:
-        s = min(cap // 2, n)
-        if s < 2:
-            raise ValueError(f"xtrace needs n_matvecs >= 4, got {cap}")
-        rounds = [s]
-    else:
-        rounds, s, tot = [], 8, 0
-        while s <= n and tot + 2 * s <= cap:
-            rounds.append(s)
-            tot += 2 * s
-            s *= 2
-        if not rounds:
-            raise ValueError(f"xtrace needs max_matvecs >= 16 for an adaptive run, got {cap}")
-    used = 0
-    t = np.array([np.nan])
-    converged = tgt is None
-    for s in rounds:
+    rounds = doubling_rounds("xtrace", cap, tgt, n)
+
+    def step(s: int, used: int) -> tuple[float, float, np.ndarray]:
         t = _xtrace_once(op, s, g, probe)
-        used += 2 * s
-        est, se = float(t.mean()), sample_se(t)
-        if history is not None:
-            history.append({"n_matvecs": used, "estimate": est, "std_error": se})
-        if tgt is not None and se <= tgt * abs(est):
-            converged = True
-            break
-    return TraceEstimate(
-        estimate=float(t.mean()),
-        std_error=sample_se(t),
-        n_matvecs=used,
-        converged=converged,
-        method=f"xtrace ({probe})",
-        samples=t,
-        history=history,
-        message="target met" if (tgt is not None and converged) else ("budget exhausted" if tgt is not None else ""),
-    )
+        return float(t.mean()), sample_se(t), t
+
+    res = run_rounds(rounds, step, tgt, TRACE, record=return_history, cost=2)
+    return res.trace_estimate(f"xtrace ({probe})")
