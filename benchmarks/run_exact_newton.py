@@ -2,13 +2,14 @@
 
 Usage (from the repository root):
 
-    /work/venv/bin/python benchmarks/run_exact_newton.py [--threads 1] [--repeat 5] [--timer cpu|wall]
+    python benchmarks/run_exact_newton.py [--threads 1] [--repeat 5] [--timer cpu|wall] [--dense-max 64|128]
 
 Part 1: Newton direction of one layer, width n, inputs of width n (m = n + 1), one sample:
 closed form (F7: n×n eigh + rank-one; raw and abs) vs a dense LU solve of the (nm)×(nm)
-block, best of R, same run. The dense solve is measured for n ≤ 64 (n·m ≤ 4160); for
-n = 128, 256 it is extrapolated from the n = 64 time by the cubic law (nm)^3 (the dense
-block would take 2.2 GB / 35 GB) and marked "extrap.".
+block, best of R, same run. The dense solve is measured for n ≤ 64 (n·m ≤ 4160), or up to
+n = 128 with ``--dense-max 128`` (a 2.2 GB block, about a minute of one core); larger
+widths are extrapolated from the n = 64 time by the cubic law (nm)^3 (n = 256 would take
+35 GB) and marked "extrap.".
 Part 2: one optimizer step on MLP 64-32-10 tanh CE float64, batch 32, relative to one SGD
 step (gradient + update), round-robin.
 Part 3: exact_block (Woodbury / projection) vs average on the same MLP, B = 8, 32, 128.
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--timer", choices=["cpu", "wall"], default="cpu")
+    ap.add_argument("--dense-max", type=int, default=64, choices=(64, 128),
+                    help="largest width whose dense solve is measured (128 needs ~2.2 GB and a minute or two)")
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.timer == "cpu" else time.perf_counter
@@ -68,12 +71,13 @@ def main() -> None:
             tr, xr = best(lambda: raw_closed_form_direction(*inp), R)
             ta, _ = best(lambda: closed_form_direction(*inp), R)
             nm = n * (n + 1)
-            if n <= 64:
-                td, xd = best(lambda: dense_direction(*inp), max(1, R // 2) if n == 64 else R)
+            if n <= args.dense_max:
+                td, xd = best(lambda: dense_direction(*inp), 1 if n >= 128 else max(1, R // 2) if n == 64 else R)
                 err = float(np.linalg.norm(xr - xd) / np.linalg.norm(xd))
                 tag = ""
                 if n == 64:
                     t_dense64 = td
+                del xd
             else:
                 td = t_dense64 * (nm / (64 * 65)) ** 3
                 err, tag = float("nan"), " extrap."
