@@ -53,6 +53,7 @@ import numpy as np
 from .. import backend
 from ..linalg.operators import CallableOperator, LinearOperator
 from ..methods._transform import Transform, TransformState
+from ._fisher import mc_fisher_draws
 from ._layout import NamedLayout
 
 __all__ = [
@@ -339,25 +340,14 @@ class JaxCurvature:
                 return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
 
             return self._fisher_op(weight)
-        if kind != "mc":
-            raise ValueError(f"kind must be 'empirical' or 'mc', got {kind!r}")
-        if self.loss_name is None:
-            raise ValueError("the Monte-Carlo Fisher needs a built-in loss ('cross_entropy' or 'mse') to sample from")
-        if rng is None:
-            raise ValueError("the Monte-Carlo Fisher needs an explicit rng (numpy Generator or seed)")
-        M = int(mc_samples)
-        if M < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-        gen = backend.default_rng(rng)
         C = z.shape[-1]
-        if self.loss_name == "cross_entropy":
-            p = jax.nn.softmax(z, axis=-1)
-            cdf = np.cumsum(np.asarray(p, dtype=np.float64), axis=-1)
-            u = gen.random((M,) + tuple(z.shape[:-1]) + (1,))
-            idx = np.minimum((cdf < u).sum(-1), C - 1)
-            R = p[None] - jax.nn.one_hot(jnp.asarray(idx), C, dtype=z.dtype)
+        p = jax.nn.softmax(z, axis=-1) if self.loss_name == "cross_entropy" else None
+        M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
+                                   None if p is None else np.asarray(p, dtype=np.float64))
+        if p is not None:
+            R = p[None] - jax.nn.one_hot(jnp.asarray(draws), C, dtype=z.dtype)
         else:
-            R = -jnp.asarray(gen.standard_normal((M,) + tuple(z.shape)), dtype=z.dtype)
+            R = -jnp.asarray(draws, dtype=z.dtype)
         npos = z.size // C
 
         def weight_mc(_z: jax.Array, u: jax.Array, R: jax.Array = R) -> jax.Array:

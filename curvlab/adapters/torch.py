@@ -65,6 +65,7 @@ from torch.func import functional_call
 from .. import backend
 from ..linalg.operators import CallableOperator, LinearOperator
 from ..methods._transform import Transform
+from ._fisher import mc_fisher_draws
 from ._layout import NamedLayout
 
 __all__ = [
@@ -574,27 +575,15 @@ class TorchCurvature:
                 return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
 
             return self._operator(self._jtuj(weight), psd=True)
-        if kind != "mc":
-            raise ValueError(f"kind must be 'empirical' or 'mc', got {kind!r}")
-        if self.loss_name is None:
-            raise ValueError("the Monte-Carlo Fisher needs a built-in loss ('cross_entropy' or 'mse') to sample from")
-        if rng is None:
-            raise ValueError("the Monte-Carlo Fisher needs an explicit rng (numpy Generator or seed)")
-        M = int(mc_samples)
-        if M < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-        gen = backend.default_rng(rng)
         C = z.shape[-1]
-        if self.loss_name == "cross_entropy":
-            p = torch.softmax(z, dim=-1)
-            p_np = backend.to_numpy(from_torch(p)).astype(np.float64)
-            cdf = np.cumsum(p_np, axis=-1)
-            u = gen.random((M,) + p_np.shape[:-1] + (1,))
-            idx = np.minimum((cdf < u).sum(-1), C - 1)
-            onehot = torch.nn.functional.one_hot(torch.as_tensor(idx, device=self.device), C).to(self.torch_dtype)
+        p = torch.softmax(z, dim=-1) if self.loss_name == "cross_entropy" else None
+        M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
+                                   None if p is None else backend.to_numpy(from_torch(p)).astype(np.float64))
+        if p is not None:
+            onehot = torch.nn.functional.one_hot(torch.as_tensor(draws, device=self.device), C).to(self.torch_dtype)
             R = p.unsqueeze(0) - onehot  # (M, *z.shape)
         else:
-            R = -torch.as_tensor(gen.standard_normal((M,) + tuple(z.shape)), dtype=self.torch_dtype, device=self.device)
+            R = -torch.as_tensor(draws, dtype=self.torch_dtype, device=self.device)
         npos = z.numel() // C
 
         def weight_mc(_z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
