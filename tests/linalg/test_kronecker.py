@@ -97,7 +97,7 @@ def test_layer_block_bad_input():
         KroneckerLayerBlock(M, a, 1.0).solve(np.ones(5))
     # m = 1 (no complement): λ = 0 is allowed when M is nonsingular
     x = KroneckerLayerBlock(M, np.array([2.0]), 0.0).solve(np.array([4.0, 4.0]))
-    assert np.allclose(x, [1.0, -0.5])
+    np.testing.assert_allclose(x, [1.0, -0.5], rtol=1e-15, atol=0)  # diag(1, -2) ⊗ [4]: x = b / (4 diag)
 
 
 @pytest.mark.parametrize("B", [1, 3, 6])

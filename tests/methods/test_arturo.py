@@ -159,7 +159,20 @@ def test_coupled_nu_and_psd_guard_run():
     opt = ArTuRO(kl_bound=0.01, mode="exact", nu="coupled", psd_guard=True, **cfg)
     w, st, etas, _ = _run(opt, steps=20)
     assert np.all(np.isfinite(w)) and st.converged
-    # ν = η: p' = (c + ηp)/(β + η)
+    # ν = η: p' = (h + βp0 + ηp)/(β + η), clamped below at βp0/(β + η), with h the filtered curvature
+    beta, p0 = cfg["reg_weight"], cfg["prior_prec"]
+    w = W0.copy()
+    st = opt.init(w)
+    for t in range(20):
+        p_old = st.p.copy()
+        w, st = opt.step(w, _grad(w, t), st)
+        eta = st.eta
+        expect = np.maximum((st.h + beta * p0 + eta * p_old) / (beta + eta), beta * p0 / (beta + eta))
+        np.testing.assert_allclose(st.p, expect, rtol=1e-12, atol=0)
+        assert st.converged and (st.inactive or abs(st.kl / 0.01 - 1) <= 1e-9)
+        # the PSD guard keeps every 2x2 filter covariance positive semi-definite
+        assert np.all(st.P00 >= 0) and np.all(st.P11 >= 0)
+        assert np.all(st.P01**2 <= st.P00 * st.P11 * (1 + 1e-12))
     assert st.n_guarded >= 0
 
 

@@ -226,6 +226,9 @@ def test_minibatch_variant_and_average_max(digits_small):
     h3 = dsgd_train(DSGD(shapes=m.layout, average="max"), p, m.loss_and_grad, X, y, 10, batch_size=32,
                     rng=0, X_bound=X)
     assert np.all(h3.L >= Lmean * 0.0) and h3.chosen.shape == (10,)
+    # the bound of the first step is the worst-row bound over the whole training set at p
+    np.testing.assert_allclose(h3.L[0], Lmax, rtol=1e-13)
+    assert np.any(Lmax > Lmean * (1 + 1e-3))  # "max" is a different (larger) bound than "mean"
 
 
 def test_estimate_rule_on_quadratic(rng):

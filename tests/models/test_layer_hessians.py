@@ -41,6 +41,8 @@ def test_layer_block_equals_dense_hessian_block(act, loss, B):
         # the Kronecker operator of the same factors applies the same block
         op = layer_hessian_block(fl)
         assert rel_err(op.to_dense(), H[sl, sl]) <= 1e-9
+        # closed-form eigenvalues of the block equal eigvalsh of the dense Hessian's block
+        assert rel_err(op.eigvalsh(), np.linalg.eigvalsh(0.5 * (H[sl, sl] + H[sl, sl].T))) <= 1e-9
 
 
 @pytest.mark.parametrize("act", ["tanh", "relu"])
@@ -123,7 +125,14 @@ def test_output_derivatives_match_mlp_and_bad_input():
     rng = np.random.default_rng(2)
     z = rng.standard_normal((4, 3))
     ell, d, M = output_derivatives(z, np.array([0, 2, 1, 1]))
-    assert np.allclose(d.sum(1), 0) and np.allclose(M.sum(2), 0)
+    assert np.allclose(d.sum(1), 0, atol=1e-15) and np.allclose(M.sum(2), 0, atol=1e-15)
+    # against the reference MLP's loss head (itself checked against finite differences in test_mlp)
+    from curvlab.models.mlp import loss_output_derivatives
+
+    for loss, yy in (("cross_entropy", np.array([0, 2, 1, 1])), ("mse", rng.standard_normal((4, 3)))):
+        got, ref = output_derivatives(z, yy, loss), loss_output_derivatives(loss, z, yy)
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-15)
     with pytest.raises(ValueError, match="labels"):
         output_derivatives(z, np.array([0, 3, 1, 1]))
     with pytest.raises(ValueError, match="loss"):

@@ -102,7 +102,8 @@ def test_reference_inactive_fixed_points():
     dual = KLDual(w, w, np.ones(3), np.ones(3), beta=BETA, prior_prec=P0)
     r1 = solve_kl(dual, 0.1, mode="reference", eta_prev=0.1526)
     r2 = solve_kl(dual, 0.1, mode="reference", eta_prev=r1.eta)
-    assert round(r1.eta, 4) == 0.2543 and r2.eta == pytest.approx(r1.eta, rel=1e-12)
+    # η_prev ≤ 0.1875: no bisection, the reference returns 5η_prev/3
+    assert r1.eta == pytest.approx(5 * 0.1526 / 3, rel=1e-15) and r2.eta == pytest.approx(r1.eta, rel=1e-12)
     assert r1.iterations == 0 and r2.iterations == 1
     for eta in (0.19, 0.3, 0.375):
         r = solve_kl(dual, 0.1, mode="reference", eta_prev=eta)
