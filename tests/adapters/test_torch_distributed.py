@@ -61,6 +61,10 @@ def _worker(rank: int, world: int, port: int, data: dict, out_path: str) -> None
         q = _quantities(curv, data["V"], data["d"])
         if rank == 0:
             np.savez(out_path, **q)
+        # both ranks are done before either tears gloo down: a rank that destroys its group
+        # while the peer's connection is still open can make the peer abort (std::terminate)
+        dist.barrier()
+        open(f"{out_path}.rank{rank}.done", "w").close()
     finally:
         dist.destroy_process_group()
 
@@ -88,6 +92,13 @@ def test_two_gloo_processes_match_one(tmp_path, rng):
         while not ctx.join(timeout=1.0):
             if time.monotonic() > deadline:
                 pytest.fail("the two gloo processes did not finish within 120 s")
+    except mp.ProcessExitedException as exc:
+        # A worker killed by a signal after both ranks finished every collective (the marker
+        # files) died in torch/gloo's interpreter teardown, once seen as "terminate called
+        # without an active exception"; the results were complete, so they are still checked.
+        finished = all(os.path.exists(f"{out}.rank{r}.done") for r in range(2))
+        if not (finished and exc.signal_name):
+            raise
     finally:
         for p in ctx.processes:
             if p.is_alive():
