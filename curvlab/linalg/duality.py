@@ -114,29 +114,18 @@ def _rtol(M: Any) -> float:
     return max(M.shape) * float(np.finfo(M.dtype).eps)
 
 
-def _svd(M: Any) -> tuple[Any, Any, Any]:
-    """Thin SVD; on NumPy retry with the gesvd driver (scipy) when gesdd fails."""
+def _svd(M: Any, compute_uv: bool = True) -> Any:
+    """Thin SVD (``(U, s, Vt)``, or ``s`` alone without ``compute_uv``); on NumPy retry
+    with the gesvd driver (scipy) when gesdd fails."""
     xp = backend.get_namespace(M)
     try:
-        return xp.linalg.svd(M, full_matrices=False)
+        return xp.linalg.svd(M, full_matrices=False, compute_uv=compute_uv)
     except np.linalg.LinAlgError:
         if xp is not np:
             raise
         import scipy.linalg  # noqa: PLC0415
 
-        return scipy.linalg.svd(M, full_matrices=False, lapack_driver="gesvd")
-
-
-def _singular_values(M: Any) -> Any:
-    xp = backend.get_namespace(M)
-    try:
-        return xp.linalg.svd(M, compute_uv=False)
-    except np.linalg.LinAlgError:
-        if xp is not np:
-            raise
-        import scipy.linalg  # noqa: PLC0415
-
-        return scipy.linalg.svd(M, compute_uv=False, lapack_driver="gesvd")
+        return scipy.linalg.svd(M, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd")
 
 
 def _kept(s: Any, M: Any) -> Any:
@@ -161,7 +150,7 @@ def layer_norm(W: Any, norm: str = "spectral", scale: float = 1.0) -> float:
     xp = backend.get_namespace(M)
     if norm == "frobenius":
         return c * float(xp.linalg.norm(M))
-    return c * float(_singular_values(M).max())
+    return c * float(_svd(M, compute_uv=False).max())
 
 
 def dual_norm(G: Any, norm: str = "spectral", scale: float = 1.0) -> float:
@@ -180,7 +169,7 @@ def dual_norm(G: Any, norm: str = "spectral", scale: float = 1.0) -> float:
     xp = backend.get_namespace(M)
     if norm == "frobenius":
         return float(xp.linalg.norm(M)) / c
-    return float(_kept(_singular_values(M), M).sum()) / c
+    return float(_kept(_svd(M, compute_uv=False), M).sum()) / c
 
 
 @dataclasses.dataclass
