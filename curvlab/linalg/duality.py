@@ -128,6 +128,11 @@ def _svd(M: Any, compute_uv: bool = True) -> Any:
         return scipy.linalg.svd(M, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd")
 
 
+def _singular_values(M: Any) -> Any:
+    """The singular values of ``M`` (:func:`_svd` without vectors; used by methods.dsgd too)."""
+    return _svd(M, compute_uv=False)
+
+
 def _kept(s: Any, M: Any) -> Any:
     xp = backend.get_namespace(s)
     if s.size == 0:
@@ -150,7 +155,7 @@ def layer_norm(W: Any, norm: str = "spectral", scale: float = 1.0) -> float:
     xp = backend.get_namespace(M)
     if norm == "frobenius":
         return c * float(xp.linalg.norm(M))
-    return c * float(_svd(M, compute_uv=False).max())
+    return c * float(_singular_values(M).max())
 
 
 def dual_norm(G: Any, norm: str = "spectral", scale: float = 1.0) -> float:
@@ -169,7 +174,7 @@ def dual_norm(G: Any, norm: str = "spectral", scale: float = 1.0) -> float:
     xp = backend.get_namespace(M)
     if norm == "frobenius":
         return float(xp.linalg.norm(M)) / c
-    return float(_kept(_svd(M, compute_uv=False), M).sum()) / c
+    return float(_kept(_singular_values(M), M).sum()) / c
 
 
 @dataclasses.dataclass
