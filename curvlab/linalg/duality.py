@@ -230,9 +230,10 @@ def newton_schulz_polar(G: Any, max_steps: int = 60, tol: float | None = None) -
     for steps in range(1, int(max_steps) + 1):
         A = X @ X.T
         Xn = a * X - b * (A @ X)
-        delta = float(xp.linalg.norm(Xn - X))
+        # the stopping test: both norms in one device-to-host transfer (one sync per step on CuPy)
+        delta, size = xp.stack((xp.linalg.norm(Xn - X), xp.linalg.norm(Xn))).tolist()
         X = Xn
-        if delta <= tol * float(xp.linalg.norm(X)):
+        if delta <= tol * size:
             converged = True
             break
     else:
