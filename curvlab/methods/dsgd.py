@@ -149,7 +149,7 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
         if op_norms is not None:
             nrm = float(op_norms[i + 1])
         else:
-            nrm = float(duality._singular_values(Wb).max()) if Wb.size else 0.0
+            nrm = duality.layer_norm(Wb)
         lw = math.log(nrm) if nrm > 0 else -math.inf
         t1 = 2 * ls1 + 2 * lw + log_beta[i + 1]
         t2 = (math.log(s2) + lw + log_gamma[i + 1]) if s2 > 0 else -math.inf
@@ -358,7 +358,7 @@ class DSGD(Transform):
             if state.w_fingerprint[i, 0] == fp[0] and state.w_fingerprint[i, 1] == fp[1] and np.isfinite(state.w_opnorm[i]):
                 out[i] = state.w_opnorm[i]
             else:
-                out[i] = float(duality._singular_values(Wb).max()) if Wb.size else 0.0
+                out[i] = duality.layer_norm(Wb)
                 state.w_fingerprint[i] = fp
                 state.w_opnorm[i] = out[i]
         return out
