@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import backend
 from ..linalg import duality
-from ._transform import Transform, TransformState, Tree, check_tree_like, tree_leaves
+from ._transform import Transform, TransformState, Tree, apply_updates, check_tree_like
 
 __all__ = [
     "DSGD",
@@ -423,8 +423,6 @@ class DSGD(Transform):
         result = out(upd)
         if self.verify and loss_fn is not None and params is not None:
             f0 = float(loss) if loss is not None else float(loss_fn(params))
-            from ._transform import apply_updates  # noqa: PLC0415
-
             new.actual = f0 - float(loss_fn(apply_updates(params, result)))
         return result, new
 
@@ -528,7 +526,7 @@ def dsgd_train(opt: DSGD, params: Tree, loss_and_grad: Callable[[Tree, Any, Any]
         raise ValueError(f"steps must be >= 0, got {steps}")
     if batch_size is not None and (X is None or not (1 <= int(batch_size) <= X.shape[0])):
         raise ValueError(f"batch_size must be in [1, N] with X given, got {batch_size}")
-    gen = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    gen = backend.default_rng(rng)
     state = opt.init(params)
     K = state.layer_counts.shape[0]
     chosen = np.full(steps, -1, dtype=np.int64)
@@ -540,8 +538,7 @@ def dsgd_train(opt: DSGD, params: Tree, loss_and_grad: Callable[[Tree, Any, Any]
             Xb, yb = X, y
         else:
             idx = gen.choice(X.shape[0], size=int(batch_size), replace=False)
-            xp = backend.get_namespace(X)
-            idx = xp.asarray(idx) if xp is not np else idx
+            idx = backend.asarray_like(idx, X)
             Xb, yb = X[idx], y[idx]
         f, g = loss_and_grad(params, Xb, yb)
         loss[t] = float(f)
@@ -549,8 +546,6 @@ def dsgd_train(opt: DSGD, params: Tree, loss_and_grad: Callable[[Tree, Any, Any]
         if curvature_fn is not None:
             extras["curvature"] = (lambda d, p=params, a=Xb, b=yb: curvature_fn(p, a, b, d))
         upd, state = opt.update(g, state, params, **extras)
-        from ._transform import apply_updates  # noqa: PLC0415
-
         params = apply_updates(params, upd)
         chosen[t], guar[t] = state.chosen, state.guaranteed
         scores[t], Ls[t], dns[t] = state.scores, state.L, state.dual_norms
