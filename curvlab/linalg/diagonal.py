@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
 from ._adaptive import blocks, diagonal_rule, doubling_rounds, run_rounds
-from ._checks import as_symmetric_operator, check_positive_int
-from ._probes import check_probe, draw
+from ._checks import check_positive_int
+from ._probes import draw
 from .results import DiagonalEstimate
-from .trace import _budget, _exchangeable_sketch, square_operator
+from .trace import _exchangeable_sketch, _setup
 
 __all__ = ["hutchinson_diagonal", "xdiag"]
 
@@ -50,12 +49,9 @@ def hutchinson_diagonal(
     return_history: bool = False,
 ) -> DiagonalEstimate:
     """Hutchinson's diagonal estimator (square ``A``; default 100 probes without a target)."""
-    op = square_operator(A)
-    probe = check_probe(probe)
-    cap, tgt = _budget(n_matvecs, max_matvecs, target_rel_error, 100 if target_rel_error is None else 10_000)
+    op, probe, cap, tgt, g = _setup(A, probe, n_matvecs, max_matvecs, target_rel_error, rng)
     bs = check_positive_int(block_size, "block_size")
     xp, n = op.xp, op.shape[0]
-    g = backend.default_rng(rng, xp)
     s1 = xp.zeros(n, dtype=np.float64)
     s2 = xp.zeros(n, dtype=np.float64)
 
@@ -106,12 +102,8 @@ def xdiag(
     Adaptive run (``target_rel_error``): ``s = 8, 16, ...`` afresh until the
     target or the cap (all rounds counted).
     """
-    op = square_operator(A)
-    op = as_symmetric_operator(op)
-    probe = check_probe(probe)
-    cap, tgt = _budget(n_matvecs, max_matvecs, target_rel_error, 100 if target_rel_error is None else 10_000)
+    op, probe, cap, tgt, g = _setup(A, probe, n_matvecs, max_matvecs, target_rel_error, rng, symmetric=True)
     xp, n = op.xp, op.shape[0]
-    g = backend.default_rng(rng, xp)
     rounds = doubling_rounds("xdiag", cap, tgt, n)
 
     def step(s: int, used: int) -> tuple[Any, Any, None]:

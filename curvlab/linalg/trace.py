@@ -44,7 +44,7 @@ import scipy.linalg
 
 from .. import backend
 from ._adaptive import TRACE, blocks, doubling_rounds, run_rounds
-from ._checks import check_positive_int, check_tol
+from ._checks import as_symmetric_operator, check_positive_int, check_tol
 from ._probes import check_probe, draw, sample_se
 from .operators import LinearOperator, aslinearoperator
 from .results import TraceEstimate
@@ -75,13 +75,30 @@ def _finite(x: np.ndarray, who: str) -> None:
         raise FloatingPointError(f"{who}: the operator returned NaN/Inf")
 
 
-def _budget(n_matvecs: Any, max_matvecs: Any, target: Any, default: int) -> tuple[int, float | None]:
+def _setup(
+    A: Any, probe: str, n_matvecs: Any, max_matvecs: Any, target: Any, rng: Any, default: int = 100, *, symmetric: bool = False
+) -> tuple[LinearOperator, str, int, float | None, Any]:
+    """The checked ``(op, probe, cap, tgt, g)`` of an estimator call, shared by the trace and diagonal estimators.
+
+    In this order: :func:`square_operator` (then :func:`as_symmetric_operator`
+    with ``symmetric``), :func:`check_probe`, ``target_rel_error``, the budget
+    (``n_matvecs`` or ``max_matvecs``, not both; ``default`` without a target,
+    10,000 for an adaptive run); ``g`` is the generator from ``rng`` on the
+    operator's backend.
+    """
+    op = square_operator(A)
+    if symmetric:
+        op = as_symmetric_operator(op)
+    probe = check_probe(probe)
     tgt = None if target is None else check_tol(target, "target_rel_error")
     if n_matvecs is not None and max_matvecs is not None:
         raise ValueError("give n_matvecs (a fixed budget) or max_matvecs (a cap for the adaptive run), not both")
     cap = n_matvecs if n_matvecs is not None else max_matvecs
-    cap = default if cap is None else check_positive_int(cap, "n_matvecs" if n_matvecs is not None else "max_matvecs")
-    return int(cap), tgt
+    if cap is None:
+        cap = default if target is None else 10_000
+    else:
+        cap = check_positive_int(cap, "n_matvecs" if n_matvecs is not None else "max_matvecs")
+    return op, probe, int(cap), tgt, backend.default_rng(rng, op.xp)
 
 
 def _hutchinson_step(
@@ -131,11 +148,8 @@ def hutchinson(
     max_matvecs : cap for the adaptive run (default 10,000)
     probe : "rademacher" or "gaussian"; block_size : probes per ``matmat``
     """
-    op = square_operator(A)
-    probe = check_probe(probe)
-    cap, tgt = _budget(n_matvecs, max_matvecs, target_rel_error, 100 if target_rel_error is None else 10_000)
+    op, probe, cap, tgt, g = _setup(A, probe, n_matvecs, max_matvecs, target_rel_error, rng)
     bs = check_positive_int(block_size, "block_size")
-    g = backend.default_rng(rng, op.xp)
     step = _hutchinson_step(op, g, probe, "hutchinson")
     res = run_rounds(blocks(cap, bs), step, tgt, TRACE, record=return_history, min_rounds=2)
     return res.trace_estimate(f"hutchinson ({probe})")
@@ -172,9 +186,7 @@ def hutchpp(
     The standard error is that of the remainder samples (the low-rank part is
     computed exactly given the sketch).
     """
-    op = square_operator(A)
-    probe = check_probe(probe)
-    cap, tgt = _budget(n_matvecs, max_matvecs, target_rel_error, 102 if target_rel_error is None else 10_000)
+    op, probe, cap, tgt, g = _setup(A, probe, n_matvecs, max_matvecs, target_rel_error, rng, 102)
     n = op.shape[0]
     if rank is None:
         r = cap // 3 if tgt is None else min(32, cap // 3)
@@ -185,7 +197,6 @@ def hutchpp(
         raise ValueError(f"hutchpp needs a budget of at least 2 * rank + 2 = {2 * r + 2} matvecs, got {cap}")
     bs = check_positive_int(block_size, "block_size")
     xp, dt = op.xp, op.dtype
-    g = backend.default_rng(rng, xp)
     S = draw(g, n, r, probe, dt)
     Q = _orth(op.matmat(S))
     AQ = op.matmat(Q)
@@ -263,12 +274,8 @@ def xtrace(
         double until ``se <= target |estimate|`` or the next round would pass
         the cap; each round starts afresh (work of all rounds is counted).
     """
-    op = square_operator(A)
-    probe = check_probe(probe)
-    cap, tgt = _budget(n_matvecs, max_matvecs, target_rel_error, 100 if target_rel_error is None else 10_000)
-    n = op.shape[0]
-    g = backend.default_rng(rng, op.xp)
-    rounds = doubling_rounds("xtrace", cap, tgt, n)
+    op, probe, cap, tgt, g = _setup(A, probe, n_matvecs, max_matvecs, target_rel_error, rng)
+    rounds = doubling_rounds("xtrace", cap, tgt, op.shape[0])
 
     def step(s: int, used: int) -> tuple[float, float, np.ndarray]:
         t = _xtrace_once(op, s, g, probe)
