@@ -106,6 +106,17 @@ class ExactNewtonState(TransformState):
     step_norm: Any
 
 
+def _check_modes(batch_mode: str, objective: str, block_spectrum: str, on_indefinite: str) -> None:
+    if batch_mode not in BATCH_MODES:
+        raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if block_spectrum not in ("per_sample", "batch"):
+        raise ValueError(f"block_spectrum must be 'per_sample' or 'batch', got {block_spectrum!r}")
+    if on_indefinite not in ("apply", "abs", "skip"):
+        raise ValueError(f"on_indefinite must be 'apply', 'abs' or 'skip', got {on_indefinite!r}")
+
+
 def _average_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective: str, on_indefinite: str,
                        adj_kw: dict, diag: dict) -> Any:
     """F10 (average of per-sample F7/F8 directions) for one layer; float64 ``(n, m)``."""
@@ -193,14 +204,7 @@ def exact_newton_directions(factors: Sequence[LayerCurvature], weights: Sequence
     if not (float(lam) > 0 and np.isfinite(lam)):
         raise ValueError(f"lam must be a finite number > 0, got {lam}")
     rule = _canonical_rule(adjustment)
-    if batch_mode not in BATCH_MODES:
-        raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if block_spectrum not in ("per_sample", "batch"):
-        raise ValueError(f"block_spectrum must be 'per_sample' or 'batch', got {block_spectrum!r}")
-    if on_indefinite not in ("apply", "abs", "skip"):
-        raise ValueError(f"on_indefinite must be 'apply', 'abs' or 'skip', got {on_indefinite!r}")
+    _check_modes(batch_mode, objective, block_spectrum, on_indefinite)
     if len(factors) != len(weights):
         raise ValueError(f"factors has {len(factors)} layers but weights has {len(weights)}")
     adj_kw = {"kappa_min": kappa_min, "kappa_max": kappa_max, "shift": shift}
@@ -277,14 +281,7 @@ class ExactNewton(Transform):
             raise ValueError(f"lam must be a finite number > 0 (the layer block M ⊗ ããᵀ is singular), got {lam}")
         self.adjustment = _canonical_rule(adjustment)
         adjust_spectrum(np.zeros(1), self.adjustment, kappa_min=kappa_min, kappa_max=kappa_max, shift=shift)
-        if batch_mode not in BATCH_MODES:
-            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if block_spectrum not in ("per_sample", "batch"):
-            raise ValueError(f"block_spectrum must be 'per_sample' or 'batch', got {block_spectrum!r}")
-        if on_indefinite not in ("apply", "abs", "skip"):
-            raise ValueError(f"on_indefinite must be 'apply', 'abs' or 'skip', got {on_indefinite!r}")
+        _check_modes(batch_mode, objective, block_spectrum, on_indefinite)
         if int(max_consecutive_skips) < 1:
             raise ValueError(f"max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
         self.lr, self.lam = float(lr), float(lam)
