@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import backend
+from .mlp import _check_activation, activation_derivatives, loss_output_derivatives
 
 __all__ = [
     "LayerCurvature",
@@ -52,10 +53,6 @@ __all__ = [
     "output_derivatives",
     "activation_derivatives_ref",
 ]
-
-ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "identity")
-LOSSES = ("cross_entropy", "mse")
-
 
 @dataclasses.dataclass
 class LayerCurvature:
@@ -88,30 +85,9 @@ class LayerCurvature:
         return xp.kron(self.M[b], xp.outer(self.a[b], self.a[b]))
 
 
-def activation_derivatives_ref(name: str, z: Any, xp: Any = None) -> tuple[Any, Any, Any]:
-    """``(σ(z), σ'(z), σ''(z))`` elementwise for ``name`` in tanh, relu, softplus, sigmoid, identity.
-
-    ReLU: σ'(0) = 0 and σ'' = 0 (almost everywhere). A private twin of the MLP's
-    ``activation_derivatives``, used when that is not available.
-    """
-    xp = backend.get_namespace(z) if xp is None else xp
-    if name == "tanh":
-        t = xp.tanh(z)
-        d1 = 1.0 - t * t
-        return t, d1, -2.0 * t * d1
-    if name == "relu":
-        pos = (z > 0).astype(z.dtype)
-        return z * pos, pos, xp.zeros_like(z)
-    if name in ("softplus", "sigmoid"):
-        s = 0.5 * (1.0 + xp.tanh(0.5 * z))   # logistic, overflow-free
-        if name == "sigmoid":
-            d1 = s * (1.0 - s)
-            return s, d1, d1 * (1.0 - 2.0 * s)
-        sp = xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z)))
-        return sp, s, s * (1.0 - s)
-    if name == "identity":
-        return z, xp.ones_like(z), xp.zeros_like(z)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+#: ``(σ(z), σ'(z), σ''(z))`` for ``name`` in :data:`~curvlab.models.mlp.ACTIVATIONS` (ReLU: σ'(0) = 0, σ'' = 0); the
+#: reference MLP's :func:`~curvlab.models.mlp.activation_derivatives` under its historical name here.
+activation_derivatives_ref = activation_derivatives
 
 
 def output_derivatives(zL: Any, y: Any, loss: str = "cross_entropy") -> tuple[Any, Any, Any]:
@@ -129,26 +105,12 @@ def output_derivatives(zL: Any, y: Any, loss: str = "cross_entropy") -> tuple[An
             raise ValueError(f"y must be integer labels of shape ({B},) for cross_entropy, got {y.dtype} {tuple(y.shape)}")
         if B and (int(y.min()) < 0 or int(y.max()) >= n):
             raise ValueError(f"labels must lie in [0, {n}), got range [{int(y.min())}, {int(y.max())}]")
-        zmax = xp.max(zL, axis=1, keepdims=True)
-        ez = xp.exp(zL - zmax)
-        tot = xp.sum(ez, axis=1, keepdims=True)
-        p = ez / tot
-        lse = (xp.log(tot) + zmax)[:, 0]
-        rows = xp.arange(B)
-        ell = lse - zL[rows, y]
-        delta = p.copy()
-        delta[rows, y] -= 1.0
-        M = -p[:, :, None] * p[:, None, :]
-        idx = xp.arange(n)
-        M[:, idx, idx] += p
-        return ell, delta, M
-    if loss == "mse":
+    elif loss == "mse":
         y = xp.asarray(y, dtype=zL.dtype)
         if y.shape != (B, n):
             raise ValueError(f"y must have shape ({B}, {n}) for mse, got {tuple(y.shape)}")
-        r = zL - y
-        return 0.5 * xp.sum(r * r, axis=1), r, xp.broadcast_to(xp.eye(n, dtype=zL.dtype), (B, n, n)).copy()
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    # validated here; the formulas are the reference MLP's (an unknown loss raises there)
+    return loss_output_derivatives(loss, zL, y, xp)
 
 
 def _check_weights(weights: Sequence[Any], n0: int) -> list[bool]:
@@ -178,17 +140,18 @@ def backprop_curvature(weights: Sequence[Any], zs: Sequence[Any], a_tildes: Sequ
                        activation: str, act_derivs: Any = None) -> list[LayerCurvature]:
     """The F2/F3 recursion given a forward cache: ``zs[l]`` ``(B, n_l)``, ``a_tildes[l]`` ``(B, m_l)``.
 
-    ``act_derivs(name, z, xp) -> (σ, σ', σ'')`` defaults to :func:`activation_derivatives_ref`.
+    ``act_derivs(name, z, xp) -> (σ, σ', σ'')`` defaults to
+    :func:`~curvlab.models.mlp.activation_derivatives`. Works in the dtype of its inputs.
     Returns one :class:`LayerCurvature` per layer (input layer first).
     """
     xp = backend.get_namespace(delta_L)
-    act = activation_derivatives_ref if act_derivs is None else act_derivs
+    act = activation_derivatives if act_derivs is None else act_derivs
     L = len(weights)
     out: list[LayerCurvature | None] = [None] * L
     delta, M = delta_L, 0.5 * (M_L + xp.swapaxes(M_L, 1, 2))
     out[L - 1] = LayerCurvature(delta, M, a_tildes[L - 1], zs[L - 1])
     for l in range(L - 2, -1, -1):
-        Wb = weights[l + 1][:, : zs[l].shape[1]].astype(np.float64)   # W̄_{l+1}: drop the bias column
+        Wb = weights[l + 1][:, : zs[l].shape[1]]            # W̄_{l+1}: drop the bias column
         _, d1, d2 = act(activation, zs[l], xp)
         g = delta @ Wb                                      # W̄ᵀ δ, (B, n_l)
         T = xp.einsum("bij,jk->bik", M, Wb)                 # M W̄
@@ -202,10 +165,8 @@ def backprop_curvature(weights: Sequence[Any], zs: Sequence[Any], a_tildes: Sequ
     return out  # type: ignore[return-value]
 
 
-def _forward_cache(weights: Sequence[Any], X: Any, activation: str, has_bias: Sequence[bool],
-                   act_derivs: Any = None) -> tuple[list[Any], list[Any]]:
+def _forward_cache(weights: Sequence[Any], X: Any, activation: str, has_bias: Sequence[bool]) -> tuple[list[Any], list[Any]]:
     xp = backend.get_namespace(X)
-    act = activation_derivatives_ref if act_derivs is None else act_derivs
     a = X
     zs, ats = [], []
     for l, W in enumerate(weights):
@@ -214,7 +175,7 @@ def _forward_cache(weights: Sequence[Any], X: Any, activation: str, has_bias: Se
         ats.append(at)
         zs.append(z)
         if l < len(weights) - 1:
-            a = act(activation, z, xp)[0]
+            a = activation_derivatives(activation, z, xp)[0]
     return zs, ats
 
 
@@ -236,11 +197,10 @@ def layer_curvature(weights: Sequence[Any], X: Any, y: Any, *, activation: str =
     """
     backend.check_float_array(X, "X", ndim=2)
     has_bias = _check_weights(weights, X.shape[1])
+    _check_activation(activation)
     Ws = [W.astype(np.float64) for W in weights]
     X64 = X.astype(np.float64)
     zs, ats = _forward_cache(Ws, X64, activation, has_bias)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     _, dL, ML = output_derivatives(zs[-1], y, loss)
     return backprop_curvature(Ws, zs, ats, dL, ML, activation)
 
@@ -262,14 +222,12 @@ def layer_hessian_factors(model: Any, params: Any, X: Any, y: Any) -> list[Layer
     >>> f[0].M.shape
     (2, 3, 3)
     """
-    from .mlp import activation_derivatives  # noqa: PLC0415
-
     cache = model.forward_cache(params, X)
     zs = [z.astype(np.float64) for z in cache.z]
     ats = [a.astype(np.float64) for a in cache.a_tilde]
     Ws = [W.astype(np.float64) for W in model.layout.unpack(params)]
     _, dL, ML = model.loss_output_derivatives(zs[-1], y, hessian=True)
-    return backprop_curvature(Ws, zs, ats, dL, ML, model.activation, activation_derivatives)
+    return backprop_curvature(Ws, zs, ats, dL, ML, model.activation)
 
 
 def layer_hessian_block(factors: LayerCurvature, lam: float = 0.0) -> Any:
