@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -650,22 +650,23 @@ class MLP:
         return loss_output_derivatives(self.loss_name, zL, y, self.xp, hessian=False)[0]
 
     # -- gradient --------------------------------------------------------------
-    def _backward(self, Ws: list[Any], acts: list[Any], delta: Any, grad: Any, keep_deltas: bool = False) -> list[Any]:
-        """Backprop ``δ_L`` writing ``∇W_l = δ_lᵀ ã_{l-1}`` into ``grad``; may return all δ_l."""
-        xp = self.xp
-        gs = self.layout.unpack(grad)
-        deltas = [None] * self.n_layers
+    def _deltas(self, Ws: list[Any], acts: list[Any], delta: Any) -> Iterator[tuple[int, Any]]:
+        """Yield ``(l, δ_l)`` for ``l = L-1, …, 0`` (0-based) from ``δ_L``:
+        ``δ_{l-1} = σ'(z_{l-1}) ⊙ δ_l W̄_l``, computed after the consumer has used ``δ_l``."""
         for l in range(self.n_layers - 1, -1, -1):
-            a = acts[l]
-            _matmul_into(delta.T, a, gs[l][:, :-1], xp)
-            xp.sum(delta, axis=0, out=gs[l][:, -1])
-            if keep_deltas:
-                deltas[l] = delta
+            yield l, delta
             if l > 0:
                 g = delta @ Ws[l][:, :-1]
-                g *= _dact_from_output(self.activation, a, xp)
+                g *= _dact_from_output(self.activation, acts[l], self.xp)
                 delta = g
-        return deltas
+
+    def _backward(self, Ws: list[Any], acts: list[Any], delta: Any, grad: Any) -> None:
+        """Backprop ``δ_L`` writing ``∇W_l = δ_lᵀ ã_{l-1}`` into ``grad``."""
+        xp = self.xp
+        gs = self.layout.unpack(grad)
+        for l, delta in self._deltas(Ws, acts, delta):
+            _matmul_into(delta.T, acts[l], gs[l][:, :-1], xp)
+            xp.sum(delta, axis=0, out=gs[l][:, -1])
 
     def loss_and_grad(self, params: Any, X: Any, y: Any) -> tuple[float, Any]:
         """Batch-mean loss and its gradient ``(P,)`` by backpropagation, ``∇W_l = δ_l ã_{l-1}ᵀ``.
@@ -696,15 +697,11 @@ class MLP:
         _, delta, _ = self._head(zL, y)
         delta *= B
         G = xp.empty((B, self.n_params), dtype=self.dtype)
-        for l in range(self.n_layers - 1, -1, -1):
+        for l, delta in self._deltas(Ws, acts, delta):
             n, m = self.layout.shapes[l]
             blk = G[:, self.layout.slice(l)].reshape(B, n, m)
             blk[:, :, :-1] = delta[:, :, None] * acts[l][:, None, :]
             blk[:, :, -1] = delta
-            if l > 0:
-                g = delta @ Ws[l][:, :-1]
-                g *= _dact_from_output(self.activation, acts[l], xp)
-                delta = g
         return G
 
     # -- tangent (R-operator) machinery -----------------------------------------
@@ -834,14 +831,7 @@ class MLP:
         acts, zL = self._forward(Ws, X)
         _, delta, _ = self._head(zL, y)
         delta *= B  # per-sample output errors
-        deltas = []
-        for l in range(self.n_layers - 1, -1, -1):
-            deltas.append(delta)
-            if l > 0:
-                g = delta @ Ws[l][:, :-1]
-                g *= _dact_from_output(self.activation, acts[l], xp)
-                delta = g
-        deltas.reverse()
+        deltas = [d for _, d in self._deltas(Ws, acts, delta)][::-1]
         # s[k, b] = g_b · v_k = Σ_l δ_{l,b}ᵀ V_l ã_b
         s = xp.zeros((k, B), dtype=self.dtype)
         for l in range(self.n_layers):
