@@ -67,7 +67,7 @@ import numpy as np
 from .. import backend
 from ..linalg.kronecker import KroneckerSumBlock, _canonical_rule, adjust_spectrum, eigh_batched
 from ..models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
-from ._transform import Transform, TransformState, Tree, tree_leaves
+from ._transform import Transform, TransformState, Tree, check_tree_like, tree_leaves, tree_zeros_like
 
 __all__ = [
     "ExactNewton",
@@ -321,11 +321,7 @@ class ExactNewton(Transform):
             weights = model.layout.unpack(params)
         else:
             weights = list(params)
-        gl = tree_leaves(grads)
-        pl = tree_leaves(params)
-        if len(gl) != len(pl) or any(tuple(g.shape) != tuple(p.shape) for g, p in zip(gl, pl)):
-            raise ValueError(f"grads must have the structure of params: got shapes {[tuple(g.shape) for g in gl]}, "
-                             f"expected {[tuple(p.shape) for p in pl]}")
+        check_tree_like("grads", grads, params)
         if factors is None:
             if X is None or y is None:
                 raise ValueError("ExactNewton.update needs X= and y= (the batch), or factors=")
@@ -345,11 +341,9 @@ class ExactNewton(Transform):
                     f"ExactNewton: {cs} consecutive steps without a finite sample (max_consecutive_skips = "
                     f"{self.max_consecutive_skips}); the loss, errors or curvature are NaN/Inf"
                 )
-            zeros = [xp.zeros_like(W) for W in weights]
-            upd = model.layout.pack(zeros) if flat else zeros
             new = self._state(state.count + 1, state.n_skipped + nbad, cs, state.n_guarded, state.n_indefinite,
                               state.n_singular, L)
-            return upd, new
+            return tree_zeros_like(params), new
         if nbad:
             factors = [LayerCurvature(f.delta[ok], f.M[ok], f.a[ok], f.z[ok]) for f in factors]
         sel = list(range(L)) if self.layers is None else self.layers
@@ -365,11 +359,9 @@ class ExactNewton(Transform):
             D[i], kap[i] = Dsel[j], diag["kappa"][j]
         if not all(bool(xp.all(xp.isfinite(d))) for d in D):
             # numerical failure in a direction: leave the weights untouched, count the batch
-            nbad_all = B
-            zeros = [xp.zeros_like(W) for W in weights]
-            upd = model.layout.pack(zeros) if flat else zeros
-            return upd, self._state(state.count + 1, state.n_skipped + nbad_all, state.consecutive_skips + 1,
-                                    state.n_guarded, state.n_indefinite, state.n_singular, L)
+            return tree_zeros_like(params), self._state(state.count + 1, state.n_skipped + B,
+                                                        state.consecutive_skips + 1, state.n_guarded,
+                                                        state.n_indefinite, state.n_singular, L)
         ups = [(self.lr * d).astype(W.dtype) for d, W in zip(D, weights)]
         diag_arrays = (
             np.array([float(k.min()) for k in kap]),
