@@ -744,6 +744,17 @@ class MLP:
                 Rzs.append(Rz)
         raise AssertionError("unreachable")
 
+    def _block_inputs(self, params: Any, X: Any, y: Any, V: Any) -> tuple[list[Any], Any, Any, list[Any], int]:
+        """Checked ``(Ws, X, y)``, the layer blocks of ``V`` (see :meth:`_split_block`) and ``k``."""
+        Ws, X, y = self._check_inputs(params, X, y)
+        V = self._check_dir(V, "V", 2)
+        return Ws, X, y, self._split_block(V), V.shape[1]
+
+    def _vp(self, matmat: Any, params: Any, X: Any, y: Any, v: Any) -> Any:
+        """A matrix-vector product through the block product ``matmat`` on one column."""
+        v = self._check_dir(v, "v", 1)
+        return matmat(params, X, y, v[:, None])[:, 0]
+
     def _write_block(self, out: Any, l: int, Rd: Any, a: Any, extra: Any = None) -> None:
         """out[:, layer l] = Rdᵀ ã (+ extra in the weight part); Rd (k, B, n), a (B, m-1)."""
         xp = self.xp
@@ -763,11 +774,8 @@ class MLP:
         matrix products whatever k is.
         """
         xp = self.xp
-        Ws, X, y = self._check_inputs(params, X, y)
-        V = self._check_dir(V, "V", 2)
-        k = V.shape[1]
+        Ws, X, y, Vs, k = self._block_inputs(params, X, y, V)
         B = X.shape[0]
-        Vs = self._split_block(V)
         acts, ds, Ras, Rzs, zL, RzL = self._tangent_forward(Ws, X, Vs, keep_rz=True)
         _, delta, aux = self._head(zL, y)
         Rd = self._hL(aux, RzL)
@@ -793,16 +801,13 @@ class MLP:
 
     def hvp(self, params: Any, X: Any, y: Any, v: Any) -> Any:
         """Exact Hessian-vector product ``H v`` (P,) by the R-operator."""
-        v = self._check_dir(v, "v", 1)
-        return self.hvp_matmat(params, X, y, v[:, None])[:, 0]
+        return self._vp(self.hvp_matmat, params, X, y, v)
 
     def ggn_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Any:
         """Generalized Gauss-Newton ``Jᵀ (∇²_z L / B) J`` times ``V`` (P, k) -> (P, k)."""
         xp = self.xp
-        Ws, X, y = self._check_inputs(params, X, y)
-        V = self._check_dir(V, "V", 2)
-        k, B = V.shape[1], X.shape[0]
-        Vs = self._split_block(V)
+        Ws, X, y, Vs, k = self._block_inputs(params, X, y, V)
+        B = X.shape[0]
         acts, ds, _, _, zL, RzL = self._tangent_forward(Ws, X, Vs, keep_rz=False)
         _, _, aux = self._head(zL, y)
         Rd = self._hL(aux, RzL)
@@ -818,16 +823,13 @@ class MLP:
 
     def ggn_vp(self, params: Any, X: Any, y: Any, v: Any) -> Any:
         """GGN-vector product ``G v`` (P,)."""
-        v = self._check_dir(v, "v", 1)
-        return self.ggn_matmat(params, X, y, v[:, None])[:, 0]
+        return self._vp(self.ggn_matmat, params, X, y, v)
 
     def fisher_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Any:
         """Empirical Fisher ``(1/B) Σ_b g_b g_bᵀ`` times ``V`` (P, k), without forming the g_b."""
         xp = self.xp
-        Ws, X, y = self._check_inputs(params, X, y)
-        V = self._check_dir(V, "V", 2)
-        k, B = V.shape[1], X.shape[0]
-        Vs = self._split_block(V)
+        Ws, X, y, Vs, k = self._block_inputs(params, X, y, V)
+        B = X.shape[0]
         acts, zL = self._forward(Ws, X)
         _, delta, _ = self._head(zL, y)
         delta *= B  # per-sample output errors
@@ -847,8 +849,7 @@ class MLP:
 
     def fisher_vp(self, params: Any, X: Any, y: Any, v: Any) -> Any:
         """Empirical-Fisher-vector product ``F v`` (P,)."""
-        v = self._check_dir(v, "v", 1)
-        return self.fisher_matmat(params, X, y, v[:, None])[:, 0]
+        return self._vp(self.fisher_matmat, params, X, y, v)
 
     # -- directional curvature (arXiv 2210.14520 modes) ----------------------------
     def curvature(self, params: Any, X: Any, y: Any, d: Any, mode: str = "forward") -> float:
