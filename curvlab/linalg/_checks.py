@@ -1,5 +1,8 @@
 """Shared input validation for the eigen-solvers and estimators (private).
 
+Also :func:`host_floats`, the one-transfer read of per-step scalars that the
+iterative solvers use so a CuPy step costs a single device sync.
+
 Policies
 --------
 * The operator is wrapped by :func:`aslinearoperator`; a non-square one raises
@@ -157,3 +160,10 @@ def eigen_problem(
 def check_budget(max_matvecs: Any) -> float:
     """Matvec budget: ``inf`` when ``max_matvecs`` is None, else a positive int."""
     return np.inf if max_matvecs is None else check_positive_int(max_matvecs, "max_matvecs")
+
+
+def host_floats(xp: Any, *xs: Any) -> tuple[float, ...]:
+    """0-d arrays of backend ``xp`` as host floats, in one device-to-host transfer (one sync for CuPy)."""
+    if xp is np:
+        return tuple(float(x) for x in xs)
+    return tuple(float(x) for x in backend.to_numpy(xp.stack(xs)))

@@ -45,7 +45,7 @@ import numpy as np
 import scipy.linalg
 
 from .. import backend
-from ._checks import as_symmetric_operator, check_budget, check_k, check_positive_int, eigen_problem, start_vectors
+from ._checks import as_symmetric_operator, check_budget, check_k, check_positive_int, eigen_problem, host_floats, start_vectors
 from .results import ConvergenceError, EigResult, eig_result
 
 __all__ = ["LanczosDecomposition", "lanczos", "eigsh"]
@@ -106,6 +106,18 @@ def _orthogonalize(Vt: Any, w: Any) -> tuple[Any, Any]:
     return w, h + h2
 
 
+def _step(op: Any, V: Any, j: int) -> tuple[Any, float, float]:
+    """One Lanczos step from row ``j`` of ``V``: ``w = A v_j`` orthogonalised against ``V[: j + 1]``.
+
+    Returns ``(w, α_j, ‖w‖)``; both coefficients come to the host in one
+    transfer, the single device sync of a step.
+    """
+    w = op.matvec(V[j])
+    w, h = _orthogonalize(V[: j + 1], w)
+    a, b = host_floats(op.xp, h[j], op.xp.linalg.norm(w))
+    return w, a, b
+
+
 def lanczos(
     A: Any,
     m: int,
@@ -151,19 +163,17 @@ def lanczos(
     breakdown = False
     msg = "completed"
     j = 0
+    coef_max = 1e-300  # running max of |α| and β, the scale of the breakdown test
     for j in range(m):
-        w = op.matvec(V[j])
-        w, h = _orthogonalize(V[: j + 1], w)
-        a = float(h[j])
-        b = float(xp.linalg.norm(w))
+        w, a, b = _step(op, V, j)
         if not (np.isfinite(a) and np.isfinite(b)):
             msg = f"operator returned NaN/Inf at step {j + 1}"
             breakdown = True
             j -= 1
             break
         alpha[j], beta[j] = a, b
-        scale = max(abs(a), float(np.max(np.abs(alpha[: j + 1]))), float(np.max(beta[: j + 1])), 1e-300)
-        if b <= 100 * np.finfo(op.dtype).eps * scale:
+        coef_max = max(coef_max, abs(a), b)
+        if b <= 100 * np.finfo(op.dtype).eps * coef_max:
             breakdown = True
             msg = f"invariant subspace found after {j + 1} steps"
             beta[j] = 0.0
@@ -306,10 +316,7 @@ def eigsh(
                 message = f"matvec budget {max_matvecs} exhausted"
                 stop = True
                 break
-            w = op.matvec(V[j])
-            w, h = _orthogonalize(V[: j + 1], w)
-            a = float(h[j])
-            b = float(xp.linalg.norm(w))
+            w, a, b = _step(op, V, j)
             if not (np.isfinite(a) and np.isfinite(b)):
                 message = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs"
                 stop = True
