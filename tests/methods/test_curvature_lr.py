@@ -141,6 +141,15 @@ def test_float32_accumulates_in_float64(rng):
     assert abs(st.c - c64) < 2e-3 * abs(c64)  # float32 curvature pass: looser
 
 
+def test_float32_dot_products_span_chunks(rng):
+    # leaves longer than the 65,536-entry conversion chunk, and one shorter: float64 sums throughout
+    g = [rng.standard_normal(n).astype(np.float32) for n in (150_000, 3, 70_000)]
+    opt = CurvatureLR(schedule=1.0)
+    _, st = opt.update(g, opt.init(g), None, curvature=lambda d: 1.0)
+    ref = sum(float(x.astype(np.float64) @ x.astype(np.float64)) for x in g)
+    assert abs(st.gd - ref) <= 1e-12 * ref and abs(st.dd - ref) <= 1e-12 * ref
+
+
 # --- policies and bad input -----------------------------------------------------------
 
 def test_negative_curvature_policies():
