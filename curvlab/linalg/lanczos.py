@@ -93,6 +93,14 @@ def tridiagonal_eigh(alpha: np.ndarray, offdiag: np.ndarray) -> tuple[np.ndarray
     return scipy.linalg.eigh_tridiagonal(alpha, offdiag, lapack_driver="stev")
 
 
+def _projected_eigh(T: np.ndarray, j: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of ``T[:j, :j]``: tridiagonal before the first restart (``p == 0``), else arrowhead."""
+    Tj = T[:j, :j]
+    if p == 0:
+        return tridiagonal_eigh(np.diag(Tj).copy(), np.diag(Tj, 1).copy())
+    return scipy.linalg.eigh(Tj)
+
+
 def _orthogonalize(Vt: Any, w: Any) -> tuple[Any, Any]:
     """Blocked classical Gram-Schmidt twice: ``w ⟂`` the rows of ``Vt``; returns (w, coefficients).
 
@@ -332,11 +340,7 @@ def eigsh(
             due = j >= next_check or j == ncv or j == n or invariant
             if due and (j >= k and j >= 2 or j == n):
                 # Ritz pairs of the current projected matrix
-                Tj = T[:j, :j]
-                if p == 0:
-                    theta, S = tridiagonal_eigh(np.diag(Tj).copy(), np.diag(Tj, 1).copy())
-                else:
-                    theta, S = scipy.linalg.eigh(Tj)
+                theta, S = _projected_eigh(T, j, p)
                 if theta.size >= k:
                     sel = _select(theta, which, k)
                     resid = np.abs(beta_last * S[j - 1, sel])
@@ -410,11 +414,7 @@ def eigsh(
             raise ConvergenceError(res.message, res)
         return res
     # Ritz pairs of the current (consistent) projected matrix and basis V[:, :jj]
-    Tj = T[:jj, :jj]
-    if p == 0:
-        theta_f, S_f = tridiagonal_eigh(np.diag(Tj).copy(), np.diag(Tj, 1).copy())
-    else:
-        theta_f, S_f = scipy.linalg.eigh(Tj)
+    theta_f, S_f = _projected_eigh(T, jj, p)
     c = np.zeros(jj)
     if jj == p:  # just restarted: the kept vectors couple to V[:, p] through T[p, :p]
         c[:] = T[p, :p] if p < ncv else 0.0
