@@ -24,22 +24,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import bench_mlp
 from .common import get_xp, interleaved_best, peak_bytes, sync
 
-SIZES = [784, 512, 512, 10]
-BATCH = 512
 NS_STEPS = 12
 
 
 def make_problem(xp=np, dtype=np.float32, seed=0):
-    from curvlab.models.mlp import MLP
-
-    rng = np.random.default_rng(seed)
-    model = MLP(SIZES, activation="tanh", loss="cross_entropy", dtype=dtype, xp=xp)
-    params = model.init_params(rng)
-    X = xp.asarray(rng.standard_normal((BATCH, SIZES[0])).astype(dtype))
-    y = xp.asarray(rng.integers(0, SIZES[-1], size=BATCH))
-    return model, params, X, y
+    """``bench_mlp``'s model, parameters and batch (without its direction)."""
+    return bench_mlp.make_problem(xp, dtype, seed)[:4]
 
 
 def step_calls(model, params, X, y):
