@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg  # noqa: F401  (load SciPy's BLAS before any thread limit is entered)
 
+from curvlab import backend
+
 from .common import blas_threads, get_xp, interleaved_best, sync
 
 try:  # import the measured modules up front, so their BLAS libraries exist when limits apply
@@ -50,7 +52,7 @@ def closed_form_direction(M, a, d, lam=LAM):
 
 def dense_direction(M, a, d, lam=LAM):
     """Dense reference: |H| by eigh would be O((nm)^3) too; here the cheaper raw LU solve."""
-    xp = get_xp("numpy") if isinstance(M, np.ndarray) else __import__("cupy")
+    xp = backend.get_namespace(M)
     D = xp.kron(M, xp.outer(a, a))
     D[xp.diag_indices_from(D)] += lam
     return -xp.linalg.solve(D, xp.outer(d, a).reshape(-1))
