@@ -154,8 +154,7 @@ def backprop_curvature(weights: Sequence[Any], zs: Sequence[Any], a_tildes: Sequ
         Wb = weights[l + 1][:, : zs[l].shape[1]]            # W̄_{l+1}: drop the bias column
         _, d1, d2 = act(activation, zs[l], xp)
         g = delta @ Wb                                      # W̄ᵀ δ, (B, n_l)
-        T = xp.einsum("bij,jk->bik", M, Wb)                 # M W̄
-        Mn = xp.einsum("ji,bjk->bik", Wb, T)                # W̄ᵀ M W̄
+        Mn = xp.matmul(Wb.T, xp.matmul(M, Wb))              # W̄ᵀ M W̄, (B, n_l, n_l)
         Mn = Mn * d1[:, :, None] * d1[:, None, :]
         idx = xp.arange(Mn.shape[1])
         Mn[:, idx, idx] += d2 * g

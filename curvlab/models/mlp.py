@@ -544,9 +544,12 @@ class MLP:
         >>> [t.shape for t in c.a_tilde], [t.shape for t in c.z]
         ([(5, 3), (5, 4)], [(5, 3), (5, 2)])
         """
-        xp = self.xp
         Ws = self._check_params(params)
         X = self._check_X(X)
+        return self._forward_cache(Ws, X)
+
+    def _forward_cache(self, Ws: list[Any], X: Any) -> ForwardCache:
+        xp = self.xp
         B = X.shape[0]
         zs, ats = [], []
         a = X
@@ -558,7 +561,7 @@ class MLP:
             z = at @ W.T
             zs.append(z)
             if l < self.n_layers - 1:
-                a = activation_derivatives(self.activation, z, xp)[0]
+                a = _act_inplace(self.activation, z.copy(), xp)
         return ForwardCache(z=zs, a_tilde=ats)
 
     def layer_hessian_factors(self, params: Any, X: Any, y: Any) -> list[tuple[Any, Any, Any]]:
@@ -570,7 +573,8 @@ class MLP:
         ``M_l ⊗ ã ãᵀ`` (row-major vec). Recursion (method inspired by arXiv 2104.03804):
         ``δ_l = σ'(z_l) ⊙ W̄_{l+1}ᵀ δ_{l+1}`` and
         ``M_l = D W̄_{l+1}ᵀ M_{l+1} W̄_{l+1} D + diag(σ''(z_l) ⊙ W̄_{l+1}ᵀ δ_{l+1})``,
-        ``D = diag(σ'(z_l))``. Memory O(B Σ n_l²): meant for narrow layers.
+        ``D = diag(σ'(z_l))`` (:func:`curvlab.models.layer_hessians.backprop_curvature`, in the
+        model's dtype; ``M_l`` symmetrised). Memory O(B Σ n_l²): meant for narrow layers.
 
         >>> import numpy as np
         >>> m = MLP([3, 4, 2]); p = m.init_params(0)
@@ -578,23 +582,13 @@ class MLP:
         >>> [t.shape for t in f[0]]
         [(5, 4), (5, 4, 4), (5, 4)]
         """
-        xp = self.xp
+        from .layer_hessians import backprop_curvature  # noqa: PLC0415 (layer_hessians imports this module)
+
         Ws, X, y = self._check_inputs(params, X, y)
-        cache = self.forward_cache(params, X)
-        _, delta, M = loss_output_derivatives(self.loss_name, cache.output, y, xp)
-        out: list[tuple[Any, Any, Any]] = [None] * self.n_layers  # type: ignore[list-item]
-        for l in range(self.n_layers - 1, -1, -1):
-            out[l] = (delta, M, cache.a_tilde[l])
-            if l > 0:
-                Wb = Ws[l][:, :-1]
-                g = delta @ Wb  # (B, n_{l})
-                _, s1, s2 = activation_derivatives(self.activation, cache.z[l - 1], xp)
-                WMW = xp.matmul(xp.matmul(Wb.T, M), Wb)  # (B, n, n)
-                M = s1[:, :, None] * WMW * s1[:, None, :]
-                idx = xp.arange(M.shape[1])
-                M[:, idx, idx] += s2 * g
-                delta = s1 * g
-        return out
+        cache = self._forward_cache(Ws, X)
+        _, delta, M = loss_output_derivatives(self.loss_name, cache.output, y, self.xp)
+        factors = backprop_curvature(Ws, cache.z, cache.a_tilde, delta, M, self.activation)
+        return [(f.delta, f.M, f.a) for f in factors]
 
     def activation_derivatives(self, z: Any) -> tuple[Any, Any, Any]:
         """``(σ, σ', σ'')`` of this model's hidden activation at ``z``."""
