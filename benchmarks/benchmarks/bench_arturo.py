@@ -23,7 +23,7 @@ from curvlab.methods.arturo import ArTuRO
 
 
 def make_problem(n: int, dtype: Any = np.float32, xp: Any = np, seed: int = 0) -> dict:
-    """Weights ~ N(0, 0.05²), a gradient, and an arTuRO state after one warm-up step."""
+    """Weights ~ N(0, 0.05²) and a gradient (:func:`make_step` makes the warm-up step)."""
     rng = np.random.default_rng(seed)
     w = xp.asarray((0.05 * rng.standard_normal(n)).astype(dtype))
     g = xp.asarray((0.01 * rng.standard_normal(n)).astype(dtype))
