@@ -626,7 +626,7 @@ class MLP:
         if self.loss_name == "mse":
             return U.copy()
         p = aux
-        pu = xp_sum_last(p * U)
+        pu = (p * U).sum(axis=-1, keepdims=True)
         out = p * U
         out -= p * pu
         return out
@@ -1040,11 +1040,6 @@ class MLP:
             E[xp.arange(j, j + k), xp.arange(k)] = 1
             H[:, j : j + k] = self.hvp_matmat(params, X, y, E)
         return H
-
-
-def xp_sum_last(A: Any) -> Any:
-    """Sum over the last axis keeping it (helper for softmax Hessian products)."""
-    return A.sum(axis=-1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------
