@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._checks import as_symmetric_operator, check_budget, check_positive_int, eigen_problem, start_vectors
+from ._checks import as_symmetric_operator, check_budget, check_positive_int, eigen_problem, host_floats, start_vectors
 from .results import EigResult, StochasticEigResult, eig_result
 
 __all__ = ["power_iteration", "stochastic_power"]
@@ -93,7 +93,7 @@ def power_iteration(
         for _ in range(maxiter + 1):
             if i:
                 v = v - Vi @ (Vi.T @ v)
-            v = v / dt.type(float(xp.linalg.norm(v)))
+            v = v / xp.linalg.norm(v)
             if op.n_matvecs - before >= budget:
                 message = f"matvec budget {max_matvecs} exhausted"
                 stop_all = True
@@ -102,8 +102,8 @@ def power_iteration(
             iters += 1
             if i:
                 w = w - Vi @ (lam_i * (Vi.T @ v))
-            th = float(v @ w)
-            r = float(xp.linalg.norm(w - dt.type(th) * v))
+            th_d = v @ w
+            th, r = host_floats(xp, th_d, xp.linalg.norm(w - th_d * v))  # the step's one device sync
             if not (np.isfinite(th) and np.isfinite(r)):
                 message = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs"
                 stop_all = True
@@ -116,10 +116,7 @@ def power_iteration(
             if r <= tol * deflation_tol_factor ** (k - 1 - i) * abs(th):
                 conv[i] = True
                 break
-            nw = float(xp.linalg.norm(w))
-            if nw == 0.0:
-                break
-            v = w
+            v = w  # not zero: w = 0 gives θ = r = 0, which passed the test above
         else:
             message = f"maxiter {maxiter} reached for pair {i}"
         if stop_all:
