@@ -46,7 +46,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from .. import backend
-from .operators import LinearOperator
+from .operators import LinearOperator, _solve_checked
 
 __all__ = [
     "ADJUSTMENTS",
@@ -143,6 +143,23 @@ def _singular_guard(den: Any, kappa: Any, xp: Any, what: str) -> None:
         raise np.linalg.LinAlgError(
             f"{what}: singular spectrum, {int(xp.sum(bad))} eigenvalue(s) κ+λ vanish (|κ+λ| <= 1e-12 max(1,|κ|))"
         )
+
+
+def _solve_in_span(R: Any, E: Any, lam: float, solve_core: Any) -> Any:
+    """Solve with a block that acts as a core on ``span(E)`` and as ``λI`` on its complement.
+
+    ``R`` ``(n, m, k)``, ``E`` ``(m, r)`` orthonormal; ``solve_core`` maps the projected right-hand
+    side ``vec(R E)`` ``(n r, k)`` to the core's solution. Returns ``X`` ``(n, m, k)``.
+    """
+    xp = backend.get_namespace(R, E)
+    n, m = R.shape[0], R.shape[1]
+    r = E.shape[1]
+    Z0 = xp.einsum("imk,mr->irk", R, E).reshape(n * r, -1)
+    Z = solve_core(Z0)
+    X = xp.einsum("irk,mr->imk", Z.reshape(n, r, -1), E)
+    if r < m:
+        X = X + (R - xp.einsum("irk,mr->imk", Z0.reshape(n, r, -1), E)) / lam
+    return X
 
 
 def _householder_basis(ahat: Any, xp: Any) -> Any:
@@ -500,38 +517,19 @@ class KroneckerSumBlock(LinearOperator):
         T = xp.einsum("bij,bc->bicj", M64, G).reshape(B * n, B * n) + self.lam * xp.eye(B * n)
         Ra = xp.einsum("imk,bm->bik", R, A64)                       # (B, n, k)
         w = xp.einsum("bij,bjk->bik", M64, Ra).reshape(B * n, -1)
-        try:
-            c = xp.linalg.solve(T, w)
-        except np.linalg.LinAlgError as exc:
-            raise np.linalg.LinAlgError("KroneckerSumBlock.solve: λI + C K is singular") from exc
-        if not bool(xp.all(xp.isfinite(c))):
-            raise np.linalg.LinAlgError("KroneckerSumBlock.solve: λI + C K is singular")
-        c = c.reshape(B, n, -1)
+        c = _solve_checked(xp, T, w, "KroneckerSumBlock.solve: λI + C K is singular").reshape(B, n, -1)
         return (R - xp.einsum("bik,bm->imk", c, A64)) / self.lam
 
     def _solve_projected(self, R: Any, use_eigh: bool) -> Any:
         xp = self.xp
-        n, m = self.n, self.m
         E, _ = self.projection()
-        r = E.shape[1]
-        Z0 = xp.einsum("imk,mr->irk", R, E).reshape(n * r, -1)
         if use_eigh:
             kap, Y = self.eigh_projected()
             den = kap + self.lam
             _singular_guard(den, kap, xp, "KroneckerSumBlock.solve")
-            Z = Y @ ((Y.T @ Z0) / den[:, None])
-        else:
-            T = self.projected_core() + self.lam * xp.eye(n * r)
-            try:
-                Z = xp.linalg.solve(T, Z0)
-            except np.linalg.LinAlgError as exc:
-                raise np.linalg.LinAlgError("KroneckerSumBlock.solve: S + λI is singular") from exc
-            if not bool(xp.all(xp.isfinite(Z))):
-                raise np.linalg.LinAlgError("KroneckerSumBlock.solve: S + λI is singular")
-        X = xp.einsum("irk,mr->imk", Z.reshape(n, r, -1), E)
-        if r < m:
-            X = X + (R - xp.einsum("irk,mr->imk", Z0.reshape(n, r, -1), E)) / self.lam
-        return X
+            return _solve_in_span(R, E, self.lam, lambda Z0: Y @ ((Y.T @ Z0) / den[:, None]))
+        T = self.projected_core() + self.lam * xp.eye(self.n * E.shape[1])
+        return _solve_in_span(R, E, self.lam, lambda Z0: _solve_checked(xp, T, Z0, "KroneckerSumBlock.solve: S + λI is singular"))
 
 
 class ProjectedSpectralBlock(LinearOperator):
@@ -578,10 +576,7 @@ class ProjectedSpectralBlock(LinearOperator):
         den = self.kappa + self.lam
         _singular_guard(den, self.kappa, xp, "ProjectedSpectralBlock.solve")
         R = b.astype(np.float64).reshape(n, m, -1)
-        Z0 = xp.einsum("imk,mr->irk", R, self.E).reshape(n * r, -1)
-        Z = self.Y @ ((self.Y.T @ Z0) / den[:, None])
-        X = xp.einsum("irk,mr->imk", Z.reshape(n, r, -1), self.E)
-        if r < m:
-            X = X + (R - xp.einsum("irk,mr->imk", Z0.reshape(n, r, -1), self.E)) / self.lam
+        Y = self.Y
+        X = _solve_in_span(R, self.E, self.lam, lambda Z0: Y @ ((Y.T @ Z0) / den[:, None]))
         X = X.reshape(n * m, -1).astype(self.dtype)
         return X[:, 0] if ndim == 1 else X

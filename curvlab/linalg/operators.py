@@ -455,16 +455,23 @@ class LowRankPlusDiagonal(LinearOperator):
         Db = dinv * b64 if b.ndim == 1 else dinv[:, None] * b64
         DU = dinv[:, None] * U
         cap = xp.eye(k) + C @ (U.T @ DU)
-        singular = np.linalg.LinAlgError(
-            "LowRankPlusDiagonal.solve: the operator is singular (capacitance I + C Uᵀ D⁻¹ U is singular)"
+        inner = _solve_checked(
+            xp, cap, C @ (U.T @ Db),
+            "LowRankPlusDiagonal.solve: the operator is singular (capacitance I + C Uᵀ D⁻¹ U is singular)",
         )
-        try:
-            inner = xp.linalg.solve(cap, C @ (U.T @ Db))
-        except np.linalg.LinAlgError as exc:
-            raise singular from exc
-        if not bool(xp.all(xp.isfinite(inner))):
-            raise singular
         return (Db - DU @ inner).astype(self.dtype)
+
+
+def _solve_checked(xp: types.ModuleType, T: Any, rhs: Any, message: str) -> Any:
+    """``xp.linalg.solve(T, rhs)``, raising ``LinAlgError(message)`` when ``T`` is singular: LAPACK
+    reports it, or (CuPy, or a numerically singular ``T``) the solution is not finite (one sync)."""
+    try:
+        x = xp.linalg.solve(T, rhs)
+    except np.linalg.LinAlgError as exc:
+        raise np.linalg.LinAlgError(message) from exc
+    if not bool(xp.all(xp.isfinite(x))):
+        raise np.linalg.LinAlgError(message)
+    return x
 
 
 def _common_backend(*ops: LinearOperator) -> types.ModuleType:
