@@ -19,6 +19,8 @@ from curvlab.adapters.jax import JaxCurvature, as_optax, from_jax, to_jax  # noq
 from curvlab.models.mlp import MLP  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
 
+from ._helpers import layerwise_method, quartic_problem  # noqa: E402
+
 pytestmark = pytest.mark.jax
 
 
@@ -201,10 +203,7 @@ def test_optax_wrapper_same_trajectory(rng):
     from curvlab.methods.baselines import Adam, Momentum
 
     P = 12
-    Q = rng.standard_normal((P, P))
-    A = Q @ Q.T / P + np.eye(P)
-    b = rng.standard_normal(P)
-    grad = lambda th: A @ th - b + 0.1 * th**3  # noqa: E731
+    grad, curv = quartic_problem(rng, P)
     transforms = [Adam(lr=0.01), Momentum(lr=0.02, nesterov=True)]
     try:
         from curvlab.methods.arturo import ArTuRO
@@ -226,12 +225,12 @@ def test_optax_wrapper_same_trajectory(rng):
         opt = as_optax(tr, flat=needs)
         ost = opt.init(p)
         for _ in range(300):
-            ex = {"curvature": (lambda d, t=th: float(d @ A @ d + 0.3 * np.sum(t**2 * d**2)))} if needs else {}
+            ex = {"curvature": (lambda d, t=th: curv(t, d))} if needs else {}
             th, st = tr.step(th, grad(th), st, **ex)
             cur = np.concatenate([np.asarray(p["a"]), np.asarray(p["b"]).ravel()])
             g = grad(cur)
             gt = {"a": jnp.asarray(g[:5]), "b": jnp.asarray(g[5:].reshape(7, 1))}
-            ex = {"curvature": (lambda d, t=cur: float(d @ A @ d + 0.3 * np.sum(t**2 * d**2)))} if needs else {}
+            ex = {"curvature": (lambda d, t=cur: curv(t, d))} if needs else {}
             u, ost = opt.update(gt, ost, p, **ex)
             p = optax.apply_updates(p, u)
         cur = np.concatenate([np.asarray(p["a"]), np.asarray(p["b"]).ravel()])
@@ -243,16 +242,11 @@ def test_optax_wrapper_same_trajectory(rng):
 def test_optax_layerwise_methods(method, rng):
     """Exact Newton / DSGD as optax transformations on a list of layer matrices (extra args)."""
     optax = pytest.importorskip("optax")
-    if method == "exact_newton":
-        mod = pytest.importorskip("curvlab.methods.exact_newton")
-        make = lambda: mod.ExactNewton(lr=0.5)  # noqa: E731
-    else:
-        mod = pytest.importorskip("curvlab.methods.dsgd")
-        make = lambda: mod.DSGD()  # noqa: E731
+    make, extras_of = layerwise_method(method)
     model = MLP([4, 5, 3])
     params = model.init_params(rng)
     X, y = rng.standard_normal((16, 4)), rng.integers(0, 3, 16)
-    extras = {"X": X, "y": y, "model": model} if method == "exact_newton" else {"X": X}
+    extras = extras_of(model, X, y)
     core, W = make(), [w.copy() for w in model.layout.unpack(params)]
     state = core.init(W)
     opt = as_optax(make())

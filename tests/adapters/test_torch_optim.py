@@ -16,20 +16,17 @@ from curvlab.methods._transform import Transform  # noqa: E402
 from curvlab.methods.baselines import SGD, Adam, AdamW, Momentum  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
 
+from ._helpers import layerwise_method, quartic_problem  # noqa: E402
+
 pytestmark = pytest.mark.torch
 
 SHAPES = [(4, 3), (4,), (2, 4)]
 
 
 def _problem(rng):
-    """A float64 quadratic with a little quartic term: f(θ) = ½θᵀAθ − bᵀθ + ¼ Σ θ⁴/10."""
+    """:func:`quartic_problem` on the flat vector of :data:`SHAPES`."""
     P = sum(int(np.prod(s)) for s in SHAPES)
-    Q = rng.standard_normal((P, P))
-    A = Q @ Q.T / P + np.eye(P)
-    b = rng.standard_normal(P)
-    grad = lambda th: A @ th - b + 0.1 * th**3  # noqa: E731
-    curv = lambda th, d: float(d @ A @ d + 0.3 * np.sum(th**2 * d**2))  # noqa: E731
-    return P, grad, curv
+    return (P, *quartic_problem(rng, P))
 
 
 def _split(flat):
@@ -214,16 +211,11 @@ def test_layerwise_methods_through_the_wrapper(method, rng):
 
     from ._models import FoldedMLP
 
-    if method == "exact_newton":
-        mod = pytest.importorskip("curvlab.methods.exact_newton")
-        make = lambda: mod.ExactNewton(lr=0.5)  # noqa: E731
-    else:
-        mod = pytest.importorskip("curvlab.methods.dsgd")
-        make = lambda: mod.DSGD()  # noqa: E731
+    make, extras_of = layerwise_method(method)
     model = MLP([5, 6, 3])
     params = model.init_params(rng)
     X, y = rng.standard_normal((24, 5)), rng.integers(0, 3, 24)
-    extras = {"X": X, "y": y, "model": model} if method == "exact_newton" else {"X": X}
+    extras = extras_of(model, X, y)
     core = make()
     W = [w.copy() for w in model.layout.unpack(params)]
     state = core.init(W)
