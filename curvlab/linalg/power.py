@@ -188,12 +188,11 @@ def stochastic_power(
     theta_bar = np.nan
     for t in range(n_steps):
         w = op.matvec(v)
-        th = float(v @ w)
-        if not np.isfinite(th) or not bool(xp.all(xp.isfinite(w))):
+        th, nw = host_floats(xp, v @ w, xp.linalg.norm(w))  # the step's one device sync
+        if not np.isfinite(th):  # θ = vᵀw is NaN/Inf whenever w is (v is finite)
             message = f"operator returned NaN/Inf at step {t + 1}"
             break
         if t < n_burn:
-            nw = float(xp.linalg.norm(w))
             if nw == 0.0:
                 message = "zero product: the start vector is in the null space"
                 break
@@ -208,7 +207,7 @@ def stochastic_power(
                 break
             eta = 1.0 / (theta_bar * s)
             v = v + dt.type(eta) * w
-            v = v / dt.type(float(xp.linalg.norm(v)))
+            v = v / xp.linalg.norm(v)
         if history is not None:
             history.append({"step": t + 1, "rayleigh": th, "eigenvalue": theta_bar})
     m = len(rq)
