@@ -126,7 +126,14 @@ def test_output_derivatives_match_mlp_and_bad_input():
     z = rng.standard_normal((4, 3))
     ell, d, M = output_derivatives(z, np.array([0, 2, 1, 1]))
     assert np.allclose(d.sum(1), 0, atol=1e-15) and np.allclose(M.sum(2), 0, atol=1e-15)
-    # against the reference MLP's loss head (itself checked against finite differences in test_mlp)
+    # independent formulas: ℓ = logsumexp(z) - z_y, δ = p - e_y, M = diag(p) - p pᵀ
+    from scipy.special import logsumexp, softmax
+
+    yy, p = np.array([0, 2, 1, 1]), softmax(z, axis=1)
+    np.testing.assert_allclose(ell, logsumexp(z, axis=1) - z[np.arange(4), yy], rtol=1e-14)
+    np.testing.assert_allclose(d, p - np.eye(3)[yy], rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(M, np.stack([np.diag(q) - np.outer(q, q) for q in p]), rtol=1e-14, atol=1e-15)
+    # the validated entry agrees with the reference MLP's loss head (checked against finite differences in test_mlp)
     from curvlab.models.mlp import loss_output_derivatives
 
     for loss, yy in (("cross_entropy", np.array([0, 2, 1, 1])), ("mse", rng.standard_normal((4, 3)))):
