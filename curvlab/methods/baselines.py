@@ -39,12 +39,21 @@ def _check_hyper(name: str, value: float, low: float = 0.0, inclusive: bool = Tr
     return v
 
 
+def _need_params(params: Tree | None) -> Tree:
+    if params is None:
+        raise ValueError("weight_decay needs params passed to update()")
+    return params
+
+
 def _with_decay(grads: Tree, params: Tree | None, wd: float) -> Tree:
     if wd == 0.0:
         return grads
-    if params is None:
-        raise ValueError("weight_decay needs params passed to update()")
-    return tree_map(lambda g, p: g + p.dtype.type(wd) * p, grads, params)
+    return tree_map(lambda g, p: g + p.dtype.type(wd) * p, grads, _need_params(params))
+
+
+def _descent(d: Tree, lr: float) -> Tree:
+    """``updates = -lr * d`` leaf by leaf, in each leaf's dtype."""
+    return tree_map(lambda x: -x.dtype.type(lr) * x, d)
 
 
 def _check_grads(grads: Tree, ref: Tree) -> None:
@@ -92,7 +101,7 @@ class SGD(Transform):
 
     def update(self, grads: Tree, state: SGDState, params: Tree | None = None, **extras: Any) -> tuple[Tree, SGDState]:
         g, new = self.direction(grads, state, params)
-        return tree_map(lambda x: -x.dtype.type(self.lr) * x, g), new
+        return _descent(g, self.lr), new
 
 
 class Momentum(Transform):
@@ -122,7 +131,7 @@ class Momentum(Transform):
     def update(self, grads: Tree, state: MomentumState, params: Tree | None = None,
                **extras: Any) -> tuple[Tree, MomentumState]:
         d, new = self.direction(grads, state, params)
-        return tree_map(lambda x: -x.dtype.type(self.lr) * x, d), new
+        return _descent(d, self.lr), new
 
 
 class Adam(Transform):
@@ -156,11 +165,9 @@ class Adam(Transform):
 
     def update(self, grads: Tree, state: AdamState, params: Tree | None = None, **extras: Any) -> tuple[Tree, AdamState]:
         d, new = self.direction(grads, state, params)
-        upd = tree_map(lambda x: -x.dtype.type(self.lr) * x, d)
+        upd = _descent(d, self.lr)
         if self.decoupled and self.weight_decay:
-            if params is None:
-                raise ValueError("weight_decay needs params passed to update()")
-            upd = tree_map(lambda u, p: u - p.dtype.type(self.lr * self.weight_decay) * p, upd, params)
+            upd = tree_map(lambda u, p: u - p.dtype.type(self.lr * self.weight_decay) * p, upd, _need_params(params))
         return upd, new
 
 
