@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-import pytest
 
 
 def quartic_problem(rng: np.random.Generator, P: int) -> tuple[Callable[..., Any], Callable[..., float]]:
@@ -24,8 +23,9 @@ def quartic_problem(rng: np.random.Generator, P: int) -> tuple[Callable[..., Any
 def layerwise_method(method: str) -> tuple[Callable[[], Any], Callable[..., dict[str, Any]]]:
     """``(make, extras(model, X, y))`` for a method whose extras describe the reference MLP
     (``"exact_newton"`` or ``"dsgd"``)."""
+    from curvlab.methods.dsgd import DSGD
+    from curvlab.methods.exact_newton import ExactNewton
+
     if method == "exact_newton":
-        mod = pytest.importorskip("curvlab.methods.exact_newton")
-        return (lambda: mod.ExactNewton(lr=0.5)), (lambda model, X, y: {"X": X, "y": y, "model": model})
-    mod = pytest.importorskip("curvlab.methods.dsgd")
-    return (lambda: mod.DSGD()), (lambda model, X, y: {"X": X})
+        return (lambda: ExactNewton(lr=0.5)), (lambda model, X, y: {"X": X, "y": y, "model": model})
+    return (lambda: DSGD()), (lambda model, X, y: {"X": X})

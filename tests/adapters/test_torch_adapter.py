@@ -16,6 +16,7 @@ from curvlab.adapters.torch import (  # noqa: E402
     hessian_operator,
     to_torch,
 )
+from curvlab.linalg.lanczos import eigsh  # noqa: E402
 from curvlab.models.mlp import MLP  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
 
@@ -157,16 +158,9 @@ def test_eigenvalues_match_dense(rng):
     curv = TorchCurvature(net, "cross_entropy", (X, y))
     H = curv.hessian()
     ev = np.linalg.eigvalsh(dense_hessian(curv))
-    try:
-        from curvlab.linalg.lanczos import eigsh
-    except ImportError:  # pragma: no cover - solver not landed: SciPy through to_scipy()
-        from scipy.sparse.linalg import eigsh as sp_eigsh
-
-        top = np.sort(sp_eigsh(H.to_scipy(), k=3, which="LA", tol=1e-12)[0])[::-1]
-    else:
-        res = eigsh(H, k=3, which="LA", rng=0, tol=1e-12)
-        assert bool(res.all_converged)
-        top = np.sort(np.asarray(res.eigenvalues))[::-1]
+    res = eigsh(H, k=3, which="LA", rng=0, tol=1e-12)
+    assert bool(res.all_converged)
+    top = np.sort(np.asarray(res.eigenvalues))[::-1]
     np.testing.assert_allclose(top, ev[::-1][:3], rtol=1e-8, atol=1e-12)
 
 

@@ -12,8 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from curvlab.adapters.torch import CurvlabOptimizer, TorchCurvature, from_reference_mlp  # noqa: E402
+from curvlab.methods import curvature_lr as cl  # noqa: E402
 from curvlab.methods._transform import Transform  # noqa: E402
+from curvlab.methods.arturo import ArTuRO  # noqa: E402
 from curvlab.methods.baselines import SGD, Adam, AdamW, Momentum  # noqa: E402
+from curvlab.methods.curvature_lr import CurvatureLR  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
 
 from ._helpers import layerwise_method, quartic_problem  # noqa: E402
@@ -39,20 +42,8 @@ def _split(flat):
 
 
 def _transforms():
-    out = [SGD(lr=0.05), Momentum(lr=0.02, momentum=0.9, nesterov=True), Adam(lr=0.01), AdamW(lr=0.01, weight_decay=0.1)]
-    try:
-        from curvlab.methods.arturo import ArTuRO
-
-        out.append(ArTuRO())
-    except ImportError:  # pragma: no cover - not landed
-        pass
-    try:
-        from curvlab.methods.curvature_lr import CurvatureLR
-
-        out.append(CurvatureLR(base=Adam(lr=1.0), schedule=1.0))
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+    return [SGD(lr=0.05), Momentum(lr=0.02, momentum=0.9, nesterov=True), Adam(lr=0.01), AdamW(lr=0.01, weight_decay=0.1),
+            ArTuRO(), CurvatureLR(base=Adam(lr=1.0), schedule=1.0)]
 
 
 @pytest.mark.parametrize("flat", [False, True], ids=["tree", "flat"])
@@ -158,7 +149,6 @@ def test_param_groups_state_dict_round_trip(rng):
 def test_curvature_lr_with_torch_curvature_matches_reference_mlp(rng):
     """CurvatureLR driven by the torch adapter's forward-only dᵀHd follows the core
     transform driven by the reference MLP (same weights, permuted layout)."""
-    cl = pytest.importorskip("curvlab.methods.curvature_lr")
     from curvlab.models.mlp import MLP
 
     model = MLP([6, 8, 3])
@@ -183,7 +173,6 @@ def test_curvature_lr_with_torch_curvature_matches_reference_mlp(rng):
 
 def test_extras_fn_gives_per_group_extras(rng):
     """extras_fn(optimizer, group_index) supplies each group's curvature callable."""
-    cl = pytest.importorskip("curvlab.methods.curvature_lr")
     a = torch.nn.Parameter(torch.as_tensor(rng.standard_normal(3)))
     b = torch.nn.Parameter(torch.as_tensor(rng.standard_normal(2)))
     scales = [2.0, 5.0]  # f = ½ Σ_g s_g ||θ_g||²: per-group curvature s_g ||d||²
