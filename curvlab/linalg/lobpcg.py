@@ -48,11 +48,21 @@ def _host(x: Any) -> np.ndarray:
     return np.asarray(backend.to_numpy(x), dtype=np.float64)
 
 
-def _orthonormalize(S: Any, AS: Any | None, drop: float) -> tuple[Any, Any]:
-    """``S T`` with orthonormal columns (rank-revealing through ``eig(SᵀS)``); ``AS T`` alongside."""
+def _orthonormalize(S: Any, AS: Any | None, drop: float, min_norm: float = 0.0) -> tuple[Any, Any]:
+    """``S T`` with orthonormal columns (rank-revealing through ``eig(SᵀS)``); ``AS T`` alongside.
+
+    Columns of norm ``<= min_norm`` (read from the same Gram matrix: one
+    device sync in all) are left out first.
+    """
     xp = backend.get_namespace(S)
     G = _host(S.T @ S)
     d = np.sqrt(np.maximum(np.diag(G), 1e-300))
+    idx = np.flatnonzero(~(d <= min_norm))  # a NaN column is kept (and the eigh below drops all)
+    if idx.size < d.size:
+        idd = xp.asarray(idx)
+        S, AS, G, d = S[:, idd], (AS[:, idd] if AS is not None else None), G[np.ix_(idx, idx)], d[idx]
+        if not idx.size:
+            return S, AS
     Gs = G / d[:, None] / d[None, :]
     lam, U = np.linalg.eigh(0.5 * (Gs + Gs.T))
     keep = lam > drop * max(lam[-1], 1e-300)
@@ -182,26 +192,21 @@ def lobpcg(
             blocks, ablocks = [X, W], [AX, AW]
             if P is not None:
                 Pa, APa = P[:, act], AP[:, act]
-                nrm = _host(xp.linalg.norm(Pa, axis=0))
-                ok = nrm > 0
-                if ok.any():
-                    okd = xp.asarray(np.flatnonzero(ok)) if xp is not np else np.flatnonzero(ok)
-                    sc = xp.asarray((1.0 / nrm[ok]).astype(dt))[None, :]
-                    Pa, APa = Pa[:, okd] * sc, APa[:, okd] * sc
-                    # project off span[X, W] (twice), tracking A P with the same coefficients
-                    for _ in range(2):
-                        c = X.T @ Pa
-                        Pa, APa = Pa - X @ c, APa - AX @ c
-                        c = W.T @ Pa
-                        Pa, APa = Pa - W @ c, APa - AW @ c
-                    # drop directions that cancelled (their A-images would carry amplified round-off)
-                    nrm2 = _host(xp.linalg.norm(Pa, axis=0))
-                    good = np.flatnonzero(nrm2 > _P_CANCEL[dt.char])
-                    if good.size:
-                        gd = xp.asarray(good) if xp is not np else good
-                        Pa, APa = _orthonormalize(Pa[:, gd], APa[:, gd], _P_DROP[dt.char])
-                        blocks.append(Pa)
-                        ablocks.append(APa)
+                # unit columns, scaled on the device (a zero column stays zero and is dropped below)
+                nrm = xp.linalg.norm(Pa, axis=0)
+                sc = (1.0 / xp.where(nrm > 0, nrm, np.inf)).astype(dt, copy=False)[None, :]
+                Pa, APa = Pa * sc, APa * sc
+                # project off span[X, W] (twice), tracking A P with the same coefficients
+                for _ in range(2):
+                    c = X.T @ Pa
+                    Pa, APa = Pa - X @ c, APa - AX @ c
+                    c = W.T @ Pa
+                    Pa, APa = Pa - W @ c, APa - AW @ c
+                # drop directions that cancelled (their A-images would carry amplified round-off)
+                Pa, APa = _orthonormalize(Pa, APa, _P_DROP[dt.char], min_norm=_P_CANCEL[dt.char])
+                if Pa.shape[1]:
+                    blocks.append(Pa)
+                    ablocks.append(APa)
             # X, W, P are orthonormal blocks, mutually orthogonal by construction
             S = xp.concatenate(blocks, axis=1)
             AS = xp.concatenate(ablocks, axis=1)
