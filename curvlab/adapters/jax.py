@@ -218,9 +218,8 @@ class JaxCurvature:
     # ------------------------------------------------------------------ pure functions
     def _merge(self, theta: jax.Array) -> Any:
         leaves = list(self._leaves)
-        for k, i in enumerate(self._idx):
-            a, b = self.layout.offsets[k], self.layout.offsets[k + 1]
-            leaves[i] = theta[a:b].reshape(self.layout.shapes[k])
+        for i, part in zip(self._idx, self.layout.unpack(theta)):
+            leaves[i] = part
         return jax.tree_util.tree_unflatten(self._treedef, leaves)
 
     def _outputs_of(self, theta: jax.Array, X: jax.Array) -> jax.Array:
@@ -288,7 +287,10 @@ class JaxCurvature:
         return a
 
     def _operator(self, key: str, *, psd: bool) -> LinearOperator:
-        mv, mm = self._mv_fns(key)
+        return self._wrap(*self._mv_fns(key), psd=psd)
+
+    def _wrap(self, mv: Callable[..., Any], mm: Callable[..., Any], *, psd: bool) -> LinearOperator:
+        """A symmetric LinearOperator from compiled ``(θ, X, y, v)`` matvec and matmat functions."""
         th, X, y = self.theta, self.X, self.y
         n = self.layout.size
         return CallableOperator(lambda v: from_jax(mv(th, X, y, self._vec(v))), (n, n), self.dtype,
@@ -364,12 +366,7 @@ class JaxCurvature:
             z, Jv = jax.jvp(lambda t: L_out(t, X), (th,), (v,))
             return jax.vjp(lambda t: L_out(t, X), th)[1](weight(z, Jv))[0]
 
-        mv = jax.jit(f)
-        mm = jax.jit(jax.vmap(f, in_axes=(None, None, None, 1), out_axes=1))
-        th, X, y, n = self.theta, self.X, self.y, self.layout.size
-        return CallableOperator(lambda v: from_jax(mv(th, X, y, self._vec(v))), (n, n), self.dtype,
-                                matmat=lambda V: from_jax(mm(th, X, y, self._vec(V, "V", 2))),
-                                symmetric=True, psd=True, xp=self.xp)
+        return self._wrap(jax.jit(f), jax.jit(jax.vmap(f, in_axes=(None, None, None, 1), out_axes=1)), psd=True)
 
     def hvp(self, v: Any) -> Any:
         """``H v`` for a flat ``(P,)`` vector (default mode)."""
