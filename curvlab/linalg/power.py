@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import backend
 from ._checks import as_symmetric_operator, check_budget, check_positive_int, eigen_problem, host_floats, start_vectors
+from ._probes import sample_se
 from .results import EigResult, StochasticEigResult, eig_result
 
 __all__ = ["power_iteration", "stochastic_power"]
@@ -212,7 +213,7 @@ def stochastic_power(
             history.append({"step": t + 1, "rayleigh": th, "eigenvalue": theta_bar})
     m = len(rq)
     lam = float(np.mean(rq)) if m else float(theta_bar)
-    se = float(np.std(rq, ddof=1) / np.sqrt(m)) if m > 1 else float("inf")
+    se = sample_se(np.asarray(rq))
     ok = message == "completed" and (tol is None or se <= tol * abs(lam))
     return StochasticEigResult(
         eigenvalue=lam,

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._probes import sample_se
+
 __all__ = [
     "ConvergenceError",
     "EigResult",
@@ -172,10 +174,9 @@ class SpectralDensity:
     def trace(self, f: Callable[[np.ndarray], np.ndarray], name: str = "slq") -> TraceEstimate:
         """Estimate ``tr f(A)``; the standard error is the probe spread ``std/√P``."""
         s = self.probe_values(f)
-        se = float(np.std(s, ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("inf")
         return TraceEstimate(
             estimate=float(np.mean(s)),
-            std_error=se,
+            std_error=sample_se(s),
             n_matvecs=self.n_matvecs,
             converged=True,
             method=name,
