@@ -51,8 +51,7 @@ def minibatch_sampler(X: Any, y: Any, batch_size: int, *, replace: bool = False)
     xp = backend.get_namespace(X)
 
     def sample(rng: Any) -> tuple[Any, Any]:
-        g = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        idx = g.choice(n, size=int(batch_size), replace=replace)
+        idx = backend.default_rng(rng).choice(n, size=int(batch_size), replace=replace)
         idx_d = xp.asarray(idx) if xp is not np else idx
         return X[idx_d], (None if y is None else y[idx_d])
 
@@ -92,7 +91,7 @@ class StochasticOperator(LinearOperator):
     ) -> None:
         if not callable(make_operator) or not callable(sampler):
             raise TypeError("make_operator and sampler must be callables")
-        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.rng = backend.default_rng(rng)
         self._make, self._sampler = make_operator, sampler
         self.n_batches = 0
         if shape is None:
@@ -108,8 +107,7 @@ class StochasticOperator(LinearOperator):
 
     def fixed(self, rng: Any = None) -> LinearOperator:
         """The deterministic operator of one batch (drawn from ``rng``, default the operator's own)."""
-        g = None if rng is None else (rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng))
-        return self._batch_operator(g)
+        return self._batch_operator(None if rng is None else backend.default_rng(rng))
 
     def _matvec(self, v: Any) -> Any:
         return self._batch_operator().matvec(v).astype(self.dtype, copy=False)

@@ -145,7 +145,7 @@ def prescribed_spectrum_operator(
     dt = np.dtype(dtype)
     if dt not in backend.FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    g = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    g = backend.default_rng(rng)
     if orthogonal == "auto":
         orthogonal = "dense" if n <= 3000 else "householder"
     lam_d = xp.asarray(lam.astype(dt))
