@@ -399,6 +399,12 @@ class TorchCurvature:
     def _out(self, t: torch.Tensor) -> Any:
         return from_torch(self._allreduce(t.detach()))
 
+    def _columns(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
+                 parts: tuple[torch.Tensor, ...]) -> Any:
+        """The block product one column at a time (ops without a batching rule)."""
+        cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(parts[0].shape[0])]
+        return self._out(torch.stack(cols, dim=1))
+
     def _apply_block(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]], V: Any) -> Any:
         parts = self._block_in(V)
         if self._vmap_ok:
@@ -407,9 +413,7 @@ class TorchCurvature:
                 return self._out(self._flat_block(res))
             except Exception:  # some ops have no batching rule: fall back to a loop
                 self._vmap_ok = False
-        k = parts[0].shape[0]
-        cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(k)]
-        return self._out(torch.stack(cols, dim=1))
+        return self._columns(single, parts)
 
     def _operator(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
                   *, psd: bool, block: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None
@@ -426,8 +430,7 @@ class TorchCurvature:
             try:
                 return self._out(self._flat_block(block(parts)))
             except Exception:  # no batching rule for some op: one column at a time
-                cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(parts[0].shape[0])]
-                return self._out(torch.stack(cols, dim=1))
+                return self._columns(single, parts)
 
         return CallableOperator(mv, (n, n), self.dtype, matmat=mm, symmetric=True, psd=psd, xp=self.xp)
 
