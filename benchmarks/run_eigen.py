@@ -18,6 +18,8 @@ Run:  /work/venv/bin/python benchmarks/run_eigen.py [--quick]
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
@@ -25,6 +27,9 @@ import scipy.sparse.linalg as sla
 
 from curvlab.linalg import eigsh, hutchinson, hutchpp, lobpcg, power_iteration, xtrace
 from curvlab.linalg.testing import named_spectrum, prescribed_spectrum_operator
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import blas_threads  # noqa: E402
 
 
 def mlp_hessian(n_hidden=64, batch=256):
@@ -125,13 +130,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="n = 2,000 only")
     args = ap.parse_args()
-    try:
-        import threadpoolctl
-
-        ctx = threadpoolctl.threadpool_limits(1)
-    except Exception:  # pragma: no cover
-        ctx = None
     print("BLAS threads: 1 (shared 2-core CPU); no GPU in this run")
-    table1(args.quick)
-    table2(args.quick)
-    table3(args.quick)
+    with blas_threads(1):
+        table1(args.quick)
+        table2(args.quick)
+        table3(args.quick)

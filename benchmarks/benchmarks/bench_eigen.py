@@ -13,18 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from .common import get_xp, sync
-
-try:
-    import threadpoolctl as _tpc
-except Exception:  # pragma: no cover
-    _tpc = None
-
-
-def _limit():
-    return _tpc.threadpool_limits(1) if _tpc is not None else None
+from .common import blas_threads, get_xp, sync
 
 
 class EigshVsArpack:
@@ -35,13 +28,13 @@ class EigshVsArpack:
     def setup(self, spectrum, n, k):
         from curvlab.linalg.testing import named_spectrum, prescribed_spectrum_operator
 
-        self._lim = _limit()
+        self._lim = contextlib.ExitStack()
+        self._lim.enter_context(blas_threads(1))
         self.op = prescribed_spectrum_operator(named_spectrum(spectrum, n), rng=0).operator
         self.v0 = np.random.default_rng(1).standard_normal(n)
 
     def teardown(self, *args):
-        if self._lim is not None:
-            self._lim.restore_original_limits()
+        self._lim.close()
 
     def _ours(self, k):
         from curvlab.linalg import eigsh
