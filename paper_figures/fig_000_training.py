@@ -119,7 +119,6 @@ def run(ctx) -> FigureResult:
             A = np.array([h.extra["neg_frac"] + [np.nan] * (E + 1 - len(h.extra["neg_frac"])) for h in hs])
             with np.errstate(all="ignore"):
                 nf = np.array([np.nanmean(c) if np.any(np.isfinite(c)) else np.nan for c in A.T])
-        if key[0] == "newton":
             axes[2].plot(np.arange(1, E + 1), nf[1:], marker="o", color=f"C{i}", label=name)
         rows += [[name, int(k), float(m[k]), float(sd[k]), float(am[k]), float(asd[k]),
                   float(np.nan_to_num(nf[k])), len(hs)] for k in range(len(m))]

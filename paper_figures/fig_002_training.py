@@ -35,11 +35,6 @@ def steps_for(ctx) -> int:
     return ctx.pick(tiny=20, quick=200, full=1000)
 
 
-def _data(ctx):
-    ds = dataset("digits")
-    return ds.X_train.astype(np.float64), ds.y_train
-
-
 @functools.lru_cache(maxsize=None)
 def dsgd_run(steps: int, seed: int, norm: str, s: float, rule: str = "bound", selection: str = "greedy"):
     """One deterministic DSGD run; returns (history, wall seconds)."""

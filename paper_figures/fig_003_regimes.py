@@ -10,8 +10,8 @@ import functools
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, band, baseline, dataset, finish_figure, fmt, make_mlp, need,
-                      new_figure, train_epochs, transform_stepper)
+from ._common import (Check, FigureResult, FigureSpec, band, baseline, dataset, finish_figure, fmt, make_mlp, mean_std,
+                      need, new_figure, train_epochs, transform_stepper, validation_split)
 
 SPEC = FigureSpec(
     name="003_regimes",
@@ -72,8 +72,6 @@ def clr_run(epochs: int, seed: int, direction: str, schedule: tuple):
 @functools.lru_cache(maxsize=None)
 def baseline_run(epochs: int, seed: int, name: str, lr: float, fit_only: bool = False):
     """A first-order baseline; ``fit_only`` trains on 90% of the training set and scores on the other 10%."""
-    from ._common import validation_split
-
     ds = dataset("digits")
     X, y, Xte, yte = ds.X_train, ds.y_train, ds.X_test, ds.y_test
     if fit_only:
@@ -110,8 +108,6 @@ def run(ctx) -> FigureResult:
                         color=color, ls=ls, log=True)
         _, cm, _ = band(axes[2], np.arange(max(len(c) for c in cs)) / S, [np.maximum(c, 1e-12) for c in cs], label,
                         color=color, ls=ls, log=True)
-        from ._common import mean_std
-
         lm, lsd = mean_std(ls_)
         for k in range(0, len(tm), 1 if ctx.full else 2):
             rows.append([direction, lam, k, float(tm[k]), float(cm[k]), float(lm[k]), float(lsd[k]), len(outs)])

@@ -59,7 +59,7 @@ def run(ctx) -> FigureResult:
     opt = baseline("sgd", 0.1)
     p1, h = train_epochs(model, p0, transform_stepper(model, opt), opt.init(p0), X, y, ds.X_test, ds.y_test, E, 32,
                          seed=1)
-    rows, fig = [], None
+    rows = []
     fig, axes = new_figure(3)
     errs, l1s, tops = [], {}, {}
     for i, (stage, params) in enumerate(ctx.progress((("initialisation", p0), (f"after {E} epochs SGD", p1)),
