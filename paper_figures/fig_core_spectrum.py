@@ -4,8 +4,6 @@ top eigenvalues by thick-restart Lanczos against ``numpy.linalg.eigvalsh``."""
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 from scipy.integrate import trapezoid
 
@@ -20,34 +18,16 @@ SPEC = FigureSpec(
     substitution="scikit-learn digits (a fixed training subset), tanh MLP 64-n-10 trained with SGD; the Hessian of "
                  "the mean cross-entropy on that subset",
     columns=("stage", "kind", "x", "y"),
-    requires=("curvlab.models.mlp:hessian_operator", "curvlab.linalg.slq", "curvlab.linalg.lanczos:eigsh"),
+    requires=("curvlab.models.mlp:hessian_operator", "curvlab.linalg.slq:slq", "curvlab.linalg.lanczos:eigsh"),
 )
 
 K_TOP = 5
 
 
-def _slq(op, n_probes: int, steps: int, seed: int):
-    """Call curvlab's SLQ entry point, matching its keyword names (its exact signature may evolve)."""
-    mod = need("curvlab.linalg.slq")
-    fn = next((getattr(mod, n) for n in ("slq", "spectral_density", "stochastic_lanczos_quadrature")
-               if hasattr(mod, n)), None)
-    if fn is None:
-        raise AttributeError("curvlab.linalg.slq has no slq/spectral_density function")
-    params = inspect.signature(fn).parameters
-    kw = {}
-    for names, val in ((("n_probes", "num_probes", "probes", "n_samples"), n_probes),
-                       (("steps", "lanczos_steps", "m", "n_steps", "num_steps", "degree"), steps),
-                       (("rng", "seed"), seed)):
-        for n in names:
-            if n in params:
-                kw[n] = val
-                break
-    return fn(op, **kw)
-
-
 def run(ctx) -> FigureResult:
     mlp = need("curvlab.models.mlp")
     lz = need("curvlab.linalg.lanczos")
+    slq = need("curvlab.linalg.slq")
     hidden = ctx.pick(tiny=4, quick=16, full=32)
     n_samples = ctx.pick(tiny=100, quick=400, full=1437)
     E = ctx.pick(tiny=1, quick=10, full=30)
@@ -67,13 +47,12 @@ def run(ctx) -> FigureResult:
         op = mlp.hessian_operator(model, params, X, y)
         H = model.dense_hessian(params, X, y)
         ev = np.linalg.eigvalsh(0.5 * (H + H.T))
-        sd = _slq(op, n_probes, steps, seed=i)
+        sd = slq.slq(op, n_probes, steps, rng=i)
         span = ev[-1] - ev[0]
         grid = np.linspace(ev[0] - 0.05 * span, ev[-1] + 0.05 * span, 400)
         sigma = 0.01 * span
         d_slq = np.asarray(sd.density(grid, sigma))
-        z = (grid[:, None] - ev[None, :]) / sigma
-        d_dense = np.exp(-0.5 * z * z).sum(1) / (len(ev) * sigma * np.sqrt(2 * np.pi))
+        d_dense = slq.exact_smoothed_density(ev, grid, sigma)
         l1s[stage] = float(trapezoid(np.abs(d_slq - d_dense), grid))
         axes[i].plot(grid, np.maximum(d_dense, 1e-6), "k-", lw=1.5, label="dense eigvalsh (smoothed)")
         axes[i].plot(grid, np.maximum(d_slq, 1e-6), "C1--", lw=1.5, label=f"SLQ ({n_probes} probes x {steps} steps)")
