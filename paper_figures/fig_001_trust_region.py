@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-from ._common import Check, FigureResult, FigureSpec, dataset, finish_figure, fmt, make_mlp, need, new_figure
+from ._common import Check, FigureResult, FigureSpec, accuracy, dataset, finish_figure, fmt, make_mlp, need, new_figure
 
 SPEC = FigureSpec(
     name="001_trust_region",
@@ -47,8 +47,7 @@ def tr_run(preset: str, mode: str, epochs: int, seed: int = 0):
             out["kl_ratio"].append(info.kl_ratio)
             out["epoch"].append(ep)
             out["inactive"].append(info.inactive)
-    acc = float(np.mean(np.argmax(model.forward(params, ds.X_test), 1) == ds.y_test))
-    return {k: np.asarray(v) for k, v in out.items()}, acc
+    return {k: np.asarray(v) for k, v in out.items()}, accuracy(model, params, ds.X_test, ds.y_test)
 
 
 def run(ctx) -> FigureResult:
