@@ -196,9 +196,9 @@ def validation_split(X: np.ndarray, y: np.ndarray, frac: float = 0.1, seed: int 
 
 
 # ----------------------------------------------------------------------------- models and training
-def make_mlp(sizes: Sequence[int], activation: str = "tanh", loss: str = "cross_entropy"):
+def make_mlp(sizes: Sequence[int], activation: str = "tanh", loss: str = "cross_entropy", dtype: Any = np.float64):
     MLP = need("curvlab.models.mlp", "MLP")
-    return MLP(list(sizes), activation=activation, loss=loss, dtype=np.float64)
+    return MLP(list(sizes), activation=activation, loss=loss, dtype=dtype)
 
 
 def accuracy(model, params, X, y) -> float:

@@ -87,10 +87,7 @@ def run(ctx) -> FigureResult:
     grid = [(w, dp, dt) for dt in dtypes for w in widths for dp in depths]
     for w, dp, dt in ctx.progress(grid, desc="003_cost grid"):
         rng = np.random.default_rng(0)
-        model = make_mlp([w] * dp + [10], "tanh")
-        if dt == "float32":
-            MLP = type(model)
-            model = MLP([w] * dp + [10], activation="tanh", loss="cross_entropy", dtype=np.float32)
+        model = make_mlp([w] * dp + [10], "tanh", dtype=np.dtype(dt))
         params = model.init_params(rng)
         X = rng.standard_normal((batch, w)).astype(dt)
         y = rng.integers(0, 10, batch)
