@@ -15,16 +15,12 @@ The CuPy class times wall clock with device synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 
 from .common import blas_threads, get_xp, interleaved_best, peak_bytes, sync
-
-try:
-    import threadpoolctl as _tpc
-except Exception:  # pragma: no cover
-    _tpc = None
 
 SIZES = [784, 512, 512, 10]
 BATCH = 512
@@ -63,15 +59,15 @@ class TimeMLP:
     number = 1
 
     def setup(self):
-        self._limits = _tpc.threadpool_limits(limits=1, user_api="blas") if _tpc is not None else None
+        self._limits = contextlib.ExitStack()
+        self._limits.enter_context(blas_threads(1))
         self.fns = method_calls(*make_problem(get_xp(self.backend)))
         for f in self.fns.values():
             f()
         sync()
 
     def teardown(self):
-        if self._limits is not None:
-            self._limits.restore_original_limits()
+        self._limits.close()
 
     def time_grad(self):
         self.fns["grad"]()
