@@ -54,9 +54,7 @@ def table(title: str, calls: dict, repeat: int, timer: str, ref2: str | None = N
     return t
 
 
-def crossing(repeat: int) -> None:
-    import torch
-
+def crossing() -> None:
     from curvlab.adapters.torch import from_torch, to_torch
 
     print("\nDLPack crossing (NumPy <-> framework), float64 vector")
@@ -93,7 +91,6 @@ def crossing(repeat: int) -> None:
             pass
         del c
         print(f"{n:9d} {1e6 * tt:11.2f} {str(shares):>10s} {1e6 * jx:13.2f} {jshare:>11s} {1e6 * tc:8.1f}")
-    del torch
 
 
 def memory_vs_depth(batch: int = 2048, depths: tuple[int, ...] = (2, 8)) -> None:
@@ -159,7 +156,7 @@ def main() -> None:
         except ImportError:
             print("\nJAX not installed: skipped")
     memory_vs_depth()
-    crossing(args.repeat)
+    crossing()
 
 
 if __name__ == "__main__":
