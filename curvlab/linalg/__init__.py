@@ -28,7 +28,7 @@ from .operators import (
     symmetry_defect,
 )
 from .power import power_iteration, stochastic_power
-from .results import ConvergenceError, DiagonalEstimate, EigResult, SpectralDensity, StochasticEigResult, TraceEstimate
+from .results import ConvergenceError, ConvergenceWarning, DiagonalEstimate, EigResult, SpectralDensity, StochasticEigResult, TraceEstimate
 from .slq import exact_smoothed_density, slq, slq_logdet, slq_trace_inverse, wasserstein1
 from .stochastic import StochasticOperator, minibatch_sampler
 from .testing import PrescribedSpectrum, exact_eigvalsh, named_spectrum, prescribed_spectrum_operator
@@ -87,6 +87,7 @@ __all__ = [
     "DiagonalEstimate",
     "StochasticEigResult",
     "ConvergenceError",
+    "ConvergenceWarning",
     # testing
     "prescribed_spectrum_operator",
     "named_spectrum",

@@ -30,6 +30,8 @@ from ._probes import sample_se
 
 __all__ = [
     "ConvergenceError",
+    "ConvergenceWarning",
+    "warn_unconverged",
     "EigResult",
     "SpectralDensity",
     "TraceEstimate",
@@ -47,6 +49,22 @@ class ConvergenceError(RuntimeError):
     def __init__(self, message: str, result: Any = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """Issued when an iterative routine returns a result that did not converge.
+
+    Silence it with ``warnings.simplefilter("ignore", ConvergenceWarning)`` (or the
+    routine's ``warn=False``); turn it into an error with the routine's ``strict=True``.
+    """
+
+
+def warn_unconverged(who: str, message: str, *, warn: bool = True, stacklevel: int = 3) -> None:
+    """Issue one :class:`ConvergenceWarning` ``"{who}: {message}"`` unless ``warn`` is false."""
+    if warn:
+        import warnings
+
+        warnings.warn(f"{who}: {message}", ConvergenceWarning, stacklevel=stacklevel)
 
 
 @dataclass
