@@ -37,7 +37,19 @@ Input policy
 direction arguments (``v``, ``V``, ``d``) are cast to the model dtype when they
 are real floats (``X`` may also be integer data); complex inputs raise. An
 empty batch raises ``ValueError``; labels outside ``[0, n_L)`` raise
-``ValueError``; a backend mix raises ``TypeError``.
+``ValueError``; a backend mix raises ``TypeError``, and so do torch tensors,
+JAX arrays and other foreign array types (convert them to NumPy/CuPy first, or
+use :mod:`curvlab.adapters`). ``y`` is required by every method that evaluates
+the loss (``None`` raises ``TypeError``).
+
+Host syncs
+----------
+A direct call (``hvp``, ``ggn_matmat``, ``loss_and_grad``, ...) with
+cross-entropy labels reads the labels' range once (1 host sync: one boolean).
+The operators of :func:`hessian_operator`, :func:`ggn_operator` and
+:func:`fisher_operator` check their bound data once when built; each of their
+products then does **0 host syncs** (labels and data are not re-checked: do not
+modify the bound arrays in place).
 
 NaN policy
 ----------
@@ -66,6 +78,7 @@ True
 
 from __future__ import annotations
 
+import operator
 import types
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -261,6 +274,30 @@ def loss_output_derivatives(
 # ---------------------------------------------------------------------------
 # parameter layout
 # ---------------------------------------------------------------------------
+def _positive_int(v: Any, name: str) -> int:
+    """``v`` as an ``int >= 1``; ``TypeError`` for non-integers (2.9, True), ``ValueError`` below 1."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a positive integer, got the bool {v!r}")
+    try:
+        i = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be a positive integer, got {v!r} ({type(v).__name__})") from None
+    if i < 1:
+        raise ValueError(f"{name} must be a positive integer, got {i}")
+    return i
+
+
+def _refuse_foreign(x: Any, name: str, xp: types.ModuleType) -> None:
+    """``TypeError`` for torch tensors, JAX arrays and other non-NumPy/CuPy array objects."""
+    if x is None or isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)) or backend.is_cupy_array(x):
+        return
+    if hasattr(x, "__dlpack__") or hasattr(x, "__array_namespace__") or hasattr(x, "shape"):
+        raise TypeError(
+            f"{name} must be a {xp.__name__} array, got {type(x).__module__}.{type(x).__name__}; convert it first "
+            "(torch: t.detach().cpu().numpy(), JAX: numpy.asarray(a)) or use curvlab.adapters for framework models"
+        )
+
+
 class ParamLayout:
     """Shapes, offsets and names of the layer matrices inside a flat vector.
 
@@ -278,7 +315,12 @@ class ParamLayout:
     """
 
     def __init__(self, shapes: Sequence[tuple[int, int]], names: Sequence[str] | None = None) -> None:
-        self.shapes = [(int(n), int(m)) for n, m in shapes]
+        self.shapes = []
+        for i, shp in enumerate(shapes):
+            if not isinstance(shp, (tuple, list)) or len(shp) != 2:
+                raise ValueError(f"shapes[{i}] must be a pair (n, m) of positive integers, got {shp!r}")
+            n, m = (_positive_int(d, f"shapes[{i}]") for d in shp)
+            self.shapes.append((n, m))
         if names is None:
             names = [f"W{i + 1}" for i in range(len(self.shapes))]
         if len(names) != len(self.shapes):
@@ -382,8 +424,10 @@ class MLP:
         xp: types.ModuleType = np,
         nan_policy: str = "propagate",
     ) -> None:
-        sizes = [int(s) for s in sizes]
-        if len(sizes) < 2 or min(sizes) < 1:
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+            raise TypeError(f"sizes must be a sequence of positive integers, got {type(sizes).__name__}")
+        sizes = [_positive_int(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+        if len(sizes) < 2:
             raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
         _check_activation(activation)
         if loss not in LOSSES:
@@ -443,6 +487,7 @@ class MLP:
     # -- validation ------------------------------------------------------------
     def _check_params(self, params: Any) -> list[Any]:
         xp = self.xp
+        _refuse_foreign(params, "params", xp)
         if backend.get_namespace(params) is not xp or not hasattr(params, "dtype"):
             raise TypeError(
                 f"params must be a {xp.__name__} array, got {type(params).__module__}.{type(params).__name__}"
@@ -457,6 +502,7 @@ class MLP:
 
     def _check_X(self, X: Any) -> Any:
         xp = self.xp
+        _refuse_foreign(X, "X", xp)
         if backend.get_namespace(X) is not xp:
             raise TypeError(f"X must be a {xp.__name__} array, got {type(X).__module__}.{type(X).__name__}")
         X = backend.as_float_array(X, "X", dtype=self.dtype, xp=xp)
@@ -470,6 +516,9 @@ class MLP:
 
     def _check_y(self, y: Any, B: int) -> Any:
         xp = self.xp
+        if y is None:
+            raise TypeError("y is required: integer labels (B,) for cross_entropy or targets (B, n_L) for mse, got None")
+        _refuse_foreign(y, "y", xp)
         if backend.get_namespace(y) is not xp:
             raise TypeError(f"y must be a {xp.__name__} array, got {type(y).__module__}.{type(y).__name__}")
         y = xp.asarray(y)
@@ -479,9 +528,7 @@ class MLP:
                 raise TypeError(f"y must hold integer class labels for cross_entropy, got dtype {y.dtype}")
             if tuple(y.shape) != (B,):
                 raise ValueError(f"y must have shape ({B},) to match X, got {tuple(y.shape)}")
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= K:
-                raise ValueError(f"y labels must lie in [0, {K - 1}], got values in [{lo}, {hi}]")
+            self._check_labels(y)
             return y
         if y.ndim == 1 and K == 1:
             y = y[:, None]
@@ -489,15 +536,23 @@ class MLP:
             raise ValueError(f"y must have shape ({B}, {K}) to match X and the output width, got {tuple(y.shape)}")
         return backend.as_float_array(y, "y", dtype=self.dtype, xp=xp)
 
-    def _check_inputs(self, params: Any, X: Any, y: Any = None) -> tuple[list[Any], Any, Any]:
+    def _check_labels(self, y: Any) -> None:
+        """Labels in ``[0, n_L)``; one host sync (a boolean), two more only to word the error."""
+        xp, K = self.xp, self.sizes[-1]
+        if bool(xp.any((y < 0) | (y >= K))):
+            lo, hi = int(y.min()), int(y.max())
+            raise ValueError(f"y labels must lie in [0, {K - 1}], got values in [{lo}, {hi}]")
+
+    def _check_inputs(self, params: Any, X: Any, y: Any) -> tuple[list[Any], Any, Any]:
+        """Checked ``(layer views of params, X, y)``; ``y`` is required (``TypeError`` for None)."""
         Ws = self._check_params(params)
         X = self._check_X(X)
-        if y is not None:
-            y = self._check_y(y, X.shape[0])
+        y = self._check_y(y, X.shape[0])
         return Ws, X, y
 
     def _check_dir(self, v: Any, name: str, ndim: int) -> Any:
         xp = self.xp
+        _refuse_foreign(v, name, xp)
         if backend.get_namespace(v) is not xp or not hasattr(v, "dtype"):
             raise TypeError(f"{name} must be a {xp.__name__} array, got {type(v).__module__}.{type(v).__name__}")
         if v.dtype.kind != "f":
@@ -738,11 +793,10 @@ class MLP:
                 Rzs.append(Rz)
         raise AssertionError("unreachable")
 
-    def _block_inputs(self, params: Any, X: Any, y: Any, V: Any) -> tuple[list[Any], Any, Any, list[Any], int]:
-        """Checked ``(Ws, X, y)``, the layer blocks of ``V`` (see :meth:`_split_block`) and ``k``."""
+    def _checked_block(self, params: Any, X: Any, y: Any, V: Any) -> tuple[list[Any], Any, Any, Any]:
+        """Checked ``(Ws, X, y, V)`` for the unchecked block products ``_*_mm``."""
         Ws, X, y = self._check_inputs(params, X, y)
-        V = self._check_dir(V, "V", 2)
-        return Ws, X, y, self._split_block(V), V.shape[1]
+        return Ws, X, y, self._check_dir(V, "V", 2)
 
     def _vp(self, matmat: Any, params: Any, X: Any, y: Any, v: Any) -> Any:
         """A matrix-vector product through the block product ``matmat`` on one column."""
@@ -765,10 +819,15 @@ class MLP:
 
         Pearlmutter's R-operator on forward and backward passes; the k directions
         travel together as (k, B, n) tangents, so each layer costs a few batched
-        matrix products whatever k is.
+        matrix products whatever k is. Host syncs: 1 (the label range, cross-entropy);
+        0 through :func:`hessian_operator`.
         """
+        return self._hvp_mm(*self._checked_block(params, X, y, V))
+
+    def _hvp_mm(self, Ws: list[Any], X: Any, y: Any, V: Any) -> Any:
+        """:meth:`hvp_matmat` on checked inputs (no host sync)."""
         xp = self.xp
-        Ws, X, y, Vs, k = self._block_inputs(params, X, y, V)
+        Vs, k = self._split_block(V), V.shape[1]
         B = X.shape[0]
         acts, ds, Ras, Rzs, zL, RzL = self._tangent_forward(Ws, X, Vs, keep_rz=True)
         _, delta, aux = self._head(zL, y)
@@ -798,9 +857,16 @@ class MLP:
         return self._vp(self.hvp_matmat, params, X, y, v)
 
     def ggn_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Any:
-        """Generalized Gauss-Newton ``Jᵀ (∇²_z L / B) J`` times ``V`` (P, k) -> (P, k)."""
+        """Generalized Gauss-Newton ``Jᵀ (∇²_z L / B) J`` times ``V`` (P, k) -> (P, k).
+
+        Host syncs: 1 (the label range, cross-entropy); 0 through :func:`ggn_operator`.
+        """
+        return self._ggn_mm(*self._checked_block(params, X, y, V))
+
+    def _ggn_mm(self, Ws: list[Any], X: Any, y: Any, V: Any) -> Any:
+        """:meth:`ggn_matmat` on checked inputs (no host sync)."""
         xp = self.xp
-        Ws, X, y, Vs, k = self._block_inputs(params, X, y, V)
+        Vs, k = self._split_block(V), V.shape[1]
         B = X.shape[0]
         acts, ds, _, _, zL, RzL = self._tangent_forward(Ws, X, Vs, keep_rz=False)
         _, _, aux = self._head(zL, y)
@@ -820,9 +886,16 @@ class MLP:
         return self._vp(self.ggn_matmat, params, X, y, v)
 
     def fisher_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Any:
-        """Empirical Fisher ``(1/B) Σ_b g_b g_bᵀ`` times ``V`` (P, k), without forming the g_b."""
+        """Empirical Fisher ``(1/B) Σ_b g_b g_bᵀ`` times ``V`` (P, k), without forming the g_b.
+
+        Host syncs: 1 (the label range, cross-entropy); 0 through :func:`fisher_operator`.
+        """
+        return self._fisher_mm(*self._checked_block(params, X, y, V))
+
+    def _fisher_mm(self, Ws: list[Any], X: Any, y: Any, V: Any) -> Any:
+        """:meth:`fisher_matmat` on checked inputs (no host sync)."""
         xp = self.xp
-        Ws, X, y, Vs, k = self._block_inputs(params, X, y, V)
+        Vs, k = self._split_block(V), V.shape[1]
         B = X.shape[0]
         acts, zL = self._forward(Ws, X)
         _, delta, _ = self._head(zL, y)
@@ -1030,29 +1103,41 @@ class MLP:
 
     # -- dense (tests only) ----------------------------------------------------
     def dense_hessian(self, params: Any, X: Any, y: Any, block: int = 256) -> Any:
-        """The exact ``(P, P)`` Hessian by R-operator products on identity blocks (small P)."""
+        """The exact ``(P, P)`` Hessian by R-operator products on identity blocks (small P).
+
+        ``block`` (a positive integer) is the number of columns per product.
+        """
         xp = self.xp
+        block = _positive_int(block, "block")
+        Ws, X, y = self._check_inputs(params, X, y)
         P = self.n_params
         H = xp.empty((P, P), dtype=self.dtype)
         for j in range(0, P, block):
             k = min(block, P - j)
             E = xp.zeros((P, k), dtype=self.dtype)
             E[xp.arange(j, j + k), xp.arange(k)] = 1
-            H[:, j : j + k] = self.hvp_matmat(params, X, y, E)
+            H[:, j : j + k] = self._hvp_mm(Ws, X, y, E)
         return H
 
 
 # ---------------------------------------------------------------------------
 # operators
 # ---------------------------------------------------------------------------
-def _operator(model: MLP, params: Any, X: Any, y: Any, mm: Any, mv: Any, psd: bool) -> LinearOperator:
-    model._check_inputs(params, X, y)  # fail early, naming the argument
+def _operator(model: MLP, params: Any, X: Any, y: Any, mm: Any, psd: bool) -> LinearOperator:
+    """Bind checked data once (labels read here, 1 host sync); the products then do none.
+
+    ``mm`` is one of the model's unchecked block products; the operator's own input check
+    gives it ``(P, k)`` arrays of the model's backend and dtype.
+    """
+    if not isinstance(model, MLP):
+        raise TypeError(f"model must be a curvlab.models.mlp.MLP, got {type(model).__name__}")
+    Ws, X, y = model._check_inputs(params, X, y)  # fail early, naming the argument
     P = model.n_params
     return CallableOperator(
-        lambda v: mv(params, X, y, v),
+        lambda v: mm(Ws, X, y, v[:, None])[:, 0],
         shape=(P, P),
         dtype=model.dtype,
-        matmat=lambda V: mm(params, X, y, V),
+        matmat=lambda V: mm(Ws, X, y, V),
         symmetric=True,
         psd=psd,
         xp=model.xp,
@@ -1067,15 +1152,25 @@ def hessian_operator(model: MLP, params: Any, X: Any, y: Any) -> LinearOperator:
     >>> H = hessian_operator(m, p, rng.standard_normal((6, 3)), rng.integers(0, 2, 6))
     >>> H.shape, H.symmetric
     ((26, 26), True)
+
+    Host syncs: 1 when built (the labels' range, cross-entropy; plus the finiteness checks
+    under ``nan_policy="raise"``), **0 per product** (matvec and matmat). The bound arrays are
+    not re-checked: do not change them in place afterwards.
     """
-    return _operator(model, params, X, y, model.hvp_matmat, model.hvp, psd=False)
+    return _operator(model, params, X, y, model._hvp_mm, psd=False)
 
 
 def ggn_operator(model: MLP, params: Any, X: Any, y: Any) -> LinearOperator:
-    """The generalized Gauss-Newton matrix as a symmetric PSD :class:`LinearOperator`."""
-    return _operator(model, params, X, y, model.ggn_matmat, model.ggn_vp, psd=True)
+    """The generalized Gauss-Newton matrix as a symmetric PSD :class:`LinearOperator`.
+
+    Host syncs: as :func:`hessian_operator` (1 when built, 0 per product).
+    """
+    return _operator(model, params, X, y, model._ggn_mm, psd=True)
 
 
 def fisher_operator(model: MLP, params: Any, X: Any, y: Any) -> LinearOperator:
-    """The empirical Fisher ``(1/B) Σ g_b g_bᵀ`` as a symmetric PSD :class:`LinearOperator`."""
-    return _operator(model, params, X, y, model.fisher_matmat, model.fisher_vp, psd=True)
+    """The empirical Fisher ``(1/B) Σ g_b g_bᵀ`` as a symmetric PSD :class:`LinearOperator`.
+
+    Host syncs: as :func:`hessian_operator` (1 when built, 0 per product).
+    """
+    return _operator(model, params, X, y, model._fisher_mm, psd=True)
