@@ -29,11 +29,14 @@ import numpy as np
 
 __all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite"]
 
-_OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+#: ``error_model="numpy"``: a division by zero gives ±inf/NaN as IEEE says (as the twins do) instead
+#: of Numba's default Python semantics, under which the serial kernels raised ``ZeroDivisionError``
+#: (e.g. ``kl_dual`` at η = 0 with ``h + βp0 = 0``) while the parallel ones did not
+_OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True, error_model="numpy")
 #: reductions only: reassociation lets LLVM vectorise the float64 sums (their order is already
 #: unspecified across threads); no nnan/ninf flags, so NaN and Inf behave as IEEE says
-_RED = dict(parallel=True, cache=True, fastmath={"reassoc"}, nogil=True)
-_SERIAL = dict(parallel=False, cache=True, fastmath=False, nogil=True)
+_RED = dict(parallel=True, cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
+_SERIAL = dict(parallel=False, cache=True, fastmath=False, nogil=True, error_model="numpy")
 
 #: below this many elements the serial twin of each kernel runs: waking worker threads costs
 #: more than the work (milliseconds on a loaded machine)
@@ -136,12 +139,18 @@ def _dual(eta, w, a, h, p, mscale, bp0, hmin):  # pragma: no cover
 
 
 def _pole(h, p, bp0, hmin):  # pragma: no cover
+    # The running maximum must be written ``m = max(m, v)``: Numba recognises only ``x op= y``,
+    # ``x = x op y`` and ``x = max/min(x, y)`` as reductions inside ``prange``; a conditional
+    # expression ``m = v if v > m else m`` compiles without a warning and each thread's maximum
+    # is thrown away (the parallel version returned -inf for any data, issue 11). NaN terms are
+    # mapped to -inf first, so that they are ignored whatever ``max`` does with a NaN.
     m = -np.inf
     neg = 0
     for i in nb.prange(h.size):
         H = np.float64(h[i])
         v = -((hmin if H < hmin else H) + bp0) / np.float64(p[i])
-        m = v if v > m else m
+        v = v if v == v else -np.inf
+        m = max(m, v)
         neg += 1 if H < 0.0 else 0
     return m, neg
 
