@@ -22,7 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 MODES = ("tiny", "quick", "full")
-DEFAULT_SEEDS = {"tiny": 1, "quick": 2, "full": 5}
+DEFAULT_SEEDS = {"tiny": 1, "quick": 3, "full": 5}
+
+#: The verdict vocabulary of the report: every claim a figure tests gets exactly one of these.
+VERDICTS = ("supported", "not supported", "mixed", "inconclusive in this surrogate")
 
 ARXIV = {
     "000": "2104.03804",
@@ -37,6 +40,137 @@ PAPER_TITLES = {
     "003": "Adaptive scaling of the learning rate by second order automatic differentiation",
     "core": "curvlab core (no paper)",
 }
+
+
+#: The claims of each paper, in the abstract's own words (quoted from ``shared/papers/NNN-*.md`` §1).
+CLAIMS: dict[str, dict[str, str]] = {
+    "000": {
+        "C1": 'The long-standing problem of second-order methods (cost, poor performance, non-convexity) "could be '
+              'solved in the stochastic case, given a suitable regularization of the neural network"',
+        "C2": '"an expression of the stochastic Hessian and its exact eigenvalues"',
+        "C3": '"a closed-form formula for the exact stochastic second-order Newton direction"',
+        "C4": '"we solve the non-convexity issue"',
+        "C5": '"adjust our exact solution to favor flat minima through regularization and spectral adjustment"',
+        "C6": 'tested "on popular datasets", showing "its adequacy for Deep Learning"',
+    },
+    "001": {
+        "C1": 'Parameters modelled as a Gaussian; a KL-divergence trust region gives "bounded steps accounting for '
+              'the objective\'s curvature and uncertainty in the parameters"',
+        "C2": '"Before each update, it solves the trust region problem for an optimal step size, resulting in a more '
+              'stable and faster optimization process."',
+        "C3": 'The diagonal Hessian is approximated "from stochastic gradients using a simple recursive least squares '
+              'approach", building "a model of the expected Hessian over time using only first-order information"',
+        "C4": 'arTuRO "combines the fast convergence of adaptive moment-based optimization with the generalization '
+              'capabilities of SGD"',
+    },
+    "002": {
+        "C1": 'Existing analyses assume gradient smoothness, which is "too strong to be applicable in the case of deep '
+              'neural networks"',
+        "C2": 'DSGD is "amenable to non-asymptotic performance analysis, under mild assumptions on the training set '
+              'and network architecture"',
+        "C3": 'It is "a form of layer-wise coordinate descent": each iteration updates one layer',
+        "C4": 'The layer is chosen greedily "based on a rigorous lower bound on the improvement of the objective '
+              'function for each choice of layer"',
+        "C5": 'The time to reach approximate stationary points is bounded "in both the deterministic and stochastic '
+              'settings"',
+        "C6": 'Convergence is measured in "a parameter-dependent family of norms that is derived from the network '
+              'architecture", designed to give a smoothness-like property of the gradient',
+        "C7": '"We empirically demonstrate the effectiveness of DSGD in several neural network training scenarios"',
+    },
+    "003": {
+        "C1": 'The learning rate is rescaled using "the computation of the curvature, a second order information whose '
+              'computational complexity is in between the computation of the gradient and the one of the '
+              'Hessian-vector product"',
+        "C2": '"the new technique increase the overall cost to either (1.5C,2M) or (2C,1M)"',
+        "C3": 'The rescaling "has a natural interpretation, it allows the practitioner to choose between exploration '
+              'of the parameters set and convergence of the algorithm"',
+        "C4": 'The rescaling "is adaptive, it depends on the data and on the direction of descent"',
+        "C5": '"The numerical experiments highlight the different exploration/convergence regimes."',
+        "C6": '"The rescaling is tested using the simple strategy of exponential decay, a method with comprehensive '
+              'hyperparameters that requires no tuning."',
+        "C7": '"When compared to standard algorithm with optimized hyperparameters, this algorithm exhibit similar '
+              'convergence rates"',
+        "C8": '"and is also empirically shown to be more stable than standard method."',
+    },
+}
+
+
+def arxiv_url(paper: str) -> str | None:
+    """The arXiv abstract page of ``paper`` ("000".."003"), or None."""
+    a = ARXIV.get(paper)
+    return f"https://arxiv.org/abs/{a}" if a else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The outcome of one claim in one figure.
+
+    claim : label of the paper's spec (``"C5"``).
+    verdict : one of :data:`VERDICTS` ("... in this surrogate" is implied for every verdict).
+    criterion : the rule, in words, that maps the numbers to the verdict (shown in the caption).
+    evidence : the numbers the rule used, with their spread (mean ± std over seeds, or an interval).
+    """
+
+    claim: str
+    verdict: str
+    criterion: str
+    evidence: str
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if not self.criterion.strip() or not self.evidence.strip():
+            raise ValueError(f"verdict of {self.claim}: criterion and evidence must be non-empty")
+
+    def asdict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def vote(passes: Sequence[bool], need: float = 2 / 3) -> str:
+    """'supported' when at least ``need`` of the cases pass, 'not supported' when at least ``need``
+    fail, 'mixed' otherwise ('inconclusive in this surrogate' when there are no cases)."""
+    passes = [bool(p) for p in passes]
+    if not passes:
+        return "inconclusive in this surrogate"
+    k, n = sum(passes), len(passes)
+    if k >= math.ceil(need * n - 1e-9):
+        return "supported"
+    if n - k >= math.ceil(need * n - 1e-9):
+        return "not supported"
+    return "mixed"
+
+
+def combine(*verdicts: str) -> str:
+    """All parts supported -> supported; all not supported -> not supported; otherwise mixed."""
+    vs = set(verdicts)
+    if vs == {"supported"}:
+        return "supported"
+    if vs == {"not supported"}:
+        return "not supported"
+    if vs == {"inconclusive in this surrogate"}:
+        return "inconclusive in this surrogate"
+    return "mixed"
+
+
+def pm(values: Sequence[float], digits: int = 3) -> str:
+    """'mean ± std (n = k)' of the finite values; non-finite ones are counted as diverged."""
+    v = np.asarray([float(x) for x in values], dtype=float)
+    ok = v[np.isfinite(v)]
+    if len(ok) == 0:
+        return f"diverged in all {len(v)}"
+    s = f"{fmt(float(ok.mean()), digits)} ± {fmt(float(ok.std()), 2)} (n = {len(ok)})"
+    if len(ok) < len(v):
+        s += f", {len(v) - len(ok)} diverged"
+    return s
+
+
+def edge_note(value: float, grid: Sequence[float], what: str) -> str:
+    """A warning when the tuned ``value`` is the first or last point of its ``grid`` (else '')."""
+    g = list(grid)
+    if len(g) > 1 and (np.isclose(value, g[0]) or np.isclose(value, g[-1])):
+        side = "lower" if np.isclose(value, g[0]) else "upper"
+        return f"tuned {what} = {value:g} is at the {side} edge of its grid {[float(f'{x:.3g}') for x in g]}"
+    return ""
 
 
 class FigureSkipped(Exception):
@@ -68,6 +202,11 @@ class FigureSpec:
     def arxiv(self) -> str | None:
         return ARXIV.get(self.paper)
 
+    def claim_quotes(self) -> dict[str, str]:
+        """``{label: the abstract's words}`` for the claims this figure tests."""
+        table = CLAIMS.get(self.paper, {})
+        return {c: table.get(c, "(claim text not in the table)") for c in self.claims}
+
     def claim_text(self) -> str:
         if self.paper == "core":
             return "Library validation experiment (no paper claim): " + self.title
@@ -95,6 +234,10 @@ class FigureResult:
     checks: list[Check] = dataclasses.field(default_factory=list)
     hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     scale: str = ""
+    #: one :class:`Verdict` per claim in ``SPEC.claims`` (the runner fails a paper figure that lacks one)
+    verdicts: list[Verdict] = dataclasses.field(default_factory=list)
+    #: the seeds this figure actually used (None: all of ``ctx.seeds``; [] for a deterministic figure)
+    seeds_used: list[int] | None = None
 
 
 class Context:

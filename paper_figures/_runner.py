@@ -2,7 +2,10 @@
 
 Exit status: 0 when every selected figure succeeded or was skipped (its curvlab module not
 available yet), 1 when at least one failed (after all the others ran), 2 on bad input
-(unknown figure name, unwritable output folder, bad ``--seeds``).
+(unknown figure name, unwritable output folder, bad ``--seeds``), 130 on SIGINT and 143 on
+SIGTERM: the run stops, prints one line, and still writes ``index.md``/``index.html`` for the
+figures that finished. Every output file is written atomically (a temporary file in the same
+folder, then :func:`os.replace`), so an interrupted run never leaves a truncated file.
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import paper_figures as _pf
-from ._common import Context, FigureResult, FigureSkipped, missing_requirements
+from ._common import Check, Context, FigureResult, FigureSkipped, arxiv_url, missing_requirements
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+_REQUIRE_VERDICTS = False
 
 
 class UsageError(Exception):
@@ -98,12 +103,38 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w", **open_kw: Any) -> None:
+    """Write ``path`` all or nothing: ``write(fh)`` fills a temporary file in the same folder, which then
+    replaces ``path`` with :func:`os.replace`. An exception or a signal part-way leaves ``path`` as it was
+    (never a truncated or 0-byte file) and removes the temporary file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **open_kw) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    with open(path, "w", newline="") as fh:
+    def fill(fh):
         w = csv.writer(fh)
         w.writerow(columns)
         for r in rows:
             w.writerow([f"{v:.10g}" if isinstance(v, float) else v for v in r])
+
+    atomic_write(path, fill, newline="")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda fh: json.dump(_jsonable(obj), fh, indent=1))
 
 
 def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str]) -> dict[str, Any]:
@@ -115,8 +146,9 @@ def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str]) -> dic
     try:
         mod = _pf.load(name)
         spec = mod.SPEC
-        rec.update(paper=spec.paper, arxiv=spec.arxiv, claims=list(spec.claims), title=spec.title,
-                   caption=spec.claim_text(), substitution=spec.substitution, columns=list(spec.columns))
+        rec.update(paper=spec.paper, arxiv=spec.arxiv, arxiv_url=arxiv_url(spec.paper), claims=list(spec.claims),
+                   claim_quotes=spec.claim_quotes(), title=spec.title, caption=spec.claim_text(),
+                   substitution=spec.substitution, columns=list(spec.columns))
         missing = missing_requirements(spec.requires)
         if missing:
             raise FigureSkipped("module " + ", ".join(m.split(":")[0] + (f" ({m.split(':')[1]})" if ":" in m else "")
@@ -127,16 +159,23 @@ def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str]) -> dic
         if bad:
             raise ValueError(f"CSV row {bad[0]} has {len(rows[bad[0]])} fields, expected {len(spec.columns)}")
         png = out / f"{name}.png"
-        result.fig.savefig(png, dpi=100)
+        atomic_write(png, lambda fh: result.fig.savefig(fh, dpi=100, format="png"), mode="wb")
         import matplotlib.pyplot as plt
 
         plt.close(result.fig)
         write_csv(out / f"{name}.csv", spec.columns, rows)
         files = {"png": png.name, "csv": f"{name}.csv"}
         failed = [c for c in result.checks if not c.ok]
+        verdicts = [v.asdict() for v in result.verdicts]
+        judged = [v["claim"] for v in verdicts]
+        unjudged = [c for c in spec.claims if c not in judged]
+        extra = [c for c in judged if c not in spec.claims]
+        if _REQUIRE_VERDICTS and (unjudged or extra or len(set(judged)) != len(judged)):
+            failed.append(Check("one verdict per claim", False, f"claims {list(spec.claims)}, verdicts for {judged}"))
         rec.update(outcome=result.outcome, scale=result.scale, hyperparameters=result.hyperparameters,
                    checks=[{"name": c.name, "ok": bool(c.ok), "detail": c.detail} for c in result.checks],
-                   status="failed" if failed else "ok")
+                   verdicts=verdicts, status="failed" if failed else "ok",
+                   seeds=list(ctx.seeds) if result.seeds_used is None else [int(x) for x in result.seeds_used])
         if failed:
             rec["reason"] = "sanity check failed: " + "; ".join(f"{c.name} ({c.detail})" for c in failed)
     except FigureSkipped as exc:
@@ -145,8 +184,7 @@ def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str]) -> dic
         rec.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     rec["wall_time_s"] = round(time.perf_counter() - t0, 3)
     rec["files"] = {**files, "json": f"{name}.json"}
-    with open(out / f"{name}.json", "w") as fh:
-        json.dump(_jsonable(rec), fh, indent=1)
+    write_json(out / f"{name}.json", rec)
     return rec
 
 
@@ -161,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the figures and whether their modules are available")
     p.add_argument("--full", action="store_true", help="run the specifications' protocols at full size (slow)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds (default 2 quick, 5 full)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds (default 3 quick, 5 full)")
     p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help="output folder (default paper_figures/out)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--threads", type=int, default=1, metavar="T",
@@ -189,6 +227,46 @@ def _thread_limits(n: int):
         return None
 
 
+class Interrupted(BaseException):
+    """SIGTERM (or SIGINT) received: stops the figure loop; not an ``Exception``, so no figure swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.signame = signal.Signals(signum).name
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """SIGTERM raises :class:`Interrupted` (SIGINT already raises KeyboardInterrupt); main thread only."""
+    old = {}
+    try:
+        old[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_interrupted)
+        old[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+    except ValueError:  # not the main thread: keep the defaults
+        pass
+    return old
+
+
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except ValueError:
+            pass
+
+
+def _restore_signals(old: dict[int, Any]) -> None:
+    for sig, handler in old.items():
+        try:
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        except ValueError:
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -210,24 +288,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = not args.no_progress and os.environ.get("PAPER_FIGURES_NO_PROGRESS") != "1"
     ctx = Context(mode=mode, seeds=args.seeds, progress=progress)
     versions = library_versions()
-    records = []
+    records: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     limits = _thread_limits(args.threads)
     bar = names
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(names, desc="figures", unit="fig", dynamic_ncols=True)
-    for n in bar:
+    interrupted: Interrupted | None = None
+    current = None
+    old_handlers = _install_signal_handlers()
+    try:
         if progress:
-            bar.set_postfix_str(n)
-        records.append(run_one(n, ctx, out, versions))
-    if limits is not None:
-        limits.restore_original_limits()
+            from tqdm.auto import tqdm
+
+            bar = tqdm(names, desc="figures", unit="fig", dynamic_ncols=True)
+        for n in bar:
+            current = n
+            if progress:
+                bar.set_postfix_str(n)
+            records.append(run_one(n, ctx, out, versions))
+        current = None
+    except KeyboardInterrupt:
+        interrupted = Interrupted(signal.SIGINT)
+    except Interrupted as exc:
+        interrupted = exc
+    finally:
+        # a second signal must not interrupt the report of the figures that finished
+        _ignore_signals()
+        if limits is not None:
+            limits.restore_original_limits()
     from ._report import write_report
 
-    index = write_report(out)
     total = time.perf_counter() - t0
+    meta = {"mode": mode, "threads": args.threads, "seeds_requested": ctx.seeds, "started": started,
+            "total_time_s": round(total, 1), "versions": versions, "selected": names,
+            "finished": [r["name"] for r in records],
+            "interrupted": None if interrupted is None else {"signal": interrupted.signame, "during": current},
+            "command": "python -m paper_figures " + " ".join(sys.argv[1:] if argv is None else argv)}
+    try:
+        write_json(out / "run.json", meta)
+        index = write_report(out)
+    finally:
+        _restore_signals(old_handlers)
+    if interrupted is not None:
+        print(f"paper_figures: interrupted by {interrupted.signame} during {current or 'the report'}; "
+              f"{len(records)} of {len(names)} figures finished, report of those: {index}", file=sys.stderr)
+        return 128 + int(interrupted.signum)
     print(f"\npaper_figures ({mode} mode, seeds {ctx.seeds}) -> {out}")
     for r in records:
         where = out / r["files"].get("png", r["files"]["json"])

@@ -75,7 +75,7 @@ def test_failures_are_isolated_and_reported(fake_registry, tmp_path, capsys):
 def test_all_ok_exits_zero(fake_registry, tmp_path):
     assert _runner.main(["fake_ok", "fake_skip", "--out", str(tmp_path), "--no-progress"]) == 0
     rec = json.loads((tmp_path / "fake_ok.json").read_text())
-    assert rec["outcome"] == "the line goes down" and rec["seeds"] == [0, 1] and "numpy" in rec["versions"]
+    assert rec["outcome"] == "the line goes down" and rec["seeds"] == [0, 1, 2] and "numpy" in rec["versions"]
     assert rec["wall_time_s"] >= 0
     # the report lists figures that were not run as "not run"
     assert "fake_raise" in (tmp_path / "index.md").read_text()
