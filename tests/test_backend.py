@@ -117,3 +117,79 @@ def test_cupy_namespace(xp):
     y = backend.from_dlpack(x)
     assert backend.is_cupy_array(y)
     backend.synchronize(x)
+
+
+# -- issue 11, defect 10: one validation path that names the argument --------------------------------
+@pytest.mark.parametrize(
+    "bad, exc, msg",
+    [
+        (1.5, TypeError, r"rng must be None, an int seed >= 0 or a numpy.random.Generator, got builtins.float"),
+        ("0", TypeError, "rng must be"),
+        (True, TypeError, "rng must be"),
+        (-3, ValueError, "negative seed -3"),
+        (np.random.RandomState(0), TypeError, "legacy RandomState: use numpy.random.default_rng"),
+    ],
+)
+def test_check_rng_and_default_rng_name_rng(bad, exc, msg):
+    with pytest.raises(exc, match=msg):
+        backend.check_rng(bad)
+    with pytest.raises(exc, match=msg):
+        backend.default_rng(bad)
+
+
+def test_check_rng_accepts_seeds_and_generators():
+    for ok in (None, 0, np.int64(3), np.random.default_rng(0), np.random.SeedSequence(1), np.random.PCG64(2)):
+        backend.check_rng(ok)
+        assert isinstance(backend.default_rng(ok), np.random.Generator)
+
+
+def test_torch_and_jax_inputs_are_refused_with_the_conversion():
+    torch = pytest.importorskip("torch")
+    t = torch.ones(3)
+    with pytest.raises(TypeError, match=r"argument 1 is a torch.Tensor: convert it with t.detach\(\).cpu\(\).numpy\(\)"):
+        backend.get_namespace(np.ones(2), t)
+    with pytest.raises(TypeError, match="x must be a NumPy or CuPy array, got a torch.Tensor"):
+        backend.as_array(t, "x")
+    with pytest.raises(TypeError, match="rng must be .*torch.Generator"):
+        backend.check_rng(torch.Generator())
+    jnp = pytest.importorskip("jax.numpy")
+    with pytest.raises(TypeError, match="v must be a NumPy or CuPy array, got a JAX array"):
+        backend.check_float_array(jnp.ones(2), "v")
+
+
+@pytest.mark.parametrize(
+    "x, msg",
+    [
+        (np.ones(2, dtype=np.float16), "float16 is not a compute dtype"),
+        (np.ones(2, dtype=np.complex64), "complex"),
+        (np.array([1.0, None]), "got object"),
+        (np.array(["a"]), "not numeric"),
+        ("abc", "x must be a NumPy or CuPy array, got str"),
+        (None, "got NoneType"),
+    ],
+)
+def test_as_array_refuses_odd_dtypes_naming_x(x, msg):
+    with pytest.raises(TypeError, match=msg):
+        backend.as_array(x, "x")
+
+
+def test_as_array_converts_and_checks():
+    assert backend.as_array([[1, 2]], "x", ndim=2).dtype == np.float64
+    with pytest.raises(ValueError, match=r"x must have ndim 1, got shape \(1, 2\)"):
+        backend.as_array([[1, 2]], "x", ndim=1)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        backend.as_array([1.0, np.inf], "x", finite=True)
+    with pytest.raises(ValueError, match="x contains NaN or Inf .1 of 2 entries"):
+        backend.check_finite_data(np.array([np.nan, 1.0]), "x")
+
+
+def test_check_positive():
+    assert backend.check_positive("lr", np.float32(0.5)) == 0.5
+    assert backend.check_positive("lam", 0, allow_zero=True) == 0.0
+    assert backend.check_positive("maxiter", 4.0, integer=True) == 4
+    for bad, exc in [(0.0, ValueError), (-1, ValueError), (np.nan, ValueError), (np.inf, ValueError),
+                     (True, TypeError), ("1", TypeError), (np.ones(2), TypeError), (1j, TypeError)]:
+        with pytest.raises(exc, match="lr must be a finite number > 0"):
+            backend.check_positive("lr", bad)
+    with pytest.raises(TypeError, match="maxiter must be an int > 0, got 2.5"):
+        backend.check_positive("maxiter", 2.5, integer=True)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .operators import LinearOperator, aslinearoperator, symmetry_defect
+from .operators import PROBE_SYMMETRY_TOL, LinearOperator, aslinearoperator, symmetry_defect
 
 
 def as_symmetric_operator(
@@ -38,13 +38,18 @@ def as_symmetric_operator(
     """Wrap ``A`` and check it is square and (declared or measured) symmetric.
 
     ``check_symmetry=None`` (default) trusts the tag of a curvlab operator and
-    measures the symmetry of anything else (an array, a SciPy operator, a
-    callable) with 4 probe matvecs.
+    checks the symmetry of anything else through :func:`aslinearoperator`
+    (exactly for an array, by a random probe pair for a SciPy operator or a
+    callable); ``check_symmetry=True`` on a curvlab operator measures
+    :func:`symmetry_defect` with 4 probe matvecs (NaN products raise
+    ``FloatingPointError``).
     """
     wrapped = not isinstance(A, LinearOperator)
-    op = aslinearoperator(A, symmetric=True if wrapped else None)
     if check_symmetry is None:
         check_symmetry = wrapped
+    # a wrapped input is declared symmetric and checked by aslinearoperator itself (exactly for a dense
+    # array, by a probe pair for a callable or SciPy operator), with a message naming the argument
+    op = aslinearoperator(A, symmetric=True if wrapped else None, check=bool(check_symmetry))
     if op.shape[0] != op.shape[1]:
         raise ValueError(f"{name} must be square, got shape {op.shape}")
     if getattr(op, "stochastic", False) and not allow_stochastic:
@@ -53,9 +58,11 @@ def as_symmetric_operator(
             "would mix different matrices. Use curvlab.linalg.stochastic_power (Oja iteration with "
             "averaging), or freeze one batch with A.fixed(rng)."
         )
-    if check_symmetry:
-        tol = 1e-4 if op.dtype == np.float32 else 1e-10
+    if check_symmetry and not wrapped:
+        tol = PROBE_SYMMETRY_TOL[op.dtype]
         defect = symmetry_defect(op, rng=rng, n_probes=2)
+        if np.isnan(defect):
+            raise FloatingPointError(f"{name} returned NaN or Inf on a random probe while checking its symmetry")
         if not defect <= tol:
             raise ValueError(
                 f"{name} must be symmetric: measured symmetry_defect {defect:.3e} > {tol:.0e} on random probes"

@@ -81,6 +81,8 @@ def test_callable_operator_loops_columns_without_matmat():
         return 3.0 * v
 
     op = CallableOperator(mv, (4, 4), symmetric=True)
+    assert calls == [(4,), (4,)] and op.n_matvecs == 0  # the tag probe pair, not counted
+    calls.clear()
     out = op.matmat(np.ones((4, 2)))
     np.testing.assert_array_equal(out, 3.0 * np.ones((4, 2)))
     assert calls == [(4,), (4,)]
@@ -162,8 +164,11 @@ def test_lowrank_general_diagonal_eigs_refused_and_singular_solve_raises():
     sing = LowRankPlusDiagonal(1.0, np.array([[1.0], [0.0]]), np.array([[-1.0]]))
     with pytest.raises(np.linalg.LinAlgError, match="singular"):
         sing.solve(np.ones(2))
-    with pytest.raises(np.linalg.LinAlgError, match="zero entries"):
-        LowRankPlusDiagonal(np.array([0.0, 1.0]), np.ones((2, 1))).solve(np.ones(2))
+    # a zero entry of D makes the Woodbury form inapplicable, not A singular: the dense fallback solves it
+    zd = LowRankPlusDiagonal(np.array([0.0, 1.0]), np.ones((2, 1)))
+    np.testing.assert_allclose(zd.solve(np.ones(2)), np.linalg.solve([[1.0, 1.0], [1.0, 2.0]], np.ones(2)), rtol=1e-14)
+    with pytest.raises(np.linalg.LinAlgError, match="singular"):
+        LowRankPlusDiagonal(np.array([0.0, 1.0]), np.array([[0.0], [1.0]])).solve(np.ones(2))
 
 
 def test_diagonal_operator_exact():
@@ -226,3 +231,180 @@ def test_same_checks_on_backend(xp):
     assert rel_err(lr.eigvalsh(), xp.linalg.eigvalsh(dense)) < 1e-10
     assert rel_err(lr.solve(v), xp.linalg.solve(dense, v)) < 1e-10
     assert op.xp is xp
+
+
+# -- issue 11, defect 3: declared tags and data are checked -------------------------------------------
+def test_declared_symmetric_dense_is_checked_exactly():
+    rng = np.random.default_rng(11)
+    N = rng.standard_normal((20, 20))
+    with pytest.raises(ValueError, match=r"A is declared symmetric but .*0\.5 \* \(A \+ A\.T\)"):
+        DenseOperator(N, symmetric=True)
+    with pytest.raises(ValueError, match="A is declared symmetric"):
+        aslinearoperator(N, symmetric=True)
+    # round-off asymmetry of a product Q L Qᵀ is accepted, in both dtypes
+    Q, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+    for dt in (np.float64, np.float32):
+        A = (Q.astype(dt) * np.linspace(-1, 3, 200).astype(dt)) @ Q.T.astype(dt)
+        assert np.abs(A - A.T).max() > 0
+        DenseOperator(A, symmetric=True)
+    # opt-out for trusted data
+    assert DenseOperator(N, symmetric=True, check=False).symmetric
+
+
+def test_declared_psd_dense_is_checked():
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((30, 10))
+    DenseOperator(X @ X.T, symmetric=True, psd=True)  # rank deficient PSD: zero eigenvalues up to round-off
+    with pytest.raises(ValueError, match="A is declared psd but its smallest eigenvalue"):
+        DenseOperator(X @ X.T - 0.1 * np.eye(30), symmetric=True, psd=True)
+    big = rng.standard_normal((300, 300))
+    big = big + big.T
+    with pytest.raises(ValueError, match="A is declared psd"):
+        DenseOperator(big, symmetric=True, psd=True)  # n > 256: diagonal/probe check
+    DenseOperator(big, symmetric=True, psd=True, check=False)
+
+
+def test_declared_symmetric_callable_is_probed():
+    rng = np.random.default_rng(13)
+    N = rng.standard_normal((15, 15))
+    with pytest.raises(ValueError, match="matvec is declared symmetric but a random probe pair"):
+        CallableOperator(lambda v: N @ v, (15, 15), symmetric=True)
+    with pytest.raises(ValueError, match="declared symmetric"):
+        aslinearoperator(lambda v: N @ v, shape=(15, 15), symmetric=True)
+    with pytest.raises(ValueError, match="declared symmetric"):
+        aslinearoperator(sla.aslinearoperator(N), symmetric=True)
+    with pytest.raises(ValueError, match="declared psd"):
+        CallableOperator(lambda v: -v, (15, 15), symmetric=True, psd=True)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        CallableOperator(lambda v: v * np.nan, (15, 15), symmetric=True)
+    S = N + N.T
+    op = aslinearoperator(lambda v: S @ v, shape=(15, 15), symmetric=True)
+    assert op.n_matvecs == 0 and op.symmetric
+    assert CallableOperator(lambda v: N @ v, (15, 15), symmetric=True, check=False).symmetric
+
+
+def test_eigsh_refuses_a_falsely_tagged_operator():
+    """The defect: eigsh on a non-symmetric matrix tagged symmetric returned converged=True and a value
+    that is no eigenvalue; now the construction refuses it."""
+    from curvlab.linalg import eigsh
+
+    N = np.random.default_rng(14).standard_normal((40, 40))
+    with pytest.raises(ValueError, match="symmetric"):
+        eigsh(DenseOperator(N, symmetric=True), k=1, rng=0)
+    with pytest.raises(ValueError, match="symmetric"):
+        eigsh(aslinearoperator(lambda v: N @ v, shape=(40, 40), symmetric=True), k=1, rng=0)
+    with pytest.raises(ValueError, match="symmetric"):
+        eigsh(N, k=1, rng=0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_operator_data_refused_naming_the_argument(bad):
+    A = np.eye(3)
+    A[1, 2] = bad
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        DenseOperator(A)
+    with pytest.raises(ValueError, match="d contains NaN or Inf"):
+        DiagonalOperator(np.array([1.0, bad]))
+    with pytest.raises(ValueError, match="U contains NaN or Inf"):
+        LowRankPlusDiagonal(1.0, np.array([[1.0], [bad]]))
+    with pytest.raises(ValueError, match="d contains NaN or Inf"):
+        LowRankPlusDiagonal(np.array([1.0, bad]), np.ones((2, 1)))
+    with pytest.raises(ValueError, match="C contains NaN or Inf"):
+        LowRankPlusDiagonal(1.0, np.ones((2, 1)), np.array([[bad]]))
+    with pytest.raises(ValueError, match="d must be a finite real number"):
+        LowRankPlusDiagonal(bad, np.ones((2, 1)))
+    with pytest.raises(ValueError, match="contains NaN or Inf"):
+        aslinearoperator(sps.csr_matrix(A))
+    with pytest.raises(ValueError, match="lam must be a finite"):
+        DiagonalOperator(np.ones(2)).shift(bad)
+
+
+def test_lowrank_nonsymmetric_core_refused():
+    U = np.random.default_rng(15).standard_normal((6, 2))
+    with pytest.raises(ValueError, match=r"C must be a symmetric \(k, k\) core"):
+        LowRankPlusDiagonal(1.0, U, np.array([[1.0, 2.0], [0.0, 1.0]]))
+    # the psd tag comes from the (checked) symmetric core, exactly
+    assert not LowRankPlusDiagonal(1.0, U, np.array([[1.0, 0.0], [0.0, -1e-3]])).psd
+    assert LowRankPlusDiagonal(1.0, U, np.eye(2)).psd
+
+
+def test_symmetry_defect_never_reports_zero_for_no_evidence():
+    op = DenseOperator(np.random.default_rng(16).standard_normal((8, 8)))
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="n_probes must be >= 1"):
+            symmetry_defect(op, n_probes=bad)
+    with pytest.raises(TypeError, match="n_probes must be an int"):
+        symmetry_defect(op, n_probes=1.5)
+    nan_op = CallableOperator(lambda v: v * np.nan, (8, 8))
+    assert np.isnan(symmetry_defect(nan_op, rng=0))
+    with pytest.raises(TypeError, match="rng must be"):
+        symmetry_defect(op, rng="seed")
+    assert symmetry_defect(CallableOperator(lambda v: 0.0 * v, (8, 8)), rng=0) == 0.0
+    assert symmetry_defect(np.eye(4), rng=0) < 1e-15  # arrays are wrapped
+
+
+# -- issue 11, defect 7: the Woodbury solve is backward stable for a badly scaled D ------------------
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, n=st.integers(6, 40), dtype=st.sampled_from([np.float64, np.float32]))
+def test_lowrank_solve_with_tiny_diagonal_entries_matches_dense(seed, n, dtype):
+    rng = np.random.default_rng(seed)
+    k = max(n // 2, 5)
+    d = rng.uniform(0.5, 1.0, n)
+    d[:5] = [1e-16, 1e-12, 1e-8, 1e-4, 1e-2]  # D spans 1e-16..1
+    U = rng.standard_normal((n, k))
+    A = np.diag(d) + U @ U.T
+    cond = np.linalg.cond(A)
+    if cond > 1e5:  # the property is about well-conditioned A
+        return
+    op = LowRankPlusDiagonal(d.astype(dtype), U.astype(dtype))
+    A_op = np.diag(d.astype(dtype).astype(np.float64)) + U.astype(dtype).astype(np.float64) @ U.astype(dtype).astype(np.float64).T
+    b = rng.standard_normal((n, 2))
+    x = op.solve(b.astype(dtype)).astype(np.float64)
+    ref = np.linalg.solve(A_op, b.astype(dtype).astype(np.float64))
+    eps = np.finfo(dtype).eps
+    assert rel_err(x, ref) < 100 * eps * np.linalg.cond(A_op)
+    assert np.linalg.norm(A_op @ x - b.astype(dtype)) / np.linalg.norm(b) < 100 * eps * np.linalg.cond(A_op)
+
+
+def test_lowrank_solve_never_returns_an_inaccurate_answer_silently(monkeypatch):
+    import curvlab.linalg.operators as ops
+
+    rng = np.random.default_rng(17)
+    n, k = 20, 8
+    d = rng.uniform(0.5, 1, n)
+    d[0] = 1e-16
+    U = rng.standard_normal((n, k))
+    op = LowRankPlusDiagonal(d, U)
+    b = rng.standard_normal(n)
+    x = op.solve(b)
+    A = np.diag(d) + U @ U.T
+    assert np.linalg.norm(A @ x - b) / np.linalg.norm(b) < 1e-12  # was 0.7 and more
+    # above the dense-fallback size an inaccurate Woodbury solve raises instead
+    monkeypatch.setattr(ops, "WOODBURY_DENSE_FALLBACK_N", 10)
+    with pytest.raises(np.linalg.LinAlgError, match="backward error"):
+        op.solve(b, refine=0)
+    # well-scaled D: Woodbury alone is accurate, no fallback needed
+    good = LowRankPlusDiagonal(rng.uniform(0.5, 1, n), U)
+    xg = good.solve(b)
+    assert np.linalg.norm(good.to_dense() @ xg - b) / np.linalg.norm(b) < 1e-13
+
+
+# -- issue 11, defect 10: wrong kinds of input name the argument ------------------------------------
+def test_foreign_and_odd_inputs_name_the_argument():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"A must be .*torch\.Tensor: convert it with"):
+        aslinearoperator(torch.eye(3))
+    with pytest.raises(TypeError, match=r"A must be a NumPy or CuPy array, got a torch\.Tensor"):
+        DenseOperator(torch.eye(3))
+    with pytest.raises(TypeError, match="d must have dtype float32 or float64, got float16"):
+        DiagonalOperator(np.ones(3, dtype=np.float16))
+    with pytest.raises(TypeError, match="A must have dtype float32 or float64, got object"):
+        DenseOperator(np.eye(2).astype(object))
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        aslinearoperator(np.eye(2), dtype=np.complex128)
+    with pytest.raises(TypeError, match="shape must be a pair"):
+        CallableOperator(lambda v: v, (2.5, 2))
+    with pytest.raises(ValueError, match="shape must be a pair"):
+        CallableOperator(lambda v: v, (2,))
+    with pytest.raises(TypeError, match="matmat must be callable"):
+        CallableOperator(lambda v: v, (2, 2), matmat=3)
