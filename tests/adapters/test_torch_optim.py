@@ -109,9 +109,11 @@ def test_param_groups_state_dict_round_trip(rng):
         opt.step(closure_for(ps, opt))
     saved_params = [p.detach().clone() for p in ps]
     sd = opt.state_dict()
-    blob = pickle.loads(pickle.dumps(sd))  # plain Python/NumPy content
     buf = io.BytesIO()
     torch.save(sd, buf)
+    buf.seek(0)
+    blob = torch.load(buf)  # the default weights_only=True reader: tensors and plain Python only
+    assert pickle.loads(pickle.dumps(sd)).keys() == blob.keys()
     for _ in range(40):
         opt.step(closure_for(ps, opt))
     ref = [p.detach().clone() for p in ps]
@@ -125,14 +127,15 @@ def test_param_groups_state_dict_round_trip(rng):
         loaded = opt2.state[opt2.param_groups[gi]["params"][0]]["transform_state"].to_dict()
         assert set(loaded) == set(saved["transform_state"])
         for k, v in saved["transform_state"].items():
-            assert loaded[k].dtype == v.dtype
-            np.testing.assert_array_equal(loaded[k], v)
+            assert isinstance(v, torch.Tensor)
+            assert loaded[k].dtype == v.numpy().dtype
+            np.testing.assert_array_equal(loaded[k], v.numpy())
     for _ in range(40):
         opt2.step(closure_for(ps2, opt2))
     for a, b in zip(ps2, ref):
         assert torch.equal(a.detach(), b)
     buf.seek(0)
-    sd3 = torch.load(buf, weights_only=False)
+    sd3 = torch.load(buf, weights_only=True)
     assert sd3["state"][1]["step"] == 40 and set(sd3["state"]) == {0, 1}
     assert sd3["param_groups"][1]["transform"] == "Adam"
     st = opt2.state_dict()
@@ -221,3 +224,147 @@ def test_layerwise_methods_through_the_wrapper(method, rng):
     ref = model.layout.pack(W)
     assert rel_err(mine, ref) < 1e-9
     assert model.loss(ref, X, y) < model.loss(params, X, y)
+
+
+# --------------------------------------------------------------------------- issue 11 defect 8, issue 13 §4
+def _run(opt, params, grad, curv, steps, needs_curv, flat):
+    for _ in range(steps):
+        cur = np.concatenate([p.detach().numpy().ravel() for p in params])
+        opt.zero_grad()
+        for p, g in zip(params, _split(grad(cur))):
+            p.grad = torch.as_tensor(g.copy())
+        if needs_curv:
+            cf = (lambda d, t=cur: curv(t, d)) if flat else \
+                (lambda d, t=cur: curv(t, np.concatenate([x.ravel() for x in d])))
+            opt.step(curvature=cf)
+        else:
+            opt.step()
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["tree", "flat"])
+@pytest.mark.parametrize("transform", _transforms(), ids=lambda t: type(t).__name__)
+def test_state_dict_loads_with_default_torch_load_and_continues_bit_for_bit(transform, flat, rng):
+    """state_dict() used to hold NumPy arrays, which torch.load(weights_only=True), the
+    default, refuses. Now: tensors and plain Python; a reloaded optimizer continues bit for bit."""
+    P, grad, curv = _problem(rng)
+    th0 = rng.standard_normal(P) * 0.5
+    needs_curv = type(transform).__name__ == "CurvatureLR"
+
+    def make(theta):
+        ps = [torch.nn.Parameter(torch.as_tensor(p.copy())) for p in _split(theta)]
+        return ps, CurvlabOptimizer(ps, copy.deepcopy(transform), flat=flat)
+
+    ps, opt = make(th0)
+    _run(opt, ps, grad, curv, 15, needs_curv, flat)
+    mid = np.concatenate([p.detach().numpy().ravel() for p in ps])
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    _run(opt, ps, grad, curv, 15, needs_curv, flat)
+    buf.seek(0)
+    sd = torch.load(buf)  # weights_only=True by default
+    for v in sd["state"][0]["transform_state"].values():
+        assert isinstance(v, (torch.Tensor, str))
+    ps2, opt2 = make(mid)
+    opt2.load_state_dict(sd)
+    _run(opt2, ps2, grad, curv, 15, needs_curv, flat)
+    for a, b in zip(ps, ps2):
+        assert torch.equal(a.detach(), b.detach())
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["tree", "flat"])
+@pytest.mark.parametrize("transform", [Momentum(lr=0.05, momentum=0.9), AdamW(lr=0.01, weight_decay=0.5)],
+                         ids=lambda t: type(t).__name__)
+def test_frozen_and_gradless_parameters_are_not_moved(transform, flat, rng):
+    """Parameters with requires_grad=False or grad None used to be moved (zero gradient, but
+    weight decay and momentum still act); torch skips them, and so does the wrapper."""
+    a = torch.nn.Parameter(torch.as_tensor(rng.standard_normal(4)))
+    frozen = torch.nn.Parameter(torch.as_tensor(rng.standard_normal(3)), requires_grad=False)
+    unused = torch.nn.Parameter(torch.as_tensor(rng.standard_normal(2)))
+    b = torch.nn.Parameter(torch.as_tensor(rng.standard_normal(3)))
+    keep = [frozen.detach().clone(), unused.detach().clone()]
+    opt = CurvlabOptimizer([frozen, a, unused, b], copy.deepcopy(transform), flat=flat)
+    # reference: the core transform on the live parameters only
+    core = copy.deepcopy(transform)
+    ref = [a.detach().numpy().copy(), b.detach().numpy().copy()]
+    ref = np.concatenate(ref) if flat else ref
+    state = core.init(ref)
+    for _ in range(10):
+        opt.zero_grad()
+        loss = (a ** 4).sum() + (b ** 2).sum()
+        loss.backward()
+        assert frozen.grad is None and unused.grad is None
+        g = [4 * ref[:4] ** 3, 2 * ref[4:]] if flat else [4 * ref[0] ** 3, 2 * ref[1]]
+        ref, state = core.step(ref, np.concatenate(g) if flat else g, state)
+        opt.step()
+    assert torch.equal(frozen.detach(), keep[0]) and torch.equal(unused.detach(), keep[1])
+    mine = np.concatenate([a.detach().numpy(), b.detach().numpy()])
+    want = ref if flat else np.concatenate(ref)
+    assert rel_err(mine, want) < 1e-13
+    # a parameter of the state whose gradient goes missing stays where it is ...
+    b_before = b.detach().clone()
+    opt.zero_grad()
+    (a ** 4).sum().backward()
+    a_before = a.detach().clone()
+    opt.step()
+    assert torch.equal(b.detach(), b_before) and not torch.equal(a.detach(), a_before)
+    # ... and one outside the state that gets a gradient is refused, naming the group
+    opt.zero_grad()
+    (unused ** 2).sum().backward()
+    with pytest.raises(ValueError, match="param group 0: parameters \\[2\\] have a gradient"):
+        opt.step()
+
+
+def test_step_lr_scheduler_changes_the_effective_lr(rng):
+    """issue 13 §4: StepLR used to raise KeyError('lr'); the group's lr is now read each step.
+    The trajectory equals torch.optim.SGD under the same schedule."""
+    th0 = rng.standard_normal(5)
+    A = rng.standard_normal((5, 5))
+    A = A @ A.T / 5 + np.eye(5)
+    mine = torch.nn.Parameter(torch.as_tensor(th0.copy()))
+    theirs = torch.nn.Parameter(torch.as_tensor(th0.copy()))
+    sgd = SGD(lr=0.1)
+    opt = CurvlabOptimizer([mine], sgd)
+    ref = torch.optim.SGD([theirs], lr=0.1)
+    sch = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    sch_ref = torch.optim.lr_scheduler.StepLR(ref, step_size=3, gamma=0.5)
+    At = torch.as_tensor(A)
+    lrs = []
+    for t in range(10):
+        for o, p in ((opt, mine), (ref, theirs)):
+            o.zero_grad()
+            (0.5 * p @ At @ p).backward()
+        before = mine.detach().clone()
+        g = mine.grad.clone()
+        opt.step()
+        ref.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        step = (before - mine.detach()) / g
+        np.testing.assert_allclose(step.numpy(), 0.1 * 0.5 ** (t // 3), rtol=1e-12)
+        sch.step()
+        sch_ref.step()
+    assert lrs == [0.1 * 0.5 ** (t // 3) for t in range(10)]
+    assert sgd.lr == 0.1  # the transform's own value is restored after each update
+    assert rel_err(mine.detach().numpy(), theirs.detach().numpy()) < 1e-14
+    # the scheduled lr travels with state_dict, through the default torch.load
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sch": sch.state_dict()}, buf)
+    buf.seek(0)
+    sd = torch.load(buf)
+    opt2 = CurvlabOptimizer([torch.nn.Parameter(mine.detach().clone())], SGD(lr=0.1))
+    opt2.load_state_dict(sd["opt"])
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 0.1 * 0.5 ** 3
+
+
+def test_hyperparameters_in_param_groups_are_validated(rng):
+    w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = CurvlabOptimizer([{"params": [w], "lr": 0.3}], Momentum(lr=0.1, momentum=0.5))
+    assert opt.param_groups[0]["lr"] == 0.3 and opt.param_groups[0]["momentum"] == 0.5
+    assert "lr" not in CurvlabOptimizer([torch.nn.Parameter(torch.ones(2, dtype=torch.float64))],
+                                        ArTuRO()).param_groups[0]
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\] must be finite and >= 0, got -1"):
+        CurvlabOptimizer([{"params": [w], "lr": -1}], SGD(lr=0.1))
+    w.grad = torch.ones(2, dtype=torch.float64)
+    opt.param_groups[0]["momentum"] = 1.5
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['momentum'\] must be in \[0, 1\)"):
+        opt.step()
+    assert torch.equal(w.detach(), torch.ones(2, dtype=torch.float64))
