@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from .results import DiagonalEstimate, TraceEstimate
+from .results import ConvergenceError, DiagonalEstimate, TraceEstimate, warn_unconverged
 
 
 def blocks(total: int, size: int) -> Iterator[int]:
@@ -56,26 +56,34 @@ def rel_norm(xp: Any, se: Any, est: Any) -> float:
 
 @dataclass(frozen=True)
 class Rule:
-    """How a round is recorded (``entry(est, se)``, a history dict without ``n_matvecs``)
-    and when the target is met (``met(est, se, target)``)."""
+    """How a round is recorded (``entry(est, se, samples)``, a history dict without ``n_matvecs``),
+    its relative error (``rel(est, se, samples)``) and when the target is met (``met(est, se, samples, target)``)."""
 
-    entry: Callable[[Any, Any], dict[str, Any]]
-    met: Callable[[Any, Any, float], bool]
+    entry: Callable[[Any, Any, Any], dict[str, Any]]
+    rel: Callable[[Any, Any, Any], float]
+
+    def met(self, est: Any, se: Any, samples: Any, tgt: float) -> bool:
+        return self.rel(est, se, samples) <= tgt
 
 
 #: scalar estimates: history ``{"estimate", "std_error"}``; target met when ``se <= target |estimate|``
 TRACE = Rule(
-    entry=lambda est, se: {"estimate": est, "std_error": se},
-    met=lambda est, se, tgt: se <= tgt * abs(est),
+    entry=lambda est, se, samples: {"estimate": est, "std_error": se},
+    rel=lambda est, se, samples: abs(se) / max(abs(est), 1e-300),
 )
 
 
 def diagonal_rule(xp: Any) -> Rule:
-    """Vector estimates: history ``{"rel_std_error"}``; target met when ``‖se‖₂ <= target ‖estimate‖₂``."""
-    return Rule(
-        entry=lambda est, se: {"rel_std_error": rel_norm(xp, se, est)},
-        met=lambda est, se, tgt: rel_norm(xp, se, est) <= tgt,
-    )
+    """Vector estimates: history ``{"rel_std_error"}``; target met when ``‖se‖₂ <= target ‖estimate‖₂``.
+
+    A round's ``samples`` may carry that ratio already read to the host (a
+    float, so the round costs no extra sync); otherwise it is computed.
+    """
+
+    def rel(est: Any, se: Any, samples: Any) -> float:
+        return float(samples) if isinstance(samples, float) else rel_norm(xp, se, est)
+
+    return Rule(entry=lambda est, se, samples: {"rel_std_error": rel(est, se, samples)}, rel=rel)
 
 
 @dataclass
@@ -89,6 +97,7 @@ class Rounds:
     converged: bool
     history: list[dict[str, Any]] | None
     message: str
+    exact: bool = False
 
     def _common(self) -> dict[str, Any]:
         return {
@@ -98,6 +107,7 @@ class Rounds:
             "converged": self.converged,
             "history": self.history,
             "message": self.message,
+            "exact": self.exact,
         }
 
     def trace_estimate(self, method: str) -> TraceEstimate:
@@ -105,6 +115,52 @@ class Rounds:
 
     def diagonal_estimate(self, method: str) -> DiagonalEstimate:
         return DiagonalEstimate(method=method, **self._common())
+
+
+def stochastic_cap(cap: int, tgt: float | None, n: int) -> int | None:
+    """The matvecs the stochastic rounds may use, or None: compute exactly now.
+
+    With a fixed budget (``tgt`` None) a budget ``cap >= n`` buys the exact
+    answer (``n`` unit-vector products), so None. In an adaptive run the
+    probes may use at most ``min(cap, n - 1)`` matvecs; should they miss the
+    target, :func:`with_exact_fallback` still computes exactly when ``n``
+    matvecs remain in the cap.
+    """
+    if tgt is None:
+        return None if cap >= n else cap
+    return min(cap, n - 1)
+
+
+def with_exact_fallback(res: Rounds, cap: int, n: int, exact: Callable[[], Any], rule: Rule, record: bool) -> Rounds:
+    """``res`` unless it missed its target and ``n`` matvecs remain in ``cap``: then the exact answer.
+
+    ``exact()`` returns ``(estimate, std_error)`` from ``n`` unit-vector
+    products; the matvecs of the stochastic rounds stay counted.
+    """
+    if res.converged or cap - res.n_matvecs < n:
+        return res
+    return exact_rounds(exact, n, rule, record, used=res.n_matvecs, history=res.history)
+
+
+def exact_rounds(
+    exact: Callable[[], Any], n: int, rule: Rule, record: bool, *, used: int = 0, history: list[dict[str, Any]] | None = None
+) -> Rounds:
+    """A :class:`Rounds` for the exact answer ``exact() -> (estimate, std_error)`` (``n`` matvecs after ``used``)."""
+    est, se = exact()
+    used += n
+    if record:
+        history = list(history or [])
+        history.append({"n_matvecs": used, **rule.entry(est, se, None)})
+    return Rounds(est, se, None, used, True, history, f"computed exactly with {n} unit-vector products (budget >= n); std_error 0", True)
+
+
+def finish(result: Any, who: str, warn: bool, strict: bool) -> Any:
+    """Return ``result``; if it did not converge, raise :class:`ConvergenceError` (``strict``) or warn (``warn``)."""
+    if not result.converged:
+        if strict:
+            raise ConvergenceError(f"{who}: {result.message}", result)
+        warn_unconverged(who, result.message, warn=warn, stacklevel=4)
+    return result
 
 
 def run_rounds(
@@ -117,6 +173,7 @@ def run_rounds(
     cost: int = 1,
     used: int = 0,
     min_rounds: int = 1,
+    cap: int | None = None,
 ) -> Rounds:
     """Run ``step(size, used)`` for each round size until the target is met.
 
@@ -125,7 +182,8 @@ def run_rounds(
     returns ``(estimate, std_error, samples)``. Without a target (``tgt``
     None) every round runs and the result counts as converged; with one, the
     loop stops as soon as ``rule.met`` holds after at least ``min_rounds``
-    rounds. ``sizes`` must yield at least one round.
+    rounds, else the result is unconverged with a message naming the budget
+    ``cap``. ``sizes`` must yield at least one round.
     """
     history: list[dict[str, Any]] | None = [] if record else None
     converged = tgt is None
@@ -134,9 +192,17 @@ def run_rounds(
         used += cost * size
         est, se, samples = step(size, used)
         if history is not None:
-            history.append({"n_matvecs": used, **rule.entry(est, se)})
-        if tgt is not None and i >= min_rounds and rule.met(est, se, tgt):
+            history.append({"n_matvecs": used, **rule.entry(est, se, samples)})
+        if tgt is not None and i >= min_rounds and rule.met(est, se, samples, tgt):
             converged = True
             break
-    message = "target met" if (tgt is not None and converged) else ("budget exhausted" if tgt is not None else "")
+    if tgt is None:
+        message = ""
+    elif converged:
+        message = "target met"
+    else:
+        message = (
+            f"budget exhausted: {used} matvecs (cap {cap if cap is not None else used}) left the relative "
+            f"error {rule.rel(est, se, samples):.3g} above target_rel_error = {tgt:g}"
+        )
     return Rounds(est, se, samples, used, converged, history, message)

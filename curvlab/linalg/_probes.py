@@ -26,3 +26,15 @@ def draw(g: Any, n: int, m: int, probe: str, dtype: Any) -> Any:
 def sample_se(x: np.ndarray) -> float:
     """Standard error ``std(x, ddof=1)/√len(x)`` (inf for fewer than 2 samples)."""
     return float(np.std(x, ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("inf")
+
+
+def t_factor(dof: float) -> float:
+    """``t_{dof, 0.975} / z_{0.975}``: the factor that turns ``estimate ± 1.96 se`` into a 95% Student-t interval.
+
+    ``inf`` for ``dof < 1``; about 1.01 at ``dof = 100``.
+    """
+    if not dof >= 1:
+        return float("inf")
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof) / 1.959963984540054)

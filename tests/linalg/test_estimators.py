@@ -7,11 +7,15 @@ reduction of Hutch++/XTrace/XDiag on a fast-decay spectrum.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from curvlab import backend
 from curvlab.linalg import (
+    ConvergenceError,
+    ConvergenceWarning,
     DenseOperator,
     exact_smoothed_density,
     hutchinson,
@@ -117,7 +121,8 @@ def test_trace_coverage_over_seeds(estimator):
 
 
 def test_hutchinson_error_falls_like_inverse_sqrt_m():
-    ps = make_case("uniform", 200)
+    # n = 500 > 400 probes: a budget >= n would compute the trace exactly (error 0)
+    ps = make_case("uniform", 500)
     A = ps.operator.to_dense() + 0.3  # add an off-diagonal-heavy part so Rademacher probes have variance
     op = DenseOperator(A, symmetric=True)
     tr = float(np.trace(A))
@@ -141,8 +146,14 @@ def test_trace_adaptive_target_and_budget(estimator, xp):
     r = estimator(ps.operator, target_rel_error=0.01, rng=0, return_history=True)
     assert r.converged and r.rel_std_error <= 0.01 and r.history
     assert abs(r.estimate - tr) / tr < 0.05
-    small = estimator(ps.operator, target_rel_error=1e-6, max_matvecs=40, rng=0)
+    with pytest.warns(ConvergenceWarning, match="budget exhausted"):
+        small = estimator(ps.operator, target_rel_error=1e-6, max_matvecs=40, rng=0)
     assert not small.converged and small.n_matvecs <= 40
+    with pytest.raises(ConvergenceError, match=estimator.__name__):
+        estimator(ps.operator, target_rel_error=1e-6, max_matvecs=40, rng=0, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not estimator(ps.operator, target_rel_error=1e-6, max_matvecs=40, rng=0, warn=False).converged
 
 
 def test_trace_bad_inputs():
@@ -196,7 +207,8 @@ def test_diagonal_adaptive_and_bad_inputs():
     for f in (hutchinson_diagonal, xdiag):
         r = f(ps.operator, target_rel_error=0.05, rng=0)
         assert r.converged and r.rel_std_error <= 0.05
-        r = f(ps.operator, target_rel_error=1e-9, max_matvecs=48, rng=0)
+        with pytest.warns(ConvergenceWarning, match="budget exhausted"):
+            r = f(ps.operator, target_rel_error=1e-9, max_matvecs=48, rng=0)
         assert not r.converged and r.n_matvecs <= 48
     with pytest.raises(ValueError, match="symmetric"):
         xdiag(DenseOperator(np.random.default_rng(0).standard_normal((30, 30))), 10)
@@ -214,3 +226,82 @@ def test_float32_operators_accumulate_in_float64():
     assert abs(r.estimate - lam.sum()) < 1e-4 * lam.sum() + 3 * r.std_error
     d = hutchinson_diagonal(ps.operator, 32, rng=0)
     assert d.estimate.dtype == np.float64
+
+
+# ---------------------------------------------------------------- exact when the budget reaches n; jackknife algebra
+@pytest.mark.parametrize("estimator", [hutchinson, hutchpp, xtrace])
+def test_trace_budget_n_is_exact(estimator):
+    """A budget >= n buys tr A from n unit vectors: std_error 0, exact=True, n matvecs (was 6+ error bars off at n = 10)."""
+    ps = make_case("decaying", 10)
+    tr = ps.eigenvalues.sum()
+    for budget in (10, 11, 20):
+        r = estimator(ps.operator, budget, rng=0)
+        assert r.exact and r.std_error == 0.0 and r.n_matvecs == 10 and r.converged
+        assert "exact" in r.method and "exact" in r.message
+        assert abs(r.estimate - tr) <= 1e-12 * tr
+    r = estimator(ps.operator, 9, rng=0) if estimator is not xtrace else estimator(ps.operator, 8, rng=0)
+    assert not r.exact and r.std_error > 0
+    # adaptive: the probes use < n matvecs, then the exact answer while n remain in the cap
+    ps = make_case("decaying", 60)
+    r = estimator(ps.operator, target_rel_error=1e-8, max_matvecs=200, rng=0, return_history=True)
+    assert r.exact and r.converged and r.n_matvecs <= 200 and r.history[-1]["std_error"] == 0.0
+    assert abs(r.estimate - ps.eigenvalues.sum()) <= 1e-12 * ps.eigenvalues.sum()
+
+
+@pytest.mark.parametrize("estimator", [hutchinson_diagonal, xdiag])
+def test_diagonal_budget_n_is_exact(estimator):
+    ps = make_case("indefinite", 12)
+    exact = np.diag(ps.operator.to_dense())
+    r = estimator(ps.operator, 12, rng=0)
+    assert r.exact and r.n_matvecs == 12 and np.all(r.std_error == 0.0)
+    np.testing.assert_allclose(r.estimate, exact, rtol=0, atol=1e-13)
+
+
+def _xtrace_naive(A, Om):
+    """XTrace recomputed from scratch: one QR per left-out probe."""
+    Y = A @ Om
+    t = []
+    for i in range(Om.shape[1]):
+        Qi, _ = np.linalg.qr(np.delete(Y, i, axis=1))
+        P = np.eye(A.shape[0]) - Qi @ Qi.T
+        t.append(np.trace(Qi.T @ A @ Qi) + Om[:, i] @ P @ A @ P @ Om[:, i])
+    return np.mean(t)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_xtrace_jackknife_matches_recomputation(symmetric):
+    """T_(-j) from the one-QR leave-two-out algebra equals XTrace rerun without probe j."""
+    from curvlab.linalg.trace import _exchangeable_sketch, _xtrace_jackknife
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((30, 30))
+    A = A @ A.T if symmetric else A
+    op = DenseOperator(A, symmetric=symmetric)
+    g = np.random.default_rng(5)
+    Om, _, _, _, small = _exchangeable_sketch(op, 7, g, "rademacher", "t")
+    Tj = _xtrace_jackknife(small)
+    naive = [_xtrace_naive(A, np.delete(Om, j, axis=1)) for j in range(7)]
+    np.testing.assert_allclose(Tj, naive, rtol=1e-10)
+
+
+def test_xdiag_jackknife_matches_recomputation(monkeypatch):
+    """XDiag's per-entry jackknife equals the spread of XDiag rerun without each probe."""
+    import curvlab.linalg.diagonal as dg
+    import curvlab.linalg.trace as tr
+    from curvlab.linalg.trace import jackknife_se
+
+    rng = np.random.default_rng(4)
+    B = rng.standard_normal((25, 25))
+    A = B @ B.T
+    op = DenseOperator(A, symmetric=True)
+    s = 6
+    est, se, _ = dg._xdiag_once(op, s, np.random.default_rng(9), "rademacher")
+    Om = tr.draw(np.random.default_rng(9), 25, s, "rademacher", np.float64)
+    Tj = []
+    for j in range(s):
+        Omj = np.delete(Om, j, axis=1)
+        monkeypatch.setattr(tr, "draw", lambda *a, **k: Omj)
+        Tj.append(dg._xdiag_once(op, s - 1, None, "rademacher")[0])
+    monkeypatch.undo()
+    expect = jackknife_se(np.array(Tj).T, axis=1) * dg.t_factor(s - 1)
+    np.testing.assert_allclose(se, expect, rtol=1e-9)
