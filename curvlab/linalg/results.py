@@ -209,16 +209,31 @@ class TraceEstimate:
     Attributes
     ----------
     estimate, std_error : float
-        The estimate and its standard error (probe spread; see each method).
+        The estimate and its error bar. ``std_error`` covers every error
+        source the routine knows of: the probe spread (Student-t calibrated,
+        see each method) and, for SLQ, the quadrature error, combined as
+        ``sqrt(probe_std_error² + quadrature_error²)``; ``0.0`` for an exact
+        computation (``exact``). ``estimate ± 2 std_error`` is the interval the
+        coverage tests check.
     n_matvecs : int
     converged : bool
-        True when the requested target relative error was met (always True
-        for a fixed budget without a target).
+        True when the error bar can be trusted and the requested target
+        relative error (if any) was met. False (with a ``message`` and a
+        :class:`ConvergenceWarning`) when the budget ran out before the target,
+        or the quadrature error could not be resolved.
     method : str
     samples : numpy.ndarray or None
-        The per-probe (or per-exchange) values the standard error came from.
+        The per-probe (or per-exchange) values the probe error came from.
     history : list of dict or None
         ``{"n_matvecs", "estimate", "std_error"}`` per adaptive round.
+    message : str
+    probe_std_error : float or None
+        The probe-variance part of ``std_error`` (None: same as ``std_error``).
+    quadrature_error : float
+        The quadrature (Lanczos truncation) part, SLQ only; 0 otherwise.
+    exact : bool
+        True when the trace was computed exactly (``n`` unit-vector products,
+        because the budget reached ``n``); then ``std_error`` is 0.
     """
 
     estimate: float
@@ -229,6 +244,9 @@ class TraceEstimate:
     samples: np.ndarray | None = None
     history: list[dict[str, Any]] | None = None
     message: str = ""
+    probe_std_error: float | None = None
+    quadrature_error: float = 0.0
+    exact: bool = False
 
     @property
     def rel_std_error(self) -> float:
@@ -248,9 +266,14 @@ class DiagonalEstimate:
     estimate, std_error : array ``(n,)`` (operator backend, float64 accumulation cast to the operator dtype)
     n_matvecs : int
     converged : bool
-        True when ``‖std_error‖₂ <= target * ‖estimate‖₂`` (or no target given).
+        True when ``‖std_error‖₂ <= target * ‖estimate‖₂`` (or no target given);
+        False comes with a ``message`` and a :class:`ConvergenceWarning`.
     method : str
     history : list of dict or None
+    message : str
+    exact : bool
+        True when the diagonal was computed exactly (``n`` unit-vector
+        products, because the budget reached ``n``); then ``std_error`` is 0.
     """
 
     estimate: Any
@@ -260,6 +283,7 @@ class DiagonalEstimate:
     method: str = ""
     history: list[dict[str, Any]] | None = None
     message: str = ""
+    exact: bool = False
 
     @property
     def rel_std_error(self) -> float:
