@@ -199,3 +199,33 @@ def test_eigh_batched_matches_numpy_and_rejects_nan():
     assert rel_err(np.einsum("bij,bj,bkj->bik", V, w, V), S) <= 1e-13
     with pytest.raises(FloatingPointError, match="M"):
         eigh_batched(np.full((1, 2, 2), np.nan))
+
+
+# -- issue 11, defect 7: the Woodbury block solve divides by λ; a tiny λ must not cost digits --------
+@pytest.mark.parametrize("B, n, m, lam", [(4, 3, 4, 1e-12), (6, 3, 4, 1e-12), (5, 2, 5, 1e-9), (8, 2, 3, 1e-14)])
+@pytest.mark.parametrize("method", ["auto", "woodbury"])
+def test_sum_block_solve_backward_stable_for_tiny_lambda(B, n, m, lam, method):
+    rng = np.random.default_rng(B * 100 + n * 10 + m)
+    Ms = rng.standard_normal((B, n, n))
+    Ms = Ms @ Ms.transpose(0, 2, 1) + np.eye(n)
+    A = rng.standard_normal((B, m))
+    H = KroneckerSumBlock(Ms, A, lam)
+    assert H.rank == m  # full rank inputs: the block is well conditioned whatever λ
+    D = H.to_dense()
+    b = rng.standard_normal((n * m, 2))
+    x = H.solve(b, method=method)
+    eta = np.linalg.norm(D @ x - b) / (np.linalg.norm(D, 2) * np.linalg.norm(x) + np.linalg.norm(b))
+    assert eta < 1e-14
+    assert np.linalg.norm(x - np.linalg.solve(D, b)) / np.linalg.norm(x) < 1e-13 * np.linalg.cond(D)
+
+
+def test_block_parameters_are_validated_naming_them():
+    rng = np.random.default_rng(0)
+    Ms, A = rng.standard_normal((2, 2, 2)), rng.standard_normal((2, 3))
+    for bad in (np.nan, -1.0, 0.0, np.inf):
+        with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+            KroneckerSumBlock(Ms, A, 1.0, scale=bad)
+    with pytest.raises(TypeError, match="lam must be a finite number >= 0"):
+        KroneckerSumBlock(Ms, A, "1")
+    with pytest.raises(TypeError, match="lam must be a finite number >= 0"):
+        KroneckerLayerBlock(Ms[0], A[0], None)
