@@ -200,10 +200,27 @@ def forward_mode_safe_ops(enabled: bool = True) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- losses
+def _check_labels(y: torch.Tensor, C: int) -> None:
+    """Labels in ``[0, C)``: one host sync (a boolean); two more only to word the error."""
+    if bool(((y < 0) | (y >= C)).any()):
+        lo, hi = int(y.min()), int(y.max())
+        raise ValueError(f"batch targets (class labels) must lie in [0, {C - 1}] for cross_entropy "
+                         f"(the outputs have {C} classes), got values in [{lo}, {hi}]")
+
+
 def _builtin_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name == "cross_entropy":
+        checked: list[torch.Tensor] = []  # the targets tensor whose label range was verified
 
         def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            lead = tuple(z.shape[:-1])
+            if tuple(y.shape) not in (lead, lead + (1,)):
+                raise ValueError(f"cross_entropy targets must have the outputs' shape without the class axis, "
+                                 f"{lead}, got {tuple(y.shape)}")
+            if not checked or checked[0] is not y:  # once per targets tensor, not per product
+                _check_labels(y, int(z.shape[-1]))
+                checked[:] = [y]
+            # torch's ignore_index (-100) cannot occur: the labels were checked to lie in [0, C)
             return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1))
 
         return ce
@@ -216,6 +233,39 @@ def _builtin_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
         return mse
     raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable, got {name!r}")
+
+
+def _checked_loss(fn: Callable[[torch.Tensor, torch.Tensor], Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A user's loss callable whose result must be a real 0-d tensor (every use: gradient, operators)."""
+
+    def loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        val = fn(z, y)
+        if not isinstance(val, torch.Tensor):
+            raise TypeError(f"loss must return a 0-d torch tensor (the batch mean), got {type(val).__name__}")
+        if val.ndim != 0:
+            raise ValueError(f"loss must return a scalar (0-d) tensor, the mean over the batch, got shape "
+                             f"{tuple(val.shape)} (a per-sample loss? use reduction='mean')")
+        if not val.is_floating_point():
+            raise TypeError(f"loss must return a real floating tensor, got dtype {val.dtype}")
+        return val
+
+    return loss
+
+
+def _as_batch_tensor(t: Any, name: str) -> torch.Tensor:
+    """One tensor (or a NumPy/CuPy array, via DLPack) for ``batch``'s inputs or targets."""
+    if isinstance(t, (tuple, list, dict)):
+        raise TypeError(f"batch {name} must be one tensor (or a NumPy/CuPy array), got a {type(t).__name__}; a "
+                        "sequence is not stacked (a model taking several inputs needs a wrapper module taking one "
+                        "tensor; plain label lists: torch.as_tensor(labels))")
+    if not isinstance(t, torch.Tensor):
+        if not (hasattr(t, "__dlpack__") or isinstance(t, np.ndarray)):
+            raise TypeError(f"batch {name} must be a torch tensor (or a NumPy/CuPy array), "
+                            f"got {type(t).__module__}.{type(t).__name__}")
+        t = to_torch(t)
+    if t.is_complex():
+        raise TypeError(f"batch {name} have complex dtype {t.dtype}; curvlab's losses and operators are real")
+    return t
 
 
 def _resolve_group(process_group: Any) -> Any:
@@ -241,8 +291,17 @@ class TorchCurvature:
     loss : "cross_entropy" | "mse" | callable
         See the module docstring; a callable must return a 0-d tensor.
     batch : (inputs, targets)
-        Tensors on the model's device. Floating inputs must have the
-        parameters' dtype.
+        Two tensors (NumPy/CuPy arrays cross by DLPack) on the model's device,
+        with at least one sample and equal leading (batch) sizes. Floating inputs
+        must have the parameters' dtype; complex parts raise ``TypeError``. A
+        tuple/list/dict as inputs or targets raises ``TypeError`` (it is never
+        stacked: a model with several inputs needs a wrapper module taking one
+        tensor). ``"cross_entropy"`` targets are integer labels shaped like the
+        outputs without the class axis (or with a trailing 1); their range
+        ``[0, C)`` is checked once per targets tensor, at the first evaluation
+        (one host sync), so torch's ``ignore_index`` (-100) cannot drop samples
+        silently. A callable loss must return a real 0-d tensor, checked at every
+        use (gradient and every operator).
     params : iterable of (name, tensor), optional
         The parameters to differentiate; default: every ``named_parameters()``
         entry with ``requires_grad``.
@@ -300,9 +359,9 @@ class TorchCurvature:
         self.layout = NamedLayout([n for n, _ in named], [tuple(p.shape) for _, p in named], self.dtype)
         self.params: tuple[torch.Tensor, ...] = tuple(p.detach().clone() for _, p in named)
         self.loss_name = loss if isinstance(loss, str) else None
-        self.loss_fn = _builtin_loss(loss) if isinstance(loss, str) else loss
-        if not callable(self.loss_fn):
+        if not isinstance(loss, str) and not callable(loss):
             raise TypeError(f"loss must be a string or a callable, got {type(loss).__name__}")
+        self.loss_fn = _builtin_loss(loss) if isinstance(loss, str) else _checked_loss(loss)
         self.hvp_mode = hvp_mode
         self.composite_ops = bool(composite_ops)
         self.group = _resolve_group(process_group)
@@ -318,8 +377,7 @@ class TorchCurvature:
         X, y = batch
         out = []
         for name, t in (("inputs", X), ("targets", y)):
-            if not isinstance(t, torch.Tensor):
-                t = to_torch(t)
+            t = _as_batch_tensor(t, name)
             if t.device != self.device:
                 raise ValueError(f"batch {name} live on {t.device} but the model's parameters on {self.device}; "
                                  f"move them with .to({str(self.device)!r})")
@@ -330,6 +388,11 @@ class TorchCurvature:
             out.append(t)
         if out[0].shape[0] != out[1].shape[0]:
             raise ValueError(f"inputs and targets differ in batch size: {out[0].shape[0]} vs {out[1].shape[0]}")
+        if out[0].shape[0] == 0:
+            raise ValueError(f"batch is empty (inputs of shape {tuple(out[0].shape)}): the mean loss of no "
+                             "sample is undefined; pass at least one sample")
+        if self.loss_name == "cross_entropy" and (out[1].is_floating_point() or out[1].dtype == torch.bool):
+            raise TypeError(f"batch targets must be integer class labels for cross_entropy, got dtype {out[1].dtype}")
         return out[0], out[1]
 
     def _rank_weight(self) -> tuple[float, float]:
@@ -370,8 +433,8 @@ class TorchCurvature:
         if isinstance(v, (list, tuple)):  # a tree: one array per parameter, in layout order
             if len(v) != len(self.layout):
                 raise ValueError(f"{name} must hold {len(self.layout)} arrays (one per parameter), got {len(v)}")
-            v = torch.cat([to_torch(a).reshape(-1) for a in v])
-        t = to_torch(v)
+            v = torch.cat([self._real(to_torch(a), name).reshape(-1) for a in v])
+        t = self._real(to_torch(v), name)
         if t.ndim != 1 or t.shape[0] != self.layout.size:
             raise ValueError(f"{name} must have shape ({self.layout.size},), got {tuple(t.shape)}")
         if t.device != self.device:
@@ -380,8 +443,14 @@ class TorchCurvature:
             t = t.to(self.torch_dtype)
         return tuple(self.layout.unpack(t))
 
+    @staticmethod
+    def _real(t: torch.Tensor, name: str) -> torch.Tensor:
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a real float32/float64 array, got dtype {t.dtype}")
+        return t
+
     def _block_in(self, V: Any) -> tuple[torch.Tensor, ...]:
-        T = to_torch(V)
+        T = self._real(to_torch(V), "V")
         if T.ndim != 2 or T.shape[0] != self.layout.size:
             raise ValueError(f"V must have shape ({self.layout.size}, k), got {tuple(T.shape)}")
         T = T.to(self.torch_dtype).T  # (k, P) view

@@ -250,3 +250,107 @@ def test_errors(rng):
         curv.grad_and_curvature(np.ones(26), mode="adjoint")
     with pytest.raises(ValueError, match="built-in loss"):
         TorchCurvature(net, lambda z, t: z.mean(), (X, y)).fisher("mc", rng=0)
+
+
+# ----------------------------------------------------------------- issue 11 defects 4 and 10
+def _net_batch():
+    torch.manual_seed(0)
+    net = mlp([3, 4, 2])
+    return net, torch.randn(8, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_empty_batch_is_refused(loss):
+    """A zero-sample batch used to give loss NaN and a zero gradient."""
+    net, X, y = _net_batch()
+    t = y[:0] if loss == "cross_entropy" else torch.zeros(0, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"batch is empty \(inputs of shape \(0, 3\)\)"):
+        TorchCurvature(net, loss, (X[:0], t))
+
+
+@pytest.mark.parametrize("label", [2, 7, -1, -100])
+def test_labels_out_of_range_are_refused_by_every_product(label):
+    """-100 (torch's ignore_index) used to be dropped from the mean silently; others raised an
+    IndexError on the CPU (a device assert on CUDA)."""
+    net, X, y = _net_batch()
+    y = y.clone()
+    y[3] = label
+    curv = TorchCurvature(net, "cross_entropy", (X, y))
+    v = np.ones(curv.layout.size)
+    for call in (curv.gradient, lambda: curv.hessian() @ v, lambda: curv.ggn() @ v, lambda: curv.fisher() @ v,
+                 lambda: curv.curvature(v), lambda: curv.grad_and_curvature(v),
+                 lambda: curv.hessian("reverse_over_reverse") @ np.ones((v.size, 2))):
+        with pytest.raises(ValueError, match=rf"batch targets \(class labels\) must lie in \[0, 1\].*{label}"):
+            call()
+
+
+def test_labels_are_checked_once_per_targets_tensor(monkeypatch):
+    """The label range is one host read for the adapter's targets, not one per product."""
+    import curvlab.adapters.torch as ta
+
+    net, X, y = _net_batch()
+    calls = []
+    real = ta._check_labels
+    monkeypatch.setattr(ta, "_check_labels", lambda yy, C: (calls.append(C), real(yy, C))[1])
+    curv = TorchCurvature(net, "cross_entropy", (X, y))
+    H, G = curv.hessian(), curv.ggn()
+    v = np.ones(curv.layout.size)
+    for _ in range(3):
+        H @ v
+        G @ v
+        curv.gradient()
+    assert calls == [2]
+
+
+def test_batch_sequences_complex_and_float_labels_are_refused():
+    """A tuple of inputs used to be stacked into one tensor (batch size 2, or a shape error
+    deep inside the model); now every batch part must be one real tensor."""
+    net, X, y = _net_batch()
+    with pytest.raises(TypeError, match="batch inputs must be one tensor .* got a tuple; a sequence is not stacked"):
+        TorchCurvature(net, "cross_entropy", ((X[:2], X[:2]), y[:2]))
+    with pytest.raises(TypeError, match="batch targets must be one tensor .* got a list"):
+        TorchCurvature(net, "cross_entropy", (X, y.tolist()))
+    with pytest.raises(TypeError, match="batch inputs have complex dtype"):
+        TorchCurvature(net, "cross_entropy", (X.to(torch.complex128), y))
+    with pytest.raises(TypeError, match="batch targets have complex dtype"):
+        TorchCurvature(net, "mse", (X, torch.zeros(8, 2, dtype=torch.complex128)))
+    with pytest.raises(TypeError, match="batch targets must be integer class labels.*float64"):
+        TorchCurvature(net, "cross_entropy", (X, y.double()))
+    with pytest.raises(TypeError, match="batch inputs must be a torch tensor"):
+        TorchCurvature(net, "cross_entropy", ("abc", y))
+    with pytest.raises(ValueError, match=r"cross_entropy targets must have the outputs' shape without the class "
+                                         r"axis, \(8,\), got \(8, 2\)"):
+        TorchCurvature(net, "cross_entropy", (X, torch.zeros(8, 2, dtype=torch.int64))).gradient()
+    with pytest.raises(ValueError, match=r"mse targets must have the outputs' shape \(8, 2\), got \(8,\)"):
+        TorchCurvature(net, "mse", (X, torch.zeros(8, dtype=torch.float64))).gradient()
+    # a NumPy batch still crosses (DLPack), and (B, 1) labels are the same labels
+    ref = TorchCurvature(net, "cross_entropy", (X, y)).gradient()[0]
+    assert TorchCurvature(net, "cross_entropy", (X.numpy(), y.numpy())).gradient()[0] == ref
+    assert TorchCurvature(net, "cross_entropy", (X, y[:, None])).gradient()[0] == ref
+
+
+@pytest.mark.parametrize("what", ["gradient", "hessian", "ggn", "fisher", "curvature"])
+def test_callable_loss_of_the_wrong_shape_is_refused_everywhere(what):
+    """A per-sample (non-scalar) callable loss used to raise torch internals in ggn/fisher."""
+    net, X, y = _net_batch()
+    curv = TorchCurvature(net, torch.nn.CrossEntropyLoss(reduction="none"), (X, y))
+    v = np.ones(curv.layout.size)
+    call = {"gradient": curv.gradient, "hessian": lambda: curv.hessian() @ v, "ggn": lambda: curv.ggn() @ v,
+            "fisher": lambda: curv.fisher() @ v, "curvature": lambda: curv.curvature(v)}[what]
+    with pytest.raises(ValueError, match=r"loss must return a scalar \(0-d\) tensor.*got shape \(8,\)"):
+        call()
+    with pytest.raises(TypeError, match="loss must return a 0-d torch tensor.*float"):
+        TorchCurvature(net, lambda z, t: 1.0, (X, y)).gradient()
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.int64, np.bool_])
+def test_non_real_vectors_are_refused_naming_the_argument(dtype):
+    """Complex vectors used to lose their imaginary part silently (int/bool: cast)."""
+    net, X, y = _net_batch()
+    curv = TorchCurvature(net, "cross_entropy", (X, y))
+    v = np.ones(curv.layout.size, dtype=dtype)
+    for name, call in [("v", lambda: curv.hvp(v)), ("d", lambda: curv.curvature(v)),
+                       ("params", lambda: curv.gradient(v)), ("d", lambda: curv.grad_and_curvature(v)),
+                       ("v", lambda: curv.hessian() @ v), ("V", lambda: curv.ggn() @ v[:, None])]:
+        with pytest.raises(TypeError, match=rf"^{name} must be a real float"):
+            call()
