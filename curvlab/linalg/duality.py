@@ -114,18 +114,46 @@ def _rtol(M: Any) -> float:
     return max(M.shape) * float(np.finfo(M.dtype).eps)
 
 
+def _finite(xp: Any, out: Any) -> bool:
+    """Whether every array of an SVD result is finite: one device reduction, one host read."""
+    parts = out if isinstance(out, tuple) else (out,)
+    ok = xp.all(xp.isfinite(parts[0]))
+    for x in parts[1:]:
+        ok = ok & xp.all(xp.isfinite(x))
+    return bool(ok)
+
+
 def _svd(M: Any, compute_uv: bool = True) -> Any:
-    """Thin SVD (``(U, s, Vt)``, or ``s`` alone without ``compute_uv``); on NumPy retry
-    with the gesvd driver (scipy) when gesdd fails."""
+    """Thin SVD (``(U, s, Vt)``, or ``s`` alone without ``compute_uv``).
+
+    A failure is detected both ways it shows: LAPACK raising ``LinAlgError`` (NumPy) and a
+    non-finite result (cuSOLVER on CuPy returns NaN/garbage instead of raising; one finiteness
+    check, one host sync). Either way the SVD is retried on the host with the gesvd driver
+    (scipy) and moved back; ``LinAlgError`` if that fails too (or ``M`` itself is not finite),
+    so callers' ``except LinAlgError`` fallbacks trigger on every backend.
+    """
     xp = backend.get_namespace(M)
     try:
-        return xp.linalg.svd(M, full_matrices=False, compute_uv=compute_uv)
+        out = xp.linalg.svd(M, full_matrices=False, compute_uv=compute_uv)
+        if _finite(xp, out):
+            return out
     except np.linalg.LinAlgError:
-        if xp is not np:
-            raise
-        import scipy.linalg  # noqa: PLC0415
+        pass
+    import scipy.linalg  # noqa: PLC0415
 
-        return scipy.linalg.svd(M, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd")
+    host = backend.to_numpy(M)
+    if not np.all(np.isfinite(host)):
+        raise np.linalg.LinAlgError("SVD of a matrix holding NaN or Inf")
+    try:
+        out = scipy.linalg.svd(host, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd",
+                               check_finite=False)
+    except (np.linalg.LinAlgError, ValueError) as e:
+        raise np.linalg.LinAlgError(f"SVD failed (gesdd and gesvd): {e}") from e
+    if not _finite(np, out):
+        raise np.linalg.LinAlgError("SVD failed: non-finite result from gesdd and gesvd")
+    if xp is np:
+        return out
+    return tuple(xp.asarray(x) for x in out) if isinstance(out, tuple) else xp.asarray(out)
 
 
 def _singular_values(M: Any) -> Any:

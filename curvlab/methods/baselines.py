@@ -7,6 +7,12 @@ Weight decay: ``SGD``/``Momentum``/``Adam`` add ``weight_decay * params`` to the
 gradient (L2 regularisation); ``AdamW`` decouples it
 (``updates -= lr * weight_decay * params``).
 
+Numerical trouble (``nan_policy``, ``max_consecutive_skips``; the shared policy of
+:mod:`curvlab.methods._transform`): a step whose direction or new state holds NaN/Inf
+(a non-finite gradient, or an overflow) is skipped by default — zero update, state unchanged
+but for ``n_skipped_steps`` and ``consecutive_skips``. Host syncs: one per ``update`` (the
+finiteness check; none with ``nan_policy="propagate"``).
+
 Example
 -------
 >>> import numpy as np
@@ -25,12 +31,25 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._transform import Transform, TransformState, Tree, check_tree_like, tree_leaves, tree_map, tree_zeros_like
+from ._transform import (
+    DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    Transform,
+    TransformState,
+    Tree,
+    check_params,
+    check_tree_like,
+    state_leaves,
+    tree_leaves,
+    tree_map,
+    tree_zeros_like,
+)
 
 __all__ = ["SGD", "Momentum", "Adam", "AdamW", "SGDState", "MomentumState", "AdamState"]
 
 
 def _check_hyper(name: str, value: float, low: float = 0.0, inclusive: bool = True, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
     ok = (v >= low if inclusive else v > low) and np.isfinite(v) and (high is None or v < high)
     if not ok:
@@ -60,22 +79,39 @@ def _check_grads(grads: Tree, ref: Tree) -> None:
     check_tree_like("grads", grads, ref, "the state")
 
 
+def _skip(opt: Transform, grads: Tree, state: Any) -> tuple[Tree, Any]:
+    """The skipped step of the shared policy: zero updates, state counters advanced."""
+    return tree_zeros_like(grads), opt.skipped(state)
+
+
 @dataclasses.dataclass
 class SGDState(TransformState):
+    """``count``: steps taken; ``n_skipped_steps``/``consecutive_skips``: the NaN policy's counters."""
+
     count: int
+    n_skipped_steps: int = 0
+    consecutive_skips: int = 0
 
 
 @dataclasses.dataclass
 class MomentumState(TransformState):
+    """``count``, the momentum ``buffer`` (shaped like params) and the NaN policy's counters."""
+
     count: int
     buffer: Any
+    n_skipped_steps: int = 0
+    consecutive_skips: int = 0
 
 
 @dataclasses.dataclass
 class AdamState(TransformState):
+    """``count``, the moments ``m``, ``v`` (shaped like params) and the NaN policy's counters."""
+
     count: int
     m: Any
     v: Any
+    n_skipped_steps: int = 0
+    consecutive_skips: int = 0
 
 
 class SGD(Transform):
@@ -83,13 +119,14 @@ class SGD(Transform):
 
     state_class = SGDState
 
-    def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
+    def __init__(self, lr: float = 0.01, weight_decay: float = 0.0, *, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         self.lr = _check_hyper("lr", lr, 0.0, inclusive=False)
         self.weight_decay = _check_hyper("weight_decay", weight_decay)
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
 
     def init(self, params: Tree) -> SGDState:
-        for i, p in enumerate(tree_leaves(params)):
-            backend.check_float_array(p, f"params[{i}]")
+        check_params(params)
         return SGDState(count=0)
 
     def direction(self, grads: Tree, state: SGDState, params: Tree | None = None) -> tuple[Tree, SGDState]:
@@ -97,10 +134,14 @@ class SGD(Transform):
         ``weight_decay = 0``) and the new state."""
         if params is not None:
             check_tree_like("grads", grads, params)
-        return _with_decay(grads, params, self.weight_decay), SGDState(count=state.count + 1)
+        else:
+            check_params(grads, "grads")
+        return _with_decay(grads, params, self.weight_decay), SGDState(state.count + 1, state.n_skipped_steps, 0)
 
     def update(self, grads: Tree, state: SGDState, params: Tree | None = None, **extras: Any) -> tuple[Tree, SGDState]:
         g, new = self.direction(grads, state, params)
+        if self.nonfinite(g, blame={"grads": grads, "params": params if self.weight_decay else None}):
+            return _skip(self, grads, state)
         return _descent(g, self.lr), new
 
 
@@ -110,13 +151,16 @@ class Momentum(Transform):
     state_class = MomentumState
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, *, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         self.lr = _check_hyper("lr", lr, 0.0, inclusive=False)
         self.momentum = _check_hyper("momentum", momentum, 0.0, high=1.0)
         self.nesterov = bool(nesterov)
         self.weight_decay = _check_hyper("weight_decay", weight_decay)
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
 
     def init(self, params: Tree) -> MomentumState:
+        check_params(params)
         return MomentumState(count=0, buffer=tree_zeros_like(params))
 
     def direction(self, grads: Tree, state: MomentumState, params: Tree | None = None) -> tuple[Tree, MomentumState]:
@@ -126,11 +170,14 @@ class Momentum(Transform):
         mu = self.momentum
         buf = tree_map(lambda b, x: b.dtype.type(mu) * b + x, state.buffer, g)
         d = tree_map(lambda x, b: x + b.dtype.type(mu) * b, g, buf) if self.nesterov else buf
-        return d, MomentumState(state.count + 1, buf)
+        return d, MomentumState(state.count + 1, buf, state.n_skipped_steps, 0)
 
     def update(self, grads: Tree, state: MomentumState, params: Tree | None = None,
                **extras: Any) -> tuple[Tree, MomentumState]:
         d, new = self.direction(grads, state, params)
+        if self.nonfinite(d, *state_leaves(new),
+                          blame={"grads": grads, "params": params if self.weight_decay else None}):
+            return _skip(self, grads, state)
         return _descent(d, self.lr), new
 
 
@@ -141,14 +188,18 @@ class Adam(Transform):
     decoupled = False
 
     def __init__(self, lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, *, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         self.lr = _check_hyper("lr", lr, 0.0, inclusive=False)
         self.b1 = _check_hyper("b1", b1, 0.0, high=1.0)
         self.b2 = _check_hyper("b2", b2, 0.0, high=1.0)
-        self.eps = _check_hyper("eps", eps)
+        # eps = 0 divides 0 by 0 on a zero gradient coordinate
+        self.eps = _check_hyper("eps", eps, 0.0, inclusive=False)
         self.weight_decay = _check_hyper("weight_decay", weight_decay)
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
 
     def init(self, params: Tree) -> AdamState:
+        check_params(params)
         return AdamState(count=0, m=tree_zeros_like(params), v=tree_zeros_like(params))
 
     def direction(self, grads: Tree, state: AdamState, params: Tree | None) -> tuple[Tree, AdamState]:
@@ -160,11 +211,16 @@ class Adam(Transform):
         v = tree_map(lambda v_, x: v_.dtype.type(self.b2) * v_ + x.dtype.type(1 - self.b2) * x * x, state.v, g)
         c1, c2 = 1.0 - self.b1**t, 1.0 - self.b2**t
         xp = backend.get_namespace(*tree_leaves(m))
-        d = tree_map(lambda m_, v_: (m_ / m_.dtype.type(c1)) / (xp.sqrt(v_ / v_.dtype.type(c2)) + v_.dtype.type(self.eps)), m, v)
-        return d, AdamState(t, m, v)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf: the caller's nan_policy decides
+            d = tree_map(lambda m_, v_: (m_ / m_.dtype.type(c1)) / (xp.sqrt(v_ / v_.dtype.type(c2)) + v_.dtype.type(self.eps)), m, v)
+        return d, AdamState(t, m, v, state.n_skipped_steps, 0)
 
     def update(self, grads: Tree, state: AdamState, params: Tree | None = None, **extras: Any) -> tuple[Tree, AdamState]:
         d, new = self.direction(grads, state, params)
+        wd_params = params if (self.weight_decay and params is not None) else None
+        if self.nonfinite(d, *state_leaves(new), wd_params if self.decoupled else None,
+                          blame={"grads": grads, "params": wd_params}):
+            return _skip(self, grads, state)
         upd = _descent(d, self.lr)
         if self.decoupled and self.weight_decay:
             upd = tree_map(lambda u, p: u - p.dtype.type(self.lr * self.weight_decay) * p, upd, _need_params(params))
@@ -177,5 +233,7 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                 weight_decay: float = 0.01) -> None:
-        super().__init__(lr, b1, b2, eps, weight_decay)
+                 weight_decay: float = 0.01, *, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
+        super().__init__(lr, b1, b2, eps, weight_decay, nan_policy=nan_policy,
+                         max_consecutive_skips=max_consecutive_skips)

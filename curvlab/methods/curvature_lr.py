@@ -28,10 +28,20 @@ Policy when ``c ≤ c_rel·‖d‖²`` (negative, zero or tiny curvature), ``cur
 ``"fallback"`` (default) steps with ``fallback_lr`` (``None``: the previous valid ``t``,
 ``t_init`` before any), ``"abs"`` uses ``|c|`` (then the floor if still tiny), ``"floor"``
 uses ``c = c_rel·‖d‖²``, ``"skip"`` makes no step. Each event is counted. Other cases: ``d = 0``
-or ``⟨g, d⟩ = 0`` (zero gradient): no step, no division; NaN/Inf in ``g``, ``d`` or ``c``:
-no step, counted, ``FloatingPointError`` after 100 in a row; ``⟨g, d⟩ < 0``: the model
+or ``⟨g, d⟩ = 0`` (zero gradient): no step, no division; ``⟨g, d⟩ < 0``: the model
 minimiser (``t < 0``) is kept unless ``sign="clamp"`` (no step). Optional cap
 ``max_step``: ``|t|·‖d‖ ≤ max_step``.
+
+NaN/Inf in ``g``, ``d``, ``c`` or the base's new state follow the shared ``nan_policy``
+(:mod:`curvlab.methods._transform`): skipped by default — zero update, the state *and the
+base's state* unchanged but for ``n_skipped_steps``/``consecutive_skips`` (so the next step
+is the one a run without the bad step would take), ``FloatingPointError`` past
+``max_consecutive_skips`` in a row; ``"raise"``; ``"propagate"`` (``t`` = NaN, the base's
+state committed). The base's own ``nan_policy`` is not used (its ``direction`` is).
+
+Host syncs per step: one read of ``(⟨g, d⟩, ‖d‖², base state finite)`` together, plus what
+``curvature(d)`` costs (a float), plus one per loss evaluation when the realised change is
+recorded; one more for a base without ``direction()`` (its gradient check).
 
 Example
 -------
@@ -53,7 +63,19 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import backend
-from ._transform import Transform, TransformState, Tree, apply_updates, check_tree_like, tree_leaves, tree_map
+from ._transform import (
+    DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    Transform,
+    TransformState,
+    Tree,
+    apply_updates,
+    check_params,
+    check_tree_like,
+    state_leaves,
+    tree_leaves,
+    tree_map,
+    tree_zeros_like,
+)
 from .baselines import SGD
 
 __all__ = [
@@ -66,7 +88,6 @@ __all__ = [
     "DIAGNOSTIC_FIELDS",
 ]
 
-MAX_CONSECUTIVE_BAD = 100
 #: per-step diagnostics stored in :class:`CurvatureLRState` (see :meth:`CurvatureLR.diagnostics`)
 DIAGNOSTIC_FIELDS = ("t", "c", "gd", "dd", "lam", "predicted", "realized", "event")
 
@@ -81,22 +102,37 @@ def _pos(name: str, v: float) -> float:
 _CHUNK = 1 << 16
 
 
-def _vdot64(a: Tree, b: Tree) -> float:
+def _vdot64(a: Tree, b: Tree) -> Any:
     """``⟨a, b⟩`` over all leaves with products and sums in float64, converting chunks of
-    65,536 entries at a time (no full float64 copy of a float32 vector). The chunk sums stay
-    on the device: one host read (sync) per leaf."""
-    total = 0.0
+    65,536 entries at a time (no full float64 copy of a float32 vector). Returns a float64
+    scalar on the leaves' device (0-d array on CuPy): no host read here."""
+    total: Any = 0.0
     for x, y in zip(tree_leaves(a), tree_leaves(b)):
         xp = backend.get_namespace(x, y)
         x, y = x.reshape(-1), y.reshape(-1)
         if x.dtype == np.float64 and y.dtype == np.float64:
-            total += float(xp.dot(x, y))
+            total = total + xp.dot(x, y)
             continue
-        acc = 0.0
+        acc: Any = 0.0
         for i in range(0, x.shape[0], _CHUNK):
             acc = acc + xp.dot(x[i:i + _CHUNK].astype(np.float64), y[i:i + _CHUNK].astype(np.float64))
-        total += float(acc)
+        total = total + acc
     return total
+
+
+def _read(xp: Any, *values: Any) -> list[float]:
+    """Device scalars (and Python numbers) as Python floats in one host read."""
+    if xp is np:
+        return [float(v) for v in values]
+    return [float(v) for v in backend.to_numpy(xp.stack([xp.asarray(v, dtype=np.float64) for v in values]))]
+
+
+def _all_finite_dev(xp: Any, leaves: list[Any]) -> Any:
+    """``1.0`` if every leaf is finite else ``0.0``, as a device scalar (no host read)."""
+    ok: Any = 1.0
+    for x in leaves:
+        ok = ok * xp.all(xp.isfinite(x))
+    return ok
 
 
 class ConstantSchedule:
@@ -178,9 +214,10 @@ class CurvatureLRState(TransformState):
     ``t``, ``c``, ``gd`` = ⟨g, d⟩, ``dd`` = ‖d‖², ``lam``, ``predicted`` = ``−t·gd + ½t²c`` (the
     quadratic model's change, with the measured ``c``), ``realized`` = ``f(θ − t d) − f(θ)``
     (NaN unless a loss function was available), ``event`` (0 normal, 1 curvature policy,
-    2 zero direction/gradient, 3 non-finite, 4 sign clamp, 5 skipped by policy).
-    Counters: ``n_policy``, ``n_zero``, ``n_nonfinite``, ``n_capped``, ``n_negative_gd``,
-    ``consecutive_bad``. ``base``: the base transform's state (nested in ``to_dict`` under
+    2 zero direction/gradient, 3 non-finite under ``nan_policy="propagate"``, 4 sign clamp,
+    5 skipped by policy). Counters: ``n_policy``, ``n_zero``, ``n_skipped_steps`` (steps skipped
+    for NaN/Inf; a skipped step changes nothing else), ``n_capped``, ``n_negative_gd``,
+    ``consecutive_skips``. ``base``: the base transform's state (nested in ``to_dict`` under
     ``"base/"`` keys).
     """
 
@@ -196,10 +233,10 @@ class CurvatureLRState(TransformState):
     event: int
     n_policy: int
     n_zero: int
-    n_nonfinite: int
+    n_skipped_steps: int
     n_capped: int
     n_negative_gd: int
-    consecutive_bad: int
+    consecutive_skips: int
     base: Any = None
 
     def to_dict(self) -> dict[str, np.ndarray]:
@@ -247,6 +284,8 @@ class CurvatureLR(Transform):
         Optional cap on ``|t|·‖d‖``.
     realized:
         Compute the realised change (one extra forward pass) when a loss is available.
+    nan_policy, max_consecutive_skips:
+        The shared numerical-trouble policy (module docstring).
     """
 
     state_class = CurvatureLRState
@@ -254,7 +293,9 @@ class CurvatureLR(Transform):
     def __init__(self, base: Transform | None = None, schedule: Any = None, mode: str = "adjoint",
                  curvature_policy: str = "fallback", fallback_lr: float | None = None, c_rel: float = 1e-12,
                  t_init: float = 0.1, sign: str = "keep", max_step: float | None = None,
-                 realized: bool = True) -> None:
+                 realized: bool = True, *, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.base = SGD(lr=1.0) if base is None else base
         if not isinstance(self.base, Transform):
             raise TypeError(f"base must be a curvlab Transform, got {type(self.base).__name__}")
@@ -270,15 +311,18 @@ class CurvatureLR(Transform):
         self.c_rel = float(c_rel)
         if not (np.isfinite(self.c_rel) and self.c_rel >= 0):
             raise ValueError(f"c_rel must be a finite number >= 0, got {c_rel!r}")
+        if isinstance(self.base, CurvatureLR):
+            raise TypeError("base must not be a CurvatureLR (nest the base's base instead)")
         self.t_init = _pos("t_init", t_init)
         self.max_step = None if max_step is None else _pos("max_step", max_step)
         self.realized = bool(realized)
 
     def init(self, params: Tree) -> CurvatureLRState:
+        check_params(params)
         nan = math.nan
         return CurvatureLRState(count=0, t_prev=self.t_init, t=0.0, c=nan, gd=nan, dd=nan, lam=nan,
-                                predicted=nan, realized=nan, event=0, n_policy=0, n_zero=0, n_nonfinite=0,
-                                n_capped=0, n_negative_gd=0, consecutive_bad=0, base=self.base.init(params))
+                                predicted=nan, realized=nan, event=0, n_policy=0, n_zero=0, n_skipped_steps=0,
+                                n_capped=0, n_negative_gd=0, consecutive_skips=0, base=self.base.init(params))
 
     def load_state(self, d: dict[str, Any], xp: Any = np) -> CurvatureLRState:
         return CurvatureLRState.from_dict(d, xp=xp, base_class=self.base.state_class)
@@ -307,31 +351,44 @@ class CurvatureLR(Transform):
         """
         if params is not None:
             check_tree_like("grads", grads, params)
+        else:
+            check_params(grads, "grads")
+        xp = backend.get_namespace(*tree_leaves(grads))
+        propagate = self.nan_policy == "propagate"
+        if not hasattr(self.base, "direction") and self.nonfinite(grads, blame={"grads": grads}):
+            return tree_zeros_like(grads), self.skipped(state)
         d, base_state = self._direction(grads, state.base, params)
         lam = float(self.schedule(state.count))
         new = dataclasses.replace(state, count=state.count + 1, base=base_state, lam=lam, t=0.0,
                                   predicted=0.0, realized=math.nan, event=0, c=math.nan)
-        xp = backend.get_namespace(*tree_leaves(grads))
-        zeros = tree_map(lambda x: xp.zeros_like(x), grads)
-        gd, dd = _vdot64(grads, d), _vdot64(d, d)
+        zeros = tree_zeros_like(grads)
+        base_ok = 1.0 if propagate else _all_finite_dev(xp, state_leaves(base_state))
+        gd, dd, ok = _read(xp, _vdot64(grads, d), _vdot64(d, d), base_ok)   # the one host read
         new.gd, new.dd = gd, dd
-        if not (np.isfinite(gd) and np.isfinite(dd)):
-            return zeros, self._bad(new)
+        if not (ok and math.isfinite(gd) and math.isfinite(dd)):
+            if propagate:
+                return self._propagate(d, new)
+            self.nonfinite(gd, dd, ok or math.nan,
+                           blame={"grads": grads, "the direction d": d, "the base's new state": state_leaves(base_state)})
+            return zeros, self.skipped(state)
         if dd == 0.0 or gd == 0.0:
             new.n_zero += 1
             new.event = 2
-            new.consecutive_bad = 0
+            new.consecutive_skips = 0
             return zeros, new
         if gd < 0:
             new.n_negative_gd += 1
             if self.sign == "clamp":
                 new.event = 4
-                new.consecutive_bad = 0
+                new.consecutive_skips = 0
                 return zeros, new
         c = self._curvature(d, params, curvature, model, X, y)
         new.c = c
-        if not np.isfinite(c):
-            return zeros, self._bad(new)
+        if not math.isfinite(c):
+            if propagate:
+                return self._propagate(d, new)
+            self.nonfinite(c, blame={"the curvature dᵀHd": c})
+            return zeros, self.skipped(state)
         thresh = self.c_rel * dd
         if c > thresh and c > 0:
             t = lam * gd / c
@@ -340,7 +397,7 @@ class CurvatureLR(Transform):
             new.event = 1
             if self.policy == "skip":
                 new.event = 5
-                new.consecutive_bad = 0
+                new.consecutive_skips = 0
                 return zeros, new
             if self.policy == "fallback":
                 t = self.fallback_lr if self.fallback_lr is not None else state.t_prev
@@ -359,7 +416,7 @@ class CurvatureLR(Transform):
         if new.event == 0:
             new.t_prev = abs(t)
         new.predicted = -t * gd + 0.5 * t * t * c
-        new.consecutive_bad = 0
+        new.consecutive_skips = 0
         upd = tree_map(lambda x: x * x.dtype.type(-t), d)
         if self.realized:
             if loss_fn is None and model is not None and X is not None:
@@ -369,14 +426,12 @@ class CurvatureLR(Transform):
                 new.realized = float(loss_fn(apply_updates(params, upd))) - f0
         return upd, new
 
-    def _bad(self, new: CurvatureLRState) -> CurvatureLRState:
-        new.n_nonfinite += 1
+    @staticmethod
+    def _propagate(d: Tree, new: CurvatureLRState) -> tuple[Tree, CurvatureLRState]:
+        """``nan_policy="propagate"``: a NaN step ``−t·d`` with ``t`` = NaN, the base state committed."""
+        new.t = new.predicted = math.nan
         new.event = 3
-        new.consecutive_bad += 1
-        if new.consecutive_bad >= MAX_CONSECUTIVE_BAD:
-            raise FloatingPointError(f"CurvatureLR: {new.consecutive_bad} consecutive steps with NaN/Inf "
-                                     "in the gradient, direction or curvature")
-        return new
+        return tree_map(lambda x: x * x.dtype.type(math.nan), d), new
 
     def _curvature(self, d: Tree, params: Tree | None, curvature: Any, model: Any, X: Any, y: Any) -> float:
         if curvature is not None:

@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import backend
 from ..linalg import duality
-from ._transform import Transform, TransformState, Tree, apply_updates, check_tree_like
+from ._transform import DEFAULT_MAX_CONSECUTIVE_SKIPS, Transform, TransformState, Tree, apply_updates, check_tree_like
 
 __all__ = [
     "DSGD",
@@ -66,7 +66,6 @@ _ACT_BOUNDS = {
     "softplus": (1.0, 0.25),
     "identity": (1.0, 0.0),
 }
-MAX_CONSECUTIVE_BAD = 100
 
 
 def activation_derivative_bounds(activation: str) -> tuple[float, float]:
@@ -168,8 +167,10 @@ class DSGDState(TransformState):
     (K,): the last step's ``‖G_i‖²_*/(2L_i)`` (0 for excluded layers), ``L_i`` and ``‖G_i‖_*``;
     ``guaranteed``: ``s(2−s)·score_j``; ``actual``: ``f(w) − f(w⁺)`` when verified (NaN
     otherwise); ``L_prev``: last valid estimated ``L_i`` (rule "estimate"; NaN unknown);
-    counters ``n_stationary``, ``n_nonfinite``, ``n_excluded`` (layer-steps with an invalid
-    ``L_i``), ``n_fallback`` (SVD failures mapped with Frobenius), ``consecutive_bad``;
+    counters ``n_stationary``, ``n_skipped_steps`` (NaN/Inf gradients: the step changed nothing
+    else, ``count`` included), ``n_excluded`` (layer-steps with an invalid ``L_i``),
+    ``n_fallback`` (SVD/polar failures, NaN results included, mapped with Frobenius),
+    ``consecutive_skips``;
     ``w_opnorm`` (K,), ``w_fingerprint`` (K, 2): cache of the exact ``‖W̄_i‖_op`` used by the
     bound, reused while the block's fingerprint (``Σ W̄²`` and a cosine-weighted sum) is
     unchanged: a DSGD step moves one block, so one weight SVD per step instead of K − 1.
@@ -185,10 +186,10 @@ class DSGDState(TransformState):
     actual: float
     L_prev: Any
     n_stationary: int
-    n_nonfinite: int
+    n_skipped_steps: int
     n_excluded: int
     n_fallback: int
-    consecutive_bad: int
+    consecutive_skips: int
     w_opnorm: Any = None
     w_fingerprint: Any = None
 
@@ -224,9 +225,12 @@ class DSGD(Transform):
         Layer norm kind ("spectral" | "frobenius"), its scale ``c`` and the polar-factor
         method ("svd" | "newton_schulz"); one value for all layers or a sequence per layer.
     step:
-        The multiplier ``s`` (default 1, the rigorous step); ``s ∈ (0, 2)`` keeps the
-        guarantee ``s(2−s)·score``; larger values are accepted (experiments sweep s) and the
-        reported guarantee is then negative.
+        The multiplier ``s`` (default 1, the rigorous step) in ``(0, 2)``, where the
+        guarantee ``s(2−s)·score > 0`` holds. ``s ≥ 2`` needs ``allow_large_step=True``
+        (experiments sweep s): the reported ``guaranteed`` is then ``s(2−s)·score ≤ 0``, a bound
+        on the possible *increase*, not a decrease.
+    allow_large_step:
+        Accept ``step ≥ 2`` (above).
     rule:
         "bound" | "estimate" | "constant" (module docstring). "bound" needs the extra ``X``
         (batch inputs) and ``params``; "estimate" needs the extra ``curvature(d) -> dᵀHd`` with
@@ -245,6 +249,14 @@ class DSGD(Transform):
         actual decrease in the state (one or two extra forward passes).
     seed:
         Seed of the "random" selection (deterministic per step count).
+    nan_policy, max_consecutive_skips:
+        The shared numerical-trouble policy for NaN/Inf gradients
+        (:mod:`curvlab.methods._transform`; skip by default: zero update, state unchanged but
+        for ``n_skipped_steps``/``consecutive_skips``).
+
+    Host syncs per step: one for the gradients' finiteness, then per layer the dual norm
+    (one, plus one finiteness check of each SVD on CuPy, where cuSOLVER returns NaN instead of
+    raising) and, for rule "bound", two for the weight fingerprint.
     """
 
     state_class = DSGDState
@@ -253,16 +265,46 @@ class DSGD(Transform):
                  step: float = 1.0, rule: str = "bound", activation: str = "tanh",
                  loss: str = "cross_entropy", average: str = "mean", constants: Sequence[float] | None = None,
                  safety: float = 2.0, method: str | Sequence[str] = "svd", selection: str = "greedy",
-                 shapes: Any = None, verify: bool = False, seed: int = 0) -> None:
+                 shapes: Any = None, verify: bool = False, seed: int = 0, *, allow_large_step: bool = False,
+                 nan_policy: str = "skip", max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
+        if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)):
+            raise TypeError(f"step must be a real number in (0, 2), got {type(step).__name__}")
         self.step_size = float(step)
         if not (np.isfinite(self.step_size) and self.step_size > 0):
             raise ValueError(f"step must be a finite positive number, got {step!r}")
+        if self.step_size >= 2.0 and not allow_large_step:
+            raise ValueError(f"step must be in (0, 2) for the guaranteed decrease s(2-s)·score > 0, got {step!r}; "
+                             "pass allow_large_step=True to sweep larger steps")
         if rule not in ("bound", "estimate", "constant"):
             raise ValueError(f"rule must be 'bound', 'estimate' or 'constant', got {rule!r}")
         if rule == "bound":
             activation_derivative_bounds(activation)
+        if loss not in ("cross_entropy", "mse"):
+            raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
+        if average not in ("mean", "max"):
+            raise ValueError(f"average must be 'mean' or 'max', got {average!r}")
         if rule == "constant" and constants is None:
             raise ValueError("rule='constant' needs constants (one L_i per layer)")
+        if constants is not None:
+            c = np.asarray(constants)
+            if c.ndim != 1 or c.dtype.kind not in "iuf":
+                raise ValueError(f"constants must be a 1-D sequence of numbers (one L_i per layer), got {constants!r}")
+        def entries(v: Any) -> list[Any]:
+            return list(v) if isinstance(v, (list, tuple)) else [v]
+
+        for k in entries(norm):
+            if k not in duality.NORMS:
+                raise ValueError(f"norm must be one of {duality.NORMS} (or a sequence of them, one per layer), got {k!r}")
+        for c in entries(scale):
+            if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)) or not (
+                    math.isfinite(c) and c > 0):
+                raise ValueError(f"scale must be a finite positive number (or one per layer), got {c!r}")
+        for m in entries(method):
+            if m not in ("svd", "newton_schulz"):
+                raise ValueError(f"method must be 'svd' or 'newton_schulz' (or one per layer), got {m!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if selection not in ("greedy", "cyclic", "random"):
             raise ValueError(f"selection must be 'greedy', 'cyclic' or 'random', got {selection!r}")
         self.safety = float(safety)
@@ -308,8 +350,8 @@ class DSGD(Transform):
         z = np.zeros(K)
         return DSGDState(count=0, chosen=-1, layer_counts=np.zeros(K, dtype=np.int64), scores=z.copy(),
                          L=np.full(K, np.nan), dual_norms=z.copy(), guaranteed=0.0, actual=math.nan,
-                         L_prev=np.full(K, np.nan), n_stationary=0, n_nonfinite=0, n_excluded=0,
-                         n_fallback=0, consecutive_bad=0, w_opnorm=np.full(K, np.nan),
+                         L_prev=np.full(K, np.nan), n_stationary=0, n_skipped_steps=0, n_excluded=0,
+                         n_fallback=0, consecutive_skips=0, w_opnorm=np.full(K, np.nan),
                          w_fingerprint=np.full((K, 2), np.nan))
 
     # -- the step --------------------------------------------------------------------
@@ -327,9 +369,14 @@ class DSGD(Transform):
                 continue
             try:
                 if nm.method == "svd":
+                    # duality._svd raises LinAlgError on a non-finite result too (CuPy returns NaN)
                     dn[i] = duality.dual_norm(g, "spectral", nm.scale)
-                    continue
+                    if math.isfinite(dn[i]):
+                        continue
+                    raise np.linalg.LinAlgError("non-finite dual norm")
                 r = duality.polar_factor(g, nm.method, nm.max_steps, nm.tol)
+                if not math.isfinite(r.nuclear):  # Newton–Schulz overflow: the host value is already read
+                    raise np.linalg.LinAlgError("non-finite polar factor")
             except np.linalg.LinAlgError:
                 n_fb += 1
                 maps[i], dn[i] = duality.LayerNorm("frobenius", nm.scale).map(g)
@@ -338,11 +385,14 @@ class DSGD(Transform):
             maps[i] = r.Q * g.dtype.type(r.nuclear / nm.scale**2)
         return dn, maps, n_fb
 
-    def _map(self, g: Any, nm: duality.LayerNorm, maps: list[Any], i: int) -> Any:
+    def _map(self, g: Any, nm: duality.LayerNorm, maps: list[Any], i: int, new: DSGDState | None = None) -> Any:
         if maps[i] is None:
             try:
+                # the SVD's result is checked for NaN inside duality._svd (LinAlgError on failure)
                 maps[i] = nm.map(g)[0]
             except np.linalg.LinAlgError:
+                if new is not None:
+                    new.n_fallback += 1
                 maps[i] = duality.LayerNorm("frobenius", nm.scale).map(g)[0]
         return maps[i]
 
@@ -382,20 +432,16 @@ class DSGD(Transform):
             check_tree_like("grads", grads, params)
             W = self._split(params, "params")
         xp = backend.get_namespace(*G)
-        new = dataclasses.replace(state, count=state.count + 1, chosen=-1, actual=math.nan, guaranteed=0.0,
-                                  layer_counts=state.layer_counts.copy(), L_prev=state.L_prev.copy(),
-                                  w_opnorm=state.w_opnorm.copy(), w_fingerprint=state.w_fingerprint.copy())
         zeros = [xp.zeros_like(g) for g in G]
 
         def out(blocks: list[Any]) -> Tree:
             return self.blocks.pack(blocks) if flat else blocks
 
-        if not all(bool(xp.all(xp.isfinite(g))) for g in G):
-            new.n_nonfinite += 1
-            new.consecutive_bad += 1
-            if new.consecutive_bad >= MAX_CONSECUTIVE_BAD:
-                raise FloatingPointError(f"DSGD: {new.consecutive_bad} consecutive steps with NaN/Inf gradients")
-            return out(zeros), new
+        if self.nonfinite(G, blame={"grads": G}):   # one host sync for all the blocks
+            return out(zeros), self.skipped(state)
+        new = dataclasses.replace(state, count=state.count + 1, chosen=-1, actual=math.nan, guaranteed=0.0,
+                                  layer_counts=state.layer_counts.copy(), L_prev=state.L_prev.copy(),
+                                  w_opnorm=state.w_opnorm.copy(), w_fingerprint=state.w_fingerprint.copy())
         norms = self._layer_norms(K)
         dn, maps, n_fb = self._dual_all(G, norms)
         new.n_fallback += n_fb
@@ -407,19 +453,18 @@ class DSGD(Transform):
         new.scores = np.where(valid, np.exp(log_scores), 0.0)
         new.L = np.exp(logL)
         new.dual_norms = dn
+        new.consecutive_skips = 0
         if not valid.any():
             new.n_stationary += int(bool(np.all(dn == 0)))
-            new.consecutive_bad = 0
             return out(zeros), new
         j = self._select(log_scores, valid, state.count)
         s = self.step_size
         coef = s * math.exp(-logL[j])
         upd = list(zeros)
-        upd[j] = self._map(G[j], norms[j], maps, j) * G[j].dtype.type(-coef)
+        upd[j] = self._map(G[j], norms[j], maps, j, new) * G[j].dtype.type(-coef)
         new.chosen = j
         new.layer_counts[j] += 1
         new.guaranteed = s * (2.0 - s) * float(new.scores[j])
-        new.consecutive_bad = 0
         result = out(upd)
         if self.verify and loss_fn is not None and params is not None:
             f0 = float(loss) if loss is not None else float(loss_fn(params))
@@ -463,7 +508,7 @@ class DSGD(Transform):
             if dn[i] <= 0:
                 continue
             d = [xp.zeros_like(g) for g in G]
-            d[i] = self._map(G[i], norms[i], maps, i)
+            d[i] = self._map(G[i], norms[i], maps, i, new)
             c = float(curvature(self.blocks.pack(d) if flat else d))
             Lhat = self.safety * c / (dn[i] ** 2)
             if np.isfinite(Lhat) and Lhat > 0:

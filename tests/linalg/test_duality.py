@@ -169,3 +169,36 @@ def test_layer_norm_object(rng):
     assert abs(n.norm(rho) - d) < 1e-12 * d and abs(n.dual(G) - d) < 1e-12 * d
     with pytest.raises(ValueError):
         du.LayerNorm("l1")
+
+
+# --- SVD failure shown as NaN (cuSOLVER on CuPy does not raise) ------------------------
+
+def _garbage_svd(real):
+    """An SVD that 'fails' the way cuSOLVER does: no exception, NaN everywhere."""
+    def svd(M, full_matrices=True, compute_uv=True, **kw):
+        out = real(M, full_matrices=full_matrices, compute_uv=compute_uv)
+        return tuple(np.full_like(x, np.nan) for x in out) if compute_uv else np.full_like(out, np.nan)
+    return svd
+
+
+def test_nan_svd_result_routes_to_the_gesvd_fallback(monkeypatch, rng):
+    G = rng.standard_normal((6, 4))
+    rho_ref, dn_ref = du.duality_map(G, "spectral")
+    nrm_ref = du.layer_norm(G)
+    monkeypatch.setattr(np.linalg, "svd", _garbage_svd(np.linalg.svd))
+    rho, dn = du.duality_map(G, "spectral")
+    assert np.all(np.isfinite(rho)) and rel_err(rho, rho_ref) < 1e-12 and abs(dn / dn_ref - 1) < 1e-12
+    assert abs(du.dual_norm(G) / dn_ref - 1) < 1e-12 and abs(du.layer_norm(G) / nrm_ref - 1) < 1e-12
+
+
+def test_svd_failing_both_ways_raises_linalgerror(monkeypatch, rng):
+    import scipy.linalg
+
+    G = rng.standard_normal((5, 3))
+    monkeypatch.setattr(np.linalg, "svd", _garbage_svd(np.linalg.svd))
+    monkeypatch.setattr(scipy.linalg, "svd", _garbage_svd(scipy.linalg.svd))
+    for fn in (lambda: du.duality_map(G, "spectral"), lambda: du.dual_norm(G), lambda: du.layer_norm(G)):
+        with pytest.raises(np.linalg.LinAlgError, match="non-finite"):
+            fn()
+    with pytest.raises(np.linalg.LinAlgError, match="NaN or Inf"):
+        du.dual_norm(np.array([[np.nan, 1.0], [0.0, 1.0]]))

@@ -317,11 +317,11 @@ def test_bad_input(rng):
     with np.errstate(all="raise"):
         u, st1 = opt.update([np.zeros((2, 2)), np.zeros((3, 2))], st, q)
     assert st1.chosen == -1 and st1.n_stationary == 1 and not any(np.any(x) for x in u)
-    # NaN gradient: no update, counted; raises after 100 in a row
+    # NaN gradient: no update, counted; raises past max_consecutive_skips in a row
     bad = [np.full((2, 2), np.nan), np.ones((3, 2))]
     u, st2 = opt.update(bad, st, q)
-    assert st2.n_nonfinite == 1 and not any(np.any(x) for x in u)
-    for _ in range(98):
+    assert st2.n_skipped_steps == 1 and st2.count == 0 and not any(np.any(x) for x in u)
+    for _ in range(opt.max_consecutive_skips - 1):
         _, st2 = opt.update(bad, st2, q)
     with pytest.raises(FloatingPointError, match="consecutive"):
         opt.update(bad, st2, q)
@@ -359,3 +359,54 @@ def test_weight_norm_cache_follows_params(digits_small):
         np.testing.assert_allclose(st.w_opnorm[1:], exact, rtol=1e-13)
         np.testing.assert_allclose(st.L, mlp_layer_smoothness_bound(Ws, X, "tanh"), rtol=1e-13)
         p = p + u
+
+
+def test_nan_svd_result_falls_back_to_frobenius(monkeypatch, rng):
+    """cuSOLVER returns NaN instead of raising: DSGD must still take a finite (Frobenius) step."""
+    import scipy.linalg
+
+    def garbage(real):
+        def svd(M, full_matrices=True, compute_uv=True, **kw):
+            out = real(M, full_matrices=full_matrices, compute_uv=compute_uv)
+            return tuple(np.full_like(x, np.nan) for x in out) if compute_uv else np.full_like(out, np.nan)
+        return svd
+
+    q = [rng.standard_normal((3, 3)), rng.standard_normal((2, 4))]
+    g = [rng.standard_normal((3, 3)), rng.standard_normal((2, 4))]
+    opt = DSGD(rule="constant", constants=[1.0, 2.0])
+    monkeypatch.setattr(np.linalg, "svd", garbage(np.linalg.svd))
+    monkeypatch.setattr(scipy.linalg, "svd", garbage(scipy.linalg.svd))
+    u, st = opt.update(g, opt.init(q), q)
+    assert st.n_fallback == 2 and st.chosen >= 0 and all(np.all(np.isfinite(x)) for x in u)
+    j = st.chosen
+    np.testing.assert_allclose(u[j], -g[j] / [1.0, 2.0][j], rtol=1e-14)  # Frobenius map ρ(G) = G
+    assert np.all(np.isfinite(st.dual_norms))
+
+
+def test_options_are_validated_at_construction():
+    """Options that cannot work are refused by __init__, naming the argument (issue 11, defect 6)."""
+    for s in (2.0, 3.5, 100.0):
+        with pytest.raises(ValueError, match=r"step must be in \(0, 2\)"):
+            DSGD(step=s)
+    assert DSGD(step=10.0, allow_large_step=True).step_size == 10.0
+    with pytest.raises(TypeError, match="step"):
+        DSGD(step="1")
+    with pytest.raises(ValueError, match="average must be 'mean' or 'max'"):
+        DSGD(average="foo")
+    with pytest.raises(ValueError, match="loss must be"):
+        DSGD(loss="hinge")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        DSGD(norm="nuclear")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        DSGD(norm=["spectral", "l1"])
+    for bad in (0.0, -1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="scale must be a finite positive"):
+            DSGD(scale=bad)
+    with pytest.raises(ValueError, match="scale must be a finite positive"):
+        DSGD(scale=[1.0, 0.0])
+    with pytest.raises(ValueError, match="method must be"):
+        DSGD(method="qr")
+    with pytest.raises(ValueError, match="constants must be a 1-D"):
+        DSGD(rule="constant", constants=[[1.0, 2.0]])
+    with pytest.raises(TypeError, match="seed"):
+        DSGD(seed=1.5)
