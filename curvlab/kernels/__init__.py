@@ -4,8 +4,9 @@ One public function per fused kernel. Each takes 1-D contiguous arrays of one
 float dtype (float32 or float64), dispatches on their backend (NumPy ->
 :mod:`.cpu` (Numba), CuPy -> :mod:`.gpu`) or to :mod:`.reference` with
 ``impl="reference"``, and updates state arrays in place. Per-element
-arithmetic is float64; reductions accumulate in float64. Method inspired by
-arXiv 2310.20574 (arTuRO).
+arithmetic is float64; reductions accumulate in float64. Host syncs: every
+kernel that returns a number costs one device-to-host read on CuPy (none on
+NumPy). Method inspired by arXiv 2310.20574 (arTuRO).
 
 Kernels
 -------
@@ -35,7 +36,7 @@ import numpy as np
 from .. import backend
 from . import reference
 
-__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite", "IMPLS"]
+__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite", "IMPLS", "check_impl"]
 
 #: accepted values of ``impl``: "auto" (Numba for NumPy arrays, CuPy kernels for CuPy arrays),
 #: "numba", "cupy", "reference" (the plain-array oracle, float64 arithmetic) and "numpy" (the same
@@ -43,9 +44,18 @@ __all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_non
 IMPLS = ("auto", "numba", "cupy", "reference", "numpy")
 
 
+def check_impl(impl: Any, name: str = "impl") -> str:
+    """Return ``impl`` if it is one of :data:`IMPLS`, else raise ``ValueError`` naming ``name``.
+
+    For objects that take ``impl=`` at construction (the array backend is checked per call).
+    """
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"{name} must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
 def _module(impl: str, *arrays: Any) -> types.ModuleType:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_impl(impl)
     xp = backend.get_namespace(*arrays)
     if impl == "reference":
         return reference
@@ -126,20 +136,29 @@ def rls_filter_update(g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: A
 
 
 def kl_dual(eta: float, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 1.0, beta_p0: float,
-            h_min: float = -np.inf, impl: str = "auto") -> tuple[float, float]:
+            h_min: float = -np.inf, domain_check: bool = False, impl: str = "auto") -> tuple[float, float]:
     """``(KL(η), dKL/dη)`` for the arTuRO step, in one fused pass (float64 sums).
 
     ``μ = w·mscale``, ``G = a + (h + βp0)μ``, ``c = max(h, h_min) + βp0``;
     ``KL = ½ Σ p G²/(c + ηp)²``, ``dKL/dη = −Σ p²G²/(c + ηp)³`` (``G = 0``
-    terms are 0). Method inspired by arXiv 2310.20574.
+    terms are 0). ``domain_check=True``: ``KL = +inf`` when some
+    ``c_j + ηp_j < 0`` (η below that coordinate's pole, where the step would
+    take a negative precision), whatever ``G_j`` — so a root-finder can never
+    accept such an η, whatever :func:`kl_pole` returned. Host syncs: 0 for
+    NumPy arrays, 1 for CuPy arrays (``impl="numpy"``/``"reference"``: 1).
+    Method inspired by arXiv 2310.20574.
     """
     arrays = (w, a, h, p)
     _check("w a h p", arrays)
-    return _module(impl, *arrays).kl_dual(eta, *arrays, mscale=mscale, beta_p0=beta_p0, h_min=h_min)
+    return _module(impl, *arrays).kl_dual(eta, *arrays, mscale=mscale, beta_p0=beta_p0, h_min=h_min,
+                                          domain_check=domain_check)
 
 
 def kl_pole(h: Any, p: Any, *, beta_p0: float, h_min: float = -np.inf, impl: str = "auto") -> tuple[float, int]:
-    """``(max_j −(max(h_j, h_min) + βp0)/p_j, #{h_j < 0})``; NaN terms ignored; ``(−inf, 0)`` when empty."""
+    """``(max_j −(max(h_j, h_min) + βp0)/p_j, #{h_j < 0})``; NaN terms ignored; ``(−inf, 0)`` when empty.
+
+    Host syncs: 0 for NumPy arrays, 1 for CuPy arrays or ``impl="numpy"``/``"reference"``.
+    """
     _check("h p", (h, p))
     return _module(impl, h, p).kl_pole(h, p, beta_p0=beta_p0, h_min=h_min)
 

@@ -122,18 +122,20 @@ def _guard(g, w, xscale, P00, P01, P11):  # pragma: no cover
     return guarded
 
 
-def _dual(eta, w, a, h, p, mscale, bp0, hmin):  # pragma: no cover
+def _dual(eta, w, a, h, p, mscale, bp0, hmin, chk):  # pragma: no cover
     kl = 0.0
     dkl = 0.0
     for i in nb.prange(w.size):
         H = np.float64(h[i])
         G = np.float64(a[i]) + (H + bp0) * (np.float64(w[i]) * mscale)
         P = np.float64(p[i])
-        iD = 1.0 / (((hmin if H < hmin else H) + bp0) + eta * P)
+        D = ((hmin if H < hmin else H) + bp0) + eta * P
+        iD = 1.0 / D
         t = G * iD
         pt2 = P * t * t
         d2 = pt2 * P * iD
-        kl += pt2 if G != 0.0 else 0.0
+        # domain check: a coordinate below its pole (D < 0) makes KL = +inf, whatever G
+        kl += np.inf if (chk and D < 0.0) else (pt2 if G != 0.0 else 0.0)
         dkl += d2 if G != 0.0 else 0.0
     return 0.5 * kl, -dkl
 
@@ -209,9 +211,9 @@ def rls_filter_update(g, w, a, h, P00, P01, P11, *, xscale=1.0, q, r, forget=1.0
     return int(s), int(k)
 
 
-def kl_dual(eta, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-np.inf) -> tuple[float, float]:
+def kl_dual(eta, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-np.inf, domain_check=False) -> tuple[float, float]:
     kl, dkl = _pick(_dual_par, _dual_ser, w.size)(float(eta), w, a, h, p, float(mscale), float(beta_p0),
-                                                  float(h_min))
+                                                  float(h_min), bool(domain_check))
     return float(kl), float(dkl)
 
 

@@ -3,7 +3,9 @@
 Imported lazily by :mod:`curvlab.kernels` only when a CuPy array arrives. The
 per-element arithmetic is done in ``double`` and stored in the array's dtype,
 as in :mod:`curvlab.kernels.cpu`; each reduction returns one device scalar and
-costs one host synchronisation when read. Method inspired by arXiv 2310.20574.
+costs one host synchronisation when read. Host syncs per call: 1 for every
+kernel (``kl_pole`` reads its maximum and its count together; the element-wise
+kernels read their counters). Method inspired by arXiv 2310.20574.
 
 Example
 -------
@@ -58,10 +60,13 @@ if (!ok) {
 
 _DUAL_PREAMBLE = r"""
 __device__ complex<double> _kl_term(double w, double a, double h, double p, double eta,
-                                    double mscale, double bp0, double hmin) {
+                                    double mscale, double bp0, double hmin, bool chk) {
     double G = a + (h + bp0) * (w * mscale);
+    double D = (((h < hmin) ? hmin : h) + bp0) + eta * p;
+    // domain check: a coordinate below its pole makes KL = +inf, whatever G
+    if (chk && D < 0.0) return complex<double>(__longlong_as_double(0x7ff0000000000000ULL), 0.0);
     if (G == 0.0) return complex<double>(0.0, 0.0);
-    double iD = 1.0 / ((((h < hmin) ? hmin : h) + bp0) + eta * p);
+    double iD = 1.0 / D;
     double t = G * iD;
     double pt2 = p * t * t;
     return complex<double>(pt2, pt2 * p * iD);
@@ -93,8 +98,8 @@ def _kernels() -> dict:
         "float64 P0, bool guard, raw uint64 counts",
         "T a, T h, T P00, T P01, T P11", _FILTER_OP, name="curvlab_rls_filter", options=_OPTIONS)
     k["dual"] = cp.ReductionKernel(
-        "T w_, T a_, T h_, T p_, float64 eta, float64 mscale, float64 bp0, float64 hmin", "complex128 y",
-        "_kl_term((double)w_, (double)a_, (double)h_, (double)p_, eta, mscale, bp0, hmin)",
+        "T w_, T a_, T h_, T p_, float64 eta, float64 mscale, float64 bp0, float64 hmin, bool chk", "complex128 y",
+        "_kl_term((double)w_, (double)a_, (double)h_, (double)p_, eta, mscale, bp0, hmin, chk)",
         "a + b", "y = a", "complex<double>(0.0, 0.0)", name="curvlab_kl_dual", options=_OPTIONS,
         reduce_type="complex<double>", preamble=_DUAL_PREAMBLE)
     k["pole"] = cp.ReductionKernel(
@@ -129,10 +134,11 @@ def rls_filter_update(g, w, a, h, P00, P01, P11, *, xscale=1.0, q, r, forget=1.0
     return int(c[0]), int(c[1])
 
 
-def kl_dual(eta, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-math.inf) -> tuple[float, float]:
+def kl_dual(eta, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-math.inf, domain_check=False) -> tuple[float, float]:
     if w.size == 0:
         return 0.0, 0.0
-    z = complex(_kernels()["dual"](w, a, h, p, float(eta), float(mscale), float(beta_p0), float(h_min)).get())
+    z = complex(_kernels()["dual"](w, a, h, p, float(eta), float(mscale), float(beta_p0), float(h_min),
+                                   bool(domain_check)).get())
     return 0.5 * z.real, -z.imag
 
 
@@ -140,7 +146,10 @@ def kl_pole(h, p, *, beta_p0, h_min=-math.inf) -> tuple[float, int]:
     if h.size == 0:
         return -math.inf, 0
     k = _kernels()
-    return float(k["pole"](h, p, float(beta_p0), float(h_min))), int(k["neg"](h))
+    m = k["pole"](h, p, float(beta_p0), float(h_min))
+    n = k["neg"](h)
+    both = cp.stack((m, n.astype(cp.float64))).get()  # one host sync (the count is exact in float64)
+    return float(both[0]), int(both[1])
 
 
 def arturo_apply(eta, w, a, h, p, out, *, mscale=1.0, beta_p0, h_min=-math.inf, nu, beta,

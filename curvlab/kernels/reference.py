@@ -30,7 +30,7 @@ __all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_non
 
 
 def count_nonfinite(x: Any) -> int:
-    """Number of NaN/Inf entries of ``x`` (any shape)."""
+    """Number of NaN/Inf entries of ``x`` (any shape). Host syncs: 1."""
     xp = backend.get_namespace(x)
     return int(x.size - int(xp.count_nonzero(xp.isfinite(x))))
 
@@ -47,7 +47,7 @@ def rls_filter_update(g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: A
     forgetting RLS for ``q = 0``). With ``init`` the state is first set to
     ``a = g, h = h0, P00 = P11 = P0, P01 = 0``. Coordinates with non-finite
     ``g`` or ``x`` keep their state (after ``init``, with ``a = 0``).
-    Returns ``(n_skipped, n_guarded)``.
+    Returns ``(n_skipped, n_guarded)``. Host syncs: 1 (both counts are read together).
     """
     xp = backend.get_namespace(g, w, a)
     dt = np.dtype(dtype)
@@ -80,7 +80,7 @@ def rls_filter_update(g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: A
     p11 = p11 - S * K1 * K1
     for dst, src in ((a, A), (h, H), (P00, p00), (P01, p01), (P11, p11)):
         dst[...] = xp.where(ok, src, dst).astype(dst.dtype)
-    n_guard = 0
+    n_guard = None
     if psd_guard:  # on the stored values, as the fused kernels do (a second pass there)
         p00, p01, p11 = P00.astype(np.float64), P01.astype(np.float64), P11.astype(np.float64)
         q00 = xp.maximum(p00, 0)
@@ -88,10 +88,13 @@ def rls_filter_update(g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: A
         bound = xp.sqrt(q00 * q11)
         q01 = xp.where(xp.abs(p01) > bound, xp.copysign(bound, p01), p01)
         changed = ok & ((q00 != p00) | (q11 != p11) | (q01 != p01))
-        n_guard = int(xp.count_nonzero(changed))
+        n_guard = xp.count_nonzero(changed)
         for dst, src in ((P00, q00), (P01, q01), (P11, q11)):
             dst[...] = xp.where(changed, src, dst).astype(dst.dtype)
-    return int(ok.size - int(xp.count_nonzero(ok))), n_guard
+    counts = xp.stack((xp.asarray(ok.size - xp.count_nonzero(ok), dtype=np.int64),
+                       xp.asarray(0 if n_guard is None else n_guard, dtype=np.int64)))
+    n_skip, n_guard = backend.to_numpy(counts)  # one device-to-host read
+    return int(n_skip), int(n_guard)
 
 
 def _terms(w: Any, a: Any, h: Any, mscale: float, beta_p0: float, h_min: float, dt: np.dtype) -> tuple[Any, Any, Any]:
@@ -104,36 +107,50 @@ def _terms(w: Any, a: Any, h: Any, mscale: float, beta_p0: float, h_min: float, 
 
 
 def kl_dual(eta: float, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 1.0, beta_p0: float,
-            h_min: float = -np.inf, dtype: Any = np.float64) -> tuple[float, float]:
+            h_min: float = -np.inf, domain_check: bool = False, dtype: Any = np.float64) -> tuple[float, float]:
     """``(KL(η), dKL/dη)`` of the arTuRO mean step, summed in float64.
 
     With ``μ = w·mscale``, ``G = a + (h + βp0)μ``, ``c = max(h, h_min) + βp0``:
     ``KL = ½ Σ p G²/(c + ηp)²`` and ``dKL/dη = −Σ p² G²/(c + ηp)³``; entries
-    with ``G = 0`` contribute 0.
+    with ``G = 0`` contribute 0. ``domain_check``: ``KL = +inf`` when some
+    ``c + ηp < 0`` (η below that coordinate's pole).
+
+    Host syncs: 1 (the two sums are read together).
     """
     xp = backend.get_namespace(w, a, h, p)
     dt = np.dtype(dtype)
     _, G, c = _terms(w, a, h, mscale, beta_p0, h_min, dt)
     P = p.astype(dt)
     with np.errstate(divide="ignore", invalid="ignore"):  # G = 0 terms are dropped below
-        iD = 1 / (c + dt.type(eta) * P)
+        D = c + dt.type(eta) * P
+        iD = 1 / D
         t = G * iD
         pt2 = P * t * t
         d2 = pt2 * P * iD
-    kl = 0.5 * float(xp.sum(xp.where(G == 0, dt.type(0), pt2), dtype=np.float64))
-    dkl = -float(xp.sum(xp.where(G == 0, dt.type(0), d2), dtype=np.float64))
-    return kl, dkl
+    terms = xp.where(G == 0, dt.type(0), pt2)
+    if domain_check:
+        terms = xp.where(D < 0, dt.type(np.inf), terms)
+    sums = xp.stack((xp.sum(terms, dtype=np.float64), xp.sum(xp.where(G == 0, dt.type(0), d2), dtype=np.float64)))
+    kl, dkl = (float(v) for v in backend.to_numpy(sums))  # one device-to-host read
+    return 0.5 * kl, -dkl
 
 
 def kl_pole(h: Any, p: Any, *, beta_p0: float, h_min: float = -np.inf, dtype: Any = np.float64) -> tuple[float, int]:
-    """``(max_j −c_j/p_j, #{h_j < 0})``; NaN entries are ignored; ``−inf`` for empty input."""
+    """``(max_j −c_j/p_j, #{h_j < 0})``; NaN entries are ignored; ``−inf`` for empty input.
+
+    Host syncs: 1 (both numbers are read together).
+    """
     xp = backend.get_namespace(h, p)
     dt = np.dtype(dtype)
     if h.size == 0:
         return -np.inf, 0
     c = xp.maximum(h.astype(dt), dt.type(h_min)) + dt.type(beta_p0)
-    v = -c / p.astype(dt)
-    return float(xp.max(xp.where(xp.isnan(v), -np.inf, v))), int(xp.count_nonzero(h < 0))
+    with np.errstate(divide="ignore", invalid="ignore"):  # p = 0: ±inf (or NaN, ignored)
+        v = -c / p.astype(dt)
+    both = xp.stack((xp.asarray(xp.max(xp.where(xp.isnan(v), -np.inf, v)), dtype=np.float64),
+                     xp.asarray(xp.count_nonzero(h < 0), dtype=np.float64)))
+    m, n = backend.to_numpy(both)  # one device-to-host read (the count is exact in float64)
+    return float(m), int(n)
 
 
 def arturo_apply(eta: float, w: Any, a: Any, h: Any, p: Any, out: Any, *, mscale: float = 1.0,
@@ -143,6 +160,7 @@ def arturo_apply(eta: float, w: Any, a: Any, h: Any, p: Any, out: Any, *, mscale
 
     ``out = μ' − w`` with ``μ' = μ − G/(c + ηp)`` (``G = 0`` keeps ``μ``), and
     ``p <- max((c + νp)/(β + ν), p_min)``. Returns the number of clamped ``p``.
+    Host syncs: 1.
     """
     xp = backend.get_namespace(w, a, h, p, out)
     dt = np.dtype(dtype)

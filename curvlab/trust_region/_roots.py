@@ -29,10 +29,13 @@ class RootResult:
     """Outcome of a scalar root-finder.
 
     ``x`` the multiplier; ``f`` = ``F(x)`` (NaN if not evaluated there);
-    ``n_evals`` calls of ``F``; ``converged`` the tolerance was met (or the
-    bracket collapsed to ``xtol``, or the constraint is inactive);
-    ``at_lower`` the answer is the domain's lower point (inactive constraint
-    or, with a pole, the hard case); ``bracket_failed`` no upper bound found.
+    ``n_evals`` calls of ``F``; ``converged`` the tolerance ``|F/t − 1| ≤ rtol``
+    holds at ``x`` (or the constraint is inactive); ``at_lower`` the answer is
+    the domain's lower point (inactive constraint or, with a pole, the hard
+    case); ``bracket_failed`` no upper bound found; ``status`` one of
+    ``"converged"``, ``"max_iter"``, ``"bracket_failed"``, ``"nonfinite"`` (F
+    returned NaN) and ``"stalled"`` (the bracket shrank to rounding level
+    before the tolerance was met: the tolerance is not attainable in float64).
     """
 
     x: float
@@ -41,6 +44,7 @@ class RootResult:
     converged: bool
     at_lower: bool = False
     bracket_failed: bool = False
+    status: str = "converged"
 
 
 def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float, *, lower: float,
@@ -52,9 +56,12 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
     evaluated; if ``F(lower_point) ≤ target`` the answer is ``lower_point``
     (``at_lower``). ``start`` is the warm start (ignored unless > ``lower``).
     Stops when ``|F/target − 1| ≤ rtol``, when the bracket is narrower than
-    ``xtol·(hi − lower)`` or 4 ulps (returns the feasible end ``hi``), or
-    after ``max_iter`` evaluations (``converged=False``; ``bracket_failed``
-    too if no upper end was found, as after ``max_expand`` expansions).
+    ``xtol·(hi − lower)`` or 4 ulps (returns the feasible end ``hi``, converged
+    only if the tolerance holds there, else ``status="stalled"``), at the
+    first NaN value of ``F`` (``"nonfinite"``), or after ``max_iter``
+    evaluations (``converged=False``; ``bracket_failed`` too if no upper end
+    was found, as after ``max_expand`` expansions). ``F = +inf`` counts as
+    above the target (outside the domain).
 
     >>> r = solve_decreasing(lambda x: (1 / (1 + x) ** 2, -2 / (1 + x) ** 3), 0.25, lower=0.0, lower_point=0.0)
     >>> round(r.x, 12), r.converged
@@ -73,7 +80,7 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         F, dF = fun(x)
         n += 1
         if F != F:  # NaN: the function is broken (e.g. a corrupted state); give up at once
-            return RootResult(x, F, n, False)
+            return RootResult(x, F, n, False, status="nonfinite")
         if x <= lower_point and F <= target:
             return RootResult(lower_point, F, n, True, at_lower=True)
         if abs(F / target - 1.0) <= rtol:
@@ -84,12 +91,13 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
             hi, f_hi = x, F
         if n >= max_iter:
             if math.isfinite(hi):
-                return RootResult(hi, f_hi, n, False)
-            return RootResult(x, F, n, False, bracket_failed=True)
+                return RootResult(hi, f_hi, n, False, status="max_iter")
+            return RootResult(x, F, n, False, bracket_failed=True, status="bracket_failed")
         # bracket collapsed: relative to the distance from the domain's edge (a pole makes F steep
-        # there), or to a few ulps
+        # there), or to a few ulps; converged only if the tolerance holds at the returned end
         if math.isfinite(hi) and (hi - lo <= xtol * (hi - lower) or hi - lo <= 4 * math.ulp(hi)):
-            return RootResult(hi, f_hi, n, True)
+            ok = abs(f_hi / target - 1.0) <= rtol
+            return RootResult(hi, f_hi, n, ok, status="converged" if ok else "stalled")
         cand = math.nan
         if 0.0 < F < math.inf and dF < 0.0 and math.isfinite(dF):
             dpsi = -0.5 * F ** -1.5 * dF
@@ -98,7 +106,7 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         if math.isinf(hi):
             n_expand += 1
             if n_expand > max_expand:
-                return RootResult(x, F, n, False, bracket_failed=True)
+                return RootResult(x, F, n, False, bracket_failed=True, status="bracket_failed")
             grow = max(4.0 * x, 1.0)
             if not (math.isfinite(cand) and cand > x):
                 cand = grow

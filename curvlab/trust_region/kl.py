@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Sequence
 
 import numpy as np
 
 from .. import backend, kernels
+from ..linalg.results import ConvergenceError, warn_unconverged
 from ._roots import bisect_reference, solve_decreasing
 
 __all__ = ["KLDual", "KLSolveResult", "solve_kl", "kl_mean", "kl_precision", "kl_of_step",
@@ -39,6 +41,25 @@ __all__ = ["KLDual", "KLSolveResult", "solve_kl", "kl_mean", "kl_precision", "kl
 
 #: the official code's solver constants
 REFERENCE_DEFAULTS = dict(eta_tol=0.5, eta_max=1e4, warm_factor=3.0, early_exit=0.1)
+
+
+def _number(name: str, v: Any, *, low: float = -math.inf, strict: bool = False, finite: bool = True) -> float:
+    """``float(v)``, or a ``ValueError`` naming ``name`` unless it is a number (finite) ``>``/``>= low``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    x = float(v)
+    bad = x != x or (finite and not math.isfinite(x)) or (x <= low if strict else x < low)
+    if bad:
+        what = ("a finite number" if finite else "a number") + (f" {'>' if strict else '>='} {low}"
+                                                                 if low > -math.inf else "")
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    return x
+
+
+def _count(name: str, v: Any, low: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    return int(v)
 
 
 def _flat_list(x: Any, name: str) -> list[Any]:
@@ -58,6 +79,16 @@ class KLDual:
     curvature in the denominator only. Each call is one fused pass per block
     (:func:`curvlab.kernels.kl_dual`), summed in float64; ``n_evals`` counts
     calls and ``n_nan`` the calls that returned NaN (a corrupted state).
+    ``dual(eta, domain_check=True)`` returns ``KL = +inf`` below any
+    coordinate's pole (the exact solver's guard). The data are not copied nor
+    scanned for NaN/Inf (that would cost a pass): a non-finite entry makes the
+    dual NaN or +inf, which :func:`solve_kl` reports (``status``).
+    Options are checked here (``beta, prior_prec ≥ 0`` finite, ``mscale``
+    finite, ``h_min`` finite or None, ``impl`` one of ``kernels.IMPLS``).
+
+    Host syncs: 0 on NumPy with the Numba kernels; on CuPy (or with
+    ``impl="numpy"``/``"reference"``) 1 per block per call, and 1 per block
+    for :meth:`pole`.
 
     >>> import numpy as np
     >>> d = KLDual(np.zeros(1), np.ones(1), np.ones(1), np.ones(1), beta=0.0, prior_prec=0.0)
@@ -72,21 +103,27 @@ class KLDual:
         if not (len(self.w) == len(self.a) == len(self.h) == len(self.p)):
             raise ValueError("w, a, h, p must have the same number of blocks, got "
                              f"{len(self.w)}, {len(self.a)}, {len(self.h)}, {len(self.p)}")
-        if beta < 0 or prior_prec < 0:
-            raise ValueError(f"beta and prior_prec must be >= 0, got {beta}, {prior_prec}")
-        self.beta_p0 = float(beta) * float(prior_prec)
-        self.mscale = float(mscale)
-        self.h_min = -math.inf if h_min is None else float(h_min)
-        self.impl = impl
+        for i, blocks in enumerate(zip(self.w, self.a, self.h, self.p)):
+            for name, x in zip("wahp", blocks):
+                if x.size != blocks[0].size or np.dtype(x.dtype) != np.dtype(blocks[0].dtype):
+                    raise ValueError(f"{name}[{i}] must have the size and dtype of w[{i}] "
+                                     f"({blocks[0].size}, {np.dtype(blocks[0].dtype)}), got "
+                                     f"({x.size}, {np.dtype(x.dtype)})")
+        beta = _number("beta (the prior weight)", beta, low=0.0)
+        prior_prec = _number("prior_prec (the prior precision p0)", prior_prec, low=0.0)
+        self.beta_p0 = beta * prior_prec
+        self.mscale = _number("mscale", mscale)
+        self.h_min = -math.inf if h_min is None else _number("h_min (the curvature floor)", h_min)
+        self.impl = kernels.check_impl(impl)
         self.n_evals = 0
         self.n_nan = 0
 
-    def __call__(self, eta: float) -> tuple[float, float]:
+    def __call__(self, eta: float, *, domain_check: bool = False) -> tuple[float, float]:
         self.n_evals += 1
         kl = dkl = 0.0
         for w, a, h, p in zip(self.w, self.a, self.h, self.p):
             k, d = kernels.kl_dual(eta, w, a, h, p, mscale=self.mscale, beta_p0=self.beta_p0, h_min=self.h_min,
-                                   impl=self.impl)
+                                   domain_check=domain_check, impl=self.impl)
             kl += k
             dkl += d
         if kl != kl:
@@ -112,7 +149,10 @@ class KLSolveResult:
     evaluations); ``n_evals`` dual evaluations; ``converged``; ``inactive``
     (exact mode: the unconstrained step is inside the region, η = η_pole);
     ``bracket_failed`` (exact mode: no upper bound within 60 expansions);
-    ``eta_pole`` (exact mode; 0 without a pole).
+    ``eta_pole`` (exact mode; 0 without a pole); ``status``: ``"converged"``,
+    ``"max_iter"``, ``"bracket_failed"``, ``"nonfinite"`` (the dual returned
+    NaN: non-finite data) or ``"stalled"`` (the tolerance is not attainable
+    in float64; the returned η is the feasible end of the final bracket).
     """
 
     eta: float
@@ -125,11 +165,13 @@ class KLSolveResult:
     bracket_failed: bool = False
     eta_pole: float = 0.0
     n_negative_h: int = 0
+    status: str = "converged"
 
 
 def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float = -1.0, rtol: float = 1e-10,
              max_iter: int = 50, eta_tol: float = 0.5, eta_max: float = 1e4, warm_factor: float = 3.0,
-             early_exit: float = 0.1, final_kl: bool = True) -> KLSolveResult:
+             early_exit: float = 0.1, final_kl: bool = True, warn: bool = True,
+             strict: bool = False) -> KLSolveResult:
     """Find η with ``KL(η) = eps`` for the arTuRO step (method inspired by arXiv 2310.20574).
 
     ``mode="reference"``: the official bisection — bracket ``[0, eta_max]``
@@ -139,30 +181,78 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
 
     ``mode="exact"``: domain ``η > η_pole``; η = 0 (or just above the pole) when
     ``KL`` there is ≤ ε; otherwise safeguarded Newton on ``KL^{-1/2} − ε^{-1/2}``
-    from the warm start ``eta_prev`` to ``|KL/ε − 1| ≤ rtol``.
+    from the warm start ``eta_prev`` to ``|KL/ε − 1| ≤ rtol``. The dual is
+    evaluated with ``domain_check=True``: any η at which some ``c_j + ηp_j < 0``
+    (a negative precision) reads as ``KL = +inf``, so the answer lies above
+    every coordinate's pole even if the pole pass were wrong. A pole of
+    ``+inf`` (``p_j = 0`` with ``h_j + βp0 < 0``, or ``h_j = −inf``: no η is
+    feasible) or NaN raises ``ValueError``.
 
-    Raises ``ValueError`` for ``eps <= 0`` or an unknown mode.
+    Non-finite data (policy): no scan is made; the search stops at the first
+    NaN value of the dual with ``converged=False, status="nonfinite"``
+    (reference mode: flagged the same way, after its fixed bisection, if any
+    evaluation was NaN or ±inf).
+
+    An unconverged result issues :class:`~curvlab.linalg.results.ConvergenceWarning`
+    (``warn=False`` silences it; ``strict=True`` raises
+    :class:`~curvlab.linalg.results.ConvergenceError` with the result attached).
+
+    Host syncs (CuPy, or ``impl="numpy"``/``"reference"``): exact mode 1 per
+    block for the pole + 1 per block per dual evaluation; reference mode 1 per
+    block per evaluation (+1 evaluation with ``final_kl``). None otherwise.
+
+    Raises ``ValueError`` naming the argument for ``eps``, ``rtol``, ``eta_prev``
+    (NaN), ``max_iter``, ``eta_tol``, ``eta_max``, ``warm_factor``, ``early_exit``
+    out of range or an unknown ``mode``.
     """
-    eps = float(eps)
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"eps (the KL bound) must be a finite number > 0, got {eps}")
-    n0 = dual.n_evals
-    if mode == "reference":
-        eta, it = bisect_reference(lambda e: dual(e)[0], eps, float(eta_prev), tol_abs=eta_tol, x_max=eta_max,
-                                   warm=warm_factor, early=early_exit)
-        kl = dual(eta)[0] if final_kl else math.nan
-        return KLSolveResult(eta, kl, kl / eps, it, dual.n_evals - n0, True)
-    if mode != "exact":
+    eps = _number("eps (the KL bound)", eps, low=0.0, strict=True)
+    if mode not in ("reference", "exact"):
         raise ValueError(f"mode must be 'reference' or 'exact', got {mode!r}")
-    if not rtol > 0:
-        raise ValueError(f"rtol must be > 0, got {rtol}")
+    eta_prev = _number("eta_prev (the previous η; < 0 for a cold start)", eta_prev)
+    max_iter = _count("max_iter", max_iter)
+    n0, nan0 = dual.n_evals, getattr(dual, "n_nan", 0)
+    if mode == "reference":
+        eta_tol = _number("eta_tol", eta_tol, low=0.0, strict=True)
+        eta_max = _number("eta_max", eta_max, low=0.0, strict=True)
+        warm_factor = _number("warm_factor", warm_factor, low=1.0)
+        early_exit = _number("early_exit", early_exit, low=0.0)
+        bad = []
+
+        def kl_of(e: float) -> float:
+            v = dual(e)[0]
+            if not math.isfinite(v):
+                bad.append(v)
+            return v
+
+        eta, it = bisect_reference(kl_of, eps, eta_prev, tol_abs=eta_tol, x_max=eta_max, warm=warm_factor,
+                                   early=early_exit)
+        kl = kl_of(eta) if final_kl else math.nan
+        ok = not bad and getattr(dual, "n_nan", 0) == nan0
+        res = KLSolveResult(eta, kl, kl / eps, it, dual.n_evals - n0, ok, status="converged" if ok else "nonfinite")
+        return _report(res, warn, strict)
+    rtol = _number("rtol", rtol, low=0.0, strict=True)
     pole, n_neg = dual.pole()
+    if not pole < math.inf:
+        raise ValueError(f"h, p (the dual's curvature and precision) admit no feasible η: the pole "
+                         f"max_j −(h_j + βp0)/p_j is {pole} (a coordinate with p_j = 0 and h_j + βp0 < 0, "
+                         "or h_j = −inf; or the pole kernel failed)")
     lower = max(0.0, pole)
     lower_point = lower if lower == 0.0 else lower * (1 + 1e-8) + 1e-12
-    r = solve_decreasing(dual, eps, lower=lower, lower_point=lower_point, start=float(eta_prev), rtol=rtol,
-                         max_iter=max_iter)
-    return KLSolveResult(r.x, r.f, r.f / eps, r.n_evals, dual.n_evals - n0, r.converged, inactive=r.at_lower,
-                         bracket_failed=r.bracket_failed, eta_pole=lower, n_negative_h=n_neg)
+    r = solve_decreasing(lambda e: dual(e, domain_check=True), eps, lower=lower, lower_point=lower_point,
+                         start=eta_prev, rtol=rtol, max_iter=max_iter)
+    res = KLSolveResult(r.x, r.f, r.f / eps, r.n_evals, dual.n_evals - n0, r.converged, inactive=r.at_lower,
+                        bracket_failed=r.bracket_failed, eta_pole=lower, n_negative_h=n_neg, status=r.status)
+    return _report(res, warn, strict)
+
+
+def _report(res: KLSolveResult, warn: bool, strict: bool) -> KLSolveResult:
+    if not res.converged:
+        msg = (f"status {res.status!r} after {res.n_evals} dual evaluations: η = {res.eta:.6g}, "
+               f"KL/ε = {res.kl_ratio:.6g}")
+        if strict:
+            raise ConvergenceError(f"solve_kl: {msg}", res)
+        warn_unconverged("solve_kl", msg, warn=warn, stacklevel=4)
+    return res
 
 
 def kl_mean(eta: float, mu: Any, a: Any, h: Any, p: Any, *, beta: float, prior_prec: float) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
+from curvlab.linalg.results import ConvergenceError, ConvergenceWarning
 from curvlab.trust_region import KLDual, kl_mean, kl_of_step, kl_precision, solve_kl, steady_state_eta
 from curvlab.trust_region._roots import bisect_reference
 
@@ -242,3 +244,134 @@ def test_bad_input(rng):
         KLDual([w, w], [a], [h], [p], beta=BETA, prior_prec=P0)
     with pytest.raises(ValueError, match="beta"):
         KLDual(w, a, h, p, beta=-1.0, prior_prec=P0)
+
+
+# --- issue 11: the exact solver is safe whatever the pole kernel returns; bad input is refused or flagged
+
+
+def _independent(w, a, h, p, eta, eps):
+    """KL(η)/ε, the smallest denominator c + ηp and the smallest coupled precision, in plain float64 NumPy."""
+    c = h.astype(np.float64) + BETA * P0
+    G = a + (h + BETA * P0) * w
+    D = c + eta * p
+    kl = 0.5 * np.sum(p * G ** 2 / D ** 2)
+    return kl / eps, D.min(), ((c + eta * p) / (BETA + eta)).min()
+
+
+@pytest.mark.parametrize("n", [65_535, 65_536, 70_001])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_exact_large_n_nonnegative_precisions(n, dtype):
+    # defect 1: the parallel pole pass (n >= 2**16) returned -inf, the root was found below the pole and
+    # reported converged with thousands of negative precisions
+    rng = np.random.default_rng(n)
+    w, a, h, p = _problem(rng, n=n, neg=True, dtype=dtype)
+    eps = 1e-3 * n
+    r = solve_kl(KLDual(w, a, h, p, beta=BETA, prior_prec=P0), eps, mode="exact")
+    w, a, h, p = (x.astype(np.float64) for x in (w, a, h, p))
+    ratio, dmin, pmin = _independent(w, a, h, p, r.eta, eps)
+    true_pole = np.max(-(h + BETA * P0) / p)
+    assert r.converged and r.status == "converged"
+    assert r.eta > true_pole > 0 and r.eta_pole == pytest.approx(true_pole, rel=1e-6)
+    assert dmin > 0 and pmin > 0
+    assert abs(ratio - 1) <= 1e-9
+
+
+class _BrokenPole(KLDual):
+    """A dual whose pole pass returns a fixed (wrong) value: what a broken kernel would do."""
+
+    def __init__(self, *args, pole, **kw):
+        super().__init__(*args, **kw)
+        self._pole = pole
+
+    def pole(self):
+        return self._pole, 0
+
+
+@pytest.mark.parametrize("pole", [-math.inf, 0.0, -5.0])
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_never_accepts_eta_below_the_pole(pole, seed):
+    rng = np.random.default_rng(seed)
+    w, a, h, p = _problem(rng, n=500, neg=True)
+    true_pole = np.max(-(h + BETA * P0) / p)
+    for eps in (1e-3, 0.1, 10.0):
+        dual = _BrokenPole(w, a, h, p, beta=BETA, prior_prec=P0, pole=pole)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            r = solve_kl(dual, eps, mode="exact")
+        ratio, dmin, pmin = _independent(w, a, h, p, r.eta, eps)
+        assert r.eta > true_pole and dmin > 0 and pmin > 0, (eps, r)
+        if r.converged:
+            assert abs(ratio - 1) <= 1e-10
+        else:
+            assert r.status in ("stalled", "max_iter")
+
+
+def test_exact_domain_check_on_the_dual(rng):
+    w, a, h, p = _problem(rng, n=50, neg=True)
+    dual = KLDual(w, a, h, p, beta=BETA, prior_prec=P0)
+    pole, _ = dual.pole()
+    assert math.isfinite(dual(0.5 * pole)[0])  # the plain formula (the reference mode needs it)
+    assert dual(0.5 * pole, domain_check=True)[0] == math.inf
+    assert dual(2 * pole, domain_check=True) == dual(2 * pole)
+
+
+def test_exact_infinite_pole_is_refused(rng):
+    w, a, h, p = _problem(rng, n=20)
+    h[3], p[3] = -1.0, 0.0  # no η makes c + ηp > 0 for this coordinate
+    with pytest.raises(ValueError, match="h, p"):
+        solve_kl(KLDual(w, a, h, p, beta=BETA, prior_prec=P0), 0.1, mode="exact")
+    h[3], p[3] = -np.inf, 1.0
+    with pytest.raises(ValueError, match="no feasible"):
+        solve_kl(KLDual(w, a, h, p, beta=BETA, prior_prec=P0), 0.1, mode="exact")
+
+
+@pytest.mark.parametrize("name", ["w", "a", "h", "p"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("mode", ["exact", "reference"])
+def test_nonfinite_data_is_flagged(rng, name, bad, mode):
+    data = dict(zip("wahp", _problem(rng, n=100)))
+    data[name][7] = bad
+    dual = KLDual(*data.values(), beta=BETA, prior_prec=P0)
+    try:
+        with pytest.warns(ConvergenceWarning, match="solve_kl"):
+            r = solve_kl(dual, 0.01, mode=mode)
+    except ValueError as e:  # h = +inf... is refused up front only through the pole
+        assert "h, p" in str(e)
+        return
+    assert not r.converged and r.status in ("nonfinite", "bracket_failed")
+    with pytest.raises(ConvergenceError) as info:
+        solve_kl(dual, 0.01, mode=mode, strict=True)
+    assert info.value.result.status == r.status
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        assert not solve_kl(dual, 0.01, mode=mode, warn=False).converged
+
+
+def test_unattainable_tolerance_is_flagged(rng):
+    w, a, h, p = _problem(rng, n=1000)
+    dual = KLDual(w, a, h, p, beta=BETA, prior_prec=P0)
+    with pytest.warns(ConvergenceWarning):
+        r = solve_kl(dual, 0.05, mode="exact", rtol=1e-300)
+    assert not r.converged and r.status == "stalled" and abs(r.kl_ratio - 1) < 1e-12 and r.kl_ratio <= 1
+
+
+def test_options_are_validated(rng):
+    w, a, h, p = _problem(rng, n=10)
+    dual = KLDual(w, a, h, p, beta=BETA, prior_prec=P0)
+    for kw, name in [(dict(rtol=0.0), "rtol"), (dict(rtol=math.nan), "rtol"), (dict(max_iter=0), "max_iter"),
+                     (dict(max_iter=2.5), "max_iter"), (dict(eta_prev=math.nan), "eta_prev"),
+                     (dict(mode="reference", eta_tol=0.0), "eta_tol"),
+                     (dict(mode="reference", eta_max=-1.0), "eta_max"),
+                     (dict(mode="reference", warm_factor=0.5), "warm_factor"),
+                     (dict(mode="reference", early_exit=math.inf), "early_exit")]:
+        with pytest.raises(ValueError, match=name):
+            solve_kl(dual, 0.1, **kw)
+    for kw, name in [(dict(beta=math.nan), "beta"), (dict(prior_prec=math.inf), "prior_prec"),
+                     (dict(mscale=math.nan), "mscale"), (dict(h_min=math.nan), "h_min"),
+                     (dict(impl="fortran"), "impl")]:
+        with pytest.raises(ValueError, match=name):
+            KLDual(w, a, h, p, **{**dict(beta=BETA, prior_prec=P0), **kw})
+    with pytest.raises(ValueError, match=r"p\[0\] must have the size"):
+        KLDual(w, a, h, p[:5], beta=BETA, prior_prec=P0)
+    with pytest.raises(TypeError, match="eps"):
+        solve_kl(dual, "0.1")
