@@ -183,7 +183,8 @@ def synchronize(x: Any = None) -> None:
 
 
 def _dtype_of(x: Any) -> np.dtype:
-    return np.dtype(getattr(x, "dtype", np.asarray(x).dtype))
+    dt = getattr(x, "dtype", None)  # not getattr(x, "dtype", np.asarray(x).dtype): CuPy refuses np.asarray
+    return np.dtype(dt if dt is not None else np.asarray(x).dtype)
 
 
 def float_dtype(*arrays: Any) -> np.dtype:

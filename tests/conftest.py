@@ -1,29 +1,73 @@
-"""Shared fixtures: backends (NumPy always, CuPy when a GPU is present), dtypes, rng."""
+"""Shared fixtures: backends (NumPy always, CuPy on a GPU or the strict stand-in), dtypes, rng.
+
+The ``xp=cupy`` tests (marker ``gpu``) run with real CuPy when it imports and sees a device.
+``pytest --strict-cupy`` (or ``CURVLAB_STRICT_CUPY=1``) runs them on the CPU against the strict
+CuPy stand-in of :mod:`tests._strict_cupy` instead (CI's second pass: ``pytest -m gpu
+--strict-cupy``); tests that need torch/JAX on a real CUDA device are skipped there.
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 
 from curvlab import backend
 
-GPU = backend.gpu_available()
+#: set in pytest_configure: "real" (CuPy with a device), "strict" (the stand-in) or None
+CUPY_MODE: str | None = None
 
-#: backends to parametrise over; CuPy is skipped cleanly without a GPU
+#: tests that need a CUDA device for torch/JAX, which the stand-in cannot give (skipped in the strict pass)
+_NEEDS_CUDA_FRAMEWORK = ("tests/adapters/test_torch_adapter.py", "tests/adapters/test_jax_adapter.py")
+
+#: backends to parametrise over; CuPy is skipped cleanly without a GPU (and without --strict-cupy)
 BACKENDS = [
     pytest.param("numpy", id="numpy"),
-    pytest.param("cupy", id="cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="CuPy with an NVIDIA GPU not available")]),
+    pytest.param("cupy", id="cupy", marks=[pytest.mark.gpu]),
 ]
 
 #: relative tolerances for exactness checks, per dtype
 RTOL = {np.float64: 1e-8, np.float32: 2e-3}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--strict-cupy", action="store_true", default=False,
+                     help="run the xp=cupy tests against the strict CuPy stand-in (tests/_strict_cupy) on the CPU")
+
+
+def strict_requested(config=None) -> bool:
+    env = os.environ.get("CURVLAB_STRICT_CUPY", "").strip().lower() not in ("", "0", "false", "no")
+    return env or bool(config is not None and config.getoption("--strict-cupy", default=False))
+
+
+def pytest_configure(config):
+    global CUPY_MODE
+    if strict_requested(config):
+        from tests import _strict_cupy  # noqa: PLC0415
+
+        _strict_cupy.install()
+        assert backend.gpu_available(), "the strict CuPy stand-in must pass curvlab's GPU detection"
+        CUPY_MODE = "strict"
+    elif backend.gpu_available():
+        CUPY_MODE = "real"
+
+
+def pytest_report_header(config):
+    return f"curvlab xp=cupy backend: {CUPY_MODE or 'none (skipped)'}"
+
+
 @pytest.fixture(params=BACKENDS)
 def xp(request):
-    """The array namespace under test: numpy, or cupy on a GPU machine."""
+    """The array namespace under test: numpy, or cupy (a GPU, or the strict stand-in)."""
     if request.param == "numpy":
         return np
+    if CUPY_MODE is None:
+        pytest.skip("CuPy with an NVIDIA GPU not available (run with --strict-cupy for the CPU stand-in)")
+    if CUPY_MODE == "strict":
+        path = str(request.node.path).replace(os.sep, "/")
+        if any(path.endswith(p) for p in _NEEDS_CUDA_FRAMEWORK):
+            pytest.skip("needs torch/JAX on a CUDA device; the strict CuPy stand-in has none")
     import cupy
 
     return cupy
