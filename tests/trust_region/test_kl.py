@@ -263,17 +263,21 @@ def _independent(w, a, h, p, eta, eps):
 def test_exact_large_n_nonnegative_precisions(n, dtype):
     # defect 1: the parallel pole pass (n >= 2**16) returned -inf, the root was found below the pole and
     # reported converged with thousands of negative precisions
+    # (small gradients: with eps >= 1 the old code answered eta below the pole, eps = 100 even eta = 0)
     rng = np.random.default_rng(n)
-    w, a, h, p = _problem(rng, n=n, neg=True, dtype=dtype)
-    eps = 1e-3 * n
-    r = solve_kl(KLDual(w, a, h, p, beta=BETA, prior_prec=P0), eps, mode="exact")
+    w, a, h, p = _problem(rng, n=n, neg=True)
+    a = -(h + BETA * P0) * w + 1e-3 * rng.standard_normal(n)
+    w, a, h, p = (x.astype(dtype) for x in (w, a, h, p))
+    dual = KLDual(w, a, h, p, beta=BETA, prior_prec=P0)
     w, a, h, p = (x.astype(np.float64) for x in (w, a, h, p))
-    ratio, dmin, pmin = _independent(w, a, h, p, r.eta, eps)
     true_pole = np.max(-(h + BETA * P0) / p)
-    assert r.converged and r.status == "converged"
-    assert r.eta > true_pole > 0 and r.eta_pole == pytest.approx(true_pole, rel=1e-6)
-    assert dmin > 0 and pmin > 0
-    assert abs(ratio - 1) <= 1e-9
+    for eps in (0.01, 1.0, 100.0):
+        r = solve_kl(dual, eps, mode="exact")
+        ratio, dmin, pmin = _independent(w, a, h, p, r.eta, eps)
+        assert r.converged and r.status == "converged" and not r.inactive
+        assert r.eta > true_pole > 0 and r.eta_pole == pytest.approx(true_pole, rel=1e-6)
+        assert dmin > 0 and pmin > 0
+        assert abs(ratio - 1) <= 1e-9
 
 
 class _BrokenPole(KLDual):
