@@ -83,7 +83,11 @@ def install() -> None:
     sys.modules["cupy.random"] = random
     sys.modules["cupyx"] = _cupyx
     sys.modules["cupyx.scipy"] = _cupyx.scipy
-    sys.modules.pop("curvlab.kernels.gpu", None)  # bound to a real CuPy, if one was imported before
+    # curvlab.kernels.gpu binds `cupy` when imported: drop a copy bound to another cupy
+    sys.modules.pop("curvlab.kernels.gpu", None)
+    kernels = sys.modules.get("curvlab.kernels")
+    if kernels is not None and "gpu" in vars(kernels):
+        delattr(kernels, "gpu")
     backend = sys.modules.get("curvlab.backend")
     if backend is not None:
         backend._cupy = None

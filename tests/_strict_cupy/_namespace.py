@@ -81,6 +81,8 @@ def _host_function(name: str, np_fn: Callable) -> Callable:
         res = np_fn(*a, **kw)
         if isinstance(out, ndarray):
             return out
+        if isinstance(res, (bool, int, float, complex)):  # CuPy returns a 0-d device array (allclose, ...)
+            res = np.asarray(res)
         return wrap(res)
 
     fn.__module__ = "cupy"
