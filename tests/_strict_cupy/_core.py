@@ -27,9 +27,12 @@ class SyncEvent:
     kind: str
     site: str
     func: str
+    #: the curvlab frames above ``site`` (callers, innermost first, at most 3): ``file:line (function)``
+    callers: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.site} ({self.func}): {self.kind}"
+        chain = "".join(f" <- {c}" for c in self.callers)
+        return f"{self.site} ({self.func}){chain}: {self.kind}"
 
 
 class SyncLog:
@@ -53,6 +56,10 @@ class SyncLog:
     def by_site(self) -> collections.Counter:
         return collections.Counter(e.site for e in self.events)
 
+    def by_caller(self) -> collections.Counter:
+        """Counts per outermost recorded curvlab frame (the routine, not the helper that read)."""
+        return collections.Counter((e.callers[-1].split(" ")[0] if e.callers else e.site) for e in self.events)
+
     def by_kind(self) -> collections.Counter:
         return collections.Counter(e.kind for e in self.events)
 
@@ -62,13 +69,14 @@ class SyncLog:
 
     def report(self) -> str:
         """One line per sync site, most frequent first: ``count × file:line (function): kinds``."""
-        groups: dict[str, list[SyncEvent]] = collections.defaultdict(list)
+        groups: dict[tuple, list[SyncEvent]] = collections.defaultdict(list)
         for e in self.events:
-            groups[e.site].append(e)
+            groups[(e.site, e.callers)].append(e)
         lines = [f"{len(self.events)} host syncs, {self.h2d} host-to-device copies"]
-        for site, evs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        for (site, callers), evs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             kinds = ", ".join(sorted({e.kind for e in evs}))
-            lines.append(f"  {len(evs):5d} x {site} ({evs[0].func}): {kinds}")
+            chain = "".join(f" <- {c}" for c in callers)
+            lines.append(f"  {len(evs):5d} x {site} ({evs[0].func}){chain}: {kinds}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -111,28 +119,34 @@ def _curvlab_root() -> str | None:
     return _curvlab_dir
 
 
-def _site() -> tuple[str, str]:
-    """``(file:line, function)`` of the first curvlab frame on the stack (else the first caller
-    outside the stand-in and NumPy)."""
+def _site() -> tuple[str, str, tuple[str, ...]]:
+    """``(file:line, function, callers)`` of the first curvlab frame on the stack (else the first
+    caller outside the stand-in and NumPy); ``callers`` are the next curvlab frames (at most 3)."""
     root = _curvlab_root()
     f = sys._getframe(1)
     fallback = None
-    while f is not None:
+    found: list[tuple[str, str]] = []
+    while f is not None and len(found) < 4:
         fn = os.path.abspath(f.f_code.co_filename)
         if not fn.startswith(_HERE):
             if root is not None and fn.startswith(root + os.sep):
                 rel = "curvlab/" + os.path.relpath(fn, root).replace(os.sep, "/")
-                return f"{rel}:{f.f_lineno}", f.f_code.co_name
-            if fallback is None and f"{os.sep}numpy{os.sep}" not in fn:
+                found.append((f"{rel}:{f.f_lineno}", f.f_code.co_name))
+            elif found:
+                break  # left curvlab again (a test calling curvlab)
+            elif fallback is None and f"{os.sep}numpy{os.sep}" not in fn:
                 fallback = (f"{os.path.relpath(fn).replace(os.sep, '/')}:{f.f_lineno}", f.f_code.co_name)
         f = f.f_back
-    return fallback or ("<unknown>", "?")
+    if found:
+        return found[0][0], found[0][1], tuple(f"{s} ({fn})" for s, fn in found[1:])
+    site, func = fallback or ("<unknown>", "?")
+    return site, func, ()
 
 
 def record_sync(kind: str) -> None:
     """Record one device-to-host synchronisation in every active log."""
-    site, func = _site()
-    ev = SyncEvent(kind, site, func)
+    site, func, callers = _site()
+    ev = SyncEvent(kind, site, func, callers)
     with _lock:
         for log in _active:
             log.events.append(ev)
