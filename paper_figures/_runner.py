@@ -30,7 +30,7 @@ import paper_figures as _pf
 from ._common import Check, Context, FigureResult, FigureSkipped, arxiv_url, missing_requirements
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
-_REQUIRE_VERDICTS = False
+_REQUIRE_VERDICTS = True  # a paper figure must judge every claim it lists
 
 
 class UsageError(Exception):

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ._common import Check, FigureResult, FigureSpec, finish_figure, make_mlp, new_figure, need
+from ._common import Check, FigureResult, FigureSpec, Verdict, finish_figure, make_mlp, new_figure, need
 
 SPEC = FigureSpec(
     name="000_exactness",
@@ -60,6 +60,22 @@ def _errors(model, params, X, y):
             e = _rel(np.linalg.norm(np.ravel(D[rule][l]) - dense[rule]), np.linalg.norm(dense[rule]))
             err[f"Newton {rule}"] = max(err[f"Newton {rule}"], e)
     return err, 1e3 * t_closed, 1e3 * t_dense
+
+
+TOL = 1e-10
+
+
+def judge(per_q: dict, n_cases: int) -> list[Verdict]:
+    """C2 from the block and eigenvalue errors, C3 from the Newton-direction errors (max relative error)."""
+    def one(claim, qs, what):
+        worst = max(per_q[q] for q in qs)
+        return Verdict(claim, "supported" if worst < TOL else "not supported",
+                       f"supported if the closed-form {what} match dense float64 to a relative error below {TOL:g} "
+                       f"on every one of the {n_cases} (net, batch) cases, else not supported",
+                       f"max relative error {worst:.1e} (" + ", ".join(f"{q} {per_q[q]:.1e}" for q in qs) + ")")
+
+    return [one("C2", ("layer block", "eigenvalues"), "layer Hessian blocks and their eigenvalues"),
+            one("C3", ("Newton raw", "Newton abs"), "Newton directions (raw and abs)")]
 
 
 def run(ctx) -> FigureResult:
@@ -116,5 +132,7 @@ def run(ctx) -> FigureResult:
                f"(block {per_q['layer block']:.0e}, eigenvalues {per_q['eigenvalues']:.0e}, "
                f"Newton {max(per_q['Newton raw'], per_q['Newton abs']):.0e})")
     scale = f"widths {widths}; full mode adds width 64"
+    n_cases = len(rows) // len(QUANTITIES)
     return FigureResult(fig, rows, outcome, checks, {"lam": LAM, "batches": batches, "widths": widths,
-                                                     "batch_mode": "exact_block", "block_spectrum": "batch"}, scale)
+                                                     "batch_mode": "exact_block", "block_spectrum": "batch"}, scale,
+                        verdicts=judge(per_q, n_cases), seeds_used=[])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Check, FigureResult, FigureSpec, dataset, finish_figure, fmt, need, new_figure
+from ._common import Check, FigureResult, FigureSpec, Verdict, combine, dataset, finish_figure, fmt, need, new_figure, pm, vote
 from .fig_000_training import en_run, method_keys, plan, tuned
 
 SPEC = FigureSpec(
@@ -29,6 +29,36 @@ def sharpness(model, params, X, y, seed: int) -> tuple[float, float, bool]:
     Z = np.random.default_rng(seed).choice([-1.0, 1.0], size=(len(params), 30))
     tr = float(np.mean(np.sum(Z * model.hvp_matmat(params, X, y, Z), axis=0)))
     return float(np.max(res.eigenvalues)), tr, bool(np.all(res.converged))
+
+
+def judge(top: dict, abs_name: str, baselines: list, lam: float, eta: float) -> list[Verdict]:
+    """C5 from ``top[name] = per-seed top eigenvalues`` (aligned by seed; NaN = diverged run).
+
+    Part A: Newton abs is flatter than the flattest tuned baseline, paired by seed, in >= 2/3 of the seeds.
+    Part B: the flattest Newton variant (any adjustment) is flatter than the flattest baseline in >= 2/3.
+    A -> supported; B only -> mixed (and the caption says what that variant's steps are); neither -> not supported.
+    """
+    def arr(k):
+        return np.asarray(top[k], float)
+
+    base = np.nanmin(np.vstack([arr(b) for b in baselines]), axis=0)
+    flat_base = min(baselines, key=lambda b: np.nanmean(arr(b)))
+    newton = [k for k in top if k not in baselines]
+    best_nt = min(newton, key=lambda k: np.nanmean(arr(k)))
+    a = vote(arr(abs_name) < base)
+    b = vote(arr(best_nt) < base)
+    v = "supported" if a == "supported" else ("mixed" if b == "supported" else combine(a, b))
+    ev = (f"top Hessian eigenvalue Newton abs {pm(arr(abs_name))} vs {flat_base} {pm(arr(flat_base))} "
+          f"(abs / {flat_base} = {fmt(np.nanmean(arr(abs_name)) / np.nanmean(arr(flat_base)), 2)}x); flattest Newton "
+          f"variant {best_nt} {pm(arr(best_nt))}")
+    if "cap" in best_nt and "=" in best_nt:
+        km = float(best_nt.split("=")[1].split()[0])
+        ev += (f"; note: a cap κ <= {km:g} with λ = {lam:g}, η = {eta:g} makes every step an SGD step with lr in "
+               f"[{eta / (lam + km):.3g}, {eta / lam:.3g}], so its flatness is that of SGD, not of the Newton curvature")
+    crit = ("supported if Newton abs ends with a smaller top Hessian eigenvalue than the flattest tuned first-order "
+            "baseline (paired by seed) in >= 2/3 of the seeds; mixed if only some other spectral adjustment does; "
+            "not supported if no Newton variant does")
+    return [Verdict("C5", v, crit, ev)]
 
 
 def run(ctx) -> FigureResult:
@@ -81,8 +111,13 @@ def run(ctx) -> FigureResult:
     outcome = ("Top Hessian eigenvalue at the end: " + ", ".join(f"{k.split(' (')[0]} {fmt(v)}" for k, v in mean.items())
                + pred + (f"; Newton abs vs SGD: {fmt(mean[abs_name[0]])} vs "
                          f"{fmt([v for k, v in mean.items() if k.startswith('SGD')][0])}" if abs_name else ""))
+    top = {nm: [next((r[2] for r in rows if r[0] == nm and r[1] == s), np.nan) for s in ctx.seeds] for nm in keys}
+    top = {k: v for k, v in top.items() if np.any(np.isfinite(v))}
+    bases = [k for k in top if not k.startswith("Newton")]
+    verdicts = judge(top, abs_name[0], bases, lam, eta) if abs_name and bases else [
+        Verdict("C5", "inconclusive in this surrogate", "Newton abs and a baseline must both train", "a run diverged")]
     hyper = {"n_train": n, "epochs": E, "lam": lam, "eta": eta, "configs": {k: list(v) for k, v in keys.items()},
              "lanczos": "eigsh k=1 which=LA", "hutchinson_probes": 30}
     return FigureResult(fig, rows, outcome, checks, hyper,
                         f"{n or 'all 1437'} training samples, {E} epochs, seeds {ctx.seeds}; curvature measured on "
-                        "the whole training split")
+                        "the whole training split", verdicts=verdicts)

@@ -11,8 +11,9 @@ import functools
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, band, baseline, dataset, finish_figure, fmt, make_mlp, need,
-                      new_figure, subsample, train_epochs, transform_stepper, validation_split)
+from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, dataset, edge_note, finish_figure, fmt,
+                      make_mlp, need, new_figure, pm, subsample, train_epochs, transform_stepper, validation_split,
+                      vote)
 
 SPEC = FigureSpec(
     name="000_training",
@@ -28,9 +29,9 @@ SPEC = FigureSpec(
 
 SIZES = (64, 32, 10)
 RULES = ("raw", "abs", "floor", "shift")
-NEWTON_GRID = ((1.0, 0.1), (3.0, 0.3))  # (λ, η)
-SGD_GRID = (0.03, 0.1)  # B = 1
-ADAM_GRID = (1e-3, 1e-2)  # B = 16
+NEWTON_GRID = ((1.0, 0.1), (1.0, 0.3), (3.0, 0.1), (3.0, 0.3))  # (λ, η): the specification's 4 configurations
+SGD_GRID = (0.01, 0.03, 0.1, 0.3)  # B = 1; 4-point log grids (equal budgets)
+ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2)  # B = 16
 
 
 def plan(ctx) -> tuple[int | None, int]:
@@ -54,7 +55,8 @@ def en_run(n_train, epochs: int, seed: int, key: tuple, val: bool = False):
     neg = {"n": 0, "tot": 0}
     if key[0] == "newton":
         en = need("curvlab.methods.exact_newton")
-        opt = en.ExactNewton(lr=key[3], lam=key[2], adjustment=key[1], batch_mode="average", **dict(key[4]))
+        opt = en.ExactNewton(lr=key[3], lam=key[2], adjustment=key[1], batch_mode="average", diagnostics=True,
+                             **dict(key[4]))
         width = sum(SIZES[1:])
 
         def step(p, st, Xb, yb):
@@ -82,7 +84,7 @@ def en_run(n_train, epochs: int, seed: int, key: tuple, val: bool = False):
 
 
 def tuned(ctx) -> dict:
-    """Equal budgets: 2 configurations each, selected on validation loss (10% of the training subset), seed 0."""
+    """Equal budgets: 4 configurations each, selected on validation loss (10% of the training subset), seed 0."""
     n, E = plan(ctx)
 
     def score(key):
@@ -104,14 +106,54 @@ def method_keys(best: dict) -> dict:
     return keys
 
 
+LOSS_FACTOR = 1.5
+ACC_MARGIN = 0.02
+RAW_MARGIN = 0.05
+
+
+def judge(d: dict) -> list[Verdict]:
+    """Verdicts from per-seed numbers (lists aligned by seed; inf = diverged).
+
+    d: abs_loss, abs_acc, abs_init, raw_acc, neg_frac (mean fraction of κ < 0 under abs), base_name, base_loss
+    (per-seed final loss of the tuned baseline with the lowest mean loss), acc_name, base_acc (per-seed accuracy of
+    the baseline with the best mean accuracy), notes (grid-edge warnings).
+    """
+    al, aa, ra = np.asarray(d["abs_loss"], float), np.asarray(d["abs_acc"], float), np.asarray(d["raw_acc"], float)
+    bl, ba = np.asarray(d["base_loss"], float), np.asarray(d["base_acc"], float)
+    notes = ("; " + "; ".join(d["notes"])) if d.get("notes") else ""
+    c1 = Verdict("C1", vote(al <= LOSS_FACTOR * bl),
+                 f"performance part only (cost: 000_exactness timings): supported if Newton abs's final training loss "
+                 f"is within {LOSS_FACTOR}x the best tuned first-order baseline's in >= 2/3 of the seeds (paired by "
+                 "seed), not supported if it is not in >= 2/3, else mixed",
+                 f"Newton abs {pm(al)} vs {d['base_name']} {pm(bl)}; ratio per seed "
+                 + ", ".join(fmt(a / b, 2) for a, b in zip(al, bl)) + notes)
+    trains = bool(np.all(np.isfinite(al)) and np.all(al < d["abs_init"]))
+    beats = aa >= ra + RAW_MARGIN
+    v4 = vote(beats) if trains else "not supported"
+    c4 = Verdict("C4", v4,
+                 f"supported if the abs adjustment decreases the loss in every seed and beats the raw (non-convex) "
+                 f"Newton step's test accuracy by >= {RAW_MARGIN} in >= 2/3 of the seeds, while a share of the layer "
+                 "curvatures is negative; not supported if abs fails to train or beats raw in <= 1/3",
+                 f"test accuracy abs {pm(aa)} vs raw {pm(ra)}; abs final loss {pm(al)} from {fmt(d['abs_init'])}; "
+                 f"{d['neg_frac']:.0%} of the per-sample layer curvatures are negative under abs")
+    c6 = Verdict("C6", vote(aa >= ba - ACC_MARGIN),
+                 f"supported if Newton abs's test accuracy is within {ACC_MARGIN} of the best tuned baseline's in "
+                 ">= 2/3 of the seeds, not supported if below that in >= 2/3, else mixed",
+                 f"test accuracy Newton abs {pm(aa)} vs {d['acc_name']} {pm(ba)}" + notes)
+    return [c1, c4, c6]
+
+
 def run(ctx) -> FigureResult:
     n, E = plan(ctx)
     best = tuned(ctx)
     keys = method_keys(best)
+    per_seed = {}
     fig, axes = new_figure(3)
     rows, fin = [], {}
     for i, (name, key) in enumerate(ctx.progress(keys.items(), desc="000 training")):
         hs = [en_run(n, E, s, key)[0] for s in ctx.seeds]
+        per_seed[name] = ([h.final_loss() if len(h.train_loss) == E + 1 else np.inf for h in hs],
+                          [h.test_acc[-1] if not h.diverged else 0.0 for h in hs])
         x, m, sd = band(axes[0], np.arange(E + 1), [h.train_loss for h in hs], name, color=f"C{i}", log=True)
         _, am, asd = band(axes[1], np.arange(E + 1), [h.test_acc for h in hs], name, color=f"C{i}")
         nf = np.zeros(E + 1)
@@ -142,9 +184,18 @@ def run(ctx) -> FigureResult:
                + "; ".join(f"{k.split(' (')[0]} {fmt(v[0])} / {v[1]:.3f}" for k, v in fin.items())
                + f"; abs {'beats' if fin[abs_name][1] > fin[raw_name][1] else 'does not beat'} raw on test accuracy, "
                f"and {negf:.0%} of the per-sample layer curvatures are negative under abs (non-convexity)")
+    bases = [k for k in keys if not k.startswith("Newton")]
+    bl_name = min(bases, key=lambda k: np.mean(per_seed[k][0]))
+    ba_name = max(bases, key=lambda k: np.mean(per_seed[k][1]))
+    notes = [x for x in (edge_note(best["sgd"], SGD_GRID, "SGD lr"), edge_note(best["adam"], ADAM_GRID, "Adam lr"))
+             if x]
+    verdicts = judge({"abs_loss": per_seed[abs_name][0], "abs_acc": per_seed[abs_name][1],
+                      "abs_init": fin[abs_name][2], "raw_acc": per_seed[raw_name][1], "neg_frac": float(negf),
+                      "base_name": bl_name.split(" (")[0], "base_loss": per_seed[bl_name][0],
+                      "acc_name": ba_name.split(" (")[0], "base_acc": per_seed[ba_name][1], "notes": notes})
     hyper = {"sizes": SIZES, "n_train": n, "epochs": E, "newton_grid": NEWTON_GRID, "sgd_grid": SGD_GRID,
              "adam_grid": ADAM_GRID, "selected": best, "batch_mode": "average, B = 1 (per sample)"}
-    scale = (f"{n or 'all 1437'} training samples, {E} epochs, seeds {ctx.seeds}; tuning budget 2 configurations per "
+    scale = (f"{n or 'all 1437'} training samples, {E} epochs, seeds {ctx.seeds}; tuning budget 4 configurations per "
              f"method (Newton (λ, η) in {NEWTON_GRID}, SGD lr in {SGD_GRID}, Adam lr in {ADAM_GRID}), selected on "
              "validation loss; full mode: all samples, 20 epochs, 5 seeds")
-    return FigureResult(fig, rows, outcome, checks, hyper, scale)
+    return FigureResult(fig, rows, outcome, checks, hyper, scale, verdicts=verdicts)

@@ -7,8 +7,8 @@ import functools
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, band, baseline, dataset, finish_figure, fmt, make_mlp, need,
-                      new_figure, subsample, train_epochs, validation_split)
+from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, dataset, finish_figure, fmt, make_mlp,
+                      need, new_figure, pm, subsample, train_epochs, validation_split)
 
 SPEC = FigureSpec(
     name="001_benchmark",
@@ -92,12 +92,64 @@ def _epochs_to_95(loss) -> int:
     return int(np.argmax(loss <= target))
 
 
+SLACK_EPOCHS = 0.5
+
+
+def judge(per: dict, datasets: list) -> list[Verdict]:
+    """C4, C2 from ``per[(dataset, method)] = {"acc": [...], "e95": [...], "div": int}`` (per seed)."""
+    c4_parts, c2_parts, ev4, ev2 = [], [], [], []
+    for dn in datasets:
+        def m(method, key):
+            v = np.asarray(per[(dn, method)][key], float)
+            return float(np.mean(v)) if len(v) else np.nan
+
+        ar = max(METHODS[:2], key=lambda k: np.nan_to_num(m(k, "acc"), nan=-1))
+        fast = m(ar, "e95") <= m("Adam", "e95") + SLACK_EPOCHS
+        sgd_acc = np.asarray(per[(dn, "SGD-momentum")]["acc"], float)
+        gen = m(ar, "acc") >= float(np.mean(sgd_acc)) - max(float(np.std(sgd_acc)), 0.005)
+        c4_parts.append((fast, gen))
+        best = max(METHODS, key=lambda k: np.nan_to_num(m(k, "acc"), nan=-1))
+        ev4.append(f"{dn}: {ar} test accuracy {pm(per[(dn, ar)]['acc'])} vs SGD-momentum {pm(sgd_acc)}, epochs to 95% "
+                   f"{pm(per[(dn, ar)]['e95'], 2)} vs Adam {pm(per[(dn, 'Adam')]['e95'], 2)}; best on {dn}: {best}")
+        bases = [k for k in METHODS[2:]]
+        faster = all(m(ar, "e95") <= m(b, "e95") for b in bases)
+        slower = all(m(ar, "e95") > m(b, "e95") for b in bases)
+        stable = per[(dn, ar)]["div"] == 0
+        c2_parts.append((faster and stable, slower or not stable))
+        ev2.append(f"{dn}: {ar} epochs to 95% {pm(per[(dn, ar)]['e95'], 2)} vs "
+                   + ", ".join(f"{b} {fmt(m(b, 'e95'), 2)}" for b in bases)
+                   + f"; diverged runs {per[(dn, ar)]['div']}")
+    if all(f and g for f, g in c4_parts):
+        v4 = "supported"
+    elif not any(f or g for f, g in c4_parts):
+        v4 = "not supported"
+    else:
+        v4 = "mixed"
+    c4 = Verdict("C4", v4,
+                 "on each dataset, with the better arTuRO mode: fast = mean epochs to 95% of the loss decrease <= "
+                 f"Adam's + {SLACK_EPOCHS}; generalizes = mean test accuracy >= SGD-momentum's minus its seed std (at "
+                 "least 0.005); supported if both hold on every dataset, not supported if neither holds on any, "
+                 "else mixed", "; ".join(ev4))
+    if all(a for a, _ in c2_parts):
+        v2 = "supported"
+    elif all(b for _, b in c2_parts):
+        v2 = "not supported"
+    else:
+        v2 = "mixed"
+    c2 = Verdict("C2", v2,
+                 "'more stable and faster': supported if on every dataset the better arTuRO mode reaches 95% of its loss "
+                 "decrease no later than every tuned baseline and none of its runs diverges; not supported if on every "
+                 "dataset it is slower than every baseline or diverges; else mixed (stability under hyperparameter "
+                 "changes is not measured here)", "; ".join(ev2))
+    return [c4, c2]
+
+
 def run(ctx) -> FigureResult:
     trials = ctx.pick(tiny=1, quick=8, full=24)
-    plan = {"digits": (ctx.pick(tiny=300, quick=None, full=None), ctx.pick(tiny=2, quick=8, full=120)),
-            "mnist": (ctx.pick(tiny=200, quick=1500, full=None), ctx.pick(tiny=1, quick=4, full=120))}
+    plan = {"digits": (ctx.pick(tiny=300, quick=None, full=None), ctx.pick(tiny=2, quick=20, full=120)),
+            "mnist": (ctx.pick(tiny=200, quick=2000, full=None), ctx.pick(tiny=1, quick=8, full=120))}
     rows, fig, axes = [], *new_figure(2, 2)
-    summary, chosen, checks = {}, {}, []
+    summary, chosen, checks, per = {}, {}, [], {}
     for di, (dname, (n_train, E)) in enumerate(plan.items()):
         for mi, method in enumerate(ctx.progress(METHODS, desc=f"001 {dname} tune+run")):
             rng = np.random.default_rng(12345 + mi)  # same number of draws per optimizer
@@ -115,6 +167,8 @@ def run(ctx) -> FigureResult:
             rows += [[dname, method, int(k), float(m[k]), float(sd[k]), float(am[k]), float(asd[k]), len(hs)]
                      for k in range(len(m))]
             ok = [h for h in hs if not h.diverged]
+            per[(dname, method)] = {"acc": [h.test_acc[-1] for h in ok], "e95": [_epochs_to_95(h.train_loss) for h in ok],
+                                    "div": len(hs) - len(ok)}
             summary[(dname, method)] = (float(np.mean([h.test_acc[-1] for h in ok])) if ok else np.nan,
                                         float(np.mean([h.train_loss[-1] for h in ok])) if ok else np.nan,
                                         float(np.mean([_epochs_to_95(h.train_loss) for h in ok])) if ok else np.nan)
@@ -148,4 +202,4 @@ def run(ctx) -> FigureResult:
     scale = (f"random search with {trials} trials per optimizer (full mode 24) from the specification's log-uniform "
              f"ranges; digits {plan['digits'][1]} epochs, MNIST subset {plan['mnist'][1]} epochs on "
              f"{plan['mnist'][0] or 4000} training samples; seeds {ctx.seeds}")
-    return FigureResult(fig, rows, outcome, checks, hyper, scale)
+    return FigureResult(fig, rows, outcome, checks, hyper, scale, verdicts=judge(per, list(plan)))

@@ -7,7 +7,8 @@ import functools
 
 import numpy as np
 
-from ._common import Check, FigureResult, FigureSpec, accuracy, dataset, finish_figure, fmt, make_mlp, need, new_figure
+from ._common import (Check, FigureResult, FigureSpec, Verdict, accuracy, combine, dataset, finish_figure, fmt, make_mlp,
+                      need, new_figure, pm, vote)
 
 SPEC = FigureSpec(
     name="001_trust_region",
@@ -48,6 +49,34 @@ def tr_run(preset: str, mode: str, epochs: int, seed: int = 0):
             out["epoch"].append(ep)
             out["inactive"].append(info.inactive)
     return {k: np.asarray(v) for k, v in out.items()}, accuracy(model, params, ds.X_test, ds.y_test)
+
+
+def judge(per_seed: dict) -> list[Verdict]:
+    """C1, C2 from ``per_seed[mode] = list over (preset, seed) of (kl_ratio array, inactive array)``."""
+    def over(mode, tol):  # fraction of steps with KL/ε <= 1 + tol, per run
+        return np.array([np.mean(kr[np.isfinite(kr)] <= 1 + tol) for kr, _ in per_seed[mode]])
+
+    def solved(mode, tol):  # fraction of active steps with |KL/ε - 1| <= tol, per run
+        out = []
+        for kr, ina in per_seed[mode]:
+            act = ~ina.astype(bool) & np.isfinite(kr)
+            out.append(np.mean(np.abs(kr[act] - 1) <= tol) if act.any() else 1.0)
+        return np.array(out)
+
+    b_ex, b_ref = over("exact", 1e-6), over("reference", 1e-2)
+    c1 = Verdict("C1", combine(vote(b_ex >= 0.999), vote(b_ref >= 0.95)),
+                 "steps are bounded if KL/ε <= 1 (+1e-6 exact mode, +1e-2 reference mode) on >= 99.9% (exact) / 95% "
+                 "(reference, the official bisection) of the steps of a run; supported if both modes bound their steps "
+                 "in >= 2/3 of the runs, mixed if one mode does, not supported if neither",
+                 f"share of steps within the bound per run: exact {pm(b_ex)}, reference {pm(b_ref)}")
+    s_ex, s_ref = solved("exact", 1e-6), solved("reference", 0.1)
+    c2 = Verdict("C2", combine(vote(s_ex >= 0.999), vote(s_ref >= 0.9)),
+                 "the solve part of the claim (stability and speed are judged in 001_benchmark): on steps where the "
+                 "constraint is active the solved step meets KL = ε (|KL/ε - 1| <= 1e-6 exact mode, <= 0.1 reference "
+                 "mode) on >= 99.9% / 90% of them; supported if both modes do in >= 2/3 of the runs, mixed if one, "
+                 "not supported if neither",
+                 f"share of active steps solved per run: exact {pm(s_ex)}, reference {pm(s_ref)}")
+    return [c1, c2]
 
 
 def run(ctx) -> FigureResult:
@@ -96,5 +125,12 @@ def run(ctx) -> FigureResult:
                f"({'in' if 0.1875 < eta_f <= 0.375 else 'outside'} the floor band of an inactive constraint); "
                "test accuracies "
                + ", ".join(f"{p} {m} {a:.3f}" for (p, m), (_, a) in res.items()))
-    return FigureResult(fig, rows, outcome, checks, {"epochs": E, "batch": BATCH, "decay": 0.006, "seed": 0},
-                        f"{E} epochs (full mode 30; the specification's protocol), seed 0")
+    per_seed = {m: [] for m in ("reference", "exact")}
+    for p in ("cifar10_cnn", "fmnist_cnn"):
+        for m in per_seed:
+            for seed in ctx.seeds:
+                d = tr_run(p, m, E, seed)[0]
+                per_seed[m].append((d["kl_ratio"], d["inactive"]))
+    return FigureResult(fig, rows, outcome, checks, {"epochs": E, "batch": BATCH, "decay": 0.006},
+                        f"{E} epochs (full mode 30; the specification's protocol); plots seed 0, verdicts over seeds "
+                        f"{ctx.seeds} x 2 presets", verdicts=judge(per_seed))

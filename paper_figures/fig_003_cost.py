@@ -8,7 +8,7 @@ import tracemalloc
 
 import numpy as np
 
-from ._common import Check, FigureResult, FigureSpec, finish_figure, fmt, make_mlp, new_figure
+from ._common import Check, FigureResult, FigureSpec, Verdict, finish_figure, fmt, make_mlp, new_figure, vote
 
 SPEC = FigureSpec(
     name="003_cost",
@@ -77,6 +77,31 @@ def _peak(fn) -> float:
     return peak / 2**20
 
 
+SLACK = 1.25  # timing tolerance on a shared CPU: a claimed multiple k counts as met up to k x SLACK
+
+
+def judge(ratios: list) -> list[Verdict]:
+    """C1, C2 from per-size ``{"adjoint": (time, mem), "forward": (time, mem), "hvp": (time, mem)}`` ratios to the
+    gradient."""
+    between = [min(r["adjoint"][0], r["forward"][0]) < r["hvp"][0] for r in ratios]
+    c1 = Verdict("C1", vote(between),
+                 "supported if, in >= 2/3 of the network sizes, the cheaper curvature mode costs less time than the "
+                 "gradient + HVP route (it includes one gradient, so >= 1C by construction); not supported if it costs "
+                 "more in >= 2/3",
+                 "time ratios (curvature mode / HVP): " + ", ".join(
+                     f"{fmt(min(r['adjoint'][0], r['forward'][0]), 2)}/{fmt(r['hvp'][0], 2)}" for r in ratios))
+    adj = [r["adjoint"][0] <= 1.5 * SLACK and r["adjoint"][1] <= 2.0 * SLACK for r in ratios]
+    fwd = [r["forward"][0] <= 2.0 * SLACK and r["forward"][1] <= 1.0 * SLACK for r in ratios]
+    v = vote([a or f for a, f in zip(adj, fwd)])
+    c2 = Verdict("C2", v,
+                 f"supported if, in >= 2/3 of the sizes, adjoint mode is within (1.5C, 2M) or forward mode within "
+                 f"(2C, 1M), each up to x{SLACK} for timing noise; not supported if neither in >= 2/3",
+                 f"adjoint (C, M) {[(round(r['adjoint'][0], 2), round(r['adjoint'][1], 2)) for r in ratios]} meets "
+                 f"(1.5C, 2M) in {sum(adj)} of {len(adj)} sizes; forward {[(round(r['forward'][0], 2), round(r['forward'][1], 2)) for r in ratios]} "
+                 f"meets (2C, 1M) in {sum(fwd)} of {len(fwd)}")
+    return [c1, c2]
+
+
 def run(ctx) -> FigureResult:
     widths = ctx.pick(tiny=[32], quick=[64, 256], full=[64, 256, 1024])
     depths = ctx.pick(tiny=[2], quick=[2, 4], full=[2, 4, 8])
@@ -132,5 +157,10 @@ def run(ctx) -> FigureResult:
                f"or (2C, 1M); both modes agree with <d, Hd> to {worst:.0e}")
     scale = (f"widths {widths}, depths {depths}, dtypes {dtypes}, minimum of {repeats} interleaved repeats, single-threaded BLAS "
              "(full mode: widths 64-1024, depths 2-8, float32 and float64)")
+    ratios = []
+    for w, dp, dt in grid:
+        rr = {r[3]: (r[5], r[7]) for r in rows if (r[0], r[1], r[2]) == (w, dp, dt)}
+        ratios.append({"adjoint": rr[OPS[1]], "forward": rr[OPS[2]], "hvp": rr[OPS[3]]})
     return FigureResult(fig, rows, outcome, checks, {"batch": batch, "repeats": repeats, "widths": widths,
-                                                     "depths": depths, "dtypes": dtypes}, scale)
+                                                     "depths": depths, "dtypes": dtypes}, scale,
+                        verdicts=judge(ratios), seeds_used=[])

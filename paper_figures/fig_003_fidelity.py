@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Check, FigureResult, FigureSpec, finish_figure, fmt, new_figure
+from ._common import Check, FigureResult, FigureSpec, Verdict, finish_figure, fmt, new_figure, pm, vote
 from .fig_003_regimes import clr_run, epochs_for
 
 SPEC = FigureSpec(
@@ -20,6 +20,29 @@ SPEC = FigureSpec(
 )
 
 LAMS = (0.5, 1.0, 1.5)
+
+
+def judge(ratio: dict, cv_t: list, rho_tc: list) -> list[Verdict]:
+    """C3 from ``ratio[λ] = per-seed median realised/predicted decrease``; C4 from per-seed coefficient of variation
+    of the step t and Spearman correlation of t with the curvature c (λ = 0.5)."""
+    small = [lam for lam in ratio if lam <= 1.0]
+    ok = [all(0.5 <= ratio[lam][i] <= 2.0 for lam in small) for i in range(len(ratio[small[0]]))]
+    c3 = Verdict("C3", vote(ok),
+                 "λ has its natural meaning if the quadratic model predicts the decrease: supported if the median "
+                 f"realised/predicted decrease per step lies in [0.5, 2] for every λ <= 1 (λ in {small}) in >= 2/3 of "
+                 "the seeds, not supported if it does not in >= 2/3",
+                 "; ".join(f"λ={lam:g}: {pm(v, 2)}" for lam, v in ratio.items()))
+    cv, rho = np.asarray(cv_t, float), np.asarray(rho_tc, float)
+    c4 = Verdict("C4", vote((cv >= 0.2) & (rho <= -0.3)),
+                 "adaptive: supported if, in >= 2/3 of the seeds, the step t varies over the run (coefficient of "
+                 "variation >= 0.2) and falls where the batch curvature c rises (Spearman ρ(t, c) <= -0.3), λ = 0.5",
+                 f"coefficient of variation of t {pm(cv, 2)}, Spearman ρ(t, c) {pm(rho, 2)}")
+    return [c3, c4]
+
+
+def _spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else np.nan
 
 
 def run(ctx) -> FigureResult:
@@ -66,5 +89,17 @@ def run(ctx) -> FigureResult:
     outcome = ("Median realised/predicted decrease per step: "
                + ", ".join(f"λ={lam:g}: {fmt(med_ratio[lam], 2)}" for lam in LAMS)
                + "; the step size varies with the batch curvature (t spread shown in the histogram)")
+    ratio, cv_t, rho = {}, [], []
+    for lam in LAMS:
+        ratio[lam] = []
+        for s in ctx.seeds:
+            _, d = clr_run(E, s, "sgd", ("const", lam))
+            ok = np.isfinite(d["predicted"]) & np.isfinite(d["realized"]) & (d["predicted"] < 0)
+            ratio[lam].append(float(np.median(d["realized"][ok] / d["predicted"][ok])) if ok.any() else np.nan)
+            if lam == 0.5:
+                fin = np.isfinite(d["t"]) & np.isfinite(d["c"])
+                t, c = d["t"][fin], d["c"][fin]
+                cv_t.append(float(np.std(t) / abs(np.mean(t))) if len(t) else np.nan)
+                rho.append(_spearman(t, c))
     return FigureResult(fig, rows, outcome, checks, {"lams": LAMS, "epochs": E, "direction": "sgd"},
-                        f"{E} epochs, seeds {ctx.seeds}")
+                        f"{E} epochs, seeds {ctx.seeds}", verdicts=judge(ratio, cv_t, rho))

@@ -10,8 +10,8 @@ import functools
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, band, baseline, dataset, finish_figure, fmt, make_mlp, mean_std,
-                      need, new_figure, train_epochs, transform_stepper, validation_split)
+from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, combine, dataset, finish_figure, fmt,
+                      make_mlp, mean_std, need, new_figure, pm, train_epochs, transform_stepper, validation_split)
 
 SPEC = FigureSpec(
     name="003_regimes",
@@ -84,6 +84,34 @@ def baseline_run(epochs: int, seed: int, name: str, lr: float, fit_only: bool = 
     return h
 
 
+def judge(finals: dict, init: float, adam: dict) -> list[Verdict]:
+    """C3, C5 from ``finals[λ] = per-seed final training losses`` with SGD directions (inf = diverged), the initial
+    loss, and ``adam[λ]`` likewise with Adam directions (evidence only)."""
+    lams = sorted(finals)
+    conv = [lam for lam in lams if np.all(np.isfinite(finals[lam])) and np.all(np.asarray(finals[lam]) < init)]
+    best = min(float(np.mean(finals[lam])) for lam in conv) if conv else np.inf
+    away = [lam for lam in lams if lam not in conv or float(np.mean(finals[lam])) >= 2 * best]
+    ev = ("SGD directions, final loss per λ: " + "; ".join(f"λ={lam:g}: {pm(finals[lam])}" for lam in lams)
+          + " | Adam directions: " + "; ".join(f"λ={lam:g}: {pm(v)}" for lam, v in adam.items()))
+    c5 = Verdict("C5", "supported" if conv and away else "not supported",
+                 "distinct regimes must show: supported if some λ converges in every seed and some other λ either fails "
+                 "(diverges or ends above the initial loss) or ends >= 2x the best converging λ's loss",
+                 ev + f"; converging λ: {conv}, other regime: {away}")
+    stable = [lam for lam in lams if lam in conv]
+    means = [float(np.mean(finals[lam])) for lam in stable]
+    monotone = len(means) >= 2 and (all(np.diff(means) <= 0) or all(np.diff(means) >= 0))
+    edge = bool(conv) and max(lams) not in conv
+    c3 = Verdict("C3", combine("supported" if monotone else "not supported", "supported" if edge else "not supported"),
+                 "λ must act as one knob between convergence and exploration: (a) over the converging λ the mean final "
+                 "loss is monotone in λ, (b) beyond some λ the runs stop converging; supported if both, mixed if one, "
+                 "not supported if neither (exploration is read as loss that no longer decreases: the distance travelled "
+                 "is not measured)",
+                 f"(a) {'monotone' if monotone else 'not monotone'} over λ {stable}: "
+                 + ", ".join(fmt(m) for m in means) + f"; (b) largest λ = {max(lams):g} "
+                 + ("does not converge" if edge else "converges"))
+    return [c3, c5]
+
+
 def run(ctx) -> FigureResult:
     E = epochs_for(ctx)
     lams = ctx.pick(tiny=(0.5, 2.5), quick=LAMS_SGD, full=LAMS_SGD)
@@ -136,6 +164,11 @@ def run(ctx) -> FigureResult:
     outcome = (f"With SGD directions λ in {stable} trained (final loss "
                f"{', '.join(fmt(final('sgd', l_)) for l_ in stable)}) and λ in {div or 'none'} diverged; with Adam "
                f"directions {adam} (inf = diverged)")
+    def per_seed(direction, lam):
+        return [float(o[0].train_loss[-1]) if not o[0].diverged else np.inf for o in runs[(direction, lam)]]
+
+    verdicts = judge({lam: per_seed("sgd", lam) for lam in lams}, float(runs[cfgs[0]][0][0].train_loss[0]),
+                     {lam: per_seed("adam", lam) for lam in lams_adam})
     return FigureResult(fig, rows, outcome, checks, {"sizes": SIZES, "batch": BATCH, "epochs": E, "lams_sgd": lams,
                                                      "lams_adam": lams_adam, "mode": "adjoint"},
-                        f"{E} epochs, seeds {ctx.seeds} (full mode 20 epochs, 5 seeds)")
+                        f"{E} epochs, seeds {ctx.seeds} (full mode 20 epochs, 5 seeds)", verdicts=verdicts)

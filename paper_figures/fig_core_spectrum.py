@@ -89,4 +89,4 @@ def run(ctx) -> FigureResult:
              "lanczos_steps": steps, "k_top": K_TOP}
     return FigureResult(fig, rows, outcome, checks, hyper,
                         f"hidden width {hidden} ({model.n_params} parameters), {n_samples} samples, {E} epochs "
-                        "(full mode: 64-32-10, the whole training split, 30 probes x 100 steps)")
+                        "(full mode: 64-32-10, the whole training split, 30 probes x 100 steps)", seeds_used=[0])

@@ -172,3 +172,28 @@ def test_tiny_report_lists_every_figure(tiny_run):
     for n in FIGURE_NAMES:
         assert f"### {n}" in md and f"id='{n}'" in html
     assert "Figure 1" not in md
+
+
+def test_tiny_report_states_claims_verdicts_and_header(tiny_run):
+    from paper_figures._common import CLAIMS, VERDICTS
+
+    rc, out = tiny_run
+    md = (out / "index.md").read_text()
+    html = (out / "index.html").read_text()
+    for n in FIGURE_NAMES:
+        rec = json.loads((out / f"{n}.json").read_text())
+        spec = paper_figures.load(n).SPEC
+        section = md.split(f"### {n}\n")[1].split("\n### ")[0]
+        assert [v["claim"] for v in rec["verdicts"]] == list(spec.claims)
+        for v in rec["verdicts"]:
+            assert v["verdict"] in VERDICTS and v["criterion"] and v["evidence"]
+            quote = CLAIMS[spec.paper][v["claim"]]
+            assert quote in section and f"verdict: **{v['verdict']}**" in section and v["criterion"] in section
+            assert f"https://arxiv.org/abs/{spec.arxiv}" in section
+        assert f"[csv]({n}.csv)" in md and f"[json]({n}.json)" in md and f"href='{n}.csv'" in html
+        assert "seeds used: " in section
+    # the header: versions, commit, date, mode, threads, total time
+    head = md.split("## Claims and verdicts")[0]
+    for key in ("mode **tiny**", "BLAS threads 1", "total time", "git commit", "numpy", "run started"):
+        assert key in head, key
+    assert "class='sup'" in html or "class='nsup'" in html or "class='mix'" in html
