@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+import numbers
+from typing import Any, Callable
+
+import numpy as np
 
 __all__ = ["RootResult", "solve_decreasing", "bisect_reference"]
 
@@ -45,6 +48,25 @@ class RootResult:
     at_lower: bool = False
     bracket_failed: bool = False
     status: str = "converged"
+
+
+def _number(name: str, v: Any, *, low: float = -math.inf, strict: bool = False, finite: bool = True) -> float:
+    """``float(v)``, or a ``ValueError`` naming ``name`` unless it is a number (finite) ``>``/``>= low``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    x = float(v)
+    bad = x != x or (finite and not math.isfinite(x)) or (x <= low if strict else x < low)
+    if bad:
+        what = ("a finite number" if finite else "a number") + (f" {'>' if strict else '>='} {low}"
+                                                                 if low > -math.inf else "")
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    return x
+
+
+def _count(name: str, v: Any, low: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    return int(v)
 
 
 def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float, *, lower: float,
@@ -114,9 +136,19 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         elif not lo_ok and not (lo < cand < hi):
             x = lower_point
         else:
-            # Newton while its steps at least halve; otherwise (or outside the bracket) bisect
+            # Newton while its steps at least halve; otherwise (or outside the bracket) bisect,
+            # geometrically in the distance from the domain's edge when the bracket spans decades
+            # (a root next to a pole, as in the near-hard case, is then found in O(log log) steps)
             if not (lo < cand < hi) or abs(cand - x) > 0.5 * prev_step:
-                cand = math.sqrt(lo * hi) if (lo > 0.0 and hi > 4.0 * lo) else 0.5 * (lo + hi)
+                a, b = lo - lower, hi - lower
+                if lo > 0.0 and hi > 4.0 * lo and lower <= 0.0:
+                    cand = math.sqrt(lo * hi)
+                elif b > 4.0 * a:
+                    cand = lower + math.sqrt(max(a, 1e-16 * b) * b)
+                else:
+                    cand = 0.5 * (lo + hi)
+                if not lo < cand < hi:
+                    cand = 0.5 * (lo + hi)
                 prev_step = math.inf
             else:
                 prev_step = abs(cand - x)

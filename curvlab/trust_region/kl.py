@@ -27,39 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any, Sequence
 
 import numpy as np
 
 from .. import backend, kernels
 from ..linalg.results import ConvergenceError, warn_unconverged
-from ._roots import bisect_reference, solve_decreasing
+from ._roots import _count, _number, bisect_reference, solve_decreasing
 
 __all__ = ["KLDual", "KLSolveResult", "solve_kl", "kl_mean", "kl_precision", "kl_of_step",
            "steady_state_eta", "REFERENCE_DEFAULTS"]
 
 #: the official code's solver constants
 REFERENCE_DEFAULTS = dict(eta_tol=0.5, eta_max=1e4, warm_factor=3.0, early_exit=0.1)
-
-
-def _number(name: str, v: Any, *, low: float = -math.inf, strict: bool = False, finite: bool = True) -> float:
-    """``float(v)``, or a ``ValueError`` naming ``name`` unless it is a number (finite) ``>``/``>= low``."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    x = float(v)
-    bad = x != x or (finite and not math.isfinite(x)) or (x <= low if strict else x < low)
-    if bad:
-        what = ("a finite number" if finite else "a number") + (f" {'>' if strict else '>='} {low}"
-                                                                 if low > -math.inf else "")
-        raise ValueError(f"{name} must be {what}, got {v!r}")
-    return x
-
-
-def _count(name: str, v: Any, low: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    return int(v)
 
 
 def _flat_list(x: Any, name: str) -> list[Any]:
