@@ -20,15 +20,24 @@ second step on, the mean too; fixed ν; no curvature floor.
 optional curvature floor ``h_min``, ``nu="coupled"`` (ν = η), precision clamp
 ``p' ≥ βp0/(β + ν)``, decoupled weight decay every step, optional PSD guard.
 
-Both modes skip a step whose gradient holds NaN/Inf (state untouched,
-counted). Pass only parameters that receive gradients (the official code reads
-the state of gradient-free tensors and crashes on them); zero-size arrays are
-allowed. One global η couples all arrays of the tree. The state arrays are
-updated in place (``copy_state=True`` keeps the input state intact). A step is
-a handful of fused passes over memory (finite check, filter, pole, apply)
-plus one per dual evaluation (:mod:`curvlab.kernels`); on a GPU each pass that
-returns a number is one host synchronisation (5 + evaluations per step in
-exact mode, 6 + evaluations in reference mode with ``track_kl``, per array).
+A gradient holding NaN/Inf follows the shared ``nan_policy``
+(:mod:`curvlab.methods._transform`): ``"skip"`` (default) leaves the state
+untouched but for ``n_skipped_steps``/``consecutive_skips`` and returns a zero
+update, ``FloatingPointError`` past ``max_consecutive_skips`` skips in a row;
+``"raise"``; ``"propagate"`` (no step-level check: the filter kernel keeps the
+state of each non-finite coordinate and the step goes on). Pass only parameters
+that receive gradients (the official code reads the state of gradient-free
+tensors and crashes on them); zero-size arrays are allowed. One global η couples
+all arrays of the tree. The state arrays are updated in place and the same state
+object is returned (``inplace`` is True; ``copy_state=True`` keeps the input
+state intact). A step is a handful of fused passes over memory (finite check,
+filter, pole, apply) plus one per dual evaluation (:mod:`curvlab.kernels`).
+
+Host syncs per step on CuPy (one array; each kernel call that returns a number
+reads it once): 1 finiteness check (for all arrays together) + 1 filter + 1 pole
++ 1 apply, plus 1 per dual evaluation (the solver's, and the achieved-KL
+evaluation in reference mode with ``track_kl``): ≤ 4 + 1 per dual evaluation.
+Each further array adds 1 filter + 1 apply + 1 pole + 1 per dual evaluation.
 
 Example
 -------
@@ -50,7 +59,16 @@ import numpy as np
 
 from .. import backend, kernels
 from ..trust_region.kl import KLDual, solve_kl
-from ._transform import Transform, TransformState, Tree, check_tree_like, tree_leaves, tree_map
+from ._transform import (
+    DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    Transform,
+    TransformState,
+    Tree,
+    all_finite,
+    check_tree_like,
+    tree_leaves,
+    tree_map,
+)
 
 __all__ = ["ArTuRO", "ArTuROState", "ArTuROStepInfo", "ARTURO_PRESETS"]
 
@@ -76,7 +94,8 @@ class ArTuROState(TransformState):
 
     Arrays: ``p`` precision, ``a``/``h`` gradient model, ``P00, P01, P11`` filter
     covariance. Scalars: ``count`` steps taken; ``eta`` last multiplier (−1
-    before the first step); ``n_skipped_steps`` (non-finite gradients); last
+    before the first step); ``n_skipped_steps`` (non-finite gradients) and
+    ``consecutive_skips`` (the NaN policy's counters); last
     step's ``kl``, ``iterations``, ``n_evals``, ``converged``, ``inactive``,
     ``bracket_failed``, ``n_negative_h``, ``n_clamped``, ``n_guarded``; totals
     ``total_evals`` and ``n_bracket_failed``.
@@ -102,6 +121,7 @@ class ArTuROState(TransformState):
     n_skipped_steps: int = 0
     total_evals: int = 0
     n_bracket_failed: int = 0
+    consecutive_skips: int = 0
 
 
 @dataclasses.dataclass
@@ -123,6 +143,8 @@ class ArTuROStepInfo:
 
 
 def _positive(name: str, v: float, strict: bool = True) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number {'>' if strict else '>='} 0, got {type(v).__name__} {v!r}")
     v = float(v)
     if not math.isfinite(v) or (v <= 0 if strict else v < 0):
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v}")
@@ -147,8 +169,10 @@ class ArTuRO(Transform):
     psd_guard : clamp the filter covariance to PSD (exact mode).
     track_kl : reference mode: evaluate the achieved KL at the returned η (one extra
         read pass, which the official code does not make); else ``state.kl`` is NaN.
-    impl : kernel implementation (``"numpy"``: the multi-pass NumPy baseline).
-    copy_state : work on a copy of the state.
+    impl : kernel implementation, one of :data:`curvlab.kernels.IMPLS` (``"numpy"``: the
+        multi-pass NumPy baseline).
+    copy_state : work on a copy of the state (else the state is updated in place: ``inplace``).
+    nan_policy, max_consecutive_skips : the shared numerical-trouble policy (module docstring).
     """
 
     state_class = ArTuROState
@@ -160,7 +184,9 @@ class ArTuRO(Transform):
                  eta_max: float = 1e4, warm_factor: float = 3.0, early_exit: float = 0.1, rtol: float = 1e-10,
                  max_iter: int = 50, h_min: float | None = None, decay: str = "decoupled",
                  psd_guard: bool = False, track_kl: bool = True, impl: str = "auto",
-                 copy_state: bool = False) -> None:
+                 copy_state: bool = False, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
         if mode not in ("reference", "exact"):
             raise ValueError(f"mode must be 'reference' or 'exact', got {mode!r}")
         self.mode = mode
@@ -171,6 +197,8 @@ class ArTuRO(Transform):
         self.dynamic_model_noise = _positive("dynamic_model_noise (q)", dynamic_model_noise, strict=False)
         self.start_filter_cov = _positive("start_filter_cov (P0)", start_filter_cov, strict=False)
         self.var_init = _positive("var_init", var_init)
+        if isinstance(nu, str) and nu != "coupled":
+            raise ValueError(f"nu must be a number >= 0 or 'coupled', got {nu!r}")
         if nu == "coupled":
             if mode != "exact":
                 raise ValueError("nu='coupled' needs mode='exact'")
@@ -183,15 +211,21 @@ class ArTuRO(Transform):
                 raise ValueError(f"reg_weight + nu must be > 0, got {self.reg_weight} + {self.nu}")
         self.weight_decay = _positive("weight_decay", weight_decay, strict=False)
         self.h0 = float(h0)
+        if not math.isfinite(self.h0):
+            raise ValueError(f"h0 must be a finite number, got {h0!r}")
         self.eta_tol = _positive("eta_tol", eta_tol)
         self.eta_max = _positive("eta_max", eta_max)
         self.warm_factor = _positive("warm_factor", warm_factor)
         self.early_exit = _positive("early_exit", early_exit, strict=False)
         self.rtol = _positive("rtol", rtol)
+        if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
         self.max_iter = int(max_iter)
         if h_min is not None and mode != "exact":
             raise ValueError("h_min needs mode='exact' (the reference code has no curvature floor)")
         self.h_min = None if h_min is None else float(h_min)
+        if self.h_min is not None and not math.isfinite(self.h_min):
+            raise ValueError(f"h_min must be a finite number or None, got {h_min!r}")
         if decay not in ("decoupled", "none"):
             raise ValueError(f"decay must be 'decoupled' or 'none', got {decay!r}")
         self.decay = decay
@@ -199,8 +233,11 @@ class ArTuRO(Transform):
             raise ValueError("psd_guard needs mode='exact'")
         self.psd_guard = bool(psd_guard)
         self.track_kl = bool(track_kl)
+        if impl not in kernels.IMPLS:
+            raise ValueError(f"impl must be one of {kernels.IMPLS}, got {impl!r}")
         self.impl = impl
         self.copy_state = bool(copy_state)
+        self.inplace = not self.copy_state
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ArTuRO":
@@ -250,9 +287,14 @@ class ArTuRO(Transform):
         W = [w.reshape(-1) for w in P]
         Gf = [g.reshape(-1).astype(w.dtype, copy=False) for g, w in zip(G, W)]
         Sf = [[x.reshape(-1) for x in leaves] for leaves in S]
-        if sum(kernels.count_nonfinite(g, impl=self.impl) for g in Gf) > 0:
-            state.n_skipped_steps += 1
-            return tree_map(lambda w: xp.zeros_like(w), params), state
+        if self.nan_policy != "propagate":
+            if xp is np:  # the fused count (no temporary); no sync to save on the host
+                bad = any(kernels.count_nonfinite(g, impl=self.impl) for g in Gf)
+            else:         # one device reduction over all arrays, one host read
+                bad = not all_finite(Gf)
+            if bad:
+                self.nonfinite(*Gf, blame={"grads": G if isinstance(grads, (list, tuple)) else G[0]})
+                return tree_map(lambda w: xp.zeros_like(w), params), self.skipped(state, inplace=True)
 
         shrink = 1.0 - eps * self.weight_decay
         if self.mode == "reference":
@@ -295,6 +337,7 @@ class ArTuRO(Transform):
         else:
             n_neg = dual.pole()[1]
         state.count += 1
+        state.consecutive_skips = 0
         state.eta = float(eta)
         state.kl = float(kl)
         state.iterations = int(res.iterations)

@@ -209,7 +209,8 @@ def as_schedule(schedule: Any) -> Callable[[int], float]:
 class CurvatureLRState(TransformState):
     """State of :class:`CurvatureLR`: the base optimizer's state plus scalars.
 
-    ``count``: steps taken (the schedule index; it advances on skipped steps too);
+    ``count``: steps taken (the schedule index; it advances on policy events — no step
+    for ``d = 0``, a clamp, ``curvature_policy="skip"`` — but not on a step skipped for NaN/Inf);
     ``t_prev``: last valid step length (``t_init`` before any). Last-step diagnostics:
     ``t``, ``c``, ``gd`` = ⟨g, d⟩, ``dd`` = ‖d‖², ``lam``, ``predicted`` = ``−t·gd + ½t²c`` (the
     quadratic model's change, with the measured ``c``), ``realized`` = ``f(θ − t d) − f(θ)``

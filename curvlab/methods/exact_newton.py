@@ -32,15 +32,26 @@ thread, CPU time; ``python benchmarks/run_exact_newton.py``) on MLP 64-32-10 flo
 average ≈ 5 ms (≈ 30x an SGD step), exact_block ≈ 44 ms; B = 8 / 128: average 1.5 / 18 ms,
 exact_block 3.5 / 265 ms; per-sample mode ≈ 0.6 ms per sample (Python-bound).
 
-Policies: λ must be > 0 (``ValueError`` at construction). Samples whose ``δ``, ``M`` or ``ã``
-hold NaN/Inf are skipped (excluded from the step, counted in ``state.n_skipped``); a step where
-every sample is skipped returns zero updates, and ``max_consecutive_skips`` such steps in a row
-raise ``FloatingPointError``. A component with ``|ρ(κ)+λ| <= 1e-12 max(1, |κ|)`` (singular
+Policies: λ must be > 0 and ``kappa_min``, ``shift`` ≥ 0, ``kappa_max`` > 0 (``ValueError`` at
+construction). Numerical trouble follows the shared ``nan_policy``
+(:mod:`curvlab.methods._transform`). With ``"skip"`` (default) samples whose ``δ``, ``M`` or
+``ã`` hold NaN/Inf are excluded from the step (counted in ``state.n_skipped``); a step whose
+``grads`` hold NaN/Inf, where every sample is excluded, or whose direction is not finite
+returns zero updates and leaves the state unchanged but for ``n_skipped_steps`` and
+``consecutive_skips``; more than ``max_consecutive_skips`` such steps in a row raise
+``FloatingPointError``. ``"raise"`` raises on any of these; ``"propagate"`` checks nothing.
+A component with ``|ρ(κ)+λ| <= 1e-12 max(1, |κ|)`` (singular
 adjusted spectrum, possible only with raw) is dropped and counted (``n_guarded``); in
 ``exact_block`` a singular system leaves that layer's update zero and is counted. With raw,
 ``on_indefinite`` decides what happens to a sample with some ``κ+λ < 0`` (the direction is then
 not a descent direction): "apply" (default, counted), "abs" (use |κ| for that sample) or "skip".
 float32 parameters: curvature, eigh and denominators run in float64, updates are cast back.
+
+Host syncs per step on CuPy (``ExactNewton.update``): 2 of its own — the finiteness of
+``grads`` and of the samples (one read), and the step's counters, per-layer finiteness and (with
+``diagnostics=True``, at no extra sync) the diagnostics (one read); plus the curvature
+factors' own (label range, eigh input check), which live in :mod:`curvlab.models` and
+:mod:`curvlab.linalg.kronecker`. One more when some but not all samples are excluded.
 
 Example
 -------
@@ -60,6 +71,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -67,7 +79,16 @@ import numpy as np
 from .. import backend
 from ..linalg.kronecker import KroneckerSumBlock, _canonical_rule, adjust_spectrum, eigh_batched
 from ..models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
-from ._transform import Transform, TransformState, Tree, check_tree_like, tree_leaves, tree_zeros_like
+from ._transform import (
+    DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    Transform,
+    TransformState,
+    Tree,
+    check_params,
+    check_tree_like,
+    tree_leaves,
+    tree_zeros_like,
+)
 
 __all__ = [
     "ExactNewton",
@@ -87,11 +108,14 @@ class ExactNewtonState(TransformState):
     """Step counter and diagnostics of the last step (per layer arrays of shape ``(L,)``).
 
     The per-layer arrays are empty after ``init`` with flat params (the layer count is known
-    from the first step). ``kappa_min``/``kappa_max``: extreme per-sample curvature eigenvalues
-    ``κ = ‖ã‖² μ(M)``;
+    from the first step); they are filled only with ``ExactNewton(diagnostics=True)`` (NaN, and
+    −1 for ``n_negative``, otherwise). ``kappa_min``/``kappa_max``: extreme per-sample curvature
+    eigenvalues ``κ = ‖ã‖² μ(M)``;
     ``n_negative``: count of κ < 0 over the batch; ``step_norm``: ``‖update_l‖_F``.
-    Totals since init: ``n_skipped`` samples, ``n_guarded`` dropped components,
-    ``n_indefinite`` raw samples with some κ+λ < 0, ``n_singular`` singular block solves.
+    Totals since init: ``n_skipped`` samples excluded from steps taken, ``n_guarded`` dropped
+    components, ``n_indefinite`` raw samples with some κ+λ < 0, ``n_singular`` singular block
+    solves (a NaN solve on CuPy counts too); ``n_skipped_steps`` steps skipped by the NaN
+    policy and ``consecutive_skips`` the current run of them.
     """
 
     count: int
@@ -104,6 +128,17 @@ class ExactNewtonState(TransformState):
     kappa_max: Any
     n_negative: Any
     step_norm: Any
+    n_skipped_steps: int = 0
+
+
+def _check_adjust(kappa_min: float, kappa_max: float, shift: float) -> None:
+    """The spectral-adjustment constants, whatever the rule (a later rule change must not
+    meet an invalid constant)."""
+    for name, v, strict in (("kappa_min", kappa_min, False), ("kappa_max", kappa_max, True), ("shift", shift, False)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+        if not (np.isfinite(v) and (v > 0 if strict else v >= 0)):
+            raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v}")
 
 
 def _check_modes(batch_mode: str, objective: str, block_spectrum: str, on_indefinite: str) -> None:
@@ -131,27 +166,26 @@ def _average_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objecti
     keep = xp.ones(B, dtype=bool)
     if rule == "raw":
         indef = xp.any(rho + lam < 0, axis=1)
-        diag["n_indefinite"] += int(xp.sum(indef))
+        diag["n_indefinite"] = diag["n_indefinite"] + xp.sum(indef)   # stays on the device
         if on_indefinite == "abs":
             rho = xp.where(indef[:, None], xp.abs(kap), rho)
         elif on_indefinite == "skip":
             keep = ~indef
     den = rho + lam
     small = xp.abs(den) <= _GUARD * xp.maximum(1.0, xp.abs(kap))
-    diag["n_guarded"] += int(xp.sum(small))
+    diag["n_guarded"] = diag["n_guarded"] + xp.sum(small)           # stays on the device
     inv = xp.where(small, 0.0, 1.0 / xp.where(small, 1.0, den))
     rhs = f.delta
     if objective == "regularized":
         rhs = rhs + lam * (A @ W.T) / s[:, None]
     u = -xp.einsum("bij,bj->bi", U, inv * xp.einsum("bji,bj->bi", U, rhs))   # (B, n)
     w = keep.astype(np.float64)
-    nk = float(xp.sum(w))
-    if nk == 0:
-        return xp.zeros_like(W)
-    D = (u * w[:, None]).T @ A / nk
+    nk = xp.sum(w)                      # a device scalar: no host read
+    den_k = xp.maximum(nk, 1.0)         # = nk whenever a sample is kept
+    D = (u * w[:, None]).T @ A / den_k
     if objective == "regularized":
-        D = D - W + (W @ (A * (w / s)[:, None]).T) @ A / nk
-    return D
+        D = D - W + (W @ (A * (w / s)[:, None]).T) @ A / den_k
+    return xp.where(nk > 0, D, 0.0)     # no kept sample: no step for this layer
 
 
 def _block_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective: str, block_spectrum: str,
@@ -190,7 +224,8 @@ def exact_newton_directions(factors: Sequence[LayerCurvature], weights: Sequence
     :func:`~curvlab.models.layer_hessians.layer_hessian_factors` (finite samples only);
     ``weights``: the current ``W_l`` ``(n_l, m_l)``. See the module docstring for which mode is
     exact for what. ``diagnostics``, when a dict, receives ``kappa`` (list of ``(B, n_l)``) and
-    the counters ``n_guarded``, ``n_indefinite``, ``n_singular``.
+    the counters ``n_guarded``, ``n_indefinite``, ``n_singular`` (ints: one host read).
+    ``kappa_min``, ``shift`` ≥ 0 and ``kappa_max`` > 0 are checked whatever the rule.
 
     Example
     -------
@@ -205,10 +240,23 @@ def exact_newton_directions(factors: Sequence[LayerCurvature], weights: Sequence
         raise ValueError(f"lam must be a finite number > 0, got {lam}")
     rule = _canonical_rule(adjustment)
     _check_modes(batch_mode, objective, block_spectrum, on_indefinite)
+    _check_adjust(kappa_min, kappa_max, shift)
+    diag = diagnostics if diagnostics is not None else {}
+    out = _directions(factors, weights, float(lam), rule, batch_mode, objective, block_spectrum, on_indefinite,
+                      {"kappa_min": kappa_min, "kappa_max": kappa_max, "shift": shift}, diag)
+    if diagnostics is not None and out:
+        xp = backend.get_namespace(*out)
+        vals = backend.to_numpy(xp.stack([xp.asarray(diag[k], dtype=np.float64) for k in ("n_guarded", "n_indefinite")]))
+        diag["n_guarded"], diag["n_indefinite"] = int(vals[0]), int(vals[1])
+    return out
+
+
+def _directions(factors: Sequence[LayerCurvature], weights: Sequence[Any], lam: float, rule: str, batch_mode: str,
+                objective: str, block_spectrum: str, on_indefinite: str, adj_kw: dict, diag: dict) -> list[Any]:
+    """The directions, with the counters ``n_guarded``/``n_indefinite`` left as device scalars
+    (no host read) and ``n_singular`` a host int."""
     if len(factors) != len(weights):
         raise ValueError(f"factors has {len(factors)} layers but weights has {len(weights)}")
-    adj_kw = {"kappa_min": kappa_min, "kappa_max": kappa_max, "shift": shift}
-    diag = diagnostics if diagnostics is not None else {}
     diag.setdefault("kappa", [])
     for k in ("n_guarded", "n_indefinite", "n_singular"):
         diag.setdefault(k, 0)
@@ -220,9 +268,9 @@ def exact_newton_directions(factors: Sequence[LayerCurvature], weights: Sequence
                 f"factors[{l}] (n={f.M.shape[1]}, m={f.a.shape[1]}) do not match weights[{l}] of shape {tuple(W.shape)}"
             )
         if batch_mode == "average":
-            out.append(_average_direction(f, W64, float(lam), rule, objective, on_indefinite, adj_kw, diag))
+            out.append(_average_direction(f, W64, lam, rule, objective, on_indefinite, adj_kw, diag))
         else:
-            out.append(_block_direction(f, W64, float(lam), rule, objective, block_spectrum, adj_kw, diag))
+            out.append(_block_direction(f, W64, lam, rule, objective, block_spectrum, adj_kw, diag))
     return out
 
 
@@ -255,11 +303,18 @@ class ExactNewton(Transform):
     objective : "damped" (F7, default) | "regularized" (F8, Newton on ``ℓ + λ/2‖W‖²``).
     block_spectrum : "per_sample" (default) | "batch"; where ρ acts in ``exact_block``.
     on_indefinite : "apply" | "abs" | "skip" (raw only).
+    nan_policy : "skip" (default) | "raise" | "propagate"
+        The shared numerical-trouble policy (module docstring).
     max_consecutive_skips : int
-        Steps in a row with no finite sample before ``FloatingPointError``.
+        Skipped steps allowed in a row; one more raises ``FloatingPointError``.
     layers : list of int, optional
         Update only these layers (0 = input layer); the others get zero updates and
         zero diagnostics. Default: all.
+    diagnostics : bool
+        Fill the state's per-layer ``kappa_min``, ``kappa_max``, ``n_negative`` and
+        ``step_norm`` (read with the step's counters: no extra host sync). Default False.
+
+    Host syncs: 2 per ``update`` of its own (module docstring).
 
     ``update(grads, state, params, *, model=, X=, y=)`` (flat params of a
     :class:`~curvlab.models.mlp.MLP`), or ``update(grads, state, params, X=, y=, activation=,
@@ -274,7 +329,11 @@ class ExactNewton(Transform):
     def __init__(self, lr: float = 0.1, lam: float = 1.0, adjustment: str = "abs", batch_mode: str = "average",
                  objective: str = "damped", *, block_spectrum: str = "per_sample", on_indefinite: str = "apply",
                  kappa_min: float = 1e-4, kappa_max: float = 1.0, shift: float = 0.1,
-                 max_consecutive_skips: int = 100, layers: Sequence[int] | None = None) -> None:
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS, layers: Sequence[int] | None = None,
+                 nan_policy: str = "skip", diagnostics: bool = False) -> None:
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
+        self.diagnostics = bool(diagnostics)
+        _check_adjust(kappa_min, kappa_max, shift)
         if not (float(lr) > 0 and np.isfinite(lr)):
             raise ValueError(f"lr must be a finite number > 0, got {lr}")
         if not (float(lam) > 0 and np.isfinite(lam)):
@@ -282,13 +341,10 @@ class ExactNewton(Transform):
         self.adjustment = _canonical_rule(adjustment)
         adjust_spectrum(np.zeros(1), self.adjustment, kappa_min=kappa_min, kappa_max=kappa_max, shift=shift)
         _check_modes(batch_mode, objective, block_spectrum, on_indefinite)
-        if int(max_consecutive_skips) < 1:
-            raise ValueError(f"max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
         self.lr, self.lam = float(lr), float(lam)
         self.batch_mode, self.objective = batch_mode, objective
         self.block_spectrum, self.on_indefinite = block_spectrum, on_indefinite
         self.kappa_min, self.kappa_max, self.shift = float(kappa_min), float(kappa_max), float(shift)
-        self.max_consecutive_skips = int(max_consecutive_skips)
         if layers is not None:
             layers = sorted({int(i) for i in layers})
             if not layers or layers[0] < 0:
@@ -296,18 +352,18 @@ class ExactNewton(Transform):
         self.layers = layers
 
     def init(self, params: Tree) -> ExactNewtonState:
+        check_params(params)
         leaves = tree_leaves(params)
-        for i, p in enumerate(leaves):
-            backend.check_float_array(p, f"params[{i}]")
         L = len(leaves) if isinstance(params, (list, tuple)) else 0
-        return self._state(0, 0, 0, 0, 0, 0, L)
+        return self._state(0, 0, 0, 0, 0, 0, L, nskip=0)
 
-    @staticmethod
-    def _state(count: int, sk: int, cs: int, g: int, ind: int, sing: int, L: int, diag: Any = None) -> ExactNewtonState:
+    def _state(self, count: int, sk: int, cs: int, g: int, ind: int, sing: int, L: int, diag: Any = None, *,
+               nskip: int) -> ExactNewtonState:
         if diag is None:
-            z = np.zeros(L)
-            return ExactNewtonState(count, sk, cs, g, ind, sing, z.copy(), z.copy(), np.zeros(L, dtype=np.int64), z.copy())
-        return ExactNewtonState(count, sk, cs, g, ind, sing, *diag)
+            z = np.zeros(L) if self.diagnostics else np.full(L, np.nan)
+            n_neg = np.zeros(L, dtype=np.int64) if self.diagnostics else np.full(L, -1, dtype=np.int64)
+            return ExactNewtonState(count, sk, cs, g, ind, sing, z.copy(), z.copy(), n_neg, z.copy(), nskip)
+        return ExactNewtonState(count, sk, cs, g, ind, sing, *diag, nskip)
 
     def update(self, grads: Tree, state: ExactNewtonState, params: Tree | None = None, *, model: Any = None,
                X: Any = None, y: Any = None, factors: Sequence[LayerCurvature] | None = None,
@@ -329,47 +385,64 @@ class ExactNewton(Transform):
                        if model is not None
                        else layer_curvature(weights, X, y, activation=activation, loss=loss))
         xp = backend.get_namespace(factors[0].M)
-        ok = _finite_rows(factors)
-        B = int(ok.shape[0])
-        nbad = B - int(xp.sum(ok))
         L = len(weights)
-        diag: dict = {}
-        if nbad == B:
-            cs = state.consecutive_skips + 1
-            if cs >= self.max_consecutive_skips:
-                raise FloatingPointError(
-                    f"ExactNewton: {cs} consecutive steps without a finite sample (max_consecutive_skips = "
-                    f"{self.max_consecutive_skips}); the loss, errors or curvature are NaN/Inf"
-                )
-            new = self._state(state.count + 1, state.n_skipped + nbad, cs, state.n_guarded, state.n_indefinite,
-                              state.n_singular, L)
-            return tree_zeros_like(params), new
-        if nbad:
-            factors = [LayerCurvature(f.delta[ok], f.M[ok], f.a[ok], f.z[ok]) for f in factors]
         sel = list(range(L)) if self.layers is None else self.layers
         if sel[-1] >= L:
             raise ValueError(f"layers {self.layers} name a layer >= the number of layers {L}")
-        Dsel = exact_newton_directions(
-            [factors[i] for i in sel], [weights[i] for i in sel], lam=self.lam, adjustment=self.adjustment, batch_mode=self.batch_mode,
-            objective=self.objective, block_spectrum=self.block_spectrum, on_indefinite=self.on_indefinite,
-            kappa_min=self.kappa_min, kappa_max=self.kappa_max, shift=self.shift, diagnostics=diag)
+        B = int(factors[0].M.shape[0])
+        nbad = 0
+        if self.nan_policy != "propagate":
+            ok = _finite_rows(factors)
+            g_ok: Any = 1.0
+            for x in tree_leaves(grads):
+                g_ok = g_ok * xp.all(xp.isfinite(x))
+            # host read 1: the number of excluded samples and the gradient's finiteness, together
+            nbad_f, g_fin = backend.to_numpy(xp.stack([xp.asarray(B - xp.sum(ok), dtype=np.float64),
+                                                       xp.asarray(g_ok, dtype=np.float64)])).tolist()
+            nbad = int(nbad_f)
+            if nbad == B or not g_fin or (nbad and self.nan_policy == "raise"):
+                self.nonfinite(grads, math.nan if nbad else 0.0, blame={
+                    "grads": grads, f"the curvature factors ({nbad} of {B} samples)": math.nan if nbad else 0.0})
+                return tree_zeros_like(params), self.skipped(state)
+            if nbad:
+                idx = xp.nonzero(ok)[0]   # one more host sync, on this rare path only
+                factors = [LayerCurvature(f.delta[idx], f.M[idx], f.a[idx], f.z[idx]) for f in factors]
+        diag: dict = {}
+        Dsel = _directions(
+            [factors[i] for i in sel], [weights[i] for i in sel], self.lam, self.adjustment, self.batch_mode,
+            self.objective, self.block_spectrum, self.on_indefinite,
+            {"kappa_min": self.kappa_min, "kappa_max": self.kappa_max, "shift": self.shift}, diag)
         D = [xp.zeros(W.shape) for W in weights]
         kap = [xp.zeros((1, 1)) for _ in weights]
         for j, i in enumerate(sel):
             D[i], kap[i] = Dsel[j], diag["kappa"][j]
-        if not all(bool(xp.all(xp.isfinite(d))) for d in D):
-            # numerical failure in a direction: leave the weights untouched, count the batch
-            return tree_zeros_like(params), self._state(state.count + 1, state.n_skipped + B,
-                                                        state.consecutive_skips + 1, state.n_guarded,
-                                                        state.n_indefinite, state.n_singular, L)
         ups = [(self.lr * d).astype(W.dtype) for d, W in zip(D, weights)]
-        diag_arrays = (
-            np.array([float(k.min()) for k in kap]),
-            np.array([float(k.max()) for k in kap]),
-            np.array([int(xp.sum(k < 0)) for k in kap], dtype=np.int64),
-            np.array([float(xp.linalg.norm(u)) for u in ups]),
-        )
-        new = self._state(state.count + 1, state.n_skipped + nbad, 0, state.n_guarded + diag["n_guarded"],
-                          state.n_indefinite + diag["n_indefinite"], state.n_singular + diag["n_singular"], L,
-                          diag_arrays)
+        vals = [diag["n_guarded"], diag["n_indefinite"]] + [xp.all(xp.isfinite(u)) for u in ups]
+        if self.diagnostics:
+            vals += ([k.min() for k in kap] + [k.max() for k in kap] + [xp.sum(k < 0) for k in kap]
+                     + [xp.linalg.norm(u) for u in ups])
+        # host read 2: counters, per-layer finiteness and diagnostics in one transfer
+        host = backend.to_numpy(xp.stack([xp.asarray(v, dtype=np.float64) for v in vals]))
+        n_guarded, n_indef = int(host[0]), int(host[1])
+        fin = host[2:2 + L] != 0
+        n_sing = diag["n_singular"]
+        if not fin.all() and self.nan_policy != "propagate":
+            if self.batch_mode == "exact_block" and self.nan_policy == "skip":
+                # a failed block solve (CuPy returns NaN where NumPy raises): that layer gets no step
+                for i in np.flatnonzero(~fin):
+                    ups[i] = xp.zeros_like(ups[i])
+                n_sing += int(np.sum(~fin))
+            else:
+                self.nonfinite(math.nan, blame={"the Newton direction of layers "
+                                                + str(np.flatnonzero(~fin).tolist()): math.nan})
+                return tree_zeros_like(params), self.skipped(state)
+        diag_arrays = None
+        if self.diagnostics:
+            o = 2 + L
+            step_norm = np.where(fin, host[o + 3 * L:o + 4 * L], 0.0)
+            diag_arrays = (host[o:o + L].copy(), host[o + L:o + 2 * L].copy(),
+                           host[o + 2 * L:o + 3 * L].astype(np.int64), step_norm)
+        new = self._state(state.count + 1, state.n_skipped + nbad, 0, state.n_guarded + n_guarded,
+                          state.n_indefinite + n_indef, state.n_singular + n_sing, L, diag_arrays,
+                          nskip=state.n_skipped_steps)
         return (model.layout.pack(ups) if flat else ups), new

@@ -7,7 +7,7 @@ import pytest
 
 from curvlab.data import load_digits, minibatches
 from curvlab.methods.exact_newton import ExactNewton, ExactNewtonState, exact_newton_directions
-from curvlab.models.layer_hessians import LayerCurvature, layer_hessian_factors
+from curvlab.models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
 from curvlab.models.mlp import MLP
 from tests.conftest import rel_err
 
@@ -115,7 +115,7 @@ def test_regularized_full_step_leaves_rank_one_weights():
 
 def test_flat_and_list_params_and_float32_agree():
     model, p, X, y = _problem(5, seed=7)
-    opt = ExactNewton(lr=0.1, lam=1.0)
+    opt = ExactNewton(lr=0.1, lam=1.0, diagnostics=True)
     u_flat, st = _update(opt, model, p, X, y)
     Ws = [W.copy() for W in model.layout.unpack(p)]
     u_list, _ = opt.update([np.zeros_like(W) for W in Ws], opt.init(Ws), Ws, X=X, y=y, activation="tanh")
@@ -130,8 +130,12 @@ def test_flat_and_list_params_and_float32_agree():
 
 def test_state_round_trip_and_diagnostics():
     model, p, X, y = _problem(8, seed=8)
-    opt = ExactNewton(lr=0.1, lam=0.01, adjustment="raw")
+    opt = ExactNewton(lr=0.1, lam=0.01, adjustment="raw", diagnostics=True)
     _, st = _update(opt, model, p, X, y)
+    # diagnostics off (the default): same step, the per-layer diagnostics are NaN / -1
+    u_off, st_off = _update(ExactNewton(lr=0.1, lam=0.01, adjustment="raw"), model, p, X, y)
+    assert np.all(np.isnan(st_off.kappa_min)) and np.all(st_off.n_negative == -1)
+    assert st_off.n_indefinite == st.n_indefinite and st_off.n_guarded == st.n_guarded
     f = layer_hessian_factors(model, p, X, y)
     kmin = [float((np.linalg.eigvalsh(fl.M) * (fl.a ** 2).sum(1)[:, None]).min()) for fl in f]
     # the output layer's softmax M is singular: its κ_min is 0 up to rounding, hence the absolute part
@@ -174,7 +178,7 @@ def test_singular_adjusted_spectrum_policy():
 
 def test_nan_samples_are_skipped_and_weights_untouched():
     model, p, X, y = _problem(4, seed=9)
-    opt = ExactNewton(lr=0.1, lam=1.0, max_consecutive_skips=2)
+    opt = ExactNewton(lr=0.1, lam=1.0, max_consecutive_skips=1)
     Xn = X.copy()
     Xn[1, 2] = np.nan
     g = np.zeros_like(p)
@@ -186,7 +190,9 @@ def test_nan_samples_are_skipped_and_weights_untouched():
     st0 = opt.init(p)
     upd, st = opt.update(g, st0, p, model=model, X=Xall, y=y)
     new = p + upd
-    assert np.array_equal(new, p) and st.n_skipped == 4 and st.consecutive_skips == 1
+    # a skipped step leaves the state as it was but for the skip counters
+    assert np.array_equal(new, p) and st.n_skipped_steps == 1 and st.consecutive_skips == 1
+    assert st.n_skipped == 0 and st.count == 0
     with pytest.raises(FloatingPointError, match="consecutive"):
         opt.update(g, st, p, model=model, X=Xall, y=y)
 
@@ -276,7 +282,7 @@ def test_backends(xp):
 def test_layer_subset_and_list_params_with_model():
     model, p, X, y = _problem(3, seed=12)
     full, _ = _update(ExactNewton(lr=0.1), model, p, X, y)
-    opt = ExactNewton(lr=0.1, layers=[1])
+    opt = ExactNewton(lr=0.1, layers=[1], diagnostics=True)
     upd, st = _update(opt, model, p, X, y)
     s0, s1 = model.layout.slice(0), model.layout.slice(1)
     assert np.all(upd[s0] == 0) and rel_err(upd[s1], full[s1]) <= 1e-14
@@ -288,3 +294,21 @@ def test_layer_subset_and_list_params_with_model():
         _update(ExactNewton(layers=[5]), model, p, X, y)
     with pytest.raises(ValueError, match="layers"):
         ExactNewton(layers=[-1])
+
+
+def test_adjustment_constants_validated_whatever_the_rule():
+    """kappa_min < 0, shift < 0, kappa_max <= 0 are refused at construction even when the rule
+    does not use them (issue 11, defect 6)."""
+    for kw, name in (({"kappa_min": -1e-3}, "kappa_min"), ({"shift": -0.1}, "shift"),
+                     ({"kappa_max": 0.0}, "kappa_max"), ({"kappa_min": float("nan")}, "kappa_min")):
+        for rule in ("abs", "raw", "floor", "shift", "cap"):
+            with pytest.raises(ValueError, match=name):
+                ExactNewton(adjustment=rule, **kw)
+    with pytest.raises(TypeError, match="shift"):
+        ExactNewton(shift="0.1")
+    W = [np.zeros((2, 3))]
+    f = layer_curvature(W, np.array([[1.0, 2.0]]), np.array([1]))
+    with pytest.raises(ValueError, match="kappa_min"):
+        exact_newton_directions(f, W, kappa_min=-1.0)
+    with pytest.raises(TypeError, match="params"):
+        ExactNewton().init(None)
