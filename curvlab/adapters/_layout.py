@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,6 +30,24 @@ import numpy as np
 from .. import backend
 
 __all__ = ["NamedLayout"]
+
+
+def _shape(sh: Any, i: int) -> tuple[int, ...]:
+    """``shapes[i]`` as a tuple of non-negative ints; ``TypeError``/``ValueError`` naming it otherwise."""
+    if isinstance(sh, (str, bytes)) or not hasattr(sh, "__iter__"):
+        raise TypeError(f"shapes[{i}] must be a sequence of non-negative integers, got {sh!r}")
+    out = []
+    for d in sh:
+        if isinstance(d, (bool, np.bool_)):
+            raise TypeError(f"shapes[{i}] must hold non-negative integers, got the bool {d!r}")
+        try:
+            d = operator.index(d)
+        except TypeError:
+            raise TypeError(f"shapes[{i}] must hold non-negative integers, got {d!r} ({type(d).__name__})") from None
+        if d < 0:
+            raise ValueError(f"shapes[{i}] must hold non-negative integers, got {tuple(sh)}")
+        out.append(d)
+    return tuple(out)
 
 
 class NamedLayout:
@@ -47,7 +66,7 @@ class NamedLayout:
 
     def __init__(self, names: Sequence[str], shapes: Sequence[Sequence[int]], dtype: Any = None) -> None:
         names = [str(n) for n in names]
-        shapes = [tuple(int(s) for s in sh) for sh in shapes]
+        shapes = [_shape(sh, i) for i, sh in enumerate(shapes)]
         if len(names) != len(shapes):
             raise ValueError(f"names and shapes differ in length: {len(names)} vs {len(shapes)}")
         if len(set(names)) != len(names):

@@ -107,6 +107,11 @@ def _builtin_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     if name == "cross_entropy":
 
         def ce(z: jax.Array, y: jax.Array) -> jax.Array:
+            lead = tuple(z.shape[:-1])
+            if tuple(y.shape) not in (lead, lead + (1,)):  # static shapes: checked at trace time
+                raise ValueError(f"cross_entropy targets must have the outputs' shape without the class axis, "
+                                 f"{lead}, got {tuple(y.shape)}")
+            y = y.reshape(lead)
             logp = jax.nn.log_softmax(z, axis=-1)
             return -jnp.mean(jnp.take_along_axis(logp, y[..., None].astype(jnp.int32), axis=-1))
 
@@ -114,10 +119,26 @@ def _builtin_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     if name == "mse":
 
         def mse(z: jax.Array, y: jax.Array) -> jax.Array:
+            if tuple(y.shape) != tuple(z.shape):  # no broadcasting of (B,) or (B, 1) against (B, K)
+                raise ValueError(f"mse targets must have the outputs' shape {tuple(z.shape)}, got {tuple(y.shape)}")
             return 0.5 * jnp.mean(jnp.sum((z - y) ** 2, axis=-1))
 
         return mse
     raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable, got {name!r}")
+
+
+def _as_batch_array(b: Any, name: str) -> jax.Array:
+    """One JAX array for ``batch``'s inputs or targets (NumPy/CuPy arrays convert; sequences refuse)."""
+    if isinstance(b, (tuple, list, dict)):
+        raise TypeError(f"batch {name} must be one array, got a {type(b).__name__}; a sequence is not stacked (a "
+                        "model with several inputs: close over them or pass one array; labels: jnp.asarray(labels))")
+    if not isinstance(b, jax.Array):
+        if not (isinstance(b, np.ndarray) or hasattr(b, "__dlpack__")):
+            raise TypeError(f"batch {name} must be a JAX or NumPy array, got {type(b).__module__}.{type(b).__name__}")
+        b = jnp.asarray(b)
+    if jnp.issubdtype(b.dtype, jnp.complexfloating):
+        raise TypeError(f"batch {name} have complex dtype {b.dtype}; curvlab's losses and operators are real")
+    return b
 
 
 class JaxCurvature:
@@ -129,11 +150,22 @@ class JaxCurvature:
     params : pytree of arrays
     loss : "cross_entropy" | "mse" | callable
     batch : (inputs, targets)
+        Two JAX (or NumPy) arrays with at least one sample and equal leading
+        (batch) sizes; complex parts raise ``TypeError``, and a tuple/list/dict
+        raises ``TypeError`` (never stacked). ``"cross_entropy"`` targets are
+        integer labels shaped like the outputs without the class axis (or with a
+        trailing 1); their range ``[0, C)`` is read on the host **once, here**
+        (one device-to-host copy of the labels, outside ``jit``) — inside the
+        compiled products an out-of-range label would give NaN or a wrapped index
+        silently, so the batch is not re-checked. ``"mse"`` targets must have the
+        outputs' shape (no broadcasting). A callable loss must return a real
+        float scalar.
     trainable : None | sequence of str | callable(name) -> bool
-        The subtree to differentiate: all float leaves (None), the leaves whose
-        key path (``"layer/w"``) equals or starts with ``prefix + "/"`` for one
-        of the given prefixes, or those a predicate accepts. The others are
-        held fixed.
+        The subtree to differentiate: all real float leaves (None; integer and
+        complex leaves are then held fixed), the leaves whose key path
+        (``"layer/w"``) equals or starts with ``prefix + "/"`` for one of the
+        given prefixes, or those a predicate accepts. The others are held fixed.
+        An explicit selection that includes a non-float leaf raises ``TypeError``.
     hvp_mode : "forward_over_reverse" (default) | "reverse_over_reverse"
     devices : int or sequence of jax devices, optional
         Shard the batch over these devices (axis 0; the batch size must be a
@@ -165,8 +197,14 @@ class JaxCurvature:
         else:
             prefixes = [str(t).strip("/") for t in ([trainable] if isinstance(trainable, str) else trainable)]
             pick = lambda n: any(n == q or n.startswith(q + "/") for q in prefixes)  # noqa: E731
-        idx = [i for i, (n, leaf) in enumerate(zip(names, leaves))
-               if pick(n) and np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)).kind == "f"]
+        kinds = [np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)).kind for leaf in leaves]
+        if trainable is not None:
+            odd = [f"{n} ({np.dtype(getattr(leaf, 'dtype', np.asarray(leaf).dtype))})"
+                   for n, leaf, k in zip(names, leaves, kinds) if pick(n) and k != "f"]
+            if odd:
+                raise TypeError(f"trainable selects leaves that are not real floats: {odd}; only float32/float64 "
+                                "leaves can be differentiated (leave the others out of trainable)")
+        idx = [i for i, (n, k) in enumerate(zip(names, kinds)) if pick(n) and k == "f"]
         if not idx:
             raise ValueError(f"no trainable parameters: trainable={trainable!r} selects no float leaf of {names}")
         dts = {np.dtype(leaves[i].dtype) for i in idx}
@@ -189,9 +227,16 @@ class JaxCurvature:
         self.xp = np if dev.platform == "cpu" else backend._import_cupy()
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
-        X, y = (jnp.asarray(b) if not isinstance(b, jax.Array) else b for b in batch)
+        X, y = _as_batch_array(batch[0], "inputs"), _as_batch_array(batch[1], "targets")
+        if X.ndim == 0 or y.ndim == 0:
+            raise ValueError("batch inputs and targets must have a leading batch axis, got a 0-d array")
         if X.shape[0] != y.shape[0]:
             raise ValueError(f"inputs and targets differ in batch size: {X.shape[0]} vs {y.shape[0]}")
+        if X.shape[0] == 0:
+            raise ValueError(f"batch is empty (inputs of shape {tuple(X.shape)}): the mean loss of no sample is "
+                             "undefined; pass at least one sample")
+        if self.loss_name == "cross_entropy" and not jnp.issubdtype(y.dtype, jnp.integer):
+            raise TypeError(f"batch targets must be integer class labels for cross_entropy, got dtype {y.dtype}")
         if jnp.issubdtype(X.dtype, jnp.floating) and np.dtype(X.dtype) != self.dtype:
             raise TypeError(f"batch inputs have dtype {X.dtype} but the parameters {self.dtype}")
         self.mesh = None
@@ -213,6 +258,16 @@ class JaxCurvature:
         lval = jax.eval_shape(lambda z: self.loss_fn(z, y), out)
         if tuple(lval.shape) != ():
             raise ValueError(f"loss must return a scalar, got shape {tuple(lval.shape)}")
+        if not jnp.issubdtype(lval.dtype, jnp.floating):
+            raise TypeError(f"loss must return a real floating scalar, got dtype {lval.dtype}")
+        if self.loss_name == "cross_entropy":
+            # the label range, read on the host once here (outside jit): an out-of-range label
+            # would make take_along_axis return NaN (or wrap a negative index) silently
+            C = int(out.shape[-1])
+            yh = np.asarray(y)
+            if yh.size and (int(yh.min()) < 0 or int(yh.max()) >= C):
+                raise ValueError(f"batch targets (class labels) must lie in [0, {C - 1}] for cross_entropy (the "
+                                 f"outputs have {C} classes), got values in [{int(yh.min())}, {int(yh.max())}]")
         self._jit: dict[str, Callable[..., Any]] = {}
 
     # ------------------------------------------------------------------ pure functions
@@ -273,6 +328,10 @@ class JaxCurvature:
         return self._jit["mvmm_" + key]
 
     def _vec(self, v: Any, name: str = "v", ndim: int = 1) -> jax.Array:
+        dt = getattr(v, "dtype", None)
+        if dt is None or np.dtype(dt).kind != "f":
+            raise TypeError(f"{name} must be a real float32/float64 array, got "
+                            f"{'dtype ' + str(np.dtype(dt)) if dt is not None else type(v).__name__}")
         shape = tuple(getattr(v, "shape", ()))
         if len(shape) != ndim or shape[0] != self.layout.size:
             want = f"({self.layout.size},)" if ndim == 1 else f"({self.layout.size}, k)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -245,3 +246,71 @@ def test_optax_layerwise_methods(method, rng):
         u, ost = opt.update([jnp.asarray(a) for a in gj], ost, p, **extras)
         p = optax.apply_updates(p, u)
     assert rel_err(np.concatenate([np.asarray(a).ravel() for a in p]), model.layout.pack(W)) < 1e-10
+
+
+# ----------------------------------------------------------------- issue 11 defects 4 and 10
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_empty_batch_is_refused(loss, rng):
+    """A zero-sample batch used to give loss NaN and a zero gradient."""
+    p, X, y = _cnn_case(rng)
+    t = y[:0] if loss == "cross_entropy" else jnp.zeros((0, 3))
+    with pytest.raises(ValueError, match=r"batch is empty \(inputs of shape \(0, 1, 6, 6\)\)"):
+        JaxCurvature(cnn_apply, p, loss, (X[:0], t))
+
+
+@pytest.mark.parametrize("label", [3, 9, -1])
+def test_labels_out_of_range_are_refused_on_the_host_once(label, rng):
+    """Out-of-range labels used to give NaN (>= C) or a wrapped, wrong loss (< 0) silently.
+    The range is read on the host once, when the batch is bound (outside jit)."""
+    p, X, y = _cnn_case(rng)
+    y = y.at[2].set(label)
+    with pytest.raises(ValueError, match=rf"batch targets \(class labels\) must lie in \[0, 2\].*{label}"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X, y))
+    with pytest.raises(ValueError, match=r"batch targets \(class labels\)"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (np.asarray(X), np.asarray(y)))
+
+
+def test_batch_sequences_dtypes_and_shapes_are_refused(rng):
+    p, X, y = _cnn_case(rng)
+    with pytest.raises(TypeError, match="batch inputs must be one array, got a tuple; a sequence is not stacked"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", ((X[:2], X[:2]), y[:2]))
+    with pytest.raises(TypeError, match="batch targets must be one array, got a list"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X, [0, 1, 2, 0, 1, 2]))
+    with pytest.raises(TypeError, match="batch inputs have complex dtype"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X.astype(jnp.complex128), y))
+    with pytest.raises(TypeError, match="batch targets must be integer class labels.*float64"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X, y.astype(jnp.float64)))
+    with pytest.raises(ValueError, match=r"cross_entropy targets must have the outputs' shape without the class "
+                                         r"axis, \(6,\), got \(6, 3\)"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X, jnp.zeros((6, 3), jnp.int64)))
+    # mse targets used to broadcast: (6,) or (6, 1) against outputs (6, 3) gave a wrong loss
+    for bad in (jnp.zeros(6), jnp.zeros((6, 1))):
+        with pytest.raises(ValueError, match=r"mse targets must have the outputs' shape \(6, 3\), got " + re.escape(str(bad.shape))):
+            JaxCurvature(cnn_apply, p, "mse", (X, bad))
+    with pytest.raises(TypeError, match="loss must return a real floating scalar, got dtype int"):
+        JaxCurvature(cnn_apply, p, lambda z, t: jnp.sum(t), (X, y))
+    with pytest.raises(ValueError, match="loss must return a scalar, got shape \\(6,\\)"):
+        JaxCurvature(cnn_apply, p, lambda z, t: jnp.sum(z, -1), (X, y))
+    # (B, 1) labels are the same labels
+    ref = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y)).gradient()[0]
+    assert JaxCurvature(cnn_apply, p, "cross_entropy", (X, y[:, None])).gradient()[0] == ref
+
+
+def test_non_float_leaves_and_vectors_are_refused(rng):
+    """trainable= naming an int or complex leaf used to drop it silently; complex/int vectors
+    used to be cast (imaginary part lost)."""
+    p, X, y = _cnn_case(rng)
+    p2 = dict(p, step=jnp.asarray(3), phase=jnp.ones(2, jnp.complex128))
+    assert JaxCurvature(cnn_apply, p2, "cross_entropy", (X, y)).layout.size == 119  # default: real floats only
+    for tr, leaf in ((["conv", "step"], "step"), (lambda n: n != "dense/w", "phase"), (["phase"], "phase")):
+        with pytest.raises(TypeError, match=rf"trainable selects leaves that are not real floats: .*{leaf}"):
+            JaxCurvature(cnn_apply, p2, "cross_entropy", (X, y), trainable=tr)
+    curv = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y))
+    n = curv.layout.size
+    for dt in (np.complex128, np.int64, np.bool_):
+        v = np.ones(n, dtype=dt)
+        for name, call in [("v", lambda: curv.hvp(v)), ("d", lambda: curv.curvature(v)),
+                           ("params", lambda: curv.gradient(v)), ("d", lambda: curv.grad_and_curvature(v)),
+                           ("theta", lambda: curv.unflatten(v)), ("v", lambda: curv.hessian() @ v)]:
+            with pytest.raises(TypeError, match=rf"^{name} must be a real float"):
+                call()

@@ -35,3 +35,21 @@ def test_errors():
     with pytest.raises(KeyError, match="no parameter named 'c'"):
         lay.slice("c")
     assert "a[2]" in repr(lay)
+
+
+@pytest.mark.parametrize("shapes,exc,where", [
+    ([(2,), (-1, 3)], ValueError, r"shapes\[1\] must hold non-negative integers, got \(-1, 3\)"),
+    ([(2.5,)], TypeError, r"shapes\[0\] must hold non-negative integers, got 2.5"),
+    ([(True, 2)], TypeError, r"shapes\[0\].*bool"),
+    ([3], TypeError, r"shapes\[0\] must be a sequence"),
+])
+def test_bad_shapes_are_refused(shapes, exc, where):
+    """A negative dimension used to give a negative size and overlapping offsets."""
+    with pytest.raises(exc, match=where):
+        NamedLayout([f"p{i}" for i in range(len(shapes))], shapes)
+
+
+def test_zero_sized_parameters_are_allowed():
+    lay = NamedLayout(["a", "empty", "b"], [(2,), (0, 3), (np.int64(1),)])
+    assert lay.size == 3 and lay.offsets == (0, 2, 2, 3)
+    assert [p.shape for p in lay.unpack(np.arange(3.0))] == [(2,), (0, 3), (1,)]
