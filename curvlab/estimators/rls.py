@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -74,9 +75,18 @@ class RLSInfo:
     n_guarded: int
 
 
-def _check_nonneg(name: str, v: float, strict: bool = False) -> float:
+def _real(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)
-    if not math.isfinite(v) or (v <= 0 if strict else v < 0):
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v}")
+    return v
+
+
+def _check_nonneg(name: str, v: float, strict: bool = False) -> float:
+    v = _real(name, v)
+    if v <= 0 if strict else v < 0:
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v}")
     return v
 
@@ -93,7 +103,15 @@ class DiagonalRLS:
     variant : ``"kalman"`` (default) or ``"forgetting"`` (``P <- P/forget + qI``).
     forget : forgetting factor in ``(0, 1]`` (variant ``"forgetting"``, default 0.99).
     psd_guard : clamp ``P00, P11 ≥ 0`` and ``|P01| ≤ √(P00 P11)`` after each update.
-    impl : kernel implementation (``"auto"``, ``"numba"``, ``"cupy"``, ``"reference"``).
+    impl : kernel implementation (one of :data:`curvlab.kernels.IMPLS`).
+
+    Every option is checked here (``ValueError``/``TypeError`` naming it).
+    Non-finite gradients or regressors (policy): those coordinates keep their
+    state and are counted (``RLSInfo.n_skipped``, ``RLSState.n_skipped``).
+
+    Host syncs: 0 per update on NumPy with the Numba kernels; on CuPy (or with
+    ``impl="numpy"``/``"reference"``) 1 per array of the tree per update (the
+    skip/guard counters).
     """
 
     def __init__(self, q: float, r: float, P0: float, *, h0: float = 0.1, variant: str = "kalman",
@@ -101,7 +119,7 @@ class DiagonalRLS:
         self.q = _check_nonneg("q (process noise variance)", q)
         self.r = _check_nonneg("r (measurement noise variance)", r, strict=True)
         self.P0 = _check_nonneg("P0 (initial filter covariance)", P0)
-        self.h0 = float(h0)
+        self.h0 = _real("h0 (the initial curvature)", h0)
         if variant not in ("kalman", "forgetting"):
             raise ValueError(f"variant must be 'kalman' or 'forgetting', got {variant!r}")
         self.variant = variant
@@ -110,12 +128,12 @@ class DiagonalRLS:
                 raise ValueError(f"forget is only used by variant='forgetting', got forget={forget}")
             self.forget = 1.0
         else:
-            f = 0.99 if forget is None else float(forget)
+            f = 0.99 if forget is None else _real("forget", forget)
             if not (0.0 < f <= 1.0):
                 raise ValueError(f"forget must be in (0, 1], got {forget}")
             self.forget = f
         self.psd_guard = bool(psd_guard)
-        self.impl = impl
+        self.impl = kernels.check_impl(impl)
 
     def init(self, params: Tree) -> RLSState:
         """Zero state shaped like ``params``; the first :meth:`update` initialises it."""
@@ -134,8 +152,11 @@ class DiagonalRLS:
 
         ``grads`` and ``x`` are trees shaped like the state. The state arrays
         are updated in place (``copy=True`` works on copies) and the same
-        object is returned with its counters advanced.
+        object is returned with its counters advanced. Non-finite entries of
+        ``grads`` or ``x·xscale`` skip their coordinates (counted); a
+        non-finite ``xscale`` raises ``ValueError``.
         """
+        xscale = _real("xscale", xscale)
         check_tree_like("grads", grads, state.a, "the state")
         check_tree_like("x", x, state.a, "the state")
         if copy:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -180,6 +182,14 @@ def test_reference_impl_agrees(rng):
     (dict(q=0.0, r=1.0, P0=0.0, variant="ekf"), "variant"),
     (dict(q=0.0, r=1.0, P0=0.0, variant="forgetting", forget=1.5), "forget"),
     (dict(q=0.0, r=1.0, P0=0.0, forget=0.9), "forget"),
+    (dict(q=math.nan, r=1.0, P0=0.0), "q"),
+    (dict(q=0.0, r=math.inf, P0=0.0), "r"),
+    (dict(q=0.0, r=1.0, P0=math.nan), "P0"),
+    (dict(q=0.0, r=1.0, P0=0.0, h0=math.nan), "h0"),
+    (dict(q=0.0, r=1.0, P0=0.0, h0=-math.inf), "h0"),
+    (dict(q=0.0, r=1.0, P0=0.0, variant="forgetting", forget=math.nan), "forget"),
+    (dict(q=0.0, r=1.0, P0=0.0, impl="fortran"), "impl"),
+    (dict(q=0.0, r=1.0, P0=0.0, impl=None), "impl"),
 ])
 def test_bad_hyperparameters(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -193,3 +203,27 @@ def test_mismatched_shapes():
         est.update(state, np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="structure"):
         est.update(state, [np.zeros(4)], np.zeros(4))
+
+
+def test_bad_option_types_and_xscale():
+    with pytest.raises(TypeError, match="q"):
+        DiagonalRLS(q="0.1", r=1.0, P0=0.0)
+    est = DiagonalRLS(q=0.0, r=1.0, P0=0.0)
+    state = est.init(np.zeros(4))
+    for xs in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="xscale"):
+            est.update(state, np.ones(4), np.ones(4), xscale=xs)
+    assert state.count == 0 and not state.initialized  # refused before anything changed
+
+
+def test_nonfinite_regressor_skips_coordinates(rng):
+    est = DiagonalRLS(q=0.01, r=1.0, P0=5e-5)
+    state = _run(est, np, rng, 5, H)
+    before = state.to_dict()
+    x = rng.standard_normal(5)
+    x[[0, 4]] = [np.inf, np.nan]
+    state, info = est.update(state, rng.standard_normal(5), x)
+    assert info.n_skipped == 2
+    for k in ("a", "h", "P00", "P01", "P11"):
+        np.testing.assert_array_equal(getattr(state, k)[[0, 4]], before[k][[0, 4]])
+        assert np.all(np.isfinite(getattr(state, k)))
