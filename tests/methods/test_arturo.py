@@ -338,3 +338,21 @@ def test_track_kl_off_and_numpy_impl():
     b = _run(ArTuRO(kl_bound=0.01, impl="numpy", **CFG))  # the multi-pass NumPy baseline, float64 here
     np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
     np.testing.assert_allclose(b[2], GOLDEN["A"]["eta"], rtol=1e-9)
+
+
+def test_options_refused_at_construction():
+    """impl, nu, max_iter, h0, h_min are checked by __init__, not at the first update (defect 6)."""
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ArTuRO(impl="fortran")
+    with pytest.raises(ValueError, match="nu must be a number >= 0 or 'coupled'"):
+        ArTuRO(nu="couple")
+    with pytest.raises(ValueError, match="max_iter must be an int >= 1"):
+        ArTuRO(mode="exact", max_iter=0)
+    with pytest.raises(ValueError, match="h0 must be a finite"):
+        ArTuRO(h0=float("inf"))
+    with pytest.raises(ValueError, match="h_min must be a finite"):
+        ArTuRO(mode="exact", h_min=float("nan"))
+    with pytest.raises(TypeError, match=r"kl_bound \(ε\) must be a real number"):
+        ArTuRO(kl_bound="0.1")
+    with pytest.raises(TypeError, match="params"):
+        ArTuRO().init(None)

@@ -93,3 +93,39 @@ def test_tree_helpers():
     assert np.array_equal(apply_updates(np.ones(2), np.ones(2)), [2.0, 2.0])
     with pytest.raises(ValueError, match="tree structures differ"):
         tree_map(lambda x, y: x, a, np.ones(2))
+
+
+def test_options_that_cannot_work_are_refused_at_construction():
+    """Issue 11, defect 6: refused by __init__/init naming the argument, not at the first update."""
+    with pytest.raises(ValueError, match=r"eps must be in \(0"):
+        Adam(eps=0.0)          # NaN = 0/0 on a zero gradient coordinate
+    with pytest.raises(ValueError, match=r"eps must be in \(0"):
+        AdamW(eps=-1e-8)
+    with pytest.raises(TypeError, match="lr must be a real number"):
+        SGD(lr="0.1")
+    with pytest.raises(ValueError, match="b1 must be in"):
+        Adam(b1=float("nan"))
+    for opt in (SGD(), Momentum(), Adam(), AdamW()):
+        with pytest.raises(TypeError, match="params must be a float32/float64 array or a list/tuple"):
+            opt.init(None)     # used to build an unsaveable object-array state
+        with pytest.raises(TypeError, match=r"params\[1\] must have dtype float32 or float64"):
+            opt.init([np.zeros(2), np.zeros(2, dtype=int)])
+    # a zero gradient is a zero Adam step, not NaN
+    opt = Adam()
+    u, _ = opt.update(np.zeros(3), opt.init(np.ones(3)), np.ones(3))
+    assert np.array_equal(u, np.zeros(3))
+
+
+def test_apply_updates_refuses_mismatches_naming_the_argument():
+    with pytest.raises(ValueError, match=r"updates\[0\] has shape \(1,\), expected \(3,\)"):
+        apply_updates(np.ones(3), np.ones(1))          # used to broadcast silently
+    with pytest.raises(ValueError, match="updates must have the structure of params"):
+        apply_updates([np.ones(2), np.ones(3)], [np.ones(2)])
+    with pytest.raises(ValueError, match="updates must have the structure of params"):
+        apply_updates(np.ones(2), [np.ones(2)])
+    with pytest.raises(TypeError, match=r"updates\[0\] must have dtype float32 or float64"):
+        apply_updates(np.ones(2), np.ones(2, dtype=complex))
+    with pytest.raises(TypeError, match=r"params\[0\] must be a NumPy or CuPy array"):
+        apply_updates([1.0, 2.0], [np.ones(1), np.ones(1)])
+    out = apply_updates([np.ones(2, dtype=np.float32)], [np.full(2, 0.5)])
+    assert out[0].dtype == np.float32 and np.array_equal(out[0], [1.5, 1.5])
