@@ -40,3 +40,46 @@ def test_synthetic_tasks_and_minibatches():
         next(data.minibatches(ds.X_train, ds.y_train, 0, rng))
     with pytest.raises(ValueError, match="test_fraction"):
         data.load_digits(test_fraction=1.5)
+
+
+# issue 11 (defect 10): bad arguments get a clear error naming them, at call time
+@pytest.mark.parametrize("call,exc,where", [
+    (lambda X, y, r: data.minibatches(X, y, 2.5, r), TypeError, "batch_size must be an integer"),
+    (lambda X, y, r: data.minibatches(X, y, True, r), TypeError, "batch_size must be an integer"),
+    (lambda X, y, r: data.minibatches(X, y[:4], 2, r), ValueError, "X and y differ in the number of samples: 6 vs 4"),
+    (lambda X, y, r: data.minibatches(X, y, 2, "seed"), TypeError, "rng must be a numpy.random.Generator"),
+    (lambda X, y, r: data.minibatches(X.tolist(), y, 2, r), TypeError, "X must be a NumPy or CuPy array, got builtins.list"),
+])
+def test_minibatches_refuse_bad_arguments_when_called(call, exc, where):
+    X, y = np.arange(12.0).reshape(6, 2), np.arange(6)
+    with pytest.raises(exc, match=where):
+        call(X, y, np.random.default_rng(0))  # no next(): checked when called
+
+
+def test_minibatches_accept_an_integer_seed():
+    X, y = np.arange(12.0).reshape(6, 2), np.arange(6)
+    a = [yb.tolist() for _, yb in data.minibatches(X, y, 2, 5)]
+    b = [yb.tolist() for _, yb in data.minibatches(X, y, 2, np.random.default_rng(5))]
+    assert a == b and sorted(sum(a, [])) == list(range(6))
+
+
+@pytest.mark.parametrize("call,exc,where", [
+    (lambda: data.make_classification(n_samples=100.5), TypeError, "n_samples must be an integer >= 1, got 100.5"),
+    (lambda: data.make_classification(n_classes=0), ValueError, "n_classes must be an integer >= 2, got 0"),
+    (lambda: data.make_classification(n_features=0), ValueError, "n_features must be an integer >= 1, got 0"),
+    (lambda: data.make_classification(separation=float("nan")), ValueError, "separation must be a finite"),
+    (lambda: data.make_classification(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+    (lambda: data.make_regression(n_samples=1), ValueError, "n_samples must be an integer >= 2, got 1"),
+    (lambda: data.make_regression(noise=-0.1), ValueError, "noise must be a finite number >= 0"),
+    (lambda: data.make_regression(n_outputs=2.0), TypeError, "n_outputs must be an integer"),
+    (lambda: data.make_regression(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+    (lambda: data.make_regression(n_samples=3, test_fraction=0.1), ValueError, "leave an empty test split"),
+    (lambda: data.make_regression(seed=-1), ValueError, "seed must be an integer >= 0"),
+    (lambda: data.load_digits(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+    (lambda: data.load_digits(test_fraction="0.2"), TypeError, "test_fraction must be a number"),
+])
+def test_dataset_builders_refuse_bad_arguments(call, exc, where):
+    """An integer dtype used to truncate the [0, 1] pixels (digits) and the regression targets;
+    n_features=0 built an empty dataset; a NaN noise gave NaN targets."""
+    with pytest.raises(exc, match=where):
+        call()
