@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._probes import sample_se
+from ._probes import sample_se, t_factor
 
 __all__ = [
     "ConvergenceError",
@@ -147,6 +147,14 @@ class SpectralDensity:
     n_matvecs : int
     lanczos_steps : int
     probe : str
+    alpha, beta : numpy.ndarray ``(n_probes, m)`` float64 or None
+        Each probe's Lanczos coefficients (zero-padded; ``beta[p, k-1]`` is
+        the residual norm after ``k = steps[p]`` steps): the shorter Gauss
+        rules that estimate the quadrature error come from them.
+    steps : numpy.ndarray ``(n_probes,)`` int or None
+    breakdown : numpy.ndarray ``(n_probes,)`` bool or None
+        True when a probe's Krylov space closed (its quadrature is exact).
+    dtype : the operator's dtype (sets the rounding floor of the error estimate)
 
     Methods
     -------
@@ -161,6 +169,11 @@ class SpectralDensity:
     n_matvecs: int
     lanczos_steps: int
     probe: str = "rademacher"
+    alpha: np.ndarray | None = None
+    beta: np.ndarray | None = None
+    steps: np.ndarray | None = None
+    breakdown: np.ndarray | None = None
+    dtype: Any = np.float64
 
     @property
     def n_probes(self) -> int:
@@ -189,17 +202,121 @@ class SpectralDensity:
         vals[mask] = np.asarray(f(self.nodes[mask]), dtype=np.float64)
         return self.probe_norms_sq * np.sum(self.weights * vals, axis=1)
 
-    def trace(self, f: Callable[[np.ndarray], np.ndarray], name: str = "slq") -> TraceEstimate:
-        """Estimate ``tr f(A)``; the standard error is the probe spread ``std/√P``."""
+    def gauss(self, f: Callable[[np.ndarray], np.ndarray], k: np.ndarray) -> np.ndarray:
+        """Per-probe ``k[p]``-step Gauss quadratures ``‖z‖² e₁ᵀ f(T_k) e₁`` ``(n_probes,)`` (host float64)."""
+        from scipy.linalg import eigh_tridiagonal
+
+        out = np.empty(self.n_probes)
+        for p in range(self.n_probes):
+            kp = int(k[p])
+            a = self.alpha[p, :kp]
+            if kp == 1:
+                th, w = a.copy(), np.ones(1)
+            else:
+                th, S = eigh_tridiagonal(a, self.beta[p, : kp - 1], lapack_driver="stev")
+                w = S[0] ** 2
+            out[p] = np.sum(w * np.asarray(f(th), dtype=np.float64))
+        return self.probe_norms_sq * out
+
+    def quadrature_tails(self, f: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-probe quadrature-error estimates ``(tail, error, resolved)`` for ``tr f(A)``.
+
+        From the Gauss rules of ``k``, ``k - d`` and ``k - 2d`` steps of the same
+        recurrence (``k`` the probe's steps, ``d = max(1, k // 5)``): with
+        ``δ₁ = I_k - I_{k-d}`` and ``δ₀ = I_{k-d} - I_{k-2d}`` of one sign and
+        ``ρ = |δ₁/δ₀| < 1``, the geometric tail ``δ₁ ρ/(1-ρ)`` estimates the
+        remaining error ``I - I_k`` (an over-estimate when the convergence is
+        superlinear, as Lanczos quadrature for smooth ``f`` is). A closed Krylov
+        space is exact (tail 0); differences below the rounding floor
+        (``10³ eps‖z‖² Σ w|f(θ)|``) count as converged with error ``|δ₁|``.
+        A probe is unresolved (``resolved`` False) when fewer than 3 steps
+        were taken, or the differences do not shrink geometrically.
+        """
+        if self.alpha is None:
+            raise ValueError("this SpectralDensity has no Lanczos coefficients (alpha/beta); build it with curvlab.linalg.slq")
+        P = self.n_probes
+        k = np.asarray(self.steps, dtype=int)
+        brk = np.asarray(self.breakdown, dtype=bool)
+        d = np.maximum(1, k // 5)
+        tail, err = np.zeros(P), np.zeros(P)
+        ok = brk | (k >= 2 * d + 1)
+        kk = np.where(ok & ~brk, k, 1)
+        I2 = self.gauss(f, kk)
+        I1 = self.gauss(f, np.where(ok & ~brk, k - d, 1))
+        I0 = self.gauss(f, np.where(ok & ~brk, k - 2 * d, 1))
+        mask = self.weights > 0
+        absf = np.zeros_like(self.nodes)
+        absf[mask] = np.abs(np.asarray(f(self.nodes[mask]), dtype=np.float64))
+        floor = 1e3 * np.finfo(np.dtype(self.dtype)).eps * self.probe_norms_sq * np.sum(self.weights * absf, axis=1)
+        resolved = np.ones(P, dtype=bool)
+        for p in range(P):
+            if brk[p]:
+                continue
+            if not ok[p]:
+                resolved[p] = False
+                err[p] = np.inf
+                continue
+            d1, d0 = I2[p] - I1[p], I1[p] - I0[p]
+            if not (np.isfinite(d1) and np.isfinite(d0)):
+                resolved[p] = False
+                err[p] = np.inf
+            elif abs(d1) <= floor[p]:
+                err[p] = abs(d1)
+            elif d1 * d0 > 0 and abs(d1) < abs(d0):
+                r = abs(d1) / abs(d0)
+                tail[p] = d1 * r / (1.0 - r)
+                err[p] = abs(tail[p])
+            else:
+                resolved[p] = False
+                err[p] = np.inf
+        return tail, err, resolved
+
+    def trace(
+        self, f: Callable[[np.ndarray], np.ndarray], name: str = "slq", *, warn: bool = True, strict: bool = False
+    ) -> TraceEstimate:
+        """Estimate ``tr f(A)`` with an error bar that covers the probe spread and the quadrature error.
+
+        Per probe, the ``m``-step Gauss value plus its extrapolated tail (see
+        :meth:`quadrature_tails`); the estimate is their mean,
+        ``probe_std_error`` their sample standard error times
+        ``t_{P-1,0.975}/z_{0.975}``, ``quadrature_error`` the mean per-probe
+        tail error, and ``std_error = sqrt(probe_std_error² + quadrature_error²)``.
+        When a probe's quadrature is unresolved the result has
+        ``converged=False``, an infinite ``std_error``, a message and a
+        :class:`ConvergenceWarning` (``warn=False`` silences it, ``strict=True``
+        raises :class:`ConvergenceError`). Without Lanczos coefficients (a
+        hand-built density) only the probe spread is reported.
+        """
         s = self.probe_values(f)
-        return TraceEstimate(
-            estimate=float(np.mean(s)),
-            std_error=sample_se(s),
-            n_matvecs=self.n_matvecs,
-            converged=True,
-            method=name,
-            samples=s,
+        if self.alpha is None:
+            return TraceEstimate(
+                estimate=float(np.mean(s)), std_error=sample_se(s), n_matvecs=self.n_matvecs, converged=True, method=name, samples=s
+            )
+        tail, err, resolved = self.quadrature_tails(f)
+        vals = s + tail
+        pse = sample_se(vals) * t_factor(self.n_probes - 1)
+        q = float(np.mean(err))
+        conv = bool(np.all(resolved))
+        msg = "" if conv else (
+            f"quadrature unresolved in {int(np.count_nonzero(~resolved))} of {self.n_probes} probes: "
+            f"m = {self.lanczos_steps} Lanczos steps are too few for this f and spectrum (increase m)"
         )
+        res = TraceEstimate(
+            estimate=float(np.mean(vals)),
+            std_error=float(np.hypot(pse, q)) if conv else float("inf"),
+            n_matvecs=self.n_matvecs,
+            converged=conv,
+            method=name,
+            samples=vals,
+            message=msg,
+            probe_std_error=pse,
+            quadrature_error=q if conv else float("inf"),
+        )
+        if not conv:
+            if strict:
+                raise ConvergenceError(f"{name}: {msg}", res)
+            warn_unconverged(name, msg, warn=warn)
+        return res
 
 
 @dataclass

@@ -8,9 +8,12 @@ first components of its eigenvectors), exact for polynomials of degree
 estimates the spectral measure ``(1/n) Σ_i δ(t - λ_i)``; smoothing it with a
 Gaussian of width ``σ`` gives a density on a grid (Ghorbani, Krishnan & Xiao
 2019 use it for neural-network Hessians). ``tr f(A)`` (log-det, trace of the
-inverse) comes from the same quadrature, with the probe spread as its
-standard error (the quadrature bias, which falls fast in ``m`` for smooth
-``f``, is not included in it).
+inverse) comes from the same quadrature. Its error bar covers both error
+sources: the probe spread and the quadrature error of ``m`` steps, the
+latter estimated from shorter Gauss rules of the same recurrence (or bounded
+by a Gauss–Radau bracket when a lower bound ``lambda_min`` of the spectrum is
+given); when the quadrature is unresolved the result says so
+(``converged=False``, infinite ``std_error``, :class:`ConvergenceWarning`).
 
 Each probe runs :func:`curvlab.linalg.lanczos` with full reorthogonalisation
 (float64 coefficients, symmetric tridiagonal eigensolver).
@@ -27,13 +30,14 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import scipy.linalg
 
 from .. import backend
 from ._checks import as_symmetric_operator, check_positive_int
-from ._probes import check_probe, draw
+from ._probes import check_probe, draw, sample_se, t_factor
 from .lanczos import lanczos
 from .results import SpectralDensity, TraceEstimate
 
@@ -62,8 +66,11 @@ def slq(
     Returns
     -------
     SpectralDensity with ``nodes``/``weights`` ``(P, m)`` (zero-weight padded
-    when a probe's Krylov space closed early), ``.density(grid, sigma)`` and
-    ``.trace(f)``. Raises ``FloatingPointError`` if the operator returns NaN/Inf.
+    when a probe's Krylov space closed early), the Lanczos coefficients,
+    ``.density(grid, sigma)`` and ``.trace(f)`` (probe spread and quadrature
+    error). Raises ``FloatingPointError`` if the operator returns NaN/Inf.
+
+    Host syncs: ``P (m + 1)`` (one per Lanczos step, one per probe's norm).
     """
     op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
     n = op.shape[0]
@@ -75,6 +82,10 @@ def slq(
     g = backend.default_rng(rng, op.xp)
     nodes = np.zeros((P, m))
     weights = np.zeros((P, m))
+    alpha = np.zeros((P, m))
+    beta = np.zeros((P, m))
+    steps = np.zeros(P, dtype=int)
+    brk = np.zeros(P, dtype=bool)
     norms = np.zeros(P)
     n_mv = 0
     for p in range(P):
@@ -87,30 +98,171 @@ def slq(
         s = theta.size
         nodes[p, :s] = theta
         weights[p, :s] = S[0, :] ** 2
+        alpha[p, :s], beta[p, :s] = dec.alpha, dec.beta
+        steps[p], brk[p] = s, dec.breakdown
         norms[p] = dec.start_norm**2
     return SpectralDensity(
-        nodes=nodes, weights=weights, probe_norms_sq=norms, n=n, n_matvecs=n_mv, lanczos_steps=m, probe=probe
+        nodes=nodes,
+        weights=weights,
+        probe_norms_sq=norms,
+        n=n,
+        n_matvecs=n_mv,
+        lanczos_steps=m,
+        probe=probe,
+        alpha=alpha,
+        beta=beta,
+        steps=steps,
+        breakdown=brk,
+        dtype=op.dtype,
     )
 
 
-def slq_logdet(A: Any, n_probes: int = 10, m: int = 30, *, probe: str = "rademacher", rng: Any = None) -> TraceEstimate:
-    """``log det A = tr log A`` for a symmetric positive definite operator, with a standard error.
+def _positive_definite_nodes(sd: SpectralDensity, who: str) -> None:
+    """Refuse an operator whose quadrature nodes show it is not (numerically) positive definite.
+
+    A node ``<= 0`` means ``A`` is not positive definite; a node
+    ``<= 10 n eps θ_max`` means ``A`` is singular to working precision, where
+    ``log`` and ``1/t`` have no trustworthy value (this was a confident 1e16).
+    """
+    th = sd.nodes[sd.weights > 0]
+    if np.any(th <= 0):
+        raise ValueError(f"{who}: a quadrature node is <= 0 (min {th.min():.3e}); A must be positive definite")
+    floor = 10 * sd.n * np.finfo(np.dtype(sd.dtype)).eps * th.max()
+    if th.min() <= floor:
+        raise ValueError(
+            f"{who}: A is singular to working precision (smallest Ritz value {th.min():.3e} <= 10 n eps θ_max = "
+            f"{floor:.3e}); A must be positive definite and resolvable in {np.dtype(sd.dtype).name}"
+        )
+
+
+def _radau(sd: SpectralDensity, f: Callable[[np.ndarray], np.ndarray], a: float, who: str) -> np.ndarray:
+    """Per-probe Gauss–Radau quadratures with a node prescribed at ``a <= λ_min(A)`` (Golub & Meurant, ch. 6).
+
+    ``T_k`` is extended by one row: ``α̃ = a + δ_k`` with ``(T_k - a I) δ = β_k² e_k``,
+    so that ``a`` is an eigenvalue of the ``(k+1) x (k+1)`` matrix. For ``f``
+    whose even derivatives have one sign and odd ones the other (``log``,
+    ``1/t`` on ``t > 0``), Gauss and Radau bracket ``zᵀ f(A) z``.
+    """
+    P = sd.n_probes
+    out = sd.gauss(f, sd.steps)
+    for p in range(P):
+        k = int(sd.steps[p])
+        al, be = sd.alpha[p, :k], sd.beta[p, :k]
+        if sd.breakdown[p] or be[-1] == 0.0:
+            continue
+        T = np.diag(al) + np.diag(be[:-1], 1) + np.diag(be[:-1], -1)
+        rhs = np.zeros(k)
+        rhs[-1] = be[-1] ** 2
+        delta = np.linalg.solve(T - a * np.eye(k), rhs)
+        al2 = np.append(al, a + delta[-1])
+        th, S = scipy.linalg.eigh_tridiagonal(al2, be, lapack_driver="stev")
+        th = np.maximum(th, a)  # a is an exact eigenvalue; round-off may put it just below
+        out[p] = sd.probe_norms_sq[p] * np.sum(S[0] ** 2 * f(th))
+    return out
+
+
+def _spd_trace(
+    A: Any,
+    f: Callable[[np.ndarray], np.ndarray],
+    who: str,
+    n_probes: int,
+    m: int,
+    probe: str,
+    rng: Any,
+    lambda_min: float | None,
+    warn: bool,
+    strict: bool,
+) -> TraceEstimate:
+    sd = slq(A, n_probes, m, probe=probe, rng=rng)
+    _positive_definite_nodes(sd, who)
+    if lambda_min is None:
+        return sd.trace(f, name=who, warn=warn, strict=strict)
+    lo = float(lambda_min)
+    th_min = float(sd.nodes[sd.weights > 0].min())
+    if not (np.isfinite(lo) and 0 < lo):
+        raise ValueError(f"{who}: lambda_min must be a finite float > 0 (a lower bound of the smallest eigenvalue), got {lambda_min}")
+    if lo > th_min:
+        raise ValueError(
+            f"{who}: lambda_min = {lo:.6g} exceeds the Ritz value {th_min:.6g}, so it is not a lower bound of "
+            "the smallest eigenvalue of A"
+        )
+    G = sd.probe_values(f)
+    R = _radau(sd, f, lo, who)
+    vals = 0.5 * (G + R)
+    pse = sample_se(vals) * t_factor(sd.n_probes - 1)
+    q = float(np.mean(0.5 * np.abs(R - G)))
+    return TraceEstimate(
+        estimate=float(np.mean(vals)),
+        std_error=float(np.hypot(pse, q)),
+        n_matvecs=sd.n_matvecs,
+        converged=True,
+        method=f"{who} (Gauss–Radau bracket, lambda_min = {lo:.3g})",
+        samples=vals,
+        probe_std_error=pse,
+        quadrature_error=q,
+    )
+
+
+_SPD_DOC = """
+    Parameters
+    ----------
+    A : symmetric positive definite ``(n, n)`` operator
+    n_probes, m, probe, rng : as for :func:`slq` (``P m`` matvecs)
+    lambda_min : float, optional
+        A lower bound ``0 < lambda_min <= λ_min(A)``. When given, each probe's
+        Gauss rule and the Gauss–Radau rule with a node at ``lambda_min``
+        bracket ``zᵀ f(A) z`` (a guaranteed bound from the same Lanczos run);
+        the estimate is the midpoint and the quadrature error the half-width.
+        Without it the quadrature error is estimated from shorter rules of the
+        same recurrence (:meth:`SpectralDensity.quadrature_tails`).
+    warn, strict : an unresolved quadrature (too few steps ``m``) gives
+        ``converged=False`` and an infinite ``std_error`` with a
+        :class:`ConvergenceWarning` (``warn=False`` silences it; ``strict=True``
+        raises :class:`ConvergenceError`).
+
+    Returns
+    -------
+    TraceEstimate: ``std_error = sqrt(probe_std_error² + quadrature_error²)``,
+    both parts kept as fields.
 
     Raises ``ValueError`` when a quadrature node is ``<= 0`` (``A`` is not
-    positive definite, or too ill-conditioned for ``m`` steps).
-    """
-    sd = slq(A, n_probes, m, probe=probe, rng=rng)
-    if np.any(sd.nodes[sd.weights > 0] <= 0):
-        raise ValueError("slq_logdet: a quadrature node is <= 0; A must be positive definite")
-    return sd.trace(np.log, name="slq logdet")
+    positive definite) or ``<= 10 n eps θ_max`` (singular to working
+    precision), or ``lambda_min`` is not a lower bound of the Ritz values.
+
+    Host syncs: ``P (m + 1)`` (one per Lanczos step, one per probe's norm).
+"""
 
 
-def slq_trace_inverse(A: Any, n_probes: int = 10, m: int = 30, *, probe: str = "rademacher", rng: Any = None) -> TraceEstimate:
-    """``tr A⁻¹`` for a symmetric positive definite operator (same policy as :func:`slq_logdet`)."""
-    sd = slq(A, n_probes, m, probe=probe, rng=rng)
-    if np.any(sd.nodes[sd.weights > 0] <= 0):
-        raise ValueError("slq_trace_inverse: a quadrature node is <= 0; A must be positive definite")
-    return sd.trace(lambda t: 1.0 / t, name="slq trace inverse")
+def slq_logdet(
+    A: Any,
+    n_probes: int = 10,
+    m: int = 30,
+    *,
+    probe: str = "rademacher",
+    rng: Any = None,
+    lambda_min: float | None = None,
+    warn: bool = True,
+    strict: bool = False,
+) -> TraceEstimate:
+    return _spd_trace(A, np.log, "slq_logdet", n_probes, m, probe, rng, lambda_min, warn, strict)
+
+
+def slq_trace_inverse(
+    A: Any,
+    n_probes: int = 10,
+    m: int = 30,
+    *,
+    probe: str = "rademacher",
+    rng: Any = None,
+    lambda_min: float | None = None,
+    warn: bool = True,
+    strict: bool = False,
+) -> TraceEstimate:
+    return _spd_trace(A, lambda t: 1.0 / t, "slq_trace_inverse", n_probes, m, probe, rng, lambda_min, warn, strict)
+
+
+slq_logdet.__doc__ = "``log det A = tr log A`` for a symmetric positive definite operator, with an error bar.\n" + _SPD_DOC
+slq_trace_inverse.__doc__ = "``tr A⁻¹`` for a symmetric positive definite operator, with an error bar.\n" + _SPD_DOC
 
 
 def exact_smoothed_density(eigenvalues: Any, grid: Any, sigma: float) -> np.ndarray:
