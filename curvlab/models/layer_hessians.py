@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import backend
-from .mlp import _check_activation, activation_derivatives, loss_output_derivatives
+from .mlp import _check_activation, _refuse_foreign, activation_derivatives, loss_output_derivatives
 
 __all__ = [
     "LayerCurvature",
@@ -95,15 +95,19 @@ def output_derivatives(zL: Any, y: Any, loss: str = "cross_entropy") -> tuple[An
 
     ``cross_entropy`` (``y`` int labels ``(B,)``): ``ℓ = logsumexp(z) - z_y``, ``δ = p - e_y``,
     ``M = diag(p) - p pᵀ``; ``mse`` (``y`` ``(B, n_L)``): ``ℓ = ½‖z - y‖²``, ``δ = z - y``, ``M = I``.
-    Returns ``(ℓ (B,), δ (B, n_L), M (B, n_L, n_L))``.
+    Returns ``(ℓ (B,), δ (B, n_L), M (B, n_L, n_L))``. Host syncs: 1 for cross-entropy
+    (the labels' range, one boolean), 0 for mse.
     """
     xp = backend.get_namespace(zL)
     B, n = zL.shape
+    if y is None:
+        raise TypeError("y is required: integer labels (B,) for cross_entropy or targets (B, n_L) for mse, got None")
+    _refuse_foreign(y, "y", xp)
     if loss == "cross_entropy":
         y = xp.asarray(y)
         if y.shape != (B,) or y.dtype.kind not in "iu":
             raise ValueError(f"y must be integer labels of shape ({B},) for cross_entropy, got {y.dtype} {tuple(y.shape)}")
-        if B and (int(y.min()) < 0 or int(y.max()) >= n):
+        if B and bool(xp.any((y < 0) | (y >= n))):
             raise ValueError(f"labels must lie in [0, {n}), got range [{int(y.min())}, {int(y.max())}]")
     elif loss == "mse":
         y = xp.asarray(y, dtype=zL.dtype)
@@ -195,6 +199,8 @@ def layer_curvature(weights: Sequence[Any], X: Any, y: Any, *, activation: str =
     2104.03804).
     """
     backend.check_float_array(X, "X", ndim=2)
+    if X.shape[0] == 0:
+        raise ValueError(f"X is an empty batch (shape {tuple(X.shape)}); need at least one sample")
     has_bias = _check_weights(weights, X.shape[1])
     _check_activation(activation)
     Ws = [W.astype(np.float64) for W in weights]

@@ -160,3 +160,22 @@ def test_backends(xp):
     for a, b in zip(got, ref):
         assert isinstance(a, LayerCurvature)
         assert rel_err(a.M, b.M) <= 1e-12 and rel_err(a.delta, b.delta) <= 1e-12
+
+
+def test_layer_curvature_refuses_empty_batches_missing_and_framework_labels():
+    """An empty batch used to return NaN factors (0/0); y=None an unclear ValueError about
+    'object'; a torch label tensor went through np.asarray silently."""
+    rng = np.random.default_rng(0)
+    Ws = [rng.standard_normal((3, 5)), rng.standard_normal((2, 4))]
+    X, y = rng.standard_normal((6, 4)), np.array([0, 1, 1, 0, 1, 0])
+    with pytest.raises(ValueError, match=r"X is an empty batch \(shape \(0, 4\)\)"):
+        layer_curvature(Ws, X[:0], y[:0])
+    with pytest.raises(TypeError, match="y is required"):
+        layer_curvature(Ws, X, None)
+    with pytest.raises(TypeError, match="y is required"):
+        output_derivatives(np.zeros((2, 3)), None, "mse")
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\), got range \[-1, 1\]"):
+        layer_curvature(Ws, X, np.array([0, 1, -1, 0, 1, 0]))
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="^y must be a numpy array, got torch.Tensor"):
+        layer_curvature(Ws, X, torch.as_tensor(y))
