@@ -70,7 +70,8 @@ def slq(
     ``.density(grid, sigma)`` and ``.trace(f)`` (probe spread and quadrature
     error). Raises ``FloatingPointError`` if the operator returns NaN/Inf.
 
-    Host syncs: ``P (m + 1)`` (one per Lanczos step, one per probe's norm).
+    Host syncs: ``P (m + 3)`` (one per Lanczos step; per probe, :func:`lanczos`'s start-vector
+    checks and norm).
     """
     op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
     n = op.shape[0]
@@ -229,7 +230,8 @@ _SPD_DOC = """
     positive definite) or ``<= 10 n eps θ_max`` (singular to working
     precision), or ``lambda_min`` is not a lower bound of the Ritz values.
 
-    Host syncs: ``P (m + 1)`` (one per Lanczos step, one per probe's norm).
+    Host syncs: ``P (m + 3)`` (one per Lanczos step; per probe, :func:`lanczos`'s start-vector
+    checks and norm).
 """
 
 
