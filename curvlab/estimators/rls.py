@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend, kernels
-from ..methods._transform import Tree, TransformState, check_tree_like, tree_leaves, tree_map
+from ..methods._transform import Tree, TransformState, check_params, check_tree_like, tree_leaves, tree_map
 
 __all__ = ["DiagonalRLS", "RLSState", "RLSInfo"]
 
@@ -157,6 +157,8 @@ class DiagonalRLS:
         non-finite ``xscale`` raises ``ValueError``.
         """
         xscale = _real("xscale", xscale)
+        check_params(grads, "grads")
+        check_params(x, "x")
         check_tree_like("grads", grads, state.a, "the state")
         check_tree_like("x", x, state.a, "the state")
         if copy:

@@ -185,6 +185,8 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
     (NaN), ``max_iter``, ``eta_tol``, ``eta_max``, ``warm_factor``, ``early_exit``
     out of range or an unknown ``mode``.
     """
+    if not (callable(dual) and hasattr(dual, "n_evals") and (mode != "exact" or hasattr(dual, "pole"))):
+        raise TypeError(f"dual must be a KLDual (callable with n_evals and pole()), got {type(dual).__name__}")
     eps = _number("eps (the KL bound)", eps, low=0.0, strict=True)
     if mode not in ("reference", "exact"):
         raise ValueError(f"mode must be 'reference' or 'exact', got {mode!r}")

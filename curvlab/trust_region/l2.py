@@ -89,6 +89,12 @@ def solve_l2_subproblem(g: Any, delta: float, *, eigvals: Any = None, eigvecs: A
     scalars and finiteness flags, one per evaluation for ``‖s‖²`` and its
     derivative together, one for the step's norm and model).
     """
+    for name, x in (("g", g), ("eigvals", eigvals), ("eigvecs", eigvecs), ("diag", diag)):
+        if x is not None:
+            try:
+                backend.get_namespace(x)
+            except TypeError as e:  # torch/JAX/lists: say which argument
+                raise TypeError(f"{name}: {e}") from None
     backend.check_float_array(g, "g", ndim=1)
     xp = backend.get_namespace(g, eigvals, eigvecs, diag)
     delta = _number("delta (the trust-region radius)", delta, low=0.0, strict=True)

@@ -214,6 +214,11 @@ def test_bad_option_types_and_xscale():
         with pytest.raises(ValueError, match="xscale"):
             est.update(state, np.ones(4), np.ones(4), xscale=xs)
     assert state.count == 0 and not state.initialized  # refused before anything changed
+    for bad in (None, "g", 3.0):
+        with pytest.raises(TypeError, match="grads"):
+            est.update(state, bad, np.ones(4))
+        with pytest.raises(TypeError, match="x"):
+            est.update(state, np.ones(4), bad)
 
 
 def test_nonfinite_regressor_skips_coordinates(rng):

@@ -379,3 +379,6 @@ def test_options_are_validated(rng):
         KLDual(w, a, h, p[:5], beta=BETA, prior_prec=P0)
     with pytest.raises(TypeError, match="eps"):
         solve_kl(dual, "0.1")
+    for bad in (None, 3, "dual", lambda e: (1.0, -1.0)):
+        with pytest.raises(TypeError, match="dual must be a KLDual"):
+            solve_kl(bad, 0.1)

@@ -206,6 +206,8 @@ def test_options_are_validated():
         solve_l2_subproblem(g, "1.0", diag=g)
     with pytest.raises(ValueError, match="eigvecs= goes with eigvals="):
         solve_l2_subproblem(g, 1.0, diag=g, eigvecs=np.eye(3))
+    with pytest.raises(TypeError, match="diag"):
+        solve_l2_subproblem(g, 1.0, diag=[1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="at most"):
         solve_l2_subproblem(g, 1.0, eigvals=np.ones(4), eigvecs=np.ones((3, 4)))
 
