@@ -305,3 +305,52 @@ def test_xdiag_jackknife_matches_recomputation(monkeypatch):
     monkeypatch.undo()
     expect = jackknife_se(np.array(Tj).T, axis=1) * dg.t_factor(s - 1)
     np.testing.assert_allclose(se, expect, rtol=1e-9)
+
+
+# ---------------------------------------------------------------- SLQ quadrature error
+def test_slq_quadrature_error_is_reported_and_radau_brackets():
+    """κ = 1e4, m = 30 (issue 11: ~6 standard errors off, converged=True): the quadrature part is now in the bar.
+
+    Per probe, Gauss (m steps) <= zᵀA⁻¹z <= Gauss–Radau at lambda_min, and the reverse for log.
+    """
+    from curvlab.linalg.slq import _radau
+    from curvlab.linalg.testing import prescribed_spectrum_operator
+
+    lam = np.logspace(0.0, 4.0, 100)
+    ps = prescribed_spectrum_operator(lam, rng=0)
+    A = ps.operator.to_dense()
+    r = slq_logdet(ps.operator, 10, 30, rng=0)
+    assert r.quadrature_error > 0 and r.probe_std_error > 0
+    assert r.std_error == pytest.approx(np.hypot(r.probe_std_error, r.quadrature_error), rel=1e-12)
+    sd = slq(ps.operator, 6, 12, rng=1)
+    g = np.random.default_rng(1)
+    from curvlab.linalg._probes import draw
+
+    Z = np.stack([draw(g, 100, 1, "rademacher", np.float64)[:, 0] for _ in range(6)], axis=1)
+    w, V = np.linalg.eigh(A)
+    for f, lower_is_gauss in ((lambda t: 1.0 / t, True), (np.log, False)):
+        exact = np.einsum("ip,ip->p", V.T @ Z, f(w)[:, None] * (V.T @ Z))
+        G, R = sd.probe_values(f), _radau(sd, f, 0.99, "t")
+        lo, hi = (G, R) if lower_is_gauss else (R, G)
+        assert np.all(lo <= exact * (1 + 1e-10)) and np.all(exact <= hi * (1 + 1e-10))
+        assert np.all(hi - lo > 0)
+    with pytest.raises(ValueError, match="lambda_min"):
+        slq_trace_inverse(ps.operator, 4, 10, rng=0, lambda_min=50.0)
+    with pytest.raises(ValueError, match="lambda_min"):
+        slq_trace_inverse(ps.operator, 4, 10, rng=0, lambda_min=-1.0)
+
+
+def test_slq_unresolved_strict_and_warn():
+    from curvlab.linalg.testing import prescribed_spectrum_operator
+
+    ps = prescribed_spectrum_operator(np.logspace(0.0, 4.0, 100), rng=0)
+    with pytest.raises(ConvergenceError, match="unresolved"):
+        slq_trace_inverse(ps.operator, 5, 6, rng=0, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = slq_trace_inverse(ps.operator, 5, 6, rng=0, warn=False)
+    assert not r.converged and np.isinf(r.std_error) and np.isinf(r.quadrature_error)
+    # exact quadrature (f of degree <= 2m - 1): resolved at the rounding floor
+    sd = slq(ps.operator, 5, 6, rng=0)
+    t = sd.trace(lambda x: x * x)
+    assert t.converged and t.quadrature_error <= 1e-8 * abs(t.estimate)
