@@ -10,6 +10,10 @@ Every method is a :class:`~curvlab.methods._transform.Transform` with
 - :class:`CurvatureLR` — curvature-rescaled learning rate around a base transform
   (method inspired by arXiv 2210.14520);
 - :class:`SGD`, :class:`Momentum`, :class:`Adam`, :class:`AdamW` — baselines.
+
+All share one numerical-trouble policy (``nan_policy="skip"|"raise"|"propagate"``,
+``max_consecutive_skips``; see :mod:`curvlab.methods._transform`): by default a step with a
+non-finite gradient or curvature is skipped and counted, and no state is ever poisoned.
 """
 
 from ._transform import Transform, TransformState, apply_updates, tree_map, tree_vdot

@@ -215,8 +215,9 @@ class TransformState:
 
     :meth:`to_dict` flattens it to ``{key: numpy array}`` (list fields become
     ``"field/0"``, ``"field/1"``, ... plus ``"field/#"`` holding the length);
-    :meth:`from_dict` inverts it exactly, dtypes included. CuPy arrays are
-    copied to the host; pass ``xp=cupy`` to :meth:`from_dict` to move back.
+    :meth:`from_dict` inverts it exactly, dtypes included (a field with a default that the
+    dict lacks, such as a counter added in a later version, takes its default). CuPy arrays
+    are copied to the host; pass ``xp=cupy`` to :meth:`from_dict` to move back.
     """
 
     def to_dict(self) -> dict[str, np.ndarray]:
@@ -248,6 +249,8 @@ class TransformState:
                     kwargs[f.name] = arr.item()
                 else:
                     kwargs[f.name] = xp.asarray(arr)
+            elif f.default is not dataclasses.MISSING:
+                kwargs[f.name] = f.default  # a field added later (e.g. the NaN policy's counters)
             else:
                 raise KeyError(f"state dict lacks the field {f.name!r} of {cls.__name__}")
         return cls(**kwargs)

@@ -129,3 +129,16 @@ def test_apply_updates_refuses_mismatches_naming_the_argument():
         apply_updates([1.0, 2.0], [np.ones(1), np.ones(1)])
     out = apply_updates([np.ones(2, dtype=np.float32)], [np.full(2, 0.5)])
     assert out[0].dtype == np.float32 and np.array_equal(out[0], [1.5, 1.5])
+
+
+def test_state_saved_before_the_nan_counters_still_loads():
+    opt = Adam()
+    st = opt.init(np.ones(3))
+    d = st.to_dict()
+    for k in ("n_skipped_steps", "consecutive_skips"):
+        del d[k]
+    back = opt.load_state(d)
+    assert back.n_skipped_steps == 0 and back.consecutive_skips == 0
+    del d["m"]
+    with pytest.raises(KeyError, match="lacks the field 'm'"):
+        opt.load_state(d)
