@@ -46,7 +46,7 @@ import scipy.linalg
 
 from .. import backend
 from ._checks import as_symmetric_operator, check_budget, check_k, check_positive_int, eigen_problem, host_floats, start_vectors
-from .results import ConvergenceError, EigResult, eig_result
+from .results import EigResult, eig_result, warn_unconverged
 
 __all__ = ["LanczosDecomposition", "lanczos", "eigsh"]
 
@@ -114,13 +114,16 @@ def _orthogonalize(Vt: Any, w: Any) -> tuple[Any, Any]:
     return w, h + h2
 
 
-def _step(op: Any, V: Any, j: int) -> tuple[Any, float, float]:
+def _step(op: Any, V: Any, j: int, images: Any = None) -> tuple[Any, float, float]:
     """One Lanczos step from row ``j`` of ``V``: ``w = A v_j`` orthogonalised against ``V[: j + 1]``.
 
     Returns ``(w, α_j, ‖w‖)``; both coefficients come to the host in one
-    transfer, the single device sync of a step.
+    transfer, the single device sync of a step. With ``images``, the raw
+    product ``A v_j`` is also stored in ``images[j]``.
     """
     w = op.matvec(V[j])
+    if images is not None:
+        images[j] = w
     w, h = _orthogonalize(V[: j + 1], w)
     a, b = host_floats(op.xp, h[j], op.xp.linalg.norm(w))
     return w, a, b
@@ -134,6 +137,7 @@ def lanczos(
     *,
     return_basis: bool = False,
     check_symmetry: bool | None = None,
+    warn: bool = True,
 ) -> LanczosDecomposition:
     """``m`` Lanczos steps with full reorthogonalisation from ``v0`` (or a Gaussian from ``rng``).
 
@@ -143,12 +147,17 @@ def lanczos(
     m : int, ``1 <= m <= n``
     v0 : array ``(n,)``, optional
     return_basis : keep the ``(n, m)`` orthonormal basis (memory ``n m``)
+    warn : issue a :class:`ConvergenceWarning` when a non-finite operator
+        output cut the recurrence short (``False`` silences it)
 
     Returns
     -------
     LanczosDecomposition with float64 ``alpha``/``beta``. Stops early on an
     invariant subspace (then the Gauss quadrature is exact) or on a non-finite
-    operator output (``message`` says so).
+    operator output (``message`` says so, and a warning is issued).
+
+    Host syncs: one per step (``α_j`` and ``‖w‖`` in one transfer), plus one
+    for ``‖v0‖``.
 
     Example
     -------
@@ -177,6 +186,7 @@ def lanczos(
         if not (np.isfinite(a) and np.isfinite(b)):
             msg = f"operator returned NaN/Inf at step {j + 1}"
             breakdown = True
+            warn_unconverged("lanczos", f"{msg}; the decomposition stops after {j} steps", warn=warn)
             j -= 1
             break
         alpha[j], beta[j] = a, b
@@ -245,6 +255,7 @@ def eigsh(
     return_eigenvectors: bool = True,
     return_history: bool = False,
     strict: bool = False,
+    warn: bool = True,
     check_symmetry: bool | None = None,
 ) -> EigResult:
     """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos.
@@ -256,8 +267,10 @@ def eigsh(
     which : "LA" (largest algebraic, default), "SA" (smallest), "BE" (both
         ends: ``k//2`` smallest and the rest largest) or "LM" (largest magnitude)
     tol : relative residual tolerance (see the module docstring)
-    maxiter : restart cycles allowed (default ``max(100, 10 n / ncv)``)
-    max_matvecs : matvec budget (default: unlimited within ``maxiter``)
+    maxiter : restart cycles allowed (default ``max(100, 10 n)``, ARPACK's
+        default; each cycle costs ``ncv - n_keep`` matvecs)
+    max_matvecs : matvec budget, the final verification included (default:
+        unlimited within ``maxiter``)
     v0, rng : start vector, or the generator drawing a Gaussian one
     ncv : Krylov basis size per cycle (default ``min(n, max(3k + 1, 20))``)
     n_keep : Ritz pairs kept at a restart; default "adaptive": ``k`` plus
@@ -266,12 +279,25 @@ def eigsh(
         need no more matvecs than ARPACK)
     return_history : record Ritz values and residuals at each restart
     strict : raise :class:`ConvergenceError` unless all ``k`` pairs converged
+    warn : issue a :class:`ConvergenceWarning` when not all pairs converged
     check_symmetry : verify symmetry with random probes (default: only for
         inputs that are not curvlab operators)
 
     Returns
     -------
-    EigResult; ``eigenvalues`` descending for "LA"/"LM", ascending for "SA"/"BE".
+    EigResult; ``eigenvalues`` descending for "LA"/"LM", ascending for
+    "SA"/"BE". ``residual_norms`` are the true ``‖A y - θ y‖`` of the returned
+    Ritz vectors (computed in float64): from the raw operator products of the
+    basis when no restart can have let them drift, else from one final block
+    product of the ``k`` Ritz vectors (``k`` matvecs, counted). ``converged``
+    is decided on these, so a pair the recurrence calls converged but whose
+    true residual misses ``tol`` (float32 round-off, ``tol`` below what the
+    dtype can attain: about ``√n eps ‖A‖``) is flagged, with status
+    "stagnated" and a message saying so.
+
+    Host syncs: one per Lanczos step (``α_j`` and ``‖w‖`` in one transfer),
+    plus one for ``‖v0‖``, one for the final residual norms, and one per
+    invariant subspace met.
 
     Example
     -------
@@ -280,6 +306,38 @@ def eigsh(
     >>> np.round(res.eigenvalues, 8).tolist()
     [1.0, 50.0]
     """
+    op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
+    res = _eigsh(op, k, which, tol, maxiter, max_matvecs, v0, rng, ncv, n_keep, return_history, False)
+    if res.status == "stagnated" and res.message.startswith("the recurrence"):
+        # the recurrence claimed convergence the true residuals deny (drift over many restarts, or the
+        # round-off floor): one fresh run from the sum of the Ritz vectors, kept if it does better
+        left = None if max_matvecs is None else max_matvecs - res.n_matvecs
+        if left is None or left > 2 * res.eigenvalues.size:
+            v1 = res.eigenvectors.sum(axis=1)
+            try:
+                res2 = _eigsh(op, k, which, tol, maxiter, left, v1, rng, ncv, n_keep, return_history, False)
+            except ValueError:  # a start vector of zero (cannot happen for orthonormal Ritz vectors)
+                res2 = None
+            if res2 is not None:
+                scale = np.maximum(np.abs(res.eigenvalues), 1e-300)
+                bad, bad2 = np.max(res.residual_norms / scale), np.max(res2.residual_norms / np.maximum(np.abs(res2.eigenvalues), 1e-300))
+                if res2.status != "nonfinite" and (res2.n_converged, -bad2) > (res.n_converged, -bad):
+                    res2.history = (res.history or []) + (res2.history or []) if return_history else None
+                    res2.n_matvecs += res.n_matvecs
+                    res2.n_iterations += res.n_iterations
+                    res = res2
+                else:
+                    res.n_matvecs += res2.n_matvecs
+                    res.n_iterations += res2.n_iterations
+    fields = dict(res.__dict__)
+    if not return_eigenvectors:
+        fields["eigenvectors"] = None
+    return eig_result("eigsh", strict, warn, **fields)
+
+
+def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matvecs: Any, v0: Any, rng: Any,
+           ncv: int | None, n_keep: Any, return_history: bool, check_symmetry: bool | None) -> EigResult:
+    """One thick-restart Lanczos run (see :func:`eigsh`), unflagged; eigenvectors always returned."""
     op, n, k, which, tol = eigen_problem(A, k, tol, which, ("LA", "SA", "BE", "LM"), check_symmetry=check_symmetry, rng=rng)
     xp = op.xp
     ncv = min(n, max(3 * k + 1, 20)) if ncv is None else check_positive_int(ncv, "ncv")
@@ -292,9 +350,11 @@ def eigsh(
     if not k <= n_keep < ncv:
         raise ValueError(f"n_keep must satisfy k <= n_keep < ncv (k = {k}, ncv = {ncv}), got {n_keep}")
     if maxiter is None:
-        maxiter = max(100, (10 * n) // ncv)
+        maxiter = max(100, 10 * n)
     maxiter = check_positive_int(maxiter, "maxiter")
     budget = check_budget(max_matvecs)
+    # room for the final verification product of the k Ritz vectors
+    loop_budget = budget - k if np.isfinite(budget) else budget
     g = backend.default_rng(rng, xp)
     v = start_vectors(op, v0, g)
     dt = op.dtype
@@ -302,31 +362,35 @@ def eigsh(
     before = op.n_matvecs
 
     V = xp.zeros((ncv + 1, n), dtype=dt)  # basis vectors as rows (contiguous Gram-Schmidt)
+    AV = xp.zeros((ncv, n), dtype=dt)  # raw operator products of the basis rows
     V[0] = v / dt.type(float(xp.linalg.norm(v)))
     T = np.zeros((ncv, ncv))
     p = 0  # number of kept Ritz vectors at the front of V
     history: list[dict[str, Any]] | None = [] if return_history else None
     message = ""
+    status = ""
     theta = S = None
     beta_last = 0.0
     cycles = 0
+    restarts = 0
     last_sel = None
     tnorm = 0.0
     stop = False
     invariant = False
+    claimed = False  # the recurrence's residuals met tol for every wanted pair
 
     while cycles < maxiter and not stop:
         cycles += 1
         j = p
         next_check = 0
         while j < ncv:
-            if op.n_matvecs - before >= budget:
-                message = f"matvec budget {max_matvecs} exhausted"
+            if op.n_matvecs - before >= loop_budget:
+                message, status = f"matvec budget {max_matvecs} exhausted", "max_matvecs"
                 stop = True
                 break
-            w, a, b = _step(op, V, j)
+            w, a, b = _step(op, V, j, AV)
             if not (np.isfinite(a) and np.isfinite(b)):
-                message = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs"
+                message, status = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs", "nonfinite"
                 stop = True
                 theta = None
                 break
@@ -348,7 +412,7 @@ def eigsh(
                     conv = resid <= tol * scale
                     last_sel = (sel, resid, conv, j)
                     if conv.all():
-                        stop = True
+                        stop = claimed = True
                         break
                     # far from convergence, skip a few (cheap but not free) Ritz checks
                     worst = float(np.max(resid / (tol * scale)))
@@ -382,10 +446,11 @@ def eigsh(
             nk = k + (half if k == 1 else max(min(2, half), min(nconv + 2, half)))
             nk = min(nk, ncv - 1)
         keep = _keep_set(theta, which, k, nk)
-        Sk = S[:, keep]
-        Yt = xp.asarray(Sk.T.astype(dt)) @ V[:ncv]
+        Skd = xp.asarray(S[:, keep].T.astype(dt))
         p = keep.size
-        V[:p] = Yt
+        V[:p] = Skd @ V[:ncv]
+        AV[:p] = Skd @ AV[:ncv]
+        restarts += 1
         V[p] = V[ncv]
         coupling = beta_last * S[ncv - 1, keep]
         T[:] = 0.0
@@ -394,49 +459,60 @@ def eigsh(
         T[:p, p] = coupling
         theta = None
 
-    n_mv = op.n_matvecs - before
     jj = j
-    nan_stop = message.startswith("operator returned NaN")
-    if jj < 1 or jj < k:
-        res = EigResult(
-            eigenvalues=np.full(k, np.nan),
-            eigenvectors=None,
-            residual_norms=np.full(k, np.inf),
-            converged=np.zeros(k, dtype=bool),
-            n_matvecs=n_mv,
-            n_iterations=cycles,
-            history=history,
-            method="thick-restart lanczos",
-            message=message or "stopped before k Ritz values were available",
-            tol=tol,
+    if not status and cycles >= maxiter and not claimed and not (invariant and jj >= n):
+        message, status = f"maxiter {maxiter} restart cycles reached", "max_iter"
+    if status == "nonfinite" or jj < 1 or jj < k:
+        return EigResult( eigenvalues=np.full(k, np.nan), eigenvectors=None,
+            residual_norms=np.full(k, np.inf), converged=np.zeros(k, dtype=bool), n_matvecs=op.n_matvecs - before,
+            n_iterations=cycles, history=history, method="thick-restart lanczos",
+            message=message or "stopped before k Ritz values were available", status=status or "breakdown", tol=tol,
         )
-        if strict:
-            raise ConvergenceError(res.message, res)
-        return res
     # Ritz pairs of the current (consistent) projected matrix and basis V[:, :jj]
     theta_f, S_f = _projected_eigh(T, jj, p)
-    c = np.zeros(jj)
-    if jj == p:  # just restarted: the kept vectors couple to V[:, p] through T[p, :p]
-        c[:] = T[p, :p] if p < ncv else 0.0
-    else:
-        c[jj - 1] = beta_last
     sel = _select(theta_f, which, k)
     vals = theta_f[sel]
-    resid = np.abs(c @ S_f[:, sel])
-    conv = resid <= tol * np.maximum(np.abs(vals), _EPS23 * max(tnorm, 1e-300))
-    if nan_stop:
-        conv[:] = False
-    vecs = None
-    if return_eigenvectors:
-        vecs = V[:jj].T @ xp.asarray(S_f[:, sel].astype(dt))
+    scale = np.maximum(np.abs(vals), _EPS23 * max(tnorm, 1e-300))
+    Sd = xp.asarray(S_f[:, sel].astype(dt))
+    vecs = V[:jj].T @ Sd
+    # true residuals: the stored raw products are A V up to one rounding per restart
+    drift = 10.0 * restarts * np.sqrt(ncv) * eps * max(tnorm, 1e-300)
+    if drift <= 1e-2 * tol * float(np.min(scale)):
+        AY = AV[:jj].T @ Sd
+    else:
+        AY = op.matmat(vecs)
+    R = AY.astype(np.float64) - vecs.astype(np.float64) * xp.asarray(vals)[None, :]
+    resid = np.asarray(backend.to_numpy(xp.linalg.norm(R, axis=0)), dtype=np.float64)
+    resid = np.where(np.isfinite(resid), resid, np.inf)
+    # a residual below the rounding of one product (eps ‖A‖) cannot be told from zero: such a
+    # target is unattainable in this dtype, and no pair is called converged against it
+    attainable = eps * max(tnorm, 1e-300)
+    conv = (resid <= tol * scale) & (tol * scale >= attainable)
+    if not status:
+        if conv.all():
+            message, status = "converged", "converged"
+        elif claimed or (invariant and jj >= n):
+            worst = int(np.argmax(resid / (tol * scale)))
+            if np.any(~conv & (tol * scale < attainable)):
+                message = (
+                    f"tol below attainable precision: tol·max(|θ|, ε^(2/3)‖A‖) = {tol * float(np.min(scale)):.2e} is "
+                    f"under the rounding of one {np.dtype(dt).name} product, eps·‖A‖ ≈ {attainable:.1e} (true "
+                    f"residual {resid[worst]:.2e}); use a larger tol or float64"
+                )
+            else:
+                message = (
+                    f"the recurrence met tol = {tol:g} but the true residual ‖Ay - θy‖ = {resid[worst]:.2e} exceeds "
+                    f"tol·max(|θ|, ε^(2/3)‖A‖) = {tol * scale[worst]:.2e}"
+                )
+            status = "stagnated"
+        else:  # pragma: no cover - every other stop sets a status above
+            message, status = "stopped unconverged", "breakdown"
     if which == "BE":
         order = np.argsort(vals)
         vals, resid, conv = vals[order], resid[order], conv[order]
         if vecs is not None:
             vecs = vecs[:, xp.asarray(order)] if xp is not np else vecs[:, order]
-    if not message:
-        message = "converged" if conv.all() else f"maxiter {maxiter} restart cycles reached"
-    return eig_result(
-        "eigsh", strict, eigenvalues=vals, eigenvectors=vecs, residual_norms=resid, converged=conv,
-        n_matvecs=n_mv, n_iterations=cycles, history=history, method="thick-restart lanczos", message=message, tol=tol,
+    return EigResult( eigenvalues=vals, eigenvectors=vecs, residual_norms=resid, converged=conv,
+        n_matvecs=op.n_matvecs - before, n_iterations=cycles, history=history, method="thick-restart lanczos",
+        message=message, status=status, tol=tol,
     )

@@ -53,6 +53,7 @@ def power_iteration(
     deflation_tol_factor: float = 1e-2,
     return_history: bool = False,
     strict: bool = False,
+    warn: bool = True,
     check_symmetry: bool | None = None,
 ) -> EigResult:
     """``k`` largest-magnitude eigenpairs by power iteration with deflation.
@@ -68,10 +69,17 @@ def power_iteration(
         converged to ``tol * deflation_tol_factor**(k - 1 - i)``, since their error limits
         the residual the later pairs can reach
 
+    strict : raise :class:`ConvergenceError` unless all ``k`` pairs converged
+    warn : issue a :class:`ConvergenceWarning` unless all ``k`` pairs converged
+
     Returns
     -------
     EigResult ordered as found (descending magnitude); unconverged pairs are
-    flagged. NaN/Inf from the operator stops the run.
+    flagged (status "max_iter", "max_matvecs" or "nonfinite"). NaN/Inf from
+    the operator stops the run. The residuals are the true ``‖A v - θ v‖``
+    of the deflated operator, computed from each product.
+
+    Host syncs: one per matvec (``θ`` and the residual norm in one transfer).
     """
     op, n, k, _, tol = eigen_problem(A, k, tol, check_symmetry=check_symmetry, rng=rng)
     maxiter = check_positive_int(maxiter, "maxiter")
@@ -84,7 +92,7 @@ def power_iteration(
     rn = np.full(k, np.inf)
     conv = np.zeros(k, dtype=bool)
     history: list[dict[str, Any]] | None = [] if return_history else None
-    message = "converged"
+    message = status = "converged"
     iters = 0
     for i in range(k):
         v = start_vectors(op, v0 if i == 0 else None, g)
@@ -96,7 +104,7 @@ def power_iteration(
                 v = v - Vi @ (Vi.T @ v)
             v = v / xp.linalg.norm(v)
             if op.n_matvecs - before >= budget:
-                message = f"matvec budget {max_matvecs} exhausted"
+                message, status = f"matvec budget {max_matvecs} exhausted", "max_matvecs"
                 stop_all = True
                 break
             w = op.matvec(v)
@@ -106,7 +114,7 @@ def power_iteration(
             th_d = v @ w
             th, r = host_floats(xp, th_d, xp.linalg.norm(w - th_d * v))  # the step's one device sync
             if not (np.isfinite(th) and np.isfinite(r)):
-                message = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs"
+                message, status = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs", "nonfinite"
                 stop_all = True
                 th, r = np.nan, np.inf
                 break
@@ -119,13 +127,14 @@ def power_iteration(
                 break
             v = w  # not zero: w = 0 gives θ = r = 0, which passed the test above
         else:
-            message = f"maxiter {maxiter} reached for pair {i}"
+            if status == "converged":
+                message, status = f"maxiter {maxiter} reached for pair {i}", "max_iter"
         if stop_all:
             break
-        if not conv[i] and message == "converged":
-            message = f"maxiter {maxiter} reached for pair {i}"
+        if not conv[i] and status == "converged":
+            message, status = f"maxiter {maxiter} reached for pair {i}", "max_iter"
     return eig_result(
-        "power_iteration", strict, eigenvalues=lam, eigenvectors=V, residual_norms=rn, converged=conv,
+        "power_iteration", strict, warn, status=status, eigenvalues=lam, eigenvectors=V, residual_norms=rn, converged=conv,
         n_matvecs=op.n_matvecs - before, n_iterations=iters, history=history,
         method="power iteration with deflation", message=message, tol=tol,
     )

@@ -32,6 +32,7 @@ __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
     "warn_unconverged",
+    "EIG_STATUS",
     "EigResult",
     "SpectralDensity",
     "TraceEstimate",
@@ -88,9 +89,16 @@ class EigResult:
     history : list of dict or None
         One entry per check: ``{"n_matvecs", "eigenvalues", "residual_norms"}``.
     method, message : str
-        Which solver, and why it stopped.
+        Which solver, and why it stopped (in words).
     tol : float
         The relative tolerance used.
+    status : str
+        Why it stopped, from :data:`EIG_STATUS`: "converged" (every pair met
+        ``tol``, checked on true residuals), "max_iter", "max_matvecs",
+        "breakdown" (no further progress possible, e.g. a lost basis),
+        "nonfinite" (NaN/Inf from the operator or the iteration), "stagnated"
+        (the residuals stopped falling, e.g. ``tol`` below the precision the
+        dtype can attain).
     """
 
     eigenvalues: np.ndarray
@@ -103,6 +111,7 @@ class EigResult:
     method: str = ""
     message: str = ""
     tol: float = 0.0
+    status: str = ""
 
     @property
     def all_converged(self) -> bool:
@@ -117,16 +126,33 @@ class EigResult:
         return (
             f"EigResult(method={self.method!r}, k={len(self.eigenvalues)}, "
             f"converged={self.n_converged}/{len(self.converged)}, n_matvecs={self.n_matvecs}, "
-            f"n_iterations={self.n_iterations}, message={self.message!r})"
+            f"n_iterations={self.n_iterations}, status={self.status!r}, message={self.message!r})"
         )
 
 
-def eig_result(who: str, strict: bool, **fields: Any) -> EigResult:
-    """An :class:`EigResult` from ``fields``; with ``strict``, raise :class:`ConvergenceError`
-    (``"{who}: c/k pairs converged (message)"``) unless every pair converged."""
+#: The stop reasons an :class:`EigResult` may carry.
+EIG_STATUS = ("converged", "max_iter", "max_matvecs", "breakdown", "nonfinite", "stagnated")
+
+
+def eig_result(who: str, strict: bool, warn: bool = True, **fields: Any) -> EigResult:
+    """An :class:`EigResult` from ``fields``, flagged when not every pair converged.
+
+    ``status`` must be one of :data:`EIG_STATUS`, and "converged" only when every
+    pair converged. Unless every pair converged: with ``strict``, raise
+    :class:`ConvergenceError` (``"{who}: c/k pairs converged (status: message)"``);
+    otherwise issue a :class:`ConvergenceWarning` with that text (``warn=False``
+    silences it).
+    """
     res = EigResult(**fields)
-    if strict and not res.all_converged:
-        raise ConvergenceError(f"{who}: {res.n_converged}/{len(res.converged)} pairs converged ({res.message})", res)
+    if res.status not in EIG_STATUS:
+        raise ValueError(f"{who}: status must be one of {EIG_STATUS}, got {res.status!r}")
+    if res.status == "converged" and not res.all_converged:
+        raise ValueError(f"{who}: status 'converged' with {res.n_converged}/{len(res.converged)} pairs converged")
+    if not res.all_converged:
+        text = f"{res.n_converged}/{len(res.converged)} pairs converged ({res.status}: {res.message})"
+        if strict:
+            raise ConvergenceError(f"{who}: {text}", res)
+        warn_unconverged(who, text, warn=warn, stacklevel=4)
     return res
 
 

@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse.linalg as sla
 
 from curvlab.linalg import ConvergenceError, LowRankPlusDiagonal, eigsh, lanczos
+from curvlab.linalg.results import EIG_STATUS, ConvergenceWarning
 from curvlab.linalg.operators import CallableOperator, DenseOperator
 from tests.linalg._cases import SPECTRUM_CASES, exact_wanted, make_case, nan_operator, true_residuals
 
@@ -91,14 +92,23 @@ def test_eigsh_float32():
 
 def test_eigsh_small_budget_is_honest():
     ps = make_case("tiny_gap", 300)
-    res = eigsh(ps.operator, k=2, tol=1e-10, max_matvecs=25, rng=0)
+    with pytest.warns(ConvergenceWarning, match="max_matvecs"):
+        res = eigsh(ps.operator, k=2, tol=1e-10, max_matvecs=25, rng=0)
     assert not res.all_converged and res.n_matvecs <= 25
-    assert "budget" in res.message
+    assert "budget" in res.message and res.status == "max_matvecs"
     with pytest.raises(ConvergenceError) as info:
         eigsh(ps.operator, k=2, tol=1e-10, max_matvecs=25, rng=0, strict=True)
     assert info.value.result is not None
-    res = eigsh(ps.operator, k=2, tol=1e-10, maxiter=1, ncv=10, rng=0)
-    assert not res.all_converged and "maxiter" in res.message
+    with pytest.warns(ConvergenceWarning):
+        res = eigsh(ps.operator, k=2, tol=1e-10, maxiter=1, ncv=10, rng=0)
+    assert not res.all_converged and "maxiter" in res.message and res.status == "max_iter"
+    # warn=False silences the warning (the flags stay)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = eigsh(ps.operator, k=2, tol=1e-10, maxiter=1, ncv=10, rng=0, warn=False)
+    assert not res.all_converged
 
 
 def test_eigsh_lowrank_plus_diagonal_exact():
@@ -115,8 +125,9 @@ def test_eigsh_lowrank_plus_diagonal_exact():
 
 def test_eigsh_nan_operator_stops():
     op = nan_operator(100, after=7)
-    res = eigsh(op, k=2, rng=0)
-    assert not res.converged.any() and "NaN" in res.message and res.n_matvecs <= 8
+    with pytest.warns(ConvergenceWarning, match="nonfinite"):
+        res = eigsh(op, k=2, rng=0)
+    assert not res.converged.any() and "NaN" in res.message and res.n_matvecs <= 8 and res.status == "nonfinite"
 
 
 def test_eigsh_bad_inputs():
@@ -168,3 +179,75 @@ def test_solvers_against_structured_exact_spectra():
         assert r.all_converged and np.allclose(r.eigenvalues, lam[::-1][:2], atol=1e-8 * scale)
     with pytest.raises(TypeError, match="exact"):
         exact_eigvalsh(CallableOperator(lambda v: v, (3, 3), symmetric=True))
+
+
+# --- issue 11 defect 7: eigsh never over-claims -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["decaying", "uniform", "large_gap", "indefinite", "clustered"])
+@pytest.mark.parametrize("tol", [1e-5, 1e-6, 1e-7, 1e-8, 1e-9])
+def test_eigsh_float32_converged_pairs_meet_tol_on_true_residuals(name, tol):
+    """The defect: float32 eigsh reported residuals < tol that the true ‖Av - λv‖ exceeded 10-500×."""
+    ps = make_case(name, 500, dtype=np.float32)
+    res = eigsh(ps.operator, k=5, tol=tol, rng=0, warn=False)
+    assert res.status in EIG_STATUS and res.eigenvectors.dtype == np.float32
+    tr = true_residuals(ps.operator, res.eigenvalues, res.eigenvectors)
+    lam = np.abs(res.eigenvalues)
+    anorm = np.abs(ps.eigenvalues).max()
+    slack = 2 * np.finfo(np.float32).eps * anorm  # the rounding of the measuring float32 product itself
+    c = res.converged
+    assert np.all(tr[c] <= tol * lam[c] + slack), (tr[c] / lam[c], res)
+    # the reported residuals are the true ones (to the rounding of one product)
+    assert np.all(np.abs(res.residual_norms - tr) <= slack + 1e-3 * tr)
+    if tol <= 1e-8:  # below what float32 attains: flagged, with a message saying so
+        assert not res.all_converged and res.status == "stagnated" and "attainable" in res.message
+        with pytest.warns(ConvergenceWarning, match="attainable"):
+            eigsh(ps.operator, k=5, tol=tol, rng=0)
+    if tol >= 1e-5:
+        assert res.all_converged and res.status == "converged"
+
+
+def _laplacian_1d(n):
+    import scipy.sparse as sp
+
+    L = sp.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1]).tocsr()
+    return CallableOperator(lambda v: L @ v, (n, n), np.float64, matmat=lambda V: L @ V, symmetric=True)
+
+
+@pytest.mark.parametrize("which", ["LA", "SA"])
+def test_eigsh_laplacian_1d_k5_no_more_matvecs_than_arpack(which):
+    """The defect: k = 5 on tridiag(-1, 2, -1), n = 2,000 stopped unconverged after 13,000 matvecs
+    (default maxiter of 10n/ncv restart cycles); ARPACK (default 10n restarts) converges."""
+    n = 2000
+    op = _laplacian_1d(n)
+    v0 = np.random.default_rng(0).standard_normal(n)
+    res = eigsh(op, k=5, which=which, tol=1e-8, v0=v0)
+    assert res.all_converged and res.status == "converged", res
+    j = np.arange(1, n + 1)
+    exact = np.sort(2 - 2 * np.cos(j * np.pi / (n + 1)))
+    want = exact[::-1][:5] if which == "LA" else exact[:5]
+    assert np.allclose(res.eigenvalues, want, rtol=1e-7, atol=0)
+    tr = true_residuals(op, res.eigenvalues, res.eigenvectors)
+    assert np.all(tr <= 1e-8 * np.abs(res.eigenvalues))
+    calls = {"k": 0}
+
+    def mv(v):
+        calls["k"] += 1
+        return op.matvec(v)
+
+    sla.eigsh(sla.LinearOperator((n, n), matvec=mv, dtype=np.float64), k=5, which=which, tol=1e-8, v0=v0)
+    assert res.n_matvecs <= calls["k"], (res.n_matvecs, calls["k"])
+
+
+def test_eigsh_status_vocabulary_and_strict():
+    ps = make_case("uniform", 200)
+    res = eigsh(ps.operator, k=3, rng=0)
+    assert res.status == "converged" and "status='converged'" in repr(res)
+    with pytest.raises(ConvergenceError, match="max_matvecs"):
+        eigsh(ps.operator, k=3, rng=0, max_matvecs=12, strict=True)
+
+
+def test_lanczos_nonfinite_warns():
+    with pytest.warns(ConvergenceWarning, match="lanczos"):
+        dec = lanczos(nan_operator(50, after=4), 10, rng=0)
+    assert dec.breakdown and "NaN" in dec.message and dec.n_steps < 5 and np.all(np.isfinite(dec.alpha))
