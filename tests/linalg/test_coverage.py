@@ -38,7 +38,7 @@ from curvlab.linalg import (
 )
 from curvlab.linalg.testing import named_spectrum, prescribed_spectrum_operator
 
-N_SEEDS = 60
+N_SEEDS = 120
 MIN_COVERAGE = 0.90
 
 
@@ -156,7 +156,7 @@ KNOWN_UNDERCOVERED = [_stochastic_power_case("large_gap", 40, 0.3, 300)]
 
 #: reported by benchmarks/run_coverage.py, not asserted: ``tr exp(A)`` with one eigenvalue (e⁸) dominating
 #: makes every probe value ~ e⁸ χ²₁, so the sample mean is skewed and the Student-t interval covers ~0.89
-#: over 300 seeds (0.917 over these 60), with P = 10 or 30 alike; deflation (Hutch++/XTrace) is the cure
+#: over 300 seeds (0.917 over the first 60), with P = 10 or 30 alike; deflation (Hutch++/XTrace) is the cure
 SKEWED = [_slq_case("slq trace(exp A)", np.exp, "indefinite", 60, 10, 10)]
 
 
