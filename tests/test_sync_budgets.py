@@ -144,3 +144,25 @@ def test_l2_secular_equation_one_read_per_evaluation(cp, delta):
     Q = cp.asarray(np.linalg.qr(rng.standard_normal((40, 40)))[0])
     log, res = _count(lambda: solve_l2_subproblem(g, delta, eigvals=d, eigvecs=Q))
     assert log.count <= res.n_evals + 2, f"n_evals {res.n_evals}\n{log.report()}"
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference", "numpy"])
+def test_each_kernel_call_reads_once(cp, impl):
+    """Every fused-kernel call returns its numbers in one transfer, whatever the implementation."""
+    from curvlab import kernels
+
+    rng = np.random.default_rng(0)
+    w, a, h = (cp.asarray(rng.standard_normal(100)) for _ in range(3))
+    p = cp.abs(cp.asarray(rng.standard_normal(100))) + 0.1
+    state = [cp.asarray(rng.standard_normal(100)) for _ in range(5)]
+    calls = {
+        "kl_dual": lambda: kernels.kl_dual(0.5, w, a, h, p, beta_p0=0.01, impl=impl),
+        "kl_pole": lambda: kernels.kl_pole(h, p, beta_p0=0.01, impl=impl),
+        "count_nonfinite": lambda: kernels.count_nonfinite(w, impl=impl),
+        "rls_filter_update": lambda: kernels.rls_filter_update(a, w, *state, q=1e-3, r=1.0, impl=impl),
+        "arturo_apply": lambda: kernels.arturo_apply(0.5, w, a, h, p.copy(), cp.empty_like(w), beta_p0=0.01, nu=1.0,
+                                                     beta=0.9, impl=impl),
+    }
+    for name, call in calls.items():
+        log, _ = _count(call)
+        assert log.count == 1, f"{name}\n{log.report()}"
