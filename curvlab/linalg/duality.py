@@ -123,22 +123,30 @@ def _finite(xp: Any, out: Any) -> bool:
     return bool(ok)
 
 
-def _svd(M: Any, compute_uv: bool = True) -> Any:
+def _svd(M: Any, compute_uv: bool = True, check: bool = True) -> Any:
     """Thin SVD (``(U, s, Vt)``, or ``s`` alone without ``compute_uv``).
 
     A failure is detected both ways it shows: LAPACK raising ``LinAlgError`` (NumPy) and a
     non-finite result (cuSOLVER on CuPy returns NaN/garbage instead of raising; one finiteness
     check, one host sync). Either way the SVD is retried on the host with the gesvd driver
     (scipy) and moved back; ``LinAlgError`` if that fails too (or ``M`` itself is not finite),
-    so callers' ``except LinAlgError`` fallbacks trigger on every backend.
+    so callers' ``except LinAlgError`` fallbacks trigger on every backend. ``check=False``
+    skips the finiteness check: the caller then checks a number it reads anyway and calls
+    :func:`_svd_fallback` itself (no extra sync).
     """
     xp = backend.get_namespace(M)
     try:
         out = xp.linalg.svd(M, full_matrices=False, compute_uv=compute_uv)
-        if _finite(xp, out):
+        if not check or _finite(xp, out):
             return out
     except np.linalg.LinAlgError:
         pass
+    return _svd_fallback(M, compute_uv)
+
+
+def _svd_fallback(M: Any, compute_uv: bool = True) -> Any:
+    """The SVD of :func:`_svd` retried on the host with LAPACK gesvd (scipy), moved back."""
+    xp = backend.get_namespace(M)
     import scipy.linalg  # noqa: PLC0415
 
     host = backend.to_numpy(M)
@@ -159,6 +167,19 @@ def _svd(M: Any, compute_uv: bool = True) -> Any:
 def _singular_values(M: Any) -> Any:
     """The singular values of ``M`` (:func:`_svd` without vectors; used by methods.dsgd too)."""
     return _svd(M, compute_uv=False)
+
+
+def _sv_reduce(M: Any, reduce: Any) -> float:
+    """``reduce(singular values)`` read as a float in one host read; the SVD's own failure
+    shows as a non-finite ``Σσ`` in the same read and is retried by :func:`_svd_fallback`."""
+    xp = backend.get_namespace(M)
+    for attempt in (0, 1):
+        s = _svd(M, compute_uv=False, check=False) if attempt == 0 else _svd_fallback(M, compute_uv=False)
+        total, value = (float(v) for v in backend.to_numpy(xp.stack([s.sum(dtype=np.float64),
+                                                                      xp.asarray(reduce(s), dtype=np.float64)])))
+        if np.isfinite(total):
+            return value
+    raise np.linalg.LinAlgError("SVD failed: non-finite singular values")  # pragma: no cover - fallback raises
 
 
 def _kept(s: Any, M: Any) -> Any:
@@ -183,7 +204,7 @@ def layer_norm(W: Any, norm: str = "spectral", scale: float = 1.0) -> float:
     xp = backend.get_namespace(M)
     if norm == "frobenius":
         return c * float(xp.linalg.norm(M))
-    return c * float(_singular_values(M).max())
+    return c * _sv_reduce(M, lambda s: s.max())
 
 
 def dual_norm(G: Any, norm: str = "spectral", scale: float = 1.0) -> float:
@@ -202,7 +223,7 @@ def dual_norm(G: Any, norm: str = "spectral", scale: float = 1.0) -> float:
     xp = backend.get_namespace(M)
     if norm == "frobenius":
         return float(xp.linalg.norm(M)) / c
-    return float(_kept(_singular_values(M), M).sum()) / c
+    return _sv_reduce(M, lambda s: _kept(s, M).sum()) / c
 
 
 @dataclasses.dataclass

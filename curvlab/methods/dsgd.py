@@ -254,9 +254,11 @@ class DSGD(Transform):
         (:mod:`curvlab.methods._transform`; skip by default: zero update, state unchanged but
         for ``n_skipped_steps``/``consecutive_skips``).
 
-    Host syncs per step: one for the gradients' finiteness, then per layer the dual norm
-    (one, plus one finiteness check of each SVD on CuPy, where cuSOLVER returns NaN instead of
-    raising) and, for rule "bound", two for the weight fingerprint.
+    Host syncs per step: one for the gradients' finiteness, then per layer one for the dual
+    norm (a NaN SVD from cuSOLVER, which does not raise, shows in that same read and goes to
+    the fallback), three for the chosen layer's SVD polar factor (finiteness, rank, nuclear
+    norm), and for rule "bound" one per layer for the weight fingerprint (plus one weight
+    norm when a layer changed).
     """
 
     state_class = DSGDState
@@ -404,7 +406,9 @@ class DSGD(Transform):
             Wb = W[i][:, :-1]
             xp = backend.get_namespace(Wb)
             w = xp.cos(xp.arange(Wb.shape[1], dtype=np.float64))
-            fp = (float(xp.sum(Wb.astype(np.float64) ** 2)), float(xp.sum(Wb @ w.astype(Wb.dtype), dtype=np.float64)))
+            # both fingerprint numbers in one host read
+            fp = tuple(float(v) for v in backend.to_numpy(xp.stack([
+                xp.sum(Wb.astype(np.float64) ** 2), xp.sum(Wb @ w.astype(Wb.dtype), dtype=np.float64)])))
             if state.w_fingerprint[i, 0] == fp[0] and state.w_fingerprint[i, 1] == fp[1] and np.isfinite(state.w_opnorm[i]):
                 out[i] = state.w_opnorm[i]
             else:
