@@ -28,6 +28,8 @@ Example
 
 from __future__ import annotations
 
+import math
+import numbers
 import types
 from typing import Any
 
@@ -91,6 +93,20 @@ def _check(names: str, arrays: tuple[Any, ...], writable: str = "") -> None:
             raise ValueError(f"{name} must be writeable (it is updated in place)")
 
 
+def _scalars(**checks: tuple[Any, str]) -> None:
+    """Check scalar options: ``name=(value, rule)``, rule "finite", "nonneg", "pos", "notnan" or "forget"."""
+    for name, (v, rule) in checks.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+        x = float(v)
+        ok = {"finite": math.isfinite(x), "nonneg": math.isfinite(x) and x >= 0, "pos": math.isfinite(x) and x > 0,
+              "notnan": x == x, "forget": 0 < x <= 1}[rule]
+        if not ok:
+            want = {"finite": "a finite number", "nonneg": "a finite number >= 0", "pos": "a finite number > 0",
+                    "notnan": "a number (not NaN)", "forget": "in (0, 1]"}[rule]
+            raise ValueError(f"{name} must be {want}, got {v!r}")
+
+
 class _NativeDtype:
     """The reference twins computing in the arrays' own dtype (``impl="numpy"``)."""
 
@@ -110,7 +126,7 @@ _NATIVE = _NativeDtype()
 
 
 def count_nonfinite(x: Any, *, impl: str = "auto") -> int:
-    """Number of NaN/Inf entries of the float array ``x`` (any shape)."""
+    """Number of NaN/Inf entries of the float array ``x`` (any shape). Host syncs: 0 (NumPy), 1 (CuPy)."""
     backend.check_float_array(x, "x")
     return _module(impl, x).count_nonfinite(x)
 
@@ -128,7 +144,12 @@ def rls_filter_update(g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: A
     ``psd_guard`` clamps ``P00, P11 ≥ 0`` and ``|P01| ≤ √(P00 P11)`` (counted).
 
     Shapes: all ``(n,)``, one dtype. Returns ``(n_skipped, n_guarded)``.
+    Host syncs: 0 for NumPy arrays, 1 for CuPy arrays (both counts together).
+    ``ValueError`` for ``q < 0``, ``r <= 0``, ``forget`` outside ``(0, 1]``,
+    ``P0 < 0`` or a non-finite ``xscale``/``h0``.
     """
+    _scalars(xscale=(xscale, "finite"), q=(q, "nonneg"), r=(r, "pos"), forget=(forget, "forget"),
+             h0=(h0, "finite"), P0=(P0, "nonneg"))
     arrays = (g, w, a, h, P00, P01, P11)
     _check("g w a h P00 P01 P11", arrays, "a h P00 P01 P11")
     return _module(impl, *arrays).rls_filter_update(*arrays, xscale=xscale, q=q, r=r, forget=forget, init=init,
@@ -148,6 +169,7 @@ def kl_dual(eta: float, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 1.0, 
     NumPy arrays, 1 for CuPy arrays (``impl="numpy"``/``"reference"``: 1).
     Method inspired by arXiv 2310.20574.
     """
+    _scalars(eta=(eta, "notnan"), mscale=(mscale, "finite"), beta_p0=(beta_p0, "nonneg"), h_min=(h_min, "notnan"))
     arrays = (w, a, h, p)
     _check("w a h p", arrays)
     return _module(impl, *arrays).kl_dual(eta, *arrays, mscale=mscale, beta_p0=beta_p0, h_min=h_min,
@@ -159,6 +181,7 @@ def kl_pole(h: Any, p: Any, *, beta_p0: float, h_min: float = -np.inf, impl: str
 
     Host syncs: 0 for NumPy arrays, 1 for CuPy arrays or ``impl="numpy"``/``"reference"``.
     """
+    _scalars(beta_p0=(beta_p0, "nonneg"), h_min=(h_min, "notnan"))
     _check("h p", (h, p))
     return _module(impl, h, p).kl_pole(h, p, beta_p0=beta_p0, h_min=h_min)
 
@@ -172,8 +195,13 @@ def arturo_apply(eta: float, w: Any, a: Any, h: Any, p: Any, out: Any, *, mscale
     keeps ``μ``); ``p <- max((c + νp)/(β + ν), p_min)``. Returns the number of
     clamped precisions. (The achieved mean-KL ``½ Σ p_old (μ' − μ)²`` is
     :func:`kl_dual` at the same η: a reduction here would stop the
-    element-wise loop from vectorising.) Method inspired by arXiv 2310.20574.
+    element-wise loop from vectorising.) Host syncs: 0 for NumPy arrays, 1 for
+    CuPy arrays (the clamp count). Method inspired by arXiv 2310.20574.
     """
+    _scalars(eta=(eta, "notnan"), mscale=(mscale, "finite"), beta_p0=(beta_p0, "nonneg"), h_min=(h_min, "notnan"),
+             nu=(nu, "nonneg"), beta=(beta, "nonneg"), p_min=(p_min, "notnan"))
+    if not beta + nu > 0:
+        raise ValueError(f"beta + nu must be > 0 (the precision update divides by it), got {beta} + {nu}")
     arrays = (w, a, h, p, out)
     _check("w a h p out", arrays, "p out")
     return _module(impl, *arrays).arturo_apply(eta, *arrays, mscale=mscale, beta_p0=beta_p0, h_min=h_min, nu=nu,

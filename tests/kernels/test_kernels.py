@@ -181,3 +181,43 @@ def test_pole_ignores_nan(rng):
     h = np.array([1.0, np.nan, -2.0])
     p = np.ones(3)
     assert kernels.kl_pole(h, p, beta_p0=0.0) == reference.kl_pole(h, p, beta_p0=0.0) == (2.0, 1)
+
+
+def test_scalar_options_checked():
+    x = np.zeros(4)
+    s = [np.zeros(4) for _ in range(5)]
+    for kw, name in [(dict(q=-1.0, r=1.0), "q"), (dict(q=0.1, r=0.0), "r"), (dict(q=0.1, r=1.0, forget=0.0), "forget"),
+                     (dict(q=0.1, r=1.0, forget=math.nan), "forget"), (dict(q=0.1, r=1.0, xscale=math.inf), "xscale"),
+                     (dict(q=0.1, r=1.0, P0=-1.0), "P0"), (dict(q=0.1, r=1.0, h0=math.nan), "h0")]:
+        with pytest.raises(ValueError, match=name):
+            kernels.rls_filter_update(x, x, *s, **kw)
+    with pytest.raises(TypeError, match="q"):
+        kernels.rls_filter_update(x, x, *s, q="0.1", r=1.0)
+    for kw, name in [(dict(beta_p0=-1.0), "beta_p0"), (dict(beta_p0=0.0, mscale=math.nan), "mscale"),
+                     (dict(beta_p0=0.0, h_min=math.nan), "h_min")]:
+        with pytest.raises(ValueError, match=name):
+            kernels.kl_dual(1.0, x, x, x, x, **kw)
+    with pytest.raises(ValueError, match="eta"):
+        kernels.kl_dual(math.nan, x, x, x, x, beta_p0=0.0)
+    with pytest.raises(ValueError, match="beta_p0"):
+        kernels.kl_pole(x, x, beta_p0=math.inf)
+    with pytest.raises(ValueError, match=r"beta \+ nu"):
+        kernels.arturo_apply(0.0, x, x, x, x.copy(), x.copy(), beta_p0=0.0, nu=0.0, beta=0.0)
+    with pytest.raises(ValueError, match="nu"):
+        kernels.arturo_apply(0.0, x, x, x, x.copy(), x.copy(), beta_p0=0.0, nu=-1.0, beta=1.0)
+    with pytest.raises(ValueError, match="impl"):
+        kernels.check_impl("fortran")
+
+
+@pytest.mark.parametrize("impl", ["auto", "numpy", "reference"])
+def test_dual_domain_check(impl):
+    # c + ηp < 0 for one coordinate (below its pole): +inf with domain_check, whatever G
+    h = np.array([1.0, -1.0, 2.0])
+    p = np.array([1.0, 1.0, 1.0])
+    w = np.zeros(3)
+    for a in (np.array([1.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0])):
+        plain = kernels.kl_dual(0.5, w, a, h, p, beta_p0=0.0, impl=impl)
+        assert math.isfinite(plain[0])
+        assert kernels.kl_dual(0.5, w, a, h, p, beta_p0=0.0, domain_check=True, impl=impl)[0] == math.inf
+        assert (kernels.kl_dual(1.5, w, a, h, p, beta_p0=0.0, domain_check=True, impl=impl)
+                == kernels.kl_dual(1.5, w, a, h, p, beta_p0=0.0, impl=impl))

@@ -121,7 +121,8 @@ def test_pole_matches_twin(n, dt, impl, edge):
 def test_dual_matches_twin(n, dt, impl, edge):
     d = _data(n, dt, 2, edge)
     for eta in (0.0, 0.37, 1e6):
-        for kw in (dict(mscale=0.97, beta_p0=0.02, h_min=-0.5), dict(beta_p0=0.0)):
+        for kw in (dict(mscale=0.97, beta_p0=0.02, h_min=-0.5), dict(beta_p0=0.0),
+                   dict(beta_p0=0.02, h_min=-0.5, domain_check=True), dict(beta_p0=0.0, domain_check=True)):
             with np.errstate(all="ignore"):
                 got = kernels.kl_dual(eta, d["w"], d["a"], d["h"], d["p"], impl=impl, **kw)
             want = _ref(dt, impl).kl_dual(eta, d["w"], d["a"], d["h"], d["p"], **kw)
