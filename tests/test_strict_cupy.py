@@ -100,6 +100,8 @@ def test_mixing_host_and_device_arrays_is_refused(cp):
     # what CuPy accepts: scalars (Python and NumPy), device arrays, and host data given to asarray
     assert float((x + np.float64(2) + 1 + x).sum()) == 15.0
     assert bool((x < np.array(1.5)).any())  # CuPy's numpy/numpy#12142 workaround for comparisons
+    with pytest.raises(ValueError, match="Unsupported dtype"):
+        cp.asarray(np.array([1, "a"], dtype=object))
     y = cp.asarray(h)
     h[0] = 7.0
     assert float(y[0]) == 1.0  # asarray of host data copies it to the device

@@ -136,13 +136,20 @@ class ufunc:
 
 
 # ----------------------------------------------------------------- host <-> device
+def _device_dtype(a: np.ndarray, where: str) -> np.ndarray:
+    """CuPy arrays hold numbers and booleans only (no object, string or datetime dtypes)."""
+    if a.dtype.kind in "OSUVMm":
+        raise ValueError(f"{where}: Unsupported dtype {a.dtype} (CuPy arrays hold numbers and booleans only)")
+    return a
+
+
 def array(obj: Any, dtype: Any = None, copy: bool = True, order: str = "K", subok: bool = False,
           ndmin: int = 0, blocking: bool = False) -> ndarray:
     """``cupy.array``: host data is copied to the device (recorded as one host-to-device copy)."""
     val, host = to_host_input(obj, "cupy.array")
     if host:
         record_h2d()
-    return wrap(np.array(val, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+    return wrap(_device_dtype(np.array(val, dtype=dtype, copy=True, order=order, ndmin=ndmin), "cupy.array"))
 
 
 def asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = False) -> ndarray:
@@ -150,7 +157,8 @@ def asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = Fa
     val, host = to_host_input(a, "cupy.asarray")
     if host:
         record_h2d()
-        return wrap(np.array(val, dtype=dtype, order=order if order is not None else "K", copy=True))
+        host = np.array(val, dtype=dtype, order=order if order is not None else "K", copy=True)
+        return wrap(_device_dtype(host, "cupy.asarray"))
     r = np.asarray(val, dtype=dtype, order=order)
     return a if isinstance(a, ndarray) and r is a._a else wrap(r)
 
