@@ -314,6 +314,9 @@ class CurvatureLR(Transform):
             raise ValueError(f"c_rel must be a finite number >= 0, got {c_rel!r}")
         if isinstance(self.base, CurvatureLR):
             raise TypeError("base must not be a CurvatureLR (nest the base's base instead)")
+        if getattr(self.base, "inplace", False):
+            raise ValueError(f"base {type(self.base).__name__} updates its state in place, so a step this "
+                             "transform skips would still change it; build it with copy_state=True")
         self.t_init = _pos("t_init", t_init)
         self.max_step = None if max_step is None else _pos("max_step", max_step)
         self.realized = bool(realized)

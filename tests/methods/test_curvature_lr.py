@@ -297,3 +297,34 @@ def test_state_roundtrip_and_diagnostics(rng):
     u1, _ = opt.update(grad(th), st, th, curvature=lambda d: float(d @ A @ d))
     u2, _ = opt.update(grad(th), st2, th, curvature=lambda d: float(d @ A @ d))
     assert np.array_equal(u1, u2)
+
+
+def test_bases_that_cannot_work_are_refused():
+    from curvlab.methods import ArTuRO
+
+    with pytest.raises(ValueError, match="in place.*copy_state=True"):
+        CurvatureLR(base=ArTuRO())
+    CurvatureLR(base=ArTuRO(copy_state=True))
+    with pytest.raises(TypeError, match="base must not be a CurvatureLR"):
+        CurvatureLR(base=CurvatureLR())
+    with pytest.raises(TypeError, match="base must be a curvlab Transform"):
+        CurvatureLR(base=object())
+    with pytest.raises(TypeError, match="params must be"):
+        CurvatureLR().init(None)
+
+
+def test_nan_gradient_leaves_the_base_state_untouched():
+    """Issue 11 defect 5: CurvatureLR over Adam/Momentum used to commit the NaN into the base
+    state, then skip every later step."""
+    th = np.ones(3)
+    for base in (Adam(lr=1.0), Momentum(lr=1.0)):
+        opt = CurvatureLR(base=base, schedule=0.5)
+        st = opt.init(th)
+        _, st = opt.update(np.array([0.3, -0.2, 0.1]), st, th, curvature=lambda d: float(d @ d))
+        before = st.base.to_dict()
+        u, st2 = opt.update(np.array([np.nan, 1.0, 1.0]), st, th, curvature=lambda d: float(d @ d))
+        assert not np.any(u) and st2.n_skipped_steps == 1
+        for k, v in st2.base.to_dict().items():
+            np.testing.assert_array_equal(v, before[k])
+        u, st3 = opt.update(np.array([0.3, -0.2, 0.1]), st2, th, curvature=lambda d: float(d @ d))
+        assert np.all(np.isfinite(u)) and np.any(u) and st3.consecutive_skips == 0
