@@ -94,7 +94,7 @@ def _dual(b: dict) -> np.ndarray:
     from curvlab.kernels import cpu  # noqa: PLC0415
 
     kl, dkl = cpu.kl_dual(b["eta"], b["w_"], b["a_"], b["h_"], b["p_"], mscale=b["mscale"], beta_p0=b["bp0"],
-                          h_min=b["hmin"])
+                          h_min=b["hmin"], domain_check=bool(b.get("chk", False)))
     return np.asarray(complex(2.0 * kl, -dkl), dtype=np.complex128)
 
 
