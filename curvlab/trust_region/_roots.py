@@ -35,10 +35,12 @@ class RootResult:
     ``n_evals`` calls of ``F``; ``converged`` the tolerance ``|F/t − 1| ≤ rtol``
     holds at ``x`` (or the constraint is inactive); ``at_lower`` the answer is
     the domain's lower point (inactive constraint or, with a pole, the hard
-    case); ``bracket_failed`` no upper bound found; ``status`` one of
-    ``"converged"``, ``"max_iter"``, ``"bracket_failed"``, ``"nonfinite"`` (F
-    returned NaN) and ``"stalled"`` (the bracket shrank to rounding level
-    before the tolerance was met: the tolerance is not attainable in float64).
+    case); ``bracket_failed`` no upper bound found; ``status`` from the
+    vocabulary of :data:`curvlab.linalg.results.EIG_STATUS`: ``"converged"``,
+    ``"max_iter"``, ``"breakdown"`` (no upper bound found: ``bracket_failed``),
+    ``"nonfinite"`` (F returned NaN) and ``"stagnated"`` (the bracket shrank to
+    rounding level before the tolerance was met: the tolerance is not
+    attainable in float64).
     """
 
     x: float
@@ -79,7 +81,7 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
     (``at_lower``). ``start`` is the warm start (ignored unless > ``lower``).
     Stops when ``|F/target − 1| ≤ rtol``, when the bracket is narrower than
     ``xtol·(hi − lower)`` or 4 ulps (returns the feasible end ``hi``, converged
-    only if the tolerance holds there, else ``status="stalled"``), at the
+    only if the tolerance holds there, else ``status="stagnated"``), at the
     first NaN value of ``F`` (``"nonfinite"``), or after ``max_iter``
     evaluations (``converged=False``; ``bracket_failed`` too if no upper end
     was found, as after ``max_expand`` expansions). ``F = +inf`` counts as
@@ -114,12 +116,12 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         if n >= max_iter:
             if math.isfinite(hi):
                 return RootResult(hi, f_hi, n, False, status="max_iter")
-            return RootResult(x, F, n, False, bracket_failed=True, status="bracket_failed")
+            return RootResult(x, F, n, False, bracket_failed=True, status="breakdown")
         # bracket collapsed: relative to the distance from the domain's edge (a pole makes F steep
         # there), or to a few ulps; converged only if the tolerance holds at the returned end
         if math.isfinite(hi) and (hi - lo <= xtol * (hi - lower) or hi - lo <= 4 * math.ulp(hi)):
             ok = abs(f_hi / target - 1.0) <= rtol
-            return RootResult(hi, f_hi, n, ok, status="converged" if ok else "stalled")
+            return RootResult(hi, f_hi, n, ok, status="converged" if ok else "stagnated")
         cand = math.nan
         if 0.0 < F < math.inf and dF < 0.0 and math.isfinite(dF):
             dpsi = -0.5 * F ** -1.5 * dF
@@ -128,7 +130,7 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         if math.isinf(hi):
             n_expand += 1
             if n_expand > max_expand:
-                return RootResult(x, F, n, False, bracket_failed=True, status="bracket_failed")
+                return RootResult(x, F, n, False, bracket_failed=True, status="breakdown")
             grow = max(4.0 * x, 1.0)
             if not (math.isfinite(cand) and cand > x):
                 cand = grow

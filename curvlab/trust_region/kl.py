@@ -129,10 +129,12 @@ class KLSolveResult:
     evaluations); ``n_evals`` dual evaluations; ``converged``; ``inactive``
     (exact mode: the unconstrained step is inside the region, η = η_pole);
     ``bracket_failed`` (exact mode: no upper bound within 60 expansions);
-    ``eta_pole`` (exact mode; 0 without a pole); ``status``: ``"converged"``,
-    ``"max_iter"``, ``"bracket_failed"``, ``"nonfinite"`` (the dual returned
-    NaN: non-finite data) or ``"stalled"`` (the tolerance is not attainable
-    in float64; the returned η is the feasible end of the final bracket).
+    ``eta_pole`` (exact mode; 0 without a pole); ``status`` (the vocabulary
+    of :data:`curvlab.linalg.results.EIG_STATUS`): ``"converged"``,
+    ``"max_iter"``, ``"breakdown"`` (``bracket_failed``), ``"nonfinite"``
+    (the dual returned NaN: non-finite data) or ``"stagnated"`` (the
+    tolerance is not attainable in float64; the returned η is the feasible
+    end of the final bracket).
     """
 
     eta: float

@@ -41,7 +41,7 @@ class L2Result:
     ``model`` = ``gᵀs + ½sᵀBs``; ``interior`` (σ = 0, ‖s‖ < Δ);
     ``hard_case``; ``n_evals`` secular-function evaluations; ``converged``
     (``|½‖s‖²/(½Δ²) − 1| ≤ rtol``, or interior, or the hard case); ``status``
-    ``"converged"``, ``"max_iter"`` or ``"stalled"`` (the tolerance is not
+    ``"converged"``, ``"max_iter"`` or ``"stagnated"`` (the tolerance is not
     attainable in float64; ``s`` is then the feasible end of the final bracket).
     """
 

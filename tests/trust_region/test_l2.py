@@ -171,10 +171,10 @@ def test_unattainable_tolerance_is_flagged():
     lam, Q, g, B = _indefinite(0, comp=1e-9)
     with pytest.warns(ConvergenceWarning, match="solve_l2_subproblem"):
         res = solve_l2_subproblem(g, 2.0, eigvals=lam, eigvecs=Q, rtol=1e-300)
-    assert not res.converged and res.status == "stalled" and np.linalg.norm(res.s) <= 2.0 * (1 + 1e-12)
+    assert not res.converged and res.status == "stagnated" and np.linalg.norm(res.s) <= 2.0 * (1 + 1e-12)
     with pytest.raises(ConvergenceError) as info:
         solve_l2_subproblem(g, 2.0, eigvals=lam, eigvecs=Q, rtol=1e-300, strict=True)
-    assert info.value.result.status == "stalled"
+    assert info.value.result.status == "stagnated"
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         assert not solve_l2_subproblem(g, 2.0, eigvals=lam, eigvecs=Q, rtol=1e-300, warn=False).converged
