@@ -216,6 +216,10 @@ def test_kernel_argument_checks(cp):
         k(np.ones(4))
     from tests._strict_cupy._kernels import _bind, _params
 
+    k2 = cp.ReductionKernel("T x, bool extra", "int64 y", "0", "a + b", "y = a", "0", name="curvlab_count_nonfinite")
+    with pytest.raises(NotImplementedError, match=r"ignores its parameter\(s\) \['extra'\]"):
+        k2(x, True)  # a parameter the Numba twin does not read is an error, not silently dropped
+
     with pytest.raises(TypeError, match="Type is mismatched"):
         _bind("k", _params("T g, T w"), (x, cp.ones(4, dtype=cp.float32)))
     with pytest.raises(ValueError, match="Shape is mismatched"):

@@ -4,7 +4,9 @@ Nothing is compiled: a kernel is looked up by its ``name`` in :data:`TWINS`, a r
 the curvlab kernels' Numba twins (:mod:`curvlab.kernels.cpu`), called on the device buffers
 with the arguments bound by the parameter names of the kernel's signature. CuPy's argument
 checks are kept: arrays must be device arrays, all ``T`` parameters share one dtype, the
-non-raw arrays one shape. A kernel without a twin raises ``NotImplementedError`` naming it.
+non-raw arrays one shape. A kernel without a twin raises ``NotImplementedError`` naming it, and
+so does a twin that leaves one of the kernel's parameters unread (a flag added to the CUDA
+kernel and not to its twin would otherwise be ignored silently).
 """
 
 from __future__ import annotations
@@ -61,6 +63,33 @@ def _bind(kname: str, params: list[tuple[str, str, bool]], args: tuple) -> dict[
         else:
             raise TypeError(f"Unsupported type {type(v)} (argument {name!r} of kernel {kname!r})")
     return bound
+
+
+class _Bound(dict):
+    """The bound arguments; records which ones the twin read, so that none is silently ignored."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def _run_twin(kname: str, fn: Callable[[dict], Any], b: dict) -> Any:
+    bound = _Bound(b)
+    out = fn(bound)
+    unread = set(b) - bound.read
+    if unread:
+        raise NotImplementedError(
+            f"strict CuPy stand-in: the Numba twin of kernel {kname!r} ignores its parameter(s) {sorted(unread)}; "
+            "update TWINS in tests/_strict_cupy/_kernels.py")
+    return out
 
 
 def _forget(inv_lam: float) -> float:
@@ -148,7 +177,7 @@ class ElementwiseKernel:
         if len(args) == len(self.in_params):
             raise NotImplementedError(f"strict CuPy stand-in: kernel {self.name!r} must be given its outputs")
         b = _bind(self.name, params, args)
-        self._fn(b)
+        _run_twin(self.name, self._fn, b)
         outs = args[len(self.in_params):]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -166,7 +195,7 @@ class ReductionKernel:
         if axis is not None or keepdims or out is not None:
             raise NotImplementedError(f"strict CuPy stand-in: kernel {self.name!r} supports full reductions only")
         b = _bind(self.name, self.in_params, args)
-        return wrap(np.asarray(self._fn(b)))
+        return wrap(np.asarray(_run_twin(self.name, self._fn, b)))
 
 
 class RawKernel:
