@@ -76,9 +76,14 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
                      max_iter: int = 50, max_expand: int = 60, xtol: float = 1e-12) -> RootResult:
     """Solve ``F(x) = target`` for ``F`` strictly decreasing on ``(lower, ∞)``.
 
-    ``lower_point`` (≥ ``lower``) is the smallest point at which ``F`` is
-    evaluated; if ``F(lower_point) ≤ target`` the answer is ``lower_point``
-    (``at_lower``). ``start`` is the warm start (ignored unless > ``lower``).
+    ``lower_point`` (≥ ``lower``) is the first point tried at the domain's
+    edge; if ``F(lower_point) ≤ target`` the answer is ``lower_point``
+    (``at_lower``) when ``lower_point == lower``. With a gap (a pole at
+    ``lower``, F possibly infinite there) the search goes on in
+    ``(lower, lower_point)`` and answers ``at_lower`` only if F stays below the
+    target down to the edge as resolved in float64 (a few ulps, or F = +inf
+    below: outside the domain by rounding). ``start`` is the warm start
+    (ignored unless > ``lower``).
     Stops when ``|F/target − 1| ≤ rtol``, when the bracket is narrower than
     ``xtol·(hi − lower)`` or 4 ulps (returns the feasible end ``hi``, converged
     only if the tolerance holds there, else ``status="stagnated"``), at the
@@ -93,8 +98,9 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
     """
     if not target > 0:
         raise ValueError(f"target must be > 0, got {target}")
-    lo, lo_ok = lower, False
+    lo, lo_ok, f_lo = lower, False, math.nan
     hi, f_hi = math.inf, math.nan
+    tried_lower = False
     x = start if (start is not None and start > lower and math.isfinite(start)) else lower_point
     n = 0
     n_expand = 0
@@ -105,12 +111,14 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         n += 1
         if F != F:  # NaN: the function is broken (e.g. a corrupted state); give up at once
             return RootResult(x, F, n, False, status="nonfinite")
-        if x <= lower_point and F <= target:
-            return RootResult(lower_point, F, n, True, at_lower=True)
+        if x <= lower_point:
+            tried_lower = True
+            if F <= target and lower_point <= lower:
+                return RootResult(lower_point, F, n, True, at_lower=True)
         if abs(F / target - 1.0) <= rtol:
             return RootResult(x, F, n, True)
         if F > target:
-            lo, lo_ok = x, True
+            lo, lo_ok, f_lo = x, True, F
         else:
             hi, f_hi = x, F
         if n >= max_iter:
@@ -120,6 +128,8 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
         # bracket collapsed: relative to the distance from the domain's edge (a pole makes F steep
         # there), or to a few ulps; converged only if the tolerance holds at the returned end
         if math.isfinite(hi) and (hi - lo <= xtol * (hi - lower) or hi - lo <= 4 * math.ulp(hi)):
+            if not lo_ok or f_lo == math.inf:  # collapsed onto the domain's edge: inactive up to the edge
+                return RootResult(hi, f_hi, n, True, at_lower=True)
             ok = abs(f_hi / target - 1.0) <= rtol
             return RootResult(hi, f_hi, n, ok, status="converged" if ok else "stagnated")
         cand = math.nan
@@ -135,7 +145,7 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
             if not (math.isfinite(cand) and cand > x):
                 cand = grow
             x = cand
-        elif not lo_ok and not (lo < cand < hi):
+        elif not lo_ok and not tried_lower and not (lo < cand < hi):
             x = lower_point
         else:
             # Newton while its steps at least halve; otherwise (or outside the bracket) bisect,
@@ -149,6 +159,8 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
                     cand = lower + math.sqrt(max(a, 1e-16 * b) * b)
                 else:
                     cand = 0.5 * (lo + hi)
+                if not lo < cand < hi:  # below the resolution next to the edge: probe a few ulps above lo
+                    cand = lo + 2.0 * math.ulp(hi)
                 if not lo < cand < hi:
                     cand = 0.5 * (lo + hi)
                 prev_step = math.inf

@@ -168,7 +168,10 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
     (a negative precision) reads as ``KL = +inf``, so the answer lies above
     every coordinate's pole even if the pole pass were wrong. A pole of
     ``+inf`` (``p_j = 0`` with ``h_j + βp0 < 0``, or ``h_j = −inf``: no η is
-    feasible) or NaN raises ``ValueError``.
+    feasible) or NaN raises ``ValueError``. Next to the pole the dual itself
+    loses accuracy (``c + ηp`` cancels): a root with
+    ``2ε_mach·η/(η − η_pole) > rtol`` is returned with ``status="stagnated"``;
+    ``inactive`` with a pole means KL ≤ ε down to the pole as resolved in float64.
 
     Non-finite data (policy): no scan is made; the search stops at the first
     NaN value of the dual with ``converged=False, status="nonfinite"``
@@ -224,6 +227,12 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
     lower_point = lower if lower == 0.0 else lower * (1 + 1e-8) + 1e-12
     r = solve_decreasing(lambda e: dual(e, domain_check=True), eps, lower=lower, lower_point=lower_point,
                          start=eta_prev, rtol=rtol, max_iter=max_iter)
+    if r.converged and not r.at_lower and lower > 0:
+        # next to a pole, c_j + ηp_j cancels: its rounding error ε·ηp_j is relative ε·η/(η − η_pole) (at
+        # most, over all j), and KL ∝ (c + ηp)^-2 doubles it; a tolerance below that is not attained
+        attainable = 2.0 * np.finfo(np.float64).eps * r.x / (r.x - lower)
+        if attainable > rtol:
+            r.converged, r.status = False, "stagnated"
     res = KLSolveResult(r.x, r.f, r.f / eps, r.n_evals, dual.n_evals - n0, r.converged, inactive=r.at_lower,
                         bracket_failed=r.bracket_failed, eta_pole=lower, n_negative_h=n_neg, status=r.status)
     return _report(res, warn, strict)
