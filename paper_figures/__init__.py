@@ -17,11 +17,15 @@ from types import ModuleType
 FIGURE_NAMES: tuple[str, ...] = (
     "000_exactness",
     "000_training",
+    "000_batch_modes",
     "000_lambda",
     "000_flatness",
     "001_filter_tracking",
+    "001_hessian_diag",
     "001_trust_region",
     "001_benchmark",
+    "001_ablations",
+    "001_stability",
     "002_training",
     "002_layer_choice",
     "002_constants",
@@ -29,6 +33,7 @@ FIGURE_NAMES: tuple[str, ...] = (
     "003_decay",
     "003_fidelity",
     "003_cost",
+    "003_curvature",
     "core_spectrum",
 )
 

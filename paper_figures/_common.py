@@ -386,7 +386,11 @@ def train_epochs(model, params, stepper: Callable[..., Any], state: Any, X, y, X
         bad = False
         with np.errstate(all="ignore"):
             for Xb, yb in minibatches(X, y, batch, rng):
-                params, state = stepper(params, state, Xb, yb)
+                try:
+                    params, state = stepper(params, state, Xb, yb)
+                except FloatingPointError:  # a transform's nan_policy: too many non-finite steps in a row
+                    bad = True
+                    break
                 if not np.all(np.isfinite(params)):
                     bad = True
                     break

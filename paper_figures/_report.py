@@ -64,7 +64,8 @@ def _status_line(rec: dict[str, Any]) -> str:
     st = rec.get("status", "?")
     line = f"status: **{st}**"
     if "wall_time_s" in rec:
-        line += f", {rec['wall_time_s']:.1f} s, mode {rec.get('mode', '?')}, seeds used: {_seeds_text(rec)}"
+        line += (f", {rec['wall_time_s']:.1f} s ({rec.get('cpu_time_s', float('nan')):.1f} s CPU), "
+                 f"mode {rec.get('mode', '?')}, seeds used: {_seeds_text(rec)}")
     if st != "ok" and rec.get("reason"):
         line += f" — {rec['reason']}"
     return line
@@ -96,7 +97,8 @@ def header_lines(meta: dict[str, Any]) -> list[str]:
     v = dict(meta.get("versions", {}))
     git = v.pop("curvlab_git", "unknown")
     lines = [f"run started {meta.get('started', '?')}, mode **{meta.get('mode', '?')}**, BLAS threads "
-             f"{meta.get('threads', '?')}, total time {meta.get('total_time_s', '?')} s, git commit {git}",
+             f"{meta.get('threads', '?')}, total time {meta.get('total_time_s', '?')} s (CPU "
+             f"{meta.get('total_cpu_time_s', '?')} s), git commit {git}",
              "libraries: " + ", ".join(f"{k} {val}" for k, val in v.items()),
              f"command: `{meta.get('command', '?')}`; seeds requested: {meta.get('seeds_requested', '?')} "
              "(each figure states the seeds it actually used)"]

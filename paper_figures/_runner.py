@@ -103,6 +103,15 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w", **open_kw: Any) -> None:
     """Write ``path`` all or nothing: ``write(fh)`` fills a temporary file in the same folder, which then
     replaces ``path`` with :func:`os.replace`. An exception or a signal part-way leaves ``path`` as it was
@@ -110,6 +119,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w", **op
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
         with os.fdopen(fd, mode, **open_kw) as fh:
             write(fh)
             fh.flush()
@@ -139,7 +149,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str]) -> dict[str, Any]:
     """Run one figure and write its PNG/CSV/JSON; never raises. Returns the JSON record."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rec: dict[str, Any] = {"name": name, "mode": ctx.mode, "seeds": ctx.seeds, "versions": versions,
                            "started": _dt.datetime.now().isoformat(timespec="seconds")}
     files: dict[str, str] = {}
@@ -183,6 +193,7 @@ def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str]) -> dic
     except Exception as exc:  # a figure's bug must not stop the others
         rec.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     rec["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    rec["cpu_time_s"] = round(time.process_time() - c0, 3)  # this process's CPU time: comparable on a busy machine
     rec["files"] = {**files, "json": f"{name}.json"}
     write_json(out / f"{name}.json", rec)
     return rec
@@ -289,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(mode=mode, seeds=args.seeds, progress=progress)
     versions = library_versions()
     records: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     limits = _thread_limits(args.threads)
     bar = names
@@ -320,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     total = time.perf_counter() - t0
     meta = {"mode": mode, "threads": args.threads, "seeds_requested": ctx.seeds, "started": started,
-            "total_time_s": round(total, 1), "versions": versions, "selected": names,
+            "total_time_s": round(total, 1), "total_cpu_time_s": round(time.process_time() - c0, 1), "versions": versions, "selected": names,
             "finished": [r["name"] for r in records],
             "interrupted": None if interrupted is None else {"signal": interrupted.signame, "during": current},
             "command": "python -m paper_figures " + " ".join(sys.argv[1:] if argv is None else argv)}
@@ -336,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\npaper_figures ({mode} mode, seeds {ctx.seeds}) -> {out}")
     for r in records:
         where = out / r["files"].get("png", r["files"]["json"])
-        print(f"  {r['name']:22s} {r['status']:8s} {r['wall_time_s']:7.1f} s  {where}")
+        print(f"  {r['name']:22s} {r['status']:8s} {r['wall_time_s']:7.1f} s ({r['cpu_time_s']:6.1f} s CPU)  {where}")
         if r["status"] != "ok":
             print(f"  {'':22s} {r.get('reason', '')}")
     n_failed = sum(r["status"] == "failed" for r in records)

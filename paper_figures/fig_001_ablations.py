@@ -73,7 +73,8 @@ def make_optimizer(method: str, cfg: dict):
 
 @functools.lru_cache(maxsize=None)
 def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: bool = False):
-    """Train the digits MLP with ``method``; returns (History, max KL/ε over the steps (arTuRO, else NaN)).
+    """Train the digits MLP with ``method``; returns (History, max KL/ε over the steps, fraction of the steps
+    whose trust region was active, η > 0) — the last two NaN for a baseline.
 
     ``cfg_items``: sorted (key, value) overrides (``kl_bound`` for arTuRO, ``lr`` for baselines).
     ``val``: train on 90% of the training set and evaluate on the other 10% (tuning).
@@ -89,6 +90,7 @@ def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: boo
     is_ar = method not in ("Adam", "SGD", "SGD-momentum")
     freeze_p = method == "uncertainty frozen (p = 1/var_init)"
     kl_ratio = [0.0]
+    active: list[bool] = []
 
     def step(p, st, Xb, yb):
         _, g = model.loss_and_grad(p, Xb, yb)
@@ -96,6 +98,7 @@ def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: boo
         if is_ar:
             if np.isfinite(st.kl):
                 kl_ratio[0] = max(kl_ratio[0], st.kl / opt.kl_bound)
+            active.append(not st.inactive)
             if freeze_p:
                 st.p[...] = 1.0 / opt.var_init
         return p + upd, st
@@ -103,7 +106,9 @@ def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: boo
     ctx = frozen_curvature(H_FROZEN) if method == "curvature frozen (h = 0.1)" else contextlib.nullcontext()
     with ctx:
         _, h = train_epochs(model, params, step, opt.init(params), X, y, Xte, yte, epochs, BATCH, seed=100 + seed)
-    return h, (kl_ratio[0] if is_ar else float("nan"))
+    if not is_ar:
+        return h, float("nan"), float("nan")
+    return h, kl_ratio[0], float(np.mean(active)) if active else float("nan")
 
 
 def judge(final: dict, acc: dict) -> list[Verdict]:

@@ -118,6 +118,10 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         _runner.atomic_write(target, bad)
     assert json.loads(target.read_text()) == {"old": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
     _runner.atomic_write(target, lambda fh: fh.write('{"new": 2}'))
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
+    plain.unlink()
     assert json.loads(target.read_text()) == {"new": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

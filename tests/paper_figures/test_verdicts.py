@@ -204,3 +204,40 @@ def test_003_cost():
     assert [v.verdict for v in judge(good)] == ["supported", "supported"]
     bad = [{"adjoint": (4.0, 3.0), "forward": (5.0, 2.0), "hvp": (3.0, 2.4)}] * 3
     assert [v.verdict for v in judge(bad)] == ["not supported", "not supported"]
+
+
+def test_000_batch_modes():
+    mod = paper_figures.load("000_batch_modes")
+    d = {"t_eq": 1.0, "newton_name": "Newton average (B=16)", "newton_at": [0.1, 0.1, 0.12], "first_name": "Adam",
+         "first_at": [0.1, 0.1, 0.1], "newton_acc": [0.95] * 3, "first_acc": [0.95] * 3, "newton_acc_name": "N",
+         "first_acc_name": "SGD", "time_ratio": 2.0}
+    assert [v.verdict for v in mod.judge(d)] == ["supported", "supported"]
+    bad = dict(d, newton_at=[2.2] * 3, newton_acc=[0.8] * 3)
+    assert [v.verdict for v in mod.judge(bad)] == ["not supported", "not supported"]
+    # loss reached after t CPU seconds: interpolated inside the run, the last value after it
+    cpu, loss = np.array([0.0, 1.0, 2.0]), [2.0, 1.0, 0.5]
+    assert mod.loss_at(cpu, loss, 0.5) == pytest.approx(1.5) and mod.loss_at(cpu, loss, 9.0) == 0.5
+
+
+def test_001_hessian_diag():
+    mod = paper_figures.load("001_hessian_diag")
+    rng = np.random.default_rng(0)
+    diag = np.exp(rng.standard_normal(500))
+    good = {(p, s): mod.compare(diag * np.exp(0.1 * rng.standard_normal(500)), diag) for p in ("a", "b")
+            for s in range(3)}
+    assert _v(mod.judge(good), "C3") == "supported"
+    prior = {(p, s): mod.compare(20 * np.median(diag) * np.exp(0.1 * rng.standard_normal(500)), diag)
+             for p in ("a", "b") for s in range(3)}
+    assert _v(mod.judge(prior), "C3") == "not supported"
+
+
+def test_001_hessian_diag_exact_diagonal():
+    mod = paper_figures.load("001_hessian_diag")
+    from paper_figures._common import make_mlp
+
+    model = make_mlp((5, 4, 3), "tanh")
+    rng = np.random.default_rng(1)
+    p = model.init_params(rng)
+    X, y = rng.standard_normal((7, 5)), rng.integers(0, 3, 7)
+    H = model.dense_hessian(p, X, y)
+    np.testing.assert_allclose(mod.exact_diagonal(model, p, X, y, block=4), np.diag(H), rtol=1e-12, atol=1e-14)
