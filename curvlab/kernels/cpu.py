@@ -9,8 +9,13 @@ branch-free (selects, unconditional stores) so that LLVM vectorises them.
 :mod:`curvlab.kernels.reference` are matched to rounding); the two pure
 reductions (dual, pole) allow reassociation only (``fastmath={"reassoc"}``),
 which is what vectorises a sum: terms may be regrouped (a few ulps), while
-NaN/Inf keep their IEEE behaviour. ``cache=True`` keeps the compiled code between processes. Method inspired by
-arXiv 2310.20574 (arTuRO).
+NaN/Inf keep their IEEE behaviour. ``cache=True`` keeps the compiled code between processes.
+``error_model="numpy"``: a division by zero gives ±inf/NaN as in the twins.
+Host syncs: none (host arrays). Every kernel here is compared with its twin on
+both sides of ``PARALLEL_MIN`` (``tests/kernels/test_thresholds.py``): a
+reduction inside ``prange`` must have a form Numba recognises (``x += y``,
+``x = max(x, y)``), or each thread's partial result is silently dropped.
+Method inspired by arXiv 2310.20574 (arTuRO).
 
 Example
 -------

@@ -260,7 +260,7 @@ def kl_precision(p: Any, h: Any, *, beta: float, prior_prec: float, nu: float) -
 
 
 def kl_of_step(mu_new: Any, mu: Any, p: Any) -> float:
-    """Mean part of ``KL(q'‖q)`` under the old precision: ``½ Σ p (μ' − μ)²`` (float64)."""
+    """Mean part of ``KL(q'‖q)`` under the old precision: ``½ Σ p (μ' − μ)²`` (float64). Host syncs: 1."""
     xp = backend.get_namespace(mu_new, mu, p)
     d = (mu_new - mu).astype(np.float64)
     return 0.5 * float(xp.sum(p.astype(np.float64) * d * d))
@@ -269,7 +269,7 @@ def kl_of_step(mu_new: Any, mu: Any, p: Any) -> float:
 def steady_state_eta(G: Sequence[Any] | Any, c: Any, *, beta: float, eps: float) -> float:
     """Steady-state oracle ``(1 + η/β)² = Σ G²/c / (2βε)``, exact when ``p = c/β``.
 
-    Returns ``max(β(√(Σ G²/c/(2βε)) − 1), 0)``.
+    Returns ``max(β(√(Σ G²/c/(2βε)) − 1), 0)``. Host syncs: 1.
     """
     xp = backend.get_namespace(G, c)
     s = float(xp.sum(G.astype(np.float64) ** 2 / c.astype(np.float64)))
