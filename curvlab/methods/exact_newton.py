@@ -152,6 +152,16 @@ def _check_modes(batch_mode: str, objective: str, block_spectrum: str, on_indefi
         raise ValueError(f"on_indefinite must be 'apply', 'abs' or 'skip', got {on_indefinite!r}")
 
 
+def _eigh(M: Any) -> tuple[Any, Any]:
+    """:func:`~curvlab.linalg.kronecker.eigh_batched` without its NaN check on CuPy (a host sync
+    per layer): ``update`` has already checked the factors (or, with ``nan_policy="propagate"``,
+    lets NaN through), and a NaN result shows in the step's finiteness read."""
+    xp = backend.get_namespace(M)
+    if xp is np:
+        return eigh_batched(M)
+    return xp.linalg.eigh(M.astype(np.float64, copy=False))
+
+
 def _average_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective: str, on_indefinite: str,
                        adj_kw: dict, diag: dict) -> Any:
     """F10 (average of per-sample F7/F8 directions) for one layer; float64 ``(n, m)``."""
@@ -159,7 +169,7 @@ def _average_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objecti
     B = f.M.shape[0]
     A = f.a
     s = xp.sum(A * A, axis=1)                                  # (B,)
-    mu, U = eigh_batched(f.M)                                  # (B, n), (B, n, n)
+    mu, U = _eigh(f.M)                                         # (B, n), (B, n, n)
     kap = mu * s[:, None]
     diag["kappa"].append(kap)
     rho = adjust_spectrum(kap, rule, **adj_kw)
@@ -194,7 +204,7 @@ def _block_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective
     xp = backend.get_namespace(f.M)
     n, m = W.shape
     s = xp.sum(f.a * f.a, axis=1)
-    mu, U = eigh_batched(f.M)
+    mu, U = _eigh(f.M)
     diag["kappa"].append(mu * s[:, None])
     blk = KroneckerSumBlock(f.M, f.a, lam)
     if rule == "raw":
