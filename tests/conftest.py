@@ -57,6 +57,25 @@ def pytest_report_header(config):
     return f"curvlab xp=cupy backend: {CUPY_MODE or 'none (skipped)'}"
 
 
+_cupy_tests_run = 0
+
+
+def pytest_runtest_logreport(report):
+    global _cupy_tests_run
+    if report.when == "call" and "cupy" in report.keywords and not report.skipped:
+        _cupy_tests_run += 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A strict pass (``-m gpu --strict-cupy``) in which no xp=cupy test ran proves nothing: fail it."""
+    markexpr = getattr(session.config.option, "markexpr", "") or ""
+    if CUPY_MODE == "strict" and "gpu" in markexpr and exitstatus == 0 and _cupy_tests_run == 0:
+        tw = session.config.get_terminal_writer()
+        tw.line("")
+        tw.line("strict CuPy pass: no xp=cupy test ran (all skipped or deselected)", red=True)
+        session.exitstatus = 1
+
+
 @pytest.fixture(params=BACKENDS)
 def xp(request):
     """The array namespace under test: numpy, or cupy (a GPU, or the strict stand-in)."""
