@@ -49,9 +49,10 @@ float32 parameters: curvature, eigh and denominators run in float64, updates are
 
 Host syncs per step on CuPy (``ExactNewton.update``): 2 of its own — the finiteness of
 ``grads`` and of the samples (one read), and the step's counters, per-layer finiteness and (with
-``diagnostics=True``, at no extra sync) the diagnostics (one read); plus the curvature
-factors' own (label range, eigh input check), which live in :mod:`curvlab.models` and
-:mod:`curvlab.linalg.kronecker`. One more when some but not all samples are excluded.
+``diagnostics=True``, at no extra sync) the diagnostics (one read) — plus the factors' label
+range check (:mod:`curvlab.models.layer_hessians`, one): 3 in all with
+``batch_mode="average"``. ``"exact_block"`` adds the syncs of the Kronecker block solve
+(:mod:`curvlab.linalg.kronecker`). One more when some but not all samples are excluded.
 
 Example
 -------
