@@ -221,3 +221,31 @@ def test_dual_domain_check(impl):
         assert kernels.kl_dual(0.5, w, a, h, p, beta_p0=0.0, domain_check=True, impl=impl)[0] == math.inf
         assert (kernels.kl_dual(1.5, w, a, h, p, beta_p0=0.0, domain_check=True, impl=impl)
                 == kernels.kl_dual(1.5, w, a, h, p, beta_p0=0.0, impl=impl))
+
+
+@pytest.mark.parametrize("impl", ["numpy", "reference"])
+def test_twins_read_the_host_once_per_call(monkeypatch, rng, impl):
+    # issue 15: the multi-pass twins (impl="numpy" is the baseline arTuRO runs on CuPy) read their sums
+    # together; every device-to-host read of the twins goes through backend.to_numpy
+    from curvlab import backend
+
+    calls = []
+    real = backend.to_numpy
+    monkeypatch.setattr(backend, "to_numpy", lambda x: calls.append(1) or real(x))
+    g, w, a, h, P00, P01, P11 = _state(np, rng, 100, np.float64)
+    p = np.abs(P00) + 0.1
+    G = a + (h + 0.01) * w  # the former two-read formula, bit for bit
+    iD = 1 / (h + 0.01 + 0.3 * p)
+    t = G * iD
+    pt2 = p * t * t
+    want = (0.5 * float(np.sum(np.where(G == 0, 0.0, pt2), dtype=np.float64)),
+            -float(np.sum(np.where(G == 0, 0.0, pt2 * p * iD), dtype=np.float64)))
+    calls.clear()
+    got = kernels.kl_dual(0.3, w, a, h, p, beta_p0=0.01, impl=impl)
+    assert len(calls) == 1 and got == want  # one read, and the same numbers as the two-read version
+    calls.clear()
+    kernels.kl_pole(h, p, beta_p0=0.01, impl=impl)
+    assert len(calls) == 1
+    calls.clear()
+    kernels.rls_filter_update(g, w, a, h, P00, P01, P11, q=0.1, r=1.0, psd_guard=True, impl=impl)
+    assert len(calls) == 1
