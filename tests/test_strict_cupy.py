@@ -117,6 +117,13 @@ def test_results_stay_on_the_device(cp):
         assert backend.is_cupy_array(r)
     assert type(np.exp(x)) is cp.ndarray and type(x @ x.T) is cp.ndarray and type(np.linalg.eigh(x @ x.T)[0]) is cp.ndarray
     assert backend.get_namespace(x) is cp
+    v = cp.asarray(np.array([0.0, 1.0, 2.0]))
+    assert v[cp.asarray(np.array([1, 3]))].tolist() == [1.0, 0.0]  # CuPy wraps integer-array indices around
+    assert x[:, [0, 4]].tolist() == [[1.0, 2.0], [4.0, 5.0]]
+    v[[1, 3]] = 10.0
+    assert v.tolist() == [10.0, 10.0, 2.0]
+    with pytest.raises(IndexError):
+        v[3]  # scalar indices are checked
     e = cp.empty(3)
     assert bool(cp.all(cp.isnan(e)))  # uninitialised device memory is garbage: NaN here
     with pytest.raises(ValueError, match="ambiguous"):

@@ -26,6 +26,8 @@ and refuses what CuPy refuses, so that a test passing through it is meaningful:
 - ``ElementwiseKernel``/``ReductionKernel`` run curvlab's fused kernels through their Numba
   twins (:mod:`curvlab.kernels.cpu`), looked up by kernel name (``_kernels.TWINS``), with CuPy's
   argument checks; ``cupy.fuse`` runs the function unfused.
+- out-of-bounds integer-array indices wrap around, as CuPy's do (NumPy raises ``IndexError``):
+  code relying on that error for validation fails here as it would on a GPU.
 - ``cupy.empty``/``empty_like``/``ndarray(shape)`` are filled with NaN (device memory is not
   zeroed), so a read of uninitialised memory shows.
 

@@ -324,6 +324,30 @@ def _index(key: Any) -> tuple[Any, bool]:
     return k, _is_bool_index(k)
 
 
+def _wrap_out_of_bounds(key: Any, shape: tuple[int, ...]) -> Any:
+    """CuPy wraps out-of-bounds *integer-array* indices around (NumPy raises IndexError):
+    ``x[[1, 3]]`` on 3 elements is ``x[[1, 0]]`` on a GPU. Scalar indices keep NumPy's check."""
+    parts = list(key) if isinstance(key, tuple) else [key]
+    n_used = sum(0 if (p is None or p is Ellipsis) else (p.ndim if isinstance(p, np.ndarray) and p.dtype == np.bool_
+                                                           else 1) for p in parts)
+    out, axis = [], 0
+    for p in parts:
+        if p is Ellipsis:
+            axis += len(shape) - n_used
+            out.append(p)
+            continue
+        if p is None:
+            out.append(p)
+            continue
+        if isinstance(p, list) and p and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in p):
+            p = np.asarray(p)
+        if isinstance(p, np.ndarray) and p.dtype.kind in "iu" and axis < len(shape) and shape[axis] > 0:
+            p = np.mod(p, shape[axis])
+        out.append(p)
+        axis += p.ndim if isinstance(p, np.ndarray) and p.dtype == np.bool_ else 1
+    return tuple(out) if isinstance(key, tuple) else out[0]
+
+
 def _binop(name: str, reflected: bool = False, inplace: bool = False):
     uf = getattr(np, name)
 
@@ -508,7 +532,7 @@ class ndarray:
         k, mask = _index(key)
         if mask:
             record_sync("boolean-mask indexing (mask count)")
-        r = self._a[k]
+        r = self._a[_wrap_out_of_bounds(k, self._a.shape)]
         return wrap(r)
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -517,7 +541,7 @@ class ndarray:
             record_sync("boolean-mask assignment (mask count)")
         if isinstance(value, np.ndarray):
             record_h2d()
-        self._a[k] = unwrap(value, "setitem", allow_host=True)
+        self._a[_wrap_out_of_bounds(k, self._a.shape)] = unwrap(value, "setitem", allow_host=True)
 
     def __copy__(self) -> "ndarray":
         return wrap(self._a.copy())
