@@ -29,6 +29,8 @@ FIGURE_NAMES: tuple[str, ...] = (
     "002_training",
     "002_layer_choice",
     "002_constants",
+    "002_smoothness",
+    "002_rates",
     "003_regimes",
     "003_decay",
     "003_fidelity",

@@ -480,7 +480,36 @@ def new_figure(ncols: int, nrows: int = 1, w: float = 4.6, h: float = 3.5):
     return fig, axes.ravel()
 
 
+MIN_LEGEND_FONT = 7.5
+
+
+def _tidy_log_axis(axis) -> None:
+    """Readable tick labels on a log axis: over less than two decades label 2x and 5x minor ticks
+    with plain numbers (the default writes overlapping '3x10^0 4x10^0'), else no minor labels."""
+    from matplotlib import ticker
+
+    lo, hi = sorted(axis.get_view_interval())
+    if lo <= 0 or not np.isfinite(lo) or not np.isfinite(hi):
+        return
+    if np.log10(hi / lo) < 2:
+        axis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        axis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+        axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    else:
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def finish_figure(fig, title: str):
+    """Title, legible legends (font >= 7.5 pt), readable log-axis labels, tight layout."""
+    for ax in fig.axes:
+        if ax.get_xscale() == "log":
+            _tidy_log_axis(ax.xaxis)
+        if ax.get_yscale() == "log":
+            _tidy_log_axis(ax.yaxis)
+        leg = ax.get_legend()
+        if leg is not None:
+            for t in leg.get_texts():
+                t.set_fontsize(max(t.get_fontsize(), MIN_LEGEND_FONT))
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig

@@ -146,8 +146,8 @@ def judge(per: dict, datasets: list) -> list[Verdict]:
 
 def run(ctx) -> FigureResult:
     trials = ctx.pick(tiny=1, quick=8, full=24)
-    plan = {"digits": (ctx.pick(tiny=300, quick=None, full=None), ctx.pick(tiny=2, quick=20, full=120)),
-            "mnist": (ctx.pick(tiny=200, quick=2000, full=None), ctx.pick(tiny=1, quick=8, full=120))}
+    plan = {"digits": (ctx.pick(tiny=300, quick=None, full=None), ctx.pick(tiny=2, quick=12, full=120)),
+            "mnist": (ctx.pick(tiny=200, quick=1500, full=None), ctx.pick(tiny=1, quick=6, full=120))}
     rows, fig, axes = [], *new_figure(2, 2)
     summary, chosen, checks, per = {}, {}, [], {}
     for di, (dname, (n_train, E)) in enumerate(plan.items()):
@@ -174,7 +174,7 @@ def run(ctx) -> FigureResult:
                                         float(np.mean([_epochs_to_95(h.train_loss) for h in ok])) if ok else np.nan)
         for k, ax in enumerate(axes[2 * di: 2 * di + 2]):
             ax.set_xlabel(f"epoch ({dname}{'' if n_train is None else f', {n_train} training samples'})")
-            ax.set_ylabel("training loss (nats)" if k == 0 else "test accuracy")
+            ax.set_ylabel("training loss (nats)" if k == 0 else "test accuracy (axis from 0.5)")
             if k == 0:
                 ax.set_yscale("log")
             else:

@@ -241,3 +241,31 @@ def test_001_hessian_diag_exact_diagonal():
     X, y = rng.standard_normal((7, 5)), rng.integers(0, 3, 7)
     H = model.dense_hessian(p, X, y)
     np.testing.assert_allclose(mod.exact_diagonal(model, p, X, y, block=4), np.diag(H), rtol=1e-12, atol=1e-14)
+
+
+def test_002_rates():
+    mod = paper_figures.load("002_rates")
+    good = mod.judge([0.5, 0.6, 0.55], {16: [0.3] * 3, 64: [0.2] * 3, 256: [0.19] * 3}, 2.3)
+    assert [v.verdict for v in good] == ["supported", "supported"]
+    bad = mod.judge([1.5, 2.0, 1.2], {16: [2.5] * 3, 64: [2.4] * 3}, 2.3)
+    assert [v.verdict for v in bad] == ["not supported", "not supported"]
+    assert _v(mod.judge([0.5] * 3, {16: [0.2] * 3, 64: [0.3] * 3}, 2.3), "C5") == "mixed"
+
+
+def test_002_rates_bound_follows_from_the_guarantee():
+    """If every step decreases f by at least max_i score_i, the measure never exceeds the bound."""
+    mod = paper_figures.load("002_rates")
+
+    class H:
+        pass
+
+    rng = np.random.default_rng(0)
+    h = H()
+    h.scores = rng.uniform(0.01, 0.1, (50, 3))
+    dec = h.scores.max(1) * rng.uniform(1.0, 2.0, 50)
+    h.loss = np.concatenate([[10.0], 10.0 - np.cumsum(dec)])
+    m, b = mod.rate_curves(h)
+    assert np.all(m <= b + 1e-12)
+    h.loss = np.concatenate([[10.0], 10.0 - np.cumsum(0.5 * h.scores.max(1))])  # only half the guarantee
+    m, b = mod.rate_curves(h)
+    assert np.any(m > b)
