@@ -56,6 +56,10 @@ argwhere flatnonzero nonzero unique unique_all unique_counts unique_inverse uniq
 trim_zeros intersect1d setdiff1d setxor1d union1d place
 """.split())
 
+#: CuPy functions that read more than once, or conditionally (cupy/_statistics/histogram.py:
+#: bincount checks ``(x < 0).any()`` and reads ``max(x)``; histogram reads its range or checks bins)
+SYNC_COUNTS = {"bincount": 2, "histogram": 1, "histogram2d": 1, "histogramdd": 1}
+
 #: objects CuPy re-exports from NumPy unchanged (dtypes, constants, type helpers)
 PASSTHROUGH = """
 e euler_gamma inf nan newaxis pi complexfloating floating generic inexact integer number signedinteger
@@ -72,9 +76,10 @@ def _host_function(name: str, np_fn: Callable) -> Callable:
         a = unwrap(args, where)
         kw = unwrap_kw(kwargs, where)
         if name in SYNCING or (name == "where" and len(args) == 1) or (
-                name == "repeat" and len(args) > 1 and isinstance(args[1], ndarray)) or (
-                name == "bincount" and kwargs.get("minlength") is None):
+                name == "repeat" and len(args) > 1 and isinstance(args[1], ndarray)):
             record_sync(f"{name} (output size)")
+        for _ in range(SYNC_COUNTS.get(name, 0)):
+            record_sync(f"{name} (reads its range)")
         if name in ("empty", "empty_like"):
             return wrap(_poison(np_fn(*a, **kw)))
         out = kwargs.get("out")
