@@ -86,6 +86,27 @@ def bench_run(dname: str, n_train: int | None, epochs: int, seed: int, method: s
     return h
 
 
+def plan_for(ctx) -> dict:
+    """{dataset: (training samples or None, epochs)} of this mode; shared with 001_stability."""
+    return {"digits": (ctx.pick(tiny=300, quick=None, full=None), ctx.pick(tiny=2, quick=12, full=120)),
+            "mnist": (ctx.pick(tiny=200, quick=1500, full=None), ctx.pick(tiny=1, quick=6, full=120))}
+
+
+def trials_for(ctx) -> int:
+    return ctx.pick(tiny=1, quick=8, full=24)
+
+
+def select(dname: str, n_train, E: int, method: str, trials: int) -> dict:
+    """Random search: ``trials`` draws (same count per optimizer), best validation accuracy, seed 0."""
+    rng = np.random.default_rng(12345 + METHODS.index(method))
+    cfgs = [sample_config(method, rng) for _ in range(trials)]
+    scores = []
+    for c in cfgs:
+        h = bench_run(dname, n_train, E, 0, method, tuple(sorted(c.items())), True)
+        scores.append(-1.0 if h.diverged else h.test_acc[-1])  # validation accuracy
+    return cfgs[int(np.argmax(scores))]
+
+
 def _epochs_to_95(loss) -> int:
     loss = np.asarray(loss)
     target = loss[0] - 0.95 * (loss[0] - loss[-1])
@@ -145,20 +166,13 @@ def judge(per: dict, datasets: list) -> list[Verdict]:
 
 
 def run(ctx) -> FigureResult:
-    trials = ctx.pick(tiny=1, quick=8, full=24)
-    plan = {"digits": (ctx.pick(tiny=300, quick=None, full=None), ctx.pick(tiny=2, quick=12, full=120)),
-            "mnist": (ctx.pick(tiny=200, quick=1500, full=None), ctx.pick(tiny=1, quick=6, full=120))}
+    trials = trials_for(ctx)
+    plan = plan_for(ctx)
     rows, fig, axes = [], *new_figure(2, 2)
     summary, chosen, checks, per = {}, {}, [], {}
     for di, (dname, (n_train, E)) in enumerate(plan.items()):
         for mi, method in enumerate(ctx.progress(METHODS, desc=f"001 {dname} tune+run")):
-            rng = np.random.default_rng(12345 + mi)  # same number of draws per optimizer
-            cfgs = [sample_config(method, rng) for _ in range(trials)]
-            scores = []
-            for c in cfgs:
-                h = bench_run(dname, n_train, E, 0, method, tuple(sorted(c.items())), True)
-                scores.append(-1.0 if h.diverged else h.test_acc[-1])  # validation accuracy
-            cfg = cfgs[int(np.argmax(scores))]
+            cfg = select(dname, n_train, E, method, trials)
             chosen[f"{dname}/{method}"] = cfg
             hs = [bench_run(dname, n_train, E, s, method, tuple(sorted(cfg.items())), False) for s in ctx.seeds]
             x, m, sd = band(axes[2 * di], np.arange(E + 1), [h.train_loss for h in hs], method, color=f"C{mi}",
