@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, combine, dataset, finish_figure, fmt,
-                      make_mlp, need, new_figure, pm, train_epochs, validation_split, vote)
+                      make_mlp, need, new_figure, pm, subsample, train_epochs, validation_split, vote)
 
 SPEC = FigureSpec(
     name="001_ablations",
@@ -71,20 +71,28 @@ def make_optimizer(method: str, cfg: dict):
     return ar.ArTuRO.from_preset(PRESET, **kw)
 
 
+#: dataset name -> (MLP sizes, batch); "digits" is this figure's setting, the others serve 001_generalization
+SETUPS = {"digits": (SIZES, BATCH), "mnist": ((784, 64, 10), 64)}
+
+
 @functools.lru_cache(maxsize=None)
-def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: bool = False):
+def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: bool = False, dname: str = "digits",
+            n_train: int | None = None):
     """Train the digits MLP with ``method``; returns (History, max KL/ε over the steps, fraction of the steps
     whose trust region was active, η > 0) — the last two NaN for a baseline.
 
     ``cfg_items``: sorted (key, value) overrides (``kl_bound`` for arTuRO, ``lr`` for baselines).
-    ``val``: train on 90% of the training set and evaluate on the other 10% (tuning).
+    ``val``: train on 90% of the training set and evaluate on the other 10% (tuning). ``dname``: a key of
+    :data:`SETUPS` (dataset, MLP sizes and batch); ``n_train``: a fixed subset of the training set (None: all).
     """
     cfg = dict(cfg_items)
-    ds = dataset("digits")
-    X, y, Xte, yte = ds.X_train, ds.y_train, ds.X_test, ds.y_test
+    ds = dataset(dname)
+    X, y = subsample(ds.X_train, ds.y_train, n_train)
+    Xte, yte = ds.X_test, ds.y_test
     if val:
         X, y, Xte, yte = validation_split(X, y, 0.1, seed=0)
-    model = make_mlp(SIZES, "relu")
+    sizes, batch = SETUPS[dname]
+    model = make_mlp(sizes, "relu")
     params = model.init_params(np.random.default_rng(seed))
     opt = make_optimizer(method, cfg)
     is_ar = method not in ("Adam", "SGD", "SGD-momentum")
@@ -105,7 +113,8 @@ def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: boo
 
     ctx = frozen_curvature(H_FROZEN) if method == "curvature frozen (h = 0.1)" else contextlib.nullcontext()
     with ctx:
-        _, h = train_epochs(model, params, step, opt.init(params), X, y, Xte, yte, epochs, BATCH, seed=100 + seed)
+        _, h = train_epochs(model, params, step, opt.init(params), X, y, Xte, yte, epochs, batch, seed=100 + seed,
+                            eval_n=2000)
     if not is_ar:
         return h, float("nan"), float("nan")
     return h, kl_ratio[0], float(np.mean(active)) if active else float("nan")
