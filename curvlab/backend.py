@@ -254,6 +254,8 @@ def as_float_array(x: Any, name: str, dtype: Any = None, xp: types.ModuleType | 
     hint = foreign_array_hint(x)
     if hint is not None:
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {hint}")
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
     if xp is None:
         xp = get_namespace(x)
     dt = getattr(x, "dtype", None)

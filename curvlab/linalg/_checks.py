@@ -99,10 +99,8 @@ def check_positive_int(x: Any, name: str, minimum: int = 1) -> int:
 
 
 def check_tol(tol: Any, name: str = "tol") -> float:
-    tol = float(tol)
-    if not (np.isfinite(tol) and tol > 0):
-        raise ValueError(f"{name} must be a finite positive float, got {tol}")
-    return tol
+    """A finite float ``> 0`` (a string, bool, None or complex raises ``TypeError`` naming ``name``)."""
+    return backend.check_positive(name, tol)
 
 
 def start_vectors(op: LinearOperator, v0: Any, rng: Any, k: int = 1, name: str = "v0") -> Any:

@@ -110,7 +110,7 @@ class LinearOperator:
         if dt not in backend.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         if symmetric and shape[0] != shape[1]:
-            raise ValueError(f"a symmetric operator must be square, got shape {shape}")
+            raise ValueError(f"shape must be square for an operator declared symmetric, got shape {shape}")
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = dt
         self.symmetric = bool(symmetric)
@@ -418,6 +418,10 @@ class LowRankPlusDiagonal(LinearOperator):
 
     def __init__(self, d: Any, U: Any, C: Any = None, *, check: bool = True) -> None:
         backend.check_float_array(U, "U", ndim=2)
+        if not (np.isscalar(d) or (isinstance(d, np.ndarray) and d.ndim == 0)):
+            backend.check_float_array(d, "d", ndim=1)
+        if C is not None:
+            backend.check_float_array(C, "C", ndim=2)
         xp = backend.get_namespace(U, d if not np.isscalar(d) else None, C)
         n, k = U.shape
         dtype = U.dtype
@@ -875,6 +879,10 @@ def aslinearoperator(
     if isinstance(A, (list, tuple)):
         A = backend.as_array(A, "A", ndim=2)
     if hasattr(A, "ndim") and hasattr(A, "shape") and (isinstance(A, np.ndarray) or backend.is_cupy_array(A)):
+        if A.ndim != 2:
+            raise ValueError(f"A must be a 2-D array (an (m, n) matrix), got shape {tuple(A.shape)}")
+        if (sym or pos) and A.shape[0] != A.shape[1]:
+            raise ValueError(f"A is declared symmetric/psd but is not square: shape {tuple(A.shape)}")
         if A.dtype.kind in "iub":
             A = A.astype(np.float64)
         if dtype is not None:
@@ -893,10 +901,16 @@ def aslinearoperator(
         return ScipyWrappedOperator(A, symmetric=sym, psd=pos, check=check)
     if callable(A):
         if shape is None:
-            raise ValueError("aslinearoperator: a callable needs shape=(m, n)")
+            raise ValueError("aslinearoperator: a callable A needs shape=(m, n)")
+        shape = _check_shape(shape)
+        if (sym or pos) and shape[0] != shape[1]:
+            raise ValueError(f"A is declared symmetric/psd but shape {shape} is not square")
         return CallableOperator(A, shape, np.float64 if dtype is None else dtype, symmetric=sym, psd=pos,
                                 check=None if check else False)
-    raise TypeError(f"cannot make a linear operator from {type(A).__name__}")
+    raise TypeError(
+        "A must be a NumPy/CuPy array, a curvlab or SciPy linear operator, a sparse matrix or a callable "
+        f"v -> A v; cannot make a linear operator from {type(A).__name__}"
+    )
 
 
 def symmetry_defect(A: Any, rng: Any = None, n_probes: int = 2) -> float:
@@ -915,7 +929,7 @@ def symmetry_defect(A: Any, rng: Any = None, n_probes: int = 2) -> float:
     backend.check_rng(rng)
     A = aslinearoperator(A, check=False)
     if A.shape[0] != A.shape[1]:
-        raise ValueError(f"symmetry needs a square operator, got shape {A.shape}")
+        raise ValueError(f"A must be square to measure its symmetry, got shape {A.shape}")
     xp = A.xp
     rng = backend.default_rng(rng, xp)
     worst = 0.0

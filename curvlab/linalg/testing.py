@@ -48,7 +48,7 @@ def named_spectrum(name: str, n: int) -> np.ndarray:
     * ``tiny_gap``: ``λ_n = 1``, ``λ_{n-1} = 1 - 1e-3``, rest in ``[0, 0.9]``.
     * ``uniform``: equispaced in ``[1, 2]``.
     """
-    n = int(n)
+    n = backend.check_positive("n", n, integer=True)
     if n < 8:
         raise ValueError(f"named spectra need n >= 8, got n = {n}")
     i = np.arange(1, n + 1, dtype=np.float64)
@@ -138,13 +138,23 @@ def prescribed_spectrum_operator(
     ``matmat``), ``eigenvalues`` (ascending float64) and ``eigenvectors(idx)``.
     """
     xp = np if xp is None else xp
-    lam = np.sort(np.asarray(backend.to_numpy(eigenvalues), dtype=np.float64).reshape(-1))
+    if xp is not np and getattr(xp, "__name__", "") != "cupy":
+        raise TypeError(f"xp must be the numpy or cupy module, got {xp!r}")
+    lam = backend.as_array(eigenvalues, "eigenvalues", ndim=(0, 1), dtype=np.float64)
+    lam = np.sort(np.asarray(backend.to_numpy(lam), dtype=np.float64).reshape(-1))
     n = lam.size
     if n < 1 or not np.all(np.isfinite(lam)):
         raise ValueError(f"eigenvalues must be a non-empty finite vector, got shape {lam.shape}")
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in backend.FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    backend.check_rng(rng)
+    n_reflectors = backend.check_positive("n_reflectors", n_reflectors, integer=True)
+    if orthogonal not in ("auto", "dense", "householder"):
+        raise ValueError(f"orthogonal must be 'auto', 'dense' or 'householder', got {orthogonal!r}")
     g = backend.default_rng(rng)
     if orthogonal == "auto":
         orthogonal = "dense" if n <= 3000 else "householder"

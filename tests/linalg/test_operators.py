@@ -107,7 +107,7 @@ def test_bad_shapes_and_dtypes_name_argument_and_shapes():
         op + DenseOperator(np.eye(2))
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         LinearOperator((2, 2), np.int32)
-    with pytest.raises(ValueError, match="symmetric operator must be square"):
+    with pytest.raises(ValueError, match="square for an operator declared symmetric"):
         LinearOperator((2, 3), np.float64, symmetric=True)
     with pytest.raises(ValueError, match=r"d has shape \(2,\), expected \(3,\)"):
         LowRankPlusDiagonal(np.ones(2), np.ones((3, 1)))
