@@ -97,7 +97,7 @@ def header_lines(meta: dict[str, Any]) -> list[str]:
     v = dict(meta.get("versions", {}))
     git = v.pop("curvlab_git", "unknown")
     lines = [f"run started {meta.get('started', '?')}, mode **{meta.get('mode', '?')}**, BLAS threads "
-             f"{meta.get('threads', '?')}, total time {meta.get('total_time_s', '?')} s (CPU "
+             f"{meta.get('threads', '?')}, worker processes {meta.get('jobs', 1)}, total time {meta.get('total_time_s', '?')} s (CPU "
              f"{meta.get('total_cpu_time_s', '?')} s), git commit {git}",
              "libraries: " + ", ".join(f"{k} {val}" for k, val in v.items()),
              f"command: `{meta.get('command', '?')}`; seeds requested: {meta.get('seeds_requested', '?')} "

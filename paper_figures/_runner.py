@@ -147,11 +147,11 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda fh: json.dump(_jsonable(obj), fh, indent=1))
 
 
-def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str]) -> dict[str, Any]:
+def run_one(name: str, ctx: Context, out: Path, versions: dict[str, str], run_id: str = "") -> dict[str, Any]:
     """Run one figure and write its PNG/CSV/JSON; never raises. Returns the JSON record."""
     t0, c0 = time.perf_counter(), time.process_time()
     rec: dict[str, Any] = {"name": name, "mode": ctx.mode, "seeds": ctx.seeds, "versions": versions,
-                           "started": _dt.datetime.now().isoformat(timespec="seconds")}
+                           "started": _dt.datetime.now().isoformat(timespec="seconds"), "run_id": run_id}
     files: dict[str, str] = {}
     try:
         mod = _pf.load(name)
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds (default 3 quick, 5 full)")
     p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help="output folder (default paper_figures/out)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="J",
+                   help="worker processes, one paper's figures per worker (default: 2, or 1 on a one-core machine)")
     p.add_argument("--threads", type=int, default=1, metavar="T",
                    help="BLAS threads (default 1: small matrices, and stable timings on shared machines)")
     return p
@@ -236,6 +238,68 @@ def _thread_limits(n: int):
         return threadpool_limits(n)
     except Exception:  # threadpoolctl ships with scikit-learn; without it keep the defaults
         return None
+
+
+# ----------------------------------------------------------------------------- parallel runs
+def groups_of(names: Sequence[str]) -> list[list[str]]:
+    """Figures grouped by paper (``000``, ``001``, ..., ``core``): a group shares cached training runs, so it
+    runs in one worker process, in report order."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(n.split("_")[0], []).append(n)
+    return list(groups.values())
+
+
+def _worker_exit(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds (temporary files removed), and multiprocessing exits quietly
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    signal.signal(signal.SIGTERM, _worker_exit)  # Pool.terminate
+
+
+def _run_group(group: list[str], ctx: Context, out: Path, versions: dict[str, str], run_id: str):
+    return [run_one(n, ctx, out, versions, run_id) for n in group]
+
+
+def _start_pool(jobs: int):
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else None
+    return mp.get_context(method).Pool(jobs, initializer=_worker_init, maxtasksperchild=1)
+
+
+def _run_parallel(pool, names: Sequence[str], ctx: Context, out: Path, versions: dict[str, str],
+                  run_id: str) -> list[dict[str, Any]]:
+    """Run the paper groups on ``pool`` (largest group first); returns the records in report order."""
+    groups = sorted(groups_of(names), key=len, reverse=True)
+    quiet = Context(mode=ctx.mode, seeds=len(ctx.seeds), progress=False)  # no interleaved bars
+    pending = [pool.apply_async(_run_group, (g, quiet, out, versions, run_id)) for g in groups]
+    done: dict[str, dict[str, Any]] = {}
+    while pending:
+        for job in list(pending):
+            if job.ready():
+                for r in job.get():
+                    done[r["name"]] = r
+                    if ctx.show_progress:
+                        print(f"  {r['name']:22s} {r['status']:8s} {r['wall_time_s']:7.1f} s", flush=True)
+                pending.remove(job)
+        time.sleep(0.05)
+    return [done[n] for n in names if n in done]
+
+
+def _records_of_run(out: Path, names: Sequence[str], run_id: str) -> list[dict[str, Any]]:
+    """The records of ``names`` that this run (``run_id``) finished, read back from their JSON files."""
+    recs = []
+    for n in names:
+        try:
+            rec = json.loads((out / f"{n}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("run_id") == run_id:
+            recs.append(rec)
+    return recs
 
 
 class Interrupted(BaseException):
@@ -287,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.seeds is not None and args.seeds < 1:
             raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.jobs < 1:
+            raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         if args.full and args.tiny:
@@ -306,17 +372,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = names
     interrupted: Interrupted | None = None
     current = None
+    jobs = min(args.jobs, len(groups_of(names))) if args.jobs else 1
+    run_id = f"{started}/{os.getpid()}"
+    pool = None
     old_handlers = _install_signal_handlers()
     try:
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(names, desc="figures", unit="fig", dynamic_ncols=True)
-        for n in bar:
-            current = n
+        if jobs > 1:
+            pool, current = _start_pool(jobs), "the parallel run"
+            records = _run_parallel(pool, names, ctx, out, versions, run_id)
+        else:
             if progress:
-                bar.set_postfix_str(n)
-            records.append(run_one(n, ctx, out, versions))
+                from tqdm.auto import tqdm
+
+                bar = tqdm(names, desc="figures", unit="fig", dynamic_ncols=True)
+            for n in bar:
+                current = n
+                if progress:
+                    bar.set_postfix_str(n)
+                records.append(run_one(n, ctx, out, versions, run_id))
         current = None
     except KeyboardInterrupt:
         interrupted = Interrupted(signal.SIGINT)
@@ -325,12 +398,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         # a second signal must not interrupt the report of the figures that finished
         _ignore_signals()
+        if pool is not None:
+            if interrupted is not None:
+                pool.terminate()  # workers get SIGTERM: they stop and remove their temporary files
+            else:
+                pool.close()
+            pool.join()
         if limits is not None:
             limits.restore_original_limits()
+    if interrupted is not None and jobs > 1:
+        records = _records_of_run(out, names, run_id)
     from ._report import write_report
 
     total = time.perf_counter() - t0
-    meta = {"mode": mode, "threads": args.threads, "seeds_requested": ctx.seeds, "started": started,
+    meta = {"mode": mode, "threads": args.threads, "jobs": jobs, "seeds_requested": ctx.seeds, "started": started,
             "total_time_s": round(total, 1), "total_cpu_time_s": round(time.process_time() - c0, 1), "versions": versions, "selected": names,
             "finished": [r["name"] for r in records],
             "interrupted": None if interrupted is None else {"signal": interrupted.signame, "during": current},

@@ -51,21 +51,21 @@ SCRIPT = textwrap.dedent("""
     make("fast", False)
     make("slow", True)
     paper_figures.FIGURE_NAMES = ("fast", "slow")
-    raise SystemExit(_runner.main(["--out", str(out), "--no-progress"]))
+    raise SystemExit(_runner.main(["--out", str(out), "--no-progress", "--jobs", sys.argv[2]]))
 """)
 
 
-def _interrupt(tmp_path: Path, sig: int) -> tuple[int, str, str]:
+def _interrupt(tmp_path: Path, sig: int, jobs: int) -> tuple[int, str, str]:
     script = tmp_path / "run_fake.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, str(script), str(out)], cwd=str(ROOT), env=env,
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(jobs)], cwd=str(ROOT), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not (out / "slow.started").exists():
+    while not ((out / "slow.started").exists() and (out / "fast.json").exists()):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             o, e = proc.communicate()
@@ -81,9 +81,10 @@ def _interrupt(tmp_path: Path, sig: int) -> tuple[int, str, str]:
     return proc.returncode, o, e
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_cleanly_and_reports_finished_figures(tmp_path, sig, code):
-    rc, stdout, stderr = _interrupt(tmp_path, sig)
+@pytest.mark.parametrize("sig, code, jobs", [(signal.SIGINT, 130, 1), (signal.SIGTERM, 143, 1),
+                                             (signal.SIGINT, 130, 2), (signal.SIGTERM, 143, 2)])
+def test_signal_stops_cleanly_and_reports_finished_figures(tmp_path, sig, code, jobs):
+    rc, stdout, stderr = _interrupt(tmp_path, sig, jobs)
     name = signal.Signals(sig).name
     assert rc == code, (stdout, stderr)
     assert "Traceback" not in stderr and "Traceback" not in stdout
@@ -103,7 +104,8 @@ def test_signal_stops_cleanly_and_reports_finished_figures(tmp_path, sig, code):
     assert "### fast" in md and "### slow" in md and "interrupted" in md.split("### slow")[1]
     assert "supported" in md.split("### fast")[1].split("### slow")[0]
     run = json.loads((out / "run.json").read_text())
-    assert run["finished"] == ["fast"] and run["interrupted"] == {"signal": name, "during": "slow"}
+    during = "slow" if jobs == 1 else "the parallel run"
+    assert run["finished"] == ["fast"] and run["interrupted"] == {"signal": name, "during": during}
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):

@@ -81,6 +81,23 @@ def test_all_ok_exits_zero(fake_registry, tmp_path):
     assert "fake_raise" in (tmp_path / "index.md").read_text()
 
 
+def test_parallel_jobs_run_groups_in_workers(monkeypatch, tmp_path, capsys):
+    kinds = {"p1_ok": "ok", "p1_raise": "raise", "p2_ok": "ok", "p3_badcheck": "badcheck"}
+    for name, kind in kinds.items():
+        monkeypatch.setitem(sys.modules, f"paper_figures.fig_{name}", _fake_module(name, kind))
+    monkeypatch.setattr(paper_figures, "FIGURE_NAMES", tuple(kinds))
+    assert _runner.groups_of(list(kinds)) == [["p1_ok", "p1_raise"], ["p2_ok"], ["p3_badcheck"]]
+    assert _runner.main(["--out", str(tmp_path), "--no-progress", "--jobs", "2"]) == 1
+    status = {n: json.loads((tmp_path / f"{n}.json").read_text())["status"] for n in kinds}
+    assert status == {"p1_ok": "ok", "p1_raise": "failed", "p2_ok": "ok", "p3_badcheck": "failed"}
+    out = capsys.readouterr().out
+    assert [ln.split()[0] for ln in out.splitlines() if ln.startswith("  p")] == list(kinds)  # report order
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["jobs"] == 2 and run["finished"] == list(kinds)
+    assert _runner.main(["--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert "--jobs" in capsys.readouterr().err
+
+
 def test_unknown_name_lists_known(capsys, tmp_path):
     rc = _runner.main(["no_such_figure", "--out", str(tmp_path)])
     err = capsys.readouterr().err
