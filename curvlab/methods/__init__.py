@@ -16,9 +16,36 @@ All share one numerical-trouble policy (``nan_policy="skip"|"raise"|"propagate"`
 non-finite gradient or curvature is skipped and counted, and no state is ever poisoned.
 """
 
-from ._transform import Transform, TransformState, apply_updates, tree_map, tree_vdot
+from ._transform import (
+    AddDecayedWeights,
+    Chain,
+    ChainInfo,
+    ChainState,
+    ScaleByLR,
+    StepInfo,
+    Transform,
+    TransformState,
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    scale_by_lr,
+    tree_map,
+    tree_vdot,
+)
 from .arturo import ARTURO_PRESETS, ArTuRO, ArTuROState, ArTuROStepInfo
-from .baselines import SGD, Adam, AdamState, AdamW, Momentum, MomentumState, SGDState
+from .baselines import (
+    SGD,
+    Adam,
+    AdamState,
+    AdamW,
+    Momentum,
+    MomentumState,
+    ScaleByAdam,
+    SGDState,
+    Trace,
+    scale_by_adam,
+    trace,
+)
 from .curvature_lr import (
     ConstantSchedule,
     CurvatureLR,
@@ -32,7 +59,10 @@ from .exact_newton import ExactNewton, ExactNewtonState, exact_newton_directions
 
 __all__ = [
     # protocol
-    "Transform", "TransformState", "apply_updates", "tree_map", "tree_vdot",
+    "Transform", "TransformState", "StepInfo", "apply_updates", "tree_map", "tree_vdot",
+    # building blocks
+    "chain", "scale_by_lr", "add_decayed_weights", "scale_by_adam", "trace",
+    "Chain", "ChainState", "ChainInfo", "ScaleByLR", "AddDecayedWeights", "ScaleByAdam", "Trace",
     # baselines
     "SGD", "Momentum", "Adam", "AdamW", "SGDState", "MomentumState", "AdamState",
     # paper 000

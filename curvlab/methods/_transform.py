@@ -1,14 +1,26 @@
-"""The optimizer-transform protocol shared by every curvlab method.
+"""The optimizer-transform protocol shared by every curvlab method (optax-shaped).
 
-A method is a :class:`Transform`: ``init(params) -> state`` and
-``update(grads, state, params, **extras) -> (updates, state)``. ``params``,
-``grads`` and ``updates`` are either one flat array ``(P,)`` or a list of
-layer arrays (the "tree"); new parameters are ``params + updates``
-(:func:`apply_updates`). ``state`` is a dataclass derived from
-:class:`TransformState` holding arrays, lists of arrays and scalars; it
-round-trips through a plain ``dict`` of arrays without loss
-(:meth:`TransformState.to_dict` / :meth:`TransformState.from_dict`), so it
-can be saved with ``numpy.savez``.
+A method is a :class:`Transform`: ``init(params) -> state``,
+``update(grads, state, params, **extras) -> (updates, state)`` and
+``update_with_info(...) -> (updates, state, info)``. ``params``, ``grads`` and
+``updates`` are pytrees (:mod:`curvlab.tree`: one array, or a dict/list/tuple
+of arrays) and keep their structure; new parameters are ``params + updates``
+(:func:`apply_updates`). ``state`` (what the next step needs) is a dataclass
+derived from :class:`TransformState`; ``info`` (what the step reports: step
+size, skipped, curvature, ...) is apart from it. ``update`` never changes its
+input state, except in a transform that declares ``inplace = True`` (then it
+returns the same object). A state round-trips through a plain ``dict`` of
+arrays without loss (:meth:`TransformState.to_dict` /
+:meth:`Transform.load_state`), so it can be saved with ``numpy.savez``.
+
+Direction and step size compose, as in optax: a *direction transform*
+(``scale_by_adam``, ``trace``, ... in :mod:`curvlab.methods.baselines`), the
+step size :func:`scale_by_lr` (a number or a schedule of the step count), the
+one weight-decay transform :func:`add_decayed_weights` (coupled or decoupled,
+with a mask), put together by :func:`chain`; ``Adam(lr)`` is
+``chain(scale_by_adam(), scale_by_lr(lr))`` bit for bit.
+:meth:`Transform.direction` returns the direction alone, for a wrapper that
+sets the step size itself; a method without one raises ``NotImplementedError``.
 
 One numerical-trouble policy (DESIGN.md), shared by every transform through
 :meth:`Transform.set_nan_policy` and :meth:`Transform.nonfinite`: a
@@ -24,7 +36,7 @@ non-finite gradient or curvature is, by ``nan_policy``,
 
 The check is one device reduction over all the arrays involved and one host
 read (one sync on CuPy); what was non-finite is worked out only on the
-failure path.
+failure path. In a :func:`chain` the chain applies it once for the whole step.
 
 Example
 -------
@@ -40,27 +52,53 @@ array([0.9, 0.9, 0.9])
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
 from .. import backend
+from ..tree import (
+    num_leaves,
+    same_structure,
+    tree_flatten,
+    tree_leaves,
+    tree_map,
+    tree_unflatten,
+    tree_vdot,
+    tree_zeros_like,
+)
 
 __all__ = [
     "Transform",
     "TransformState",
+    "StepInfo",
     "apply_updates",
-    "tree_map",
-    "tree_vdot",
-    "tree_leaves",
-    "tree_zeros_like",
+    "scale_by_lr",
+    "add_decayed_weights",
+    "chain",
+    "ScaleByLR",
+    "AddDecayedWeights",
+    "Chain",
+    "ChainState",
+    "ChainInfo",
+    "CountState",
+    "EmptyState",
+    "check_lr",
+    "lr_at",
     "check_tree_like",
     "check_params",
     "all_finite",
     "state_leaves",
+    "attach_info",
     "NAN_POLICIES",
     "DEFAULT_MAX_CONSECUTIVE_SKIPS",
+    # re-exported from curvlab.tree (curvlab.estimators.rls imports them from here)
+    "tree_map",
+    "tree_vdot",
+    "tree_leaves",
+    "tree_zeros_like",
 ]
 
 #: accepted values of ``nan_policy`` (module docstring)
@@ -72,67 +110,39 @@ Tree = Any
 S = TypeVar("S", bound="TransformState")
 
 
-def _is_list(tree: Tree) -> bool:
-    return isinstance(tree, (list, tuple))
-
-
-def tree_leaves(tree: Tree) -> list[Any]:
-    """The arrays of a tree: ``[tree]`` for a flat array, the list itself otherwise."""
-    return list(tree) if _is_list(tree) else [tree]
-
-
-def tree_map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
-    """Apply ``fn`` leaf by leaf to trees of the same structure."""
-    if _is_list(tree):
-        for r in rest:
-            if not _is_list(r) or len(r) != len(tree):
-                raise ValueError(f"tree structures differ: list of {len(tree)} vs {type(r).__name__}"
-                                 f"{' of ' + str(len(r)) if _is_list(r) else ''}")
-        return [fn(*leaves) for leaves in zip(tree, *rest)]
-    for r in rest:
-        if _is_list(r):
-            raise ValueError("tree structures differ: a flat array vs a list of arrays")
-    return fn(tree, *rest)
-
-
-def tree_vdot(a: Tree, b: Tree) -> float:
-    """``⟨a, b⟩`` summed over all leaves, accumulated in float64."""
-    xp = backend.get_namespace(*tree_leaves(a))
-    total = 0.0
-    for x, y in zip(tree_leaves(a), tree_leaves(b)):
-        total += float(xp.vdot(x.ravel().astype(np.float64), y.ravel().astype(np.float64)))
-    return total
-
-
-def tree_zeros_like(tree: Tree) -> Tree:
-    return tree_map(lambda x: backend.get_namespace(x).zeros_like(x), tree)
+def _label(name: str, i: int) -> str:
+    return f"{name}[{i}]"
 
 
 def check_tree_like(name: str, tree: Tree, ref: Tree, ref_name: str = "params") -> None:
-    """Raise ``ValueError`` unless ``tree`` has the structure and leaf shapes of ``ref``."""
+    """Raise ``ValueError`` unless ``tree`` has the structure and leaf shapes of ``ref``
+    (leaf ``i`` is named ``name[i]``, in :func:`curvlab.tree.tree_leaves` order)."""
     a, b = tree_leaves(tree), tree_leaves(ref)
-    if _is_list(tree) != _is_list(ref) or len(a) != len(b):
-        raise ValueError(f"{name} must have the structure of {ref_name}: got {len(a)} leaves, expected {len(b)}")
+    if len(a) != len(b) or not same_structure(tree, ref):
+        raise ValueError(f"{name} must have the structure of {ref_name}: got {len(a)} leaves "
+                         f"({type(tree).__name__}), expected {len(b)} ({type(ref).__name__})")
     for i, (x, y) in enumerate(zip(a, b)):
         if tuple(x.shape) != tuple(y.shape):
-            raise ValueError(f"{name}[{i}] has shape {tuple(x.shape)}, expected {tuple(y.shape)} as in {ref_name}")
-        backend.check_float_array(x, f"{name}[{i}]")
+            raise ValueError(f"{_label(name, i)} has shape {tuple(x.shape)}, expected {tuple(y.shape)} as in {ref_name}")
+        backend.check_float_array(x, _label(name, i))
 
 
 def check_params(params: Tree, name: str = "params") -> None:
     """Raise ``TypeError``/``ValueError`` unless ``params`` is a float32/float64 array or a
-    list/tuple of them (the trees curvlab transforms take)."""
+    pytree (dict/list/tuple) of them (the trees curvlab transforms take)."""
     if params is None:
-        raise TypeError(f"{name} must be a float32/float64 array or a list/tuple of them, got None")
-    if _is_list(params):
-        for i, x in enumerate(params):
-            backend.check_float_array(x, f"{name}[{i}]")
-    else:
-        backend.check_float_array(params, name)
+        raise TypeError(f"{name} must be a float32/float64 array or a list/tuple/dict of them, got None")
+    for i, x in enumerate(tree_leaves(params)):
+        backend.check_float_array(x, _label(name, i) if not _is_leaf(params) else name)
+
+
+def _is_leaf(tree: Tree) -> bool:
+    return tree is not None and not isinstance(tree, (list, tuple, dict)) and num_leaves(tree) == 1
 
 
 def apply_updates(params: Tree, updates: Tree) -> Tree:
-    """``params + updates`` leaf by leaf (new arrays; inputs untouched).
+    """``params + updates`` leaf by leaf (new arrays, each in its params leaf's dtype; inputs
+    untouched); the result has the structure of ``params``.
 
     ``updates`` must have the structure and leaf shapes of ``params`` (no broadcasting):
     ``ValueError``/``TypeError`` naming the argument otherwise.
@@ -146,20 +156,24 @@ def _finite_scalar(v: Any) -> bool:
     return math.isfinite(float(v))
 
 
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "dtype") and not isinstance(x, np.generic)
+
+
 def all_finite(*trees: Any) -> bool:
     """Whether every entry of every array (and every Python number) in ``trees`` is finite.
 
-    ``trees``: arrays, lists/tuples of arrays, numbers or ``None`` (ignored). The arrays'
+    ``trees``: arrays, pytrees of arrays, numbers or ``None`` (ignored). The arrays'
     finiteness is reduced on their device and read once: one host sync on CuPy, whatever
     the number of arrays.
     """
     arrays, seen = [], set()
     for t in trees:
-        for x in (t if _is_list(t) else [t]):
+        for x in tree_leaves(t):
             if x is None or id(x) in seen:
                 continue
             seen.add(id(x))
-            if hasattr(x, "dtype") and not isinstance(x, np.generic):
+            if _is_array(x):
                 arrays.append(x)
             elif not _finite_scalar(x):
                 return False
@@ -176,17 +190,19 @@ def all_finite(*trees: Any) -> bool:
 
 
 def state_leaves(state: Any) -> list[Any]:
-    """The array leaves of a state (fields that are arrays or lists of arrays, nested
+    """The array leaves of a state (fields that are arrays or pytrees of arrays, nested
     states included), in field order."""
     out: list[Any] = []
     for f in dataclasses.fields(state):
         v = getattr(state, f.name)
         if isinstance(v, TransformState):
             out.extend(state_leaves(v))
-        elif _is_list(v):
-            out.extend(x for x in v if hasattr(x, "dtype"))
-        elif hasattr(v, "dtype") and not isinstance(v, np.generic):
-            out.append(v)
+        elif isinstance(v, (tuple, list)) and any(isinstance(x, TransformState) for x in v):
+            for x in v:
+                out.extend(state_leaves(x) if isinstance(x, TransformState) else
+                           [y for y in tree_leaves(x) if _is_array(y)])
+        else:
+            out.extend(x for x in tree_leaves(v) if _is_array(x))
     return out
 
 
@@ -194,12 +210,13 @@ def _describe_nonfinite(parts: Mapping[str, Any]) -> str:
     """``"grads[1] (3 NaN/Inf of 12)"``-style description of the non-finite parts (failure path)."""
     bad = []
     for name, t in parts.items():
-        leaves = t if _is_list(t) else [t]
+        leaves = tree_leaves(t)
+        single = _is_leaf(t)
         for i, x in enumerate(leaves):
             if x is None:
                 continue
-            label = f"{name}[{i}]" if _is_list(t) else name
-            if hasattr(x, "dtype") and not isinstance(x, np.generic):
+            label = name if single else _label(name, i)
+            if _is_array(x):
                 xp = backend.get_namespace(x)
                 n = int(xp.sum(~xp.isfinite(x)))
                 if n:
@@ -209,27 +226,76 @@ def _describe_nonfinite(parts: Mapping[str, Any]) -> str:
     return ", ".join(bad) if bad else "an intermediate result"
 
 
+# ----------------------------------------------------------------------------- tree fields
+def _spec(tree: Tree) -> Any:
+    """A JSON-able description of a pytree's structure (leaves as ``None``)."""
+    if tree is None:
+        return {"none": 0}
+    if isinstance(tree, dict):
+        for k in tree:
+            if not isinstance(k, str):
+                raise TypeError(f"state trees need str dict keys to be saved, got {k!r}")
+        return {"dict": [[k, _spec(tree[k])] for k in sorted(tree)]}
+    if isinstance(tree, (list, tuple)):
+        return {type(tree).__name__: [_spec(x) for x in tree]}
+    return None
+
+
+def _build(spec: Any, leaves: list[Any]) -> Tree:
+    if spec is None:
+        return leaves.pop(0)
+    (kind, body), = spec.items()
+    if kind == "none":
+        return None
+    if kind == "dict":
+        return {k: _build(s, leaves) for k, s in body}
+    seq = [_build(s, leaves) for s in body]
+    return tuple(seq) if kind == "tuple" else seq
+
+
+def _is_plain_list(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_array(x) for x in v)
+
+
 @dataclasses.dataclass
 class TransformState:
-    """Base class of method states: a dataclass of arrays, lists of arrays and scalars.
+    """Base class of method states: a dataclass of arrays, pytrees of arrays and scalars.
 
-    :meth:`to_dict` flattens it to ``{key: numpy array}`` (list fields become
-    ``"field/0"``, ``"field/1"``, ... plus ``"field/#"`` holding the length);
-    :meth:`from_dict` inverts it exactly, dtypes included (a field with a default that the
-    dict lacks, such as a counter added in a later version, takes its default). CuPy arrays
-    are copied to the host; pass ``xp=cupy`` to :meth:`from_dict` to move back.
+    A state holds what the next step needs, nothing else; what a step reports goes to its
+    info (:meth:`Transform.update_with_info`). For compatibility, reading an attribute that is
+    not a field returns the field of the same name of the info of the step that made this
+    state (``state.kl`` = ``info.kl``); new code reads the info.
+
+    :meth:`to_dict` flattens it to ``{key: numpy array}`` (a list field becomes
+    ``"field/0"``, ``"field/1"``, ... plus ``"field/#"`` holding the length; any other pytree
+    field (dict, tuple, nested) the same plus ``"field/@tree"``, a JSON string of its
+    structure); :meth:`from_dict` inverts it exactly, dtypes included (a field with a default
+    that the dict lacks, such as a counter added in a later version, takes its default; keys
+    that are not fields, such as the diagnostics that older versions kept in the state, are
+    ignored). CuPy arrays are copied to the host; pass ``xp=cupy`` to :meth:`from_dict` to
+    move back.
     """
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: the legacy view of the last step's info
+        info = self.__dict__.get("_info")
+        if info is not None and not name.startswith("_") and hasattr(info, name):
+            return getattr(info, name)
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if _is_list(v):
-                out[f"{f.name}/#"] = np.asarray(len(v))
-                for i, leaf in enumerate(v):
-                    out[f"{f.name}/{i}"] = backend.to_numpy(leaf).copy()
-            elif v is None:
+            if v is None:
                 out[f"{f.name}/none"] = np.asarray(0)
+            elif _is_plain_list(v) or isinstance(v, (list, tuple, dict)):
+                leaves = tree_leaves(v)
+                out[f"{f.name}/#"] = np.asarray(len(leaves))
+                if not _is_plain_list(v):
+                    out[f"{f.name}/@tree"] = np.asarray(json.dumps(_spec(v)))
+                for i, leaf in enumerate(leaves):
+                    out[f"{f.name}/{i}"] = backend.to_numpy(leaf).copy()
             else:
                 out[f.name] = backend.to_numpy(v).copy()
         return out
@@ -242,7 +308,11 @@ class TransformState:
                 kwargs[f.name] = None
             elif f"{f.name}/#" in d:
                 n = int(d[f"{f.name}/#"])
-                kwargs[f.name] = [xp.asarray(d[f"{f.name}/{i}"]) for i in range(n)]
+                leaves = [xp.asarray(d[f"{f.name}/{i}"]) for i in range(n)]
+                if f"{f.name}/@tree" in d:
+                    kwargs[f.name] = _build(json.loads(str(np.asarray(d[f"{f.name}/@tree"]))), leaves)
+                else:
+                    kwargs[f.name] = leaves
             elif f.name in d:
                 arr = np.asarray(d[f.name])
                 if arr.ndim == 0 and f.type in ("int", "float", "bool"):
@@ -256,11 +326,41 @@ class TransformState:
         return cls(**kwargs)
 
 
+def attach_info(state: S, info: Any) -> S:
+    """Record ``info`` on ``state`` for the legacy attribute view (not a field: not saved)."""
+    object.__setattr__(state, "_info", info)
+    return state
+
+
+@dataclasses.dataclass
+class StepInfo:
+    """What a step reports (not needed by the next step): ``skipped`` (by the NaN policy) and
+    ``lr``, the step size this step used where the transform has one (NaN otherwise).
+    Methods report more in their own info classes."""
+
+    skipped: bool = False
+    lr: float = math.nan
+
+
 class Transform:
     """Base class of optimizer transforms (see the module docstring).
 
-    Subclasses implement :meth:`init` and :meth:`update`; :meth:`step` is a
-    convenience returning new parameters.
+    The protocol:
+
+    - ``init(params) -> state``;
+    - ``update(grads, state, params=None, **extras) -> (updates, state)``;
+    - ``update_with_info(...) -> (updates, state, info)``: the same step with its report;
+    - ``direction(grads, state, params=None, **extras) -> (d, state)``: the search direction
+      ``d`` (descent convention: the step is ``-lr·d``) and the state after the step, for a
+      wrapper that chooses the step size itself (:class:`~curvlab.methods.CurvatureLR`);
+      a method whose step has no such split raises ``NotImplementedError``
+      (``has_direction`` is False).
+
+    Subclasses implement :meth:`init` and :meth:`_update` (returning ``(updates, state,
+    info)``; :meth:`update` and :meth:`update_with_info` call it). ``update`` leaves its
+    input state unchanged and returns a new one, unless the transform declares
+    ``inplace = True`` (then it updates the state in place and returns the same object).
+    :meth:`step` is a convenience returning new parameters.
     """
 
     state_class: type[TransformState] = TransformState
@@ -311,14 +411,48 @@ class Transform:
         if inplace:
             state.n_skipped_steps, state.consecutive_skips = n, cs  # type: ignore[attr-defined]
             return state
-        return dataclasses.replace(state, n_skipped_steps=n, consecutive_skips=cs)  # type: ignore[call-arg]
+        new = dataclasses.replace(state, n_skipped_steps=n, consecutive_skips=cs)  # type: ignore[call-arg]
+        prev = state.__dict__.get("_info")
+        return attach_info(new, prev) if prev is not None else new
 
     def init(self, params: Tree) -> TransformState:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def update(self, grads: Tree, state: TransformState, params: Tree | None = None,
-               **extras: Any) -> tuple[Tree, TransformState]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _update(self, grads: Tree, state: Any, params: Tree | None = None,
+                **extras: Any) -> tuple[Tree, Any, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} implements neither _update nor update")
+
+    def update_with_info(self, grads: Tree, state: Any, params: Tree | None = None,
+                         **extras: Any) -> tuple[Tree, Any, Any]:
+        """One step: ``(updates, new_state, info)`` (``info``: what the step reports)."""
+        upd, new, info = self._update(grads, state, params, **extras)
+        if isinstance(new, TransformState) and not getattr(info, "skipped", False):
+            attach_info(new, info)
+        return upd, new, info
+
+    def update(self, grads: Tree, state: Any, params: Tree | None = None,
+               **extras: Any) -> tuple[Tree, Any]:
+        """One step: ``(updates, new_state)``; new parameters are ``params + updates``."""
+        upd, new, _ = self.update_with_info(grads, state, params, **extras)
+        return upd, new
+
+    @property
+    def has_direction(self) -> bool:
+        """Whether :meth:`direction` is available."""
+        return type(self).direction is not Transform.direction
+
+    def direction(self, grads: Tree, state: Any, params: Tree | None = None,
+                  **extras: Any) -> tuple[Tree, Any]:
+        """The search direction ``d`` (the step is ``-lr·d``) and the state after the step."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no search direction apart from its step size (its step is not "
+            "a scalar multiple of a direction it could return); use its update() or a method with a "
+            "direction (SGD, Momentum, Adam, AdamW, chain(...) of a direction, ExactNewton, DSGD)")
+
+    def tick(self, state: Any) -> Any:
+        """The state after a step whose updates are not used (a chain's direction stops
+        before this transform). Default: the state itself (stateless transforms)."""
+        return state
 
     def step(self, params: Tree, grads: Tree, state: TransformState, **extras: Any) -> tuple[Tree, TransformState]:
         """``update`` then :func:`apply_updates`: returns ``(new_params, new_state)``."""
@@ -328,3 +462,303 @@ class Transform:
     def load_state(self, d: dict[str, Any], xp: Any = np) -> TransformState:
         """Rebuild this transform's state from :meth:`TransformState.to_dict` output."""
         return self.state_class.from_dict(d, xp=xp)
+
+
+# ============================================================================ building blocks
+def _check_real(name: str, value: Any, low: float = 0.0, inclusive: bool = True,
+                high: float | None = None) -> float:
+    """``float(value)`` if it is a finite real number in the range, else ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    ok = (v >= low if inclusive else v > low) and np.isfinite(v) and (high is None or v < high)
+    if not ok:
+        rng = f"{'[' if inclusive else '('}{low}, {high if high is not None else 'inf'})"
+        raise ValueError(f"{name} must be in {rng}, got {value}")
+    return v
+
+
+Schedule = Callable[[int], float]
+
+
+def check_lr(lr: Any, name: str = "lr") -> float | Schedule:
+    """A learning rate: a finite number > 0, or a schedule ``count -> lr`` (a callable of the
+    number of steps taken before this one)."""
+    if callable(lr) and not isinstance(lr, (int, float, np.integer, np.floating)):
+        return lr
+    return _check_real(name, lr, 0.0, inclusive=False)
+
+
+def lr_at(lr: float | Schedule, count: int) -> float:
+    """The learning rate of step ``count`` (0 for the first): ``lr`` or ``lr(count)``;
+    ``ValueError`` when a schedule returns a non-finite or negative value."""
+    if not callable(lr):
+        return lr
+    v = float(lr(int(count)))
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"the learning-rate schedule returned {v} at step {count}; expected a finite number >= 0")
+    return v
+
+
+@dataclasses.dataclass
+class EmptyState(TransformState):
+    """State of a stateless transform."""
+
+
+@dataclasses.dataclass
+class CountState(TransformState):
+    """``count``: steps taken (the schedule index)."""
+
+    count: int = 0
+
+
+class ScaleByLR(Transform):
+    """``updates = -lr_k · u`` (descent convention; ``lr_k = lr`` or ``lr(k)`` for a schedule,
+    ``k`` the steps taken). Each leaf is scaled in its own dtype (``lr`` cast to it first).
+    Built by :func:`scale_by_lr`."""
+
+    state_class = CountState
+
+    def __init__(self, lr: float | Schedule) -> None:
+        self.lr = check_lr(lr)
+        self.nan_policy = "propagate"   # a building block: the chain applies the policy
+
+    def init(self, params: Tree) -> CountState:
+        return CountState(0)
+
+    def tick(self, state: CountState) -> CountState:
+        return CountState(state.count + 1)
+
+    def _update(self, grads: Tree, state: CountState, params: Tree | None = None,
+                **extras: Any) -> tuple[Tree, CountState, StepInfo]:
+        lr = lr_at(self.lr, state.count)
+        return tree_map(lambda x: -x.dtype.type(lr) * x, grads), CountState(state.count + 1), StepInfo(lr=lr)
+
+
+def scale_by_lr(lr: float | Schedule) -> ScaleByLR:
+    """The step size as a transform: ``updates = -lr · u`` (``lr`` a number > 0 or a schedule
+    ``k -> lr_k`` of the step count ``k = 0, 1, ...``), as optax's ``scale_by_learning_rate``.
+
+    >>> import numpy as np
+    >>> t = scale_by_lr(lambda k: 0.5 ** k)
+    >>> s = t.init(np.zeros(2))
+    >>> u, s = t.update(np.ones(2), s); u2, s = t.update(np.ones(2), s)
+    >>> u.tolist(), u2.tolist()
+    ([-1.0, -1.0], [-0.5, -0.5])
+    """
+    return ScaleByLR(lr)
+
+
+class AddDecayedWeights(Transform):
+    """Weight decay as a transform (built by :func:`add_decayed_weights`).
+
+    Coupled (``lr=None``; L2 regularisation, before the direction): ``u + wd · params``.
+    Decoupled (``lr`` given; after :func:`scale_by_lr`, as AdamW, arXiv 1711.05101 Alg. 2):
+    ``u − (lr_k · wd) · params``. ``mask``: a pytree of bools shaped like ``params`` (or a
+    callable ``params -> mask``); leaves where it is False are not decayed. ``wd = 0`` returns
+    ``u`` itself (no copy).
+    """
+
+    def __init__(self, weight_decay: float, mask: Any = None, *, lr: float | Schedule | None = None) -> None:
+        self.weight_decay = _check_real("weight_decay", weight_decay)
+        self.mask = mask
+        self.lr = None if lr is None else check_lr(lr)
+        self.state_class = EmptyState if lr is None else CountState
+        self.nan_policy = "propagate"
+
+    @property
+    def decoupled(self) -> bool:
+        return self.lr is not None
+
+    def init(self, params: Tree) -> TransformState:
+        return self.state_class()
+
+    def tick(self, state: Any) -> Any:
+        return CountState(state.count + 1) if isinstance(state, CountState) else state
+
+    def _mask(self, params: Tree) -> list[bool] | None:
+        if self.mask is None:
+            return None
+        m = self.mask(params) if callable(self.mask) else self.mask
+        flags = tree_leaves(m)
+        if len(flags) != num_leaves(params) or not same_structure(m, params):
+            raise ValueError(f"mask must be a pytree of bools with the structure of params: got {len(flags)} "
+                             f"leaves, expected {num_leaves(params)}")
+        return [bool(f) for f in flags]
+
+    def _update(self, grads: Tree, state: Any, params: Tree | None = None,
+                **extras: Any) -> tuple[Tree, Any, StepInfo]:
+        wd = self.weight_decay
+        new = self.tick(state)
+        if wd == 0.0:
+            return grads, new, StepInfo()
+        if params is None:
+            raise ValueError("weight_decay needs params passed to update()")
+        mask = self._mask(params)
+        if self.lr is None:
+            fn = lambda g, p: g + p.dtype.type(wd) * p  # noqa: E731
+            lr = math.nan
+        else:
+            lr = lr_at(self.lr, getattr(state, "count", 0))
+            fn = lambda g, p: g - p.dtype.type(lr * wd) * p  # noqa: E731
+        if mask is None:
+            return tree_map(fn, grads, params), new, StepInfo(lr=lr)
+        gl, treedef = tree_flatten(grads)
+        out = [fn(g, p) if keep else g for g, p, keep in zip(gl, tree_leaves(params), mask)]
+        return tree_unflatten(treedef, out), new, StepInfo(lr=lr)
+
+
+def add_decayed_weights(weight_decay: float, mask: Any = None, *,
+                        lr: float | Schedule | None = None) -> AddDecayedWeights:
+    """The one weight-decay transform of curvlab: coupled ``u + wd·params`` (``lr=None``,
+    placed before the direction: L2 regularisation) or decoupled ``u − lr·wd·params``
+    (``lr`` given, placed after :func:`scale_by_lr`; arXiv 1711.05101). ``mask``: pytree of
+    bools (or ``params -> mask``) selecting the decayed leaves.
+
+    >>> import numpy as np
+    >>> t = add_decayed_weights(0.1, mask={"w": True, "b": False})
+    >>> p = {"w": np.ones(2), "b": np.ones(2)}
+    >>> u, _ = t.update({"w": np.zeros(2), "b": np.zeros(2)}, t.init(p), p)
+    >>> u["w"].tolist(), u["b"].tolist()
+    ([0.1, 0.1], [0.0, 0.0])
+    """
+    return AddDecayedWeights(weight_decay, mask, lr=lr)
+
+
+@dataclasses.dataclass
+class ChainState(TransformState):
+    """State of :func:`chain`: ``inner`` (one state per transform, a tuple) and the NaN
+    policy's counters."""
+
+    inner: Any = ()
+    n_skipped_steps: int = 0
+    consecutive_skips: int = 0
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {"inner/#": np.asarray(len(self.inner)),
+                                      "n_skipped_steps": np.asarray(self.n_skipped_steps),
+                                      "consecutive_skips": np.asarray(self.consecutive_skips)}
+        for i, s in enumerate(self.inner):
+            for k, v in s.to_dict().items():
+                out[f"inner/{i}/{k}"] = v
+        return out
+
+
+@dataclasses.dataclass
+class ChainInfo(StepInfo):
+    """Info of a chain: ``lr`` (the last step size in it) and each transform's info (``parts``)."""
+
+    parts: tuple = ()
+
+
+class Chain(Transform):
+    """Transforms applied in sequence (built by :func:`chain`): the updates of one are the
+    input of the next; each gets ``params`` and the extras.
+
+    The chain applies the shared NaN policy once for the whole step: when the final updates
+    or a new inner state hold NaN/Inf, the step is skipped (zero updates, every inner state
+    unchanged, the counters advanced) or raises, by ``nan_policy``. Host syncs: one per step
+    (none with ``"propagate"``), plus those of the transforms.
+
+    ``direction`` runs the transforms before the first :class:`ScaleByLR` (the later ones'
+    states advance by :meth:`Transform.tick`); the decoupled weight decay that follows the
+    step size is not part of the direction.
+    """
+
+    state_class = ChainState
+
+    def __init__(self, *transforms: Transform, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
+        if not transforms:
+            raise ValueError("chain needs at least one transform")
+        for i, t in enumerate(transforms):
+            if not isinstance(t, Transform):
+                raise TypeError(f"transforms[{i}] must be a curvlab Transform, got {type(t).__name__}")
+            if t.inplace:
+                raise ValueError(f"transforms[{i}] ({type(t).__name__}) updates its state in place; a chain "
+                                 "cannot leave it unchanged on a skipped step")
+        self.transforms = tuple(transforms)
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
+
+    # -- how the chain's state holds the inner states (aliases keep their own flat states)
+    def _split(self, state: Any) -> tuple:
+        return tuple(state.inner)
+
+    def _join(self, inner: tuple, state: Any) -> Any:
+        return ChainState(tuple(inner), state.n_skipped_steps, 0)
+
+    def load_state(self, d: dict[str, Any], xp: Any = np) -> Any:
+        if self.state_class is not ChainState:
+            return super().load_state(d, xp)
+        inner = []
+        for i, t in enumerate(self.transforms):
+            pre = f"inner/{i}/"
+            inner.append(t.load_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)}, xp=xp))
+        return ChainState(tuple(inner), int(np.asarray(d.get("n_skipped_steps", 0))),
+                          int(np.asarray(d.get("consecutive_skips", 0))))
+
+    def init(self, params: Tree) -> Any:
+        check_params(params)
+        inner = tuple(t.init(params) for t in self.transforms)
+        return self._join(inner, ChainState(inner))
+
+    def _run(self, grads: Tree, state: Any, params: Tree | None, upto: int | None,
+             extras: dict) -> tuple[Tree, tuple, list]:
+        inner = self._split(state)
+        u, news, infos = grads, [], []
+        for i, (t, s) in enumerate(zip(self.transforms, inner)):
+            if upto is not None and i >= upto:
+                news.append(t.tick(s))
+                continue
+            u, s2, info = t.update_with_info(u, s, params, **extras)
+            news.append(s2)
+            infos.append(info)
+        return u, tuple(news), infos
+
+    def _check_grads(self, grads: Tree, params: Tree | None) -> None:
+        if params is not None:
+            check_tree_like("grads", grads, params)
+        else:
+            check_params(grads, "grads")
+
+    def _uses_params(self) -> bool:
+        return any(isinstance(t, AddDecayedWeights) and t.weight_decay for t in self.transforms)
+
+    def _update(self, grads: Tree, state: Any, params: Tree | None = None,
+                **extras: Any) -> tuple[Tree, Any, ChainInfo]:
+        self._check_grads(grads, params)
+        u, news, infos = self._run(grads, state, params, None, extras)
+        new = self._join(news, state)
+        if self.nonfinite(u, *state_leaves(new),
+                          blame={"grads": grads, "params": params if self._uses_params() else None}):
+            return tree_zeros_like(grads), self.skipped(state), ChainInfo(skipped=True)
+        lrs = [i.lr for i in infos if isinstance(i, StepInfo) and not math.isnan(i.lr)]
+        return u, new, ChainInfo(lr=lrs[-1] if lrs else math.nan, parts=tuple(infos))
+
+    def _direction_end(self) -> int:
+        for i, t in enumerate(self.transforms):
+            if isinstance(t, ScaleByLR):
+                return i
+        return len(self.transforms)
+
+    def direction(self, grads: Tree, state: Any, params: Tree | None = None,
+                  **extras: Any) -> tuple[Tree, Any]:
+        """The updates of the transforms before the first ``scale_by_lr`` and the new state
+        (no NaN check: the caller applies its policy)."""
+        self._check_grads(grads, params)
+        d, news, _ = self._run(grads, state, params, self._direction_end(), extras)
+        return d, self._join(news, state)
+
+
+def chain(*transforms: Transform, nan_policy: str = "skip",
+          max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> Chain:
+    """Compose transforms (optax's ``chain``), with the shared NaN policy applied once.
+
+    >>> import numpy as np
+    >>> from curvlab.methods.baselines import scale_by_adam
+    >>> opt = chain(scale_by_adam(), scale_by_lr(1e-3))        # = Adam(lr=1e-3), bit for bit
+    >>> p = np.zeros(2); u, s = opt.update(np.array([1.0, -2.0]), opt.init(p), p)
+    >>> np.round(u, 6)
+    array([-0.001,  0.001])
+    """
+    return Chain(*transforms, nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)

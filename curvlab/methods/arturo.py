@@ -44,8 +44,8 @@ Example
 >>> import numpy as np
 >>> opt = ArTuRO(kl_bound=0.01, reg_weight=0.1, mode="exact")
 >>> w = np.array([0.5, -1.0, 2.0]); state = opt.init(w)
->>> upd, state = opt.update(np.array([0.3, -0.2, 0.9]), state, w)
->>> bool(abs(state.kl / 0.01 - 1) < 1e-9), state.converged
+>>> upd, state, info = opt.update_with_info(np.array([0.3, -0.2, 0.9]), state, w)
+>>> bool(abs(info.kl_ratio - 1) < 1e-9), info.converged
 (True, True)
 """
 
@@ -59,15 +59,15 @@ import numpy as np
 
 from .. import backend, kernels
 from ..trust_region.kl import KLDual, solve_kl
+from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from ._transform import (
     DEFAULT_MAX_CONSECUTIVE_SKIPS,
     Transform,
     TransformState,
     Tree,
     all_finite,
+    check_params,
     check_tree_like,
-    tree_leaves,
-    tree_map,
 )
 
 __all__ = ["ArTuRO", "ArTuROState", "ArTuROStepInfo", "ARTURO_PRESETS"]
@@ -90,15 +90,15 @@ ARTURO_PRESETS["cifar100_cnn"] = dict(ARTURO_PRESETS["cifar10_cnn"])
 
 @dataclasses.dataclass
 class ArTuROState(TransformState):
-    """arTuRO state: six trees shaped like the parameters, and scalars.
+    """arTuRO state: six trees shaped like the parameters, and scalars (what the next step needs).
 
     Arrays: ``p`` precision, ``a``/``h`` gradient model, ``P00, P01, P11`` filter
     covariance. Scalars: ``count`` steps taken; ``eta`` last multiplier (−1
-    before the first step); ``n_skipped_steps`` (non-finite gradients) and
-    ``consecutive_skips`` (the NaN policy's counters); last
-    step's ``kl``, ``iterations``, ``n_evals``, ``converged``, ``inactive``,
-    ``bracket_failed``, ``n_negative_h``, ``n_clamped``, ``n_guarded``; totals
-    ``total_evals`` and ``n_bracket_failed``.
+    before the first step; the next solve's warm start); ``n_skipped_steps`` (non-finite
+    gradients) and ``consecutive_skips`` (the NaN policy's counters); totals
+    ``total_evals`` and ``n_bracket_failed``. The last step's report is its
+    :class:`ArTuROStepInfo` (:meth:`ArTuRO.update_with_info`); ``state.kl`` etc. still read it.
+    Saved states of earlier versions, which held the report, load (those keys are ignored).
     """
 
     p: Any
@@ -109,15 +109,6 @@ class ArTuROState(TransformState):
     P11: Any
     count: int = 0
     eta: float = -1.0
-    kl: float = math.nan
-    iterations: int = 0
-    n_evals: int = 0
-    converged: bool = False
-    inactive: bool = False
-    bracket_failed: bool = False
-    n_negative_h: int = 0
-    n_clamped: int = 0
-    n_guarded: int = 0
     n_skipped_steps: int = 0
     total_evals: int = 0
     n_bracket_failed: int = 0
@@ -126,20 +117,25 @@ class ArTuROState(TransformState):
 
 @dataclasses.dataclass
 class ArTuROStepInfo:
-    """Typed report of the last step: η, iterations, KL/ε, flags and counts."""
+    """Typed report of one step: the multiplier η, solver iterations and dual evaluations,
+    the achieved KL and KL/ε, flags (converged, constraint inactive, bracket failed), counts
+    (negative curvatures, clamped precisions, PSD-guarded covariances), the skip total, and
+    ``skipped`` (the NaN policy skipped this step; the other fields are then NaN/0)."""
 
-    eta: float
-    iterations: int
-    n_evals: int
-    kl: float
-    kl_ratio: float
-    converged: bool
-    inactive: bool
-    bracket_failed: bool
-    n_negative_h: int
-    n_clamped: int
-    n_guarded: int
-    n_skipped_steps: int
+    eta: float = math.nan
+    iterations: int = 0
+    n_evals: int = 0
+    kl: float = math.nan
+    kl_ratio: float = math.nan
+    converged: bool = False
+    inactive: bool = False
+    bracket_failed: bool = False
+    n_negative_h: int = 0
+    n_clamped: int = 0
+    n_guarded: int = 0
+    n_skipped_steps: int = 0
+    skipped: bool = False
+    lr: float = math.nan
 
 
 def _positive(name: str, v: float, strict: bool = True) -> float:
@@ -168,7 +164,7 @@ class ArTuRO(Transform):
     h_min : curvature floor (exact mode).  decay : ``"decoupled"`` or ``"none"`` (exact mode).
     psd_guard : clamp the filter covariance to PSD (exact mode).
     track_kl : reference mode: evaluate the achieved KL at the returned η (one extra
-        read pass, which the official code does not make); else ``state.kl`` is NaN.
+        read pass, which the official code does not make); else the info's ``kl`` is NaN.
     impl : kernel implementation, one of :data:`curvlab.kernels.IMPLS` (``"numpy"``: the
         multi-pass NumPy baseline).
     copy_state : work on a copy of the state (else the state is updated in place: ``inplace``).
@@ -251,7 +247,8 @@ class ArTuRO(Transform):
         return cls(**{**ARTURO_PRESETS[name], **overrides})
 
     def init(self, params: Tree) -> ArTuROState:
-        """State for ``params`` (a float array or a non-empty list of them)."""
+        """State for ``params`` (a float array or a non-empty pytree of them)."""
+        check_params(params)
         leaves = tree_leaves(params)
         if len(leaves) == 0:
             raise ValueError("params is an empty list; arTuRO needs at least one parameter array")
@@ -265,15 +262,18 @@ class ArTuRO(Transform):
                            **{k: tree_map(full(0.0), params) for k in ("a", "h", "P00", "P01", "P11")})
 
     def info(self, state: ArTuROState, kl_bound: float | None = None) -> ArTuROStepInfo:
-        """The last step's report from ``state``."""
+        """The report of the step that made ``state`` (``kl_ratio`` against ``kl_bound``,
+        default the constructor's); prefer :meth:`update_with_info`."""
         eps = self.kl_bound if kl_bound is None else float(kl_bound)
-        return ArTuROStepInfo(state.eta, state.iterations, state.n_evals, state.kl, state.kl / eps, state.converged,
-                              state.inactive, state.bracket_failed, state.n_negative_h, state.n_clamped,
-                              state.n_guarded, state.n_skipped_steps)
+        last = state.__dict__.get("_info")
+        if last is None:
+            return ArTuROStepInfo(eta=state.eta, n_skipped_steps=state.n_skipped_steps)
+        return dataclasses.replace(last, kl_ratio=last.kl / eps, n_skipped_steps=state.n_skipped_steps)
 
-    def update(self, grads: Tree, state: ArTuROState, params: Tree | None = None, *,
-               kl_bound: float | None = None, **extras: Any) -> tuple[Tree, ArTuROState]:
-        """One arTuRO step: returns ``updates = μ' − params`` and the new state."""
+    def _update(self, grads: Tree, state: ArTuROState, params: Tree | None = None, *,
+                kl_bound: float | None = None, **extras: Any) -> tuple[Tree, ArTuROState, ArTuROStepInfo]:
+        """One arTuRO step (arXiv 2310.20574, Sec. 3): ``updates = μ' − params``, the new state
+        and the step's :class:`ArTuROStepInfo`."""
         if params is None:
             raise ValueError("arTuRO needs params passed to update() (the weights are the mean)")
         check_tree_like("params", params, state.p, "the state")
@@ -282,7 +282,8 @@ class ArTuRO(Transform):
         xp = backend.get_namespace(*tree_leaves(params))
         if self.copy_state:
             state = ArTuROState.from_dict(state.to_dict(), xp=xp)
-        P, G = tree_leaves(params), tree_leaves(grads)
+        P, treedef = tree_flatten(params)
+        G = tree_leaves(grads)
         S = [tree_leaves(getattr(state, k)) for k in ("p", "a", "h", "P00", "P01", "P11")]
         W = [w.reshape(-1) for w in P]
         Gf = [g.reshape(-1).astype(w.dtype, copy=False) for g, w in zip(G, W)]
@@ -293,8 +294,10 @@ class ArTuRO(Transform):
             else:         # one device reduction over all arrays, one host read
                 bad = not all_finite(Gf)
             if bad:
-                self.nonfinite(*Gf, blame={"grads": G if isinstance(grads, (list, tuple)) else G[0]})
-                return tree_map(lambda w: xp.zeros_like(w), params), self.skipped(state, inplace=True)
+                self.nonfinite(*Gf, blame={"grads": grads})
+                state = self.skipped(state, inplace=True)
+                return (tree_map(lambda w: xp.zeros_like(w), params), state,
+                        ArTuROStepInfo(n_skipped_steps=state.n_skipped_steps, skipped=True))
 
         shrink = 1.0 - eps * self.weight_decay
         if self.mode == "reference":
@@ -339,16 +342,12 @@ class ArTuRO(Transform):
         state.count += 1
         state.consecutive_skips = 0
         state.eta = float(eta)
-        state.kl = float(kl)
-        state.iterations = int(res.iterations)
-        state.n_evals = int(res.n_evals)
-        state.converged = bool(res.converged)
-        state.inactive = bool(res.inactive)
-        state.bracket_failed = bool(res.bracket_failed)
-        state.n_negative_h = int(n_neg)
-        state.n_clamped = int(clamped)
-        state.n_guarded = int(guarded)
         state.total_evals += int(res.n_evals)
         state.n_bracket_failed += int(res.bracket_failed)
+        info = ArTuROStepInfo(eta=float(eta), iterations=int(res.iterations), n_evals=int(res.n_evals),
+                              kl=float(kl), kl_ratio=float(kl) / eps, converged=bool(res.converged),
+                              inactive=bool(res.inactive), bracket_failed=bool(res.bracket_failed),
+                              n_negative_h=int(n_neg), n_clamped=int(clamped), n_guarded=int(guarded),
+                              n_skipped_steps=state.n_skipped_steps)
         updates = [o.reshape(x.shape) for o, x in zip(outs, P)]
-        return (updates if isinstance(params, (list, tuple)) else updates[0]), state
+        return tree_unflatten(treedef, updates), state, info

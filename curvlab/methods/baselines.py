@@ -1,11 +1,14 @@
-"""First-order baselines as transforms: SGD, momentum (heavy ball / Nesterov), Adam, AdamW.
+"""First-order baselines: SGD, momentum (heavy ball / Nesterov), Adam, AdamW, and their
+direction transforms :func:`trace` and :func:`scale_by_adam`.
 
-Each returns ``updates = -lr * d`` where ``d`` is the method's search direction,
-so a wrapper that needs the direction itself (curvature-rescaled learning
-rates, paper 003) builds the baseline with ``lr=1`` and reads ``d = -updates``.
-Weight decay: ``SGD``/``Momentum``/``Adam`` add ``weight_decay * params`` to the
-gradient (L2 regularisation); ``AdamW`` decouples it
-(``updates -= lr * weight_decay * params``).
+Each baseline is a :func:`~curvlab.methods.chain` of building blocks with ``updates = -lr * d``,
+``d`` the method's search direction (:meth:`direction` returns it, with the new state):
+``SGD`` = ``chain(add_decayed_weights(wd), scale_by_lr(lr))``, ``Momentum`` adds
+``trace(mu, nesterov)``, ``Adam`` adds ``scale_by_adam(b1, b2, eps)`` (arXiv 1412.6980), and
+``AdamW`` = ``chain(scale_by_adam(...), scale_by_lr(lr), add_decayed_weights(wd, lr=lr))``
+(decoupled decay ``updates -= lr * weight_decay * params``, arXiv 1711.05101). The aliases keep
+their flat states (``SGDState``, ``MomentumState``, ``AdamState``) and give the numbers of the
+chains bit for bit. ``lr`` may be a schedule ``k -> lr_k`` of the step count.
 
 Numerical trouble (``nan_policy``, ``max_consecutive_skips``; the shared policy of
 :mod:`curvlab.methods._transform`): a step whose direction or new state holds NaN/Inf
@@ -33,18 +36,25 @@ import numpy as np
 from .. import backend
 from ._transform import (
     DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    AddDecayedWeights,
+    Chain,
+    CountState,
+    EmptyState,
+    ScaleByLR,
+    StepInfo,
     Transform,
     TransformState,
     Tree,
+    add_decayed_weights,
+    check_lr,
     check_params,
     check_tree_like,
-    state_leaves,
-    tree_leaves,
-    tree_map,
-    tree_zeros_like,
+    scale_by_lr,
 )
+from ..tree import tree_leaves, tree_map, tree_zeros_like
 
-__all__ = ["SGD", "Momentum", "Adam", "AdamW", "SGDState", "MomentumState", "AdamState"]
+__all__ = ["SGD", "Momentum", "Adam", "AdamW", "SGDState", "MomentumState", "AdamState",
+           "scale_by_adam", "trace", "ScaleByAdam", "ScaleByAdamState", "Trace", "TraceState"]
 
 
 def _check_hyper(name: str, value: float, low: float = 0.0, inclusive: bool = True, high: float | None = None) -> float:
@@ -58,32 +68,92 @@ def _check_hyper(name: str, value: float, low: float = 0.0, inclusive: bool = Tr
     return v
 
 
-def _need_params(params: Tree | None) -> Tree:
-    if params is None:
-        raise ValueError("weight_decay needs params passed to update()")
-    return params
+# ----------------------------------------------------------------------------- direction transforms
+@dataclasses.dataclass
+class TraceState(TransformState):
+    """``buffer``: the momentum buffer (shaped like params)."""
+
+    buffer: Any
 
 
-def _with_decay(grads: Tree, params: Tree | None, wd: float) -> Tree:
-    if wd == 0.0:
-        return grads
-    return tree_map(lambda g, p: g + p.dtype.type(wd) * p, grads, _need_params(params))
+class Trace(Transform):
+    """Heavy-ball momentum as a direction transform (built by :func:`trace`):
+    ``b ← μ b + u``, output ``b`` (Nesterov: ``u + μ b``); arithmetic in each leaf's dtype."""
+
+    state_class = TraceState
+
+    def __init__(self, decay: float = 0.9, nesterov: bool = False) -> None:
+        self.momentum = _check_hyper("momentum", decay, 0.0, high=1.0)
+        self.nesterov = bool(nesterov)
+        self.nan_policy = "propagate"
+
+    def init(self, params: Tree) -> TraceState:
+        return TraceState(tree_zeros_like(params))
+
+    def _update(self, grads: Tree, state: TraceState, params: Tree | None = None,
+                **extras: Any) -> tuple[Tree, TraceState, StepInfo]:
+        check_tree_like("grads", grads, state.buffer, "the state")
+        mu = self.momentum
+        buf = tree_map(lambda b, x: b.dtype.type(mu) * b + x, state.buffer, grads)
+        d = tree_map(lambda x, b: x + b.dtype.type(mu) * b, grads, buf) if self.nesterov else buf
+        return d, TraceState(buf), StepInfo()
 
 
-def _descent(d: Tree, lr: float) -> Tree:
-    """``updates = -lr * d`` leaf by leaf, in each leaf's dtype."""
-    return tree_map(lambda x: -x.dtype.type(lr) * x, d)
+def trace(decay: float = 0.9, nesterov: bool = False) -> Trace:
+    """Momentum direction ``b ← μ b + u`` (``nesterov``: ``u + μ b``); chain it with
+    :func:`~curvlab.methods.scale_by_lr` (``Momentum(lr, μ)`` =
+    ``chain(trace(μ), scale_by_lr(lr))``)."""
+    return Trace(decay, nesterov)
 
 
-def _check_grads(grads: Tree, ref: Tree) -> None:
-    check_tree_like("grads", grads, ref, "the state")
+@dataclasses.dataclass
+class ScaleByAdamState(TransformState):
+    """``count`` (steps taken) and the moments ``m``, ``v`` (shaped like params)."""
+
+    count: int
+    m: Any
+    v: Any
 
 
-def _skip(opt: Transform, grads: Tree, state: Any) -> tuple[Tree, Any]:
-    """The skipped step of the shared policy: zero updates, state counters advanced."""
-    return tree_zeros_like(grads), opt.skipped(state)
+class ScaleByAdam(Transform):
+    """The Adam direction (arXiv 1412.6980, Algorithm 1; built by :func:`scale_by_adam`):
+    ``m ← b1 m + (1−b1) u``, ``v ← b2 v + (1−b2) u²``, output ``m̂ / (sqrt(v̂) + eps)`` with the
+    bias corrections ``m̂ = m/(1−b1^t)``, ``v̂ = v/(1−b2^t)``; arithmetic in each leaf's dtype."""
+
+    state_class = ScaleByAdamState
+
+    def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+        self.b1 = _check_hyper("b1", b1, 0.0, high=1.0)
+        self.b2 = _check_hyper("b2", b2, 0.0, high=1.0)
+        # eps = 0 divides 0 by 0 on a zero gradient coordinate
+        self.eps = _check_hyper("eps", eps, 0.0, inclusive=False)
+        self.nan_policy = "propagate"
+
+    def init(self, params: Tree) -> ScaleByAdamState:
+        return ScaleByAdamState(0, tree_zeros_like(params), tree_zeros_like(params))
+
+    def _update(self, grads: Tree, state: ScaleByAdamState, params: Tree | None = None,
+                **extras: Any) -> tuple[Tree, ScaleByAdamState, StepInfo]:
+        check_tree_like("grads", grads, state.m, "the state")
+        g = grads
+        t = state.count + 1
+        m = tree_map(lambda m_, x: m_.dtype.type(self.b1) * m_ + x.dtype.type(1 - self.b1) * x, state.m, g)
+        v = tree_map(lambda v_, x: v_.dtype.type(self.b2) * v_ + x.dtype.type(1 - self.b2) * x * x, state.v, g)
+        c1, c2 = 1.0 - self.b1**t, 1.0 - self.b2**t
+        leaves = tree_leaves(m)
+        xp = backend.get_namespace(*leaves) if leaves else np
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf: the caller's nan_policy decides
+            d = tree_map(lambda m_, v_: (m_ / m_.dtype.type(c1)) / (xp.sqrt(v_ / v_.dtype.type(c2)) + v_.dtype.type(self.eps)), m, v)
+        return d, ScaleByAdamState(t, m, v), StepInfo()
 
 
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByAdam:
+    """The Adam direction (arXiv 1412.6980, Alg. 1) as a transform; ``Adam(lr)`` =
+    ``chain(scale_by_adam(), scale_by_lr(lr))`` bit for bit."""
+    return ScaleByAdam(b1, b2, eps)
+
+
+# ----------------------------------------------------------------------------- states of the aliases
 @dataclasses.dataclass
 class SGDState(TransformState):
     """``count``: steps taken; ``n_skipped_steps``/``consecutive_skips``: the NaN policy's counters."""
@@ -114,75 +184,104 @@ class AdamState(TransformState):
     consecutive_skips: int = 0
 
 
-class SGD(Transform):
-    """Plain stochastic gradient descent: ``d = g (+ wd * params)``."""
+def _lr_state(t: Transform, count: int) -> TransformState:
+    return CountState(count) if isinstance(t, ScaleByLR) or t.state_class is CountState else EmptyState()
+
+
+class _Alias(Chain):
+    """A chain of building blocks keeping a flat state class of its own (the numbers and the
+    saved states of the pre-chain classes); ``lr`` and ``weight_decay`` read and write the
+    blocks' (a ``torch.optim`` scheduler sets them between steps)."""
+
+    def __init__(self, *transforms: Transform, nan_policy: str, max_consecutive_skips: int) -> None:
+        super().__init__(*transforms, nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)
+
+    def _blocks(self, kind: type) -> list[Any]:
+        return [t for t in self.transforms if isinstance(t, kind)]
+
+    @property
+    def lr(self) -> Any:
+        return self._blocks(ScaleByLR)[0].lr
+
+    @lr.setter
+    def lr(self, value: Any) -> None:
+        value = check_lr(value) if not (isinstance(value, (int, float)) and value == 0) else 0.0
+        for t in self.transforms:
+            if isinstance(t, ScaleByLR) or (isinstance(t, AddDecayedWeights) and t.decoupled):
+                t.lr = value
+
+    @property
+    def weight_decay(self) -> float:
+        return self._blocks(AddDecayedWeights)[0].weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value: float) -> None:
+        self._blocks(AddDecayedWeights)[0].weight_decay = _check_hyper("weight_decay", value)
+
+    def _inner_states(self, count: int, middle: TransformState | None) -> tuple:
+        return tuple(middle if (middle is not None and not isinstance(t, (ScaleByLR, AddDecayedWeights)))
+                     else _lr_state(t, count) for t in self.transforms)
+
+    def init(self, params: Tree) -> Any:
+        check_params(params)
+        return super().init(params)
+
+
+class SGD(_Alias):
+    """Plain stochastic gradient descent: ``d = g (+ wd * params)``, ``updates = -lr d``;
+    ``chain(add_decayed_weights(wd), scale_by_lr(lr))``."""
 
     state_class = SGDState
 
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0, *, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
-        self.lr = _check_hyper("lr", lr, 0.0, inclusive=False)
-        self.weight_decay = _check_hyper("weight_decay", weight_decay)
-        self.set_nan_policy(nan_policy, max_consecutive_skips)
+        lr = check_lr(lr)
+        super().__init__(add_decayed_weights(_check_hyper("weight_decay", weight_decay)), scale_by_lr(lr),
+                         nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)
 
-    def init(self, params: Tree) -> SGDState:
-        check_params(params)
-        return SGDState(count=0)
+    def _split(self, state: SGDState) -> tuple:
+        return self._inner_states(state.count, None)
 
-    def direction(self, grads: Tree, state: SGDState, params: Tree | None = None) -> tuple[Tree, SGDState]:
-        """The unscaled direction ``d = g (+ wd * params)`` (``grads`` itself, no copy, when
-        ``weight_decay = 0``) and the new state."""
-        if params is not None:
-            check_tree_like("grads", grads, params)
-        else:
-            check_params(grads, "grads")
-        return _with_decay(grads, params, self.weight_decay), SGDState(state.count + 1, state.n_skipped_steps, 0)
-
-    def update(self, grads: Tree, state: SGDState, params: Tree | None = None, **extras: Any) -> tuple[Tree, SGDState]:
-        g, new = self.direction(grads, state, params)
-        if self.nonfinite(g, blame={"grads": grads, "params": params if self.weight_decay else None}):
-            return _skip(self, grads, state)
-        return _descent(g, self.lr), new
+    def _join(self, inner: tuple, state: Any) -> SGDState:
+        return SGDState(inner[-1].count, state.n_skipped_steps, 0)
 
 
-class Momentum(Transform):
-    """Heavy-ball momentum ``b <- mu b + g``, ``d = b`` (Nesterov: ``d = g + mu b``)."""
+class Momentum(_Alias):
+    """Heavy-ball momentum ``b <- mu b + g``, ``d = b`` (Nesterov: ``d = g + mu b``),
+    ``updates = -lr d``; ``chain(add_decayed_weights(wd), trace(mu, nesterov), scale_by_lr(lr))``."""
 
     state_class = MomentumState
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False,
                  weight_decay: float = 0.0, *, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
-        self.lr = _check_hyper("lr", lr, 0.0, inclusive=False)
-        self.momentum = _check_hyper("momentum", momentum, 0.0, high=1.0)
-        self.nesterov = bool(nesterov)
-        self.weight_decay = _check_hyper("weight_decay", weight_decay)
-        self.set_nan_policy(nan_policy, max_consecutive_skips)
+        lr = check_lr(lr)
+        super().__init__(add_decayed_weights(_check_hyper("weight_decay", weight_decay)), trace(momentum, nesterov),
+                         scale_by_lr(lr), nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)
 
-    def init(self, params: Tree) -> MomentumState:
-        check_params(params)
-        return MomentumState(count=0, buffer=tree_zeros_like(params))
+    @property
+    def momentum(self) -> float:
+        return self.transforms[1].momentum
 
-    def direction(self, grads: Tree, state: MomentumState, params: Tree | None = None) -> tuple[Tree, MomentumState]:
-        """The unscaled direction ``d`` (the buffer, or ``g + mu b`` for Nesterov) and the new state."""
-        _check_grads(grads, state.buffer)
-        g = _with_decay(grads, params, self.weight_decay)
-        mu = self.momentum
-        buf = tree_map(lambda b, x: b.dtype.type(mu) * b + x, state.buffer, g)
-        d = tree_map(lambda x, b: x + b.dtype.type(mu) * b, g, buf) if self.nesterov else buf
-        return d, MomentumState(state.count + 1, buf, state.n_skipped_steps, 0)
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self.transforms[1].momentum = _check_hyper("momentum", value, 0.0, high=1.0)
 
-    def update(self, grads: Tree, state: MomentumState, params: Tree | None = None,
-               **extras: Any) -> tuple[Tree, MomentumState]:
-        d, new = self.direction(grads, state, params)
-        if self.nonfinite(d, *state_leaves(new),
-                          blame={"grads": grads, "params": params if self.weight_decay else None}):
-            return _skip(self, grads, state)
-        return _descent(d, self.lr), new
+    @property
+    def nesterov(self) -> bool:
+        return self.transforms[1].nesterov
+
+    def _split(self, state: MomentumState) -> tuple:
+        return self._inner_states(state.count, TraceState(state.buffer))
+
+    def _join(self, inner: tuple, state: Any) -> MomentumState:
+        return MomentumState(inner[-1].count, inner[1].buffer, state.n_skipped_steps, 0)
 
 
-class Adam(Transform):
-    """Adam with bias correction: ``d = m̂ / (sqrt(v̂) + eps)``; L2 ``weight_decay`` on the gradient."""
+class Adam(_Alias):
+    """Adam with bias correction: ``d = m̂ / (sqrt(v̂) + eps)``, ``updates = -lr d``; L2
+    ``weight_decay`` on the gradient (arXiv 1412.6980, Alg. 1):
+    ``chain(add_decayed_weights(wd), scale_by_adam(b1, b2, eps), scale_by_lr(lr))``."""
 
     state_class = AdamState
     decoupled = False
@@ -190,45 +289,35 @@ class Adam(Transform):
     def __init__(self, lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 0.0, *, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
-        self.lr = _check_hyper("lr", lr, 0.0, inclusive=False)
-        self.b1 = _check_hyper("b1", b1, 0.0, high=1.0)
-        self.b2 = _check_hyper("b2", b2, 0.0, high=1.0)
-        # eps = 0 divides 0 by 0 on a zero gradient coordinate
-        self.eps = _check_hyper("eps", eps, 0.0, inclusive=False)
-        self.weight_decay = _check_hyper("weight_decay", weight_decay)
-        self.set_nan_policy(nan_policy, max_consecutive_skips)
+        lr = check_lr(lr)
+        adam = scale_by_adam(b1, b2, eps)
+        wd = add_decayed_weights(_check_hyper("weight_decay", weight_decay), lr=lr if self.decoupled else None)
+        blocks = (adam, scale_by_lr(lr), wd) if self.decoupled else (wd, adam, scale_by_lr(lr))
+        super().__init__(*blocks, nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)
 
-    def init(self, params: Tree) -> AdamState:
-        check_params(params)
-        return AdamState(count=0, m=tree_zeros_like(params), v=tree_zeros_like(params))
+    def _adam(self) -> ScaleByAdam:
+        return self._blocks(ScaleByAdam)[0]
 
-    def direction(self, grads: Tree, state: AdamState, params: Tree | None) -> tuple[Tree, AdamState]:
-        """The unscaled Adam direction ``d`` and the new state."""
-        _check_grads(grads, state.m)
-        g = grads if self.decoupled else _with_decay(grads, params, self.weight_decay)
-        t = state.count + 1
-        m = tree_map(lambda m_, x: m_.dtype.type(self.b1) * m_ + x.dtype.type(1 - self.b1) * x, state.m, g)
-        v = tree_map(lambda v_, x: v_.dtype.type(self.b2) * v_ + x.dtype.type(1 - self.b2) * x * x, state.v, g)
-        c1, c2 = 1.0 - self.b1**t, 1.0 - self.b2**t
-        xp = backend.get_namespace(*tree_leaves(m))
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf: the caller's nan_policy decides
-            d = tree_map(lambda m_, v_: (m_ / m_.dtype.type(c1)) / (xp.sqrt(v_ / v_.dtype.type(c2)) + v_.dtype.type(self.eps)), m, v)
-        return d, AdamState(t, m, v, state.n_skipped_steps, 0)
+    b1 = property(lambda self: self._adam().b1)
+    b2 = property(lambda self: self._adam().b2)
+    eps = property(lambda self: self._adam().eps)
 
-    def update(self, grads: Tree, state: AdamState, params: Tree | None = None, **extras: Any) -> tuple[Tree, AdamState]:
-        d, new = self.direction(grads, state, params)
-        wd_params = params if (self.weight_decay and params is not None) else None
-        if self.nonfinite(d, *state_leaves(new), wd_params if self.decoupled else None,
-                          blame={"grads": grads, "params": wd_params}):
-            return _skip(self, grads, state)
-        upd = _descent(d, self.lr)
-        if self.decoupled and self.weight_decay:
-            upd = tree_map(lambda u, p: u - p.dtype.type(self.lr * self.weight_decay) * p, upd, _need_params(params))
-        return upd, new
+    def _split(self, state: AdamState) -> tuple:
+        return self._inner_states(state.count, ScaleByAdamState(state.count, state.m, state.v))
+
+    def _join(self, inner: tuple, state: Any) -> AdamState:
+        a = self._adam_state(inner)
+        return AdamState(a.count, a.m, a.v, state.n_skipped_steps, 0)
+
+    def _adam_state(self, inner: tuple) -> ScaleByAdamState:
+        return next(s for s in inner if isinstance(s, ScaleByAdamState))
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (default ``weight_decay=0.01``)."""
+    """Adam with decoupled weight decay (arXiv 1711.05101, Alg. 2; default ``weight_decay=0.01``):
+    ``updates = -lr d - lr·wd·params``;
+    ``chain(scale_by_adam(b1, b2, eps), scale_by_lr(lr), add_decayed_weights(wd, lr=lr))``.
+    Its :meth:`direction` is the Adam direction (the decoupled decay follows the step size)."""
 
     decoupled = True
 
