@@ -65,7 +65,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "array?": tuple(m for m in _ARRAY if m != "none"),  # optional array: None is the default
     "symop": ("nonsym", "int", "float32", "list", "complex", "nan", "inf", "torch", "jax", "nonsquare",
               "empty", "string"),
-    "sqop": ("int", "float32", "list", "complex", "nan", "inf", "torch", "jax", "nonsquare", "empty", "string"),
+    "sqop": ("nonsym", "int", "float32", "list", "complex", "nan", "inf", "torch", "jax", "nonsquare", "empty",
+             "string"),
     "pos": ("zero", "neg", "nan", "inf", "str", "bool", "complex", "none"),
     "pos?": ("zero", "neg", "nan", "inf", "str", "bool", "complex"),
     "nonneg": ("neg", "nan", "inf", "str", "bool", "complex", "none"),
@@ -76,6 +77,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "rng": ("float", "str", "randomstate", "negseed", "torchgen", "bool"),
     "choice": ("bogus", "int", "none"),
     "callable": ("int", "str", "none"),
+    "symfn": ("int", "str", "none", "nonsym", "nanout", "wrongshape"),
     "labels": ("oob", "negative", "fraction", "nan", "shape", "torch", "ndim+", "none", "complex"),
     "dtype": ("int32", "complex", "bogus", "float16"),
     "shape2": ("negdim", "fracdim", "str", "short"),
@@ -91,6 +93,17 @@ def _twin_value(kind_mut: str, x: Any) -> Any:
     if kind_mut in ("list", "torch", "jax"):
         return np.asarray(x, dtype=np.float64)
     return np.asarray(x).astype(np.float64)
+
+
+def good_n(f: Any) -> int:
+    """The size a good ``v -> A v`` callable acts on (probed with growing sizes)."""
+    for n in range(1, 64):
+        try:
+            f(np.zeros(n))
+            return n
+        except Exception:  # noqa: BLE001
+            continue
+    return 1
 
 
 def mutate(kind: str, mut: str, good: Any, rng: np.random.Generator) -> Any:
@@ -150,6 +163,10 @@ def mutate(kind: str, mut: str, good: Any, rng: np.random.Generator) -> Any:
                 "bool": True}[mut]
     if kind == "choice":
         return {"bogus": "__nope__", "int": 3, "none": None}[mut]
+    if kind == "symfn":
+        N = np.asarray(rng.standard_normal((good_n(good), good_n(good))))
+        return {"int": 3, "str": "f", "none": None, "nonsym": lambda v: N @ v, "nanout": lambda v: v * np.nan,
+                "wrongshape": lambda v: v[:-1]}[mut]
     if kind == "callable":
         return {"int": 3, "str": "f", "none": None}[mut]
     if kind == "labels":

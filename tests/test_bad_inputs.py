@@ -311,7 +311,7 @@ ENTRIES: dict[str, Entry] = {
     "LinearOperator": Entry(curvlab.LinearOperator, {"shape": (lambda: (3, 3), "shape2"), "dtype": (lambda: np.float64, "dtype")}),
     "CallableOperator": Entry(
         curvlab.CallableOperator,
-        {"matvec": (lambda: (lambda v: _SYM @ v), "callable"), "shape": (lambda: (N, N), "shape2"),
+        {"matvec": (lambda: (lambda v: _SYM @ v), "symfn"), "shape": (lambda: (N, N), "shape2"),
          "dtype": (lambda: np.float64, "dtype")},
         run=lambda kw: curvlab.CallableOperator(**kw, symmetric=True),
         check=confirms(lambda res, kw: check_operator_dense(res, {"A": _SYM})),

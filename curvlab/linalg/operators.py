@@ -477,6 +477,7 @@ class LowRankPlusDiagonal(LinearOperator):
         return self._dmul(V) + self.U @ (self.C @ (self.U.T @ V))
 
     def shift(self, lam: float) -> LowRankPlusDiagonal:
+        lam = _finite_scalar(lam, "lam")
         if self._d is None:
             return LowRankPlusDiagonal(self.sigma + float(lam), self.U, self.C)
         return LowRankPlusDiagonal(self._d + self.dtype.type(lam), self.U, self.C)
@@ -781,8 +782,7 @@ class ScaledOperator(LinearOperator):
     """``alpha * A`` for a real scalar ``alpha``."""
 
     def __init__(self, A: LinearOperator, alpha: float) -> None:
-        if not np.isfinite(alpha):
-            raise ValueError(f"alpha must be finite, got {alpha}")
+        alpha = _finite_scalar(alpha, "alpha")
         super().__init__(A.shape, A.dtype, symmetric=A.symmetric, psd=A.psd and alpha >= 0, xp=A.xp)
         self.base, self.alpha = A, float(alpha)
 
@@ -799,8 +799,7 @@ class ShiftedOperator(LinearOperator):
     def __init__(self, A: LinearOperator, lam: float) -> None:
         if A.shape[0] != A.shape[1]:
             raise ValueError(f"shift needs a square operator, got shape {A.shape}")
-        if not np.isfinite(lam):
-            raise ValueError(f"lam must be finite, got {lam}")
+        lam = _finite_scalar(lam, "lam")
         super().__init__(A.shape, A.dtype, symmetric=A.symmetric, psd=A.psd and lam >= 0, xp=A.xp)
         self.base, self.lam = A, float(lam)
 
