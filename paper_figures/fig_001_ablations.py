@@ -72,7 +72,38 @@ def make_optimizer(method: str, cfg: dict):
 
 
 #: dataset name -> (MLP sizes, batch); "digits" is this figure's setting, the others serve 001_generalization
-SETUPS = {"digits": (SIZES, BATCH), "mnist": ((784, 64, 10), 64)}
+SETUPS = {"digits": (SIZES, BATCH), "mnist": ((784, 64, 10), 64), "mnist1d": ((40, 100, 100, 10), 64)}
+
+
+def mnist1d_available() -> bool:
+    try:
+        import mnist1d  # noqa: F401
+    except Exception:  # not installed (it is in the figures extra), or its import of requests fails
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def load_mnist1d():
+    """MNIST-1D (Greydanus 2020) generated offline by the ``mnist1d`` package with its default arguments (seed 42):
+    4,000 training and 1,000 test sequences of length 40, 10 classes, standardized by the package. No download:
+    ``make_dataset`` builds it from the templates. The package seeds NumPy's and Python's global generators: they are
+    restored afterwards."""
+    import random
+    import types
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return types.SimpleNamespace(X_train=np.ascontiguousarray(d["x"], dtype=np.float64),
+                                 y_train=np.asarray(d["y"], dtype=np.int64),
+                                 X_test=np.ascontiguousarray(d["x_test"], dtype=np.float64),
+                                 y_test=np.asarray(d["y_test"], dtype=np.int64))
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,7 +117,7 @@ def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: boo
     :data:`SETUPS` (dataset, MLP sizes and batch); ``n_train``: a fixed subset of the training set (None: all).
     """
     cfg = dict(cfg_items)
-    ds = dataset(dname)
+    ds = load_mnist1d() if dname == "mnist1d" else dataset(dname)
     X, y = subsample(ds.X_train, ds.y_train, n_train)
     Xte, yte = ds.X_test, ds.y_test
     if val:
