@@ -58,6 +58,10 @@ PROBE_SYMMETRY_TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 _PSD_EIG_MAX_N = 256
 #: LowRankPlusDiagonal.solve: dense float64 fallback up to this size when Woodbury is inaccurate
 WOODBURY_DENSE_FALLBACK_N = 4096
+#: LowRankPlusDiagonal.solve: entries |d_i| <= τ ‖U_i‖² ‖C‖_F are eliminated with the core (bordered system)
+_SPLIT_TAU = 1e-3
+#: ... up to this many of them; beyond, only the dense fallback (n <= WOODBURY_DENSE_FALLBACK_N) is stable
+_SPLIT_MAX = 1024
 
 __all__ = [
     "LinearOperator",
@@ -510,13 +514,38 @@ class LowRankPlusDiagonal(LinearOperator):
         rest = self.xp.full(n - k, self.sigma, dtype=self.dtype)
         return self.xp.sort(self.xp.concatenate([vals, rest]))
 
+    def _woodbury_split(self, d64: Any, U: Any, C: Any) -> tuple[Any, Any, Any, Any] | None:
+        """Indices ``R`` (``|d_i| > τ ‖U_i‖² ‖C‖_F``, τ = 1e-3) and ``S`` (tiny or zero ``d_i``), the bordered
+        ``(k+s) x (k+s)`` matrix ``[[I + C U_Rᵀ D_R⁻¹ U_R, -C U_Sᵀ], [U_S, D_S]]`` and ``D_R⁻¹``; ``None``
+        when ``s > _SPLIT_MAX`` (then only the dense fallback is stable). One sync (the count ``s``)."""
+        xp = self.xp
+        k = U.shape[1]
+        normC = float(xp.linalg.norm(C)) if k else 0.0
+        small = (d64 == 0) | (xp.abs(d64) <= _SPLIT_TAU * xp.sum(U * U, axis=1) * normC)
+        s = int(xp.count_nonzero(small))
+        if s > _SPLIT_MAX:
+            return None
+        Ridx, Sidx = xp.nonzero(~small)[0], xp.nonzero(small)[0]
+        dinvR = 1.0 / d64[Ridx]
+        UR, US = U[Ridx], U[Sidx]
+        T = xp.empty((k + s, k + s), dtype=np.float64)
+        T[:k, :k] = xp.eye(k) + C @ (UR.T @ (dinvR[:, None] * UR))
+        T[:k, k:] = -(C @ US.T)
+        T[k:, :k] = US
+        T[k:, k:] = xp.diag(d64[Sidx])
+        return Ridx, Sidx, T, dinvR
+
     def solve(self, b: Any, *, refine: int = 2) -> Any:
         """``A^{-1} b`` by Woodbury, ``b`` of shape ``(n,)`` or ``(n, m)``; float64 inside.
 
-        The Woodbury form is not backward stable when ``D`` has entries tiny
-        against ``U C Uᵀ`` (the capacitance matrix inherits ``D^{-1}``'s scale):
-        with an entry of 1e-16 on a well-conditioned ``A`` it loses every digit.
-        So every solve measures its backward error
+        The plain Woodbury form is not backward stable when ``D`` has entries
+        tiny against ``U C Uᵀ`` (the capacitance matrix inherits ``D^{-1}``'s
+        scale): with an entry of 1e-16 on a well-conditioned ``A`` it lost every
+        digit. So the ``s`` entries with ``|d_i| <= 1e-3 ‖U_i‖² ‖C‖_F`` (zeros
+        included) are eliminated together with the core in a bordered
+        ``(k+s) x (k+s)`` system ``[[I + C U_Rᵀ D_R⁻¹ U_R, -C U_Sᵀ], [U_S, D_S]]``
+        (``y = C Uᵀ x``; ``O(n k^2 + (k+s)^3)``, plain Woodbury when ``s = 0``),
+        and every solve measures its backward error
         ``η = ‖b - A x‖ / (‖A‖ ‖x‖ + ‖b‖)`` (per column, ``‖A‖`` bounded by
         ``max|d| + ‖U‖_F^2 ‖C‖_F``; cost ``O(n k)``), runs up to ``refine`` steps
         of iterative refinement while ``η > 64 n eps``, and then, for
@@ -555,44 +584,48 @@ class LowRankPlusDiagonal(LinearOperator):
             return float(xp.max(eta)) if eta.size else 0.0
 
         X = None
-        if bool(xp.all(d64 != 0)):
-            dinv = 1.0 / d64
-            if bool(xp.all(xp.isfinite(dinv))):
-                DU = dinv[:, None] * U
-                cap = xp.eye(k) + C @ (U.T @ DU)
+        eta = np.inf
+        split = self._woodbury_split(d64, U, C)
+        if split is not None:
+            msg = "LowRankPlusDiagonal.solve: the operator is singular (the bordered capacitance system is singular)"
+            Ridx, Sidx, T, dinvR = split
 
-                def woodbury(R: Any) -> Any:
-                    DR = dinv[:, None] * R
-                    inner = _solve_checked(
-                        xp, cap, C @ (U.T @ DR),
-                        "LowRankPlusDiagonal.solve: the operator is singular "
-                        "(capacitance I + C Uᵀ D⁻¹ U is singular)",
-                    )
-                    return DR - DU @ inner
+            def woodbury(Rhs: Any) -> Any:
+                bR = Rhs[Ridx]
+                sol = _solve_checked(
+                    xp, T, xp.concatenate([C @ (U[Ridx].T @ (dinvR[:, None] * bR)), Rhs[Sidx]], axis=0), msg
+                )
+                out = xp.empty_like(Rhs)
+                out[Ridx] = dinvR[:, None] * (bR - U[Ridx] @ sol[:k])
+                out[Sidx] = sol[k:]
+                return out
 
-                try:
-                    X = woodbury(B)
-                except np.linalg.LinAlgError:
-                    if n > WOODBURY_DENSE_FALLBACK_N:
-                        raise
-                    X = None
-                if X is not None:
-                    R = residual(X)
-                    eta = backward_error(X, R)
-                    for _ in range(refine):
-                        if not eta > tol:
-                            break
-                        X_new = X + woodbury(R)
-                        R_new = residual(X_new)
-                        eta_new = backward_error(X_new, R_new)
-                        if not eta_new < eta:
-                            break
-                        X, R, eta = X_new, R_new, eta_new
-                    if eta <= tol:
-                        return (X[:, 0] if vec else X).astype(self.dtype)
+            try:
+                X = woodbury(B)
+            except np.linalg.LinAlgError:
+                if n > WOODBURY_DENSE_FALLBACK_N:
+                    raise
+                X = None
+            if X is not None:
+                R = residual(X)
+                eta = backward_error(X, R)
+                for _ in range(refine):
+                    if not eta > tol:
+                        break
+                    X_new = X + woodbury(R)
+                    R_new = residual(X_new)
+                    eta_new = backward_error(X_new, R_new)
+                    if not eta_new < eta:
+                        break
+                    X, R, eta = X_new, R_new, eta_new
+                if eta <= tol:
+                    return (X[:, 0] if vec else X).astype(self.dtype)
         if n > WOODBURY_DENSE_FALLBACK_N:
             if X is None:
-                raise np.linalg.LinAlgError("LowRankPlusDiagonal.solve: the diagonal D has zero entries")
+                raise np.linalg.LinAlgError(
+                    f"LowRankPlusDiagonal.solve: more than {_SPLIT_MAX} entries of D are zero or tiny against "
+                    f"U C Uᵀ and n = {n} is above the dense fallback size {WOODBURY_DENSE_FALLBACK_N}"
+                )
             raise np.linalg.LinAlgError(
                 f"LowRankPlusDiagonal.solve: the Woodbury solve reached a backward error of {eta:.1e} > {tol:.1e} "
                 f"(D is badly scaled against U C Uᵀ) and n = {n} is above the dense fallback size "
