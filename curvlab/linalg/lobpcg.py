@@ -227,11 +227,13 @@ def lobpcg(
             if conv[:k].all():
                 message, status = "converged", "converged"
                 break
-            if np.all(rnorm[:k] <= attainable):
-                # an exact eigenspace (to working precision): nothing left to improve
+            roundoff = 5 * attainable  # zero relative to ‖A‖, to a few roundings
+            if np.all(rnorm[:k] <= roundoff):
+                # an exact eigenspace to working precision (e.g. a flat spectrum): nothing left to improve
                 message, status = (
-                    f"exact eigenspace to working precision, but tol = {tol:g} is below attainable precision "
-                    f"(tol·|θ| < eps·‖A‖ ≈ {attainable:.1e} in {np.dtype(dt).name}); use a larger tol or float64",
+                    f"exact eigenspace to working precision (residuals <= 5·eps·‖A‖ ≈ {roundoff:.1e} in "
+                    f"{np.dtype(dt).name}), but tol = {tol:g} asks for less than that: tol below attainable "
+                    f"precision; use a larger tol or float64",
                     "stagnated",
                 )
                 break
@@ -242,10 +244,21 @@ def lobpcg(
             trail.append(float(np.max(best[open_])))
             w = 10 if np.any(scale[:k][open_] < attainable) else 25
             near_floor = np.all(rnorm[:k][open_] <= 10 * np.sqrt(n) * attainable)
-            if len(trail) > w and trail[-1] > 0.5 * trail[-1 - w] and near_floor:
+
+            def near_floor_best(r: np.ndarray) -> bool:
+                return bool(np.all(r <= 1e3 * np.sqrt(n) * attainable))
+
+            if np.all(rel[open_] > 100 * best[open_]) and near_floor_best(best[open_] * scale[:k][open_]):
+                message, status = (
+                    "the iteration is diverging (residuals 100× above the best seen, which lies near the round-off "
+                    f"floor of {np.dtype(dt).name}, eps·‖A‖ ≈ {attainable:.1e}): the best iterate is returned",
+                    "stagnated",
+                )
+                break
+            if len(trail) > w and trail[-1] > 0.9 * trail[-1 - w] and near_floor:
                 message, status = (
                     f"residuals stopped falling near the round-off floor of {np.dtype(dt).name} "
-                    f"(best relative residual {trail[-1] * tol:.1e}, eps·‖A‖ ≈ {attainable:.1e})",
+                    f"(best tracked relative residual {trail[-1] * tol:.1e}, eps·‖A‖ ≈ {attainable:.1e})",
                     "stagnated",
                 )
                 break
@@ -301,6 +314,8 @@ def lobpcg(
             # new directions: the [W, P] part of the update (no cancellation against X)
             Cp = Cd[b:, :]
             P, AP = S[:, b:] @ Cp, AS[:, b:] @ Cp
+        if status == "stagnated" and np.any(scale[:k] < attainable) and "attainable" not in message:
+            message += f"; tol = {tol:g} is below attainable precision (tol·|θ| < eps·‖A‖ ≈ {attainable:.1e})"
     except FloatingPointError:
         message, status = f"NaN/Inf (operator or iteration) after {op.n_matvecs - before} matvecs: stopped at once", "nonfinite"
     n_it = it

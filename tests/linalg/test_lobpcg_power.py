@@ -16,6 +16,7 @@ from curvlab.linalg import (
     slq,
     stochastic_power,
 )
+from curvlab.linalg.results import EIG_STATUS, ConvergenceWarning
 from tests.linalg._cases import SPECTRUM_CASES, exact_wanted, make_case, nan_operator, true_residuals
 
 
@@ -63,12 +64,14 @@ def test_lobpcg_float32_and_soft_locking():
 
 def test_lobpcg_budget_nan_and_bad_inputs():
     ps = make_case("tiny_gap", 300)
-    res = lobpcg(ps.operator, k=2, tol=1e-10, max_matvecs=20, rng=0)
-    assert not res.all_converged and "budget" in res.message and res.n_matvecs <= 20
+    with pytest.warns(ConvergenceWarning, match="max_matvecs"):
+        res = lobpcg(ps.operator, k=2, tol=1e-10, max_matvecs=20, rng=0)
+    assert not res.all_converged and "budget" in res.message and res.n_matvecs <= 20 and res.status == "max_matvecs"
     with pytest.raises(ConvergenceError):
         lobpcg(ps.operator, k=2, tol=1e-10, maxiter=3, rng=0, strict=True)
-    res = lobpcg(nan_operator(60, after=3), k=2, rng=0)
-    assert not res.converged.any() and "NaN" in res.message
+    with pytest.warns(ConvergenceWarning, match="nonfinite"):
+        res = lobpcg(nan_operator(60, after=3), k=2, rng=0)
+    assert not res.converged.any() and "NaN" in res.message and res.status == "nonfinite"
     with pytest.raises(ValueError, match="block_size"):
         lobpcg(ps.operator, k=3, block_size=2)
     with pytest.raises(ValueError, match="3 \\* block_size"):
@@ -91,12 +94,23 @@ def test_power_iteration_deflation():
 
 def test_power_iteration_honest_flags():
     ps = make_case("tiny_gap", 200)
-    res = power_iteration(ps.operator, k=1, tol=1e-10, maxiter=30, rng=0)
-    assert not res.all_converged and "maxiter" in res.message
-    res = power_iteration(ps.operator, k=2, tol=1e-10, max_matvecs=10, rng=0)
-    assert not res.all_converged and res.n_matvecs <= 10
-    res = power_iteration(nan_operator(50, after=2), k=1, rng=0)
-    assert not res.all_converged and "NaN" in res.message
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        res = power_iteration(ps.operator, k=1, tol=1e-10, maxiter=30, rng=0)
+    assert not res.all_converged and "maxiter" in res.message and res.status == "max_iter"
+    with pytest.warns(ConvergenceWarning, match="max_matvecs"):
+        res = power_iteration(ps.operator, k=2, tol=1e-10, max_matvecs=10, rng=0)
+    assert not res.all_converged and res.n_matvecs <= 10 and res.status == "max_matvecs"
+    with pytest.warns(ConvergenceWarning, match="nonfinite"):
+        res = power_iteration(nan_operator(50, after=2), k=1, rng=0)
+    assert not res.all_converged and "NaN" in res.message and res.status == "nonfinite"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = power_iteration(ps.operator, k=1, tol=1e-10, maxiter=30, rng=0, warn=False)
+    assert not res.all_converged
+    res = power_iteration(ps.operator, k=1, tol=1e-4, maxiter=3000, rng=0)
+    assert res.all_converged and res.status == "converged"
 
 
 def _noisy_operator(n=60, noise=0.5, seed=0):
@@ -181,3 +195,75 @@ def test_stochastic_operator_shape_inference_and_sampler_checks():
 def test_stochastic_power_nan_stops_and_reports():
     res = stochastic_power(nan_operator(40, after=5), 50, rng=0)
     assert not res.converged and "NaN" in res.message and res.n_matvecs <= 6
+
+
+# --- issue 11 defect 7: lobpcg below attainable precision, flat spectra, NaN ------------------------
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-15), (np.float64, 1e-17), (np.float32, 1e-8), (np.float32, 1e-9)])
+def test_lobpcg_below_attainable_precision_returns_best_iterate(dtype, tol):
+    """The defect: the iteration diverged (θ = 2.146 > λ_max = 2, true residual 0.44) and returned
+    the diverged iterate with understated residuals after the full maxiter."""
+    ps = make_case("uniform", 300, dtype=dtype)
+    with pytest.warns(ConvergenceWarning):
+        res = lobpcg(ps.operator, k=3, tol=tol, rng=0)
+    assert not res.all_converged and res.status in ("stagnated", "max_iter") and res.status in EIG_STATUS
+    lam = ps.eigenvalues
+    eps = np.finfo(dtype).eps
+    assert np.allclose(res.eigenvalues, lam[::-1][:3], atol=1e-5)  # the best iterate, not a diverged one
+    tr = true_residuals(ps.operator, res.eigenvalues, res.eigenvectors)
+    assert np.all(tr <= 1e3 * eps * np.sqrt(300) * lam.max())
+    # reported residuals are the true ones (to the rounding of the measuring product)
+    assert np.all(np.abs(res.residual_norms - tr) <= 4 * np.sqrt(300) * eps * lam.max())
+    if tol * lam.min() < eps * lam.max():  # unattainable: detected, not run to maxiter
+        assert res.status == "stagnated" and res.n_iterations < 500
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n,c", [(9, 1.0), (9, -3.0), (30, 1e-8), (300, 1.0), (300, 1e6), (2000, 1.0)])
+@pytest.mark.parametrize("which", ["LA", "SA"])
+def test_lobpcg_flat_spectrum_is_an_exact_eigenspace(dtype, n, c, which):
+    """The defect: on c·I (float32, small n) the Rayleigh-Ritz basis lost orthogonality and the
+    iteration diverged (θ = 462 for the identity) or ran to maxiter; an exact eigenspace is found at once."""
+    from curvlab.linalg.testing import prescribed_spectrum_operator
+
+    for op in (DenseOperator((c * np.eye(n)).astype(dtype), symmetric=True),
+               prescribed_spectrum_operator(np.full(n, c), rng=0, dtype=dtype).operator):
+        for k, b in ((1, None), (3, None), (1, 3)):
+            if 3 * (b or k) > n:
+                continue
+            tol = 1e-8 if dtype == np.float64 else 1e-5
+            res = lobpcg(op, k=k, which=which, block_size=b, rng=0, tol=tol)
+            assert res.all_converged and res.status == "converged" and res.n_iterations <= 3, res
+            assert np.allclose(res.eigenvalues, c, rtol=10 * np.finfo(dtype).eps * np.sqrt(n), atol=0)
+            # a tol the dtype cannot attain is recognised at once too (flagged, not run to maxiter)
+            with pytest.warns(ConvergenceWarning, match="attainable"):
+                res = lobpcg(op, k=k, which=which, block_size=b, rng=0, tol=1e-20)
+            assert res.status == "stagnated" and res.n_iterations <= 60  # not maxiter (500)
+            assert np.allclose(res.eigenvalues, c, rtol=10 * np.finfo(dtype).eps * np.sqrt(n), atol=0)
+
+
+def test_lobpcg_stops_at_the_first_nonfinite_value():
+    """A NaN from the preconditioner (not the operator) stops the iteration at once, status "nonfinite"
+    (it was dropped as a 'lost rank' before)."""
+    ps = make_case("uniform", 300)
+    calls = {"n": 0}
+
+    def pre(R):
+        calls["n"] += 1
+        return R * np.nan if calls["n"] >= 3 else R
+
+    with pytest.warns(ConvergenceWarning, match="nonfinite"):
+        res = lobpcg(ps.operator, k=2, rng=0, preconditioner=pre, tol=1e-10)
+    assert res.status == "nonfinite" and calls["n"] == 3 and not res.converged.any()
+    assert res.n_matvecs <= 2 * 4  # the initial block, two steps and the NaN block itself: nothing after
+    assert np.all(np.isfinite(res.eigenvalues)) and res.eigenvectors is not None  # the best finite iterate
+
+
+def test_lobpcg_status_and_true_residuals():
+    ps = make_case("large_gap", 300)
+    res = lobpcg(ps.operator, k=3, rng=0, tol=1e-10, block_size=5)
+    assert res.status == "converged" and res.all_converged
+    tr = true_residuals(ps.operator, res.eigenvalues, res.eigenvectors)
+    assert np.allclose(res.residual_norms, tr, rtol=1e-3, atol=1e-12 * ps.eigenvalues.max())
+    assert np.all(tr <= 1e-10 * np.abs(res.eigenvalues))
