@@ -131,6 +131,9 @@ class LinearOperator:
 
     # -- application ---------------------------------------------------------
     def _check_input(self, x: Any, ndim: int, name: str) -> Any:
+        hint = backend.foreign_array_hint(x)
+        if hint is not None:
+            raise TypeError(f"{name} must be a {self.xp.__name__} array for this operator, got {hint}")
         if backend.get_namespace(x) is not self.xp and not isinstance(x, (list, tuple)):
             raise TypeError(
                 f"{name} is a {type(x).__module__}.{type(x).__name__} but the operator works on "

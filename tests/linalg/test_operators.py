@@ -414,3 +414,5 @@ def test_foreign_and_odd_inputs_name_the_argument():
         CallableOperator(lambda v: v, (2,))
     with pytest.raises(TypeError, match="matmat must be callable"):
         CallableOperator(lambda v: v, (2, 2), matmat=3)
+    with pytest.raises(TypeError, match=r"v must be a numpy array for this operator, got a torch\.Tensor"):
+        DenseOperator(np.eye(3)) @ torch.ones(3)
