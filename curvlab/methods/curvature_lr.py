@@ -41,7 +41,8 @@ state committed). The base's own ``nan_policy`` is not used (its ``direction`` i
 
 Host syncs per step: one read of ``(⟨g, d⟩, ‖d‖², base state finite)`` together, plus what
 ``curvature(d)`` costs (a float), plus one per loss evaluation when the realised change is
-recorded; one more for a base without ``direction()`` (its gradient check).
+recorded. The base gives ``d`` through the protocol's ``direction`` (no duck typing: a base
+without one, such as ArTuRO, raises ``NotImplementedError``).
 
 Example
 -------
@@ -49,8 +50,8 @@ Example
 >>> A = np.diag([1.0, 4.0])                       # f = ½θᵀAθ, g = Aθ
 >>> opt = CurvatureLR(schedule=1.0)
 >>> th = np.array([1.0, 1.0]); st = opt.init(th)
->>> upd, st = opt.update(A @ th, st, th, curvature=lambda d: float(d @ A @ d))
->>> round(st.t, 6), round(st.predicted, 6)        # t = gᵀg / gᵀAg = 17/65
+>>> upd, st, info = opt.update_with_info(A @ th, st, th, curvature=lambda d: float(d @ A @ d))
+>>> round(info.t, 6), round(info.predicted, 6)    # t = gᵀg / gᵀAg = 17/65
 (0.261538, -2.223077)
 """
 
@@ -63,8 +64,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import backend
+from ..tree import tree_leaves, tree_map, tree_vdot, tree_zeros_like
 from ._transform import (
     DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    StepInfo,
     Transform,
     TransformState,
     Tree,
@@ -72,15 +75,13 @@ from ._transform import (
     check_params,
     check_tree_like,
     state_leaves,
-    tree_leaves,
-    tree_map,
-    tree_zeros_like,
 )
 from .baselines import SGD
 
 __all__ = [
     "CurvatureLR",
     "CurvatureLRState",
+    "CurvatureLRInfo",
     "ConstantSchedule",
     "GeometricSchedule",
     "ExpFloorSchedule",
@@ -88,7 +89,7 @@ __all__ = [
     "DIAGNOSTIC_FIELDS",
 ]
 
-#: per-step diagnostics stored in :class:`CurvatureLRState` (see :meth:`CurvatureLR.diagnostics`)
+#: the per-step report of :class:`CurvatureLRInfo` (see :meth:`CurvatureLR.diagnostics`)
 DIAGNOSTIC_FIELDS = ("t", "c", "gd", "dd", "lam", "predicted", "realized", "event")
 
 
@@ -97,27 +98,6 @@ def _pos(name: str, v: float) -> float:
     if not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite positive number, got {v!r}")
     return v
-
-
-_CHUNK = 1 << 16
-
-
-def _vdot64(a: Tree, b: Tree) -> Any:
-    """``⟨a, b⟩`` over all leaves with products and sums in float64, converting chunks of
-    65,536 entries at a time (no full float64 copy of a float32 vector). Returns a float64
-    scalar on the leaves' device (0-d array on CuPy): no host read here."""
-    total: Any = 0.0
-    for x, y in zip(tree_leaves(a), tree_leaves(b)):
-        xp = backend.get_namespace(x, y)
-        x, y = x.reshape(-1), y.reshape(-1)
-        if x.dtype == np.float64 and y.dtype == np.float64:
-            total = total + xp.dot(x, y)
-            continue
-        acc: Any = 0.0
-        for i in range(0, x.shape[0], _CHUNK):
-            acc = acc + xp.dot(x[i:i + _CHUNK].astype(np.float64), y[i:i + _CHUNK].astype(np.float64))
-        total = total + acc
-    return total
 
 
 def _read(xp: Any, *values: Any) -> list[float]:
@@ -207,31 +187,20 @@ def as_schedule(schedule: Any) -> Callable[[int], float]:
 
 @dataclasses.dataclass
 class CurvatureLRState(TransformState):
-    """State of :class:`CurvatureLR`: the base optimizer's state plus scalars.
+    """State of :class:`CurvatureLR`: the base optimizer's state plus scalars (what the next
+    step needs; the step's report is its :class:`CurvatureLRInfo`).
 
     ``count``: steps taken (the schedule index; it advances on policy events — no step
     for ``d = 0``, a clamp, ``curvature_policy="skip"`` — but not on a step skipped for NaN/Inf);
-    ``t_prev``: last valid step length (``t_init`` before any). Last-step diagnostics:
-    ``t``, ``c``, ``gd`` = ⟨g, d⟩, ``dd`` = ‖d‖², ``lam``, ``predicted`` = ``−t·gd + ½t²c`` (the
-    quadratic model's change, with the measured ``c``), ``realized`` = ``f(θ − t d) − f(θ)``
-    (NaN unless a loss function was available), ``event`` (0 normal, 1 curvature policy,
-    2 zero direction/gradient, 3 non-finite under ``nan_policy="propagate"``, 4 sign clamp,
-    5 skipped by policy). Counters: ``n_policy``, ``n_zero``, ``n_skipped_steps`` (steps skipped
-    for NaN/Inf; a skipped step changes nothing else), ``n_capped``, ``n_negative_gd``,
-    ``consecutive_skips``. ``base``: the base transform's state (nested in ``to_dict`` under
-    ``"base/"`` keys).
+    ``t_prev``: last valid step length (``t_init`` before any). Counters: ``n_policy``,
+    ``n_zero``, ``n_skipped_steps`` (steps skipped for NaN/Inf; a skipped step changes nothing
+    else), ``n_capped``, ``n_negative_gd``, ``consecutive_skips``. ``base``: the base
+    transform's state (nested in ``to_dict`` under ``"base/"`` keys). Saved states of earlier
+    versions, which also held the last step's report, load (those keys are ignored).
     """
 
     count: int
     t_prev: float
-    t: float
-    c: float
-    gd: float
-    dd: float
-    lam: float
-    predicted: float
-    realized: float
-    event: int
     n_policy: int
     n_zero: int
     n_skipped_steps: int
@@ -263,15 +232,38 @@ class CurvatureLRState(TransformState):
         return st
 
 
+@dataclasses.dataclass
+class CurvatureLRInfo(StepInfo):
+    """Report of one :class:`CurvatureLR` step.
+
+    ``t`` the step length (also ``lr``), ``c`` = dᵀHd, ``gd`` = ⟨g, d⟩, ``dd`` = ‖d‖², ``lam``
+    = λ_k, ``predicted`` = ``−t·gd + ½t²c`` (the quadratic model's change, with the measured
+    ``c``), ``realized`` = ``f(θ − t d) − f(θ)`` (NaN unless a loss function was available),
+    ``event`` (0 normal, 1 curvature policy, 2 zero direction/gradient, 3 non-finite under
+    ``nan_policy="propagate"``, 4 sign clamp, 5 skipped by policy), ``skipped`` (by the NaN
+    policy; the other fields then hold what was measured before the skip, NaN otherwise).
+    """
+
+    t: float = 0.0
+    c: float = math.nan
+    gd: float = math.nan
+    dd: float = math.nan
+    lam: float = math.nan
+    predicted: float = math.nan
+    realized: float = math.nan
+    event: int = 0
+
+
 class CurvatureLR(Transform):
     """Curvature-rescaled learning rate wrapping a base transform (see the module docstring).
 
     Parameters
     ----------
     base:
-        Base transform giving the direction ``d`` (default ``SGD(lr=1)``): ``d`` is its
-        ``direction()`` when it has one (SGD, Momentum, Adam), else ``−updates/base.lr``. The step ``t·d``
-        does not depend on the base's ``lr`` (``t`` rescales).
+        Base transform giving the direction ``d`` through :meth:`Transform.direction`
+        (default ``SGD(lr=1)``; SGD, Momentum, Adam, AdamW, a :func:`chain`, ExactNewton, DSGD).
+        The step ``t·d`` does not depend on the base's step size (``t`` rescales); a base
+        without a direction (ArTuRO) raises ``NotImplementedError`` at the first update.
     schedule:
         ``λ``: a number (constant), a schedule object, or any ``k -> λ`` callable.
     mode:
@@ -323,9 +315,7 @@ class CurvatureLR(Transform):
 
     def init(self, params: Tree) -> CurvatureLRState:
         check_params(params)
-        nan = math.nan
-        return CurvatureLRState(count=0, t_prev=self.t_init, t=0.0, c=nan, gd=nan, dd=nan, lam=nan,
-                                predicted=nan, realized=nan, event=0, n_policy=0, n_zero=0, n_skipped_steps=0,
+        return CurvatureLRState(count=0, t_prev=self.t_init, n_policy=0, n_zero=0, n_skipped_steps=0,
                                 n_capped=0, n_negative_gd=0, consecutive_skips=0, base=self.base.init(params))
 
     def load_state(self, d: dict[str, Any], xp: Any = np) -> CurvatureLRState:
@@ -333,25 +323,20 @@ class CurvatureLR(Transform):
 
     @staticmethod
     def diagnostics(state: CurvatureLRState) -> dict[str, float]:
-        """The last step's diagnostics as a plain dict (keys :data:`DIAGNOSTIC_FIELDS`)."""
-        return {k: getattr(state, k) for k in DIAGNOSTIC_FIELDS}
+        """The diagnostics of the step that made ``state`` as a plain dict (keys
+        :data:`DIAGNOSTIC_FIELDS`; NaN before any step); prefer :meth:`update_with_info`."""
+        return {k: getattr(state, k, math.nan) for k in DIAGNOSTIC_FIELDS}
 
-    def _direction(self, grads: Tree, base_state: Any, params: Tree | None) -> tuple[Tree, Any]:
-        if hasattr(self.base, "direction"):
-            return self.base.direction(grads, base_state, params)
-        upd, new = self.base.update(grads, base_state, params)
-        lr = float(getattr(self.base, "lr", 1.0))
-        return tree_map(lambda u: u * u.dtype.type(-1.0 / lr), upd), new
-
-    def update(self, grads: Tree, state: CurvatureLRState, params: Tree | None = None, *,
-               curvature: Callable[[Tree], float] | None = None, model: Any = None, X: Any = None,
-               y: Any = None, loss: float | None = None, loss_fn: Callable[[Tree], float] | None = None,
-               **extras: Any) -> tuple[Tree, CurvatureLRState]:
-        """One rescaled step: ``(updates = −t·d, new_state)``.
+    def _update(self, grads: Tree, state: CurvatureLRState, params: Tree | None = None, *,
+                curvature: Callable[[Tree], float] | None = None, model: Any = None, X: Any = None,
+                y: Any = None, loss: float | None = None, loss_fn: Callable[[Tree], float] | None = None,
+                **extras: Any) -> tuple[Tree, CurvatureLRState, CurvatureLRInfo]:
+        """One rescaled step: ``(updates = −t·d, new_state, info)``.
 
         Extras: ``curvature(d) -> dᵀHd`` (``d`` structured like ``grads``), or ``model`` with
         ``X``, ``y`` (reference MLP, flat params; ``mode`` picks its dᵀHd mode); ``loss`` =
         f(θ) and ``loss_fn(params) -> float`` for the realised change (``model`` supplies both).
+        Other extras, and ``model``, ``X``, ``y``, go to the base's ``direction``.
         """
         if params is not None:
             check_tree_like("grads", grads, params)
@@ -359,50 +344,47 @@ class CurvatureLR(Transform):
             check_params(grads, "grads")
         xp = backend.get_namespace(*tree_leaves(grads))
         propagate = self.nan_policy == "propagate"
-        if not hasattr(self.base, "direction") and self.nonfinite(grads, blame={"grads": grads}):
-            return tree_zeros_like(grads), self.skipped(state)
-        d, base_state = self._direction(grads, state.base, params)
+        base_extras = dict(extras)
+        base_extras.update({k: v for k, v in (("model", model), ("X", X), ("y", y)) if v is not None})
+        d, base_state = self.base.direction(grads, state.base, params, **base_extras)
         lam = float(self.schedule(state.count))
-        new = dataclasses.replace(state, count=state.count + 1, base=base_state, lam=lam, t=0.0,
-                                  predicted=0.0, realized=math.nan, event=0, c=math.nan)
+        new = dataclasses.replace(state, count=state.count + 1, base=base_state, consecutive_skips=0)
+        info = CurvatureLRInfo(lam=lam, t=0.0, predicted=0.0, lr=0.0)
         zeros = tree_zeros_like(grads)
         base_ok = 1.0 if propagate else _all_finite_dev(xp, state_leaves(base_state))
-        gd, dd, ok = _read(xp, _vdot64(grads, d), _vdot64(d, d), base_ok)   # the one host read
-        new.gd, new.dd = gd, dd
+        gd, dd, ok = _read(xp, tree_vdot(grads, d), tree_vdot(d, d), base_ok)   # the one host read
+        info.gd, info.dd = gd, dd
         if not (ok and math.isfinite(gd) and math.isfinite(dd)):
             if propagate:
-                return self._propagate(d, new)
+                return self._propagate(d, new, info)
             self.nonfinite(gd, dd, ok or math.nan,
                            blame={"grads": grads, "the direction d": d, "the base's new state": state_leaves(base_state)})
-            return zeros, self.skipped(state)
+            return zeros, self.skipped(state), dataclasses.replace(info, skipped=True, t=math.nan, lr=math.nan)
         if dd == 0.0 or gd == 0.0:
             new.n_zero += 1
-            new.event = 2
-            new.consecutive_skips = 0
-            return zeros, new
+            info.event = 2
+            return zeros, new, info
         if gd < 0:
             new.n_negative_gd += 1
             if self.sign == "clamp":
-                new.event = 4
-                new.consecutive_skips = 0
-                return zeros, new
+                info.event = 4
+                return zeros, new, info
         c = self._curvature(d, params, curvature, model, X, y)
-        new.c = c
+        info.c = c
         if not math.isfinite(c):
             if propagate:
-                return self._propagate(d, new)
+                return self._propagate(d, new, info)
             self.nonfinite(c, blame={"the curvature dᵀHd": c})
-            return zeros, self.skipped(state)
+            return zeros, self.skipped(state), dataclasses.replace(info, skipped=True, t=math.nan, lr=math.nan)
         thresh = self.c_rel * dd
         if c > thresh and c > 0:
             t = lam * gd / c
         else:
             new.n_policy += 1
-            new.event = 1
+            info.event = 1
             if self.policy == "skip":
-                new.event = 5
-                new.consecutive_skips = 0
-                return zeros, new
+                info.event = 5
+                return zeros, new, info
             if self.policy == "fallback":
                 t = self.fallback_lr if self.fallback_lr is not None else state.t_prev
                 t = math.copysign(t, gd)
@@ -416,26 +398,26 @@ class CurvatureLR(Transform):
         if self.max_step is not None and abs(t) * math.sqrt(dd) > self.max_step:
             t = math.copysign(self.max_step / math.sqrt(dd), t)
             new.n_capped += 1
-        new.t = t
-        if new.event == 0:
+        info.t = info.lr = t
+        if info.event == 0:
             new.t_prev = abs(t)
-        new.predicted = -t * gd + 0.5 * t * t * c
-        new.consecutive_skips = 0
+        info.predicted = -t * gd + 0.5 * t * t * c
         upd = tree_map(lambda x: x * x.dtype.type(-t), d)
         if self.realized:
             if loss_fn is None and model is not None and X is not None:
                 loss_fn = lambda p: model.loss(p, X, y)  # noqa: E731
             if loss_fn is not None and params is not None:
                 f0 = float(loss) if loss is not None else float(loss_fn(params))
-                new.realized = float(loss_fn(apply_updates(params, upd))) - f0
-        return upd, new
+                info.realized = float(loss_fn(apply_updates(params, upd))) - f0
+        return upd, new, info
 
     @staticmethod
-    def _propagate(d: Tree, new: CurvatureLRState) -> tuple[Tree, CurvatureLRState]:
+    def _propagate(d: Tree, new: CurvatureLRState,
+                   info: CurvatureLRInfo) -> tuple[Tree, CurvatureLRState, CurvatureLRInfo]:
         """``nan_policy="propagate"``: a NaN step ``−t·d`` with ``t`` = NaN, the base state committed."""
-        new.t = new.predicted = math.nan
-        new.event = 3
-        return tree_map(lambda x: x * x.dtype.type(math.nan), d), new
+        info.t = info.lr = info.predicted = math.nan
+        info.event = 3
+        return tree_map(lambda x: x * x.dtype.type(math.nan), d), new, info
 
     def _curvature(self, d: Tree, params: Tree | None, curvature: Any, model: Any, X: Any, y: Any) -> float:
         if curvature is not None:

@@ -31,8 +31,8 @@ Example
 >>> opt = DSGD(rule="constant", constants=[1.0, 4.0])
 >>> params = [np.zeros((2, 2)), np.zeros((1, 3))]
 >>> grads = [np.eye(2), np.array([[2.0, 0.0, 0.0]])]   # scores 2²/2 = 2 and 2²/8 = 0.5
->>> upd, st = opt.update(grads, opt.init(params), params)
->>> st.chosen, upd[0]
+>>> upd, st, info = opt.update_with_info(grads, opt.init(params), params)
+>>> info.chosen, upd[0]
 (0, array([[-2., -0.],
        [-0., -2.]]))
 """
@@ -47,11 +47,21 @@ import numpy as np
 
 from .. import backend
 from ..linalg import duality
-from ._transform import DEFAULT_MAX_CONSECUTIVE_SKIPS, Transform, TransformState, Tree, apply_updates, check_tree_like
+from ..tree import tree_flatten, tree_unflatten
+from ._transform import (
+    DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    StepInfo,
+    Transform,
+    TransformState,
+    Tree,
+    apply_updates,
+    check_tree_like,
+)
 
 __all__ = [
     "DSGD",
     "DSGDState",
+    "DSGDInfo",
     "DSGDHistory",
     "dsgd_train",
     "activation_derivative_bounds",
@@ -160,13 +170,12 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
 
 @dataclasses.dataclass
 class DSGDState(TransformState):
-    """State and last-step diagnostics of :class:`DSGD` (all float64/int64 host arrays).
+    """State of :class:`DSGD` (all float64/int64 host arrays; the step's report is its
+    :class:`DSGDInfo`, ``state.chosen`` etc. still read it).
 
-    ``count``: steps taken (updates made or not); ``chosen``: last chosen layer (−1: none);
-    ``layer_counts`` (K,): how often each layer was chosen; ``scores``, ``L``, ``dual_norms``
-    (K,): the last step's ``‖G_i‖²_*/(2L_i)`` (0 for excluded layers), ``L_i`` and ``‖G_i‖_*``;
-    ``guaranteed``: ``s(2−s)·score_j``; ``actual``: ``f(w) − f(w⁺)`` when verified (NaN
-    otherwise); ``L_prev``: last valid estimated ``L_i`` (rule "estimate"; NaN unknown);
+    ``count``: steps taken (updates made or not);
+    ``layer_counts`` (K,): how often each layer was chosen;
+    ``L_prev``: last valid estimated ``L_i`` (rule "estimate"; NaN unknown);
     counters ``n_stationary``, ``n_skipped_steps`` (NaN/Inf gradients: the step changed nothing
     else, ``count`` included), ``n_excluded`` (layer-steps with an invalid ``L_i``),
     ``n_fallback`` (SVD/polar failures, NaN results included, mapped with Frobenius),
@@ -174,16 +183,12 @@ class DSGDState(TransformState):
     ``w_opnorm`` (K,), ``w_fingerprint`` (K, 2): cache of the exact ``‖W̄_i‖_op`` used by the
     bound, reused while the block's fingerprint (``Σ W̄²`` and a cosine-weighted sum) is
     unchanged: a DSGD step moves one block, so one weight SVD per step instead of K − 1.
+    Saved states of earlier versions, which also held the last step's report, load (those keys
+    are ignored).
     """
 
     count: int
-    chosen: int
     layer_counts: Any
-    scores: Any
-    L: Any
-    dual_norms: Any
-    guaranteed: float
-    actual: float
     L_prev: Any
     n_stationary: int
     n_skipped_steps: int
@@ -192,6 +197,24 @@ class DSGDState(TransformState):
     consecutive_skips: int
     w_opnorm: Any = None
     w_fingerprint: Any = None
+
+
+@dataclasses.dataclass
+class DSGDInfo(StepInfo):
+    """Report of one :class:`DSGD` step (float64 host arrays of shape ``(K,)``).
+
+    ``chosen``: the chosen layer (−1: none); ``scores``, ``L``, ``dual_norms``: the
+    ``‖G_i‖²_*/(2L_i)`` (0 for excluded layers), ``L_i`` and ``‖G_i‖_*``; ``guaranteed``:
+    ``s(2−s)·score_j`` (arXiv 1708.00523, Thm. 1's per-step decrease); ``actual``:
+    ``f(w) − f(w⁺)`` when verified (NaN otherwise); ``lr``: ``s / L_j``.
+    """
+
+    chosen: int = -1
+    scores: Any = None
+    L: Any = None
+    dual_norms: Any = None
+    guaranteed: float = 0.0
+    actual: float = math.nan
 
 
 class _Blocks:
@@ -331,8 +354,8 @@ class DSGD(Transform):
                 zip(per(self.norm, "norm"), per(self.scale, "scale"), per(self.method, "method"))]
 
     def _split(self, tree: Tree, name: str) -> list[Any]:
-        if isinstance(tree, (list, tuple)):
-            return list(tree)
+        if isinstance(tree, (list, tuple, dict)):
+            return tree_flatten(tree)[0]
         if self.blocks is None:
             raise ValueError(f"{name} is a flat vector: pass shapes= (block shapes or the MLP layout) to DSGD")
         return self.blocks.unpack(tree)
@@ -349,9 +372,7 @@ class DSGD(Transform):
         self._layer_norms(K)
         if self.constants is not None and self.constants.shape != (K,):
             raise ValueError(f"constants must have shape ({K},), got {self.constants.shape}")
-        z = np.zeros(K)
-        return DSGDState(count=0, chosen=-1, layer_counts=np.zeros(K, dtype=np.int64), scores=z.copy(),
-                         L=np.full(K, np.nan), dual_norms=z.copy(), guaranteed=0.0, actual=math.nan,
+        return DSGDState(count=0, layer_counts=np.zeros(K, dtype=np.int64),
                          L_prev=np.full(K, np.nan), n_stationary=0, n_skipped_steps=0, n_excluded=0,
                          n_fallback=0, consecutive_skips=0, w_opnorm=np.full(K, np.nan),
                          w_fingerprint=np.full((K, 2), np.nan))
@@ -417,16 +438,35 @@ class DSGD(Transform):
                 state.w_opnorm[i] = out[i]
         return out
 
-    def update(self, grads: Tree, state: DSGDState, params: Tree | None = None, *, X: Any = None,
-               curvature: Callable[[Tree], float] | None = None,
-               loss_fn: Callable[[Tree], float] | None = None, loss: float | None = None,
-               constants: Sequence[float] | None = None, **extras: Any) -> tuple[Tree, DSGDState]:
-        """One DSGD step: ``(updates, new_state)``; ``updates`` is zero outside the chosen block.
+    def _update(self, grads: Tree, state: DSGDState, params: Tree | None = None,
+                **extras: Any) -> tuple[Tree, DSGDState, DSGDInfo]:
+        """One DSGD step: ``(updates, new_state, info)``; ``updates`` is zero outside the chosen block.
 
         Extras: ``X`` (rule "bound"), ``curvature`` (rule "estimate"), ``constants`` (overrides
         the constructor's for this step), ``loss_fn``/``loss`` (``verify=True``).
         """
-        flat = not isinstance(grads, (list, tuple))
+        return self._step(grads, state, params, False, **extras)
+
+    def direction(self, grads: Tree, state: DSGDState, params: Tree | None = None,
+                  **extras: Any) -> tuple[Tree, DSGDState]:
+        """The direction ``d = ρ_j(G_j)/L_j`` on the chosen block (zero elsewhere; DSGD's step
+        is ``−s·d``) and the new state. A step this method would skip under its ``nan_policy``
+        gives a NaN ``d`` and the unchanged state, so that the caller's policy decides."""
+        d, new, info = self._step(grads, state, params, True, **extras)
+        if info.skipped:
+            xp = backend.get_namespace(*self._split(d, "d"))
+            return (self.blocks.pack([xp.full(b.shape, np.nan, dtype=b.dtype) for b in self._split(d, "d")])
+                    if not isinstance(d, (list, tuple, dict)) else
+                    tree_unflatten(tree_flatten(d)[1], [xp.full(b.shape, np.nan, dtype=b.dtype)
+                                                         for b in tree_flatten(d)[0]])), state
+        return d, new
+
+    def _step(self, grads: Tree, state: DSGDState, params: Tree | None, as_direction: bool, *, X: Any = None,
+              curvature: Callable[[Tree], float] | None = None,
+              loss_fn: Callable[[Tree], float] | None = None, loss: float | None = None,
+              constants: Sequence[float] | None = None, **extras: Any) -> tuple[Tree, DSGDState, DSGDInfo]:
+        flat = not isinstance(grads, (list, tuple, dict))
+        treedef = None if flat else tree_flatten(grads)[1]
         G = self._split(grads, "grads")
         K = len(G)
         if state.layer_counts.shape != (K,):
@@ -439,13 +479,14 @@ class DSGD(Transform):
         zeros = [xp.zeros_like(g) for g in G]
 
         def out(blocks: list[Any]) -> Tree:
-            return self.blocks.pack(blocks) if flat else blocks
+            return self.blocks.pack(blocks) if flat else tree_unflatten(treedef, blocks)
 
         if self.nonfinite(G, blame={"grads": G}):   # one host sync for all the blocks
-            return out(zeros), self.skipped(state)
-        new = dataclasses.replace(state, count=state.count + 1, chosen=-1, actual=math.nan, guaranteed=0.0,
+            return out(zeros), self.skipped(state), DSGDInfo(skipped=True)
+        new = dataclasses.replace(state, count=state.count + 1,
                                   layer_counts=state.layer_counts.copy(), L_prev=state.L_prev.copy(),
                                   w_opnorm=state.w_opnorm.copy(), w_fingerprint=state.w_fingerprint.copy())
+        info = DSGDInfo(chosen=-1, actual=math.nan, guaranteed=0.0)
         norms = self._layer_norms(K)
         dn, maps, n_fb = self._dual_all(G, norms)
         new.n_fallback += n_fb
@@ -454,26 +495,29 @@ class DSGD(Transform):
         new.n_excluded += int(np.sum(~np.isfinite(logL) & (dn > 0)))
         with np.errstate(divide="ignore"):
             log_scores = np.where(valid, 2.0 * np.log(np.where(dn > 0, dn, 1.0)) - math.log(2.0) - logL, -np.inf)
-        new.scores = np.where(valid, np.exp(log_scores), 0.0)
-        new.L = np.exp(logL)
-        new.dual_norms = dn
+        info.scores = np.where(valid, np.exp(log_scores), 0.0)
+        info.L = np.exp(logL)
+        info.dual_norms = dn
         new.consecutive_skips = 0
         if not valid.any():
             new.n_stationary += int(bool(np.all(dn == 0)))
-            return out(zeros), new
+            return out(zeros), new, info
         j = self._select(log_scores, valid, state.count)
-        s = self.step_size
+        s = 1.0 if as_direction else self.step_size
         coef = s * math.exp(-logL[j])
         upd = list(zeros)
         upd[j] = self._map(G[j], norms[j], maps, j, new) * G[j].dtype.type(-coef)
-        new.chosen = j
+        if as_direction:  # d = +ρ_j/L_j
+            upd[j] = -upd[j]
         new.layer_counts[j] += 1
-        new.guaranteed = s * (2.0 - s) * float(new.scores[j])
+        info.chosen, info.lr = j, coef
+        s_ = self.step_size
+        info.guaranteed = s_ * (2.0 - s_) * float(info.scores[j])
         result = out(upd)
-        if self.verify and loss_fn is not None and params is not None:
+        if self.verify and loss_fn is not None and params is not None and not as_direction:
             f0 = float(loss) if loss is not None else float(loss_fn(params))
-            new.actual = f0 - float(loss_fn(apply_updates(params, result)))
-        return result, new
+            info.actual = f0 - float(loss_fn(apply_updates(params, result)))
+        return result, new, info
 
     def _select(self, log_scores: np.ndarray, valid: np.ndarray, count: int) -> int:
         idx = np.flatnonzero(valid)
@@ -594,10 +638,11 @@ def dsgd_train(opt: DSGD, params: Tree, loss_and_grad: Callable[[Tree, Any, Any]
         extras: dict[str, Any] = {"X": X_bound if X_bound is not None else Xb}
         if curvature_fn is not None:
             extras["curvature"] = (lambda d, p=params, a=Xb, b=yb: curvature_fn(p, a, b, d))
-        upd, state = opt.update(g, state, params, **extras)
+        upd, state, info = opt.update_with_info(g, state, params, **extras)
         params = apply_updates(params, upd)
-        chosen[t], guar[t] = state.chosen, state.guaranteed
-        scores[t], Ls[t], dns[t] = state.scores, state.L, state.dual_norms
+        if not info.skipped:
+            chosen[t], guar[t] = info.chosen, info.guaranteed
+            scores[t], Ls[t], dns[t] = info.scores, info.L, info.dual_norms
     loss[steps] = float(loss_and_grad(params, X, y)[0])
     if batch_size is None and steps:
         act = loss[:-1] - loss[1:]

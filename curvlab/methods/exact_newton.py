@@ -1,17 +1,18 @@
 """Exact stochastic Newton with spectral adjustment, as an optimizer transform.
 
 Method inspired by arXiv 2104.03804 (Mehouachi & Kasmi, "Exact Stochastic Second Order Deep
-Learning"). The formulas are curvlab's derivations (spec 000, F4-F10), not the paper's text;
-the paper's regulariser, adjustment rule, step size and batch handling are unknown here.
+Learning"). The formulas are curvlab's derivations from the paper's per-sample layer Hessian
+``M ⊗ ããᵀ`` (its Sec. 3), not the paper's text; the paper's regulariser, adjustment rule, step
+size and batch handling are unknown here.
 
 What is exact for what
 ----------------------
 * Per sample (``B = 1``, any ``batch_mode``): the layer block ``M ⊗ ããᵀ`` of the sample's loss
   Hessian is exact (σ'' included), its eigenvalues ``κ_i = ‖ã‖² μ_i(M)`` are exact, and the
-  direction solves ``(ρ(H_l) + λI) vec(Δ) = -vec(g_l)`` exactly in closed form (F7 "damped",
-  or F8 "regularized": Newton on ``ℓ + λ/2 ‖W_l‖²``) -- with ``adjustment="raw"`` this is
+  direction solves ``(ρ(H_l) + λI) vec(Δ) = -vec(g_l)`` exactly in closed form (``objective="damped"``,
+  or ``"regularized"``: Newton on ``ℓ + λ/2 ‖W_l‖²``) -- with ``adjustment="raw"`` this is
   exact (block-diagonal) Newton; cross-layer blocks are ignored.
-* ``batch_mode="average"`` (F10, default): the mean of the ``B`` exact per-sample directions.
+* ``batch_mode="average"`` (default): the mean of the ``B`` exact per-sample directions.
   This is *not* the Newton direction of the mini-batch loss. Cost per layer
   ``O(B n^3 + B n m)`` (batched ``n x n`` eigh).
 * ``batch_mode="exact_block"``: the exact solve with the mini-batch layer block
@@ -19,7 +20,7 @@ What is exact for what
   the inputs, ``nr x nr``, the smaller). With ``block_spectrum="per_sample"`` (default) ρ is
   applied to each sample's block (``M̃_b = |M_b|`` for abs; the sum is then PSD, a real
   factorisation exists); with ``"batch"`` ρ is applied to the spectrum of the whole block
-  (``|H^B|``, F9, an ``nr x nr`` eigh). ``adjustment="raw"`` gives exact Newton on the
+  (``|H^B|``, an ``nr x nr`` eigh). ``adjustment="raw"`` gives exact Newton on the
   mini-batch layer block either way. Cost per layer ``O(B^2 n^2 m + min(Bn, nr)^3)``.
 
 Spectral adjustments (:func:`~curvlab.linalg.kronecker.adjust_spectrum`): raw/none, abs
@@ -80,20 +81,21 @@ import numpy as np
 from .. import backend
 from ..linalg.kronecker import KroneckerSumBlock, _canonical_rule, adjust_spectrum, eigh_batched
 from ..models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
+from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten, tree_zeros_like
 from ._transform import (
     DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    StepInfo,
     Transform,
     TransformState,
     Tree,
     check_params,
     check_tree_like,
-    tree_leaves,
-    tree_zeros_like,
 )
 
 __all__ = [
     "ExactNewton",
     "ExactNewtonState",
+    "ExactNewtonInfo",
     "exact_newton_directions",
     "BATCH_MODES",
     "OBJECTIVES",
@@ -106,17 +108,14 @@ _GUARD = 1e-12
 
 @dataclasses.dataclass
 class ExactNewtonState(TransformState):
-    """Step counter and diagnostics of the last step (per layer arrays of shape ``(L,)``).
+    """Step counter and totals since init (the last step's per-layer report is its
+    :class:`ExactNewtonInfo`; ``state.kappa_min`` etc. still read it).
 
-    The per-layer arrays are empty after ``init`` with flat params (the layer count is known
-    from the first step); they are filled only with ``ExactNewton(diagnostics=True)`` (NaN, and
-    −1 for ``n_negative``, otherwise). ``kappa_min``/``kappa_max``: extreme per-sample curvature
-    eigenvalues ``κ = ‖ã‖² μ(M)``;
-    ``n_negative``: count of κ < 0 over the batch; ``step_norm``: ``‖update_l‖_F``.
-    Totals since init: ``n_skipped`` samples excluded from steps taken, ``n_guarded`` dropped
-    components, ``n_indefinite`` raw samples with some κ+λ < 0, ``n_singular`` singular block
-    solves (a NaN solve on CuPy counts too); ``n_skipped_steps`` steps skipped by the NaN
-    policy and ``consecutive_skips`` the current run of them.
+    ``n_skipped`` samples excluded from steps taken, ``n_guarded`` dropped components,
+    ``n_indefinite`` raw samples with some κ+λ < 0, ``n_singular`` singular block solves (a NaN
+    solve on CuPy counts too); ``n_skipped_steps`` steps skipped by the NaN policy and
+    ``consecutive_skips`` the current run of them. Saved states of earlier versions, which
+    also held the per-layer diagnostics, load (those keys are ignored).
     """
 
     count: int
@@ -125,11 +124,25 @@ class ExactNewtonState(TransformState):
     n_guarded: int
     n_indefinite: int
     n_singular: int
-    kappa_min: Any
-    kappa_max: Any
-    n_negative: Any
-    step_norm: Any
     n_skipped_steps: int = 0
+
+
+@dataclasses.dataclass
+class ExactNewtonInfo(StepInfo):
+    """Report of one :class:`ExactNewton` step (per-layer arrays of shape ``(L,)``, float64 /
+    int64 host arrays).
+
+    Filled only with ``ExactNewton(diagnostics=True)`` (NaN, and −1 for ``n_negative``,
+    otherwise): ``kappa_min``/``kappa_max``, the extreme per-sample curvature eigenvalues
+    ``κ = ‖ã‖² μ(M)``; ``n_negative``, the count of κ < 0 over the batch; ``step_norm``,
+    ``‖update_l‖_F``. Always: ``n_excluded`` samples excluded this step, ``lr`` the step size.
+    """
+
+    kappa_min: Any = None
+    kappa_max: Any = None
+    n_negative: Any = None
+    step_norm: Any = None
+    n_excluded: int = 0
 
 
 def _check_adjust(kappa_min: float, kappa_max: float, shift: float) -> None:
@@ -165,7 +178,7 @@ def _eigh(M: Any) -> tuple[Any, Any]:
 
 def _average_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective: str, on_indefinite: str,
                        adj_kw: dict, diag: dict) -> Any:
-    """F10 (average of per-sample F7/F8 directions) for one layer; float64 ``(n, m)``."""
+    """The average of the per-sample damped/regularized directions for one layer; float64 ``(n, m)``."""
     xp = backend.get_namespace(f.M)
     B = f.M.shape[0]
     A = f.a
@@ -201,7 +214,8 @@ def _average_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objecti
 
 def _block_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective: str, block_spectrum: str,
                      adj_kw: dict, diag: dict) -> Any:
-    """Exact mini-batch layer-block direction (Woodbury / F9) for one layer; float64 ``(n, m)``."""
+    """Exact mini-batch layer-block direction (Woodbury, or the spectrum of the whole block) for
+    one layer; float64 ``(n, m)``."""
     xp = backend.get_namespace(f.M)
     n, m = W.shape
     s = xp.sum(f.a * f.a, axis=1)
@@ -285,6 +299,11 @@ def _directions(factors: Sequence[LayerCurvature], weights: Sequence[Any], lam: 
     return out
 
 
+def _nan_like(tree: Tree) -> Tree:
+    """NaN arrays shaped and typed like the leaves of ``tree``."""
+    return tree_map(lambda x: backend.get_namespace(x).full(x.shape, np.nan, dtype=x.dtype), tree)
+
+
 def _finite_rows(factors: Sequence[LayerCurvature]) -> Any:
     xp = backend.get_namespace(factors[0].M)
     ok = None
@@ -310,8 +329,10 @@ class ExactNewton(Transform):
     adjustment : raw | none | abs | floor | shift | cap | clip
         Spectral adjustment ρ (default abs); ``kappa_min`` (floor), ``shift`` (shift),
         ``kappa_max`` (cap) parametrise it.
-    batch_mode : "average" (F10, default) | "exact_block" (Woodbury / F9).
-    objective : "damped" (F7, default) | "regularized" (F8, Newton on ``ℓ + λ/2‖W‖²``).
+    batch_mode : "average" (default: mean of per-sample directions) | "exact_block" (the
+        mini-batch layer block, Woodbury).
+    objective : "damped" (default: ``(ρ(H_l) + λI) Δ = −g_l``) | "regularized" (Newton on
+        ``ℓ + λ/2‖W‖²``).
     block_spectrum : "per_sample" (default) | "batch"; where ρ acts in ``exact_block``.
     on_indefinite : "apply" | "abs" | "skip" (raw only).
     nan_policy : "skip" (default) | "raise" | "propagate"
@@ -322,7 +343,7 @@ class ExactNewton(Transform):
         Update only these layers (0 = input layer); the others get zero updates and
         zero diagnostics. Default: all.
     diagnostics : bool
-        Fill the state's per-layer ``kappa_min``, ``kappa_max``, ``n_negative`` and
+        Fill the info's per-layer ``kappa_min``, ``kappa_max``, ``n_negative`` and
         ``step_norm`` (read with the step's counters: no extra host sync). Default False.
 
     Host syncs: 2 per ``update`` of its own (module docstring).
@@ -364,30 +385,42 @@ class ExactNewton(Transform):
 
     def init(self, params: Tree) -> ExactNewtonState:
         check_params(params)
-        leaves = tree_leaves(params)
-        L = len(leaves) if isinstance(params, (list, tuple)) else 0
-        return self._state(0, 0, 0, 0, 0, 0, L, nskip=0)
+        return ExactNewtonState(0, 0, 0, 0, 0, 0, 0)
 
-    def _state(self, count: int, sk: int, cs: int, g: int, ind: int, sing: int, L: int, diag: Any = None, *,
-               nskip: int) -> ExactNewtonState:
-        if diag is None:
-            z = np.zeros(L) if self.diagnostics else np.full(L, np.nan)
-            n_neg = np.zeros(L, dtype=np.int64) if self.diagnostics else np.full(L, -1, dtype=np.int64)
-            return ExactNewtonState(count, sk, cs, g, ind, sing, z.copy(), z.copy(), n_neg, z.copy(), nskip)
-        return ExactNewtonState(count, sk, cs, g, ind, sing, *diag, nskip)
+    def _empty_info(self, L: int, **kw: Any) -> ExactNewtonInfo:
+        z = np.zeros(L) if self.diagnostics else np.full(L, np.nan)
+        n_neg = np.zeros(L, dtype=np.int64) if self.diagnostics else np.full(L, -1, dtype=np.int64)
+        return ExactNewtonInfo(kappa_min=z.copy(), kappa_max=z.copy(), n_negative=n_neg, step_norm=z.copy(), **kw)
 
-    def update(self, grads: Tree, state: ExactNewtonState, params: Tree | None = None, *, model: Any = None,
-               X: Any = None, y: Any = None, factors: Sequence[LayerCurvature] | None = None,
-               activation: str = "tanh", loss: str = "cross_entropy", **extras: Any) -> tuple[Tree, ExactNewtonState]:
+    def _update(self, grads: Tree, state: ExactNewtonState, params: Tree | None = None,
+                **extras: Any) -> tuple[Tree, ExactNewtonState, ExactNewtonInfo]:
+        """One step ``updates = lr·Δ`` (see the class docstring for the extras)."""
+        return self._step(grads, state, params, self.lr, **extras)
+
+    def direction(self, grads: Tree, state: ExactNewtonState, params: Tree | None = None,
+                  **extras: Any) -> tuple[Tree, ExactNewtonState]:
+        """The direction ``d = −Δ`` (the step is ``−lr·d``, cast to the params' dtypes) and the
+        new state. A step this method would skip under its ``nan_policy`` gives a NaN ``d``
+        and the unchanged state, so that the caller's policy decides."""
+        d, new, info = self._step(grads, state, params, -1.0, **extras)
+        if info.skipped:
+            return _nan_like(d), state
+        return d, new
+
+    def _step(self, grads: Tree, state: ExactNewtonState, params: Tree | None, scale: float, *,
+              model: Any = None, X: Any = None, y: Any = None, factors: Sequence[LayerCurvature] | None = None,
+              activation: str = "tanh", loss: str = "cross_entropy",
+              **extras: Any) -> tuple[Tree, ExactNewtonState, ExactNewtonInfo]:
         if params is None:
             raise ValueError("ExactNewton.update needs params (the current weights)")
-        flat = not isinstance(params, (list, tuple))
+        leaves, treedef = tree_flatten(params)
+        flat = treedef.num_leaves == 1 and not isinstance(params, (list, tuple, dict))
         if flat:
             if model is None:
                 raise ValueError("flat params need model= (an MLP whose layout unpacks them); or pass a list of weights")
             weights = model.layout.unpack(params)
         else:
-            weights = list(params)
+            weights = list(leaves)
         check_tree_like("grads", grads, params)
         if factors is None:
             if X is None or y is None:
@@ -414,7 +447,7 @@ class ExactNewton(Transform):
             if nbad == B or not g_fin or (nbad and self.nan_policy == "raise"):
                 self.nonfinite(grads, math.nan if nbad else 0.0, blame={
                     "grads": grads, f"the curvature factors ({nbad} of {B} samples)": math.nan if nbad else 0.0})
-                return tree_zeros_like(params), self.skipped(state)
+                return tree_zeros_like(params), self.skipped(state), ExactNewtonInfo(skipped=True, n_excluded=nbad)
             if nbad:
                 idx = xp.nonzero(ok)[0]   # one more host sync, on this rare path only
                 factors = [LayerCurvature(f.delta[idx], f.M[idx], f.a[idx], f.z[idx]) for f in factors]
@@ -427,7 +460,7 @@ class ExactNewton(Transform):
         kap = [xp.zeros((1, 1)) for _ in weights]
         for j, i in enumerate(sel):
             D[i], kap[i] = Dsel[j], diag["kappa"][j]
-        ups = [(self.lr * d).astype(W.dtype) for d, W in zip(D, weights)]
+        ups = [(scale * d).astype(W.dtype) for d, W in zip(D, weights)]
         vals = [diag["n_guarded"], diag["n_indefinite"]] + [xp.all(xp.isfinite(u)) for u in ups]
         if self.diagnostics:
             vals += ([k.min() for k in kap] + [k.max() for k in kap] + [xp.sum(k < 0) for k in kap]
@@ -446,14 +479,16 @@ class ExactNewton(Transform):
             else:
                 self.nonfinite(math.nan, blame={"the Newton direction of layers "
                                                 + str(np.flatnonzero(~fin).tolist()): math.nan})
-                return tree_zeros_like(params), self.skipped(state)
-        diag_arrays = None
+                return tree_zeros_like(params), self.skipped(state), ExactNewtonInfo(skipped=True, n_excluded=nbad)
+        lr = self.lr if scale > 0 else math.nan
         if self.diagnostics:
             o = 2 + L
             step_norm = np.where(fin, host[o + 3 * L:o + 4 * L], 0.0)
-            diag_arrays = (host[o:o + L].copy(), host[o + L:o + 2 * L].copy(),
-                           host[o + 2 * L:o + 3 * L].astype(np.int64), step_norm)
-        new = self._state(state.count + 1, state.n_skipped + nbad, 0, state.n_guarded + n_guarded,
-                          state.n_indefinite + n_indef, state.n_singular + n_sing, L, diag_arrays,
-                          nskip=state.n_skipped_steps)
-        return (model.layout.pack(ups) if flat else ups), new
+            info = ExactNewtonInfo(kappa_min=host[o:o + L].copy(), kappa_max=host[o + L:o + 2 * L].copy(),
+                                   n_negative=host[o + 2 * L:o + 3 * L].astype(np.int64), step_norm=step_norm,
+                                   n_excluded=nbad, lr=lr)
+        else:
+            info = self._empty_info(L, n_excluded=nbad, lr=lr)
+        new = ExactNewtonState(state.count + 1, state.n_skipped + nbad, 0, state.n_guarded + n_guarded,
+                               state.n_indefinite + n_indef, state.n_singular + n_sing, state.n_skipped_steps)
+        return (model.layout.pack(ups) if flat else tree_unflatten(treedef, ups)), new, info
