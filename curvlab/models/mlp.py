@@ -315,6 +315,8 @@ class ParamLayout:
     """
 
     def __init__(self, shapes: Sequence[tuple[int, int]], names: Sequence[str] | None = None) -> None:
+        if isinstance(shapes, (str, bytes)) or not hasattr(shapes, "__iter__"):
+            raise TypeError(f"shapes must be a sequence of (n, m) pairs of positive integers, got {shapes!r}")
         self.shapes = []
         for i, shp in enumerate(shapes):
             if not isinstance(shp, (tuple, list)) or len(shp) != 2:
@@ -432,7 +434,10 @@ class MLP:
         _check_activation(activation)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        dt = np.dtype(dtype)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if dt not in backend.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         if nan_policy not in ("propagate", "raise"):
@@ -1123,14 +1128,18 @@ class MLP:
 # ---------------------------------------------------------------------------
 # operators
 # ---------------------------------------------------------------------------
+def _check_model(model: Any) -> MLP:
+    if not isinstance(model, MLP):
+        raise TypeError(f"model must be a curvlab.models.mlp.MLP, got {type(model).__name__}")
+    return model
+
+
 def _operator(model: MLP, params: Any, X: Any, y: Any, mm: Any, psd: bool) -> LinearOperator:
     """Bind checked data once (labels read here, 1 host sync); the products then do none.
 
     ``mm`` is one of the model's unchecked block products; the operator's own input check
     gives it ``(P, k)`` arrays of the model's backend and dtype.
     """
-    if not isinstance(model, MLP):
-        raise TypeError(f"model must be a curvlab.models.mlp.MLP, got {type(model).__name__}")
     Ws, X, y = model._check_inputs(params, X, y)  # fail early, naming the argument
     P = model.n_params
     return CallableOperator(
@@ -1157,7 +1166,7 @@ def hessian_operator(model: MLP, params: Any, X: Any, y: Any) -> LinearOperator:
     under ``nan_policy="raise"``), **0 per product** (matvec and matmat). The bound arrays are
     not re-checked: do not change them in place afterwards.
     """
-    return _operator(model, params, X, y, model._hvp_mm, psd=False)
+    return _operator(model, params, X, y, _check_model(model)._hvp_mm, psd=False)
 
 
 def ggn_operator(model: MLP, params: Any, X: Any, y: Any) -> LinearOperator:
@@ -1165,7 +1174,7 @@ def ggn_operator(model: MLP, params: Any, X: Any, y: Any) -> LinearOperator:
 
     Host syncs: as :func:`hessian_operator` (1 when built, 0 per product).
     """
-    return _operator(model, params, X, y, model._ggn_mm, psd=True)
+    return _operator(model, params, X, y, _check_model(model)._ggn_mm, psd=True)
 
 
 def fisher_operator(model: MLP, params: Any, X: Any, y: Any) -> LinearOperator:
@@ -1173,4 +1182,4 @@ def fisher_operator(model: MLP, params: Any, X: Any, y: Any) -> LinearOperator:
 
     Host syncs: as :func:`hessian_operator` (1 when built, 0 per product).
     """
-    return _operator(model, params, X, y, model._fisher_mm, psd=True)
+    return _operator(model, params, X, y, _check_model(model)._fisher_mm, psd=True)

@@ -631,3 +631,15 @@ def test_operators_check_labels_once_when_built(make, monkeypatch):
     bad[2] = model.sizes[-1]
     with pytest.raises(ValueError, match="y labels must lie in"):
         make(model, p, X, bad)
+
+
+def test_model_dtype_and_layout_arguments_of_the_wrong_type():
+    model, p, X, y, _ = _problem("tanh", "cross_entropy")
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got 'foo'"):
+        MLP([2, 3], dtype="foo")
+    with pytest.raises(TypeError, match="shapes must be a sequence"):
+        ParamLayout(None)
+    for make in (hessian_operator, ggn_operator, fisher_operator):
+        for bad in ("mlp", None, 3):
+            with pytest.raises(TypeError, match="model must be a curvlab.models.mlp.MLP"):
+                make(bad, p, X, y)
