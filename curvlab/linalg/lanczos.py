@@ -17,12 +17,19 @@ Convergence is tested after every step once ``k`` Ritz values exist (every
 tolerance), so the solver stops as soon as the wanted pairs meet it.
 
 Stopping rule (the same as ARPACK's): pair ``i`` has converged when
-``‖A y_i - θ_i y_i‖ <= tol · max(|θ_i|, ε^{2/3} ‖T‖)``; the residual norm is
-read from the Lanczos relation (``|β| |s_{m,i}|``), which full
-reorthogonalisation keeps accurate to round-off.
+``‖A y_i - θ_i y_i‖ <= tol · max(|θ_i|, ε^{2/3} ‖T‖)``. The iteration stops
+when the residual read from the Lanczos relation (``|β| |s_{m,i}|``) meets
+it; that estimate is only as good as the relation, which round-off (float32,
+or drift over many restarts) breaks, so the returned pairs are then verified
+on their true residuals (computed in float64) and a pair is called converged
+only if its true residual meets ``tol`` and ``tol`` is attainable at all
+(``tol · max(|θ|, ...) >= eps ‖A‖``). A run the verification contradicts is
+repeated once from the sum of its Ritz vectors; what remains unconverged is
+flagged (status "stagnated", with the reason).
 
-NaN or Inf from the operator stops the run: the result is returned with
-``converged`` false and a message (``strict=True`` raises). A single-vector
+NaN or Inf from the operator stops the run (status "nonfinite"). Every
+unconverged result issues a :class:`~curvlab.linalg.results.ConvergenceWarning`
+(``warn=False`` silences it, ``strict=True`` raises instead). A single-vector
 Krylov method finds one copy of a repeated eigenvalue per round-off
 "seed"; for multiplicities use :func:`curvlab.linalg.lobpcg` (a block method).
 

@@ -8,14 +8,19 @@ Rayleigh-Ritz step keeps improving it) but adds no new residual or direction,
 so later iterations cost only as many matvecs as there are active columns.
 ``X0`` warm-starts the block (e.g. the previous step's eigenvectors).
 
-The basis is orthonormalised by an eigen-decomposition of its Gram matrix,
-dropping directions below ``ε``-relative size; the operator images ``AS`` are
-updated with the same coefficients, so no extra matvecs are spent. Small
-dense problems go to host NumPy in float64; large arrays stay on the
-operator's backend (NumPy or CuPy).
+The Rayleigh-Ritz step works from the Gram matrix ``SᵀS`` and ``SᵀAS`` of the
+basis ``S = [X, W, P]`` (accumulated in float64, one device-to-host transfer),
+orthonormalising through an eigen-decomposition of the Gram matrix and
+dropping directions below ``ε``-relative size, so a basis that lost
+orthogonality (a flat spectrum, residuals at round-off) cannot corrupt the
+Ritz values; the operator images ``AS`` are updated with the same
+coefficients, so no extra matvecs are spent. Small dense problems go to host
+NumPy in float64; large arrays stay on the operator's backend (NumPy or CuPy).
 
 Stopping rule: column ``i`` converged when
-``‖A x_i - θ_i x_i‖ <= tol · max(|θ_i|, ε^{2/3} ‖A‖_est)`` (as :func:`eigsh`).
+``‖A x_i - θ_i x_i‖ <= tol · max(|θ_i|, ε^{2/3} ‖A‖_est)`` (as :func:`eigsh`),
+checked again on the returned vectors with one fresh block product; a ``tol``
+below ``eps ‖A‖`` is never met (flagged "stagnated").
 
 Example
 -------

@@ -80,7 +80,8 @@ class EigResult:
     eigenvectors : array ``(n, k)`` or None
         Ritz vectors (operator backend and dtype), orthonormal columns.
     residual_norms : numpy.ndarray ``(k,)`` float64
-        ``‖A v - λ v‖₂`` per pair (from the Lanczos relation, or computed).
+        ``‖A v - λ v‖₂`` per pair: the true residual of the returned vector
+        (computed, in float64), not a recurrence's estimate.
     converged : numpy.ndarray ``(k,)`` bool
         ``residual_norms[i] <= tol * scale_i`` (see the solver's docstring).
     n_matvecs, n_iterations : int
