@@ -143,7 +143,7 @@ def run(ctx) -> FigureResult:
         fbs = [np.std([o[1] for o in runs[(dr, v)]]) for v in variants]
         ax.bar(np.arange(len(variants)) + (di - 0.5) * w, fbm, w, yerr=fbs, label=f"{dr.upper()} directions")
     ax.set_xticks(np.arange(len(variants)))
-    ax.set_xticklabels([v.replace(", ", "\n") for v in variants], fontsize=6)
+    ax.set_xticklabels([v.replace(", ", "\n") for v in variants], fontsize=7)
     ax.set_ylabel("fallback events (c ≤ 0) per run")
     ax.legend(fontsize=7)
     finish_figure(fig, "Which curvature rescales the step: Hessian vs GGN, own vs independent batch (mean ± std)")
