@@ -627,21 +627,28 @@ def add_decayed_weights(weight_decay: float, mask: Any = None, *,
 
 @dataclasses.dataclass
 class ChainState(TransformState):
-    """State of :func:`chain`: ``inner`` (one state per transform, a tuple) and the NaN
-    policy's counters."""
+    """State of :func:`chain`: ``inner`` (one state per transform, a tuple), ``count`` (steps
+    taken; a skipped step does not count) and the NaN policy's counters. Load a saved one
+    with :meth:`Chain.load_state` (it knows the inner state classes)."""
 
     inner: Any = ()
+    count: int = 0
     n_skipped_steps: int = 0
     consecutive_skips: int = 0
 
     def to_dict(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {"inner/#": np.asarray(len(self.inner)),
+        out: dict[str, np.ndarray] = {"inner/#": np.asarray(len(self.inner)), "count": np.asarray(self.count),
                                       "n_skipped_steps": np.asarray(self.n_skipped_steps),
                                       "consecutive_skips": np.asarray(self.consecutive_skips)}
         for i, s in enumerate(self.inner):
             for k, v in s.to_dict().items():
                 out[f"inner/{i}/{k}"] = v
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], xp: Any = np) -> "ChainState":
+        raise TypeError("a chain's state holds its transforms' states: load it with the chain's "
+                        "load_state(d), not ChainState.from_dict")
 
 
 @dataclasses.dataclass
@@ -685,7 +692,8 @@ class Chain(Transform):
         return tuple(state.inner)
 
     def _join(self, inner: tuple, state: Any) -> Any:
-        return ChainState(tuple(inner), state.n_skipped_steps, 0)
+        """The state after a step from ``state`` whose inner states are ``inner``."""
+        return ChainState(tuple(inner), state.count + 1, state.n_skipped_steps, 0)
 
     def load_state(self, d: dict[str, Any], xp: Any = np) -> Any:
         if self.state_class is not ChainState:
@@ -694,13 +702,13 @@ class Chain(Transform):
         for i, t in enumerate(self.transforms):
             pre = f"inner/{i}/"
             inner.append(t.load_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)}, xp=xp))
-        return ChainState(tuple(inner), int(np.asarray(d.get("n_skipped_steps", 0))),
-                          int(np.asarray(d.get("consecutive_skips", 0))))
+        return ChainState(tuple(inner), int(np.asarray(d.get("count", 0))),
+                          int(np.asarray(d.get("n_skipped_steps", 0))), int(np.asarray(d.get("consecutive_skips", 0))))
 
     def init(self, params: Tree) -> Any:
         check_params(params)
         inner = tuple(t.init(params) for t in self.transforms)
-        return self._join(inner, ChainState(inner))
+        return self._join(inner, ChainState(inner, count=-1))
 
     def _run(self, grads: Tree, state: Any, params: Tree | None, upto: int | None,
              extras: dict) -> tuple[Tree, tuple, list]:

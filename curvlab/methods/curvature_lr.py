@@ -319,7 +319,11 @@ class CurvatureLR(Transform):
                                 n_capped=0, n_negative_gd=0, consecutive_skips=0, base=self.base.init(params))
 
     def load_state(self, d: dict[str, Any], xp: Any = np) -> CurvatureLRState:
-        return CurvatureLRState.from_dict(d, xp=xp, base_class=self.base.state_class)
+        """The state saved by ``to_dict``, the base's through the base's own ``load_state``."""
+        st = CurvatureLRState.from_dict({k: v for k, v in d.items() if not k.startswith("base/")}, xp=xp)
+        sub = {k[5:]: v for k, v in d.items() if k.startswith("base/")}
+        st.base = self.base.load_state(sub, xp=xp) if sub else None
+        return st
 
     @staticmethod
     def diagnostics(state: CurvatureLRState) -> dict[str, float]:

@@ -11,7 +11,12 @@ Every registered transform, on a small problem of its own, in float32 and float6
 - the state round-trips through ``to_dict``/``from_dict`` (plain arrays, ``np.savez`` without
   pickle) and the restored state continues bit for bit;
 - ``update`` does not mutate the input state, or the transform declares ``inplace`` and
-  returns the same object.
+  returns the same object;
+- pytree params (dict, tuple) keep their structure, float32/float64 their dtype, with the
+  numbers of the list form;
+- the building blocks (``chain``, ``scale_by_lr``, ``add_decayed_weights``) give the aliases
+  (``SGD``, ``Momentum``, ``Adam``, ``AdamW``) bit for bit; schedules; ``direction``;
+  ``update_with_info`` (state apart from info).
 """
 
 from __future__ import annotations
@@ -23,7 +28,22 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from curvlab.methods import DSGD, SGD, Adam, AdamW, ArTuRO, CurvatureLR, ExactNewton, Momentum
+from curvlab import tree as T
+from curvlab.methods import (
+    DSGD,
+    SGD,
+    Adam,
+    AdamW,
+    ArTuRO,
+    CurvatureLR,
+    ExactNewton,
+    Momentum,
+    add_decayed_weights,
+    chain,
+    scale_by_adam,
+    scale_by_lr,
+    trace,
+)
 from curvlab.methods._transform import apply_updates, state_leaves
 
 COUNTERS = ("n_skipped_steps", "consecutive_skips")
@@ -126,6 +146,25 @@ REGISTRY: dict[str, Case] = {
                           _quad_grad, lambda p, t, bad: {"curvature": _quad_curv(None)}),
 }
 # (DSGD's curvature is a per-layer estimate with its own fallback, L_prev, not a skip.)
+
+# the building blocks, each under the chain that applies the NaN policy
+REGISTRY["chain-scale_by_lr"] = Case(lambda **k: chain(scale_by_lr(0.1), **k), _list_params, _quad_grad)
+REGISTRY["chain-scale_by_lr-schedule"] = Case(lambda **k: chain(scale_by_lr(lambda n: 0.2 / (1 + n)), **k),
+                                              _list_params, _quad_grad)
+REGISTRY["chain-add_decayed_weights"] = Case(lambda **k: chain(add_decayed_weights(0.1), scale_by_lr(0.1), **k),
+                                             _list_params, _quad_grad)
+REGISTRY["chain-adam-decoupled-mask"] = Case(
+    lambda **k: chain(scale_by_adam(), scale_by_lr(0.05), add_decayed_weights(0.1, mask=lambda p: T.tree_map(lambda x: x.ndim == 2, p), lr=0.05),
+                      **k), _list_params, _quad_grad)
+REGISTRY["chain-trace"] = Case(lambda **k: chain(trace(0.8, nesterov=True), scale_by_lr(0.1), **k), _list_params,
+                               _quad_grad)
+REGISTRY["CurvatureLR-chain-schedule"] = Case(
+    lambda **k: CurvatureLR(base=chain(scale_by_adam(), scale_by_lr(lambda n: 0.5 ** n)), schedule=0.5, **k),
+    _list_params, _quad_grad, lambda p, t, bad: {"curvature": _quad_curv(bad)}, curvature=True)
+REGISTRY["CurvatureLR-ExactNewton"] = Case(
+    lambda **k: CurvatureLR(base=ExactNewton(lr=0.5, lam=1.0), schedule=0.5, **k), _newton_params,
+    lambda p, t: _map(lambda x: (0.1 * x).astype(x.dtype), p),
+    lambda p, t, bad: {**_newton_extras(p, t, None), "curvature": _quad_curv(bad)}, curvature=True)
 
 # ArTuRO without copy_state updates its state in place (declared): the contract checks the declaration
 REGISTRY["ArTuRO-exact-inplace"] = Case(lambda **k: ArTuRO(**ARTURO_CFG, mode="exact", **k),
@@ -301,3 +340,271 @@ def test_state_roundtrip_without_pickle_and_input_state_untouched(name, dtype, t
         assert a.dtype == dtype
         np.testing.assert_array_equal(a, b)
     _assert_same(_snapshot(new1), _snapshot(new2))
+
+
+# ----------------------------------------------------------------------------- pytrees and dtypes
+def _as(kind, p):
+    """The list/array params ``p`` as a dict (sorted keys keep the order) or a tuple."""
+    leaves = _leaves(p)
+    if kind == "dict":
+        return {f"p{i}": x for i, x in enumerate(leaves)}
+    return tuple(leaves)
+
+
+def _tree_extras(case, p_list, t):
+    ex = dict(case.extras(p_list, t, None))
+    if "curvature" in ex:  # the problem's curvature reads a list
+        curv = ex["curvature"]
+        ex["curvature"] = lambda d, curv=curv: curv(T.tree_leaves(d) if isinstance(d, (dict, tuple)) else d)
+    return ex
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_pytree_params_keep_structure_dtype_and_numbers(name, kind, dtype):
+    """dict/tuple params: updates of the same structure and dtypes, the numbers of the list form."""
+    case = REGISTRY[name]
+    p_ref = case.params(dtype)
+    if not isinstance(p_ref, (list, tuple)):
+        p_ref = [p_ref]   # a flat-array method takes a list of one array as well
+    opt_ref, opt = case.make(), case.make()
+    st_ref, p = opt_ref.init(p_ref), _as(kind, p_ref)
+    st = opt.init(p)
+    for t in range(4):
+        g_ref = case.grad(p_ref, t)
+        u_ref, st_ref = opt_ref.update(g_ref, st_ref, p_ref, **case.extras(p_ref, t, None))
+        u, st = opt.update(_as(kind, g_ref), st, p, **_tree_extras(case, p_ref, t))
+        assert type(u) is type(p) and T.tree_structure(u) == T.tree_structure(p)
+        for a, b, x in zip(T.tree_leaves(u), _leaves(u_ref), T.tree_leaves(p)):
+            assert a.dtype == dtype and a.shape == x.shape
+            np.testing.assert_array_equal(a, b)
+        for x in state_leaves(st):
+            if x.shape in {tuple(y.shape) for y in T.tree_leaves(p)} and x.dtype.kind == "f" and x.ndim:
+                assert x.dtype == dtype
+        p_ref, p = apply_updates(p_ref, u_ref), apply_updates(p, u)
+        assert type(p) is type(_as(kind, p_ref))
+    # the state keeps the structure through a save and load
+    st2 = opt.load_state({k: np.asarray(v) for k, v in st.to_dict().items()})
+    _assert_same(_snapshot(st), _snapshot(st2))
+
+
+# ----------------------------------------------------------------------------- immutable states
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_update_never_changes_its_input_state(name):
+    """Over finite and skipped steps: the input state's to_dict is bitwise what it was, or the
+    transform declares ``inplace`` and returns the very same object."""
+    case = REGISTRY[name]
+    opt = case.make()
+    p = case.params(np.float64)
+    st = opt.init(p)
+    for t in range(4):
+        g = case.grad(p, t)
+        if t == 2:
+            g = _poison(g, np.nan)
+        before = _snapshot(st)
+        with np.errstate(invalid="ignore", over="ignore"):
+            u, new = opt.update(g, st, p, **case.extras(p, t, None))
+        if opt.inplace:
+            assert new is st
+        else:
+            assert new is not st
+            _assert_same(before, _snapshot(st))
+        p, st = apply_updates(p, u), new
+
+
+def test_inplace_is_declared_and_a_chain_refuses_it():
+    assert ArTuRO().inplace and not ArTuRO(copy_state=True).inplace
+    assert not any(REGISTRY[n].make().inplace for n in REGISTRY if n != "ArTuRO-exact-inplace"
+                   and n != "ArTuRO-reference")
+    with pytest.raises(ValueError, match="in place"):
+        chain(ArTuRO(), scale_by_lr(1.0))
+
+
+# ----------------------------------------------------------------------------- chain = alias
+def _alias_pairs(lr):
+    return [
+        (SGD(lr), chain(add_decayed_weights(0.0), scale_by_lr(lr))),
+        (SGD(lr, weight_decay=0.1), chain(add_decayed_weights(0.1), scale_by_lr(lr))),
+        (Momentum(lr, 0.8, weight_decay=0.05), chain(add_decayed_weights(0.05), trace(0.8), scale_by_lr(lr))),
+        (Momentum(lr, 0.9, nesterov=True), chain(trace(0.9, nesterov=True), scale_by_lr(lr))),
+        (Adam(lr, weight_decay=0.1), chain(add_decayed_weights(0.1), scale_by_adam(), scale_by_lr(lr))),
+        (AdamW(lr, b1=0.8, weight_decay=0.1),
+         chain(scale_by_adam(b1=0.8), scale_by_lr(lr), add_decayed_weights(0.1, lr=lr))),
+    ]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("i", range(6))
+def test_chain_of_direction_and_scale_by_lr_is_the_alias_bit_for_bit(i, dtype):
+    alias, ch = _alias_pairs(0.05)[i]
+    p = _list_params(dtype)
+    sa, sc = alias.init(p), ch.init(p)
+    pa = pc = p
+    for t in range(10):
+        ua, sa = alias.update(_quad_grad(pa, t), sa, pa)
+        uc, sc = ch.update(_quad_grad(pc, t), sc, pc)
+        for a, b in zip(ua, uc):
+            assert a.dtype == b.dtype == dtype
+            np.testing.assert_array_equal(a, b)
+        pa, pc = apply_updates(pa, ua), apply_updates(pc, uc)
+    # the direction too (without the step size and the decoupled decay)
+    da, _ = alias.direction(_quad_grad(pa, 10), sa, pa)
+    dc, _ = ch.direction(_quad_grad(pc, 10), sc, pc)
+    for a, b in zip(da, dc):
+        np.testing.assert_array_equal(a, b)
+    assert sa.count == sc.count == 10
+
+
+def test_alias_hyperparameters_write_through_to_the_blocks():
+    """torch.optim schedulers set opt.lr / weight_decay / momentum between steps."""
+    opt = AdamW(0.1, weight_decay=0.1)
+    opt.lr, opt.weight_decay = 0.01, 0.2
+    ref = chain(scale_by_adam(), scale_by_lr(0.01), add_decayed_weights(0.2, lr=0.01))
+    p = _list_params(np.float64)
+    u1, _ = opt.update(_quad_grad(p, 0), opt.init(p), p)
+    u2, _ = ref.update(_quad_grad(p, 0), ref.init(p), p)
+    for a, b in zip(u1, u2):
+        np.testing.assert_array_equal(a, b)
+    m = Momentum(0.1, 0.5)
+    m.momentum = 0.9
+    assert m.transforms[1].momentum == 0.9 and m.lr == 0.1
+
+
+# ----------------------------------------------------------------------------- schedules
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_scale_by_lr_schedule_uses_the_step_count(dtype):
+    sched = lambda k: 0.3 * 0.5 ** k  # noqa: E731
+    for opt in (chain(scale_by_lr(sched)), SGD(lr=sched)):
+        p = _list_params(dtype)
+        st = opt.init(p)
+        for k in range(5):
+            g = _quad_grad(p, k)
+            u, st, info = opt.update_with_info(g, st, p)
+            assert info.lr == sched(k)
+            for a, x in zip(u, g):
+                np.testing.assert_array_equal(a, -x.dtype.type(sched(k)) * x)
+            p = apply_updates(p, u)
+    # a skipped step does not advance the schedule
+    opt = SGD(lr=sched)
+    p = _list_params(dtype)
+    st = opt.init(p)
+    _, st = opt.update(_poison(_quad_grad(p, 0), np.nan), st, p)
+    u, st, info = opt.update_with_info(_quad_grad(p, 0), st, p)
+    assert info.lr == sched(0) and st.count == 1
+    with pytest.raises(ValueError, match="schedule returned"):
+        chain(scale_by_lr(lambda k: float("nan"))).update(_quad_grad(p, 0), chain(scale_by_lr(0.1)).init(p), p)
+
+
+def test_decoupled_decay_follows_the_scheduled_lr_and_the_mask():
+    sched = lambda k: 0.1 / (1 + k)  # noqa: E731
+    wd = 0.3
+    opt = chain(scale_by_adam(), scale_by_lr(sched), add_decayed_weights(wd, mask={"a": True, "b": False}, lr=sched))
+    ref = chain(scale_by_adam(), scale_by_lr(sched))
+    p = {"a": np.linspace(-1, 1, 4), "b": np.linspace(1, 2, 3)}
+    s, r = opt.init(p), ref.init(p)
+    for k in range(4):
+        g = {"a": np.cos(k + p["a"]), "b": np.sin(k + p["b"])}
+        u, s = opt.update(g, s, p)
+        v, r = ref.update(g, r, p)
+        np.testing.assert_array_equal(u["a"], v["a"] - (sched(k) * wd) * p["a"])
+        np.testing.assert_array_equal(u["b"], v["b"])
+        p = apply_updates(p, u)
+    with pytest.raises(ValueError, match="mask must be a pytree"):
+        add_decayed_weights(0.1, mask=[True]).update(p, EmptyStateFactory(), p)
+
+
+def EmptyStateFactory():
+    from curvlab.methods._transform import EmptyState
+
+    return EmptyState()
+
+
+# ----------------------------------------------------------------------------- direction
+def test_direction_is_part_of_the_protocol():
+    p = _list_params(np.float64)
+    for name in ("SGD", "Adam", "AdamW", "chain-trace", "ExactNewton", "DSGD-constant"):
+        assert REGISTRY[name].make().has_direction, name
+    assert not ArTuRO().has_direction
+    with pytest.raises(NotImplementedError, match="ArTuRO has no search direction"):
+        ArTuRO().direction(W0, ArTuRO().init(W0), W0)
+    opt = CurvatureLR(base=ArTuRO(copy_state=True), schedule=0.5)
+    with pytest.raises(NotImplementedError, match="ArTuRO has no search direction"):
+        opt.update(W0, opt.init(W0), W0, curvature=lambda d: 1.0)
+    # a scheduled base: the direction does not depend on the base's step size (no division by -lr)
+    a = CurvatureLR(base=chain(scale_by_adam(), scale_by_lr(lambda k: 10.0 ** -k)), schedule=0.5)
+    b = CurvatureLR(base=Adam(lr=1.0), schedule=0.5)
+    sa, sb = a.init(p), b.init(p)
+    for t in range(4):
+        ua, sa = a.update(_quad_grad(p, t), sa, p, curvature=_quad_curv(None))
+        ub, sb = b.update(_quad_grad(p, t), sb, p, curvature=_quad_curv(None))
+        for x, y in zip(ua, ub):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_exact_newton_and_dsgd_directions_match_their_steps():
+    case = REGISTRY["ExactNewton"]
+    p = case.params(np.float64)
+    opt = case.make()
+    st = opt.init(p)
+    u, _ = opt.update(case.grad(p, 0), st, p, **case.extras(p, 0, None))
+    d, st_d = opt.direction(case.grad(p, 0), st, p, **case.extras(p, 0, None))
+    for a, b in zip(u, d):
+        np.testing.assert_allclose(a, -opt.lr * b, rtol=1e-15, atol=0)
+    assert st_d.count == 1
+    case = REGISTRY["DSGD-constant"]
+    opt = DSGD(rule="constant", constants=[4.0, 8.0], step=0.5)
+    p = case.params(np.float64)
+    st = opt.init(p)
+    u, _ = opt.update(case.grad(p, 0), st, p)
+    d, _ = opt.direction(case.grad(p, 0), st, p)
+    for a, b in zip(u, d):
+        np.testing.assert_allclose(a, -0.5 * b, rtol=1e-15, atol=0)
+
+
+# ----------------------------------------------------------------------------- state vs info
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_update_with_info_is_update_plus_a_report(name):
+    case = REGISTRY[name]
+    p = case.params(np.float64)
+    a, b = case.make(), case.make()
+    sa, sb = a.init(p), b.init(p)
+    for t in range(3):
+        ua, sa = a.update(case.grad(p, t), sa, p, **case.extras(p, t, None))
+        ub, sb, info = b.update_with_info(case.grad(p, t), sb, p, **case.extras(p, t, None))
+        assert info.skipped is False
+        for x, y in zip(_leaves(ua), _leaves(ub)):
+            np.testing.assert_array_equal(x, y)
+        _assert_same(_snapshot(sa), _snapshot(sb))
+        p = apply_updates(p, ua)
+    with np.errstate(invalid="ignore", over="ignore"):
+        _, _, info = b.update_with_info(_poison(case.grad(p, 3), np.nan), sb, p, **case.extras(p, 3, None))
+    assert info.skipped is True
+
+
+REPORT_KEYS = {
+    "ArTuRO-reference": ("kl", "iterations", "n_evals", "converged", "inactive", "n_clamped"),
+    "CurvatureLR-SGD": ("t", "c", "gd", "dd", "lam", "predicted", "realized", "event"),
+    "DSGD-constant": ("chosen", "scores", "L", "dual_norms", "guaranteed", "actual"),
+    "ExactNewton": ("kappa_min", "kappa_max", "n_negative", "step_norm"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPORT_KEYS))
+def test_reports_are_not_in_the_state_and_old_saved_states_load(name):
+    case = REGISTRY[name]
+    p = case.params(np.float64)
+    opt = case.make()
+    st = opt.init(p)
+    _, st, info = opt.update_with_info(case.grad(p, 0), st, p, **case.extras(p, 0, None))
+    d = st.to_dict()
+    for k in REPORT_KEYS[name]:
+        assert not any(key == k or key.startswith(k + "/") for key in d), k
+        assert hasattr(info, k)
+        # the legacy read of a report field on the state is the info's
+        np.testing.assert_array_equal(getattr(st, k), getattr(info, k))
+    old = dict(d)
+    for k in REPORT_KEYS[name]:
+        old[k] = np.asarray(np.nan)   # a state saved by a version that kept the report in it
+    back = opt.load_state(old)
+    _assert_same(_snapshot(st), _snapshot(back))
