@@ -36,7 +36,7 @@ import numpy as np
 from .. import backend
 from ._checks import as_symmetric_operator, check_budget, check_positive_int, eigen_problem, host_floats, start_vectors
 from ._probes import sample_se
-from .results import EigResult, StochasticEigResult, eig_result
+from .results import EigResult, StochasticEigResult, eig_result, warn_unconverged
 
 __all__ = ["power_iteration", "stochastic_power"]
 
@@ -149,6 +149,7 @@ def stochastic_power(
     rng: Any = None,
     tol: float | None = None,
     return_history: bool = False,
+    warn: bool = True,
 ) -> StochasticEigResult:
     """Top eigenpair of ``E[A_t]`` from ``n_steps`` products with fresh mini-batch operators.
 
@@ -161,12 +162,16 @@ def stochastic_power(
     burn_in : fraction of ``n_steps`` spent on plain stochastic power steps
     v0 : start vector; rng : generator for the start vector only
     tol : when given, ``converged`` says whether ``std_error <= tol |λ|``
+    warn : issue a :class:`~curvlab.linalg.results.ConvergenceWarning` when the
+        result is not converged (``False`` silences it)
 
     Returns
     -------
     StochasticEigResult (eigenvalue with standard error, unit eigenvector).
     Assumes the top eigenvalue of ``Ā`` is the largest in magnitude and positive
     (a Hessian near a minimum); NaN/Inf products stop the run (reported).
+
+    Host syncs: one per step (``vᵀw`` and ``‖w‖`` in one transfer).
 
     Example
     -------
@@ -224,6 +229,9 @@ def stochastic_power(
     lam = float(np.mean(rq)) if m else float(theta_bar)
     se = sample_se(np.asarray(rq))
     ok = message == "completed" and (tol is None or se <= tol * abs(lam))
+    if not ok:
+        why = message if message != "completed" else f"std_error {se:.2e} > tol·|λ| = {tol * abs(lam):.2e}"
+        warn_unconverged("stochastic_power", why, warn=warn)
     return StochasticEigResult(
         eigenvalue=lam,
         std_error=se,

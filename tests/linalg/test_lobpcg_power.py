@@ -193,7 +193,8 @@ def test_stochastic_operator_shape_inference_and_sampler_checks():
 
 
 def test_stochastic_power_nan_stops_and_reports():
-    res = stochastic_power(nan_operator(40, after=5), 50, rng=0)
+    with pytest.warns(ConvergenceWarning, match="stochastic_power"):
+        res = stochastic_power(nan_operator(40, after=5), 50, rng=0)
     assert not res.converged and "NaN" in res.message and res.n_matvecs <= 6
 
 
