@@ -1,0 +1,126 @@
+"""The curvature source: one protocol for every model curvlab differentiates.
+
+A curvature source is a model and its loss **bound to parameters and data**. The
+reference MLP (:class:`curvlab.models.MLPCurvature`), the PyTorch adapter
+(:class:`curvlab.adapters.torch.TorchCurvature`) and the JAX adapter
+(:class:`curvlab.adapters.jax.JaxCurvature`) implement it with one vocabulary, and the
+methods (:mod:`curvlab.methods`) are written against it, so a method runs on any model
+that provides what it needs.
+
+Vocabulary
+----------
+``layout``
+    :class:`curvlab.layout.Layout` of the flat parameter vector ``(P,)``.
+``params``
+    The bound parameters as one flat ``(P,)`` array of the source's backend.
+``loss()``
+    The mean loss over the bound data (a Python float; one host sync).
+``gradient()``
+    ``(loss, g)`` with ``g`` the ``(P,)`` gradient of the mean loss.
+``hessian()``, ``ggn()``, ``fisher(kind=...)``
+    Named :class:`curvlab.linalg.LinearOperator` s ``(P, P)`` with ``matvec`` and
+    ``matmat`` (a block product in one pass where the framework allows).
+``directional_curvature(d)``
+    ``dᵀ H d`` for a ``(P,)`` direction (forward mode, no gradient).
+``grad_and_curvature(d)``
+    ``(loss, g, dᵀ H d)`` in one pass (adjoint mode, arXiv 2210.14520 §3).
+``layer_structure()``
+    The dense layers as :class:`DenseLayer` records, with their per-sample inputs and
+    output derivatives, for methods that need per-layer factors (exact Newton,
+    arXiv 2104.03804; DSGD, arXiv 1708.00523). A source without such layers raises
+    :class:`LayerStructureUnavailable`.
+``at(params=None, data=None)``
+    The same source rebound to new parameters and/or data, reusing everything built,
+    traced or compiled.
+
+What each method needs
+----------------------
+============================  ==========================================================
+method                        needs
+============================  ==========================================================
+SGD, Momentum, Adam, AdamW    gradients only (no source)
+ArTuRO                        gradients only (its RLS filter estimates the curvature)
+CurvatureLR                   ``directional_curvature`` or ``grad_and_curvature``
+ExactNewton                   ``layer_structure()``
+DSGD                          the layer blocks of ``layout``; the rigorous constant
+                              needs the reference MLP
+============================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from .layout import Layout
+
+__all__ = ["CurvatureSource", "DenseLayer", "LayerStructureUnavailable"]
+
+
+class LayerStructureUnavailable(NotImplementedError):
+    """Raised by :meth:`CurvatureSource.layer_structure` on a model with no dense layers
+    (or whose dense layers the source cannot expose), naming what is missing."""
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One dense (Linear) layer ``z = W a + b`` of a curvature source, on the bound data.
+
+    The per-sample factors make the layer's block of the per-sample Hessian
+    ``∂²ℓ_b/∂vec(W̃)² = M_b ⊗ ã_b ã_bᵀ`` with ``W̃ = [W | b]`` and ``ã_b = [a_b; 1]``
+    (arXiv 2104.03804, eq. 7 and §3).
+
+    Attributes
+    ----------
+    name : str
+        A readable layer name (``"W2"``, ``"fc.1"``).
+    weight : str
+        The layout name of the weight ``(m, n)``; with ``bias_folded`` the weight is
+        ``(m, n + 1)`` and its last column is the bias.
+    bias : str or None
+        The layout name of the bias ``(m,)``; None when folded into ``weight`` or absent.
+    bias_folded : bool
+    inputs : array ``(B, n)``
+        The layer inputs ``a_b`` (without the column of ones).
+    output_grads : array ``(B, m)``
+        ``∂ℓ_b/∂z_b``, the gradient of each sample's loss with respect to the layer output.
+    output_hessians : array ``(B, m, m)``
+        ``M_b = ∂²ℓ_b/∂z_b²``, including the curvature of the layers above (second-order
+        backpropagation, σ'' terms included).
+    """
+
+    name: str
+    weight: str
+    bias: str | None
+    bias_folded: bool
+    inputs: Any
+    output_grads: Any
+    output_hessians: Any
+
+
+@runtime_checkable
+class CurvatureSource(Protocol):
+    """A model and its loss bound to parameters and data (see the module docstring)."""
+
+    layout: Layout
+
+    @property
+    def params(self) -> Any: ...
+
+    def loss(self) -> float: ...
+
+    def gradient(self) -> tuple[float, Any]: ...
+
+    def hessian(self) -> Any: ...
+
+    def ggn(self) -> Any: ...
+
+    def fisher(self, kind: str = "empirical") -> Any: ...
+
+    def directional_curvature(self, d: Any) -> float: ...
+
+    def grad_and_curvature(self, d: Any) -> tuple[float, Any, float]: ...
+
+    def layer_structure(self) -> list[DenseLayer]: ...
+
+    def at(self, params: Any = None, data: Any = None) -> "CurvatureSource": ...
