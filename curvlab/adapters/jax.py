@@ -135,6 +135,8 @@ def _as_batch_array(b: Any, name: str) -> jax.Array:
     if not isinstance(b, jax.Array):
         if not (isinstance(b, np.ndarray) or hasattr(b, "__dlpack__")):
             raise TypeError(f"batch {name} must be a JAX or NumPy array, got {type(b).__module__}.{type(b).__name__}")
+        if np.dtype(getattr(b, "dtype", np.float64)).kind in "OUSVM":
+            raise TypeError(f"batch {name} must hold numbers, got an array of dtype {np.dtype(b.dtype)}")
         b = jnp.asarray(b)
     if jnp.issubdtype(b.dtype, jnp.complexfloating):
         raise TypeError(f"batch {name} have complex dtype {b.dtype}; curvlab's losses and operators are real")
@@ -167,6 +169,12 @@ class JaxCurvature:
         given prefixes, or those a predicate accepts. The others are held fixed.
         An explicit selection that includes a non-float leaf raises ``TypeError``.
     hvp_mode : "forward_over_reverse" (default) | "reverse_over_reverse"
+    nan_policy : "propagate" (default) | "raise"
+        ``"propagate"``: NaN/Inf in the parameters or the batch flow through (the
+        loss and the products come back NaN); nothing is checked.
+        ``"raise"``: the trainable parameters and the floating batch inputs and
+        targets are checked once here, on the host, and ``FloatingPointError``
+        names the first non-finite one.
     devices : int or sequence of jax devices, optional
         Shard the batch over these devices (axis 0; the batch size must be a
         multiple of their number).
@@ -182,7 +190,11 @@ class JaxCurvature:
         trainable: Sequence[str] | Callable[[str], bool] | None = None,
         hvp_mode: str = "forward_over_reverse",
         devices: int | Sequence[Any] | None = None,
+        nan_policy: str = "propagate",
     ) -> None:
+        if nan_policy not in ("propagate", "raise"):
+            raise ValueError(f"nan_policy must be 'propagate' or 'raise', got {nan_policy!r}")
+        self.nan_policy = nan_policy
         if not callable(apply_fn):
             raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
         if hvp_mode not in HVP_MODES:
@@ -237,6 +249,10 @@ class JaxCurvature:
                              "undefined; pass at least one sample")
         if self.loss_name == "cross_entropy" and not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(f"batch targets must be integer class labels for cross_entropy, got dtype {y.dtype}")
+        if nan_policy == "raise":
+            for what, a in (("parameters", self.theta), ("batch inputs", X), ("batch targets", y)):
+                if jnp.issubdtype(a.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(a))):
+                    raise FloatingPointError(f"{what} contain NaN or Inf (nan_policy='raise')")
         if jnp.issubdtype(X.dtype, jnp.floating) and np.dtype(X.dtype) != self.dtype:
             raise TypeError(f"batch inputs have dtype {X.dtype} but the parameters {self.dtype}")
         self.mesh = None

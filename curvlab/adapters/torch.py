@@ -262,6 +262,8 @@ def _as_batch_tensor(t: Any, name: str) -> torch.Tensor:
         if not (hasattr(t, "__dlpack__") or isinstance(t, np.ndarray)):
             raise TypeError(f"batch {name} must be a torch tensor (or a NumPy/CuPy array), "
                             f"got {type(t).__module__}.{type(t).__name__}")
+        if np.dtype(getattr(t, "dtype", np.float64)).kind in "OUSVM":
+            raise TypeError(f"batch {name} must hold numbers, got an array of dtype {np.dtype(t.dtype)}")
         t = to_torch(t)
     if t.is_complex():
         raise TypeError(f"batch {name} have complex dtype {t.dtype}; curvlab's losses and operators are real")
@@ -306,6 +308,12 @@ class TorchCurvature:
         The parameters to differentiate; default: every ``named_parameters()``
         entry with ``requires_grad``.
     hvp_mode : "forward_over_reverse" (default) | "reverse_over_reverse"
+    nan_policy : "propagate" (default) | "raise"
+        ``"propagate"``: NaN/Inf in the parameters or the batch flow through (the
+        loss and the products come back NaN); nothing is checked, no host sync.
+        ``"raise"``: the parameters, the floating batch inputs and targets are
+        checked once here (one host sync each) and ``FloatingPointError`` names
+        the first non-finite one.
     process_group : torch.distributed group, True (default group) or None
         Average matvecs and gradients over ranks, weighted by batch size.
     composite_ops : bool
@@ -328,7 +336,11 @@ class TorchCurvature:
         hvp_mode: str = "forward_over_reverse",
         process_group: Any = None,
         composite_ops: bool = True,
+        nan_policy: str = "propagate",
     ) -> None:
+        if nan_policy not in ("propagate", "raise"):
+            raise ValueError(f"nan_policy must be 'propagate' or 'raise', got {nan_policy!r}")
+        self.nan_policy = nan_policy
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if hvp_mode not in HVP_MODES:
@@ -366,6 +378,11 @@ class TorchCurvature:
         self.composite_ops = bool(composite_ops)
         self.group = _resolve_group(process_group)
         self.X, self.y = self._check_batch(batch)
+        if nan_policy == "raise":
+            named_t = [(f"parameter {n!r}", p) for n, p in zip(self.layout.names, self.params)]
+            for what, t in named_t + [("batch inputs", self.X), ("batch targets", self.y)]:
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise FloatingPointError(f"{what} contain NaN or Inf (nan_policy='raise')")
         self.batch_size = int(self.X.shape[0])
         self._weight, self._total = self._rank_weight()
         self._vmap_ok = True
@@ -417,7 +434,15 @@ class TorchCurvature:
         return t
 
     def _forward(self, plist: Sequence[torch.Tensor], X: torch.Tensor | None = None) -> torch.Tensor:
-        out = functional_call(self.model, dict(zip(self.layout.names, plist)), (self.X if X is None else X,))
+        X = self.X if X is None else X
+        try:
+            out = functional_call(self.model, dict(zip(self.layout.names, plist)), (X,))
+        except RuntimeError as e:
+            if X.is_floating_point():
+                raise
+            raise TypeError(f"the model failed on the batch inputs of dtype {X.dtype} ({e}); cast them with "
+                            f"inputs.to({self.torch_dtype}) unless the model takes integer indices "
+                            "(e.g. nn.Embedding)") from e
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model must return a tensor, got {type(out).__name__}")
         return out

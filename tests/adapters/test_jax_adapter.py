@@ -314,3 +314,20 @@ def test_non_float_leaves_and_vectors_are_refused(rng):
                            ("theta", lambda: curv.unflatten(v)), ("v", lambda: curv.hessian() @ v)]:
             with pytest.raises(TypeError, match=rf"^{name} must be a real float"):
                 call()
+
+
+def test_nan_policy_and_object_inputs(rng):
+    p, X, y = _cnn_case(rng)
+    Xn = X.at[1, 0, 2, 2].set(jnp.nan)
+    assert np.isnan(JaxCurvature(cnn_apply, p, "cross_entropy", (Xn, y)).gradient()[0])  # documented propagate
+    with pytest.raises(FloatingPointError, match=r"batch inputs contain NaN or Inf \(nan_policy='raise'\)"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (Xn, y), nan_policy="raise")
+    pn = {"conv": p["conv"], "dense": {"w": p["dense"]["w"].at[0, 0].set(jnp.inf), "b": p["dense"]["b"]}}
+    with pytest.raises(FloatingPointError, match="parameters contain NaN or Inf"):
+        JaxCurvature(cnn_apply, pn, "cross_entropy", (X, y), nan_policy="raise")
+    ok = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y), nan_policy="raise")
+    assert ok.gradient()[0] == JaxCurvature(cnn_apply, p, "cross_entropy", (X, y)).gradient()[0]
+    with pytest.raises(ValueError, match="nan_policy must be 'propagate' or 'raise'"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (X, y), nan_policy="skip")
+    with pytest.raises(TypeError, match="batch inputs must hold numbers, got an array of dtype object"):
+        JaxCurvature(cnn_apply, p, "cross_entropy", (np.asarray(X).astype(object), y))

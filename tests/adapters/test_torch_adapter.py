@@ -354,3 +354,36 @@ def test_non_real_vectors_are_refused_naming_the_argument(dtype):
                        ("v", lambda: curv.hessian() @ v), ("V", lambda: curv.ggn() @ v[:, None])]:
         with pytest.raises(TypeError, match=rf"^{name} must be a real float"):
             call()
+
+
+def test_nan_policy_object_and_integer_inputs():
+    """NaN/Inf data propagate by default (documented) and raise with nan_policy='raise';
+    object arrays and integer inputs a float model cannot take get a TypeError naming them."""
+    net, X, y = _net_batch()
+    Xn = X.clone()
+    Xn[1, 2] = float("nan")
+    assert np.isnan(TorchCurvature(net, "cross_entropy", (Xn, y)).gradient()[0])  # propagate
+    with pytest.raises(FloatingPointError, match=r"batch inputs contain NaN or Inf \(nan_policy='raise'\)"):
+        TorchCurvature(net, "cross_entropy", (Xn, y), nan_policy="raise")
+    with pytest.raises(FloatingPointError, match="batch targets contain NaN"):
+        TorchCurvature(net, "mse", (X, torch.full((8, 2), float("inf"), dtype=torch.float64)), nan_policy="raise")
+    bad_net = mlp([3, 4, 2])
+    with torch.no_grad():
+        bad_net[0].weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="parameter '0.weight' contain NaN"):
+        TorchCurvature(bad_net, "cross_entropy", (X, y), nan_policy="raise")
+    ok = TorchCurvature(net, "cross_entropy", (X, y), nan_policy="raise")
+    assert ok.gradient()[0] == TorchCurvature(net, "cross_entropy", (X, y)).gradient()[0]
+    with pytest.raises(ValueError, match="nan_policy must be 'propagate' or 'raise', got 'skip'"):
+        TorchCurvature(net, "cross_entropy", (X, y), nan_policy="skip")
+    with pytest.raises(TypeError, match="batch inputs must hold numbers, got an array of dtype object"):
+        TorchCurvature(net, "cross_entropy", (X.numpy().astype(object), y))
+    curv = TorchCurvature(net, "cross_entropy", (X.long(), y))
+    with pytest.raises(TypeError, match=r"the model failed on the batch inputs of dtype torch.int64 .*inputs.to"):
+        curv.gradient()
+    with pytest.raises(TypeError, match="the model failed on the batch inputs"):
+        curv.hessian() @ np.ones(curv.layout.size)
+    # a model that takes integer indices keeps working
+    emb = torch.nn.Sequential(torch.nn.Embedding(5, 3, dtype=torch.float64), torch.nn.Linear(3, 2, dtype=torch.float64))
+    ids = torch.tensor([0, 4, 2, 1])
+    assert np.isfinite(TorchCurvature(emb, "cross_entropy", (ids, torch.tensor([0, 1, 1, 0]))).gradient()[0])
