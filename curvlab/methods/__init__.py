@@ -1,7 +1,14 @@
-"""Optimizer transforms: the four papers and first-order baselines.
+"""Optimizer transforms: the four papers and first-order baselines, optax-shaped.
 
-Every method is a :class:`~curvlab.methods._transform.Transform` with
-``init(params) -> state`` and ``update(grads, state, params, **extras)``:
+Every method is a :class:`Transform` with ``init(params) -> state``,
+``update(grads, state, params, **extras) -> (updates, state)`` and
+``update_with_info(...) -> (updates, state, info)`` (the state holds what the next step
+needs, the info what the step reports); ``direction(...)`` gives the search direction where
+the method has one. Params are pytrees (:mod:`curvlab.tree`) and keep their structure; an
+``update`` leaves its input state unchanged unless the transform declares ``inplace``.
+Building blocks: :func:`chain`, :func:`scale_by_lr` (number or schedule),
+:func:`add_decayed_weights` (coupled/decoupled, masked), :func:`scale_by_adam`,
+:func:`trace`. The methods:
 
 - :class:`ExactNewton` — exact stochastic Newton with spectral adjustment
   (method inspired by arXiv 2104.03804);

@@ -425,6 +425,11 @@ class Transform:
     def update_with_info(self, grads: Tree, state: Any, params: Tree | None = None,
                          **extras: Any) -> tuple[Tree, Any, Any]:
         """One step: ``(updates, new_state, info)`` (``info``: what the step reports)."""
+        if type(self)._update is Transform._update:
+            if type(self).update is Transform.update:
+                raise NotImplementedError(f"{type(self).__name__} implements neither _update nor update")
+            upd, new = self.update(grads, state, params, **extras)   # a subclass written before info
+            return upd, new, StepInfo()
         upd, new, info = self._update(grads, state, params, **extras)
         if isinstance(new, TransformState) and not getattr(info, "skipped", False):
             attach_info(new, info)

@@ -272,8 +272,8 @@ class ArTuRO(Transform):
 
     def _update(self, grads: Tree, state: ArTuROState, params: Tree | None = None, *,
                 kl_bound: float | None = None, **extras: Any) -> tuple[Tree, ArTuROState, ArTuROStepInfo]:
-        """One arTuRO step (arXiv 2310.20574, Sec. 3): ``updates = μ' − params``, the new state
-        and the step's :class:`ArTuROStepInfo`."""
+        """One arTuRO step (method inspired by arXiv 2310.20574): ``updates = μ' − params``, the
+        new state and the step's :class:`ArTuROStepInfo`."""
         if params is None:
             raise ValueError("arTuRO needs params passed to update() (the weights are the mean)")
         check_tree_like("params", params, state.p, "the state")

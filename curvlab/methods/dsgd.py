@@ -205,7 +205,7 @@ class DSGDInfo(StepInfo):
 
     ``chosen``: the chosen layer (−1: none); ``scores``, ``L``, ``dual_norms``: the
     ``‖G_i‖²_*/(2L_i)`` (0 for excluded layers), ``L_i`` and ``‖G_i‖_*``; ``guaranteed``:
-    ``s(2−s)·score_j`` (arXiv 1708.00523, Thm. 1's per-step decrease); ``actual``:
+    ``s(2−s)·score_j`` (the guaranteed decrease; method inspired by arXiv 1708.00523); ``actual``:
     ``f(w) − f(w⁺)`` when verified (NaN otherwise); ``lr``: ``s / L_j``.
     """
 

@@ -1,9 +1,9 @@
 """Exact stochastic Newton with spectral adjustment, as an optimizer transform.
 
 Method inspired by arXiv 2104.03804 (Mehouachi & Kasmi, "Exact Stochastic Second Order Deep
-Learning"). The formulas are curvlab's derivations from the paper's per-sample layer Hessian
-``M ⊗ ããᵀ`` (its Sec. 3), not the paper's text; the paper's regulariser, adjustment rule, step
-size and batch handling are unknown here.
+Learning"). The formulas are curvlab's derivations around the per-sample layer Hessian
+``M ⊗ ããᵀ``, not the paper's text; the paper's regulariser, adjustment rule, step size and
+batch handling are unknown here.
 
 What is exact for what
 ----------------------

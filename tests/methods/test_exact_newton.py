@@ -39,7 +39,7 @@ def _update(opt, model, p, X, y):
 @pytest.mark.parametrize("rule", ["raw", "abs", "cap"])
 @pytest.mark.parametrize("objective", ["damped", "regularized"])
 def test_per_sample_direction_equals_dense_solve(rule, objective):
-    """B = 1: F7/F8 closed form = dense solve with ρ(H_l) + λI, H_l from the MLP's dense Hessian."""
+    """B = 1: the damped/regularized closed form = dense solve with ρ(H_l) + λI, H_l from the MLP's dense Hessian."""
     model, p, X, y = _problem(1)
     lam = 0.3
     H = model.dense_hessian(p, X, y)

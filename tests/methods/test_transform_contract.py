@@ -608,3 +608,25 @@ def test_reports_are_not_in_the_state_and_old_saved_states_load(name):
         old[k] = np.asarray(np.nan)   # a state saved by a version that kept the report in it
     back = opt.load_state(old)
     _assert_same(_snapshot(st), _snapshot(back))
+
+
+def test_a_transform_written_with_update_only_still_reports():
+    """A user subclass that overrides ``update`` (the pre-info protocol) gets an empty info."""
+    from curvlab.methods import StepInfo, Transform
+
+    class Half(Transform):
+        def init(self, params):
+            return None
+
+        def update(self, grads, state, params=None, **extras):
+            return T.tree_map(lambda g: -0.5 * g, grads), state
+
+    u, st, info = Half().update_with_info({"a": np.ones(2)}, None)
+    assert isinstance(info, StepInfo) and not info.skipped and np.array_equal(u["a"], [-0.5, -0.5])
+
+    class Nothing(Transform):
+        def init(self, params):
+            return None
+
+    with pytest.raises(NotImplementedError, match="neither _update nor update"):
+        Nothing().update(np.ones(2), None)
