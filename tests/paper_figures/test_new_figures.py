@@ -126,9 +126,10 @@ def test_at_matched_loss_interpolates_in_log_loss():
     assert gen.matched_level([[1.0, 0.2], [1.0, 0.05, 0.5]]) == 0.2
 
 
-def _gen(ar_acc, ar_ep):
+def _gen(ar_acc, ar_ep, adam_acc=0.90):
     per = {("digits", m): {"acc": [0.95, 0.95, 0.95], "epoch": [5.0, 5.0, 5.0], "gap": [0.1] * 3}
            for m in gen.METHODS}
+    per[("digits", "Adam")]["acc"] = [adam_acc] * 3
     per[("digits", "arTuRO")] = {"acc": list(ar_acc), "epoch": list(ar_ep), "gap": [0.1] * 3}
     return per
 
@@ -137,6 +138,9 @@ def test_001_generalization_judge_both_ways():
     assert _one(gen.judge(_gen([0.95] * 3, [5.0] * 3), ["digits"]), "C4") == "supported"
     assert _one(gen.judge(_gen([0.90] * 3, [8.0] * 3), ["digits"]), "C4") == "not supported"
     assert _one(gen.judge(_gen([0.95] * 3, [8.0] * 3), ["digits"]), "C4") == "mixed"
+    # Adam generalizes as well as SGD: the generalization half cannot discriminate, so never "supported"
+    assert _one(gen.judge(_gen([0.95] * 3, [5.0] * 3, adam_acc=0.95), ["digits"]), "C4") == "mixed"
+    assert gen.judge(_gen([0.95] * 3, [5.0] * 3, adam_acc=0.95), ["digits"])[0].evidence.count("does not enter") == 1
 
 
 def test_000_generalization_judge_both_ways():
