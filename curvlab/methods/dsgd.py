@@ -266,7 +266,8 @@ class DSGD(Transform):
         "greedy" (DSGD) or the baselines "cyclic" and "random" (same step, other choice).
     shapes:
         Block shapes when params/grads are flat vectors (a list of shapes or an object with
-        ``.shapes`` such as the MLP's ``ParamLayout``); lists of blocks need none.
+        ``.shapes`` such as the MLP's ``ParamLayout``); pytrees of blocks (list, tuple, dict:
+        one leaf per layer, in :mod:`curvlab.tree` order) need none and keep their structure.
     verify:
         With the extra ``loss_fn(params) -> float`` (and optionally ``loss`` = f(w)), record the
         actual decrease in the state (one or two extra forward passes).

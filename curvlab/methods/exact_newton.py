@@ -350,7 +350,8 @@ class ExactNewton(Transform):
 
     ``update(grads, state, params, *, model=, X=, y=)`` (flat params of a
     :class:`~curvlab.models.mlp.MLP`), or ``update(grads, state, params, X=, y=, activation=,
-    loss=)`` with ``params`` a list of ``(n_l, m_l)`` weights, or ``factors=`` (precomputed
+    loss=)`` with ``params`` a list (or any pytree, leaves in :mod:`curvlab.tree` order) of
+    ``(n_l, m_l)`` weights, or ``factors=`` (precomputed
     :class:`~curvlab.models.layer_hessians.LayerCurvature` list). ``grads`` is checked for shape
     only: the directions use the per-sample errors ``δ_b``, whose mean ``δᵀã/B`` is the data
     gradient (gradient terms outside the per-sample loss are not seen).
