@@ -368,3 +368,31 @@ def test_hyperparameters_in_param_groups_are_validated(rng):
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['momentum'\] must be in \[0, 1\)"):
         opt.step()
     assert torch.equal(w.detach(), torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("make,group,ref", [
+    (lambda: Momentum(lr=0.1, momentum=0.5), {"lr": 0.02, "momentum": 0.9}, lambda: Momentum(lr=0.02, momentum=0.9)),
+    (lambda: AdamW(lr=0.1, weight_decay=0.5), {"lr": 0.01, "weight_decay": 0.1},
+     lambda: AdamW(lr=0.01, weight_decay=0.1)),
+    (lambda: Adam(lr=0.1), {"lr": 0.03}, lambda: Adam(lr=0.03)),
+], ids=["Momentum", "AdamW", "Adam"])
+def test_group_hyperparameters_are_the_ones_used(make, group, ref, rng):
+    """The values in param_groups (not the transform's construction values) drive the update,
+    bit for bit as a transform built with them."""
+    P, grad, _ = _problem(rng)
+    th0 = rng.standard_normal(P) * 0.5
+    params = [torch.nn.Parameter(torch.as_tensor(p.copy())) for p in _split(th0)]
+    opt = CurvlabOptimizer(params, make())
+    opt.param_groups[0].update(group)
+    core = ref()
+    th = _split(th0.copy())
+    state = core.init(th)
+    for _ in range(20):
+        cur = np.concatenate([p.detach().numpy().ravel() for p in params])
+        gs = _split(grad(cur))
+        for p, g in zip(params, gs):
+            p.grad = torch.as_tensor(g.copy())
+        opt.step()
+        th, state = core.step(th, _split(grad(np.concatenate([t.ravel() for t in th]))), state)
+    for p, t in zip(params, th):
+        np.testing.assert_array_equal(p.detach().numpy(), t)
