@@ -33,11 +33,26 @@ object is returned (``inplace`` is True; ``copy_state=True`` keeps the input
 state intact). A step is a handful of fused passes over memory (finite check,
 filter, pole, apply) plus one per dual evaluation (:mod:`curvlab.kernels`).
 
-Host syncs per step on CuPy (one array; each kernel call that returns a number
-reads it once): 1 finiteness check (for all arrays together) + 1 filter + 1 pole
-+ 1 apply, plus 1 per dual evaluation (the solver's, and the achieved-KL
-evaluation in reference mode with ``track_kl``): ≤ 4 + 1 per dual evaluation.
-Each further array adds 1 filter + 1 apply + 1 pole + 1 per dual evaluation.
+A step is atomic: if it raises (an infinite pole, NaN already in the state, a
+``ConvergenceWarning`` turned into an error), the state is bitwise unchanged. In
+place, the step keeps copies of the five filter arrays until the KL solve has
+succeeded (five transient arrays, no host sync) and writes them back on error.
+
+An unconverged KL solve (status ``"max_iter"``, ``"breakdown"`` = bracket failed,
+``"stagnated"`` next to a pole) is taken with the returned η and reported once per
+step: the info's ``status``/``converged``, the state's ``n_unconverged`` total, and
+one :class:`~curvlab.linalg.results.ConvergenceWarning` ``"ArTuRO: step N: ..."``
+(``warn=False`` silences the warning, not the counts). :func:`solve_kl` itself is
+called with ``warn=False``. NaN in the dual (a corrupted state) raises
+``FloatingPointError`` instead.
+
+Host syncs per step on CuPy (one array; each kernel call that returns numbers
+reads them in one transfer): 1 finiteness check (for all arrays together) + 1
+filter + 1 pole (its maximum and the count of h < 0 together; reference mode reads
+it only for that count) + 1 apply, plus 1 per dual evaluation (the solver's, and
+the achieved-KL evaluation in reference mode with ``track_kl``): ≤ 4 + 1 per dual
+evaluation (``tests/test_sync_budgets.py``). Each further array adds 1 filter +
+1 pole + 1 apply + 1 per dual evaluation.
 
 Example
 -------
@@ -59,6 +74,7 @@ import numpy as np
 
 from .. import backend, kernels
 from ..trust_region.kl import KLDual, solve_kl
+from ..linalg.results import warn_unconverged
 from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from ._transform import (
     DEFAULT_MAX_CONSECUTIVE_SKIPS,
@@ -96,7 +112,8 @@ class ArTuROState(TransformState):
     covariance. Scalars: ``count`` steps taken; ``eta`` last multiplier (−1
     before the first step; the next solve's warm start); ``n_skipped_steps`` (non-finite
     gradients) and ``consecutive_skips`` (the NaN policy's counters); totals
-    ``total_evals`` and ``n_bracket_failed``. The last step's report is its
+    ``total_evals``, ``n_bracket_failed`` and ``n_unconverged`` (steps taken with an
+    unconverged KL solve). The last step's report is its
     :class:`ArTuROStepInfo` (:meth:`ArTuRO.update_with_info`); ``state.kl`` etc. still read it.
     Saved states of earlier versions, which held the report, load (those keys are ignored).
     """
@@ -113,14 +130,17 @@ class ArTuROState(TransformState):
     total_evals: int = 0
     n_bracket_failed: int = 0
     consecutive_skips: int = 0
+    n_unconverged: int = 0
 
 
 @dataclasses.dataclass
 class ArTuROStepInfo:
     """Typed report of one step: the multiplier η, solver iterations and dual evaluations,
-    the achieved KL and KL/ε, flags (converged, constraint inactive, bracket failed), counts
-    (negative curvatures, clamped precisions, PSD-guarded covariances), the skip total, and
-    ``skipped`` (the NaN policy skipped this step; the other fields are then NaN/0)."""
+    the achieved KL and KL/ε, flags (converged, constraint inactive, bracket failed), the KL
+    solver's ``status`` (``"converged"``, ``"max_iter"``, ``"breakdown"``, ``"stagnated"``;
+    ``"skipped"`` for a skipped step), counts (negative curvatures, clamped precisions,
+    PSD-guarded covariances), the skip total, and ``skipped`` (the NaN policy skipped this
+    step; the other fields are then NaN/0)."""
 
     eta: float = math.nan
     iterations: int = 0
@@ -136,6 +156,7 @@ class ArTuROStepInfo:
     n_skipped_steps: int = 0
     skipped: bool = False
     lr: float = math.nan
+    status: str = ""
 
 
 def _positive(name: str, v: float, strict: bool = True) -> float:
@@ -154,7 +175,8 @@ class ArTuRO(Transform):
     with ``weight_decay=0``)
     ----------
     kl_bound : ε, the KL bound [kl_bound / lr]; ``update(..., kl_bound=)`` overrides it per step.
-    reg_weight : β, prior weight [reg_weight].  prior_prec : p0 [prior_prec].
+    reg_weight : β, prior weight [reg_weight].  prior_prec : p0 > 0, precision of the prior
+        N(0, 1/p0) [prior_prec] (0 is no Gaussian; it would let the precision clamp reach 0).
     measurement_noise : r.  dynamic_model_noise : q.  start_filter_cov : P0.
     var_init : initial variance, ``p = 1/var_init``.  nu : ν (float), or ``"coupled"`` (ν = η, exact mode).
     weight_decay : wd; the weights shrink by ``(1 − ε·wd)`` before the filter.
@@ -168,6 +190,8 @@ class ArTuRO(Transform):
     impl : kernel implementation, one of :data:`curvlab.kernels.IMPLS` (``"numpy"``: the
         multi-pass NumPy baseline).
     copy_state : work on a copy of the state (else the state is updated in place: ``inplace``).
+    warn : issue a :class:`~curvlab.linalg.results.ConvergenceWarning` for a step whose KL
+        solve did not converge (default True; the info and ``n_unconverged`` report it always).
     nan_policy, max_consecutive_skips : the shared numerical-trouble policy (module docstring).
     """
 
@@ -180,7 +204,7 @@ class ArTuRO(Transform):
                  eta_max: float = 1e4, warm_factor: float = 3.0, early_exit: float = 0.1, rtol: float = 1e-10,
                  max_iter: int = 50, h_min: float | None = None, decay: str = "decoupled",
                  psd_guard: bool = False, track_kl: bool = True, impl: str = "auto",
-                 copy_state: bool = False, nan_policy: str = "skip",
+                 copy_state: bool = False, warn: bool = True, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         self.set_nan_policy(nan_policy, max_consecutive_skips)
         if mode not in ("reference", "exact"):
@@ -188,7 +212,7 @@ class ArTuRO(Transform):
         self.mode = mode
         self.kl_bound = _positive("kl_bound (ε)", kl_bound)
         self.reg_weight = _positive("reg_weight (β)", reg_weight, strict=False)
-        self.prior_prec = _positive("prior_prec (p0)", prior_prec, strict=False)
+        self.prior_prec = _positive("prior_prec (p0)", prior_prec)
         self.measurement_noise = _positive("measurement_noise (r)", measurement_noise)
         self.dynamic_model_noise = _positive("dynamic_model_noise (q)", dynamic_model_noise, strict=False)
         self.start_filter_cov = _positive("start_filter_cov (P0)", start_filter_cov, strict=False)
@@ -233,6 +257,7 @@ class ArTuRO(Transform):
             raise ValueError(f"impl must be one of {kernels.IMPLS}, got {impl!r}")
         self.impl = impl
         self.copy_state = bool(copy_state)
+        self.warn = bool(warn)
         self.inplace = not self.copy_state
 
     @classmethod
@@ -274,8 +299,10 @@ class ArTuRO(Transform):
                 kl_bound: float | None = None, **extras: Any) -> tuple[Tree, ArTuROState, ArTuROStepInfo]:
         """One arTuRO step (method inspired by arXiv 2310.20574): ``updates = μ' − params``, the
         new state and the step's :class:`ArTuROStepInfo`."""
+        check_params(grads, "grads")
         if params is None:
             raise ValueError("arTuRO needs params passed to update() (the weights are the mean)")
+        check_params(params)
         check_tree_like("params", params, state.p, "the state")
         check_tree_like("grads", grads, params)
         eps = self.kl_bound if kl_bound is None else _positive("kl_bound (ε)", kl_bound)
@@ -297,35 +324,51 @@ class ArTuRO(Transform):
                 self.nonfinite(*Gf, blame={"grads": grads})
                 state = self.skipped(state, inplace=True)
                 return (tree_map(lambda w: xp.zeros_like(w), params), state,
-                        ArTuROStepInfo(n_skipped_steps=state.n_skipped_steps, skipped=True))
+                        ArTuROStepInfo(n_skipped_steps=state.n_skipped_steps, skipped=True, status="skipped"))
 
         shrink = 1.0 - eps * self.weight_decay
         if self.mode == "reference":
             xscale, mscale = shrink, (shrink if state.count > 0 else 1.0)
         else:
             xscale = mscale = shrink if self.decay == "decoupled" else 1.0
-        guarded = 0
-        for i, (g, w) in enumerate(zip(Gf, W)):
-            _, k = kernels.rls_filter_update(g, w, Sf[1][i], Sf[2][i], Sf[3][i], Sf[4][i], Sf[5][i], xscale=xscale,
-                                             q=self.dynamic_model_noise, r=self.measurement_noise,
-                                             init=state.count == 0, h0=self.h0, P0=self.start_filter_cov,
-                                             psd_guard=self.psd_guard, impl=self.impl)
-            guarded += k
+        # the filter updates a, h, P in place before the KL solve can fail (an infinite pole, a
+        # corrupted state, a ConvergenceWarning turned into an error): in place, keep copies of
+        # what it overwrites and put them back on any error, so a failed step changes nothing
+        keep = None if self.copy_state else [[x.copy() for x in leaves] for leaves in Sf[1:]]
+        try:
+            guarded = 0
+            for i, (g, w) in enumerate(zip(Gf, W)):
+                _, k = kernels.rls_filter_update(g, w, Sf[1][i], Sf[2][i], Sf[3][i], Sf[4][i], Sf[5][i],
+                                                 xscale=xscale, q=self.dynamic_model_noise, r=self.measurement_noise,
+                                                 init=state.count == 0, h0=self.h0, P0=self.start_filter_cov,
+                                                 psd_guard=self.psd_guard, impl=self.impl)
+                guarded += k
 
-        dual = KLDual(W, Sf[1], Sf[2], Sf[0], beta=self.reg_weight, prior_prec=self.prior_prec, mscale=mscale,
-                      h_min=self.h_min, impl=self.impl)
-        res = solve_kl(dual, eps, mode=self.mode, eta_prev=state.eta, rtol=self.rtol, max_iter=self.max_iter,
-                       eta_tol=self.eta_tol, eta_max=self.eta_max, warm_factor=self.warm_factor,
-                       early_exit=self.early_exit, final_kl=False)
-        eta = res.eta
-        if self.mode == "exact":
-            kl = res.kl if res.kl == res.kl else dual(eta)[0]
-        else:
-            kl = dual(eta)[0] if self.track_kl else math.nan
-        if dual.n_nan:
-            bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
-            raise FloatingPointError(f"arTuRO state holds {bad} non-finite entries (step {state.count}); "
-                                     "the gradients were finite, so the state was corrupted before this step")
+            dual = KLDual(W, Sf[1], Sf[2], Sf[0], beta=self.reg_weight, prior_prec=self.prior_prec,
+                          mscale=mscale, h_min=self.h_min, impl=self.impl)
+            res = solve_kl(dual, eps, mode=self.mode, eta_prev=state.eta, rtol=self.rtol, max_iter=self.max_iter,
+                           eta_tol=self.eta_tol, eta_max=self.eta_max, warm_factor=self.warm_factor,
+                           early_exit=self.early_exit, final_kl=False, warn=False)
+            eta = res.eta
+            if self.mode == "exact":
+                kl = res.kl if res.kl == res.kl else dual(eta)[0]
+            else:
+                kl = dual(eta)[0] if self.track_kl else math.nan
+            if dual.n_nan:
+                bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
+                raise FloatingPointError(f"arTuRO state holds {bad} non-finite entries (step {state.count}); "
+                                         "the gradients were finite, so the state was corrupted before this step")
+            if not res.converged:
+                warn_unconverged("ArTuRO", f"step {state.count + 1}: the KL solve did not converge (status "
+                                 f"{res.status!r} after {res.n_evals} dual evaluations, η = {eta:.6g}, KL/ε = "
+                                 f"{kl / eps:.6g}); the step is taken with this η (info.status, "
+                                 "state.n_unconverged)", warn=self.warn, stacklevel=4)
+        except BaseException:
+            if keep is not None:
+                for cur, old in zip(Sf[1:], keep):
+                    for c, o in zip(cur, old):
+                        c[...] = o
+            raise
         nu = eta if self.nu == "coupled" else self.nu
         beta_p0 = self.reg_weight * self.prior_prec
         p_min = beta_p0 / (self.reg_weight + nu) if self.mode == "exact" else -math.inf
@@ -344,10 +387,11 @@ class ArTuRO(Transform):
         state.eta = float(eta)
         state.total_evals += int(res.n_evals)
         state.n_bracket_failed += int(res.bracket_failed)
+        state.n_unconverged += int(not res.converged)
         info = ArTuROStepInfo(eta=float(eta), iterations=int(res.iterations), n_evals=int(res.n_evals),
                               kl=float(kl), kl_ratio=float(kl) / eps, converged=bool(res.converged),
                               inactive=bool(res.inactive), bracket_failed=bool(res.bracket_failed),
                               n_negative_h=int(n_neg), n_clamped=int(clamped), n_guarded=int(guarded),
-                              n_skipped_steps=state.n_skipped_steps)
+                              n_skipped_steps=state.n_skipped_steps, status=str(res.status))
         updates = [o.reshape(x.shape) for o, x in zip(outs, P)]
         return tree_unflatten(treedef, updates), state, info
