@@ -232,3 +232,27 @@ def test_nonfinite_regressor_skips_coordinates(rng):
     for k in ("a", "h", "P00", "P01", "P11"):
         np.testing.assert_array_equal(getattr(state, k)[[0, 4]], before[k][[0, 4]])
         assert np.all(np.isfinite(getattr(state, k)))
+
+
+@pytest.mark.parametrize("h0", [-2.5, 0.0, 0.1, 1e6])
+def test_any_finite_initial_curvature_is_used(h0, rng):
+    """h0 is the first curvature estimate (spec 001 §3: h = 0.1 at init): any finite real,
+    a negative one included (the filter tracks negative curvature)."""
+    est = DiagonalRLS(q=0.0, r=1.0, P0=0.0, h0=h0)  # P0 = 0: the first update keeps h = h0
+    state, _ = est.update(est.init(np.zeros(3)), rng.standard_normal(3), rng.standard_normal(3))
+    np.testing.assert_array_equal(state.h, np.full(3, h0))
+    with pytest.raises(TypeError, match="h0"):
+        DiagonalRLS(q=0.0, r=1.0, P0=0.0, h0=True)
+
+
+def test_imports_no_private_module_of_another_package():
+    """rls.py takes its tree helpers from curvlab.tree, not from curvlab.methods._transform."""
+    import ast
+    import inspect
+
+    import curvlab.estimators.rls as rls
+
+    for node in ast.walk(ast.parse(inspect.getsource(rls))):
+        if isinstance(node, ast.ImportFrom):
+            parts = (node.module or "").split(".")
+            assert node.module == "__future__" or not any(p.startswith("_") for p in parts), f"imports private module {node.module}"
