@@ -1,5 +1,8 @@
 """Command line of ``python -m paper_figures``: pick figures, run them, write outputs and the report.
 
+With ``--jobs J`` (default 2) the figures run in J worker processes, one paper's figures per worker
+(figures of a paper share cached training runs); every record states its wall and CPU time.
+
 Exit status: 0 when every selected figure succeeded or was skipped (its curvlab module not
 available yet), 1 when at least one failed (after all the others ran), 2 on bad input
 (unknown figure name, unwritable output folder, bad ``--seeds``), 130 on SIGINT and 143 on
@@ -71,7 +74,7 @@ def check_writable(out: Path) -> Path:
 # ----------------------------------------------------------------------------- records
 def library_versions() -> dict[str, str]:
     vers = {"python": platform.python_version()}
-    for mod in ("numpy", "scipy", "matplotlib", "sklearn", "mlxtend", "numba", "curvlab"):
+    for mod in ("numpy", "scipy", "matplotlib", "sklearn", "mlxtend", "mnist1d", "numba", "curvlab"):
         try:
             m = __import__(mod)
             vers[mod] = str(getattr(m, "__version__", "?"))
@@ -208,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                "selects all figures of a paper.")
     p.add_argument("names", nargs="*", metavar="NAME", help="figures to run (default: all)")
     p.add_argument("--list", action="store_true", help="list the figures and whether their modules are available")
-    p.add_argument("--full", action="store_true", help="run the specifications' protocols at full size (slow)")
+    p.add_argument("--full", action="store_true",
+                   help="run the specifications' protocols at full size (slow: an hour or more on 2 cores, not "
+                        "measured end to end)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds (default 3 quick, 5 full)")
     p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help="output folder (default paper_figures/out)")
@@ -411,8 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._report import write_report
 
     total = time.perf_counter() - t0
+    cpu_total = time.process_time() - c0  # the parent; with workers, add theirs (their records' CPU time)
+    if jobs > 1:
+        cpu_total += sum(r.get("cpu_time_s", 0.0) for r in records)
     meta = {"mode": mode, "threads": args.threads, "jobs": jobs, "seeds_requested": ctx.seeds, "started": started,
-            "total_time_s": round(total, 1), "total_cpu_time_s": round(time.process_time() - c0, 1), "versions": versions, "selected": names,
+            "total_time_s": round(total, 1), "total_cpu_time_s": round(cpu_total, 1), "versions": versions,
+            "selected": names,
             "finished": [r["name"] for r in records],
             "interrupted": None if interrupted is None else {"signal": interrupted.signame, "during": current},
             "command": "python -m paper_figures " + " ".join(sys.argv[1:] if argv is None else argv)}

@@ -31,6 +31,12 @@ def _fake_module(name: str, behaviour: str) -> types.ModuleType:
             raise RuntimeError("boom")
         if behaviour == "skip":
             raise FigureSkipped("module curvlab.thing not available")
+        if behaviour == "burn":  # spend 0.3 s of CPU
+            import time
+
+            t0 = time.process_time()
+            while time.process_time() - t0 < 0.3:
+                pass
         fig, ax = new_figure(1)
         ax[0].plot([0, 1], [1, 0], label="line")
         checks = [Check("decreasing", behaviour != "badcheck", "y[-1] < y[0]")]
@@ -82,7 +88,7 @@ def test_all_ok_exits_zero(fake_registry, tmp_path):
 
 
 def test_parallel_jobs_run_groups_in_workers(monkeypatch, tmp_path, capsys):
-    kinds = {"p1_ok": "ok", "p1_raise": "raise", "p2_ok": "ok", "p3_badcheck": "badcheck"}
+    kinds = {"p1_ok": "ok", "p1_raise": "raise", "p2_ok": "burn", "p3_badcheck": "badcheck"}
     for name, kind in kinds.items():
         monkeypatch.setitem(sys.modules, f"paper_figures.fig_{name}", _fake_module(name, kind))
     monkeypatch.setattr(paper_figures, "FIGURE_NAMES", tuple(kinds))
@@ -94,6 +100,9 @@ def test_parallel_jobs_run_groups_in_workers(monkeypatch, tmp_path, capsys):
     assert [ln.split()[0] for ln in out.splitlines() if ln.startswith("  p")] == list(kinds)  # report order
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["jobs"] == 2 and run["finished"] == list(kinds)
+    recs = [json.loads((tmp_path / f"{n}.json").read_text()) for n in kinds]
+    assert recs[2]["cpu_time_s"] >= 0.3
+    assert run["total_cpu_time_s"] >= 0.3 - 0.05  # the workers' CPU counts, not only the parent's
     assert _runner.main(["--jobs", "0", "--out", str(tmp_path)]) == 2
     assert "--jobs" in capsys.readouterr().err
 
