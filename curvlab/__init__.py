@@ -5,14 +5,22 @@ returns arrays of the same kind. The public API, by topic:
 
 - operators: :class:`LinearOperator` and its concrete kinds, :func:`aslinearoperator`;
 - reference model: :class:`MLP` and its Hessian / GGN / Fisher operators;
+- curvature sources: the :class:`CurvatureSource` protocol that models and adapters
+  implement, :class:`DenseLayer` (one layer's factors), :class:`LayerStructureUnavailable`,
+  and :class:`Layout` (the parameter layout: shapes, offsets, flatten/unflatten);
 - eigen-solvers and estimators: :func:`eigsh`, :func:`lobpcg`, :func:`power_iteration`,
   :func:`slq`, :func:`hutchinson`, :func:`hutchpp`, :func:`xtrace`, :func:`xdiag`, ...;
+- results and flags: :class:`EigResult`, :class:`TraceEstimate`, ...; an unconverged result
+  issues :class:`ConvergenceWarning` (or raises :class:`ConvergenceError` with ``strict=True``);
 - curvature estimators and trust regions: :class:`DiagonalRLS`, :func:`solve_kl`,
   :func:`solve_l2_subproblem`;
-- methods (optimizer transforms): :class:`ExactNewton`, :class:`ArTuRO`, :class:`DSGD`,
-  :class:`CurvatureLR` and the baselines;
+- methods (optimizer transforms on pytrees of arrays, :mod:`curvlab.tree`):
+  :class:`ExactNewton`, :class:`ArTuRO`, :class:`DSGD`, :class:`CurvatureLR`, the baselines
+  :class:`SGD`, :class:`Momentum`, :class:`Adam`, :class:`AdamW`, and the building blocks
+  :func:`chain`, :func:`scale_by_lr`, :func:`add_decayed_weights`, :func:`scale_by_adam`,
+  :func:`trace`;
 - :mod:`curvlab.adapters` (PyTorch, JAX; imported on first use), :mod:`curvlab.data`,
-  :mod:`curvlab.backend`, :mod:`curvlab.kernels`.
+  :mod:`curvlab.backend`, :mod:`curvlab.kernels`, :mod:`curvlab.tree`.
 
 Example
 -------
@@ -27,10 +35,12 @@ Example
 (True, (1,))
 """
 
-from . import adapters, backend, data, kernels
+from . import adapters, backend, data, kernels, tree
 from .estimators import DiagonalRLS, RLSInfo, RLSState
 from .linalg import (
     CallableOperator,
+    ConvergenceError,
+    ConvergenceWarning,
     DenseOperator,
     DiagonalEstimate,
     DiagonalOperator,
@@ -72,9 +82,16 @@ from .methods import (
     ExactNewton,
     Momentum,
     Transform,
+    add_decayed_weights,
     apply_updates,
+    chain,
+    scale_by_adam,
+    scale_by_lr,
+    trace,
 )
+from .layout import Layout
 from .models import MLP, ParamLayout, fisher_operator, ggn_operator, hessian_operator
+from .sources import CurvatureSource, DenseLayer, LayerStructureUnavailable
 from .trust_region import solve_kl, solve_l2_subproblem
 
 __version__ = "0.1.0.dev0"
@@ -82,23 +99,27 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "__version__",
     # submodules
-    "adapters", "backend", "data", "kernels",
+    "adapters", "backend", "data", "kernels", "tree",
     # operators
     "LinearOperator", "CallableOperator", "DenseOperator", "DiagonalOperator", "LowRankPlusDiagonal",
     "KroneckerLayerBlock", "KroneckerSumBlock", "StochasticOperator", "aslinearoperator", "symmetry_defect",
     # reference model
     "MLP", "ParamLayout", "hessian_operator", "ggn_operator", "fisher_operator",
+    # curvature sources and parameter layout
+    "CurvatureSource", "DenseLayer", "LayerStructureUnavailable", "Layout",
     # eigen-solvers, spectral density, trace and diagonal
     "lanczos", "eigsh", "lobpcg", "power_iteration", "stochastic_power",
     "slq", "slq_logdet", "slq_trace_inverse",
     "hutchinson", "hutchpp", "xtrace", "hutchinson_diagonal", "xdiag",
     "EigResult", "SpectralDensity", "TraceEstimate", "DiagonalEstimate",
+    "ConvergenceWarning", "ConvergenceError",
     "prescribed_spectrum_operator",
     # layer norms and duality maps
     "layer_norm", "dual_norm", "duality_map",
     # curvature estimators and trust regions
     "DiagonalRLS", "RLSState", "RLSInfo", "solve_kl", "solve_l2_subproblem",
     # methods
-    "Transform", "apply_updates", "SGD", "Momentum", "Adam", "AdamW",
+    "Transform", "apply_updates", "chain", "scale_by_lr", "add_decayed_weights", "scale_by_adam", "trace",
+    "SGD", "Momentum", "Adam", "AdamW",
     "ExactNewton", "ArTuRO", "DSGD", "CurvatureLR",
 ]
