@@ -51,6 +51,7 @@ from .operators import LinearOperator, _solve_checked
 __all__ = [
     "ADJUSTMENTS",
     "adjust_spectrum",
+    "canonical_rule",
     "eigh_batched",
     "KroneckerLayerBlock",
     "KroneckerSumBlock",
@@ -63,10 +64,19 @@ ADJUSTMENTS = ("raw", "none", "abs", "floor", "shift", "cap", "clip")
 _ALIASES = {"none": "raw", "clip": "cap"}
 
 
-def _canonical_rule(rule: str) -> str:
+def canonical_rule(rule: str) -> str:
+    """The canonical name of a spectral adjustment (``"none"`` → ``"raw"``, ``"clip"`` → ``"cap"``);
+    ``ValueError`` naming ``adjustment`` for a name not in :data:`ADJUSTMENTS`.
+
+    >>> canonical_rule("clip")
+    'cap'
+    """
     if not isinstance(rule, str) or rule not in ADJUSTMENTS:
         raise ValueError(f"adjustment must be one of {ADJUSTMENTS}, got {rule!r}")
     return _ALIASES.get(rule, rule)
+
+
+_canonical_rule = canonical_rule   # the former private name, used inside this module
 
 
 def adjust_spectrum(kappa: Any, rule: str = "abs", *, kappa_min: float = 1e-4, kappa_max: float = 1.0,

@@ -79,7 +79,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import backend
-from ..linalg.kronecker import KroneckerSumBlock, _canonical_rule, adjust_spectrum, eigh_batched
+from ..linalg.kronecker import KroneckerSumBlock, adjust_spectrum, canonical_rule, eigh_batched
 from ..models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
 from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten, tree_zeros_like
 from ._transform import (
@@ -263,7 +263,7 @@ def exact_newton_directions(factors: Sequence[LayerCurvature], weights: Sequence
     """
     if not (float(lam) > 0 and np.isfinite(lam)):
         raise ValueError(f"lam must be a finite number > 0, got {lam}")
-    rule = _canonical_rule(adjustment)
+    rule = canonical_rule(adjustment)
     _check_modes(batch_mode, objective, block_spectrum, on_indefinite)
     _check_adjust(kappa_min, kappa_max, shift)
     diag = diagnostics if diagnostics is not None else {}
@@ -371,7 +371,7 @@ class ExactNewton(Transform):
             raise ValueError(f"lr must be a finite number > 0, got {lr}")
         if not (float(lam) > 0 and np.isfinite(lam)):
             raise ValueError(f"lam must be a finite number > 0 (the layer block M ⊗ ããᵀ is singular), got {lam}")
-        self.adjustment = _canonical_rule(adjustment)
+        self.adjustment = canonical_rule(adjustment)
         adjust_spectrum(np.zeros(1), self.adjustment, kappa_min=kappa_min, kappa_max=kappa_max, shift=shift)
         _check_modes(batch_mode, objective, block_spectrum, on_indefinite)
         self.lr, self.lam = float(lr), float(lam)
