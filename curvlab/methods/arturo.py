@@ -36,7 +36,8 @@ filter, pole, apply) plus one per dual evaluation (:mod:`curvlab.kernels`).
 A step is atomic: if it raises (an infinite pole, NaN already in the state, a
 ``ConvergenceWarning`` turned into an error), the state is bitwise unchanged. In
 place, the step keeps copies of the five filter arrays until the KL solve has
-succeeded (five transient arrays, no host sync) and writes them back on error.
+succeeded (five transient arrays, no host sync; on NumPy about a fifth of a step's time
+at d = 10⁶, float64) and writes them back on error.
 
 An unconverged KL solve (status ``"max_iter"``, ``"breakdown"`` = bracket failed,
 ``"stagnated"`` next to a pole) is taken with the returned η and reported once per
