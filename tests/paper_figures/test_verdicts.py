@@ -269,3 +269,21 @@ def test_002_rates_bound_follows_from_the_guarantee():
     h.loss = np.concatenate([[10.0], 10.0 - np.cumsum(0.5 * h.scores.max(1))])  # only half the guarantee
     m, b = mod.rate_curves(h)
     assert np.any(m > b)
+
+
+def test_002_all_layer_spectral_descent_moves_each_layer_by_its_polar_factor():
+    mod = paper_figures.load("002_training")
+    from paper_figures._common import dataset, make_mlp
+
+    ds = dataset("digits")
+    model = make_mlp(mod.SIZES, "tanh")
+    p0 = model.init_params(np.random.default_rng(0))
+    _, g = model.loss_and_grad(p0, ds.X_train, ds.y_train)
+    t = 0.05
+    p1 = p0.copy()
+    for l, G in enumerate(model.layout.unpack(g)):
+        U, _, Vt = np.linalg.svd(G, full_matrices=False)
+        p1[model.layout.slice(l)] -= t * (U @ Vt).ravel()
+    losses, _ = mod.spectral_run.__wrapped__(1, 0, t)
+    assert losses[1] == pytest.approx(model.loss(p1, ds.X_train, ds.y_train), rel=1e-12)
+    assert losses[1] < losses[0]
