@@ -459,3 +459,15 @@ def test_prior_precision_must_be_positive(p0):
     mode's clamp p' ≥ βp0/(β + ν) reach 0, which a negative curvature turns into an infinite pole."""
     with pytest.raises(ValueError, match=r"prior_prec \(p0\)"):
         ArTuRO(prior_prec=p0)
+
+
+def test_state_saved_before_n_unconverged_loads():
+    opt = ArTuRO(kl_bound=0.01, **CFG)
+    w = W0.copy()
+    st = opt.init(w)
+    w, st = opt.step(w, _grad(w, 0), st)
+    d = st.to_dict()
+    del d["n_unconverged"]
+    old = ArTuROState.from_dict(d)
+    assert old.n_unconverged == 0
+    np.testing.assert_array_equal(opt.step(w, _grad(w, 1), old)[0], opt.step(w, _grad(w, 1), st)[0])
