@@ -255,4 +255,5 @@ def test_imports_no_private_module_of_another_package():
     for node in ast.walk(ast.parse(inspect.getsource(rls))):
         if isinstance(node, ast.ImportFrom):
             parts = (node.module or "").split(".")
-            assert node.module == "__future__" or not any(p.startswith("_") for p in parts), f"imports private module {node.module}"
+            private = node.module != "__future__" and any(p.startswith("_") for p in parts)
+            assert not private, f"imports private module {node.module}"
