@@ -1,10 +1,18 @@
 """Reference models in plain arrays with exact curvature products.
 
-:mod:`curvlab.models.mlp` holds the reference multilayer perceptron (exact gradient,
-R-operator Hessian-vector products, GGN/Fisher products, directional curvature in
-forward and adjoint modes) and its :class:`~curvlab.linalg.operators.LinearOperator` views.
+* :mod:`curvlab.models.activations`, :mod:`curvlab.models.losses` — activation and loss
+  objects (value, derivatives, the bounds DSGD needs);
+* :mod:`curvlab.models.mlp` — the reference multilayer perceptron (forward, backward,
+  gradient, per-sample gradients);
+* :mod:`curvlab.models.mlp_products` — its exact Hessian/GGN/Fisher products and
+  directional curvature, and their :class:`~curvlab.linalg.operators.LinearOperator` views;
+* :mod:`curvlab.models.layer_hessians` — exact per-sample layer Hessian factors;
+* :mod:`curvlab.models.source` — :class:`MLPCurvature`, the MLP bound to
+  ``(params, data)`` as a :class:`curvlab.sources.CurvatureSource`.
 """
 
+from .activations import Activation, activation_derivative_bounds, get_activation
+from .losses import Loss, get_loss
 from .mlp import (
     ACTIVATIONS,
     LOSSES,
@@ -12,6 +20,7 @@ from .mlp import (
     ForwardCache,
     ParamLayout,
     activation_derivatives,
+    dense_layout,
     fisher_operator,
     ggn_operator,
     hessian_operator,
@@ -20,6 +29,12 @@ from .mlp import (
 
 __all__ = [
     "ACTIVATIONS",
+    "Activation",
+    "Loss",
+    "get_activation",
+    "get_loss",
+    "activation_derivative_bounds",
+    "dense_layout",
     "LOSSES",
     "MLP",
     "ForwardCache",

@@ -1,11 +1,10 @@
 """Exact per-sample layer Hessians of a dense network by second-order backpropagation.
 
-Method inspired by arXiv 2104.03804 (exact stochastic Newton; curvlab's derivation, spec
-000 F2-F4). For a dense network ``z_l = W_l ã_{l-1}``, ``a_l = σ(z_l)`` (bias folded in as the
+Method inspired by arXiv 2104.03804 (exact stochastic Newton, §3 and eq. 7). For a dense network ``z_l = W_l ã_{l-1}``, ``a_l = σ(z_l)`` (bias folded in as the
 last column of ``W_l``, ``ã = [a; 1]``) and a per-sample loss ``ℓ = L(z_L, y)``:
 
-* error recursion (F2): ``δ_L = ∇_z L``, ``δ_l = σ'(z_l) ⊙ (W̄_{l+1}ᵀ δ_{l+1})``;
-* exact Hessian recursion (F3), σ'' term included so smooth activations are exact::
+* error recursion: ``δ_L = ∇_z L``, ``δ_l = σ'(z_l) ⊙ (W̄_{l+1}ᵀ δ_{l+1})``;
+* exact Hessian recursion (second-order backpropagation), σ'' term included so smooth activations are exact::
 
       M_L = ∇²_z L
       M_l = D_l W̄ᵀ_{l+1} M_{l+1} W̄_{l+1} D_l + diag(σ''(z_l) ⊙ (W̄ᵀ_{l+1} δ_{l+1})),  D_l = diag(σ'(z_l))
@@ -43,7 +42,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import backend
-from .mlp import _check_activation, _refuse_foreign, activation_derivatives, loss_output_derivatives
+from ._common import refuse_foreign
+from .activations import activation_derivatives, get_activation
+from .losses import loss_output_derivatives
 
 __all__ = [
     "LayerCurvature",
@@ -52,7 +53,9 @@ __all__ = [
     "layer_hessian_block",
     "output_derivatives",
     "activation_derivatives_ref",
+    "backprop_curvature",
 ]
+
 
 @dataclasses.dataclass
 class LayerCurvature:
@@ -85,8 +88,8 @@ class LayerCurvature:
         return xp.kron(self.M[b], xp.outer(self.a[b], self.a[b]))
 
 
-#: ``(σ(z), σ'(z), σ''(z))`` for ``name`` in :data:`~curvlab.models.mlp.ACTIVATIONS` (ReLU: σ'(0) = 0, σ'' = 0); the
-#: reference MLP's :func:`~curvlab.models.mlp.activation_derivatives` under its historical name here.
+#: ``(σ(z), σ'(z), σ''(z))`` for ``name`` in :data:`~curvlab.models.activations.ACTIVATIONS` (ReLU: σ'(0) = 0,
+#: σ'' = 0): :func:`~curvlab.models.activations.activation_derivatives` under its historical name here.
 activation_derivatives_ref = activation_derivatives
 
 
@@ -102,7 +105,7 @@ def output_derivatives(zL: Any, y: Any, loss: str = "cross_entropy") -> tuple[An
     B, n = zL.shape
     if y is None:
         raise TypeError("y is required: integer labels (B,) for cross_entropy or targets (B, n_L) for mse, got None")
-    _refuse_foreign(y, "y", xp)
+    refuse_foreign(y, "y", xp)
     if loss == "cross_entropy":
         y = xp.asarray(y)
         if y.shape != (B,) or y.dtype.kind not in "iu":
@@ -113,7 +116,7 @@ def output_derivatives(zL: Any, y: Any, loss: str = "cross_entropy") -> tuple[An
         y = xp.asarray(y, dtype=zL.dtype)
         if y.shape != (B, n):
             raise ValueError(f"y must have shape ({B}, {n}) for mse, got {tuple(y.shape)}")
-    # validated here; the formulas are the reference MLP's (an unknown loss raises there)
+    # validated here; the formulas are curvlab.models.losses' (an unknown loss raises there)
     return loss_output_derivatives(loss, zL, y, xp)
 
 
@@ -142,10 +145,12 @@ def _check_weights(weights: Sequence[Any], n0: int) -> list[bool]:
 
 def backprop_curvature(weights: Sequence[Any], zs: Sequence[Any], a_tildes: Sequence[Any], delta_L: Any, M_L: Any,
                        activation: str, act_derivs: Any = None) -> list[LayerCurvature]:
-    """The F2/F3 recursion given a forward cache: ``zs[l]`` ``(B, n_l)``, ``a_tildes[l]`` ``(B, m_l)``.
+    """Second-order backpropagation (the δ and M recursions of the module docstring, arXiv
+    2104.03804 §3) given a forward cache: ``zs[l]`` ``(B, n_l)``, ``a_tildes[l]`` ``(B, m_l)``.
 
+    ``activation``: a name or :class:`~curvlab.models.activations.Activation`.
     ``act_derivs(name, z, xp) -> (σ, σ', σ'')`` defaults to
-    :func:`~curvlab.models.mlp.activation_derivatives`. Works in the dtype of its inputs.
+    :func:`~curvlab.models.activations.activation_derivatives`. Works in the dtype of its inputs.
     Returns one :class:`LayerCurvature` per layer (input layer first).
     """
     xp = backend.get_namespace(delta_L)
@@ -202,7 +207,7 @@ def layer_curvature(weights: Sequence[Any], X: Any, y: Any, *, activation: str =
     if X.shape[0] == 0:
         raise ValueError(f"X is an empty batch (shape {tuple(X.shape)}); need at least one sample")
     has_bias = _check_weights(weights, X.shape[1])
-    _check_activation(activation)
+    get_activation(activation)
     Ws = [W.astype(np.float64) for W in weights]
     X64 = X.astype(np.float64)
     zs, ats = _forward_cache(Ws, X64, activation, has_bias)
@@ -214,7 +219,7 @@ def layer_hessian_factors(model: Any, params: Any, X: Any, y: Any) -> list[Layer
     """:func:`layer_curvature` for a reference :class:`~curvlab.models.mlp.MLP` and flat ``params``.
 
     Uses the model's public pieces: ``model.forward_cache`` (``z_l``, ``ã_{l-1}``),
-    ``curvlab.models.mlp.activation_derivatives`` and ``model.loss_output_derivatives``; the
+    ``curvlab.models.activations.activation_derivatives`` and ``model.loss_output_derivatives``; the
     recursion then runs in float64 (:func:`backprop_curvature`).
 
     Example

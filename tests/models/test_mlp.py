@@ -18,6 +18,7 @@ import pytest
 import scipy.sparse.linalg as sla
 
 from curvlab import backend
+from curvlab.layout import Layout
 from curvlab.linalg.operators import LinearOperator
 from curvlab.models.mlp import (
     ACTIVATIONS,
@@ -99,7 +100,9 @@ def _reference(act, loss):
 # ---------------------------------------------------------------------------
 def test_param_layout_pack_unpack_views():
     lay = ParamLayout([(3, 5), (2, 4)])
-    assert lay.size == 23 and lay.offsets == [0, 15] and lay.names == ["W1", "W2"]
+    assert isinstance(lay, Layout)  # one layout class: ParamLayout builds a curvlab.layout.Layout
+    assert lay.size == 23 and lay.offsets == (0, 15, 23) and lay.names == ("W1", "W2")
+    assert lay.shapes == ((3, 5), (2, 4))
     flat = np.arange(23.0)
     W1, W2 = lay.unpack(flat)
     assert W1.shape == (3, 5) and W2.shape == (2, 4)
@@ -108,7 +111,7 @@ def test_param_layout_pack_unpack_views():
     W2[0, 0] = -1.0
     assert flat[15] == -1.0  # views write through
     np.testing.assert_array_equal(lay.pack([W1, W2]), flat)
-    with pytest.raises(ValueError, match=r"mats\[1\].*\(2, 4\)"):
+    with pytest.raises(ValueError, match=r"parts\[1\] \(W2\).*\(2, 4\)"):
         lay.pack([W1, np.zeros((4, 2))])
     with pytest.raises(ValueError, match="flat"):
         lay.unpack(np.zeros(22))
