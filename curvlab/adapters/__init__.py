@@ -16,8 +16,11 @@ package) works without PyTorch or JAX installed:
 Attribute access (``curvlab.adapters.TorchCurvature``) imports the framework
 module the first time.
 
->>> from curvlab.adapters import NamedLayout
->>> NamedLayout(["w"], [(2, 2)]).size
+Parameters are laid out flat by :class:`curvlab.layout.Layout` (``NamedLayout``, its
+former name here, is a deprecated alias).
+
+>>> from curvlab.layout import Layout
+>>> Layout(["w"], [(2, 2)]).size
 4
 """
 
@@ -26,9 +29,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._layout import NamedLayout
-
-__all__ = ["NamedLayout", "TorchCurvature", "CurvlabOptimizer", "JaxCurvature", "as_optax"]
+__all__ = ["TorchCurvature", "CurvlabOptimizer", "JaxCurvature", "as_optax"]
 
 _LAZY = {
     "TorchCurvature": "torch",
@@ -41,6 +42,10 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "NamedLayout":  # deprecated alias of curvlab.layout.Layout
+        from ._layout import named_layout
+
+        return named_layout(__name__)
     if name in _LAZY:
         mod = importlib.import_module(f"{__name__}.{_LAZY[name]}")
         return getattr(mod, name)

@@ -3,7 +3,7 @@
 Given ``apply_fn(params, inputs) -> outputs`` (``params`` any pytree), a loss and a
 batch, :class:`JaxCurvature` returns curvlab
 :class:`~curvlab.linalg.operators.LinearOperator` s on the flat vector of a chosen
-subtree of the parameters (``trainable``; layout: :class:`NamedLayout` with
+subtree of the parameters (``trainable``; layout: :class:`curvlab.layout.Layout` with
 ``"a/b/0"``-style key paths, leaves in ``jax.tree_util`` order, row-major):
 Hessian (``jax.jvp`` of ``jax.grad``: forward-over-reverse, default; or
 ``jax.vjp`` of ``jax.grad``: reverse-over-reverse), GGN ``Jᵀ H_L J``, empirical
@@ -52,13 +52,13 @@ import numpy as np
 
 from .. import backend
 from ..linalg.operators import CallableOperator, LinearOperator
-from ..methods._transform import Transform, TransformState
+from ..layout import Layout
+from ..methods import Transform, TransformState
 from ._fisher import mc_fisher_draws
-from ._layout import NamedLayout
 
 __all__ = [
     "JaxCurvature",
-    "NamedLayout",
+    "Layout",
     "to_jax",
     "from_jax",
     "as_optax",
@@ -226,7 +226,7 @@ class JaxCurvature:
         if self.dtype == np.float64 and not jax.config.jax_enable_x64:
             raise TypeError("float64 parameters need jax.config.update('jax_enable_x64', True) before use")
         leaves = [jnp.asarray(leaf) for leaf in leaves]
-        self.layout = NamedLayout([names[i] for i in idx], [tuple(leaves[i].shape) for i in idx], self.dtype)
+        self.layout = Layout([names[i] for i in idx], [tuple(leaves[i].shape) for i in idx], self.dtype)
         self.apply_fn = apply_fn
         self.loss_name = loss if isinstance(loss, str) else None
         self.loss_fn = _builtin_loss(loss) if isinstance(loss, str) else loss
@@ -470,6 +470,14 @@ class JaxCurvature:
         return float(val), from_jax(g), float(c)
 
 
+def __getattr__(name: str) -> Any:
+    if name == "NamedLayout":  # deprecated alias of curvlab.layout.Layout
+        from ._layout import named_layout
+
+        return named_layout(__name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # --------------------------------------------------------------------------- optax wrapper
 class CurvlabOptaxState(NamedTuple):
     """optax state of a wrapped transform: the curvlab state and the step count."""
@@ -479,7 +487,7 @@ class CurvlabOptaxState(NamedTuple):
 
 
 def as_optax(transform: Transform, *, flat: bool = False) -> Any:
-    """A curvlab :class:`~curvlab.methods._transform.Transform` as an optax transformation.
+    """A curvlab :class:`~curvlab.methods.Transform` as an optax transformation.
 
     Returns an ``optax.GradientTransformationExtraArgs``: ``update(grads, state,
     params=None, **extra_args)`` forwards ``extra_args`` (an HVP or curvature

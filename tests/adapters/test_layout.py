@@ -1,11 +1,12 @@
-"""NamedLayout: flat <-> named parameter arrays (no framework needed)."""
+"""The adapters' flat layout (curvlab.layout.Layout; NamedLayout a deprecated alias): flat <-> named
+parameter arrays (no framework needed)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from curvlab.adapters import NamedLayout
+from curvlab.layout import Layout as NamedLayout
 
 
 def test_round_trip_and_views(xp, rng):
@@ -53,3 +54,13 @@ def test_zero_sized_parameters_are_allowed():
     lay = NamedLayout(["a", "empty", "b"], [(2,), (0, 3), (np.int64(1),)])
     assert lay.size == 3 and lay.offsets == (0, 2, 2, 3)
     assert [p.shape for p in lay.unpack(np.arange(3.0))] == [(2,), (0, 3), (1,)]
+
+
+def test_named_layout_is_a_deprecated_alias_of_layout():
+    import curvlab.adapters
+    from curvlab.layout import Layout
+
+    with pytest.warns(DeprecationWarning, match="curvlab.layout.Layout"):
+        assert curvlab.adapters.NamedLayout is Layout
+    with pytest.raises(AttributeError, match="NoSuchName"):
+        curvlab.adapters.NoSuchName  # noqa: B018

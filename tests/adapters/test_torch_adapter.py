@@ -286,7 +286,7 @@ def test_labels_out_of_range_are_refused_by_every_product(label):
 
 def test_labels_are_checked_once_per_targets_tensor(monkeypatch):
     """The label range is one host read for the adapter's targets, not one per product."""
-    import curvlab.adapters.torch as ta
+    import curvlab.adapters.torch.curvature as ta
 
     net, X, y = _net_batch()
     calls = []

@@ -1,0 +1,120 @@
+"""Forward-AD-safe replacements of fused ``torch.nn.functional`` kernels.
+
+:func:`forward_mode_safe_ops` swaps ``layer_norm``, ``batch_norm``, ``instance_norm`` and
+``scaled_dot_product_attention`` for compositions of elementary ops (same values) whose
+nested forward mode and double backward are right in torch 2.13.
+
+Example
+-------
+>>> import torch
+>>> import torch.nn.functional as F
+>>> x = torch.randn(2, 4, dtype=torch.float64)
+>>> with forward_mode_safe_ops():
+...     y = F.layer_norm(x, (4,))
+>>> bool(torch.allclose(y, F.layer_norm(x, (4,))))
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["forward_mode_safe_ops"]
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: ANN001, ANN202
+    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    mu = input.mean(dims, keepdim=True)
+    xc = input - mu
+    out = xc * torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight
+    return out if bias is None else out + bias
+
+
+def _affine_channels(out: torch.Tensor, weight: Any, bias: Any) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (out.ndim - 2)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    return out if bias is None else out + bias.reshape(shape)
+
+
+def _normalize_over(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+    mu = x.mean(dims, keepdim=True)
+    xc = x - mu
+    return xc * torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
+
+
+def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,  # noqa: ANN001, ANN202
+                momentum=0.1, eps=1e-5):
+    if not training and running_mean is not None:
+        shape = (1, -1) + (1,) * (input.ndim - 2)
+        out = (input - running_mean.reshape(shape)) * torch.rsqrt(running_var.reshape(shape) + eps)
+    else:  # batch statistics; running statistics are left untouched while curvature is evaluated
+        out = _normalize_over(input, (0,) + tuple(range(2, input.ndim)), eps)
+    return _affine_channels(out, weight, bias)
+
+
+def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,  # noqa: ANN001, ANN202
+                   use_input_stats=True, momentum=0.1, eps=1e-5):
+    if not use_input_stats and running_mean is not None:
+        return _batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    return _affine_channels(_normalize_over(input, tuple(range(2, input.ndim)), eps), weight, bias)
+
+
+def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,  # noqa: ANN001, ANN202
+          enable_gqa=False):
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        rep = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(rep, -3), value.repeat_interleave(rep, -3)
+    s = (query @ key.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))
+    L, S = query.shape[-2], key.shape[-2]
+    if is_causal:
+        s = s.masked_fill(~torch.ones(L, S, dtype=torch.bool, device=s.device).tril(), float("-inf"))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+    p = torch.softmax(s, dim=-1)
+    if dropout_p > 0.0:
+        p = F.dropout(p, dropout_p)
+    return p @ value
+
+
+_COMPOSITES = {"layer_norm": _layer_norm, "batch_norm": _batch_norm, "instance_norm": _instance_norm,
+               "scaled_dot_product_attention": _sdpa}
+
+
+@contextlib.contextmanager
+def forward_mode_safe_ops(enabled: bool = True) -> Iterator[None]:
+    """Swap a few fused ``torch.nn.functional`` kernels for compositions of elementary ops.
+
+    In torch 2.13 nested forward mode (``jvp`` of ``jvp``) is wrong for the
+    fused ``layer_norm`` and training-mode ``batch_norm``/``instance_norm``
+    kernels, and the CPU flash-attention kernel behind
+    ``scaled_dot_product_attention`` (used by ``nn.MultiheadAttention``) has no
+    forward-mode rule at all (nor a double backward). Inside this context those functions are the
+    textbook formulas (same values; training-mode batch norm does not update the
+    running statistics) and the MultiheadAttention fast path is off. The swap
+    patches module attributes, so it is not thread-safe.
+    """
+    if not enabled:
+        yield
+        return
+    saved = {k: getattr(F, k) for k in _COMPOSITES}
+    mha = getattr(torch.backends, "mha", None)
+    fast = mha.get_fastpath_enabled() if mha is not None else None
+    try:
+        for k, f in _COMPOSITES.items():
+            setattr(F, k, f)
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+        yield
+    finally:
+        for k, f in saved.items():
+            setattr(F, k, f)
+        if mha is not None:
+            mha.set_fastpath_enabled(fast)
