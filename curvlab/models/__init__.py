@@ -26,6 +26,7 @@ from .mlp import (
     hessian_operator,
     loss_output_derivatives,
 )
+from .source import MLPCurvature
 
 __all__ = [
     "ACTIVATIONS",
@@ -37,6 +38,7 @@ __all__ = [
     "dense_layout",
     "LOSSES",
     "MLP",
+    "MLPCurvature",
     "ForwardCache",
     "ParamLayout",
     "activation_derivatives",

@@ -425,11 +425,15 @@ class MLP(MLPProducts):
         >>> [t.shape for t in f[0]]
         [(5, 4), (5, 4, 4), (5, 4)]
         """
-        Ws, X, y = self.check_inputs(params, X, y)
+        factors = self._layer_factors(*self.check_inputs(params, X, y))
+        return [(f.delta, f.M, f.a) for f in factors]
+
+    def _layer_factors(self, Ws: list[Any], X: Any, y: Any) -> list[Any]:
+        """:meth:`layer_hessian_factors` on checked inputs, as
+        :class:`~curvlab.models.layer_hessians.LayerCurvature` records (model dtype; no host sync)."""
         cache = self._forward_cache(Ws, X)
         _, delta, M = loss_output_derivatives(self.loss_name, cache.output, y, self.xp)
-        factors = backprop_curvature(Ws, cache.z, cache.a_tilde, delta, M, self.activation)
-        return [(f.delta, f.M, f.a) for f in factors]
+        return backprop_curvature(Ws, cache.z, cache.a_tilde, delta, M, self.activation)
 
     def activation_derivatives(self, z: Any) -> tuple[Any, Any, Any]:
         """``(σ, σ', σ'')`` of this model's hidden activation at ``z``."""
@@ -452,9 +456,12 @@ class MLP(MLPProducts):
 
     def loss(self, params: Any, X: Any, y: Any) -> float:
         """Batch-mean loss (a Python float)."""
-        Ws, X, y = self.check_inputs(params, X, y)
+        return float(self._loss(*self.check_inputs(params, X, y)))
+
+    def _loss(self, Ws: list[Any], X: Any, y: Any) -> Any:
+        """The batch-mean loss on checked inputs as a 0-d float64 array (no host sync)."""
         _, zL = self._forward(Ws, X)
-        return float(self._head(zL, y)[0])
+        return self._head(zL, y)[0]
 
     def per_sample_losses(self, params: Any, X: Any, y: Any) -> Any:
         """Per-sample losses ``(B,)``."""
@@ -490,12 +497,16 @@ class MLP(MLPProducts):
         >>> g.shape
         (17,)
         """
-        Ws, X, y = self.check_inputs(params, X, y)
+        loss, grad = self._loss_and_grad(*self.check_inputs(params, X, y))
+        return float(loss), grad
+
+    def _loss_and_grad(self, Ws: list[Any], X: Any, y: Any) -> tuple[Any, Any]:
+        """:meth:`loss_and_grad` on checked inputs; the loss as a 0-d array (no host sync)."""
         acts, zL = self._forward(Ws, X)
         loss, delta, _ = self._head(zL, y)
         grad = self.xp.empty(self.n_params, dtype=self.dtype)
         self._backward(Ws, acts, delta, grad)
-        return float(loss), grad
+        return loss, grad
 
     def grad(self, params: Any, X: Any, y: Any) -> Any:
         """The gradient ``(P,)`` only."""
@@ -503,8 +514,11 @@ class MLP(MLPProducts):
 
     def per_sample_grads(self, params: Any, X: Any, y: Any) -> Any:
         """Gradients ``(B, P)`` of the per-sample losses ``ℓ_b``; their mean is the batch gradient."""
+        return self._per_sample_grads(*self.check_inputs(params, X, y))
+
+    def _per_sample_grads(self, Ws: list[Any], X: Any, y: Any) -> Any:
+        """:meth:`per_sample_grads` on checked inputs (no host sync)."""
         xp = self.xp
-        Ws, X, y = self.check_inputs(params, X, y)
         acts, zL = self._forward(Ws, X)
         B = X.shape[0]
         _, delta, _ = self._head(zL, y)

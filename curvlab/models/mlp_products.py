@@ -342,9 +342,14 @@ class MLPProducts:
         >>> bool(np.isclose(c, d @ m.hvp(p, X, y, d)))
         True
         """
-        xp = self.xp
         Ws, X, y = self.check_inputs(params, X, y)
-        d = self._check_dir(d, "d", 1)
+        loss, grad, c = self._grad_and_curvature(Ws, X, y, self._check_dir(d, "d", 1), params)
+        return float(loss), grad, float(c)
+
+    def _grad_and_curvature(self, Ws: list[Any], X: Any, y: Any, d: Any, params: Any) -> tuple[Any, Any, Any]:
+        """:meth:`grad_and_curvature` on checked inputs (``Ws`` the layer views of the flat
+        ``params``); loss and ``c`` as 0-d float64 arrays (no host sync)."""
+        xp = self.xp
         # scale d to the parameters' magnitude (max-abs, device-side, no sync, no overflow)
         nd = xp.max(xp.abs(d))
         nt = xp.max(xp.abs(params))
@@ -414,7 +419,7 @@ class MLPProducts:
                 delta = g
         s64 = scale.astype(np.float64)
         c = c / (s64 * s64)
-        return float(loss), grad, float(c)
+        return loss, grad, c
 
     # -- dense (tests only) ----------------------------------------------------
     def dense_hessian(self, params: Any, X: Any, y: Any, block: int = 256) -> Any:
