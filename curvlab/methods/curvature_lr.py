@@ -19,10 +19,18 @@ Schedules: :class:`ConstantSchedule` and exponential decay from an exploration v
 ``λ_0`` to a convergence value ``λ_end`` (:class:`GeometricSchedule`, the default
 ``2.0 → 0.1``, and :class:`ExpFloorSchedule`).
 
-The curvature ``c`` comes from the extra ``curvature(d) -> float`` (any callable: the
-adapters pass theirs) or from ``model.curvature(params, X, y, d, mode)`` of the reference
-MLP (``mode="forward"``: Taylor mode, ``"adjoint"``: adjoint mode). ``⟨g, d⟩`` and
-``‖d‖²`` are accumulated in float64.
+The curvature ``c`` comes from a curvature source (:class:`curvlab.sources.CurvatureSource`:
+the reference MLP's, ``TorchCurvature``, ``JaxCurvature``): ``mode="forward"`` calls
+``source.directional_curvature(d)`` (Taylor mode), ``"adjoint"`` ``source.grad_and_curvature(d)``
+(adjoint mode, arXiv 2210.14520 §3, whose loss also serves the realised change). The source is
+given once, ``CurvatureLR(source=src)`` (the extra ``data=batch`` rebinds the batch), or per step,
+``update(..., source=src)``; either way it is rebound to the step's ``params`` with
+``src.at(params=..., data=...)``, reusing what it built or compiled (no per-step rebuild;
+``params`` is the flat vector of ``src.layout`` or a pytree of its parameters in layout order).
+The older extras still work: ``curvature(d) -> float`` (any callable), or
+``model.curvature(params, X, y, d, mode)`` of the reference MLP. ``⟨g, d⟩`` and ``‖d‖²``
+are accumulated in float64. Only ``dᵀHd`` is needed, so every source serves (no
+``layer_structure()``).
 
 Policy when ``c ≤ c_rel·‖d‖²`` (negative, zero or tiny curvature), ``curvature_policy``:
 ``"fallback"`` (default) steps with ``fallback_lr`` (``None``: the previous valid ``t``,
@@ -76,6 +84,7 @@ from ._transform import (
     check_tree_like,
     state_leaves,
 )
+from ._source import flat_of, resolve_source
 from .baselines import SGD
 
 __all__ = [
@@ -267,8 +276,11 @@ class CurvatureLR(Transform):
     schedule:
         ``λ``: a number (constant), a schedule object, or any ``k -> λ`` callable.
     mode:
-        ``dᵀHd`` mode of the reference MLP when the extra ``model`` is given: "forward" (Taylor)
-        or "adjoint".
+        ``dᵀHd`` mode of the source (or of the reference MLP given as the extra ``model``):
+        "forward" (Taylor, ``directional_curvature``) or "adjoint" (``grad_and_curvature``).
+    source:
+        A curvature source, rebound each step (module docstring); or pass ``source=`` to
+        ``update``. The rebound source is also passed to the base (as its extra ``source``).
     curvature_policy, fallback_lr, c_rel, t_init:
         Non-positive/tiny-curvature policy (module docstring): "fallback" | "abs" | "floor" | "skip".
     sign:
@@ -287,8 +299,11 @@ class CurvatureLR(Transform):
                  curvature_policy: str = "fallback", fallback_lr: float | None = None, c_rel: float = 1e-12,
                  t_init: float = 0.1, sign: str = "keep", max_step: float | None = None,
                  realized: bool = True, *, nan_policy: str = "skip",
-                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS, source: Any = None) -> None:
         self.set_nan_policy(nan_policy, max_consecutive_skips)
+        if source is not None:
+            resolve_source("CurvatureLR", source, None, None, None)   # type check only
+        self.source = source
         self.base = SGD(lr=1.0) if base is None else base
         if not isinstance(self.base, Transform):
             raise TypeError(f"base must be a curvlab Transform, got {type(self.base).__name__}")
@@ -334,10 +349,12 @@ class CurvatureLR(Transform):
     def _update(self, grads: Tree, state: CurvatureLRState, params: Tree | None = None, *,
                 curvature: Callable[[Tree], float] | None = None, model: Any = None, X: Any = None,
                 y: Any = None, loss: float | None = None, loss_fn: Callable[[Tree], float] | None = None,
+                source: Any = None, data: Any = None,
                 **extras: Any) -> tuple[Tree, CurvatureLRState, CurvatureLRInfo]:
         """One rescaled step: ``(updates = −t·d, new_state, info)``.
 
-        Extras: ``curvature(d) -> dᵀHd`` (``d`` structured like ``grads``), or ``model`` with
+        Extras: ``source`` (and/or ``data``: see the module docstring), or
+        ``curvature(d) -> dᵀHd`` (``d`` structured like ``grads``), or ``model`` with
         ``X``, ``y`` (reference MLP, flat params; ``mode`` picks its dᵀHd mode); ``loss`` =
         f(θ) and ``loss_fn(params) -> float`` for the realised change (``model`` supplies both).
         Other extras, and ``model``, ``X``, ``y``, go to the base's ``direction``.
@@ -350,6 +367,12 @@ class CurvatureLR(Transform):
         propagate = self.nan_policy == "propagate"
         base_extras = dict(extras)
         base_extras.update({k: v for k, v in (("model", model), ("X", X), ("y", y)) if v is not None})
+        src = None
+        if curvature is None and (source is not None or self.source is not None or data is not None):
+            if params is None:
+                raise ValueError("CurvatureLR with a curvature source needs params (the source is rebound to them)")
+            src = resolve_source("CurvatureLR", self.source, source, data, params)
+            base_extras["source"] = src
         d, base_state = self.base.direction(grads, state.base, params, **base_extras)
         lam = float(self.schedule(state.count))
         new = dataclasses.replace(state, count=state.count + 1, base=base_state, consecutive_skips=0)
@@ -373,7 +396,11 @@ class CurvatureLR(Transform):
             if self.sign == "clamp":
                 info.event = 4
                 return zeros, new, info
-        c = self._curvature(d, params, curvature, model, X, y)
+        f_src = None
+        if src is not None:
+            c, f_src = self._source_curvature(src, d)
+        else:
+            c = self._curvature(d, params, curvature, model, X, y)
         info.c = c
         if not math.isfinite(c):
             if propagate:
@@ -408,6 +435,10 @@ class CurvatureLR(Transform):
         info.predicted = -t * gd + 0.5 * t * t * c
         upd = tree_map(lambda x: x * x.dtype.type(-t), d)
         if self.realized:
+            if loss_fn is None and src is not None:
+                lay = src.layout
+                loss_fn = lambda p: src.at(params=flat_of(lay, p, "params", "CurvatureLR")).loss()  # noqa: E731
+                loss = f_src if loss is None else loss
             if loss_fn is None and model is not None and X is not None:
                 loss_fn = lambda p: model.loss(p, X, y)  # noqa: E731
             if loss_fn is not None and params is not None:
@@ -423,6 +454,14 @@ class CurvatureLR(Transform):
         info.event = 3
         return tree_map(lambda x: x * x.dtype.type(math.nan), d), new, info
 
+    def _source_curvature(self, src: Any, d: Tree) -> tuple[float, float | None]:
+        """``(dᵀHd, loss or None)`` from the source in this transform's ``mode``."""
+        v = flat_of(src.layout, d, "the direction d", "CurvatureLR")
+        if self.mode == "forward":
+            return float(src.directional_curvature(v)), None
+        f, _, c = src.grad_and_curvature(v)
+        return float(c), float(f)
+
     def _curvature(self, d: Tree, params: Tree | None, curvature: Any, model: Any, X: Any, y: Any) -> float:
         if curvature is not None:
             return float(curvature(d))
@@ -430,4 +469,5 @@ class CurvatureLR(Transform):
             if params is None or X is None or y is None:
                 raise ValueError("the extra model needs params, X and y to compute dᵀHd")
             return float(model.curvature(params, X, y, d, mode=self.mode))
-        raise ValueError("CurvatureLR.update needs the extra curvature(d) -> dᵀHd, or model with X and y")
+        raise ValueError("CurvatureLR.update needs a curvature source (source=, here or at construction), "
+                         "the extra curvature(d) -> dᵀHd, or model with X and y")

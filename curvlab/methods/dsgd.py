@@ -17,8 +17,17 @@ layer norm (:mod:`curvlab.linalg.duality`: spectral by default, Frobenius, scale
 * ``"bound"`` (default, rigorous; [derived] for a dense MLP with softmax cross-entropy,
   bias folded as the last column of ``W_i``, see :func:`mlp_layer_smoothness_bound`);
 * ``"estimate"``: ``L̂_i = safety · ρ_iᵀ H_ii ρ_i / ‖ρ_i‖_i²`` from the local curvature along
-  the layer's dual step (a ``curvature`` callable returning ``dᵀHd``); not rigorous;
+  the layer's dual step (``d`` = ``ρ_i`` on block ``i``, zero elsewhere): ``dᵀHd`` from any
+  curvature source (``source.directional_curvature``) or a ``curvature`` callable; not rigorous;
 * ``"constant"``: user-given ``L_i``.
+
+Passing the curvature: ``update(grads, state, params, source=src)`` (or ``DSGD(source=src)``
+and the extra ``data=batch``); the method rebinds the source to ``params`` with
+``src.at(params=..., data=...)`` (no rebuild). ``params`` is a pytree with one leaf per block,
+or a flat vector split by ``shapes=`` or, failing that, by ``src.layout``. The estimate rule
+runs on every source (reference MLP, torch, JAX); the bound needs the reference MLP's source
+(its model's activation and loss and its batch inputs ``X``), and says so otherwise. Neither
+needs ``layer_structure()``.
 
 Deterministic mode passes full-batch gradients (and the full ``X`` to the bound);
 mini-batch mode passes a batch (``average="mean"``: the bound is valid for that batch's
@@ -46,8 +55,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import backend
+from ..layout import Layout
 from ..linalg import duality
-from ..tree import tree_flatten, tree_unflatten
+from ..tree import tree_flatten, tree_map, tree_unflatten
+from ._source import flat_of, resolve_source
 from ._transform import (
     DEFAULT_MAX_CONSECUTIVE_SKIPS,
     StepInfo,
@@ -168,6 +179,22 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
     return logL if log else np.exp(logL)
 
 
+def _bound_mlp(src: Any) -> tuple[Any, Any]:
+    """``(model, X)`` of a source over the reference MLP, which the rigorous bound covers;
+    ``ValueError`` saying what the bound needs otherwise."""
+    from ..models.mlp import MLP  # noqa: PLC0415 (lazy: models import methods' siblings)
+
+    model = getattr(src, "model", None)
+    data = getattr(src, "data", None)
+    if not isinstance(model, MLP) or not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(
+            "rule='bound' is the rigorous smoothness constant of a dense MLP with a C² activation (arXiv "
+            "1708.00523, the layer-wise β/γ recursion); it needs the reference MLP's curvature source (a .model "
+            f"that is a curvlab MLP and one batch .data = (X, y)), got {type(src).__name__}; use rule='estimate' "
+            "(dᵀHd from any source) or rule='constant'")
+    return model, data[0]
+
+
 @dataclasses.dataclass
 class DSGDState(TransformState):
     """State of :class:`DSGD` (all float64/int64 host arrays; the step's report is its
@@ -217,26 +244,14 @@ class DSGDInfo(StepInfo):
     actual: float = math.nan
 
 
-class _Blocks:
-    """Flat ⟷ list-of-blocks conversion (row-major) for a given list of block shapes."""
-
-    def __init__(self, shapes: Sequence[Sequence[int]]) -> None:
-        self.shapes = [tuple(int(s) for s in sh) for sh in shapes]
-        self.sizes = [int(np.prod(sh)) for sh in self.shapes]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
-
-    def unpack(self, flat: Any) -> list[Any]:
-        if flat.ndim != 1 or flat.shape[0] != self.offsets[-1]:
-            raise ValueError(f"flat vector must have shape ({self.offsets[-1]},), got {tuple(flat.shape)}")
-        return [flat[self.offsets[i]:self.offsets[i + 1]].reshape(sh) for i, sh in enumerate(self.shapes)]
-
-    def pack(self, blocks: Sequence[Any]) -> Any:
-        xp = backend.get_namespace(*blocks)
-        return xp.concatenate([b.reshape(-1) for b in blocks])
-
-
-def _shapes_of(shapes: Any) -> list[tuple[int, ...]]:
-    return list(getattr(shapes, "shapes", shapes))
+def _as_layout(shapes: Any) -> Layout:
+    """``shapes=`` as a :class:`~curvlab.layout.Layout`: a Layout itself, an object with
+    ``.shapes`` (and ``.names``, such as the MLP's ``ParamLayout``), or a list of shapes."""
+    if isinstance(shapes, Layout):
+        return shapes
+    shp = list(getattr(shapes, "shapes", shapes))
+    names = getattr(shapes, "names", None)
+    return Layout(list(names) if names is not None else [f"block{i}" for i in range(len(shp))], shp)
 
 
 class DSGD(Transform):
@@ -255,9 +270,9 @@ class DSGD(Transform):
     allow_large_step:
         Accept ``step ≥ 2`` (above).
     rule:
-        "bound" | "estimate" | "constant" (module docstring). "bound" needs the extra ``X``
-        (batch inputs) and ``params``; "estimate" needs the extra ``curvature(d) -> dᵀHd`` with
-        ``d`` structured like ``params``; "constant" uses ``constants``.
+        "bound" | "estimate" | "constant" (module docstring). "bound" needs ``params`` and the extra ``X``
+        (batch inputs) or the reference MLP's source; "estimate" needs a source or the extra
+        ``curvature(d) -> dᵀHd`` with ``d`` structured like ``params``; "constant" uses ``constants``.
     activation, loss, average:
         For the bound: hidden activation, "cross_entropy" | "mse", "mean" | "max".
     safety:
@@ -268,6 +283,9 @@ class DSGD(Transform):
         Block shapes when params/grads are flat vectors (a list of shapes or an object with
         ``.shapes`` such as the MLP's ``ParamLayout``); pytrees of blocks (list, tuple, dict:
         one leaf per layer, in :mod:`curvlab.tree` order) need none and keep their structure.
+    source:
+        A curvature source (see the module docstring), rebound each step; or pass ``source=``
+        to ``update``.
     verify:
         With the extra ``loss_fn(params) -> float`` (and optionally ``loss`` = f(w)), record the
         actual decrease in the state (one or two extra forward passes).
@@ -292,8 +310,12 @@ class DSGD(Transform):
                  loss: str = "cross_entropy", average: str = "mean", constants: Sequence[float] | None = None,
                  safety: float = 2.0, method: str | Sequence[str] = "svd", selection: str = "greedy",
                  shapes: Any = None, verify: bool = False, seed: int = 0, *, allow_large_step: bool = False,
-                 nan_policy: str = "skip", max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
+                 nan_policy: str = "skip", max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS,
+                 source: Any = None) -> None:
         self.set_nan_policy(nan_policy, max_consecutive_skips)
+        if source is not None:
+            resolve_source("DSGD", source, None, None, None)   # type check only
+        self.source = source
         if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)):
             raise TypeError(f"step must be a real number in (0, 2), got {type(step).__name__}")
         self.step_size = float(step)
@@ -340,7 +362,7 @@ class DSGD(Transform):
         self.rule, self.activation, self.loss, self.average = rule, activation, loss, average
         self.constants = None if constants is None else np.asarray(constants, dtype=np.float64)
         self.selection, self.verify, self.seed = selection, bool(verify), int(seed)
-        self.blocks = None if shapes is None else _Blocks(_shapes_of(shapes))
+        self.blocks = None if shapes is None else _as_layout(shapes)
 
     # -- structure -------------------------------------------------------------------
     def _layer_norms(self, K: int) -> list[duality.LayerNorm]:
@@ -354,12 +376,22 @@ class DSGD(Transform):
         return [duality.LayerNorm(k, s, m) for k, s, m in
                 zip(per(self.norm, "norm"), per(self.scale, "scale"), per(self.method, "method"))]
 
-    def _split(self, tree: Tree, name: str) -> list[Any]:
+    def _split(self, tree: Tree, name: str, blocks: Layout | None = None) -> list[Any]:
         if isinstance(tree, (list, tuple, dict)):
             return tree_flatten(tree)[0]
-        if self.blocks is None:
-            raise ValueError(f"{name} is a flat vector: pass shapes= (block shapes or the MLP layout) to DSGD")
-        return self.blocks.unpack(tree)
+        blocks = blocks if blocks is not None else self._blocks_for(None)
+        if blocks is None:
+            raise ValueError(f"{name} is a flat vector: pass shapes= (block shapes or the MLP layout) or a curvature "
+                             "source (source=) to DSGD")
+        blocks.check_flat(tree, name)
+        return blocks.unpack(tree)
+
+    def _blocks_for(self, src: Any) -> Layout | None:
+        """The layout that splits flat vectors: ``shapes=``, else the source's layout."""
+        if self.blocks is not None:
+            return self.blocks
+        src = src if src is not None else self.source
+        return None if src is None else src.layout
 
     def init(self, params: Tree) -> DSGDState:
         blocks = self._split(params, "params")
@@ -455,32 +487,34 @@ class DSGD(Transform):
         gives a NaN ``d`` and the unchanged state, so that the caller's policy decides."""
         d, new, info = self._step(grads, state, params, True, **extras)
         if info.skipped:
-            xp = backend.get_namespace(*self._split(d, "d"))
-            return (self.blocks.pack([xp.full(b.shape, np.nan, dtype=b.dtype) for b in self._split(d, "d")])
-                    if not isinstance(d, (list, tuple, dict)) else
-                    tree_unflatten(tree_flatten(d)[1], [xp.full(b.shape, np.nan, dtype=b.dtype)
-                                                         for b in tree_flatten(d)[0]])), state
+            return tree_map(lambda b: backend.get_namespace(b).full(b.shape, np.nan, dtype=b.dtype), d), state
         return d, new
 
     def _step(self, grads: Tree, state: DSGDState, params: Tree | None, as_direction: bool, *, X: Any = None,
               curvature: Callable[[Tree], float] | None = None,
               loss_fn: Callable[[Tree], float] | None = None, loss: float | None = None,
-              constants: Sequence[float] | None = None, **extras: Any) -> tuple[Tree, DSGDState, DSGDInfo]:
+              constants: Sequence[float] | None = None, source: Any = None, data: Any = None,
+              **extras: Any) -> tuple[Tree, DSGDState, DSGDInfo]:
         flat = not isinstance(grads, (list, tuple, dict))
         treedef = None if flat else tree_flatten(grads)[1]
-        G = self._split(grads, "grads")
+        src0 = source if source is not None else self.source
+        if src0 is None and data is not None:
+            raise ValueError("DSGD: the extra data= rebinds a curvature source, but none was given "
+                             "(pass source= to the constructor or to update)")
+        blocks = self._blocks_for(src0)
+        G = self._split(grads, "grads", blocks)
         K = len(G)
         if state.layer_counts.shape != (K,):
             raise ValueError(f"state is for {state.layer_counts.shape[0]} layers, grads have {K}")
         W = None
         if params is not None:
             check_tree_like("grads", grads, params)
-            W = self._split(params, "params")
+            W = self._split(params, "params", blocks)
         xp = backend.get_namespace(*G)
         zeros = [xp.zeros_like(g) for g in G]
 
-        def out(blocks: list[Any]) -> Tree:
-            return self.blocks.pack(blocks) if flat else tree_unflatten(treedef, blocks)
+        def out(parts: list[Any]) -> Tree:
+            return blocks.pack(parts) if flat else tree_unflatten(treedef, parts)
 
         if self.nonfinite(G, blame={"grads": G}):   # one host sync for all the blocks
             return out(zeros), self.skipped(state), DSGDInfo(skipped=True)
@@ -491,7 +525,12 @@ class DSGD(Transform):
         norms = self._layer_norms(K)
         dn, maps, n_fb = self._dual_all(G, norms)
         new.n_fallback += n_fb
-        logL = self._log_constants(G, W, maps, dn, X, curvature, constants, new, flat, norms)
+        src = None
+        if src0 is not None and constants is None and self.rule != "constant":
+            if params is None:
+                raise ValueError("DSGD with a curvature source needs params (the source is rebound to them)")
+            src = resolve_source("DSGD", self.source, source, data, params)   # bound to this step's params
+        logL = self._log_constants(G, W, maps, dn, X, curvature, constants, new, flat, norms, src, blocks)
         valid = np.isfinite(logL) & (dn > 0)
         new.n_excluded += int(np.sum(~np.isfinite(logL) & (dn > 0)))
         with np.errstate(divide="ignore"):
@@ -535,7 +574,7 @@ class DSGD(Transform):
 
     def _log_constants(self, G: list[Any], W: list[Any] | None, maps: list[Any], dn: np.ndarray, X: Any,
                        curvature: Any, constants: Any, new: DSGDState, flat: bool,
-                       norms: list[duality.LayerNorm]) -> np.ndarray:
+                       norms: list[duality.LayerNorm], src: Any = None, blocks: Layout | None = None) -> np.ndarray:
         K = len(G)
         if constants is not None or self.rule == "constant":
             Lc = np.asarray(constants if constants is not None else self.constants, dtype=np.float64)
@@ -544,13 +583,25 @@ class DSGD(Transform):
             with np.errstate(divide="ignore", invalid="ignore"):
                 return np.where((Lc > 0) & np.isfinite(Lc), np.log(np.where(Lc > 0, Lc, 1.0)), np.inf)
         if self.rule == "bound":
+            activation, loss = self.activation, self.loss
+            if src is not None:
+                model, Xs = _bound_mlp(src)
+                activation, loss = model.activation, model.loss_name
+                X = Xs if X is None else X
             if X is None or W is None:
-                raise ValueError("rule='bound' needs params and the extra X (the batch inputs, shape (B, n_0))")
-            return mlp_layer_smoothness_bound(W, X, self.activation, self.loss, self.average, log=True,
+                raise ValueError("rule='bound' needs params and the extra X (the batch inputs, shape (B, n_0)), "
+                                 "or the reference MLP's source (source=)")
+            return mlp_layer_smoothness_bound(W, X, activation, loss, self.average, log=True,
                                               op_norms=self._op_norms(W, new))
         # rule == "estimate"
+        if curvature is None and src is not None:
+            lay = src.layout
+
+            def curvature(d: Any) -> float:   # dᵀHd of the source, d supported on one layer
+                return src.directional_curvature(flat_of(lay, d, "d", "DSGD"))
         if curvature is None:
-            raise ValueError("rule='estimate' needs the extra curvature(d) -> dᵀHd (d structured like params)")
+            raise ValueError("rule='estimate' needs the extra curvature(d) -> dᵀHd (d structured like params), "
+                             "or a curvature source (source=)")
         logL = np.full(K, np.inf)
         xp = backend.get_namespace(*G)
         for i in range(K):
@@ -558,7 +609,7 @@ class DSGD(Transform):
                 continue
             d = [xp.zeros_like(g) for g in G]
             d[i] = self._map(G[i], norms[i], maps, i, new)
-            c = float(curvature(self.blocks.pack(d) if flat else d))
+            c = float(curvature(blocks.pack(d) if flat else d))
             Lhat = self.safety * c / (dn[i] ** 2)
             if np.isfinite(Lhat) and Lhat > 0:
                 new.L_prev[i] = Lhat

@@ -82,6 +82,7 @@ from .. import backend
 from ..linalg.kronecker import KroneckerSumBlock, adjust_spectrum, canonical_rule, eigh_batched
 from ..models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
 from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten, tree_zeros_like
+from ._source import layer_structure, leaves_by_name, resolve_source
 from ._transform import (
     DEFAULT_MAX_CONSECUTIVE_SKIPS,
     StepInfo,
@@ -125,6 +126,17 @@ class ExactNewtonState(TransformState):
     n_indefinite: int
     n_singular: int
     n_skipped_steps: int = 0
+    fallback: Any = None
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """As :meth:`TransformState.to_dict`, the fallback's state nested under ``"fallback/"`` keys."""
+        fb = self.fallback
+        d = TransformState.to_dict(dataclasses.replace(self, fallback=None))
+        if fb is not None:
+            d.pop("fallback/none", None)
+            for k, v in fb.to_dict().items():
+                d["fallback/" + k] = v
+        return d
 
 
 @dataclasses.dataclass
@@ -135,7 +147,9 @@ class ExactNewtonInfo(StepInfo):
     Filled only with ``ExactNewton(diagnostics=True)`` (NaN, and −1 for ``n_negative``,
     otherwise): ``kappa_min``/``kappa_max``, the extreme per-sample curvature eigenvalues
     ``κ = ‖ã‖² μ(M)``; ``n_negative``, the count of κ < 0 over the batch; ``step_norm``,
-    ``‖update_l‖_F``. Always: ``n_excluded`` samples excluded this step, ``lr`` the step size.
+    ``‖update_l‖_F``. Always: ``n_excluded`` samples excluded this step, ``lr`` the step size;
+    ``fallback``, the fallback transform's info (parameters outside the dense layers; None
+    without them).
     """
 
     kappa_min: Any = None
@@ -143,6 +157,7 @@ class ExactNewtonInfo(StepInfo):
     n_negative: Any = None
     step_norm: Any = None
     n_excluded: int = 0
+    fallback: Any = None
 
 
 def _check_adjust(kappa_min: float, kappa_max: float, shift: float) -> None:
@@ -348,6 +363,21 @@ class ExactNewton(Transform):
 
     Host syncs: 2 per ``update`` of its own (module docstring).
 
+    source : CurvatureSource, optional
+        A curvature source with dense layers (``layer_structure()``; the reference MLP's
+        :class:`~curvlab.models.MLPCurvature`), rebound each step with
+        ``source.at(params=params, data=data)`` (no rebuild); or pass ``source=`` to ``update``.
+    fallback : Transform, optional
+        Updates the parameters outside the source's dense layers (their own rule, e.g.
+        ``SGD(lr=0.01)``); its state is nested in this state (initialised at the first step that
+        has such parameters). Without one, such parameters raise ``ValueError``. In
+        :meth:`direction` the fallback gives its own direction for them.
+
+    Passing the curvature: ``update(grads, state, params, source=src)`` (or ``data=batch``
+    with the constructor's source): ``params`` is the flat vector of ``src.layout`` or a pytree
+    of its parameters in layout order; each dense layer's ``M_b`` and ``a_b`` come from
+    ``src.layer_structure()`` (a separate bias joins its weight as ``W̃ = [W | b]``). A source
+    without dense layers raises ``TypeError``. Older entry points:
     ``update(grads, state, params, *, model=, X=, y=)`` (flat params of a
     :class:`~curvlab.models.mlp.MLP`), or ``update(grads, state, params, X=, y=, activation=,
     loss=)`` with ``params`` a list (or any pytree, leaves in :mod:`curvlab.tree` order) of
@@ -363,8 +393,18 @@ class ExactNewton(Transform):
                  objective: str = "damped", *, block_spectrum: str = "per_sample", on_indefinite: str = "apply",
                  kappa_min: float = 1e-4, kappa_max: float = 1.0, shift: float = 0.1,
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS, layers: Sequence[int] | None = None,
-                 nan_policy: str = "skip", diagnostics: bool = False) -> None:
+                 nan_policy: str = "skip", diagnostics: bool = False, source: Any = None,
+                 fallback: Transform | None = None) -> None:
         self.set_nan_policy(nan_policy, max_consecutive_skips)
+        if fallback is not None and not isinstance(fallback, Transform):
+            raise TypeError(f"fallback must be a curvlab Transform (such as SGD(lr=0.01)), got {type(fallback).__name__}")
+        if fallback is not None and getattr(fallback, "inplace", False):
+            raise ValueError(f"fallback {type(fallback).__name__} updates its state in place, so a step this "
+                             "transform skips would still change it; build it with copy_state=True")
+        self.fallback = fallback
+        if source is not None:
+            resolve_source("ExactNewton", source, None, None, None)   # type check only
+        self.source = source
         self.diagnostics = bool(diagnostics)
         _check_adjust(kappa_min, kappa_max, shift)
         if not (float(lr) > 0 and np.isfinite(lr)):
@@ -388,6 +428,15 @@ class ExactNewton(Transform):
         check_params(params)
         return ExactNewtonState(0, 0, 0, 0, 0, 0, 0)
 
+    def load_state(self, d: dict[str, Any], xp: Any = np) -> ExactNewtonState:
+        """The state saved by ``to_dict``, the fallback's through the fallback's own ``load_state``."""
+        own = {k: v for k, v in d.items() if not k.startswith("fallback/")}
+        st = ExactNewtonState.from_dict(own, xp=xp)
+        sub = {k[9:]: v for k, v in d.items() if k.startswith("fallback/") and k != "fallback/none"}
+        if sub and self.fallback is None:
+            raise ValueError("the saved state holds a fallback state but this ExactNewton has no fallback=")
+        return dataclasses.replace(st, fallback=self.fallback.load_state(sub, xp=xp) if sub else None)
+
     def _empty_info(self, L: int, **kw: Any) -> ExactNewtonInfo:
         z = np.zeros(L) if self.diagnostics else np.full(L, np.nan)
         n_neg = np.zeros(L, dtype=np.int64) if self.diagnostics else np.full(L, -1, dtype=np.int64)
@@ -409,26 +458,99 @@ class ExactNewton(Transform):
         return d, new
 
     def _step(self, grads: Tree, state: ExactNewtonState, params: Tree | None, scale: float, *,
+              source: Any = None, data: Any = None,
               model: Any = None, X: Any = None, y: Any = None, factors: Sequence[LayerCurvature] | None = None,
               activation: str = "tanh", loss: str = "cross_entropy",
               **extras: Any) -> tuple[Tree, ExactNewtonState, ExactNewtonInfo]:
         if params is None:
             raise ValueError("ExactNewton.update needs params (the current weights)")
+        src = resolve_source("ExactNewton", self.source, source, data, params)
+        if src is not None:
+            return self._source_step(grads, state, params, scale, src)
         leaves, treedef = tree_flatten(params)
         flat = treedef.num_leaves == 1 and not isinstance(params, (list, tuple, dict))
         if flat:
             if model is None:
-                raise ValueError("flat params need model= (an MLP whose layout unpacks them); or pass a list of weights")
+                raise ValueError("flat params need source= (a curvature source with dense layers, such as "
+                                 "curvlab.models.MLPCurvature) or model= (an MLP whose layout unpacks them); "
+                                 "or pass a list of weights")
             weights = model.layout.unpack(params)
         else:
             weights = list(leaves)
         check_tree_like("grads", grads, params)
         if factors is None:
             if X is None or y is None:
-                raise ValueError("ExactNewton.update needs X= and y= (the batch), or factors=")
+                raise ValueError("ExactNewton.update needs X= and y= (the batch), or factors=, or source=")
             factors = (layer_hessian_factors(model, params if flat else model.layout.pack(weights), X, y)
                        if model is not None
                        else layer_curvature(weights, X, y, activation=activation, loss=loss))
+        ups, new, info = self._core(grads, state, weights, factors, scale)
+        if ups is None:
+            return tree_zeros_like(params), new, info
+        return (model.layout.pack(ups) if flat else tree_unflatten(treedef, ups)), new, info
+
+    def _source_step(self, grads: Tree, state: ExactNewtonState, params: Tree, scale: float,
+                     src: Any) -> tuple[Tree, ExactNewtonState, ExactNewtonInfo]:
+        """The step on a curvature source: the dense layers from ``src.layer_structure()``
+        (a separate bias joins its weight as the last column, ``W̃ = [W | b]``, arXiv
+        2104.03804 eq. 7), the other parameters through ``fallback``."""
+        P, rebuild = leaves_by_name(src.layout, params, "params", "ExactNewton")
+        G, _ = leaves_by_name(src.layout, grads, "grads", "ExactNewton")
+        layers = layer_structure(src, "ExactNewton", "the per-sample layer factors M ⊗ ããᵀ of arXiv 2104.03804")
+        used: list[str] = []
+        for i, lay in enumerate(layers):
+            names = [lay.weight] + ([lay.bias] if lay.bias is not None and not lay.bias_folded else [])
+            for n in names:
+                if n not in P:
+                    raise ValueError(f"layer_structure()[{i}] ({lay.name}) names the parameter {n!r}, which is not "
+                                     f"in the source's layout {list(src.layout.names)}")
+                if n in used:
+                    raise ValueError(f"layer_structure()[{i}] ({lay.name}) names the parameter {n!r} twice")
+            used += names
+        rest = [n for n in src.layout.names if n not in used]
+        if rest and self.fallback is None:
+            raise ValueError(f"ExactNewton: the parameters {rest} lie outside the source's dense layers; pass "
+                             "fallback= (a transform such as SGD(lr=0.01)) to update them")
+        weights, factors = [], []
+        for lay in layers:
+            W = P[lay.weight]
+            xp = backend.get_namespace(W)
+            if lay.bias is not None and not lay.bias_folded:
+                W = xp.concatenate([W, xp.reshape(P[lay.bias], (-1, 1))], axis=1)
+            A = lay.inputs.astype(np.float64, copy=False)
+            if lay.bias is not None or lay.bias_folded:
+                A = xp.concatenate([A, xp.ones((A.shape[0], 1), dtype=np.float64)], axis=1)
+            factors.append(LayerCurvature(lay.output_grads.astype(np.float64, copy=False),
+                                          lay.output_hessians.astype(np.float64, copy=False), A, None))
+            weights.append(W)
+        ups, new, info = self._core(grads, state, weights, factors, scale)
+        if ups is None:
+            return tree_zeros_like(params), new, info
+        out: dict[str, Any] = {}
+        for lay, u in zip(layers, ups):
+            if lay.bias is not None and not lay.bias_folded:
+                xp = backend.get_namespace(u)
+                out[lay.weight] = xp.ascontiguousarray(u[:, :-1])
+                out[lay.bias] = xp.ascontiguousarray(u[:, -1])
+            else:
+                out[lay.weight] = u
+        if rest:
+            rp, rg = {n: P[n] for n in rest}, {n: G[n] for n in rest}
+            fb = state.fallback if state.fallback is not None else self.fallback.init(rp)
+            if scale < 0:
+                fu, fb_new = self.fallback.direction(rg, fb, rp)
+                fb_info = None
+            else:
+                fu, fb_new, fb_info = self.fallback.update_with_info(rg, fb, rp)
+            out.update(fu)
+            new = dataclasses.replace(new, fallback=fb_new)
+            info.fallback = fb_info
+        return rebuild(out), new, info
+
+    def _core(self, grads: Tree, state: ExactNewtonState, weights: list[Any], factors: Sequence[LayerCurvature],
+              scale: float) -> tuple[list[Any] | None, ExactNewtonState, ExactNewtonInfo]:
+        """The per-layer updates ``scale·Δ_l`` (``None`` for a step skipped by the NaN policy),
+        the new state and the info, from the weights ``W̃_l`` and their factors."""
         xp = backend.get_namespace(factors[0].M)
         L = len(weights)
         sel = list(range(L)) if self.layers is None else self.layers
@@ -448,10 +570,11 @@ class ExactNewton(Transform):
             if nbad == B or not g_fin or (nbad and self.nan_policy == "raise"):
                 self.nonfinite(grads, math.nan if nbad else 0.0, blame={
                     "grads": grads, f"the curvature factors ({nbad} of {B} samples)": math.nan if nbad else 0.0})
-                return tree_zeros_like(params), self.skipped(state), ExactNewtonInfo(skipped=True, n_excluded=nbad)
+                return None, self.skipped(state), ExactNewtonInfo(skipped=True, n_excluded=nbad)
             if nbad:
                 idx = xp.nonzero(ok)[0]   # one more host sync, on this rare path only
-                factors = [LayerCurvature(f.delta[idx], f.M[idx], f.a[idx], f.z[idx]) for f in factors]
+                factors = [LayerCurvature(f.delta[idx], f.M[idx], f.a[idx], None if f.z is None else f.z[idx])
+                           for f in factors]
         diag: dict = {}
         Dsel = _directions(
             [factors[i] for i in sel], [weights[i] for i in sel], self.lam, self.adjustment, self.batch_mode,
@@ -480,7 +603,7 @@ class ExactNewton(Transform):
             else:
                 self.nonfinite(math.nan, blame={"the Newton direction of layers "
                                                 + str(np.flatnonzero(~fin).tolist()): math.nan})
-                return tree_zeros_like(params), self.skipped(state), ExactNewtonInfo(skipped=True, n_excluded=nbad)
+                return None, self.skipped(state), ExactNewtonInfo(skipped=True, n_excluded=nbad)
         lr = self.lr if scale > 0 else math.nan
         if self.diagnostics:
             o = 2 + L
@@ -491,5 +614,6 @@ class ExactNewton(Transform):
         else:
             info = self._empty_info(L, n_excluded=nbad, lr=lr)
         new = ExactNewtonState(state.count + 1, state.n_skipped + nbad, 0, state.n_guarded + n_guarded,
-                               state.n_indefinite + n_indef, state.n_singular + n_sing, state.n_skipped_steps)
-        return (model.layout.pack(ups) if flat else tree_unflatten(treedef, ups)), new, info
+                               state.n_indefinite + n_indef, state.n_singular + n_sing, state.n_skipped_steps,
+                               state.fallback)
+        return ups, new, info
