@@ -14,8 +14,9 @@ layer norm (:mod:`curvlab.linalg.duality`: spectral by default, Frobenius, scale
 ``L_i(w)`` a layer smoothness constant: ``f(w + U) ≤ f(w) + ⟨G_i, U⟩ + L_i/2 ‖U‖_i²`` for
 ``U`` supported on block ``i``. Three rules for ``L_i``:
 
-* ``"bound"`` (default, rigorous; [derived] for a dense MLP with softmax cross-entropy,
-  bias folded as the last column of ``W_i``, see :func:`mlp_layer_smoothness_bound`);
+* ``"bound"`` (default, rigorous; curvlab's derivation of the paper's layer-wise smoothness
+  constant for a dense MLP with softmax cross-entropy, bias folded as the last column of
+  ``W_i``, see :func:`mlp_layer_smoothness_bound`);
 * ``"estimate"``: ``L̂_i = safety · ρ_iᵀ H_ii ρ_i / ‖ρ_i‖_i²`` from the local curvature along
   the layer's dual step (``d`` = ``ρ_i`` on block ``i``, zero elsewhere): ``dᵀHd`` from any
   curvature source (``source.directional_curvature``) or a ``curvature`` callable; not rigorous;

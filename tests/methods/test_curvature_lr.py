@@ -1,4 +1,4 @@
-"""Curvature-rescaled learning rate (curvlab.methods.curvature_lr)."""
+"""Curvature-rescaled learning rate (curvlab.methods.curvature_lr, arXiv 2210.14520)."""
 
 from __future__ import annotations
 
@@ -328,3 +328,24 @@ def test_nan_gradient_leaves_the_base_state_untouched():
             np.testing.assert_array_equal(v, before[k])
         u, st3 = opt.update(np.array([0.3, -0.2, 0.1]), st2, th, curvature=lambda d: float(d @ d))
         assert np.all(np.isfinite(u)) and np.any(u) and st3.consecutive_skips == 0
+
+
+def test_source_arguments_are_checked():
+    """A curvature source is type-checked at construction; data= without a source, params the
+    source's layout cannot hold, and a source with no params are refused naming the argument."""
+    from tests.methods.test_methods_on_sources import StubMLPSource
+
+    with pytest.raises(TypeError, match="source must be a curvlab CurvatureSource"):
+        CurvatureLR(source=object())
+    opt = CurvatureLR()
+    with pytest.raises(ValueError, match="data= rebinds a curvature source"):
+        opt.update(np.ones(2), opt.init(np.ones(2)), np.ones(2), data=(np.ones((1, 2)), np.zeros(1)))
+    m = MLP([3, 2])
+    p = m.init_params(0)
+    X, y = np.ones((4, 3)), np.array([0, 1, 0, 1])
+    src = StubMLPSource(m, p, (X, y))
+    opt = CurvatureLR(source=src)
+    with pytest.raises(ValueError, match=r"params must be the flat \(8,\) vector of the source's layout"):
+        opt.update(np.ones(5), opt.init(np.ones(5)), np.ones(5))
+    with pytest.raises(ValueError, match="needs params"):
+        opt.update(m.loss_and_grad(p, X, y)[1], opt.init(p), None)

@@ -1,4 +1,4 @@
-"""DSGD (curvlab.methods.dsgd): bounds, greedy choice, guaranteed decrease, edge cases."""
+"""DSGD (curvlab.methods.dsgd, arXiv 1708.00523): bounds, greedy choice, guaranteed decrease, edge cases."""
 
 from __future__ import annotations
 
@@ -410,3 +410,23 @@ def test_options_are_validated_at_construction():
         DSGD(rule="constant", constants=[[1.0, 2.0]])
     with pytest.raises(TypeError, match="seed"):
         DSGD(seed=1.5)
+
+
+def test_flat_vectors_split_by_the_one_layout(rng):
+    """shapes= is a curvlab.layout.Layout (or shapes, or the MLP's ParamLayout): the same numbers
+    each way; a (P, k) block is refused naming grads (DSGD takes one flat vector)."""
+    from curvlab.layout import Layout
+
+    m = MLP([3, 4, 2])
+    p = m.init_params(rng)
+    X, y = rng.standard_normal((6, 3)), rng.integers(0, 2, 6)
+    _, g = m.loss_and_grad(p, X, y)
+    ups = []
+    for shapes in (m.layout, m.layout.shapes, Layout(["a", "b"], m.layout.shapes)):
+        opt = DSGD(shapes=shapes)
+        ups.append(opt.update(g, opt.init(p), p, X=X)[0])
+    np.testing.assert_array_equal(ups[0], ups[1])
+    np.testing.assert_array_equal(ups[0], ups[2])
+    opt = DSGD(shapes=m.layout)
+    with pytest.raises(ValueError, match=r"grads must have shape \(26,\)"):
+        opt.update(np.stack([g, g], axis=1), opt.init(p), p, X=X)

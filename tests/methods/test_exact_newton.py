@@ -1,4 +1,4 @@
-"""Exact stochastic Newton (paper 000): closed-form directions against dense solves, training, policies."""
+"""Exact stochastic Newton (arXiv 2104.03804): closed-form directions against dense solves, training, policies."""
 
 from __future__ import annotations
 
@@ -312,3 +312,10 @@ def test_adjustment_constants_validated_whatever_the_rule():
         exact_newton_directions(f, W, kappa_min=-1.0)
     with pytest.raises(TypeError, match="params"):
         ExactNewton().init(None)
+
+
+def test_flat_params_without_model_name_the_ways_to_pass_curvature():
+    model, p, X, y = _problem(2)
+    opt = ExactNewton()
+    with pytest.raises(ValueError, match="flat params need source=.*or model="):
+        opt.update(p, opt.init(p), p, X=X, y=y)
