@@ -50,6 +50,8 @@ from .linalg import (
     LinearOperator,
     LowRankPlusDiagonal,
     SpectralDensity,
+    Status,
+    StochasticEigResult,
     StochasticOperator,
     TraceEstimate,
     aslinearoperator,
@@ -111,7 +113,7 @@ __all__ = [
     "lanczos", "eigsh", "lobpcg", "power_iteration", "stochastic_power",
     "slq", "slq_logdet", "slq_trace_inverse",
     "hutchinson", "hutchpp", "xtrace", "hutchinson_diagonal", "xdiag",
-    "EigResult", "SpectralDensity", "TraceEstimate", "DiagonalEstimate",
+    "Status", "EigResult", "SpectralDensity", "TraceEstimate", "DiagonalEstimate", "StochasticEigResult",
     "ConvergenceWarning", "ConvergenceError",
     "prescribed_spectrum_operator",
     # layer norms and duality maps

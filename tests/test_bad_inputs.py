@@ -580,6 +580,8 @@ EXCLUDED = {
     "SpectralDensity": "a result dataclass built by slq (slq has an entry)",
     "TraceEstimate": "a result dataclass built by the trace estimators",
     "DiagonalEstimate": "a result dataclass built by the diagonal estimators",
+    "StochasticEigResult": "a result dataclass built by stochastic_power",
+    "Status": "the enum of result statuses (a vocabulary, not an input path; tests/linalg/test_results.py)",
     "RLSState": "the DiagonalRLS state container, built by DiagonalRLS.init (DiagonalRLS has an entry)",
     "RLSInfo": "the DiagonalRLS step report, built by DiagonalRLS.update",
 }

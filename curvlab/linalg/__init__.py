@@ -28,7 +28,16 @@ from .operators import (
     symmetry_defect,
 )
 from .power import power_iteration, stochastic_power
-from .results import ConvergenceError, ConvergenceWarning, DiagonalEstimate, EigResult, SpectralDensity, StochasticEigResult, TraceEstimate
+from .results import (
+    ConvergenceError,
+    ConvergenceWarning,
+    DiagonalEstimate,
+    EigResult,
+    SpectralDensity,
+    Status,
+    StochasticEigResult,
+    TraceEstimate,
+)
 from .slq import exact_smoothed_density, slq, slq_logdet, slq_trace_inverse, wasserstein1
 from .stochastic import StochasticOperator, minibatch_sampler
 from .testing import PrescribedSpectrum, exact_eigvalsh, named_spectrum, prescribed_spectrum_operator
@@ -81,6 +90,7 @@ __all__ = [
     "hutchinson_diagonal",
     "xdiag",
     # results
+    "Status",
     "EigResult",
     "SpectralDensity",
     "TraceEstimate",

@@ -7,6 +7,13 @@ iterations) and optionally a history. An unconverged result is returned with
 ``converged`` false, never hidden; ``strict=True`` on a solver turns it into a
 :class:`ConvergenceError`.
 
+Every result carries a ``status`` from the one vocabulary :class:`Status` (a
+``str`` enum: ``res.status == "converged"`` works) with ``status.message`` its
+meaning in words, ``message`` the routine's specific text, ``all_converged`` (a
+bool on every result type), and a short ``repr`` (at most 3 lines: values to 6
+significant digits, error bars, status and work counts; never the raw samples,
+history or Lanczos coefficients).
+
 Arrays (``eigenvectors``, diagonal estimates) live on the operator's backend
 (NumPy or CuPy); small per-value arrays (eigenvalues, residual norms, flags)
 are host NumPy arrays.
@@ -21,6 +28,8 @@ Example
 
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,6 +38,7 @@ import numpy as np
 from ._probes import sample_se, t_factor
 
 __all__ = [
+    "Status",
     "ConvergenceError",
     "ConvergenceWarning",
     "warn_unconverged",
@@ -39,6 +49,90 @@ __all__ = [
     "DiagonalEstimate",
     "StochasticEigResult",
 ]
+
+
+class Status(str, enum.Enum):
+    """Why an iterative routine stopped, or how far its answer can be trusted: one vocabulary for every result.
+
+    A ``str`` enum (``Status.CONVERGED == "converged"``, ``str(s)`` is the
+    value); each member knows its meaning in words (``status.message``) and
+    whether the answer is usable as reported (``status.ok``: converged or
+    exact). ``Status("max_iter")`` looks a member up by value.
+
+    >>> Status.MAX_MATVECS == "max_matvecs", Status("exact").ok
+    (True, True)
+    >>> Status.UNRESOLVED.message
+    'the error bar cannot be trusted (an error source could not be estimated): the value is unreliable'
+    """
+
+    message: str
+
+    def __new__(cls, value: str, message: str) -> Status:
+        obj = str.__new__(cls, value)
+        obj._value_ = value
+        obj.message = message
+        return obj
+
+    CONVERGED = "converged", "converged: the requested tolerance was met (or none was asked for) and the error bar covers every error source the routine knows of"
+    EXACT = "exact", "computed exactly (e.g. n unit-vector products because the budget reached n): no estimation error"
+    MAX_ITER = "max_iter", "the iteration limit was reached before the tolerance was met"
+    MAX_MATVECS = "max_matvecs", "the matrix-vector product budget was exhausted before the tolerance was met"
+    BREAKDOWN = "breakdown", "the iteration broke down (no further progress possible: a lost basis, no bracket, a zero product)"
+    NONFINITE = "nonfinite", "the operator or the iteration produced NaN/Inf"
+    STAGNATED = "stagnated", "the iteration stopped improving: the tolerance is below the precision the dtype can attain"
+    UNRESOLVED = "unresolved", "the error bar cannot be trusted (an error source could not be estimated): the value is unreliable"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @property
+    def ok(self) -> bool:
+        """True for :attr:`CONVERGED` and :attr:`EXACT`: the answer stands as reported."""
+        return self in (Status.CONVERGED, Status.EXACT)
+
+    @classmethod
+    def of(cls, value: Any, who: str = "status") -> Status:
+        """``value`` (a :class:`Status` or its string) as a :class:`Status`; ``ValueError`` naming ``who`` otherwise."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{who} must be one of {tuple(s.value for s in cls)}, got {value!r}") from None
+
+
+def _g(x: Any) -> str:
+    """A number to 6 significant digits."""
+    try:
+        return f"{float(x):.6g}"
+    except (TypeError, ValueError):
+        return repr(x)
+
+
+def _values(a: Any, shown: int = 6) -> str:
+    """The first ``shown`` entries of an array to 6 significant digits, ``...`` beyond (one host read of ``shown`` values)."""
+    if a is None:
+        return "None"
+    from ..backend import to_numpy
+
+    size = int(getattr(a, "size", 1))
+    flat = a.reshape(-1) if hasattr(a, "reshape") else np.atleast_1d(a)
+    head = np.asarray(to_numpy(flat[:shown]))
+    body = ", ".join(_g(x) if head.dtype.kind not in "bi" else str(x) for x in head.tolist())
+    return f"[{body}{', ...' if size > shown else ''}]"
+
+
+def _repr(name: str, *lines: list[str], message: str = "", limit: int = 100) -> str:
+    """``name(`` + the non-empty item lines joined ``,\\n  `` + the message, clipped to ``limit`` characters + ``)``: at most 3 lines."""
+    rows = [", ".join(items) for items in lines if items]
+    if message:
+        m = message if len(message) <= limit else message[: limit - 3] + "..."
+        rows.append(f"message={m!r}")
+    rows = rows[:2] + ([", ".join(rows[2:])] if len(rows) > 2 else [])
+    return f"{name}(" + ",\n  ".join(rows) + ")"
 
 
 class ConvergenceError(RuntimeError):
@@ -93,13 +187,14 @@ class EigResult:
         Which solver, and why it stopped (in words).
     tol : float
         The relative tolerance used.
-    status : str
-        Why it stopped, from :data:`EIG_STATUS`: "converged" (every pair met
-        ``tol``, checked on true residuals), "max_iter", "max_matvecs",
-        "breakdown" (no further progress possible, e.g. a lost basis),
-        "nonfinite" (NaN/Inf from the operator or the iteration), "stagnated"
-        (the residuals stopped falling, e.g. ``tol`` below the precision the
-        dtype can attain).
+    status : Status
+        Why it stopped (:class:`Status`, one of :data:`EIG_STATUS`): "converged"
+        (every pair met ``tol``, checked on true residuals), "max_iter",
+        "max_matvecs", "breakdown" (no further progress possible, e.g. a lost
+        basis), "nonfinite" (NaN/Inf from the operator or the iteration),
+        "stagnated" (the residuals stopped falling, e.g. ``tol`` below the
+        precision the dtype can attain). A string is converted; when omitted it
+        is "converged" if every pair converged, else "max_iter".
     """
 
     eigenvalues: np.ndarray
@@ -112,7 +207,12 @@ class EigResult:
     method: str = ""
     message: str = ""
     tol: float = 0.0
-    status: str = ""
+    status: Status | str = ""
+
+    def __post_init__(self) -> None:
+        if self.status in ("", None):
+            self.status = Status.CONVERGED if self.all_converged else Status.MAX_ITER
+        self.status = Status.of(self.status, "EigResult.status")
 
     @property
     def all_converged(self) -> bool:
@@ -124,15 +224,18 @@ class EigResult:
         return int(np.count_nonzero(self.converged))
 
     def __repr__(self) -> str:
-        return (
-            f"EigResult(method={self.method!r}, k={len(self.eigenvalues)}, "
-            f"converged={self.n_converged}/{len(self.converged)}, n_matvecs={self.n_matvecs}, "
-            f"n_iterations={self.n_iterations}, status={self.status!r}, message={self.message!r})"
+        return _repr(
+            "EigResult",
+            [f"eigenvalues={_values(self.eigenvalues)}", f"residual_norms={_values(self.residual_norms)}"],
+            [f"status={self.status.value!r}", f"converged={self.n_converged}/{len(self.converged)}",
+             f"n_matvecs={self.n_matvecs}", f"n_iterations={self.n_iterations}", f"method={self.method!r}"],
+            message="" if self.message == self.status.value else self.message,
         )
 
 
-#: The stop reasons an :class:`EigResult` may carry.
-EIG_STATUS = ("converged", "max_iter", "max_matvecs", "breakdown", "nonfinite", "stagnated")
+#: The stop reasons an :class:`EigResult` may carry (the values of those :class:`Status` members).
+EIG_STATUS = tuple(s.value for s in (Status.CONVERGED, Status.MAX_ITER, Status.MAX_MATVECS, Status.BREAKDOWN,
+                                     Status.NONFINITE, Status.STAGNATED))
 
 
 def eig_result(who: str, strict: bool, warn: bool = True, **fields: Any) -> EigResult:
@@ -144,17 +247,37 @@ def eig_result(who: str, strict: bool, warn: bool = True, **fields: Any) -> EigR
     otherwise issue a :class:`ConvergenceWarning` with that text (``warn=False``
     silences it).
     """
+    if fields.get("status") not in EIG_STATUS:
+        raise ValueError(f"{who}: status must be one of {EIG_STATUS}, got {fields.get('status')!r}")
     res = EigResult(**fields)
-    if res.status not in EIG_STATUS:
-        raise ValueError(f"{who}: status must be one of {EIG_STATUS}, got {res.status!r}")
-    if res.status == "converged" and not res.all_converged:
+    if res.status == Status.CONVERGED and not res.all_converged:
         raise ValueError(f"{who}: status 'converged' with {res.n_converged}/{len(res.converged)} pairs converged")
     if not res.all_converged:
-        text = f"{res.n_converged}/{len(res.converged)} pairs converged ({res.status}: {res.message})"
+        text = f"{res.n_converged}/{len(res.converged)} pairs converged ({res.status.value}: {res.message})"
         if strict:
             raise ConvergenceError(f"{who}: {text}", res)
         warn_unconverged(who, text, warn=warn, stacklevel=4)
     return res
+
+
+def _settle_status(res: Any, who: str, *, unresolved: bool) -> Status:
+    """``res.status`` as a :class:`Status`, derived when empty, checked against ``res.converged``.
+
+    Derived: "exact" when ``res.exact``, "converged" when ``res.converged``,
+    else "unresolved" (``unresolved``: an infinite error bar) or "max_matvecs".
+    """
+    st = res.status
+    if st in ("", None):
+        if getattr(res, "exact", False):
+            st = Status.EXACT
+        elif res.converged:
+            st = Status.CONVERGED
+        else:
+            st = Status.UNRESOLVED if unresolved else Status.MAX_MATVECS
+    st = Status.of(st, f"{who}.status")
+    if st.ok != bool(res.converged):
+        raise ValueError(f"{who}: status {st.value!r} disagrees with converged={bool(res.converged)}")
+    return st
 
 
 @dataclass
@@ -182,6 +305,10 @@ class SpectralDensity:
     breakdown : numpy.ndarray ``(n_probes,)`` bool or None
         True when a probe's Krylov space closed (its quadrature is exact).
     dtype : the operator's dtype (sets the rounding floor of the error estimate)
+    status : Status
+        "converged" once every probe ran its ``m`` steps (or closed early: an
+        exact quadrature); the accuracy for a given ``f`` is judged by
+        :meth:`trace`, whose :class:`TraceEstimate` may be "unresolved".
 
     Methods
     -------
@@ -201,10 +328,30 @@ class SpectralDensity:
     steps: np.ndarray | None = None
     breakdown: np.ndarray | None = None
     dtype: Any = np.float64
+    status: Status | str = Status.CONVERGED
+
+    def __post_init__(self) -> None:
+        self.status = Status.of(self.status, "SpectralDensity.status")
 
     @property
     def n_probes(self) -> int:
         return int(self.nodes.shape[0])
+
+    @property
+    def all_converged(self) -> bool:
+        """True when :attr:`status` is "converged" or "exact"."""
+        return self.status.ok
+
+    def __repr__(self) -> str:
+        live = self.nodes[self.weights > 0] if self.nodes.size else self.nodes
+        span = f"[{_g(live.min())}, {_g(live.max())}]" if live.size else "[]"
+        n_closed = int(np.count_nonzero(self.breakdown)) if self.breakdown is not None else 0
+        return _repr(
+            "SpectralDensity",
+            [f"n={self.n}", f"n_probes={self.n_probes}", f"lanczos_steps={self.lanczos_steps}", f"nodes in {span}",
+             f"closed_early={n_closed}/{self.n_probes}"],
+            [f"status={self.status.value!r}", f"n_matvecs={self.n_matvecs}", f"probe={self.probe!r}"],
+        )
 
     def density(self, grid: Any, sigma: float) -> np.ndarray:
         """Density ``φ(t) = (1/P) Σ_p Σ_j w_pj N(t; θ_pj, σ²)`` on ``grid`` (host float64).
@@ -338,6 +485,7 @@ class SpectralDensity:
             message=msg,
             probe_std_error=pse,
             quadrature_error=q if conv else float("inf"),
+            status=Status.CONVERGED if conv else Status.UNRESOLVED,
         )
         if not conv:
             if strict:
@@ -378,6 +526,11 @@ class TraceEstimate:
     exact : bool
         True when the trace was computed exactly (``n`` unit-vector products,
         because the budget reached ``n``); then ``std_error`` is 0.
+    status : Status
+        "converged", "exact", "max_matvecs" (the budget ran out before the
+        target) or "unresolved" (the quadrature error could not be estimated;
+        infinite ``std_error``). Derived from ``exact``/``converged``/
+        ``std_error`` when omitted; it must agree with ``converged``.
     """
 
     estimate: float
@@ -391,10 +544,32 @@ class TraceEstimate:
     probe_std_error: float | None = None
     quadrature_error: float = 0.0
     exact: bool = False
+    status: Status | str = ""
+
+    def __post_init__(self) -> None:
+        self.status = _settle_status(self, "TraceEstimate", unresolved=not math.isfinite(float(self.std_error)))
+
+    @property
+    def all_converged(self) -> bool:
+        """Same as ``converged`` (one scalar value)."""
+        return bool(self.converged)
 
     @property
     def rel_std_error(self) -> float:
         return abs(self.std_error) / max(abs(self.estimate), 1e-300)
+
+    def __repr__(self) -> str:
+        parts = []
+        if self.probe_std_error is not None:
+            parts.append(f"probe_std_error={_g(self.probe_std_error)}")
+        if self.quadrature_error:
+            parts.append(f"quadrature_error={_g(self.quadrature_error)}")
+        return _repr(
+            "TraceEstimate",
+            [f"estimate={_g(self.estimate)}", f"std_error={_g(self.std_error)}", *parts],
+            [f"status={self.status.value!r}", f"n_matvecs={self.n_matvecs}", f"method={self.method!r}"],
+            message=self.message,
+        )
 
     def interval(self, k: float = 2.0) -> tuple[float, float]:
         """``(estimate - k se, estimate + k se)``."""
@@ -418,6 +593,9 @@ class DiagonalEstimate:
     exact : bool
         True when the diagonal was computed exactly (``n`` unit-vector
         products, because the budget reached ``n``); then ``std_error`` is 0.
+    status : Status
+        "converged", "exact" or "max_matvecs" (the budget ran out before the
+        target); derived from ``exact``/``converged`` when omitted.
     """
 
     estimate: Any
@@ -428,6 +606,25 @@ class DiagonalEstimate:
     history: list[dict[str, Any]] | None = None
     message: str = ""
     exact: bool = False
+    status: Status | str = ""
+
+    def __post_init__(self) -> None:
+        self.status = _settle_status(self, "DiagonalEstimate", unresolved=False)
+
+    @property
+    def all_converged(self) -> bool:
+        """Same as ``converged`` (one flag for the whole diagonal)."""
+        return bool(self.converged)
+
+    def __repr__(self) -> str:
+        n = int(getattr(self.estimate, "size", 0))
+        return _repr(
+            "DiagonalEstimate",
+            [f"n={n}", f"estimate={_values(self.estimate)}"],
+            [f"std_error={_values(self.std_error)}"],
+            [f"status={self.status.value!r}", f"n_matvecs={self.n_matvecs}", f"method={self.method!r}"],
+            message=self.message,
+        )
 
     @property
     def rel_std_error(self) -> float:
@@ -440,19 +637,42 @@ class DiagonalEstimate:
 
 @dataclass
 class StochasticEigResult:
-    """Top eigenpair of an expected operator from stochastic (mini-batch) products.
+    """Top eigenpair of an expected operator ``Ā = E[A_t]`` from stochastic (mini-batch) products.
 
     Attributes
     ----------
     eigenvalue : float
-        Average of the Rayleigh quotients ``v_tᵀ A_t v_t`` over the averaging phase.
+        The Rayleigh quotient ``θ = vᵀĀv`` of the returned vector ``v``,
+        estimated as the mean of ``vᵀA_j v`` over ``n_eval`` fresh batches not
+        used to fit ``v`` (one exact product for a deterministic operator).
+        ``θ <= λ_max``: it is biased low by ``λ_max − θ``, at most ``bias_bound``.
     std_error : float
-        Their standard error (``std / √m``); a fresh batch per step makes the
-        quotients nearly independent once ``v_t`` has settled.
+        The error bar: ``sampling_error + bias_bound / 2`` (plus a rounding
+        floor), so that ``eigenvalue ± 2 std_error`` contains
+        ``[θ - 2 sampling_error, θ + bias_bound]``; infinite when unresolved.
+    sampling_error : float
+        Student-t calibrated standard error of the mean of ``vᵀA_j v`` (i.i.d.
+        given ``v``); 0 for a deterministic operator.
+    bias_bound : float
+        ``√2 ‖Āv − θv‖`` with the residual norm taken at its upper 2-standard-
+        error confidence limit: ``λ_max − θ <= ‖Āv − θv‖ / |cos∠(v, u_max)|``
+        for any unit ``v``, so this holds when ``v`` carries at least half its
+        weight on the top eigenvector (``cos² >= ½``, what the burn-in is for).
+    residual_norm : float
+        Estimate of ``‖Āv − θv‖`` (unbiased for its square, from products with
+        independent batches; exact for a deterministic operator).
     eigenvector : array ``(n,)`` (operator backend), unit norm
-    n_matvecs, n_batches, n_steps : int
+    n_matvecs, n_batches, n_steps, n_eval : int
+        Products, batches drawn, steps taken (evaluation included), and
+        evaluation products.
     converged : bool
-        ``std_error <= tol * |eigenvalue|`` when a ``tol`` was given, else True.
+        The run completed with a trustworthy error bar and, when a ``tol`` was
+        given, ``std_error <= tol * |eigenvalue|``.
+    status : Status
+        "converged", "max_iter" (``tol`` not met in ``n_steps``),
+        "nonfinite", "breakdown" (a zero product, or a Rayleigh quotient that
+        is not positive: the top eigenvalue is not dominant) or "unresolved"
+        (too few evaluation products for an error bar).
     history : list of dict or None  ``{"step", "rayleigh", "eigenvalue"}``
     """
 
@@ -466,3 +686,31 @@ class StochasticEigResult:
     history: list[dict[str, Any]] | None = None
     method: str = "stochastic power (Oja) with averaging"
     message: str = ""
+    status: Status | str = ""
+    sampling_error: float = float("nan")
+    bias_bound: float = float("nan")
+    residual_norm: float = float("nan")
+    n_eval: int = 0
+
+    def __post_init__(self) -> None:
+        if self.status in ("", None):
+            self.status = Status.CONVERGED if self.converged else Status.MAX_ITER
+        self.status = Status.of(self.status, "StochasticEigResult.status")
+        if self.status.ok != bool(self.converged):
+            raise ValueError(f"StochasticEigResult: status {self.status.value!r} disagrees with converged={bool(self.converged)}")
+
+    @property
+    def all_converged(self) -> bool:
+        """Same as ``converged`` (one eigenpair)."""
+        return bool(self.converged)
+
+    def __repr__(self) -> str:
+        return _repr(
+            "StochasticEigResult",
+            [f"eigenvalue={_g(self.eigenvalue)}", f"std_error={_g(self.std_error)}",
+             f"sampling_error={_g(self.sampling_error)}", f"bias_bound={_g(self.bias_bound)}",
+             f"residual_norm={_g(self.residual_norm)}"],
+            [f"status={self.status.value!r}", f"n_steps={self.n_steps}", f"n_eval={self.n_eval}",
+             f"n_batches={self.n_batches}", f"n_matvecs={self.n_matvecs}"],
+            message="" if self.message == "completed" else self.message,
+        )

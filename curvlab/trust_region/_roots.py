@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..linalg.results import Status
+
 __all__ = ["RootResult", "solve_decreasing", "bisect_reference"]
 
 
@@ -35,8 +37,8 @@ class RootResult:
     ``n_evals`` calls of ``F``; ``converged`` the tolerance ``|F/t − 1| ≤ rtol``
     holds at ``x`` (or the constraint is inactive); ``at_lower`` the answer is
     the domain's lower point (inactive constraint or, with a pole, the hard
-    case); ``bracket_failed`` no upper bound found; ``status`` from the
-    vocabulary of :data:`curvlab.linalg.results.EIG_STATUS`: ``"converged"``,
+    case); ``bracket_failed`` no upper bound found; ``status`` a
+    :class:`curvlab.linalg.results.Status` (strings are converged): ``"converged"``,
     ``"max_iter"``, ``"breakdown"`` (no upper bound found: ``bracket_failed``),
     ``"nonfinite"`` (F returned NaN) and ``"stagnated"`` (the bracket shrank to
     rounding level before the tolerance was met: the tolerance is not
@@ -49,7 +51,15 @@ class RootResult:
     converged: bool
     at_lower: bool = False
     bracket_failed: bool = False
-    status: str = "converged"
+    status: Status | str = Status.CONVERGED
+
+    def __post_init__(self) -> None:
+        self.status = Status.of(self.status, "RootResult.status")
+
+    @property
+    def all_converged(self) -> bool:
+        """Same as ``converged`` (one root)."""
+        return bool(self.converged)
 
 
 def _number(name: str, v: Any, *, low: float = -math.inf, strict: bool = False, finite: bool = True) -> float:

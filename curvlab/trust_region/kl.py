@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import backend, kernels
-from ..linalg.results import ConvergenceError, warn_unconverged
+from ..linalg.results import ConvergenceError, Status, _g, _repr, warn_unconverged
 from ._roots import _count, _number, bisect_reference, solve_decreasing
 
 __all__ = ["KLDual", "KLSolveResult", "solve_kl", "kl_mean", "kl_precision", "kl_of_step",
@@ -129,8 +129,8 @@ class KLSolveResult:
     evaluations); ``n_evals`` dual evaluations; ``converged``; ``inactive``
     (exact mode: the unconstrained step is inside the region, η = η_pole);
     ``bracket_failed`` (exact mode: no upper bound within 60 expansions);
-    ``eta_pole`` (exact mode; 0 without a pole); ``status`` (the vocabulary
-    of :data:`curvlab.linalg.results.EIG_STATUS`): ``"converged"``,
+    ``eta_pole`` (exact mode; 0 without a pole); ``status`` (a
+    :class:`curvlab.linalg.results.Status`; strings are converted): ``"converged"``,
     ``"max_iter"``, ``"breakdown"`` (``bracket_failed``), ``"nonfinite"``
     (the dual returned NaN: non-finite data) or ``"stagnated"`` (the
     tolerance is not attainable in float64; the returned η is the feasible
@@ -147,7 +147,24 @@ class KLSolveResult:
     bracket_failed: bool = False
     eta_pole: float = 0.0
     n_negative_h: int = 0
-    status: str = "converged"
+    status: Status | str = Status.CONVERGED
+
+    def __post_init__(self) -> None:
+        self.status = Status.of(self.status, "KLSolveResult.status")
+
+    @property
+    def all_converged(self) -> bool:
+        """Same as ``converged`` (one multiplier)."""
+        return bool(self.converged)
+
+    def __repr__(self) -> str:
+        return _repr(
+            "KLSolveResult",
+            [f"eta={_g(self.eta)}", f"kl={_g(self.kl)}", f"kl_ratio={_g(self.kl_ratio)}", f"eta_pole={_g(self.eta_pole)}",
+             f"inactive={self.inactive}"],
+            [f"status={self.status.value!r}", f"n_evals={self.n_evals}", f"iterations={self.iterations}",
+             f"bracket_failed={self.bracket_failed}", f"n_negative_h={self.n_negative_h}"],
+        )
 
 
 def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float = -1.0, rtol: float = 1e-10,
@@ -240,7 +257,7 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
 
 def _report(res: KLSolveResult, warn: bool, strict: bool) -> KLSolveResult:
     if not res.converged:
-        msg = (f"status {res.status!r} after {res.n_evals} dual evaluations: η = {res.eta:.6g}, "
+        msg = (f"status {res.status.value!r} after {res.n_evals} dual evaluations: η = {res.eta:.6g}, "
                f"KL/ε = {res.kl_ratio:.6g}")
         if strict:
             raise ConvergenceError(f"solve_kl: {msg}", res)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ..linalg.results import ConvergenceError, warn_unconverged
+from ..linalg.results import ConvergenceError, Status, _g, _repr, warn_unconverged
 from ._roots import _count, _number, solve_decreasing
 
 __all__ = ["L2Result", "solve_l2_subproblem"]
@@ -41,6 +41,7 @@ class L2Result:
     ``model`` = ``gᵀs + ½sᵀBs``; ``interior`` (σ = 0, ‖s‖ < Δ);
     ``hard_case``; ``n_evals`` secular-function evaluations; ``converged``
     (``|½‖s‖²/(½Δ²) − 1| ≤ rtol``, or interior, or the hard case); ``status``
+    (a :class:`curvlab.linalg.results.Status`; strings are converted)
     ``"converged"``, ``"max_iter"`` or ``"stagnated"`` (the tolerance is not
     attainable in float64; ``s`` is then the feasible end of the final bracket).
     """
@@ -53,7 +54,24 @@ class L2Result:
     hard_case: bool
     n_evals: int
     converged: bool
-    status: str = "converged"
+    status: Status | str = Status.CONVERGED
+
+    def __post_init__(self) -> None:
+        self.status = Status.of(self.status, "L2Result.status")
+
+    @property
+    def all_converged(self) -> bool:
+        """Same as ``converged`` (one step)."""
+        return bool(self.converged)
+
+    def __repr__(self) -> str:
+        shape = tuple(getattr(self.s, "shape", ()))
+        return _repr(
+            "L2Result",
+            [f"sigma={_g(self.sigma)}", f"norm={_g(self.norm)}", f"model={_g(self.model)}", f"s=<{shape} array>",
+             f"interior={self.interior}", f"hard_case={self.hard_case}"],
+            [f"status={self.status.value!r}", f"n_evals={self.n_evals}"],
+        )
 
 
 def solve_l2_subproblem(g: Any, delta: float, *, eigvals: Any = None, eigvecs: Any = None, diag: Any = None,
@@ -204,7 +222,7 @@ def solve_l2_subproblem(g: Any, delta: float, *, eigvals: Any = None, eigvecs: A
     res = L2Result(s.astype(g.dtype), float(sig), math.sqrt(max(ss, 0.0)), m1 + 0.5 * m2, interior, hard,
                    r.n_evals, r.converged, r.status)
     if not res.converged:
-        msg = (f"status {res.status!r} after {res.n_evals} secular evaluations: sigma = {res.sigma:.6g}, "
+        msg = (f"status {res.status.value!r} after {res.n_evals} secular evaluations: sigma = {res.sigma:.6g}, "
                f"‖s‖/Δ − 1 = {res.norm / delta - 1:.3g}")
         if strict:
             raise ConvergenceError(f"solve_l2_subproblem: {msg}", res)
