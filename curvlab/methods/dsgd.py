@@ -58,6 +58,8 @@ import numpy as np
 from .. import backend
 from ..layout import Layout
 from ..linalg import duality
+from ..models.activations import activation_derivative_bounds, get_activation
+from ..models.losses import get_loss
 from ..tree import tree_flatten, tree_map, tree_unflatten
 from ._source import flat_of, resolve_source
 from ._transform import (
@@ -80,37 +82,8 @@ __all__ = [
     "mlp_layer_smoothness_bound",
 ]
 
-_SQRT3 = math.sqrt(3.0)
-#: (sup|σ'|, sup|σ''|) per activation
-_ACT_BOUNDS = {
-    "tanh": (1.0, 4.0 / (3.0 * _SQRT3)),
-    "sigmoid": (0.25, 1.0 / (6.0 * _SQRT3)),
-    "softplus": (1.0, 0.25),
-    "identity": (1.0, 0.0),
-}
-
-
-def activation_derivative_bounds(activation: str) -> tuple[float, float]:
-    """``(s1, s2) = (sup|σ'|, sup|σ''|)``: tanh (1, 4/(3√3)), sigmoid (1/4, 1/(6√3)),
-    softplus (1, 1/4), identity (1, 0). ReLU has no finite ``s2`` (not C²): ValueError.
-
-    >>> round(activation_derivative_bounds("tanh")[1], 9)
-    0.769800359
-    """
-    if activation not in _ACT_BOUNDS:
-        raise ValueError(f"activation must be one of {sorted(_ACT_BOUNDS)} for the smoothness bound "
-                         f"(ReLU is not twice differentiable), got {activation!r}")
-    return _ACT_BOUNDS[activation]
-
-
-def _act(xp: Any, name: str, z: Any) -> Any:
-    if name == "tanh":
-        return xp.tanh(z)
-    if name == "sigmoid":
-        return 0.5 * (1.0 + xp.tanh(0.5 * z))
-    if name == "softplus":
-        return xp.logaddexp(0.0, z)
-    return z
+#: ``activation_derivative_bounds`` is :func:`curvlab.models.activations.activation_derivative_bounds`
+#: (``(sup|σ'|, sup|σ''|)`` of the activation objects), re-exported here under its historical home.
 
 
 def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str = "tanh",
@@ -119,8 +92,10 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
     """Rigorous layer smoothness constants ``L_i(w)`` of a dense MLP (method inspired by arXiv 1708.00523).
 
     ``weights``: list of K arrays ``(n_i, n_{i-1}+1)`` (bias as the last column, layer input
-    ``ã = [a; 1]``); ``X``: ``(B, n_0)`` inputs. With ``(s1, s2)`` from
-    :func:`activation_derivative_bounds` and ``W̄`` = ``W`` without its bias column::
+    ``ã = [a; 1]``); ``X``: ``(B, n_0)`` inputs. With ``(s1, s2)`` =
+    :func:`activation_derivative_bounds` (the activation object's ``sup_d1``, ``sup_d2``), the
+    loss object's ``β_K`` = ``hessian_bound`` and ``γ_K`` = ``gradient_bound``
+    (:mod:`curvlab.models.losses`) and ``W̄`` = ``W`` without its bias column::
 
         β_K = 1/2, γ_K = √2                         (softmax cross-entropy)
         β_i = s1²‖W̄_{i+1}‖²_op β_{i+1} + s2‖W̄_{i+1}‖_op γ_{i+1},   γ_i = s1‖W̄_{i+1}‖_op γ_{i+1}
@@ -137,15 +112,17 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
     """
     if loss not in ("cross_entropy", "mse"):
         raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
+    lo = get_loss(loss)
     if average not in ("mean", "max"):
         raise ValueError(f"average must be 'mean' or 'max', got {average!r}")
     K = len(weights)
     if K == 0:
         raise ValueError("weights must hold at least one layer")
-    if loss == "mse" and K > 1:
+    if not math.isfinite(lo.gradient_bound) and K > 1:   # mse: ∂ℓ/∂z unbounded
         raise ValueError("loss='mse' has a uniform smoothness bound only for K = 1 layer, got "
                          f"K = {K}; use rule='estimate' or 'constant'")
     s1, s2 = activation_derivative_bounds(activation)
+    act = get_activation(activation)
     backend.check_float_array(X, "X", ndim=2)
     xp = backend.get_namespace(X, *weights)
     a = X
@@ -158,12 +135,14 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
         r = xp.sum(a.astype(np.float64) ** 2, axis=1) + 1.0
         sq_in.append(float(r.mean()) if average == "mean" else float(r.max()))
         if i < K - 1:
-            a = _act(xp, activation, a @ W[:, :-1].T + W[:, -1])
+            a = act.value_(a @ W[:, :-1].T + W[:, -1], xp)
     # log-space backward recursion
     log_beta = [0.0] * K
     log_gamma = [0.0] * K
-    log_beta[K - 1] = math.log(0.5) if loss == "cross_entropy" else 0.0
-    log_gamma[K - 1] = 0.5 * math.log(2.0)
+    log_beta[K - 1] = math.log(lo.hessian_bound)
+    # log γ_K; √2 (cross-entropy) as ½·log 2, which log(√2) misses by one ulp (numbers kept bit for bit)
+    g_K = lo.gradient_bound
+    log_gamma[K - 1] = 0.5 * math.log(2.0) if g_K == math.sqrt(2.0) else math.log(g_K)
     ls1 = math.log(s1)
     for i in range(K - 2, -1, -1):
         Wb = weights[i + 1][:, :-1]

@@ -81,6 +81,7 @@ import numpy as np
 from .. import backend
 from ..linalg.kronecker import KroneckerSumBlock, adjust_spectrum, canonical_rule, eigh_batched
 from ..models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
+from ..models.source import MLPCurvature
 from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten, tree_zeros_like
 from ._source import layer_structure, leaves_by_name, resolve_source
 from ._transform import (
@@ -478,6 +479,13 @@ class ExactNewton(Transform):
         else:
             weights = list(leaves)
         check_tree_like("grads", grads, params)
+        if factors is None and model is not None and getattr(model, "dtype", None) != np.float32:
+            # the reference MLP given as model=: a thin path through its curvature source (a float32
+            # MLP keeps the older path below: float32 forward pass, the factors' recursion in float64)
+            if X is None or y is None:
+                raise ValueError("ExactNewton.update needs X= and y= (the batch), or factors=, or source=")
+            src = MLPCurvature(model, params if flat else model.layout.pack(weights), (X, y))
+            return self._source_step(grads, state, params, scale, src)
         if factors is None:
             if X is None or y is None:
                 raise ValueError("ExactNewton.update needs X= and y= (the batch), or factors=, or source=")

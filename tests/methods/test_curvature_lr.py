@@ -333,7 +333,7 @@ def test_nan_gradient_leaves_the_base_state_untouched():
 def test_source_arguments_are_checked():
     """A curvature source is type-checked at construction; data= without a source, params the
     source's layout cannot hold, and a source with no params are refused naming the argument."""
-    from tests.methods.test_methods_on_sources import StubMLPSource
+    from curvlab.models import MLPCurvature
 
     with pytest.raises(TypeError, match="source must be a curvlab CurvatureSource"):
         CurvatureLR(source=object())
@@ -343,7 +343,7 @@ def test_source_arguments_are_checked():
     m = MLP([3, 2])
     p = m.init_params(0)
     X, y = np.ones((4, 3)), np.array([0, 1, 0, 1])
-    src = StubMLPSource(m, p, (X, y))
+    src = MLPCurvature(m, p, (X, y))
     opt = CurvatureLR(source=src)
     with pytest.raises(ValueError, match=r"params must be the flat \(8,\) vector of the source's layout"):
         opt.update(np.ones(5), opt.init(np.ones(5)), np.ones(5))
