@@ -17,11 +17,14 @@ Vocabulary
     The mean loss over the bound data (a Python float; one host sync).
 ``gradient()``
     ``(loss, g)`` with ``g`` the ``(P,)`` gradient of the mean loss.
+``per_sample_gradients()`` (optional, not part of the protocol check)
+    The ``(B, P)`` gradients of the per-sample losses, where the source provides them.
 ``hessian()``, ``ggn()``, ``fisher(kind=...)``
     Named :class:`curvlab.linalg.LinearOperator` s ``(P, P)`` with ``matvec`` and
     ``matmat`` (a block product in one pass where the framework allows).
 ``directional_curvature(d)``
-    ``dᵀ H d`` for a ``(P,)`` direction (forward mode, no gradient).
+    ``dᵀ H d`` for a ``(P,)`` direction (forward mode, no gradient; a source may take
+    ``mode="adjoint"`` too).
 ``grad_and_curvature(d)``
     ``(loss, g, dᵀ H d)`` in one pass (adjoint mode, arXiv 2210.14520 §3).
 ``layer_structure()``
@@ -58,8 +61,11 @@ __all__ = ["CurvatureSource", "DenseLayer", "LayerStructureUnavailable"]
 
 
 class LayerStructureUnavailable(NotImplementedError):
-    """Raised by :meth:`CurvatureSource.layer_structure` on a model with no dense layers
-    (or whose dense layers the source cannot expose), naming what is missing."""
+    """Raised by ``layer_structure()`` when a source cannot expose dense layers.
+
+    The model has no dense layers, or the source cannot expose them; the message names
+    what is missing.
+    """
 
 
 @dataclass(frozen=True)
