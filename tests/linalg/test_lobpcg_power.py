@@ -7,6 +7,7 @@ import pytest
 
 from curvlab import backend
 from curvlab.linalg import (
+    CallableOperator,
     ConvergenceError,
     DenseOperator,
     StochasticOperator,
@@ -268,3 +269,36 @@ def test_lobpcg_status_and_true_residuals():
     tr = true_residuals(ps.operator, res.eigenvalues, res.eigenvectors)
     assert np.allclose(res.residual_norms, tr, rtol=1e-3, atol=1e-12 * ps.eigenvalues.max())
     assert np.all(tr <= 1e-10 * np.abs(res.eigenvalues))
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.0])
+def test_stochastic_power_on_backend_and_its_syncs(xp, noise):
+    """CuPy (or the strict stand-in): same numbers as NumPy to rounding, and the stated host syncs: one per step,
+    + the start vector's norm + the evaluation groups' Gram matrix."""
+    from tests import _strict_cupy
+
+    M = np.diag(np.linspace(1.0, 5.0, 12))
+
+    def build(xmod):
+        def make(b):  # a callable operator: building it costs no sync (a DenseOperator checks its data)
+            Mb = xmod.asarray(M + b)
+            return CallableOperator(lambda v: Mb @ v, (12, 12), symmetric=True, xp=xmod, check=False)
+
+        def sample(rng):
+            E = rng.standard_normal((12, 12))
+            return noise * (E + E.T)
+
+        return StochasticOperator(make, sample, rng=3, shape=(12, 12), xp=xmod)
+
+    ref = stochastic_power(build(np), 60, rng=0)
+    counted = xp is not np and _strict_cupy.installed()
+    if counted:
+        with _strict_cupy.count_syncs() as log:
+            res = stochastic_power(build(xp), 60, rng=np.random.default_rng(0))
+        assert log.count <= 60 + 2, log.report()
+    else:
+        res = stochastic_power(build(xp), 60, rng=0 if xp is np else np.random.default_rng(0))
+    assert res.status == "converged" and res.n_matvecs == 60 and res.n_eval == 15
+    assert abs(res.eigenvalue - 5.0) <= 2 * res.std_error and np.isfinite(res.bias_bound)
+    if xp is np:
+        assert res.eigenvalue == ref.eigenvalue and res.std_error == ref.std_error
