@@ -26,7 +26,7 @@ Vocabulary
     ``dᵀ H d`` for a ``(P,)`` direction (forward mode, no gradient; a source may take
     ``mode="adjoint"`` too).
 ``grad_and_curvature(d)``
-    ``(loss, g, dᵀ H d)`` in one pass (adjoint mode, arXiv 2210.14520 §3).
+    ``(loss, g, dᵀ H d)`` in one pass (adjoint mode; method inspired by arXiv 2210.14520).
 ``layer_structure()``
     The dense layers as :class:`DenseLayer` records, with their per-sample inputs and
     output derivatives, for methods that need per-layer factors (exact Newton,
@@ -74,7 +74,7 @@ class DenseLayer:
 
     The per-sample factors make the layer's block of the per-sample Hessian
     ``∂²ℓ_b/∂vec(W̃)² = M_b ⊗ ã_b ã_bᵀ`` with ``W̃ = [W | b]`` and ``ã_b = [a_b; 1]``
-    (arXiv 2104.03804, eq. 7 and §3).
+    (method inspired by arXiv 2104.03804).
 
     Attributes
     ----------

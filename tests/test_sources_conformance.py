@@ -16,7 +16,7 @@ import pytest
 
 from curvlab.layout import Layout
 from curvlab.sources import CurvatureSource, LayerStructureUnavailable
-from tests.cases import CASES, build, case_ids, get_framework
+from tests.cases import CASES, case_ids, get_framework
 
 FRAMEWORK_NAMES = ("mlp", "torch", "jax")
 #: round-off tolerance (relative, Frobenius) for identities between a source's own results

@@ -8,7 +8,7 @@ An :class:`Activation` gives, elementwise on NumPy or CuPy arrays,
   ``d2_from_output(a, d1)`` = σ''(z) computed from the output ``a = σ(z)``
   (``None`` when σ'' ≡ 0);
 * the global bounds ``sup_d1 = sup|σ'|`` and ``sup_d2 = sup|σ''|`` used by the rigorous
-  layer smoothness constants of DSGD (arXiv 1708.00523, the β/γ recursion):
+  layer smoothness constants of DSGD (method inspired by arXiv 1708.00523):
   tanh (1, 4/(3√3)), sigmoid (1/4, 1/(6√3)), softplus (1, 1/4), identity (1, 0),
   relu (1, ∞: not twice differentiable).
 

@@ -1,10 +1,12 @@
 """Exact per-sample layer Hessians of a dense network by second-order backpropagation.
 
-Method inspired by arXiv 2104.03804 (exact stochastic Newton, §3 and eq. 7). For a dense network ``z_l = W_l ã_{l-1}``, ``a_l = σ(z_l)`` (bias folded in as the
-last column of ``W_l``, ``ã = [a; 1]``) and a per-sample loss ``ℓ = L(z_L, y)``:
+Method inspired by arXiv 2104.03804 (exact stochastic Newton). For a dense network
+``z_l = W_l ã_{l-1}``, ``a_l = σ(z_l)`` (bias folded in as the last column of ``W_l``,
+``ã = [a; 1]``) and a per-sample loss ``ℓ = L(z_L, y)``:
 
 * error recursion: ``δ_L = ∇_z L``, ``δ_l = σ'(z_l) ⊙ (W̄_{l+1}ᵀ δ_{l+1})``;
-* exact Hessian recursion (second-order backpropagation), σ'' term included so smooth activations are exact::
+* exact Hessian recursion (second-order backpropagation), σ'' term included so smooth
+  activations are exact::
 
       M_L = ∇²_z L
       M_l = D_l W̄ᵀ_{l+1} M_{l+1} W̄_{l+1} D_l + diag(σ''(z_l) ⊙ (W̄ᵀ_{l+1} δ_{l+1})),  D_l = diag(σ'(z_l))
@@ -145,8 +147,8 @@ def _check_weights(weights: Sequence[Any], n0: int) -> list[bool]:
 
 def backprop_curvature(weights: Sequence[Any], zs: Sequence[Any], a_tildes: Sequence[Any], delta_L: Any, M_L: Any,
                        activation: str, act_derivs: Any = None) -> list[LayerCurvature]:
-    """Second-order backpropagation (the δ and M recursions of the module docstring, arXiv
-    2104.03804 §3) given a forward cache: ``zs[l]`` ``(B, n_l)``, ``a_tildes[l]`` ``(B, m_l)``.
+    """Second-order backpropagation (the δ and M recursions of the module docstring; method
+    inspired by arXiv 2104.03804) given a forward cache: ``zs[l]`` ``(B, n_l)``, ``a_tildes[l]`` ``(B, m_l)``.
 
     ``activation``: a name or :class:`~curvlab.models.activations.Activation`.
     ``act_derivs(name, z, xp) -> (σ, σ', σ'')`` defaults to

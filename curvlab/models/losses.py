@@ -8,7 +8,7 @@ the training loss is the batch mean. It gives
   array that :meth:`Loss.hessian_times` uses to apply the per-sample output Hessian to
   tangents ``(..., B, K)`` without forming it;
 * the global constants used by the rigorous layer smoothness bound of DSGD
-  (arXiv 1708.00523): ``hessian_bound = sup‖∂²ℓ/∂z²‖₂`` and ``gradient_bound =
+  (method inspired by arXiv 1708.00523): ``hessian_bound = sup‖∂²ℓ/∂z²‖₂`` and ``gradient_bound =
   sup‖∂ℓ/∂z‖₂`` (``math.inf`` where there is none).
 
 ``cross_entropy``: softmax cross-entropy with integer labels ``(B,)``, log-sum-exp stable,

@@ -1,7 +1,7 @@
 """Reference multilayer perceptron in plain arrays with exact curvature products.
 
 A dense network ``z_l = W_l ã_{l-1}``, ``a_l = σ(z_l)`` (``l < L``), output
-``z_L``, in the notation of arXiv 2104.03804 (§2): the bias is
+``z_L``, in a notation inspired by arXiv 2104.03804: the bias is
 folded in as the **last column** of ``W_l`` (shape ``(n_l, n_{l-1} + 1)``),
 ``ã = [a; 1]``, and the flat parameter vector stacks ``vec(W_1), …, vec(W_L)``
 with row-major ``vec`` (``vec(W)[i*m + j] = W[i, j]``).
@@ -15,7 +15,7 @@ framework), and the same code runs on NumPy and CuPy arrays:
   matrix products);
 * generalized Gauss-Newton and empirical-Fisher products;
 * the directional curvature ``c = dᵀ H d`` in the two modes of arXiv
-  2210.14520 (§3): **forward (Taylor) mode**, one extended
+  2210.14520 (method inspired by): **forward (Taylor) mode**, one extended
   forward pass carrying ``(z, z', z'')`` and storing nothing beyond the current
   layer, and **adjoint mode**, which reuses the backward pass's errors ``δ_l``
   and the stored first-order tangents and returns the gradient with ``c``;

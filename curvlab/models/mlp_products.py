@@ -11,7 +11,7 @@ The product half of :class:`curvlab.models.mlp.MLP` (mixed into it as
 * **Generalized Gauss-Newton** ``Jᵀ (∇²_z L / B) J`` (the same forward tangents, the
   backward pass without the second-order terms) and the **empirical Fisher**
   ``(1/B) Σ_b g_b g_bᵀ`` (per-sample projections without forming the ``g_b``).
-* The **directional curvature** ``c = dᵀ H d`` in the two modes of arXiv 2210.14520 (§3):
+* The **directional curvature** ``c = dᵀ H d`` in the two modes of arXiv 2210.14520 (method inspired by):
   forward (Taylor) mode streaming ``(z, z', z'')`` and storing nothing beyond the
   current layer, and adjoint mode, which returns the loss and gradient with ``c``.
 * :func:`hessian_operator`, :func:`ggn_operator`, :func:`fisher_operator`: the model bound
@@ -327,7 +327,7 @@ class MLPProducts:
             c = Σ_l 2 δ_lᵀ E_l + Σ_{l<L} (W̄_{l+1}ᵀ δ_{l+1})ᵀ (σ''(z_l) ⊙ z'_l²)
                 + z'_Lᵀ ∇²L z'_L / B.
 
-        arXiv 2210.14520 (§3, adjoint mode). The three products ``W ã``,
+        Adjoint mode; method inspired by arXiv 2210.14520. The three products ``W ã``,
         ``W ã' + D ã`` and ``D ã'`` of a layer take three matrix products instead
         of four, like the "3M" complex product:
         ``z'_l = (W + D)(ã + ã') − W ã − D ã'``. To keep this cancellation benign,

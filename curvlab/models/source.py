@@ -9,9 +9,9 @@ sync), keeps the checked arrays, and answers the protocol's questions from them:
   :class:`~curvlab.models.mlp_products.CurvatureOperator` s whose matvec/matmat are the
   exact R-operator products (Pearlmutter 1994), **0 host syncs per product**;
 * ``directional_curvature(d, mode)`` and ``grad_and_curvature(d)`` — ``dᵀ H d`` in the
-  forward (Taylor) and adjoint modes of arXiv 2210.14520 (§3);
+  forward (Taylor) and adjoint modes of arXiv 2210.14520 (method inspired by);
 * ``layer_structure()`` — one :class:`~curvlab.sources.DenseLayer` per layer from the
-  second-order backpropagation of arXiv 2104.03804 (§3, eq. 7): inputs ``a``, output
+  second-order backpropagation (method inspired by arXiv 2104.03804): inputs ``a``, output
   gradients ``δ`` and output Hessians ``M`` per sample, bias folded into the weight;
 * ``at(params=None, data=None)`` — the same model rebound; data that is not rebound is
   not checked again (no host sync when only the parameters change).
@@ -138,7 +138,7 @@ class MLPCurvature:
         ``kind="empirical"``: ``(1/B) Σ_b g_b g_bᵀ`` with the per-sample gradients on the
         bound labels. ``kind="true"``: the Fisher of the model's predictive distribution
         (softmax for cross-entropy, unit-variance Gaussian for mse), which for these
-        canonical-link losses equals the GGN exactly (arXiv 1412.1193, §9.2); the returned
+        canonical-link losses equals the GGN exactly (Martens, arXiv 1412.1193); the returned
         operator is the GGN product.
         """
         if kind == "empirical":
@@ -165,7 +165,7 @@ class MLPCurvature:
 
     def grad_and_curvature(self, d: Any) -> tuple[float, Any, float]:
         """``(loss, g, dᵀ H d)`` in one forward and one backward pass (adjoint mode,
-        arXiv 2210.14520 §3)."""
+        method inspired by arXiv 2210.14520)."""
         d = self.model._check_dir(d, "d", 1)
         loss, g, c = self.model._grad_and_curvature(self._Ws, self._X, self._y, d, self._params)
         return float(loss), g, float(c)
@@ -177,7 +177,7 @@ class MLPCurvature:
         ``(B, n_l)`` and ``output_hessians`` ``M_l`` ``(B, n_l, n_l)`` of the per-sample
         losses; the weight ``W{l}`` carries the bias as its last column
         (``bias_folded=True``). The layer's block of the mean-loss Hessian is
-        ``(1/B) Σ_b M_b ⊗ ã_b ã_bᵀ`` with ``ã = [a; 1]`` (arXiv 2104.03804, eq. 7).
+        ``(1/B) Σ_b M_b ⊗ ã_b ã_bᵀ`` with ``ã = [a; 1]`` (method inspired by arXiv 2104.03804).
         Memory ``O(B Σ n_l²)``: meant for narrow layers.
         """
         out = []

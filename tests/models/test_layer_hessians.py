@@ -1,4 +1,4 @@
-"""Exact second-order layer backprop (paper 000 F2-F4) against dense Hessians of the reference MLP."""
+"""Exact second-order layer backprop (method inspired by arXiv 2104.03804) against dense Hessians of the reference MLP."""
 
 from __future__ import annotations
 
