@@ -327,3 +327,128 @@ def test_curvature_lr_source_reports_realized_change_and_takes_data():
     _, _, ref = CurvatureLR(schedule=1.0).update_with_info(g, st, p, model=m, X=X, y=y)
     assert info.t == ref.t and info.c == ref.c and info.realized == ref.realized
     assert np.isfinite(info.realized) and info.realized == m.loss(p + upd, X, y) - m.loss(p, X, y)
+
+
+# ----------------------------------------------------------------------------- torch and JAX sources
+def _canonical(m, layout, v):
+    """A flat vector of a source's layout (weights ``*w*`` (out, in) and biases ``*b*`` named by
+    layer) as the reference MLP's folded flat vector."""
+    parts = layout.unpack_dict(v)
+    ws = [k for k in layout.names if len(layout.shapes[layout.index(k)]) == 2]
+    bs = [k for k in layout.names if len(layout.shapes[layout.index(k)]) == 1]
+    return m.layout.pack([np.concatenate([parts[w], parts[b][:, None]], axis=1) for w, b in zip(ws, bs)])
+
+
+def _from_canonical(m, layout, p):
+    """The reference MLP's folded flat vector in a source's layout (inverse of :func:`_canonical`)."""
+    Ws = m.layout.unpack(p)
+    ws = [k for k in layout.names if len(layout.shapes[layout.index(k)]) == 2]
+    bs = [k for k in layout.names if len(layout.shapes[layout.index(k)]) == 1]
+    by = {}
+    for W, w, b in zip(Ws, ws, bs):
+        by[w], by[b] = W[:, :-1], W[:, -1]
+    return layout.pack([np.ascontiguousarray(by[n]) for n in layout.names])
+
+
+def _torch_source(m, p, X, y):
+    torch = pytest.importorskip("torch")
+    from curvlab.adapters.torch import TorchCurvature
+
+    if not hasattr(TorchCurvature, "at"):
+        pytest.skip("TorchCurvature does not implement the CurvatureSource protocol yet")
+    layers = []
+    for i, W in enumerate(m.layout.unpack(p)):
+        lin = torch.nn.Linear(W.shape[1] - 1, W.shape[0]).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W[:, :-1].copy()))
+            lin.bias.copy_(torch.from_numpy(W[:, -1].copy()))
+        layers += [lin, torch.nn.Tanh()]
+    net = torch.nn.Sequential(*layers[:-1])
+    return TorchCurvature(net, "cross_entropy", (torch.from_numpy(X), torch.from_numpy(y)))
+
+
+def _jax_source(m, p, X, y):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    from curvlab.adapters.jax import JaxCurvature
+
+    if not hasattr(JaxCurvature, "at"):
+        pytest.skip("JaxCurvature does not implement the CurvatureSource protocol yet")
+    params = {f"l{i}": {"w": jnp.asarray(W[:, :-1]), "b": jnp.asarray(W[:, -1])}
+              for i, W in enumerate(m.layout.unpack(p))}
+    L = len(params)
+
+    def apply_fn(prm, x):
+        for i in range(L):
+            x = x @ prm[f"l{i}"]["w"].T + prm[f"l{i}"]["b"]
+            if i < L - 1:
+                x = jnp.tanh(x)
+        return x
+
+    return JaxCurvature(apply_fn, params, "cross_entropy", (jnp.asarray(X), jnp.asarray(y)))
+
+
+SOURCES = {"mlp": lambda m, p, X, y: MLPCurvature(m, p, (X, y)),
+           "mlp_split_bias": lambda m, p, X, y: StubMLPSource(m, _split(m, p), (X, y), split_bias=True),
+           "torch": _torch_source, "jax": _jax_source}
+
+
+def _trajectory_on(kind, opt_fn, steps=STEPS, seed=8):
+    """The folded (reference-MLP) trajectory of ``opt_fn(src)`` run on the source ``kind``,
+    starting from the same weights, with the source's own gradients."""
+    m, p, X, y = _problem(seed)
+    src = SOURCES[kind](m, p, X, y)
+    q = np.asarray(src.params).copy() if kind != "mlp" else p
+    opt = opt_fn(src)
+    st = opt.init(q)
+    traj = [_canonical(m, src.layout, q) if kind != "mlp" else q]
+    for _ in range(steps):
+        _, g = src.at(params=q).gradient()
+        upd, st = opt.update(np.asarray(g), st, q)
+        q = q + upd
+        traj.append(_canonical(m, src.layout, q) if kind != "mlp" else q)
+    return np.stack(traj)
+
+
+@pytest.mark.parametrize("kind", ["torch", "jax"])
+@pytest.mark.parametrize("mode", ["forward", "adjoint"])
+def test_curvature_lr_same_trajectory_on_every_source(kind, mode):
+    """CurvatureLR needs only dᵀHd: the same trajectory on the MLP, torch and JAX sources
+    (the same weights; 1e-10, float64)."""
+    mk = lambda src: CurvatureLR(base=Adam(lr=0.01), schedule=0.8, mode=mode, source=src)  # noqa: E731
+    ref = _trajectory_on("mlp", mk)
+    out = _trajectory_on(kind, mk)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["torch", "jax"])
+def test_dsgd_estimate_same_trajectory_on_every_source(kind):
+    """DSGD's estimate rule needs only dᵀHd. Its blocks are the source's parameters: weight and
+    bias apart on torch and JAX, so the reference is the MLP with separate biases."""
+    mk = lambda src: DSGD(rule="estimate", norm="frobenius", source=src)  # noqa: E731
+    ref = _trajectory_on("mlp_split_bias", mk, steps=15)
+    out = _trajectory_on(kind, mk, steps=15)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["torch", "jax"])
+def test_layer_methods_refuse_framework_sources_clearly(kind):
+    """ExactNewton needs layer_structure() and DSGD's bound the reference MLP: on a source
+    without them each says what it needs (TypeError / ValueError), never a wrong step."""
+    m, p, X, y = _problem(9)
+    src = SOURCES[kind](m, p, X, y)
+    q = np.asarray(src.params).copy()
+    _, g = src.gradient()
+    try:
+        src.layer_structure()
+    except Exception:   # noqa: BLE001 - LayerStructureUnavailable, the case this test covers
+        pass
+    else:
+        pytest.skip(f"{type(src).__name__} has a layer structure now: covered by the agreement tests")
+    with pytest.raises(TypeError, match="ExactNewton needs a curvature source with dense layers"):
+        ExactNewton(source=src).update(np.asarray(g), ExactNewton().init(q), q)
+    with pytest.raises(ValueError, match="rule='bound' is the rigorous"):
+        opt = DSGD(rule="bound", source=src)
+        opt.update(np.asarray(g), opt.init(q), q)
