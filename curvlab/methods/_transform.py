@@ -36,7 +36,15 @@ non-finite gradient or curvature is, by ``nan_policy``,
 
 The check is one device reduction over all the arrays involved and one host
 read (one sync on CuPy); what was non-finite is worked out only on the
-failure path. In a :func:`chain` the chain applies it once for the whole step.
+failure path. It lives in one place: for the building blocks, :func:`chain`
+and the aliases (``base_policy_check = True``), the public
+:meth:`Transform.update` runs the unchecked step :meth:`Transform._update`
+and checks the gradient, the updates and the new state once. A chain calls
+its transforms' unchecked steps, so a step costs one check however many
+blocks (or nested chains) it holds, and the outermost transform's policy is
+the one applied; a block used on its own applies its own. Methods that must
+also check a curvature (ArTuRO, CurvatureLR, ExactNewton, DSGD) apply the
+policy inside their ``_update``.
 
 Example
 -------
@@ -94,7 +102,8 @@ __all__ = [
     "attach_info",
     "NAN_POLICIES",
     "DEFAULT_MAX_CONSECUTIVE_SKIPS",
-    # re-exported from curvlab.tree (curvlab.estimators.rls imports them from here)
+    # re-exported from curvlab.tree for code written before curvlab.tree existed
+    # (curvlab itself imports them from curvlab.tree)
     "tree_map",
     "tree_vdot",
     "tree_leaves",
@@ -115,21 +124,32 @@ def _label(name: str, i: int) -> str:
 
 
 def check_tree_like(name: str, tree: Tree, ref: Tree, ref_name: str = "params") -> None:
-    """Raise ``ValueError`` unless ``tree`` has the structure and leaf shapes of ``ref``
-    (leaf ``i`` is named ``name[i]``, in :func:`curvlab.tree.tree_leaves` order)."""
+    """Raise unless ``tree`` is a float tree with the structure and leaf shapes of ``ref``.
+
+    ``ValueError`` for a structure or shape mismatch, ``TypeError`` for a leaf that is not a
+    float32/float64 array (``None`` or a string included); leaf ``i`` is named ``name[i]``,
+    in :func:`curvlab.tree.tree_leaves` order. ``ref`` is assumed valid (checked before).
+    """
+    if tree is None:
+        raise TypeError(f"{name} must be a float32/float64 array or a list/tuple/dict of them with the "
+                        f"structure of {ref_name}, got None")
     a, b = tree_leaves(tree), tree_leaves(ref)
     if len(a) != len(b) or not same_structure(tree, ref):
         raise ValueError(f"{name} must have the structure of {ref_name}: got {len(a)} leaves "
                          f"({type(tree).__name__}), expected {len(b)} ({type(ref).__name__})")
     for i, (x, y) in enumerate(zip(a, b)):
-        if tuple(x.shape) != tuple(y.shape):
-            raise ValueError(f"{_label(name, i)} has shape {tuple(x.shape)}, expected {tuple(y.shape)} as in {ref_name}")
         backend.check_float_array(x, _label(name, i))
+        if tuple(x.shape) != tuple(y.shape):
+            raise ValueError(f"{_label(name, i)} has shape {tuple(x.shape)}, expected {tuple(y.shape)} "
+                             f"as in {ref_name}")
 
 
 def check_params(params: Tree, name: str = "params") -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``params`` is a float32/float64 array or a
-    pytree (dict/list/tuple) of them (the trees curvlab transforms take)."""
+    """Raise ``TypeError`` unless ``params`` is a float32/float64 array or a pytree of them.
+
+    The pytrees curvlab transforms take: dict/list/tuple of arrays, nested; ``name`` is the
+    argument named in the message.
+    """
     if params is None:
         raise TypeError(f"{name} must be a float32/float64 array or a list/tuple/dict of them, got None")
     for i, x in enumerate(tree_leaves(params)):
@@ -141,8 +161,9 @@ def _is_leaf(tree: Tree) -> bool:
 
 
 def apply_updates(params: Tree, updates: Tree) -> Tree:
-    """``params + updates`` leaf by leaf (new arrays, each in its params leaf's dtype; inputs
-    untouched); the result has the structure of ``params``.
+    """Return ``params + updates`` leaf by leaf, with the structure and dtypes of ``params``.
+
+    New arrays, each in its params leaf's dtype; the inputs are untouched.
 
     ``updates`` must have the structure and leaf shapes of ``params`` (no broadcasting):
     ``ValueError``/``TypeError`` naming the argument otherwise.
@@ -161,7 +182,7 @@ def _is_array(x: Any) -> bool:
 
 
 def all_finite(*trees: Any) -> bool:
-    """Whether every entry of every array (and every Python number) in ``trees`` is finite.
+    """Return whether every entry of every array (and every Python number) in ``trees`` is finite.
 
     ``trees``: arrays, pytrees of arrays, numbers or ``None`` (ignored). The arrays'
     finiteness is reduced on their device and read once: one host sync on CuPy, whatever
@@ -190,8 +211,10 @@ def all_finite(*trees: Any) -> bool:
 
 
 def state_leaves(state: Any) -> list[Any]:
-    """The array leaves of a state (fields that are arrays or pytrees of arrays, nested
-    states included), in field order."""
+    """Return the array leaves of a state, nested states included, in field order.
+
+    Fields that are arrays or pytrees of arrays count; scalars (counters) do not.
+    """
     out: list[Any] = []
     for f in dataclasses.fields(state):
         v = getattr(state, f.name)
@@ -334,9 +357,11 @@ def attach_info(state: S, info: Any) -> S:
 
 @dataclasses.dataclass
 class StepInfo:
-    """What a step reports (not needed by the next step): ``skipped`` (by the NaN policy) and
-    ``lr``, the step size this step used where the transform has one (NaN otherwise).
-    Methods report more in their own info classes."""
+    """What a step reports, apart from the state: whether it was skipped, and its step size.
+
+    ``skipped`` (by the NaN policy) and ``lr``, the step size this step used where the
+    transform has one (NaN otherwise). Methods report more in their own info classes.
+    """
 
     skipped: bool = False
     lr: float = math.nan
@@ -356,11 +381,21 @@ class Transform:
       a method whose step has no such split raises ``NotImplementedError``
       (``has_direction`` is False).
 
-    Subclasses implement :meth:`init` and :meth:`_update` (returning ``(updates, state,
-    info)``; :meth:`update` and :meth:`update_with_info` call it). ``update`` leaves its
-    input state unchanged and returns a new one, unless the transform declares
-    ``inplace = True`` (then it updates the state in place and returns the same object).
-    :meth:`step` is a convenience returning new parameters.
+    Subclasses implement :meth:`init` and :meth:`_update` (the step without the shared
+    finiteness check, returning ``(updates, state, info)``; :meth:`update` and
+    :meth:`update_with_info` call it). ``update`` leaves its input state unchanged and
+    returns a new one, unless the transform declares ``inplace = True`` (then it updates the
+    state in place and returns the same object). :meth:`step` is a convenience returning new
+    parameters.
+
+    With ``base_policy_check = True`` (the building blocks, :class:`Chain` and the aliases),
+    :meth:`update_with_info` applies the NaN policy around ``_update``: it checks the inputs
+    (``grads``/``params`` type, structure and shapes: ``TypeError``/``ValueError`` naming
+    them; ``state`` type), then ``grads``, the updates and the new state's arrays for NaN/Inf
+    in one reduction and one host read, and on a skip returns zero updates and the input state
+    with its counters advanced (its state class then has the fields ``n_skipped_steps`` and
+    ``consecutive_skips``). :class:`Chain` calls its transforms' :meth:`_update_unchecked`,
+    so the check runs once per step, by the outermost transform's policy.
     """
 
     state_class: type[TransformState] = TransformState
@@ -369,6 +404,10 @@ class Transform:
     max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS
     #: True when :meth:`update` updates the input state in place and returns the same object
     inplace: bool = False
+    #: True when :meth:`update_with_info` applies the NaN policy around :meth:`_update` (the
+    #: building blocks, chain, the aliases); False for a method that applies it inside its
+    #: own ``_update`` (where it also checks a curvature) and for subclasses written before
+    base_policy_check: bool = False
 
     def set_nan_policy(self, nan_policy: str = "skip",
                        max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
@@ -422,9 +461,9 @@ class Transform:
                 **extras: Any) -> tuple[Tree, Any, Any]:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} implements neither _update nor update")
 
-    def update_with_info(self, grads: Tree, state: Any, params: Tree | None = None,
-                         **extras: Any) -> tuple[Tree, Any, Any]:
-        """One step: ``(updates, new_state, info)`` (``info``: what the step reports)."""
+    def _update_unchecked(self, grads: Tree, state: Any, params: Tree | None = None,
+                          **extras: Any) -> tuple[Tree, Any, Any]:
+        """The step without the shared NaN check (what a :class:`Chain` calls on its transforms)."""
         if type(self)._update is Transform._update:
             if type(self).update is Transform.update:
                 raise NotImplementedError(f"{type(self).__name__} implements neither _update nor update")
@@ -434,6 +473,43 @@ class Transform:
         if isinstance(new, TransformState) and not getattr(info, "skipped", False):
             attach_info(new, info)
         return upd, new, info
+
+    def _uses_params(self) -> bool:
+        """Whether the step reads ``params`` (blamed in a ``"raise"`` message when non-finite)."""
+        return False
+
+    def _check_inputs(self, grads: Tree, state: Any, params: Tree | None) -> None:
+        """``TypeError``/``ValueError`` naming ``grads``, ``params`` or ``state`` when they
+        cannot be what this transform takes (no device work, no sync)."""
+        if params is not None:
+            check_params(params)
+            check_tree_like("grads", grads, params)
+        else:
+            check_params(grads, "grads")
+        if not isinstance(state, self.state_class):
+            raise TypeError(f"state must be the {self.state_class.__name__} that {type(self).__name__}.init "
+                            f"returns, got {type(state).__name__}")
+
+    def _checked_update(self, grads: Tree, state: Any, params: Tree | None,
+                        extras: dict) -> tuple[Tree, Any, Any]:
+        """The NaN policy of the module docstring around :meth:`_update_unchecked`."""
+        self._check_inputs(grads, state, params)
+        upd, new, info = self._update_unchecked(grads, state, params, **extras)
+        if self.nonfinite(grads, upd, *state_leaves(new),
+                          blame={"grads": grads, "params": params if self._uses_params() else None}):
+            return tree_zeros_like(grads), self.skipped(state), type(info)(skipped=True)
+        if new.consecutive_skips or new.n_skipped_steps != state.n_skipped_steps:
+            # a step after skips: the block's _update built its state with fresh counters
+            new = attach_info(dataclasses.replace(new, n_skipped_steps=state.n_skipped_steps,
+                                                  consecutive_skips=0), info)
+        return upd, new, info
+
+    def update_with_info(self, grads: Tree, state: Any, params: Tree | None = None,
+                         **extras: Any) -> tuple[Tree, Any, Any]:
+        """One step: ``(updates, new_state, info)`` (``info``: what the step reports)."""
+        if self.base_policy_check:
+            return self._checked_update(grads, state, params, extras)
+        return self._update_unchecked(grads, state, params, **extras)
 
     def update(self, grads: Tree, state: Any, params: Tree | None = None,
                **extras: Any) -> tuple[Tree, Any]:
@@ -507,32 +583,47 @@ def lr_at(lr: float | Schedule, count: int) -> float:
 
 @dataclasses.dataclass
 class EmptyState(TransformState):
-    """State of a stateless transform."""
+    """State of a stateless transform: only the NaN policy's counters (used on its own)."""
+
+    n_skipped_steps: int = 0
+    consecutive_skips: int = 0
 
 
 @dataclasses.dataclass
 class CountState(TransformState):
-    """``count``: steps taken (the schedule index)."""
+    """State of a step-size transform: ``count`` (steps taken, the schedule index), NaN counters."""
 
     count: int = 0
+    n_skipped_steps: int = 0
+    consecutive_skips: int = 0
+
+
+def _policy_kwargs(nan_policy: str, max_consecutive_skips: int) -> dict[str, Any]:
+    return {"nan_policy": nan_policy, "max_consecutive_skips": max_consecutive_skips}
 
 
 class ScaleByLR(Transform):
-    """``updates = -lr_k · u`` (descent convention; ``lr_k = lr`` or ``lr(k)`` for a schedule,
-    ``k`` the steps taken). Each leaf is scaled in its own dtype (``lr`` cast to it first).
-    Built by :func:`scale_by_lr`."""
+    """The step-size transform ``updates = -lr_k · u``, built by :func:`scale_by_lr`.
+
+    Descent convention; ``lr_k = lr`` or ``lr(k)`` for a schedule, ``k`` the steps taken. Each
+    leaf is scaled in its own dtype (``lr`` cast to it first). The NaN policy applies when it
+    is the outermost transform (in a chain, the chain's applies).
+    """
 
     state_class = CountState
+    base_policy_check = True
 
-    def __init__(self, lr: float | Schedule) -> None:
+    def __init__(self, lr: float | Schedule, *, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         self.lr = check_lr(lr)
-        self.nan_policy = "propagate"   # a building block: the chain applies the policy
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
 
     def init(self, params: Tree) -> CountState:
+        check_params(params)
         return CountState(0)
 
     def tick(self, state: CountState) -> CountState:
-        return CountState(state.count + 1)
+        return dataclasses.replace(state, count=state.count + 1)
 
     def _update(self, grads: Tree, state: CountState, params: Tree | None = None,
                 **extras: Any) -> tuple[Tree, CountState, StepInfo]:
@@ -540,9 +631,13 @@ class ScaleByLR(Transform):
         return tree_map(lambda x: -x.dtype.type(lr) * x, grads), CountState(state.count + 1), StepInfo(lr=lr)
 
 
-def scale_by_lr(lr: float | Schedule) -> ScaleByLR:
-    """The step size as a transform: ``updates = -lr · u`` (``lr`` a number > 0 or a schedule
-    ``k -> lr_k`` of the step count ``k = 0, 1, ...``), as optax's ``scale_by_learning_rate``.
+def scale_by_lr(lr: float | Schedule, *, nan_policy: str = "skip",
+                max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> ScaleByLR:
+    """Return the step size as a transform: ``updates = -lr · u``, as optax's ``scale_by_learning_rate``.
+
+    ``lr``: a number > 0 or a schedule ``k -> lr_k`` of the step count ``k = 0, 1, ...``.
+    ``nan_policy``, ``max_consecutive_skips``: the shared policy (module docstring), applied
+    when this is the outermost transform.
 
     >>> import numpy as np
     >>> t = scale_by_lr(lambda k: 0.5 ** k)
@@ -551,35 +646,47 @@ def scale_by_lr(lr: float | Schedule) -> ScaleByLR:
     >>> u.tolist(), u2.tolist()
     ([-1.0, -1.0], [-0.5, -0.5])
     """
-    return ScaleByLR(lr)
+    return ScaleByLR(lr, **_policy_kwargs(nan_policy, max_consecutive_skips))
 
 
 class AddDecayedWeights(Transform):
-    """Weight decay as a transform (built by :func:`add_decayed_weights`).
+    """Weight decay as a transform, coupled or decoupled, built by :func:`add_decayed_weights`.
 
     Coupled (``lr=None``; L2 regularisation, before the direction): ``u + wd · params``.
     Decoupled (``lr`` given; after :func:`scale_by_lr`, as AdamW, arXiv 1711.05101 Alg. 2):
     ``u − (lr_k · wd) · params``. ``mask``: a pytree of bools shaped like ``params`` (or a
     callable ``params -> mask``); leaves where it is False are not decayed. ``wd = 0`` returns
-    ``u`` itself (no copy).
+    ``u`` itself (no copy). The NaN policy applies when it is the outermost transform.
     """
 
-    def __init__(self, weight_decay: float, mask: Any = None, *, lr: float | Schedule | None = None) -> None:
+    base_policy_check = True
+
+    def __init__(self, weight_decay: float, mask: Any = None, *, lr: float | Schedule | None = None,
+                 nan_policy: str = "skip", max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         self.weight_decay = _check_real("weight_decay", weight_decay)
+        if mask is not None and not callable(mask) and not isinstance(mask, (bool, np.bool_, list, tuple, dict)):
+            raise TypeError(f"mask must be a pytree of bools shaped like params or a callable params -> mask, "
+                            f"got {type(mask).__name__}")
         self.mask = mask
         self.lr = None if lr is None else check_lr(lr)
         self.state_class = EmptyState if lr is None else CountState
-        self.nan_policy = "propagate"
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
 
     @property
     def decoupled(self) -> bool:
         return self.lr is not None
 
     def init(self, params: Tree) -> TransformState:
+        check_params(params)
         return self.state_class()
 
+    def _uses_params(self) -> bool:
+        return self.weight_decay != 0.0
+
     def tick(self, state: Any) -> Any:
-        return CountState(state.count + 1) if isinstance(state, CountState) else state
+        if isinstance(state, CountState):
+            return dataclasses.replace(state, count=state.count + 1)
+        return dataclasses.replace(state)   # a new object: update never returns its input state
 
     def _mask(self, params: Tree) -> list[bool] | None:
         if self.mask is None:
@@ -613,12 +720,16 @@ class AddDecayedWeights(Transform):
         return tree_unflatten(treedef, out), new, StepInfo(lr=lr)
 
 
-def add_decayed_weights(weight_decay: float, mask: Any = None, *,
-                        lr: float | Schedule | None = None) -> AddDecayedWeights:
-    """The one weight-decay transform of curvlab: coupled ``u + wd·params`` (``lr=None``,
-    placed before the direction: L2 regularisation) or decoupled ``u − lr·wd·params``
-    (``lr`` given, placed after :func:`scale_by_lr`; arXiv 1711.05101). ``mask``: pytree of
-    bools (or ``params -> mask``) selecting the decayed leaves.
+def add_decayed_weights(weight_decay: float, mask: Any = None, *, lr: float | Schedule | None = None,
+                        nan_policy: str = "skip",
+                        max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> AddDecayedWeights:
+    """Return the one weight-decay transform of curvlab, coupled (L2) or decoupled (AdamW).
+
+    Coupled ``u + wd·params`` (``lr=None``, placed before the direction: L2 regularisation)
+    or decoupled ``u − lr·wd·params`` (``lr`` given, placed after :func:`scale_by_lr`;
+    arXiv 1711.05101). ``mask``: pytree of bools (or ``params -> mask``) selecting the
+    decayed leaves. ``nan_policy``, ``max_consecutive_skips``: the shared policy (module
+    docstring), applied when this is the outermost transform.
 
     >>> import numpy as np
     >>> t = add_decayed_weights(0.1, mask={"w": True, "b": False})
@@ -627,14 +738,17 @@ def add_decayed_weights(weight_decay: float, mask: Any = None, *,
     >>> u["w"].tolist(), u["b"].tolist()
     ([0.1, 0.1], [0.0, 0.0])
     """
-    return AddDecayedWeights(weight_decay, mask, lr=lr)
+    return AddDecayedWeights(weight_decay, mask, lr=lr, **_policy_kwargs(nan_policy, max_consecutive_skips))
 
 
 @dataclasses.dataclass
 class ChainState(TransformState):
-    """State of :func:`chain`: ``inner`` (one state per transform, a tuple), ``count`` (steps
-    taken; a skipped step does not count) and the NaN policy's counters. Load a saved one
-    with :meth:`Chain.load_state` (it knows the inner state classes)."""
+    """State of :func:`chain`: the inner states, the step count and the NaN policy's counters.
+
+    ``inner`` (one state per transform, a tuple), ``count`` (steps taken; a skipped step does
+    not count). Load a saved one with :meth:`Chain.load_state` (it knows the inner state
+    classes).
+    """
 
     inner: Any = ()
     count: int = 0
@@ -664,13 +778,16 @@ class ChainInfo(StepInfo):
 
 
 class Chain(Transform):
-    """Transforms applied in sequence (built by :func:`chain`): the updates of one are the
-    input of the next; each gets ``params`` and the extras.
+    """Transforms applied in sequence, built by :func:`chain`.
 
-    The chain applies the shared NaN policy once for the whole step: when the final updates
-    or a new inner state hold NaN/Inf, the step is skipped (zero updates, every inner state
-    unchanged, the counters advanced) or raises, by ``nan_policy``. Host syncs: one per step
-    (none with ``"propagate"``), plus those of the transforms.
+    The updates of one are the input of the next; each gets ``params`` and the extras.
+
+    The chain applies the shared NaN policy once for the whole step (its transforms' own
+    ``nan_policy`` is not used: the chain runs their unchecked steps, nested chains included):
+    when the gradient, the final updates or a new inner state hold NaN/Inf, the step is
+    skipped (zero updates, every inner state unchanged, the counters advanced) or raises, by
+    ``nan_policy``. Host syncs: one per step (none with ``"propagate"``), plus those of
+    transforms that check a curvature themselves.
 
     ``direction`` runs the transforms before the first :class:`ScaleByLR` (the later ones'
     states advance by :meth:`Transform.tick`); the decoupled weight decay that follows the
@@ -678,6 +795,7 @@ class Chain(Transform):
     """
 
     state_class = ChainState
+    base_policy_check = True
 
     def __init__(self, *transforms: Transform, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
@@ -723,28 +841,18 @@ class Chain(Transform):
             if upto is not None and i >= upto:
                 news.append(t.tick(s))
                 continue
-            u, s2, info = t.update_with_info(u, s, params, **extras)
+            u, s2, info = t._update_unchecked(u, s, params, **extras)
             news.append(s2)
             infos.append(info)
         return u, tuple(news), infos
 
-    def _check_grads(self, grads: Tree, params: Tree | None) -> None:
-        if params is not None:
-            check_tree_like("grads", grads, params)
-        else:
-            check_params(grads, "grads")
-
     def _uses_params(self) -> bool:
-        return any(isinstance(t, AddDecayedWeights) and t.weight_decay for t in self.transforms)
+        return any(t._uses_params() for t in self.transforms)
 
     def _update(self, grads: Tree, state: Any, params: Tree | None = None,
                 **extras: Any) -> tuple[Tree, Any, ChainInfo]:
-        self._check_grads(grads, params)
         u, news, infos = self._run(grads, state, params, None, extras)
         new = self._join(news, state)
-        if self.nonfinite(u, *state_leaves(new),
-                          blame={"grads": grads, "params": params if self._uses_params() else None}):
-            return tree_zeros_like(grads), self.skipped(state), ChainInfo(skipped=True)
         lrs = [i.lr for i in infos if isinstance(i, StepInfo) and not math.isnan(i.lr)]
         return u, new, ChainInfo(lr=lrs[-1] if lrs else math.nan, parts=tuple(infos))
 
@@ -758,14 +866,14 @@ class Chain(Transform):
                   **extras: Any) -> tuple[Tree, Any]:
         """The updates of the transforms before the first ``scale_by_lr`` and the new state
         (no NaN check: the caller applies its policy)."""
-        self._check_grads(grads, params)
+        self._check_inputs(grads, state, params)
         d, news, _ = self._run(grads, state, params, self._direction_end(), extras)
         return d, self._join(news, state)
 
 
 def chain(*transforms: Transform, nan_policy: str = "skip",
           max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> Chain:
-    """Compose transforms (optax's ``chain``), with the shared NaN policy applied once.
+    """Compose transforms (optax's ``chain``), with the shared NaN policy applied once per step.
 
     >>> import numpy as np
     >>> from curvlab.methods.baselines import scale_by_adam

@@ -11,10 +11,11 @@ their flat states (``SGDState``, ``MomentumState``, ``AdamState``) and give the 
 chains bit for bit. ``lr`` may be a schedule ``k -> lr_k`` of the step count.
 
 Numerical trouble (``nan_policy``, ``max_consecutive_skips``; the shared policy of
-:mod:`curvlab.methods._transform`): a step whose direction or new state holds NaN/Inf
+:mod:`curvlab.methods._transform`): a step whose gradient, direction or new state holds NaN/Inf
 (a non-finite gradient, or an overflow) is skipped by default — zero update, state unchanged
-but for ``n_skipped_steps`` and ``consecutive_skips``. Host syncs: one per ``update`` (the
-finiteness check; none with ``nan_policy="propagate"``).
+but for ``n_skipped_steps`` and ``consecutive_skips``. The direction transforms follow it too
+when used on their own (outside a chain; inside one the chain's policy applies, checked once).
+Host syncs: one per ``update`` (the finiteness check; none with ``nan_policy="propagate"``).
 
 Example
 -------
@@ -68,26 +69,46 @@ def _check_hyper(name: str, value: float, low: float = 0.0, inclusive: bool = Tr
     return v
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 # ----------------------------------------------------------------------------- direction transforms
 @dataclasses.dataclass
 class TraceState(TransformState):
-    """``buffer``: the momentum buffer (shaped like params)."""
+    """State of :func:`trace`: the momentum ``buffer`` (shaped like params) and the NaN counters."""
 
     buffer: Any
+    n_skipped_steps: int = 0
+    consecutive_skips: int = 0
 
 
 class Trace(Transform):
-    """Heavy-ball momentum as a direction transform (built by :func:`trace`):
-    ``b ← μ b + u``, output ``b`` (Nesterov: ``u + μ b``); arithmetic in each leaf's dtype."""
+    """Heavy-ball momentum as a direction transform, built by :func:`trace`.
+
+    ``b ← μ b + u``, output ``b`` (Nesterov: ``u + μ b``), ``μ`` = ``decay`` (also read as
+    ``momentum``); arithmetic in each leaf's dtype. The NaN policy applies when it is the
+    outermost transform.
+    """
 
     state_class = TraceState
+    base_policy_check = True
 
-    def __init__(self, decay: float = 0.9, nesterov: bool = False) -> None:
-        self.momentum = _check_hyper("momentum", decay, 0.0, high=1.0)
-        self.nesterov = bool(nesterov)
-        self.nan_policy = "propagate"
+    def __init__(self, decay: float = 0.9, nesterov: bool = False, *, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
+        self.momentum = _check_hyper("decay", decay, 0.0, high=1.0)
+        self.nesterov = _check_bool("nesterov", nesterov)
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
+
+    @property
+    def decay(self) -> float:
+        """``μ``, the momentum coefficient (the ``decay`` argument)."""
+        return self.momentum
 
     def init(self, params: Tree) -> TraceState:
+        check_params(params)
         return TraceState(tree_zeros_like(params))
 
     def _update(self, grads: Tree, state: TraceState, params: Tree | None = None,
@@ -99,37 +120,49 @@ class Trace(Transform):
         return d, TraceState(buf), StepInfo()
 
 
-def trace(decay: float = 0.9, nesterov: bool = False) -> Trace:
-    """Momentum direction ``b ← μ b + u`` (``nesterov``: ``u + μ b``); chain it with
-    :func:`~curvlab.methods.scale_by_lr` (``Momentum(lr, μ)`` =
-    ``chain(trace(μ), scale_by_lr(lr))``)."""
-    return Trace(decay, nesterov)
+def trace(decay: float = 0.9, nesterov: bool = False, *, nan_policy: str = "skip",
+          max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> Trace:
+    """Return the momentum direction ``b ← μ b + u`` (``nesterov``: ``u + μ b``) as a transform.
+
+    ``μ`` = ``decay`` in [0, 1). Chain it with :func:`~curvlab.methods.scale_by_lr`:
+    ``Momentum(lr, μ)`` = ``chain(trace(μ), scale_by_lr(lr))``. ``nan_policy``,
+    ``max_consecutive_skips``: the shared policy, applied when this is the outermost transform.
+    """
+    return Trace(decay, nesterov, nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)
 
 
 @dataclasses.dataclass
 class ScaleByAdamState(TransformState):
-    """``count`` (steps taken) and the moments ``m``, ``v`` (shaped like params)."""
+    """State of :func:`scale_by_adam`: ``count`` (steps taken), moments ``m``, ``v``, NaN counters."""
 
     count: int
     m: Any
     v: Any
+    n_skipped_steps: int = 0
+    consecutive_skips: int = 0
 
 
 class ScaleByAdam(Transform):
-    """The Adam direction (arXiv 1412.6980, Algorithm 1; built by :func:`scale_by_adam`):
+    """The Adam direction (arXiv 1412.6980, Algorithm 1), built by :func:`scale_by_adam`.
+
     ``m ← b1 m + (1−b1) u``, ``v ← b2 v + (1−b2) u²``, output ``m̂ / (sqrt(v̂) + eps)`` with the
-    bias corrections ``m̂ = m/(1−b1^t)``, ``v̂ = v/(1−b2^t)``; arithmetic in each leaf's dtype."""
+    bias corrections ``m̂ = m/(1−b1^t)``, ``v̂ = v/(1−b2^t)``; arithmetic in each leaf's dtype.
+    The NaN policy applies when it is the outermost transform.
+    """
 
     state_class = ScaleByAdamState
+    base_policy_check = True
 
-    def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+    def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, nan_policy: str = "skip",
+                 max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         self.b1 = _check_hyper("b1", b1, 0.0, high=1.0)
         self.b2 = _check_hyper("b2", b2, 0.0, high=1.0)
         # eps = 0 divides 0 by 0 on a zero gradient coordinate
         self.eps = _check_hyper("eps", eps, 0.0, inclusive=False)
-        self.nan_policy = "propagate"
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
 
     def init(self, params: Tree) -> ScaleByAdamState:
+        check_params(params)
         return ScaleByAdamState(0, tree_zeros_like(params), tree_zeros_like(params))
 
     def _update(self, grads: Tree, state: ScaleByAdamState, params: Tree | None = None,
@@ -147,10 +180,14 @@ class ScaleByAdam(Transform):
         return d, ScaleByAdamState(t, m, v), StepInfo()
 
 
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByAdam:
-    """The Adam direction (arXiv 1412.6980, Alg. 1) as a transform; ``Adam(lr)`` =
-    ``chain(scale_by_adam(), scale_by_lr(lr))`` bit for bit."""
-    return ScaleByAdam(b1, b2, eps)
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, nan_policy: str = "skip",
+                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> ScaleByAdam:
+    """Return the Adam direction (arXiv 1412.6980, Alg. 1) as a transform.
+
+    ``Adam(lr)`` = ``chain(scale_by_adam(), scale_by_lr(lr))`` bit for bit. ``nan_policy``,
+    ``max_consecutive_skips``: the shared policy, applied when this is the outermost transform.
+    """
+    return ScaleByAdam(b1, b2, eps, nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)
 
 
 # ----------------------------------------------------------------------------- states of the aliases
@@ -228,8 +265,11 @@ class _Alias(Chain):
 
 
 class SGD(_Alias):
-    """Plain stochastic gradient descent: ``d = g (+ wd * params)``, ``updates = -lr d``;
-    ``chain(add_decayed_weights(wd), scale_by_lr(lr))``."""
+    """Plain stochastic gradient descent, ``updates = -lr (g + wd params)``.
+
+    ``d = g (+ wd * params)``, ``updates = -lr d``:
+    ``chain(add_decayed_weights(wd), scale_by_lr(lr))``.
+    """
 
     state_class = SGDState
 
@@ -247,8 +287,11 @@ class SGD(_Alias):
 
 
 class Momentum(_Alias):
-    """Heavy-ball momentum ``b <- mu b + g``, ``d = b`` (Nesterov: ``d = g + mu b``),
-    ``updates = -lr d``; ``chain(add_decayed_weights(wd), trace(mu, nesterov), scale_by_lr(lr))``."""
+    """Heavy-ball (or Nesterov) momentum SGD, ``b <- mu b + g``, ``updates = -lr b``.
+
+    ``d = b`` (Nesterov: ``d = g + mu b``), ``updates = -lr d``:
+    ``chain(add_decayed_weights(wd), trace(mu, nesterov), scale_by_lr(lr))``.
+    """
 
     state_class = MomentumState
 
@@ -256,6 +299,7 @@ class Momentum(_Alias):
                  weight_decay: float = 0.0, *, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         lr = check_lr(lr)
+        momentum = _check_hyper("momentum", momentum, 0.0, high=1.0)   # named as the caller passed it
         super().__init__(add_decayed_weights(_check_hyper("weight_decay", weight_decay)), trace(momentum, nesterov),
                          scale_by_lr(lr), nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)
 
@@ -279,9 +323,11 @@ class Momentum(_Alias):
 
 
 class Adam(_Alias):
-    """Adam with bias correction: ``d = m̂ / (sqrt(v̂) + eps)``, ``updates = -lr d``; L2
-    ``weight_decay`` on the gradient (arXiv 1412.6980, Alg. 1):
-    ``chain(add_decayed_weights(wd), scale_by_adam(b1, b2, eps), scale_by_lr(lr))``."""
+    """Adam with bias correction and L2 weight decay (arXiv 1412.6980, Alg. 1).
+
+    ``d = m̂ / (sqrt(v̂) + eps)``, ``updates = -lr d``, ``weight_decay`` added to the gradient:
+    ``chain(add_decayed_weights(wd), scale_by_adam(b1, b2, eps), scale_by_lr(lr))``.
+    """
 
     state_class = AdamState
     decoupled = False
@@ -314,8 +360,9 @@ class Adam(_Alias):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (arXiv 1711.05101, Alg. 2; default ``weight_decay=0.01``):
-    ``updates = -lr d - lr·wd·params``;
+    """Adam with decoupled weight decay (arXiv 1711.05101, Alg. 2), ``updates = -lr d - lr·wd·params``.
+
+    Default ``weight_decay=0.01``:
     ``chain(scale_by_adam(b1, b2, eps), scale_by_lr(lr), add_decayed_weights(wd, lr=lr))``.
     Its :meth:`direction` is the Adam direction (the decoupled decay follows the step size)."""
 

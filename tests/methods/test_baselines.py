@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from curvlab.methods._transform import apply_updates, tree_map, tree_vdot
-from curvlab.methods.baselines import SGD, Adam, AdamW, Momentum
+from curvlab.methods.baselines import SGD, Adam, AdamW, Momentum, scale_by_adam, trace
 
 
 def _quadratic_grads(p, A, b):
@@ -142,3 +142,30 @@ def test_state_saved_before_the_nan_counters_still_loads():
     del d["m"]
     with pytest.raises(KeyError, match="lacks the field 'm'"):
         opt.load_state(d)
+
+
+@pytest.mark.parametrize("make", [lambda **k: scale_by_adam(**k), lambda **k: trace(0.9, **k)],
+                         ids=["adam", "trace"])
+def test_direction_blocks_used_alone_keep_their_state_finite(make):
+    """Issue 11, defect 5: scale_by_adam/trace on their own (no chain) skip a NaN/Inf gradient:
+    zero update, state bitwise unchanged but for the counters; raise and the cap as the aliases."""
+    p = np.linspace(-1.0, 1.0, 5)
+    opt = make()
+    st = opt.init(p)
+    u, st = opt.update(np.cos(p), st, p)
+    before = st.to_dict()
+    for bad in (np.nan, np.inf, -np.inf):
+        g = np.cos(p)
+        g[2] = bad
+        u, new = opt.update(g, st, p)
+        assert np.array_equal(u, np.zeros(5)) and new.consecutive_skips == 1
+        after = new.to_dict()
+        for k in before:
+            if k not in ("n_skipped_steps", "consecutive_skips"):
+                np.testing.assert_array_equal(after[k], before[k], strict=True)
+    with pytest.raises(FloatingPointError, match=r"non-finite values in grads \(1 NaN/Inf of 5\)"):
+        make(nan_policy="raise").update(np.where(p > 0.6, np.nan, 0.0), st, p)
+    capped = make(max_consecutive_skips=1)
+    _, s = capped.update(np.full(5, np.inf), st, p)
+    with pytest.raises(FloatingPointError, match="consecutive"):
+        capped.update(np.full(5, np.inf), s, p)

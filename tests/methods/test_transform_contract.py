@@ -166,6 +166,22 @@ REGISTRY["CurvatureLR-ExactNewton"] = Case(
     lambda p, t: _map(lambda x: (0.1 * x).astype(x.dtype), p),
     lambda p, t, bad: {**_newton_extras(p, t, None), "curvature": _quad_curv(bad)}, curvature=True)
 
+# the building blocks on their own (outermost: their own NaN policy applies) and a nested chain
+# (one check for the whole step, by the outer chain's policy)
+REGISTRY["block-scale_by_adam"] = Case(lambda **k: scale_by_adam(b1=0.8, **k), _list_params, _quad_grad)
+REGISTRY["block-trace"] = Case(lambda **k: trace(0.8, **k), _list_params, _quad_grad)
+REGISTRY["block-trace-nesterov"] = Case(lambda **k: trace(decay=0.7, nesterov=True, **k), _list_params, _quad_grad)
+REGISTRY["block-scale_by_lr"] = Case(lambda **k: scale_by_lr(0.1, **k), _list_params, _quad_grad)
+REGISTRY["block-scale_by_lr-schedule"] = Case(lambda **k: scale_by_lr(lambda n: 0.2 / (1 + n), **k), _list_params,
+                                              _quad_grad)
+REGISTRY["block-add_decayed_weights"] = Case(lambda **k: add_decayed_weights(0.1, **k), _list_params, _quad_grad)
+REGISTRY["block-add_decayed_weights-decoupled-mask"] = Case(
+    lambda **k: add_decayed_weights(0.1, mask=lambda p: T.tree_map(lambda x: x.ndim == 2, p), lr=0.05, **k),
+    _list_params, _quad_grad)
+REGISTRY["chain-nested"] = Case(
+    lambda **k: chain(chain(add_decayed_weights(0.01), scale_by_adam(nan_policy="raise")), trace(0.5),
+                      scale_by_lr(0.05), **k), _list_params, _quad_grad)
+
 # ArTuRO without copy_state updates its state in place (declared): the contract checks the declaration
 REGISTRY["ArTuRO-exact-inplace"] = Case(lambda **k: ArTuRO(**ARTURO_CFG, mode="exact", **k),
                                         lambda dt: W0.astype(dt), _arturo_grad, propagates=False)
@@ -302,7 +318,9 @@ def test_propagate_policy_does_not_skip(name):
     opt = case.make(nan_policy="propagate")
     with np.errstate(all="ignore"):
         upd, st = opt.update(_poison(case.grad(p, 0), np.nan), opt.init(p), p, **case.extras(p, 0, None))
-    assert st.n_skipped_steps == 0 and st.count == 1
+    assert st.n_skipped_steps == 0
+    if "count" in {f.name for f in dataclasses.fields(st)}:
+        assert st.count == 1
     if case.propagates:
         assert not all(np.all(np.isfinite(u)) for u in _leaves(upd))
     else:  # the step went on; the non-finite coordinate kept its state (ArTuRO's filter kernel)
@@ -630,3 +648,119 @@ def test_a_transform_written_with_update_only_still_reports():
 
     with pytest.raises(NotImplementedError, match="neither _update nor update"):
         Nothing().update(np.ones(2), None)
+
+
+# ----------------------------------------------------------------------------- one check per step
+def _blocks_and_chains():
+    """The blocks, chains and aliases of the registry (their policy is the base class's)."""
+    return {n: c for n, c in REGISTRY.items() if n.startswith(("block-", "chain-", "SGD", "Momentum", "Adam"))}
+
+
+def test_the_policy_is_checked_by_the_base_class_of_every_block_chain_and_alias():
+    assert len(_blocks_and_chains()) >= 19   # 6 aliases, 6 chains, 7 blocks alone
+    for n, c in _blocks_and_chains().items():
+        assert getattr(c.make(), "base_policy_check", False), n
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise", "propagate"])
+@pytest.mark.parametrize("name", sorted(_blocks_and_chains()))
+def test_one_finiteness_check_per_step_however_many_blocks(name, policy, monkeypatch):
+    """Issue 11 (defect 5): one reduction and one host read per step in total, for a block on
+    its own and for a chain (nested chains included), none with "propagate"."""
+    import curvlab.methods._transform as tr
+
+    calls = []
+    real = tr.all_finite
+    monkeypatch.setattr(tr, "all_finite", lambda *a: calls.append(1) or real(*a))
+    case = REGISTRY[name]
+    opt = case.make(nan_policy=policy)
+    p = case.params(np.float64)
+    st = opt.init(p)
+    for t in range(3):
+        calls.clear()
+        u, st = opt.update(case.grad(p, t), st, p)
+        assert len(calls) == (0 if policy == "propagate" else 1), (t, len(calls))
+        p = apply_updates(p, u)
+
+
+def test_inside_a_chain_the_chains_policy_applies_not_the_blocks():
+    p = _list_params(np.float64)
+    opt = chain(scale_by_adam(nan_policy="raise"), trace(0.5, nan_policy="raise"),
+                scale_by_lr(0.1, nan_policy="raise"))
+    st = opt.init(p)
+    u, st2 = opt.update(_poison(_quad_grad(p, 0), np.nan), st, p)     # the chain skips, no raise
+    assert st2.n_skipped_steps == 1 and all(not np.any(x) for x in u)
+    for s in st2.inner:
+        assert s.n_skipped_steps == 0   # the blocks were not asked
+    opt = chain(scale_by_adam(), scale_by_lr(0.1), nan_policy="raise")
+    with pytest.raises(FloatingPointError, match=r"Chain: non-finite values in grads\[1\]"):
+        opt.update(_poison(_quad_grad(p, 0), np.inf), opt.init(p), p)
+
+
+# ----------------------------------------------------------------------------- inputs of every block
+BLOCKS = {
+    "scale_by_adam": lambda: scale_by_adam(),
+    "trace": lambda: trace(0.9),
+    "scale_by_lr": lambda: scale_by_lr(0.1),
+    "add_decayed_weights": lambda: add_decayed_weights(0.1),
+    "add_decayed_weights-decoupled": lambda: add_decayed_weights(0.1, lr=0.1),
+    "chain": lambda: chain(trace(0.9), scale_by_lr(0.1)),
+    "SGD": lambda: SGD(0.1),
+    "Momentum": lambda: Momentum(0.1),
+    "Adam": lambda: Adam(),
+    "AdamW": lambda: AdamW(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_bad_grads_and_params_are_refused_naming_the_argument(name):
+    """Issue 11 (defect 10): TypeError/ValueError naming grads/params/state, never AttributeError."""
+    p = [np.ones((2, 3)), np.ones(4)]
+    opt = BLOCKS[name]()
+    st = opt.init(p)
+    bad_grads = [
+        ("abc", (TypeError, ValueError), "grads"), (None, TypeError, "grads"),
+        (1.5, (TypeError, ValueError), "grads"),
+        ([np.ones((2, 3))], ValueError, "grads must have the structure of params"),
+        ({"a": np.ones((2, 3)), "b": np.ones(4)}, ValueError, "grads must have the structure of params"),
+        ([np.ones((2, 3)), np.ones(5)], ValueError, r"grads\[1\] has shape \(5,\), expected \(4,\)"),
+        ([np.ones((2, 3)), "abc"], TypeError, r"grads\[1\] must be a NumPy or CuPy array"),
+        ([np.ones((2, 3)), np.ones(4, dtype=int)], TypeError, r"grads\[1\] must have dtype float32 or float64"),
+        ([np.ones((2, 3)), None], (TypeError, ValueError), "grads"),
+    ]
+    for g, exc, match in bad_grads:
+        with pytest.raises(exc, match=match):
+            opt.update(g, st, p)
+    for g in ("abc", None, [np.ones((2, 3)), "abc"]):
+        with pytest.raises(TypeError, match="grads"):
+            opt.update(g, st)                                     # without params
+    for bad_p in ("abc", [np.ones((2, 3)), "abc"], np.ones(3, dtype=int), [np.ones((2, 3)), np.ones(4, complex)]):
+        with pytest.raises(TypeError, match="params"):
+            opt.update(p, st, bad_p)
+        with pytest.raises(TypeError, match="params"):
+            opt.init(bad_p)
+    with pytest.raises(TypeError, match="params must be a float32/float64 array"):
+        opt.init(None)
+    with pytest.raises(TypeError, match="state must be the"):
+        opt.update(p, object(), p)
+    # the refused calls left the state usable
+    u, _ = opt.update(p, st, p)
+    assert [x.shape for x in u] == [(2, 3), (4,)]
+
+
+def test_block_hyperparameters_are_named_as_the_caller_passed_them():
+    with pytest.raises(ValueError, match=r"decay must be in \[0.0, 1.0\), got 1.5"):
+        trace(decay=1.5)
+    with pytest.raises(TypeError, match="decay must be a real number"):
+        trace(decay="0.9")
+    with pytest.raises(TypeError, match="nesterov must be True or False"):
+        trace(0.9, nesterov="yes")
+    with pytest.raises(ValueError, match=r"momentum must be in \[0.0, 1.0\)"):
+        Momentum(momentum=1.0)
+    assert trace(decay=0.3).decay == 0.3
+    with pytest.raises(TypeError, match="mask must be a pytree of bools"):
+        add_decayed_weights(0.1, mask="w")
+    for make in (scale_by_adam, trace, lambda **k: scale_by_lr(0.1, **k),
+                 lambda **k: add_decayed_weights(0.1, **k)):
+        with pytest.raises(ValueError, match="nan_policy"):
+            make(nan_policy="ignore")
