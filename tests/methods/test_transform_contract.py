@@ -764,3 +764,33 @@ def test_block_hyperparameters_are_named_as_the_caller_passed_them():
                  lambda **k: add_decayed_weights(0.1, **k)):
         with pytest.raises(ValueError, match="nan_policy"):
             make(nan_policy="ignore")
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "chain-nested", "block-trace", "block-scale_by_adam",
+                                  "block-add_decayed_weights-decoupled-mask"])
+def test_cupy_one_host_read_per_step_and_the_skip(xp, name):
+    """On CuPy: the step reads the device once (counted by the strict stand-in), and a NaN step
+    is skipped with the state unchanged."""
+    if xp is np:
+        pytest.skip("the CuPy path (numpy is covered above)")
+    from tests import _strict_cupy
+
+    case = REGISTRY[name]
+    opt = case.make()
+    p_host = case.params(np.float64)
+    p = [xp.asarray(x) for x in p_host]
+    st = opt.init(p)
+    for t in range(3):
+        g = [xp.asarray(x) for x in (_poison(case.grad(p_host, t), np.nan) if t == 1 else case.grad(p_host, t))]
+        before = _snapshot(st)
+        if _strict_cupy.installed():
+            with _strict_cupy.count_syncs() as log:
+                u, new = opt.update(g, st, p)
+            assert log.count == 1, log.report()
+        else:
+            u, new = opt.update(g, st, p)
+        if t == 1:
+            _assert_same(before, _snapshot(new), skip=COUNTERS)
+            assert new.n_skipped_steps == 1 and all(not bool(xp.any(x)) for x in u)
+        st = new
+    assert st.n_skipped_steps == 1 and st.consecutive_skips == 0
