@@ -170,8 +170,13 @@ def stochastic_power(
     bias bound ``√2 ‖Āv − θv‖`` (upper confidence limit), valid when ``v``
     has at least half its weight on the top eigenvector; see
     :class:`~curvlab.linalg.results.StochasticEigResult`. A deterministic
-    operator gets plain power steps and one exact evaluation product (the
-    bias bound then comes from the exact residual).
+    operator gets plain power steps and one exact evaluation product: the
+    bias bound is the larger of ``√2‖Av − θv‖`` (exact) and the geometric
+    tail of the Rayleigh quotients' rise; quotients still rising faster than
+    geometrically (the vector not yet aligned: a tiny gap) leave the result
+    "unresolved". No gap-free bound exists: a cluster of near-equal top
+    eigenvalues that the run cannot separate can leave ``cos² < ½`` unnoticed
+    (``tests/linalg/test_coverage.py::KNOWN_UNDERCOVERED``).
 
     Parameters
     ----------
@@ -196,8 +201,8 @@ def stochastic_power(
     status). Assumes the top eigenvalue of ``Ā`` is the largest in magnitude
     and positive (a Hessian near a minimum): a Rayleigh quotient that is not
     positive stops the run ("breakdown"); NaN/Inf products stop it
-    ("nonfinite"); fewer than 3 evaluation products leave the error bar
-    "unresolved" (infinite).
+    ("nonfinite"); fewer than 3 evaluation products, or (deterministic) a
+    vector not yet aligned, leave the error bar "unresolved" (infinite).
 
     Host syncs: one per step (``vᵀw`` and ``‖w‖`` in one transfer), one for
     the start vector's norm and one for the evaluation groups' Gram matrix.
@@ -240,6 +245,7 @@ def stochastic_power(
         n_burn, n_eval = n_steps - 1, 1
     n_fit = n_steps - n_eval
     rq: list[float] = []
+    power_rq: list[float] = []  # Rayleigh quotients of the power steps (deterministic: exact, a convergence record)
     history: list[dict[str, Any]] | None = [] if return_history else None
     message, status = "completed", Status.CONVERGED
     theta_bar = np.nan
@@ -257,6 +263,7 @@ def stochastic_power(
                 break
             v = w / dt.type(nw)
             theta_bar = th
+            power_rq.append(th)
         else:
             rq.append(th)
             s = len(rq)
@@ -313,8 +320,17 @@ def stochastic_power(
             else:
                 r2_up = float("inf")
             bias = float(np.sqrt(2.0 * r2_up))
+            geometric = True
+            if not stochastic:
+                tail, geometric = _rayleigh_tail(power_rq + [lam], floor)
+                bias = max(bias, tail)
             std = float(se + 0.5 * bias + floor)
-            if not np.isfinite(std):
+            if not geometric:
+                message, status = (
+                    "the Rayleigh quotients are still rising faster than geometrically: the vector is not yet "
+                    "aligned with the top eigenvector (tiny gap or too few steps; increase n_steps)", Status.UNRESOLVED)
+                std = float("inf")
+            elif not np.isfinite(std):
                 message, status = (
                     f"{n_eval} evaluation products are too few for an error bar (need >= 3; "
                     f"raise n_steps or eval_fraction)", Status.UNRESOLVED)
@@ -346,3 +362,25 @@ def stochastic_power(
             raise ConvergenceError(f"stochastic_power: {text}", res)
         warn_unconverged("stochastic_power", text, warn=warn)
     return res
+
+
+def _rayleigh_tail(theta: list[float], floor: float) -> tuple[float, bool]:
+    """``(tail, geometric)``: the remaining rise of exact power-iteration Rayleigh quotients ``theta``.
+
+    From ``θ_T``, ``θ_{T-d}``, ``θ_{T-2d}`` (``d = max(1, T // 5)``): increments
+    ``δ₁ = θ_T − θ_{T-d}``, ``δ₀ = θ_{T-d} − θ_{T-2d}``. Below the rounding
+    ``floor``: converged (tail 0). Shrinking geometrically (``0 < δ₁ < δ₀``):
+    the tail ``δ₁ ρ/(1 − ρ)``, ``ρ = δ₁/δ₀``. Otherwise (still accelerating, or
+    falling: the iterate is not in its final regime) ``geometric`` is False.
+    """
+    T = len(theta) - 1
+    d = max(1, T // 5)
+    if T < 2 * d:
+        return float("inf"), False
+    d1, d0 = theta[T] - theta[T - d], theta[T - d] - theta[T - 2 * d]
+    if abs(d1) <= floor:
+        return 0.0, True
+    if 0.0 < d1 < d0:
+        r = d1 / d0
+        return float(d1 * r / (1.0 - r)), True
+    return float("inf"), False

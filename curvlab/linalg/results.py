@@ -658,6 +658,8 @@ class StochasticEigResult:
         error confidence limit: ``λ_max − θ <= ‖Āv − θv‖ / |cos∠(v, u_max)|``
         for any unit ``v``, so this holds when ``v`` carries at least half its
         weight on the top eigenvector (``cos² >= ½``, what the burn-in is for).
+        Deterministic operators: at least the geometric tail of the power
+        steps' Rayleigh quotients too.
     residual_norm : float
         Estimate of ``‖Āv − θv‖`` (unbiased for its square, from products with
         independent batches; exact for a deterministic operator).
@@ -672,7 +674,8 @@ class StochasticEigResult:
         "converged", "max_iter" (``tol`` not met in ``n_steps``),
         "nonfinite", "breakdown" (a zero product, or a Rayleigh quotient that
         is not positive: the top eigenvalue is not dominant) or "unresolved"
-        (too few evaluation products for an error bar).
+        (too few evaluation products for an error bar, or a deterministic
+        run whose Rayleigh quotients still rise faster than geometrically).
     history : list of dict or None  ``{"step", "rayleigh", "eigenvalue"}``
     """
 

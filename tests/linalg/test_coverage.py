@@ -168,8 +168,10 @@ CASES += [  # issue 12: the bar was the Rayleigh quotients' spread only (coverag
     _stochastic_power_case("decaying", 40, 0.1, 200),
 ]
 
-#: estimators whose bar is known not to cover (none since issue 12; kept for benchmarks/run_coverage.py)
-KNOWN_UNDERCOVERED: list[Case] = []
+#: stochastic_power's bias bound assumes the vector has cos² >= ½ with the top eigenvector; a cluster of
+#: near-equal top eigenvalues (10, 10.01, ..., 10.04) leaves it spread over the cluster after 200 steps:
+#: coverage ~0.67, 13% confident misses of ~1e-3 relative (no gap-free bound exists; see power.py)
+KNOWN_UNDERCOVERED: list[Case] = [_stochastic_power_case("clustered", 40, 0.0, 200, deterministic=True)]
 
 #: reported by benchmarks/run_coverage.py, not asserted: ``tr exp(A)`` with one eigenvalue (e⁸) dominating
 #: makes every probe value ~ e⁸ χ²₁, so the sample mean is skewed and the Student-t interval covers ~0.89
@@ -203,18 +205,41 @@ def test_two_standard_error_coverage(case):
     assert cov >= MIN_COVERAGE, f"{case.id}: 2-standard-error coverage {cov:.2f} < {MIN_COVERAGE} ({conv:.2f} of the runs converged)"
 
 
-def test_stochastic_power_unaligned_start_is_not_hidden():
-    """With too few power steps the vector can miss the top eigenvector: the bias bound then fails, so the default
-    burn-in (half the steps) is what keeps coverage; a short burn-in shows up as lower coverage, never as a
-    narrower bar than the measured residual allows (the bar is at least √2·‖Āv − θv‖/2)."""
+def test_stochastic_power_reports_the_true_residual_and_bounds_by_it():
+    """Deterministic operator: ``residual_norm`` is the true ``‖Av − θv‖`` and the bar is at least ``√2‖Av − θv‖/2``."""
     ps = prescribed_spectrum_operator(spectrum("large_gap", 40), rng=0)
     M = ps.operator.to_dense()
     for seed in range(5):
-        r = stochastic_power(DenseOperator(M, symmetric=True), 60, rng=seed)
+        r = stochastic_power(DenseOperator(M, symmetric=True), 60, rng=seed, warn=False)
         v = r.eigenvector
         true_res = np.linalg.norm(M @ v - (v @ M @ v) * v)
-        assert r.status == "converged" and abs(r.residual_norm - true_res) <= 1e-9 * np.abs(M).max()
-        assert r.std_error >= np.sqrt(2) * true_res / 2 and r.bias_bound >= np.sqrt(2) * true_res * (1 - 1e-12)
+        assert abs(r.residual_norm - true_res) <= 1e-9 * np.abs(M).max()
+        if r.converged:
+            assert r.bias_bound >= np.sqrt(2) * true_res * (1 - 1e-12) and r.std_error >= r.bias_bound / 2
+
+
+def test_stochastic_power_unaligned_vector_is_flagged_not_confident():
+    """Tiny gap (1 vs 0.999), 300 power steps: the vector is often still a mix of the top two eigenvectors. Such
+    runs must be flagged "unresolved" (Rayleigh quotients still rising faster than geometrically), never a
+    confident miss; was: bars at rounding level, coverage 0."""
+    ps = prescribed_spectrum_operator(spectrum("tiny_gap", 40), rng=0)
+    M, top = ps.operator.to_dense(), ps.eigenvalues.max()
+    confident_miss = flagged = 0
+    for seed in range(30):
+        r = stochastic_power(DenseOperator(M, symmetric=True), 300, rng=seed, warn=False)
+        if not r.converged:
+            assert r.status == "unresolved" and r.std_error == np.inf and "aligned" in r.message
+            flagged += 1
+        elif abs(r.eigenvalue - top) > 2 * r.std_error:
+            confident_miss += 1
+    assert confident_miss == 0 and flagged >= 3
+
+
+@pytest.mark.xfail(strict=True, reason="stochastic_power on a cluster of top eigenvalues: the cos² >= ½ assumption of its bias bound fails")
+@pytest.mark.parametrize("case", KNOWN_UNDERCOVERED, ids=[c.id for c in KNOWN_UNDERCOVERED])
+def test_known_undercovered(case):
+    cov, _, _ = coverage(case, n_seeds=60)
+    assert cov >= MIN_COVERAGE
 
 
 def test_slq_unresolved_is_flagged_not_confident():
