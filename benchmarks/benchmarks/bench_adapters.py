@@ -128,7 +128,7 @@ def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[
         "hvp_fwd_rev": lambda: H_fr @ v,
         "hvp_rev_rev": lambda: H_rr @ v,
         "hvp_rev_rev_cached": lambda: H_rc @ v,
-        "curvature_fwd_fwd": lambda: curv.curvature(v),
+        "curvature_fwd_fwd": lambda: curv.directional_curvature(v),
         "grad_and_curv_fwdrev": lambda: curv.grad_and_curvature(v),
         "grad_and_curv_separate": lambda: curv.grad_and_curvature(v, mode="separate"),
         "grad_and_curv_shared": lambda: curv.grad_and_curvature(v, mode="shared"),
@@ -176,7 +176,7 @@ def jax_calls(apply: Any, params: Any, X: Any, y: Any) -> dict[str, Callable[[],
         "grad": lambda: curv.gradient(),
         "hvp_fwd_rev": lambda: H_fr @ v,
         "hvp_rev_rev": lambda: H_rr @ v,
-        "curvature_fwd_fwd": lambda: curv.curvature(v),
+        "curvature_fwd_fwd": lambda: curv.directional_curvature(v),
         "grad_and_curvature": lambda: curv.grad_and_curvature(v),
     }
 

@@ -25,7 +25,7 @@ def mc_fisher_draws(kind: str, loss_name: str | None, rng: Any, mc_samples: Any,
     sampled target minus the mean). Returns ``(M, draws)``.
     """
     if kind != "mc":
-        raise ValueError(f"kind must be 'empirical' or 'mc', got {kind!r}")
+        raise ValueError(f"kind must be 'empirical', 'true' or 'mc', got {kind!r}")
     if loss_name is None:
         raise ValueError("the Monte-Carlo Fisher needs a built-in loss ('cross_entropy' or 'mse') to sample from")
     if rng is None:

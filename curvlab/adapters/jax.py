@@ -1,17 +1,22 @@
-"""JAX adapter: curvature operators of a JAX model on flat parameter vectors.
+"""JAX adapter: a JAX model, a loss and a batch as a curvature source.
 
-Given ``apply_fn(params, inputs) -> outputs`` (``params`` any pytree), a loss and a
-batch, :class:`JaxCurvature` returns curvlab
+:class:`JaxCurvature` implements :class:`curvlab.sources.CurvatureSource` (``layout``,
+``params``, ``loss()``, ``gradient()``, ``per_sample_gradients()``, ``hessian()``,
+``ggn()``, ``fisher()``, ``directional_curvature``, ``grad_and_curvature``,
+``layer_structure()``, ``at()``). Given ``apply_fn(params, inputs) -> outputs``
+(``params`` any pytree), a loss and a batch, it returns curvlab
 :class:`~curvlab.linalg.operators.LinearOperator` s on the flat vector of a chosen
 subtree of the parameters (``trainable``; layout: :class:`curvlab.layout.Layout` with
 ``"a/b/0"``-style key paths, leaves in ``jax.tree_util`` order, row-major):
 Hessian (``jax.jvp`` of ``jax.grad``: forward-over-reverse, default; or
 ``jax.vjp`` of ``jax.grad``: reverse-over-reverse), GGN ``Jᵀ H_L J``, empirical
-and Monte-Carlo Fisher (explicit ``rng``), the gradient, ``dᵀHd``
+true (built-in losses: the GGN) and Monte-Carlo Fisher (explicit ``rng``), the gradient, ``dᵀHd``
 forward-only (nested ``jax.jvp``) and ``(loss, g, dᵀHd)``. Every product is
-``jax.jit``-compiled once per adapter (a Fisher operator once per operator:
-its residuals are constants of the program); ``matmat`` is a ``jax.vmap`` of the
-matvec, and the flat vector is split inside the compiled function.
+``jax.jit``-compiled once per adapter and shared by every source :meth:`~JaxCurvature.at`
+derives from it, so rebinding parameters or data of the same shapes does not retrace (an
+empirical or Monte-Carlo Fisher operator compiles once per operator: its residuals are
+constants of the program); ``matmat`` is a ``jax.vmap`` of the matvec, and the flat vector
+is split inside the compiled function.
 
 Arrays cross through DLPack: NumPy vectors on the CPU, CuPy on a GPU. JAX's CPU
 client imports a NumPy buffer without a copy only when it is 64-byte aligned
@@ -40,10 +45,16 @@ Example
 ('v', 'w')
 >>> H = curv.hessian(); H.shape
 (20, 20)
+>>> H                                        # doctest: +ELLIPSIS
+<Hessian of apply on 8 samples, P=20, hvp_mode=forward_over_reverse: CurvatureOperator ...>
+>>> curv.at(params=curv.params * 0.5).loss() != curv.loss()   # no recompilation
+True
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -51,9 +62,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import backend
-from ..linalg.operators import CallableOperator, LinearOperator
+from ..linalg.operators import LinearOperator
 from ..layout import Layout
 from ..methods import Transform, TransformState
+from ._common import FISHER_KINDS, CurvatureOperator, layer_structure_unavailable
 from ._fisher import mc_fisher_draws
 
 __all__ = [
@@ -64,6 +76,7 @@ __all__ = [
     "as_optax",
     "CurvlabOptaxState",
     "HVP_MODES",
+    "FISHER_KINDS",
 ]
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
@@ -144,7 +157,8 @@ def _as_batch_array(b: Any, name: str) -> jax.Array:
 
 
 class JaxCurvature:
-    """Curvature operators and callables of a JAX model on one batch.
+    """A JAX model and its loss bound to parameters and one batch: a
+    :class:`curvlab.sources.CurvatureSource`.
 
     Parameters
     ----------
@@ -178,6 +192,16 @@ class JaxCurvature:
     devices : int or sequence of jax devices, optional
         Shard the batch over these devices (axis 0; the batch size must be a
         multiple of their number).
+
+    Attributes
+    ----------
+    layout : curvlab.layout.Layout
+        Key paths, shapes and offsets of the trainable leaves in the flat vector ``(P,)``.
+    params : (P,) array
+        The trainable parameters, flat (NumPy on the CPU, CuPy on a GPU).
+    theta : jax.Array (P,)
+        The same as a JAX array.
+    batch_size : int
     """
 
     def __init__(
@@ -237,6 +261,25 @@ class JaxCurvature:
         self.theta = jnp.concatenate([leaves[i].reshape(-1) for i in idx])
         dev = next(iter(self.theta.devices()))
         self.xp = np if dev.platform == "cpu" else backend._import_cupy()
+        X, y = self._check_batch(batch, self.theta)
+        self.mesh = None
+        if devices is not None:
+            devs = jax.devices()[: int(devices)] if isinstance(devices, int) else list(devices)
+            if len(devs) < 1 or (isinstance(devices, int) and len(devs) < devices):
+                raise ValueError(f"devices={devices!r} but only {len(jax.devices())} JAX devices exist")
+            if X.shape[0] % len(devs):
+                raise ValueError(f"batch size {X.shape[0]} is not a multiple of the {len(devs)} devices")
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            self.mesh = Mesh(np.array(devs), ("batch",))
+            X, y = self._place(X, y)
+            self.theta = jax.device_put(self.theta, NamedSharding(self.mesh, PartitionSpec()))
+        self._bind_data(X, y)
+        self._jit: dict[str, Callable[..., Any]] = {}
+
+    # ------------------------------------------------------------------ batch checks
+    def _check_batch(self, batch: Any, theta: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """The batch's arrays, checked (``theta`` too under ``nan_policy="raise"``)."""
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
         X, y = _as_batch_array(batch[0], "inputs"), _as_batch_array(batch[1], "targets")
@@ -249,33 +292,47 @@ class JaxCurvature:
                              "undefined; pass at least one sample")
         if self.loss_name == "cross_entropy" and not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(f"batch targets must be integer class labels for cross_entropy, got dtype {y.dtype}")
-        if nan_policy == "raise":
-            for what, a in (("parameters", self.theta), ("batch inputs", X), ("batch targets", y)):
+        if self.nan_policy == "raise":
+            checks = (() if theta is None else (("parameters", theta),)) + (("batch inputs", X), ("batch targets", y))
+            for what, a in checks:
                 if jnp.issubdtype(a.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(a))):
                     raise FloatingPointError(f"{what} contain NaN or Inf (nan_policy='raise')")
         if jnp.issubdtype(X.dtype, jnp.floating) and np.dtype(X.dtype) != self.dtype:
             raise TypeError(f"batch inputs have dtype {X.dtype} but the parameters {self.dtype}")
-        self.mesh = None
-        if devices is not None:
-            devs = jax.devices()[: int(devices)] if isinstance(devices, int) else list(devices)
-            if len(devs) < 1 or (isinstance(devices, int) and len(devs) < devices):
-                raise ValueError(f"devices={devices!r} but only {len(jax.devices())} JAX devices exist")
-            if X.shape[0] % len(devs):
-                raise ValueError(f"batch size {X.shape[0]} is not a multiple of the {len(devs)} devices")
-            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        return X, y
 
-            self.mesh = Mesh(np.array(devs), ("batch",))
-            X = jax.device_put(X, NamedSharding(self.mesh, PartitionSpec("batch")))
-            y = jax.device_put(y, NamedSharding(self.mesh, PartitionSpec("batch")))
-            self.theta = jax.device_put(self.theta, NamedSharding(self.mesh, PartitionSpec()))
-        self.X, self.y = X, y
-        self.batch_size = int(X.shape[0])
+    def _place(self, X: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Shard the batch over the mesh (axis 0); unchanged without devices."""
+        if self.mesh is None:
+            return X, y
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        n = self.mesh.devices.size
+        if X.shape[0] % n:
+            raise ValueError(f"batch size {X.shape[0]} is not a multiple of the {n} devices")
+        spec = NamedSharding(self.mesh, PartitionSpec("batch"))
+        return jax.device_put(X, spec), jax.device_put(y, spec)
+
+    def _checked_out_shape(self, X: jax.Array, y: jax.Array) -> Any:
+        """The model output's shape/dtype on ``X`` (``jax.eval_shape``: one trace, no compile);
+        the loss must give a real floating scalar."""
         out = jax.eval_shape(self._outputs_of, self.theta, X)
         lval = jax.eval_shape(lambda z: self.loss_fn(z, y), out)
         if tuple(lval.shape) != ():
             raise ValueError(f"loss must return a scalar, got shape {tuple(lval.shape)}")
         if not jnp.issubdtype(lval.dtype, jnp.floating):
             raise TypeError(f"loss must return a real floating scalar, got dtype {lval.dtype}")
+        return out
+
+    def _bind_data(self, X: jax.Array, y: jax.Array) -> None:
+        """Bind a checked batch: the loss's shape and dtype (traced once per batch shape), and
+        the label range (one host read)."""
+        key = (tuple(X.shape), str(X.dtype), tuple(y.shape), str(y.dtype))
+        if getattr(self, "_out_shape", (None, None))[0] == key:  # a batch like the bound one: no trace
+            out = self._out_shape[1]
+        else:
+            out = self._checked_out_shape(X, y)
+            self._out_shape = (key, out)
         if self.loss_name == "cross_entropy":
             # the label range, read on the host once here (outside jit): an out-of-range label
             # would make take_along_axis return NaN (or wrap a negative index) silently
@@ -284,7 +341,8 @@ class JaxCurvature:
             if yh.size and (int(yh.min()) < 0 or int(yh.max()) >= C):
                 raise ValueError(f"batch targets (class labels) must lie in [0, {C - 1}] for cross_entropy (the "
                                  f"outputs have {C} classes), got values in [{int(yh.min())}, {int(yh.max())}]")
-        self._jit: dict[str, Callable[..., Any]] = {}
+        self.X, self.y = X, y
+        self.batch_size = int(X.shape[0])
 
     # ------------------------------------------------------------------ pure functions
     def _merge(self, theta: jax.Array) -> Any:
@@ -361,21 +419,101 @@ class JaxCurvature:
             a = jax.device_put(a, NamedSharding(self.mesh, PartitionSpec()))
         return a
 
-    def _operator(self, key: str, *, psd: bool) -> LinearOperator:
-        return self._wrap(*self._mv_fns(key), psd=psd)
+    def _operator(self, key: str, *, psd: bool, what: str, detail: str = "") -> LinearOperator:
+        return self._wrap(*self._mv_fns(key), psd=psd, what=what, detail=detail)
 
-    def _wrap(self, mv: Callable[..., Any], mm: Callable[..., Any], *, psd: bool) -> LinearOperator:
-        """A symmetric LinearOperator from compiled ``(θ, X, y, v)`` matvec and matmat functions."""
+    def _wrap(self, mv: Callable[..., Any], mm: Callable[..., Any], *, psd: bool, what: str,
+              detail: str = "") -> LinearOperator:
+        """A symmetric named operator from compiled ``(θ, X, y, v)`` matvec and matmat functions."""
         th, X, y = self.theta, self.X, self.y
         n = self.layout.size
-        return CallableOperator(lambda v: from_jax(mv(th, X, y, self._vec(v))), (n, n), self.dtype,
-                                matmat=lambda V: from_jax(mm(th, X, y, self._vec(V, "V", 2))),
-                                symmetric=True, psd=psd, xp=self.xp)
+        return CurvatureOperator(lambda v: from_jax(mv(th, X, y, self._vec(v))), (n, n), self.dtype,
+                                 matmat=lambda V: from_jax(mm(th, X, y, self._vec(V, "V", 2))),
+                                 symmetric=True, psd=psd, xp=self.xp,
+                                 description=f"{what} of {self._label()}{detail}")
+
+    def _label(self) -> str:
+        f = self.apply_fn
+        name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or type(f).__name__
+        name = name.rsplit("<locals>.", 1)[-1]  # a function defined in a function: its own name
+        shard = "" if self.mesh is None else f" sharded over {self.mesh.devices.size} devices"
+        return f"{name} on {self.batch_size} samples{shard}, P={self.layout.size}"
+
+    def __repr__(self) -> str:
+        return f"JaxCurvature({self._label()}, dtype={self.dtype}, hvp_mode={self.hvp_mode})"
 
     # ------------------------------------------------------------------ public API
-    def flat_params(self) -> Any:
-        """The trainable parameters as a flat ``(P,)`` array."""
+    @property
+    def params(self) -> Any:
+        """The trainable parameters as a flat ``(P,)`` array (NumPy on the CPU, CuPy on a GPU;
+        it shares the JAX buffer, read-only)."""
         return from_jax(self.theta)
+
+    def flat_params(self) -> Any:
+        """Deprecated: use :attr:`params`."""
+        warnings.warn("JaxCurvature.flat_params() is deprecated; use the params attribute",
+                      DeprecationWarning, stacklevel=2)
+        return self.params
+
+    def at(self, params: Any = None, data: Any = None) -> "JaxCurvature":
+        """The same model rebound to ``params`` and/or ``data``, reusing every compiled function.
+
+        ``params``: a flat ``(P,)`` array of the trainable leaves, or a full pytree of the
+        constructor's structure. ``data``: a batch ``(inputs, targets)``, checked like the
+        constructor's (labels: one host read). Arrays of the shapes and dtypes already
+        compiled for run without retracing; this source is unchanged. A pytree whose
+        held-fixed leaves (not in ``trainable``) differ from this source's gives a source
+        that compiles its own functions (the fixed leaves are constants of the programs).
+        """
+        new = copy.copy(self)
+        if params is not None:
+            new.theta = self._params_in(params, new)
+            if self.nan_policy == "raise" and not bool(jnp.all(jnp.isfinite(new.theta))):
+                raise FloatingPointError("parameters contain NaN or Inf (nan_policy='raise')")
+        if data is not None:
+            X, y = self._check_batch(data)
+            new._bind_data(*new._place(X, y))
+        return new
+
+    def _params_in(self, params: Any, new: "JaxCurvature") -> jax.Array:
+        """``params`` (flat vector or full pytree) as the flat trainable vector; a pytree with
+        other held-fixed leaves gives ``new`` those leaves and its own compiled functions."""
+        if getattr(params, "ndim", None) == 1 and not isinstance(params, (dict, list, tuple)):
+            return self._vec(params, "params")
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        if treedef != self._treedef:
+            raise ValueError(f"params must be a flat ({self.layout.size},) vector or a pytree of the "
+                             f"constructor's structure {self._treedef}, got {treedef}")
+        fixed = [i for i in range(len(leaves)) if i not in set(self._idx)]
+        same = all(leaves[i] is self._leaves[i] or (
+            tuple(np.shape(leaves[i])) == tuple(self._leaves[i].shape)
+            and bool(np.array_equal(np.asarray(leaves[i]), np.asarray(self._leaves[i])))) for i in fixed)
+        if not same:
+            new._leaves = [jnp.asarray(leaf) if i in fixed else self._leaves[i] for i, leaf in enumerate(leaves)]
+            new._jit = {}
+        flat = jnp.concatenate([jnp.asarray(leaves[i]).reshape(-1) for i in self._idx])
+        return self._vec(flat, "params")
+
+    def loss(self) -> float:
+        """The mean loss on the batch (a Python float; one compiled forward, one host sync)."""
+        if "loss_jit" not in self._jit:
+            self._jit["loss_jit"] = jax.jit(self._loss_flat)
+        return float(self._jit["loss_jit"](self.theta, self.X, self.y))
+
+    def per_sample_gradients(self) -> Any:
+        """The gradients ``(B, P)`` of the per-sample losses (``jax.vmap`` of ``jax.grad`` over
+        the samples, compiled once); their mean is :meth:`gradient`'s ``g`` when the loss
+        is a mean over the batch."""
+        if "psg_jit" not in self._jit:
+            def one(th, x, t):  # noqa: ANN001, ANN202
+                return jax.grad(self._loss_flat)(th, x[None], t[None])
+
+            self._jit["psg_jit"] = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+        return from_jax(self._jit["psg_jit"](self.theta, self.X, self.y))
+
+    def layer_structure(self) -> list:
+        """Not available yet for JAX models: raises :class:`~curvlab.sources.LayerStructureUnavailable`."""
+        raise layer_structure_unavailable("JaxCurvature", self._label().split(" on ")[0])
 
     def unflatten(self, theta: Any) -> Any:
         """The full parameter pytree with the trainable leaves taken from ``theta`` (P,)."""
@@ -398,15 +536,23 @@ class JaxCurvature:
         mode = self.hvp_mode if hvp_mode is None else hvp_mode
         if mode not in HVP_MODES:
             raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
-        return self._operator("hvp_" + mode, psd=False)
+        return self._operator("hvp_" + mode, psd=False, what="Hessian", detail=f", hvp_mode={mode}")
 
     def ggn(self) -> LinearOperator:
         """Generalized Gauss–Newton ``Jᵀ H_L J`` (symmetric PSD for convex losses)."""
-        return self._operator("ggn", psd=True)
+        return self._operator("ggn", psd=True, what="GGN")
 
     def fisher(self, kind: str = "empirical", *, rng: Any = None, mc_samples: int = 1) -> LinearOperator:
-        """Empirical or Monte-Carlo Fisher; same definitions as
-        :meth:`curvlab.adapters.torch.TorchCurvature.fisher` (explicit ``rng`` for MC)."""
+        """Empirical, true or Monte-Carlo Fisher (``kind`` in :data:`FISHER_KINDS`); same
+        definitions as :meth:`curvlab.adapters.torch.TorchCurvature.fisher` (explicit ``rng``
+        for MC; ``"true"`` is the GGN's products for the built-in losses)."""
+        if kind == "true":
+            if self.loss_name is None:
+                raise ValueError("fisher(kind='true') needs a built-in loss ('cross_entropy' or 'mse'): a callable "
+                                 "loss defines no predictive distribution; use kind='empirical' or ggn()")
+            op = self.ggn()
+            op.description = op.description.replace("GGN of", "true Fisher (= GGN) of", 1)
+            return op
         z = jax.jit(self._outputs_of)(self.theta, self.X)
         B = z.shape[0]
         if kind == "empirical":
@@ -416,7 +562,7 @@ class JaxCurvature:
                 s = jnp.sum((r * u).reshape(B, -1), axis=1)
                 return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
 
-            return self._fisher_op(weight)
+            return self._fisher_op(weight, what="empirical Fisher")
         C = z.shape[-1]
         p = jax.nn.softmax(z, axis=-1) if self.loss_name == "cross_entropy" else None
         M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
@@ -431,9 +577,10 @@ class JaxCurvature:
             s = jnp.sum(R * u[None], axis=-1, keepdims=True)
             return jnp.sum(R * s, axis=0) / (npos * M)
 
-        return self._fisher_op(weight_mc)
+        return self._fisher_op(weight_mc, what="Monte-Carlo Fisher", detail=f", mc_samples={M}")
 
-    def _fisher_op(self, weight: Callable[[jax.Array, jax.Array], jax.Array]) -> LinearOperator:
+    def _fisher_op(self, weight: Callable[[jax.Array, jax.Array], jax.Array], *, what: str,
+                   detail: str = "") -> LinearOperator:
         # the weight closes over its arrays; compile a dedicated pair of functions
         L_out = self._outputs_of
 
@@ -441,25 +588,32 @@ class JaxCurvature:
             z, Jv = jax.jvp(lambda t: L_out(t, X), (th,), (v,))
             return jax.vjp(lambda t: L_out(t, X), th)[1](weight(z, Jv))[0]
 
-        return self._wrap(jax.jit(f), jax.jit(jax.vmap(f, in_axes=(None, None, None, 1), out_axes=1)), psd=True)
+        return self._wrap(jax.jit(f), jax.jit(jax.vmap(f, in_axes=(None, None, None, 1), out_axes=1)), psd=True,
+                          what=what, detail=detail)
 
     def hvp(self, v: Any) -> Any:
         """``H v`` for a flat ``(P,)`` vector (default mode)."""
         mv, _ = self._mv_fns("hvp_" + self.hvp_mode)
         return from_jax(mv(self.theta, self.X, self.y, self._vec(v)))
 
-    def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
+    def directional_curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
         """``dᵀHd`` by forward-over-forward (nested ``jax.jvp``); ``return_all`` gives
-        ``(loss, gᵀd, dᵀHd)``."""
+        ``(loss, gᵀd, dᵀHd)``. One host sync."""
         if "curv_jit" not in self._jit:
             self._jit["curv_jit"] = jax.jit(self._compiled("curvature"))
         th = self.theta if params is None else self._vec(params, "params")
         out = np.asarray(self._jit["curv_jit"](th, self.X, self.y, self._vec(d, "d")))
         return (float(out[0]), float(out[1]), float(out[2])) if return_all else float(out[2])
 
+    def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
+        """Deprecated: use :meth:`directional_curvature` (same arguments and numbers)."""
+        warnings.warn("JaxCurvature.curvature() is deprecated; use directional_curvature()",
+                      DeprecationWarning, stacklevel=2)
+        return self.directional_curvature(d, params=params, return_all=return_all)
+
     def curvature_fn(self) -> Callable[[Any], float]:
         """A callable ``d (P,) -> dᵀHd`` (forward-only)."""
-        return lambda d: self.curvature(d)
+        return lambda d: self.directional_curvature(d)
 
     def grad_and_curvature(self, d: Any, *, params: Any = None) -> tuple[float, Any, float]:
         """``(loss, g, dᵀHd)`` from one forward with second-order tangents and one backward."""

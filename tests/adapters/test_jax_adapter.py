@@ -57,7 +57,7 @@ def test_agrees_with_reference_mlp(rng):
     X, y = rng.standard_normal((7, 5)), rng.integers(0, 3, 7)
     curv = JaxCurvature(mlp_apply, [jnp.asarray(W) for W in model.layout.unpack(params)], "cross_entropy", (X, y))
     assert curv.layout.names == ("0", "1") and curv.layout.size == model.n_params
-    np.testing.assert_array_equal(curv.flat_params(), params)  # same flat layout
+    np.testing.assert_array_equal(curv.params, params)  # same flat layout
     V = rng.standard_normal((model.n_params, 3))
     assert rel_err(curv.hessian().matmat(V), model.hvp_matmat(params, X, y, V)) < 1e-10
     assert rel_err(curv.hessian("reverse_over_reverse") @ V[:, 0], model.hvp(params, X, y, V[:, 0])) < 1e-10
@@ -68,7 +68,7 @@ def test_agrees_with_reference_mlp(rng):
     assert abs(loss - rl) < 1e-12 * abs(rl) and rel_err(g, rg) < 1e-10
     d = V[:, 0]
     c = model.curvature(params, X, y, d)
-    assert abs(curv.curvature(d) - c) <= 1e-10 * abs(c)
+    assert abs(curv.directional_curvature(d) - c) <= 1e-10 * abs(c)
     l2, g2, c2 = curv.grad_and_curvature(d)
     assert abs(c2 - c) <= 1e-10 * abs(c) and rel_err(g2, rg) < 1e-10
 
@@ -95,7 +95,7 @@ def test_cnn_dense_hessian_and_subtree(rng):
     k = sub.layout.size
     v = rng.standard_normal(k)
     assert rel_err(sub.hessian() @ v, Hd[:k, :k] @ v) < 1e-10
-    tree = sub.unflatten(sub.flat_params())
+    tree = sub.unflatten(sub.params)
     np.testing.assert_array_equal(np.asarray(tree["dense"]["w"]), np.asarray(p["dense"]["w"]))
 
 
@@ -129,7 +129,7 @@ def test_errors(rng):
     with pytest.raises(ValueError, match=rf"\({n},\)"):
         curv.hessian() @ np.ones(n - 1)
     with pytest.raises(ValueError, match=rf"\({n},\)"):
-        curv.curvature(np.ones(n + 1))
+        curv.directional_curvature(np.ones(n + 1))
     with pytest.raises(ValueError, match="rng"):
         curv.fisher("mc")
     with pytest.raises(ValueError, match="devices"):
@@ -309,7 +309,7 @@ def test_non_float_leaves_and_vectors_are_refused(rng):
     n = curv.layout.size
     for dt in (np.complex128, np.int64, np.bool_):
         v = np.ones(n, dtype=dt)
-        for name, call in [("v", lambda: curv.hvp(v)), ("d", lambda: curv.curvature(v)),
+        for name, call in [("v", lambda: curv.hvp(v)), ("d", lambda: curv.directional_curvature(v)),
                            ("params", lambda: curv.gradient(v)), ("d", lambda: curv.grad_and_curvature(v)),
                            ("theta", lambda: curv.unflatten(v)), ("v", lambda: curv.hessian() @ v)]:
             with pytest.raises(TypeError, match=rf"^{name} must be a real float"):

@@ -38,7 +38,7 @@ def dense_hessian(curv: TorchCurvature) -> np.ndarray:
         out = functional_call(curv.model, dict(zip(names, curv.layout.unpack(flat))), (curv.X,))
         return curv.loss_fn(out, curv.y)
 
-    theta = to_torch(curv.flat_params()).clone()
+    theta = to_torch(curv.params).clone()
     with forward_mode_safe_ops():  # fused CPU attention has no double backward
         return torch.autograd.functional.hessian(f, theta, vectorize=True).numpy()
 
@@ -54,7 +54,7 @@ def test_agrees_with_reference_mlp(loss, rng):
     net, perm = from_reference_mlp(model, params)
     curv = TorchCurvature(net, loss, (torch.from_numpy(X), torch.from_numpy(y)))
     assert curv.layout.size == model.n_params
-    np.testing.assert_array_equal(curv.flat_params(), params[perm])
+    np.testing.assert_array_equal(curv.params, params[perm])
     V = rng.standard_normal((model.n_params, 3))
     Vt = V[perm]
     ref_H = model.hvp_matmat(params, X, y, V)[perm]
@@ -69,7 +69,7 @@ def test_agrees_with_reference_mlp(loss, rng):
     assert abs(lval - rl) <= 1e-12 * abs(rl) and rel_err(g, rg[perm]) < 1e-10
     d = V[:, 0]
     c_ref = model.curvature(params, X, y, d)
-    assert abs(curv.curvature(d[perm]) - c_ref) <= 1e-10 * abs(c_ref)
+    assert abs(curv.directional_curvature(d[perm]) - c_ref) <= 1e-10 * abs(c_ref)
     for mode in ("forward_over_reverse", "separate", "shared"):
         l2, g2, c2 = curv.grad_and_curvature(d[perm], mode=mode)
         assert abs(c2 - c_ref) <= 1e-10 * abs(c_ref) and rel_err(g2, rg[perm]) < 1e-10 and abs(l2 - rl) < 1e-12
@@ -77,7 +77,7 @@ def test_agrees_with_reference_mlp(loss, rng):
     p2 = params + 0.1 * V[:, 1]
     assert rel_err(curv.gradient(p2[perm])[1], model.grad(p2, X, y)[perm]) < 1e-10
     c_ref2 = model.curvature(p2, X, y, d)
-    assert abs(curv.curvature(d[perm], params=p2[perm]) - c_ref2) <= 1e-10 * abs(c_ref2)
+    assert abs(curv.directional_curvature(d[perm], params=p2[perm]) - c_ref2) <= 1e-10 * abs(c_ref2)
 
 
 # ----------------------------------------------------------------- dense Hessians, architectures
@@ -113,7 +113,7 @@ def test_dense_hessian_architectures(case, rng):
         assert rel_err(H @ v, Hd @ v) < 1e-10  # again (the cached graph is reused)
     d = rng.standard_normal(curv.layout.size)
     ref = d @ Hd @ d
-    assert abs(curv.curvature(d) - ref) <= 1e-10 * np.abs(Hd).sum()
+    assert abs(curv.directional_curvature(d) - ref) <= 1e-10 * np.abs(Hd).sum()
     for mode in ("forward_over_reverse", "separate", "shared"):
         assert abs(curv.grad_and_curvature(d, mode=mode)[2] - ref) <= 1e-10 * np.abs(Hd).sum()
     # GGN: symmetric PSD, equals the dense Jᵀ H_L J
@@ -132,7 +132,7 @@ def test_trainable_subset_is_a_block(rng):
     keep = np.concatenate([np.arange(full.layout.slice(n).start, full.layout.slice(n).stop) for n in sub.layout.names])
     assert rel_err(sub.hessian().to_dense(), Hfull[np.ix_(keep, keep)]) < 1e-12
     # the layout maps flat vectors back to named tensors
-    parts = sub.layout.unpack_dict(sub.flat_params())
+    parts = sub.layout.unpack_dict(sub.params)
     np.testing.assert_array_equal(parts["fc.weight"], net.fc.weight.detach().numpy())
 
 
@@ -213,7 +213,7 @@ def test_gpu_backend(xp, rng):
     v = xp.asarray(rng.standard_normal(curv.layout.size))
     Hv = curv.hessian() @ v
     assert type(Hv) is type(v)
-    assert abs(float(xp.vdot(v, Hv)) - curv.curvature(v)) < 1e-10 * float(xp.abs(Hv).sum() + 1)
+    assert abs(float(xp.vdot(v, Hv)) - curv.directional_curvature(v)) < 1e-10 * float(xp.abs(Hv).sum() + 1)
 
 
 # ----------------------------------------------------------------- bad input
@@ -239,7 +239,7 @@ def test_errors(rng):
     with pytest.raises(ValueError, match=r"\(26,\)"):
         H @ np.ones(25)
     with pytest.raises(ValueError, match=r"\(26,\)"):
-        curv.curvature(np.ones(27))
+        curv.directional_curvature(np.ones(27))
     with pytest.raises(ValueError, match="rng"):
         curv.fisher("mc")
     with pytest.raises(ValueError, match="hvp_mode"):
@@ -278,7 +278,7 @@ def test_labels_out_of_range_are_refused_by_every_product(label):
     curv = TorchCurvature(net, "cross_entropy", (X, y))
     v = np.ones(curv.layout.size)
     for call in (curv.gradient, lambda: curv.hessian() @ v, lambda: curv.ggn() @ v, lambda: curv.fisher() @ v,
-                 lambda: curv.curvature(v), lambda: curv.grad_and_curvature(v),
+                 lambda: curv.directional_curvature(v), lambda: curv.grad_and_curvature(v),
                  lambda: curv.hessian("reverse_over_reverse") @ np.ones((v.size, 2))):
         with pytest.raises(ValueError, match=rf"batch targets \(class labels\) must lie in \[0, 1\].*{label}"):
             call()
@@ -336,7 +336,7 @@ def test_callable_loss_of_the_wrong_shape_is_refused_everywhere(what):
     curv = TorchCurvature(net, torch.nn.CrossEntropyLoss(reduction="none"), (X, y))
     v = np.ones(curv.layout.size)
     call = {"gradient": curv.gradient, "hessian": lambda: curv.hessian() @ v, "ggn": lambda: curv.ggn() @ v,
-            "fisher": lambda: curv.fisher() @ v, "curvature": lambda: curv.curvature(v)}[what]
+            "fisher": lambda: curv.fisher() @ v, "curvature": lambda: curv.directional_curvature(v)}[what]
     with pytest.raises(ValueError, match=r"loss must return a scalar \(0-d\) tensor.*got shape \(8,\)"):
         call()
     with pytest.raises(TypeError, match="loss must return a 0-d torch tensor.*float"):
@@ -349,7 +349,7 @@ def test_non_real_vectors_are_refused_naming_the_argument(dtype):
     net, X, y = _net_batch()
     curv = TorchCurvature(net, "cross_entropy", (X, y))
     v = np.ones(curv.layout.size, dtype=dtype)
-    for name, call in [("v", lambda: curv.hvp(v)), ("d", lambda: curv.curvature(v)),
+    for name, call in [("v", lambda: curv.hvp(v)), ("d", lambda: curv.directional_curvature(v)),
                        ("params", lambda: curv.gradient(v)), ("d", lambda: curv.grad_and_curvature(v)),
                        ("v", lambda: curv.hessian() @ v), ("V", lambda: curv.ggn() @ v[:, None])]:
         with pytest.raises(TypeError, match=rf"^{name} must be a real float"):

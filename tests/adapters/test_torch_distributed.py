@@ -38,7 +38,7 @@ def _quantities(curv, V, d) -> dict[str, np.ndarray]:
         "fisher": curv.fisher() @ V[:, 0],
         "grad": g,
         "loss": np.array([loss, loss2]),
-        "curv": np.array([curv.curvature(d), c2]),
+        "curv": np.array([curv.directional_curvature(d), c2]),
     }
 
 

@@ -168,7 +168,7 @@ def test_curvature_lr_with_torch_curvature_matches_reference_mlp(rng):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(Xt), yt).backward()
         curv = TorchCurvature(net, "cross_entropy", (Xt, yt))
-        opt.step(curvature=curv.curvature)
+        opt.step(curvature=curv.directional_curvature)
     mine = np.concatenate([p.detach().numpy().ravel() for p in net.parameters()])
     assert rel_err(mine, th[perm]) < 1e-9
     assert model.loss(th, X, y) < model.loss(params, X, y)

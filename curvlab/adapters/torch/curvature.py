@@ -1,6 +1,9 @@
-"""PyTorch adapter: curvature operators of an ``nn.Module`` on flat parameter vectors.
+"""PyTorch adapter: an ``nn.Module``, a loss and a batch as a curvature source.
 
-Given a module, a loss and a batch, :class:`TorchCurvature` returns curvlab
+:class:`TorchCurvature` implements :class:`curvlab.sources.CurvatureSource` (``layout``,
+``params``, ``loss()``, ``gradient()``, ``per_sample_gradients()``, ``hessian()``,
+``ggn()``, ``fisher()``, ``directional_curvature``, ``grad_and_curvature``,
+``layer_structure()``, ``at()``). Given a module, a loss and a batch it returns curvlab
 :class:`~curvlab.linalg.operators.LinearOperator` s acting on the flat vector of
 the parameters that require gradients (layout: :class:`curvlab.layout.Layout`, the
 module's ``named_parameters()`` order, each tensor row-major):
@@ -11,11 +14,12 @@ module's ``named_parameters()`` order, each tensor row-major):
   reverse-over-reverse (double backward, ``hvp_mode="reverse_over_reverse"``);
 * :meth:`~TorchCurvature.ggn` — generalized Gauss–Newton ``Jᵀ H_L J v``;
 * :meth:`~TorchCurvature.fisher` — empirical Fisher ``(1/B) Σ_i g_i g_iᵀ v``
-  (``g_i`` per-sample gradients) or Monte-Carlo Fisher with labels sampled from
-  the model's predictive distribution by an explicit ``rng``;
+  (``g_i`` per-sample gradients), the true Fisher of the model's predictive
+  distribution (built-in losses: equal to the GGN) or its Monte-Carlo estimate with
+  labels sampled by an explicit ``rng``;
 
 and callables: :meth:`~TorchCurvature.gradient` ``-> (loss, g)``,
-:meth:`~TorchCurvature.curvature` ``d -> dᵀHd`` computed forward-only
+:meth:`~TorchCurvature.directional_curvature` ``d -> dᵀHd`` computed forward-only
 (``torch.func.jvp`` nested: forward-over-forward, no backward graph stored) and
 :meth:`~TorchCurvature.grad_and_curvature` ``d -> (loss, g, dᵀHd)`` (one
 forward-over-reverse pass by default; or a backward pass plus the forward-only
@@ -46,12 +50,18 @@ Example
 >>> H.shape
 (26, 26)
 >>> v = np.ones(26)
->>> bool(np.isclose(v @ (H @ v), curv.curvature(v)))
+>>> bool(np.isclose(v @ (H @ v), curv.directional_curvature(v)))
+True
+>>> H                                     # doctest: +ELLIPSIS
+<Hessian of Sequential on 8 samples, P=26, hvp_mode=forward_over_reverse: ...>
+>>> curv.at(params=curv.params * 0.5).loss() != curv.loss()   # same module, rebound
 True
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -62,12 +72,13 @@ from torch.func import functional_call
 
 from ... import backend
 from ...layout import Layout
-from ...linalg.operators import CallableOperator, LinearOperator
+from ...linalg.operators import LinearOperator
+from .._common import FISHER_KINDS, CurvatureOperator, layer_structure_unavailable
 from .._fisher import mc_fisher_draws
 from .convert import from_torch, to_torch
 from .safe_ops import forward_mode_safe_ops
 
-__all__ = ["TorchCurvature", "hessian_operator", "ggn_operator", "fisher_operator", "HVP_MODES"]
+__all__ = ["TorchCurvature", "hessian_operator", "ggn_operator", "fisher_operator", "HVP_MODES", "FISHER_KINDS"]
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
 _FLOAT_TORCH = (torch.float32, torch.float64)
@@ -157,7 +168,8 @@ def _resolve_group(process_group: Any) -> Any:
 
 # --------------------------------------------------------------------------- the adapter
 class TorchCurvature:
-    """Curvature operators and callables of a torch model on one batch.
+    """A torch model and its loss bound to parameters and one batch: a
+    :class:`curvlab.sources.CurvatureSource`.
 
     Parameters
     ----------
@@ -197,7 +209,17 @@ class TorchCurvature:
         BatchNorm, fused attention, which also lacks a double backward on the CPU).
 
     The operators are evaluated at a snapshot of the parameters taken at
-    construction (updating the model afterwards does not change them).
+    construction (updating the model afterwards does not change them);
+    :meth:`at` rebinds the same module to new parameters or data without rebuilding.
+
+    Attributes
+    ----------
+    layout : curvlab.layout.Layout
+        Names (``named_parameters()``), shapes and offsets of the flat vector ``(P,)``.
+    params : (P,) array
+        The parameter snapshot, flat (NumPy on the CPU, CuPy on CUDA; a fresh copy).
+    batch_size : int
+        The samples of the bound batch (this rank's, under a process group).
     """
 
     def __init__(
@@ -243,7 +265,7 @@ class TorchCurvature:
         if self.xp is None:
             raise RuntimeError(f"parameters live on {self.device} but CuPy is not available for the vectors")
         self.layout = Layout([n for n, _ in named], [tuple(p.shape) for _, p in named], self.dtype)
-        self.params: tuple[torch.Tensor, ...] = tuple(p.detach().clone() for _, p in named)
+        self._plist: tuple[torch.Tensor, ...] = tuple(p.detach().clone() for _, p in named)
         self.loss_name = loss if isinstance(loss, str) else None
         if not isinstance(loss, str) and not callable(loss):
             raise TypeError(f"loss must be a string or a callable, got {type(loss).__name__}")
@@ -251,15 +273,79 @@ class TorchCurvature:
         self.hvp_mode = hvp_mode
         self.composite_ops = bool(composite_ops)
         self.group = _resolve_group(process_group)
-        self.X, self.y = self._check_batch(batch)
-        if nan_policy == "raise":
-            named_t = [(f"parameter {n!r}", p) for n, p in zip(self.layout.names, self.params)]
-            for what, t in named_t + [("batch inputs", self.X), ("batch targets", self.y)]:
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise FloatingPointError(f"{what} contain NaN or Inf (nan_policy='raise')")
-        self.batch_size = int(self.X.shape[0])
-        self._weight, self._total = self._rank_weight()
+        X, y = self._check_batch(batch)
+        self._check_finite(self._plist, X, y)
+        self._bind_data(X, y)
         self._vmap_ok = True
+
+    def _check_finite(self, plist: Sequence[torch.Tensor] | None, X: torch.Tensor | None,
+                      y: torch.Tensor | None) -> None:
+        """``nan_policy="raise"``: ``FloatingPointError`` naming the first non-finite input."""
+        if self.nan_policy != "raise":
+            return
+        named_t = [] if plist is None else [(f"parameter {n!r}", p) for n, p in zip(self.layout.names, plist)]
+        if X is not None:
+            named_t += [("batch inputs", X), ("batch targets", y)]
+        for what, t in named_t:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FloatingPointError(f"{what} contain NaN or Inf (nan_policy='raise')")
+
+    def _bind_data(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        self.X, self.y = X, y
+        self.batch_size = int(X.shape[0])
+        self._weight, self._total = self._rank_weight()
+
+    # ------------------------------------------------------------------ the protocol's basics
+    @property
+    def params(self) -> Any:
+        """The parameter snapshot as one flat ``(P,)`` array (NumPy/CuPy; a fresh copy)."""
+        return from_torch(self._flat(self._plist))
+
+    def flat_params(self) -> Any:
+        """Deprecated: use :attr:`params`."""
+        warnings.warn("TorchCurvature.flat_params() is deprecated; use the params attribute",
+                      DeprecationWarning, stacklevel=2)
+        return self.params
+
+    def _label(self) -> str:
+        n = f"{self.batch_size} samples"
+        if self.group is not None:
+            n += f" on this rank ({self._total:g} in the group)"
+        return f"{type(self.model).__name__} on {n}, P={self.layout.size}"
+
+    def __repr__(self) -> str:
+        return f"TorchCurvature({self._label()}, dtype={self.dtype}, hvp_mode={self.hvp_mode})"
+
+    def at(self, params: Any = None, data: Any = None) -> "TorchCurvature":
+        """The same module and loss rebound to ``params`` and/or ``data`` (no rebuild).
+
+        ``params``: a flat ``(P,)`` array (NumPy/CuPy/torch) or one array per parameter in
+        layout order; it is copied (a snapshot, like the constructor's). ``data``: a batch
+        ``(inputs, targets)`` checked like the constructor's; under a process group every
+        rank must rebind its data together (the batch sizes are all-reduced). Arguments
+        left None keep this source's values; this source is unchanged. The module, the
+        loss and the options are shared (nothing is rebuilt).
+        """
+        new = copy.copy(self)
+        if params is not None:
+            plist = tuple(t.clone() for t in self._vec_in(params, "params"))
+            self._check_finite(plist, None, None)
+            new._plist = plist
+        if data is not None:
+            X, y = self._check_batch(data)
+            self._check_finite(None, X, y)
+            new._bind_data(X, y)
+        return new
+
+    def loss(self) -> float:
+        """The mean loss on the batch (rank-averaged); one forward pass, one host sync."""
+        with torch.no_grad():
+            val = self._loss_of(self._plist)
+        return float(self._allreduce(val.detach().reshape(1))[0])
+
+    def layer_structure(self) -> list:
+        """Not available yet for torch models: raises :class:`~curvlab.sources.LayerStructureUnavailable`."""
+        raise layer_structure_unavailable("TorchCurvature", type(self.model).__name__)
 
     # ------------------------------------------------------------------ checks and helpers
     def _check_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,8 +470,8 @@ class TorchCurvature:
         return self._columns(single, parts)
 
     def _operator(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
-                  *, psd: bool, block: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None
-                  ) -> LinearOperator:
+                  *, psd: bool, block: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
+                  what: str = "curvature", detail: str = "") -> LinearOperator:
         n = self.layout.size
 
         def mv(v: Any) -> Any:
@@ -400,7 +486,8 @@ class TorchCurvature:
             except Exception:  # no batching rule for some op: one column at a time
                 return self._columns(single, parts)
 
-        return CallableOperator(mv, (n, n), self.dtype, matmat=mm, symmetric=True, psd=psd, xp=self.xp)
+        return CurvatureOperator(mv, (n, n), self.dtype, matmat=mm, symmetric=True, psd=psd, xp=self.xp,
+                                 description=f"{what} of {self._label()}{detail}")
 
     # ------------------------------------------------------------------ gradient
     def gradient(self, params: Any = None) -> tuple[float, Any]:
@@ -408,7 +495,7 @@ class TorchCurvature:
 
         ``params`` (a flat ``(P,)`` vector) evaluates at other parameter values.
         """
-        plist = self.params if params is None else self._vec_in(params, "params")
+        plist = self._plist if params is None else self._vec_in(params, "params")
         with torch.enable_grad():
             ps = [p.detach().requires_grad_(True) for p in plist]
             val = self._loss_of(ps)
@@ -420,9 +507,33 @@ class TorchCurvature:
         """A callable ``params (P,) -> (loss, g)`` on this batch."""
         return lambda p: self.gradient(p)
 
+    def per_sample_gradients(self) -> Any:
+        """The gradients ``(B, P)`` of the per-sample losses ``ℓ_b`` on this rank's batch.
+
+        With ``loss`` the mean of per-sample losses (the module docstring's contract),
+        ``g_b = J_bᵀ r_b`` with ``r_b = B ∇_z L`` row ``b``: one forward, one
+        ``vmap``-ed backward over the samples (a loop where an op has no batching
+        rule). Their mean is :meth:`gradient`'s ``g`` (this rank's, not all-reduced).
+        Memory: ``B × P`` for the result.
+        """
+        z, vjp_fn = torch.func.vjp(self._forward, self._plist)
+        B = z.shape[0]
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            r = torch.autograd.grad(self.loss_fn(zz, self.y), zz)[0] * B  # per-sample ∇_z ℓ_b
+        eye = torch.eye(B, dtype=r.dtype, device=r.device).reshape((B, B) + (1,) * (r.ndim - 1))
+        R = eye * r.unsqueeze(0)  # R[b] = r with every sample but b zeroed
+        one = lambda u: vjp_fn(u)[0]  # noqa: E731
+        try:
+            parts = torch.func.vmap(one)(R)
+        except Exception:  # an op without a batching rule: one sample at a time
+            cols = [one(R[b]) for b in range(B)]
+            parts = tuple(torch.stack([c[i] for c in cols]) for i in range(len(self._plist)))
+        return from_torch(torch.cat([p.reshape(B, -1) for p in parts], dim=1).detach())
+
     # ------------------------------------------------------------------ Hessian
     def _hvp_single(self, mode: str) -> Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
-        params = self.params
+        params = self._plist
         if mode == "forward_over_reverse":
             # dual parameters (primal θ, tangent v) through one autograd backward: the
             # gradient comes out as a dual number whose tangent is H v
@@ -461,17 +572,20 @@ class TorchCurvature:
                 raise ValueError("cache_graph=True needs hvp_mode='reverse_over_reverse'")
             return self._cached_rr_operator()
         single = self._hvp_single(mode)
+        detail = f", hvp_mode={mode}"
         if mode == "forward_over_reverse":
             grad_fn = torch.func.grad(self._loss_of)
 
             def hv_func(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
                 with forward_mode_safe_ops(self.composite_ops):
-                    return torch.func.jvp(grad_fn, (self.params,), (v,))[1]
+                    return torch.func.jvp(grad_fn, (self._plist,), (v,))[1]
 
             # a block of vectors: torch.func.jvp of torch.func.grad, vmapped over the columns
-            return self._operator(single, psd=False, block=lambda parts: torch.func.vmap(hv_func)(parts))
+            return self._operator(single, psd=False, block=lambda parts: torch.func.vmap(hv_func)(parts),
+                                  what="Hessian", detail=detail)
         # one double-backward graph, all columns through one batched backward
-        return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True))
+        return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True),
+                              what="Hessian", detail=detail)
 
     def _cached_rr_operator(self) -> LinearOperator:
         cache: dict[str, Any] = {}
@@ -479,7 +593,7 @@ class TorchCurvature:
         def graph() -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
             if "g" not in cache:
                 with torch.enable_grad(), forward_mode_safe_ops(self.composite_ops):
-                    ps = [p.detach().requires_grad_(True) for p in self.params]
+                    ps = [p.detach().requires_grad_(True) for p in self._plist]
                     cache["ps"] = ps
                     cache["g"] = torch.autograd.grad(self._loss_of(ps), ps, create_graph=True)
             return cache["ps"], cache["g"]
@@ -489,7 +603,8 @@ class TorchCurvature:
             with torch.enable_grad():
                 return torch.autograd.grad(g, ps, grad_outputs=v, retain_graph=True, is_grads_batched=batched)
 
-        return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True))
+        return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True),
+                              what="Hessian", detail=", hvp_mode=reverse_over_reverse, cached graph")
 
     def hvp(self, v: Any) -> Any:
         """``H v`` for a flat ``(P,)`` vector (default mode)."""
@@ -498,12 +613,12 @@ class TorchCurvature:
     # ------------------------------------------------------------------ GGN and Fisher
     def _outputs(self) -> torch.Tensor:
         with torch.no_grad():
-            return self._forward(self.params)
+            return self._forward(self._plist)
 
     def _jtuj(self, weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
               ) -> Callable[..., tuple[torch.Tensor, ...]]:
         """``v -> Jᵀ weight(z, J v)``: J the Jacobian of the outputs w.r.t. the parameters."""
-        params = self.params
+        params = self._plist
 
         def single(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             with forward_mode_safe_ops(self.composite_ops):
@@ -521,7 +636,7 @@ class TorchCurvature:
             g_z = torch.func.grad(lambda zz: self.loss_fn(zz, y))
             return torch.func.jvp(g_z, (z,), (u,))[1]
 
-        return self._operator(self._jtuj(weight), psd=True)
+        return self._operator(self._jtuj(weight), psd=True, what="GGN")
 
     def fisher(self, kind: str = "empirical", *, rng: Any = None, mc_samples: int = 1) -> LinearOperator:
         """Fisher operator (P × P, symmetric PSD).
@@ -533,7 +648,17 @@ class TorchCurvature:
         distribution (categorical for cross-entropy, ``N(z, I)`` for mse) with the
         explicit ``rng`` (NumPy Generator or seed), ``mc_samples`` draws per output
         position ``n``; its expectation is the GGN. Built-in losses only.
+        ``kind="true"``: the exact Fisher of the model's predictive distribution
+        (categorical for cross-entropy, ``N(z, I)`` for mse), which for these losses
+        equals the GGN (the same products); built-in losses only.
         """
+        if kind == "true":
+            if self.loss_name is None:
+                raise ValueError("fisher(kind='true') needs a built-in loss ('cross_entropy' or 'mse'): a callable "
+                                 "loss defines no predictive distribution; use kind='empirical' or ggn()")
+            op = self.ggn()
+            op.description = op.description.replace("GGN of", "true Fisher (= GGN) of", 1)
+            return op
         z = self._outputs()
         if kind == "empirical":
             B = z.shape[0]
@@ -545,7 +670,7 @@ class TorchCurvature:
                 s = (r * u).reshape(B, -1).sum(1)
                 return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
 
-            return self._operator(self._jtuj(weight), psd=True)
+            return self._operator(self._jtuj(weight), psd=True, what="empirical Fisher")
         C = z.shape[-1]
         p = torch.softmax(z, dim=-1) if self.loss_name == "cross_entropy" else None
         M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
@@ -561,15 +686,17 @@ class TorchCurvature:
             s = (R * u.unsqueeze(0)).sum(-1, keepdim=True)
             return (R * s).sum(0) / (npos * M)
 
-        return self._operator(self._jtuj(weight_mc), psd=True)
+        return self._operator(self._jtuj(weight_mc), psd=True, what="Monte-Carlo Fisher",
+                              detail=f", mc_samples={M}")
 
     # ------------------------------------------------------------------ directional curvature
-    def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
+    def directional_curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
         """``dᵀ H d`` by forward-over-forward (nested ``torch.func.jvp``); no backward pass.
 
-        With ``return_all=True`` returns ``(loss, gᵀd, dᵀHd)`` as floats.
+        ``d``: a flat ``(P,)`` direction (or one array per parameter). With
+        ``return_all=True`` returns ``(loss, gᵀd, dᵀHd)`` as floats. One host sync.
         """
-        plist = self.params if params is None else self._vec_in(params, "params")
+        plist = self._plist if params is None else self._vec_in(params, "params")
         dv = self._vec_in(d, "d")
 
         def inner(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -582,9 +709,15 @@ class TorchCurvature:
             return float(vals[0]), float(vals[1]), float(vals[2])
         return float(vals[2])
 
+    def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
+        """Deprecated: use :meth:`directional_curvature` (same arguments and numbers)."""
+        warnings.warn("TorchCurvature.curvature() is deprecated; use directional_curvature()",
+                      DeprecationWarning, stacklevel=2)
+        return self.directional_curvature(d, params=params, return_all=return_all)
+
     def curvature_fn(self) -> Callable[[Any], float]:
         """A callable ``d (P,) -> dᵀHd`` (forward-only) on this batch."""
-        return lambda d: self.curvature(d)
+        return lambda d: self.directional_curvature(d)
 
     def grad_and_curvature(self, d: Any, *, params: Any = None, mode: str = "forward_over_reverse"
                            ) -> tuple[float, Any, float]:
@@ -593,14 +726,14 @@ class TorchCurvature:
         ``mode="forward_over_reverse"`` (default): one ``jvp`` of the gradient gives
         ``g`` and ``H d`` together, ``c = ⟨d, H d⟩`` (the HVP's cost).
         ``mode="separate"``: the gradient by one backward pass, then ``c`` forward-only
-        (:meth:`curvature`); peak memory is the larger of the two, not their sum.
+        (:meth:`directional_curvature`); peak memory is the larger of the two, not their sum.
         ``mode="shared"``: one forward pass carrying the second-order tangents
         under reverse mode, one backward pass (records the tangent work too).
         """
         if mode == "separate":
             val, g = self.gradient(params)
-            return val, g, self.curvature(d, params=params)
-        plist = self.params if params is None else self._vec_in(params, "params")
+            return val, g, self.directional_curvature(d, params=params)
+        plist = self._plist if params is None else self._vec_in(params, "params")
         dv = self._vec_in(d, "d")
         if mode == "forward_over_reverse":
             with forward_mode_safe_ops(self.composite_ops), fwAD.dual_level(), torch.enable_grad():
@@ -626,11 +759,6 @@ class TorchCurvature:
             raise ValueError(f"mode must be 'forward_over_reverse', 'separate' or 'shared', got {mode!r}")
         vals = self._allreduce(torch.stack([val.detach(), c.detach()]))
         return float(vals[0]), self._out(self._flat(g)), float(vals[1])
-
-    # ------------------------------------------------------------------ parameters
-    def flat_params(self) -> Any:
-        """The snapshot of the trainable parameters as a flat ``(P,)`` array (a copy)."""
-        return from_torch(self._flat(self.params))
 
 
 # --------------------------------------------------------------------------- functional shortcuts
