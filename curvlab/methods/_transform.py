@@ -439,8 +439,10 @@ class Transform:
         return True
 
     def skipped(self, state: S, inplace: bool = False) -> S:
-        """``state`` with the skip counters advanced (everything else untouched); raises
-        ``FloatingPointError`` past ``max_consecutive_skips`` skips in a row."""
+        """Return ``state`` with the skip counters advanced, everything else untouched.
+
+        Raises ``FloatingPointError`` past ``max_consecutive_skips`` skips in a row.
+        """
         cs = int(state.consecutive_skips) + 1  # type: ignore[attr-defined]
         if cs > self.max_consecutive_skips:
             raise FloatingPointError(
@@ -531,8 +533,11 @@ class Transform:
             "direction (SGD, Momentum, Adam, AdamW, chain(...) of a direction, ExactNewton, DSGD)")
 
     def tick(self, state: Any) -> Any:
-        """The state after a step whose updates are not used (a chain's direction stops
-        before this transform). Default: the state itself (stateless transforms)."""
+        """Return the state after a step whose updates are not used.
+
+        A chain's direction stops before this transform. Default: the state itself
+        (stateless transforms).
+        """
         return state
 
     def step(self, params: Tree, grads: Tree, state: TransformState, **extras: Any) -> tuple[Tree, TransformState]:
@@ -563,16 +568,20 @@ Schedule = Callable[[int], float]
 
 
 def check_lr(lr: Any, name: str = "lr") -> float | Schedule:
-    """A learning rate: a finite number > 0, or a schedule ``count -> lr`` (a callable of the
-    number of steps taken before this one)."""
+    """Return a validated learning rate: a finite number > 0, or a schedule ``count -> lr``.
+
+    A schedule is a callable of the number of steps taken before this one.
+    """
     if callable(lr) and not isinstance(lr, (int, float, np.integer, np.floating)):
         return lr
     return _check_real(name, lr, 0.0, inclusive=False)
 
 
 def lr_at(lr: float | Schedule, count: int) -> float:
-    """The learning rate of step ``count`` (0 for the first): ``lr`` or ``lr(count)``;
-    ``ValueError`` when a schedule returns a non-finite or negative value."""
+    """Return the learning rate of step ``count`` (0 for the first): ``lr`` or ``lr(count)``.
+
+    ``ValueError`` when a schedule returns a non-finite or negative value.
+    """
     if not callable(lr):
         return lr
     v = float(lr(int(count)))
@@ -864,8 +873,10 @@ class Chain(Transform):
 
     def direction(self, grads: Tree, state: Any, params: Tree | None = None,
                   **extras: Any) -> tuple[Tree, Any]:
-        """The updates of the transforms before the first ``scale_by_lr`` and the new state
-        (no NaN check: the caller applies its policy)."""
+        """Return the updates of the transforms before the first ``scale_by_lr``, and the new state.
+
+        No NaN check: the caller applies its policy. The inputs are checked as in ``update``.
+        """
         self._check_inputs(grads, state, params)
         d, news, _ = self._run(grads, state, params, self._direction_end(), extras)
         return d, self._join(news, state)
