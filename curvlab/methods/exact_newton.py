@@ -23,6 +23,16 @@ What is exact for what
   (``|H^B|``, an ``nr x nr`` eigh). ``adjustment="raw"`` gives exact Newton on the
   mini-batch layer block either way. Cost per layer ``O(B^2 n^2 m + min(Bn, nr)^3)``.
 
+Where the curvature comes from: a :class:`~curvlab.sources.CurvatureSource` with dense layers
+(``layer_structure()``: per-sample inputs ``a_b``, output gradients ``δ_b`` and output Hessians
+``M_b`` of each Linear layer), given as ``ExactNewton(source=src)`` (plus the extra
+``data=batch``) or per step as ``update(..., source=src)``; the method rebinds it to the step's
+params with ``src.at(params=...)`` (no rebuild). Parameters outside the dense layers go to the
+declared ``fallback`` transform (refused without one). Sources without dense layers raise
+``TypeError`` saying so. The older entry points stay: ``model=`` (the reference MLP; a thin
+path through its source), a list of weights with ``X``, ``y``, ``activation``, ``loss``, or
+precomputed ``factors=``.
+
 Spectral adjustments (:func:`~curvlab.linalg.kronecker.adjust_spectrum`): raw/none, abs
 (default, the "absolute Hessian"), floor, shift, cap/clip.
 
@@ -67,6 +77,15 @@ Example
 >>> loss, g = model.loss_and_grad(p, X, y)
 >>> upd, state = opt.update(g, state, p, model=model, X=X, y=y)
 >>> bool(model.loss(p + upd, X, y) < loss)
+True
+
+The same step from a curvature source (any source whose ``layer_structure()`` lists dense
+layers; the reference MLP's is :class:`~curvlab.models.MLPCurvature`):
+
+>>> from curvlab.models import MLPCurvature
+>>> src = MLPCurvature(model, p, (X, y))
+>>> upd2, _ = ExactNewton(lr=0.1, lam=1.0).update(g, opt.init(p), p, source=src)
+>>> bool(np.array_equal(upd, upd2))
 True
 """
 

@@ -257,6 +257,23 @@ def test_methods_rebind_and_never_rebuild(monkeypatch):
         assert calls["init"] == 0 and calls["at"] >= 2, (type(opt).__name__, calls)   # step 1: already bound
 
 
+def test_exact_newton_data_rebinds_the_batch_and_serves_as_a_curvature_lr_base():
+    m, p, X, y = _problem(10)
+    src = MLPCurvature(m, p, (X[:4], y[:4]))
+    opt = ExactNewton(lr=0.3, lam=0.5, source=src)
+    _, g = m.loss_and_grad(p, X, y)
+    upd, _ = opt.update(g, opt.init(p), p, data=(X, y))                # data= rebinds the batch
+    ref, _ = ExactNewton(lr=0.3, lam=0.5).update(g, opt.init(p), p, model=m, X=X, y=y)
+    np.testing.assert_array_equal(upd, ref)
+    # CurvatureLR hands the rebound source to its base: ExactNewton's direction, rescaled by dᵀHd
+    g_fn = lambda q: m.loss_and_grad(q, X, y)[1]  # noqa: E731
+    a, _ = _run(CurvatureLR(base=ExactNewton(lam=0.5), schedule=0.5, source=MLPCurvature(m, p, (X, y))),
+                p, g_fn, lambda q: {}, steps=10)
+    b, _ = _run(CurvatureLR(base=ExactNewton(lam=0.5), schedule=0.5), p, g_fn, lambda q: dict(model=m, X=X, y=y),
+                steps=10)
+    np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- DSGD
 @pytest.mark.parametrize("norm", ["spectral", "frobenius"])
 def test_dsgd_estimate_from_source_equals_callable(norm):
