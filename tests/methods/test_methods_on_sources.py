@@ -220,6 +220,30 @@ def test_exact_newton_fallback_updates_the_other_parameters():
         ExactNewton(fallback=lambda g: g)
 
 
+def test_exact_newton_nan_in_a_fallback_gradient_skips_the_whole_step():
+    """One NaN policy for the step: a non-finite gradient of a parameter outside the dense layers
+    skips the step (zero update) and leaves the state, the fallback's included, as it was."""
+    from curvlab.methods.baselines import Momentum
+
+    m, p, X, y = _problem(11)
+    src = StubMLPSource(m, np.concatenate([p, [1.0, -2.0]]), (X, y), extra=2)
+    q = src.params
+    _, g = src.gradient()
+    opt = ExactNewton(lr=0.3, lam=0.5, source=src, fallback=Momentum(lr=0.1, momentum=0.9))
+    _, s1 = opt.update(g, opt.init(q), q)
+    bad = g.copy()
+    bad[-1] = np.nan
+    upd, s2, info = opt.update_with_info(bad, s1, q)
+    assert info.skipped and not np.any(upd) and s2.n_skipped_steps == s1.n_skipped_steps + 1
+    d1, d2 = s1.to_dict(), s2.to_dict()
+    assert {k for k in d1 if k.startswith("fallback/")} == {k for k in d2 if k.startswith("fallback/")} != set()
+    for k in d1:
+        if k.startswith("fallback/"):
+            np.testing.assert_array_equal(d1[k], d2[k])
+    with pytest.raises(FloatingPointError):
+        ExactNewton(source=src, fallback=SGD(lr=0.1), nan_policy="raise").update(bad, s1, q)
+
+
 def test_exact_newton_refuses_a_source_without_dense_layers():
     m, p, X, y = _problem()
     src = StubMLPSource(m, p, (X, y), layers=False)
