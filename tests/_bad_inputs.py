@@ -227,6 +227,7 @@ class Entry:
     skip: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     nan_propagates: bool = False
     needs: str | None = None  # "torch" / "jax"
+    twin: bool = True  # False: a random estimator, judged by its check (error bars), not bit-close to a twin
 
     def call(self, kw: dict) -> Any:
         return self.run(kw) if self.run is not None else self.target(**kw)
@@ -389,7 +390,7 @@ def classify(entry_name: str, entry: Entry, arg: str, mut: str, seed: int) -> Ou
     dig = _digest(res)
     if mut in ("nan", "inf") and entry.nan_propagates and not np.all(np.isfinite(dig)):
         return Outcome(entry_name, arg, mut, "policy", "NaN propagated (documented nan_policy='propagate')")
-    if mut in TWIN:
+    if mut in TWIN and not (entry.twin is False and entry.check is not None and getattr(entry.check, "confirms", False)):
         kw2 = good_kwargs(entry)
         kw2[arg] = _twin_value(mut, bad)
         try:

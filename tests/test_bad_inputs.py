@@ -393,6 +393,7 @@ ENTRIES: dict[str, Entry] = {
     "stochastic_power": Entry(curvlab.stochastic_power, {"A": (sym, "symop"), "n_steps": (lambda: 50, "count"),
                                                          "burn_in": (lambda: 0.3, "pos"), "rng": (lambda: 0, "rng")},
                               skip={("n_steps", "huge"): "a long run is a valid request (no convergence test)"},
+                              twin=False,
                               check=confirms(lambda res, kw: _ok(
                                   not np.all(res.converged)
                                   or abs(float(res.eigenvalue) - np.linalg.eigvalsh(_dense(kw["A"]))[-1])
