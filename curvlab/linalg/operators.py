@@ -72,6 +72,8 @@ __all__ = [
     "SumOperator",
     "ScaledOperator",
     "ShiftedOperator",
+    "ProductOperator",
+    "BlockDiagonalOperator",
     "ScipyWrappedOperator",
     "aslinearoperator",
     "symmetry_defect",
@@ -95,6 +97,14 @@ class LinearOperator:
         operators do, see the module docstring and :func:`symmetry_defect`).
     xp : module, optional
         ``numpy`` (default) or ``cupy``: the backend of the vectors.
+    name : str, optional
+        What the operator is, e.g. ``"Hessian of MLP[4-5-3, tanh] on 8 samples, P=43"``;
+        it leads the ``repr`` (also readable as ``description``).
+
+    Algebra (SciPy's reach): ``A @ B`` (:class:`ProductOperator`), ``A @ x`` /
+    ``A @ X`` (= :meth:`matvec` / :meth:`matmat`), ``A.T``/``A.H``/:meth:`adjoint`
+    (``A`` itself when symmetric), ``A + B``, ``A - B``, ``-A``, ``c * A``, ``A * c``,
+    ``A / c``, ``sum([A, B])``, :meth:`shift`. Tags propagate conservatively.
     """
 
     def __init__(
@@ -105,6 +115,7 @@ class LinearOperator:
         symmetric: bool = False,
         psd: bool = False,
         xp: types.ModuleType | None = None,
+        name: str | None = None,
     ) -> None:
         shape = _check_shape(shape)
         try:
@@ -120,8 +131,20 @@ class LinearOperator:
         self.symmetric = bool(symmetric)
         self.psd = bool(psd)
         self.xp = np if xp is None else xp
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+        self.name = name
         self.n_matvecs = 0
         self.n_calls = 0
+
+    @property
+    def description(self) -> str:
+        """What the operator is: its ``name``, else its class name."""
+        return self.name if self.name else type(self).__name__
+
+    @description.setter
+    def description(self, text: str) -> None:
+        self.name = str(text)
 
     # -- work counters -------------------------------------------------------
     def reset_counter(self) -> None:
@@ -177,12 +200,21 @@ class LinearOperator:
         return out
 
     def __matmul__(self, x: Any) -> Any:
-        ndim = getattr(x, "ndim", np.ndim(x))
+        if isinstance(x, LinearOperator):
+            return ProductOperator(self, x)
+        ndim = getattr(x, "ndim", None)
+        if ndim is None:
+            if np.isscalar(x) or not isinstance(x, (list, tuple)):
+                raise TypeError(
+                    "the right operand of A @ x must be a LinearOperator, a (n,) vector or a (n, k) block, "
+                    f"got {type(x).__name__} (use A * c for a scalar)"
+                )
+            ndim = np.ndim(x)
         if ndim == 1:
             return self.matvec(x)
         if ndim == 2:
             return self.matmat(x)
-        raise ValueError(f"operand of @ must be 1-D or 2-D, got ndim {ndim}")
+        raise ValueError(f"the right operand of A @ x must be 1-D (n,) or 2-D (n, k), got ndim {ndim}")
 
     def __call__(self, x: Any) -> Any:
         return self @ x
@@ -190,13 +222,65 @@ class LinearOperator:
     # -- algebra -------------------------------------------------------------
     def __add__(self, other: Any) -> LinearOperator:
         if not isinstance(other, LinearOperator):
-            return NotImplemented
+            return _scalar_add(self, other)
         return SumOperator(self, other)
+
+    def __radd__(self, other: Any) -> LinearOperator:
+        # ``sum([A, B])`` starts from 0; ``0 + A`` is ``A``
+        if isinstance(other, LinearOperator):
+            return SumOperator(other, self)
+        return _scalar_add(self, other)
 
     def __sub__(self, other: Any) -> LinearOperator:
         if not isinstance(other, LinearOperator):
-            return NotImplemented
+            return _scalar_add(self, other)
+        if other.shape != self.shape:
+            raise ValueError(
+                f"A - B: the right operand has shape {other.shape}, expected {self.shape} (the left operand's)"
+            )
         return SumOperator(self, ScaledOperator(other, -1.0))
+
+    def __truediv__(self, c: Any) -> LinearOperator:
+        if isinstance(c, LinearOperator) or not np.isscalar(c):
+            return NotImplemented
+        c = _finite_scalar(c, "c")
+        if c == 0:
+            raise ValueError("A / c needs a nonzero scalar c, got c = 0.0")
+        return ScaledOperator(self, 1.0 / c)
+
+    # -- transpose -----------------------------------------------------------
+    def adjoint(self) -> LinearOperator:
+        """``Aᵀ`` (real operators: the adjoint is the transpose).
+
+        A symmetric operator is its own adjoint; :class:`DenseOperator`, sums,
+        products, scalings, shifts and block-diagonal operators transpose their
+        parts; a :class:`CallableOperator` needs ``rmatvec=``. ``TypeError`` otherwise.
+        """
+        if self.symmetric:
+            return self
+        AT = self._adjoint()
+        AT._transpose_of = self  # lets ``A.T @ A`` and ``A @ A.T`` know they are symmetric PSD
+        return AT
+
+    def _adjoint(self) -> LinearOperator:
+        raise TypeError(
+            f"{self.description} ({type(self).__name__}) has no transpose: it is not declared symmetric and "
+            "knows no rmatvec; build it as CallableOperator(matvec, shape, rmatvec=...) or declare it symmetric"
+        )
+
+    def transpose(self) -> LinearOperator:
+        """Same as :meth:`adjoint` (real operators)."""
+        return self.adjoint()
+
+    @property
+    def T(self) -> LinearOperator:
+        """``Aᵀ``, see :meth:`adjoint`."""
+        return self.adjoint()
+
+    @property
+    def H(self) -> LinearOperator:
+        """``Aᴴ = Aᵀ`` (real operators), see :meth:`adjoint`."""
+        return self.adjoint()
 
     def __mul__(self, alpha: Any) -> LinearOperator:
         if not np.isscalar(alpha) or isinstance(alpha, (bool, complex, np.complexfloating)):
@@ -237,12 +321,28 @@ class LinearOperator:
         if self.symmetric:
             kw["rmatvec"] = mv
             kw["rmatmat"] = mm
+        else:
+            try:
+                AT = self.adjoint()
+            except TypeError:
+                AT = None
+            if AT is not None:
+                def rmv(v: np.ndarray) -> np.ndarray:
+                    v = np.asarray(v).reshape(-1)
+                    return backend.to_numpy(AT.matvec(self.xp.asarray(v.astype(self.dtype, copy=False))))
+
+                def rmm(V: np.ndarray) -> np.ndarray:
+                    return backend.to_numpy(AT.matmat(self.xp.asarray(np.asarray(V).astype(self.dtype, copy=False))))
+
+                kw["rmatvec"] = rmv
+                kw["rmatmat"] = rmm
         return ScipyLO(shape=self.shape, dtype=self.dtype, **kw)
 
     def __repr__(self) -> str:
         tags = [t for t in ("symmetric", "psd") if getattr(self, t)]
+        head = f"{_clip(self.name)}: " if self.name else ""
         return (
-            f"<{type(self).__name__} shape={self.shape} dtype={self.dtype} "
+            f"<{head}{type(self).__name__} shape={self.shape} dtype={self.dtype} "
             f"backend={self.xp.__name__}{' ' + ','.join(tags) if tags else ''}>"
         )
 
@@ -264,6 +364,11 @@ class CallableOperator(LinearOperator):
         library's models and adapters build exact Hessian products). A failed
         check raises ``ValueError``; a probe returning NaN/Inf raises
         ``FloatingPointError``.
+    rmatvec, rmatmat : callable, optional
+        ``v -> Aᵀ v`` (and ``V -> Aᵀ V``): give a non-symmetric operator its
+        transpose (``A.T``) and SciPy's ``rmatvec``.
+    name : str, optional
+        What the operator is; leads the ``repr``.
 
     Example
     -------
@@ -284,14 +389,22 @@ class CallableOperator(LinearOperator):
         psd: bool = False,
         xp: types.ModuleType | None = None,
         check: bool | None = None,
+        rmatvec: Callable[[Any], Any] | None = None,
+        rmatmat: Callable[[Any], Any] | None = None,
+        name: str | None = None,
     ) -> None:
         if not callable(matvec):
             raise TypeError(f"matvec must be callable, got {type(matvec).__name__}")
-        if matmat is not None and not callable(matmat):
-            raise TypeError(f"matmat must be callable or None, got {type(matmat).__name__}")
-        super().__init__(shape, dtype, symmetric=symmetric, psd=psd, xp=xp)
+        for arg, f in (("matmat", matmat), ("rmatvec", rmatvec), ("rmatmat", rmatmat)):
+            if f is not None and not callable(f):
+                raise TypeError(f"{arg} must be callable or None, got {type(f).__name__}")
+        if rmatmat is not None and rmatvec is None:
+            raise ValueError("rmatmat needs rmatvec as well (rmatvec=None was given)")
+        super().__init__(shape, dtype, symmetric=symmetric, psd=psd, xp=xp, name=name)
         self._fmv = matvec
         self._fmm = matmat
+        self._frmv = rmatvec
+        self._frmm = rmatmat
         if check is None:
             check = not _is_curvlab_code(matvec)
         if check and (self.symmetric or self.psd):
@@ -313,6 +426,14 @@ class CallableOperator(LinearOperator):
             )
         return out.astype(self.dtype, copy=False)
 
+    def _adjoint(self) -> LinearOperator:
+        if self._frmv is None:
+            return super()._adjoint()
+        return CallableOperator(
+            self._frmv, (self.shape[1], self.shape[0]), self.dtype, matmat=self._frmm, rmatvec=self._fmv,
+            rmatmat=self._fmm, psd=self.psd, xp=self.xp, check=False, name=_label(self) + "ᵀ",
+        )
+
 
 class DenseOperator(LinearOperator):
     """Operator of an explicit ``(m, n)`` matrix (NumPy or CuPy).
@@ -326,9 +447,11 @@ class DenseOperator(LinearOperator):
     eigendecomposition of a symmetric one.
     """
 
-    def __init__(self, A: Any, *, symmetric: bool = False, psd: bool = False, check: bool = True) -> None:
+    def __init__(
+        self, A: Any, *, symmetric: bool = False, psd: bool = False, check: bool = True, name: str | None = None
+    ) -> None:
         backend.check_float_array(A, "A", ndim=2)
-        super().__init__(A.shape, A.dtype, symmetric=symmetric, psd=psd, xp=backend.get_namespace(A))
+        super().__init__(A.shape, A.dtype, symmetric=symmetric, psd=psd, xp=backend.get_namespace(A), name=name)
         self.A = A
         if check:
             backend.check_finite_data(A, "A")
@@ -343,6 +466,9 @@ class DenseOperator(LinearOperator):
 
     def to_dense(self) -> Any:
         return self.A.copy()
+
+    def _adjoint(self) -> LinearOperator:
+        return DenseOperator(self.A.T, psd=self.psd, check=False, name=self.name and self.name + "ᵀ")
 
     def eigh(self) -> tuple[Any, Any]:
         """Ascending eigenvalues ``(n,)`` and eigenvectors ``(n, n)`` (symmetric only)."""
@@ -794,16 +920,25 @@ class SumOperator(LinearOperator):
     """``A + B`` for operators of equal shape; dtype is the wider of the two."""
 
     def __init__(self, A: LinearOperator, B: LinearOperator) -> None:
+        _check_operand(A, "left operand", "A + B")
+        _check_operand(B, "right operand", "A + B")
         if A.shape != B.shape:
-            raise ValueError(f"cannot add operators of shapes {A.shape} and {B.shape}")
+            raise ValueError(
+                f"A + B: the right operand has shape {B.shape}, expected {A.shape} (the left operand's); "
+                f"cannot add operators of shapes {A.shape} and {B.shape}"
+            )
         super().__init__(
             A.shape,
             np.promote_types(A.dtype, B.dtype),
             symmetric=A.symmetric and B.symmetric,
             psd=A.psd and B.psd,
             xp=_common_backend(A, B),
+            name=f"{_label(A)} + {_label(B)}",
         )
         self.terms = (A, B)
+
+    def _adjoint(self) -> LinearOperator:
+        return SumOperator(self.terms[0].adjoint(), self.terms[1].adjoint())
 
     def _matvec(self, v: Any) -> Any:
         A, B = self.terms
@@ -819,8 +954,12 @@ class ScaledOperator(LinearOperator):
 
     def __init__(self, A: LinearOperator, alpha: float) -> None:
         alpha = _finite_scalar(alpha, "alpha")
-        super().__init__(A.shape, A.dtype, symmetric=A.symmetric, psd=A.psd and alpha >= 0, xp=A.xp)
+        super().__init__(A.shape, A.dtype, symmetric=A.symmetric, psd=A.psd and alpha >= 0, xp=A.xp,
+                         name=f"{alpha:.6g} * {_label(A)}")
         self.base, self.alpha = A, float(alpha)
+
+    def _adjoint(self) -> LinearOperator:
+        return ScaledOperator(self.base.adjoint(), self.alpha)
 
     def _matvec(self, v: Any) -> Any:
         return self.dtype.type(self.alpha) * self.base.matvec(v)
@@ -836,8 +975,12 @@ class ShiftedOperator(LinearOperator):
         if A.shape[0] != A.shape[1]:
             raise ValueError(f"shift needs a square operator, got shape {A.shape}")
         lam = _finite_scalar(lam, "lam")
-        super().__init__(A.shape, A.dtype, symmetric=A.symmetric, psd=A.psd and lam >= 0, xp=A.xp)
+        super().__init__(A.shape, A.dtype, symmetric=A.symmetric, psd=A.psd and lam >= 0, xp=A.xp,
+                         name=f"{_label(A)} + {lam:.6g} I")
         self.base, self.lam = A, float(lam)
+
+    def _adjoint(self) -> LinearOperator:
+        return ShiftedOperator(self.base.adjoint(), self.lam)
 
     def _matvec(self, v: Any) -> Any:
         return self.base.matvec(v) + self.dtype.type(self.lam) * v
@@ -873,8 +1016,164 @@ class ScipyWrappedOperator(LinearOperator):
     def _matvec(self, v: Any) -> Any:
         return np.asarray(self.base.matvec(v), dtype=self.dtype).reshape(-1)
 
+    def _adjoint(self) -> LinearOperator:
+        # SciPy raises its own error at the first product when the wrapped operator has no rmatvec
+        return ScipyWrappedOperator(self.base.H, psd=self.psd, check=False)
+
     def _matmat(self, V: Any) -> Any:
         return np.asarray(self.base.matmat(V), dtype=self.dtype)
+
+
+class ProductOperator(LinearOperator):
+    """``A @ B``: applies ``B`` then ``A`` (each counts its own products); dtype the wider.
+
+    Tags are conservative: symmetric and PSD only for ``A @ A`` with ``A`` symmetric
+    and for ``Bᵀ @ B`` (the transpose object of ``B``); otherwise neither.
+    """
+
+    def __init__(self, A: LinearOperator, B: LinearOperator) -> None:
+        _check_operand(A, "left operand", "A @ B")
+        _check_operand(B, "right operand", "A @ B")
+        if A.shape[1] != B.shape[0]:
+            raise ValueError(
+                f"A @ B: the right operand has shape {B.shape}, expected ({A.shape[1]}, k) to follow the left "
+                f"operand of shape {A.shape}"
+            )
+        gram = (A is B and A.symmetric) or getattr(A, "_transpose_of", None) is B or (
+            getattr(B, "_transpose_of", None) is A)
+        super().__init__(
+            (A.shape[0], B.shape[1]),
+            np.promote_types(A.dtype, B.dtype),
+            symmetric=gram,
+            psd=gram,
+            xp=_common_backend(A, B),
+            name=f"({_label(A)}) @ ({_label(B)})",
+        )
+        self.factors = (A, B)
+
+    def _matvec(self, v: Any) -> Any:
+        A, B = self.factors
+        return A.matvec(B.matvec(v))
+
+    def _matmat(self, V: Any) -> Any:
+        A, B = self.factors
+        return A.matmat(B.matmat(V))
+
+    def _adjoint(self) -> LinearOperator:
+        A, B = self.factors
+        return ProductOperator(B.adjoint(), A.adjoint())
+
+
+class BlockDiagonalOperator(LinearOperator):
+    """``diag(A_1, ..., A_L)``: one operator per parameter block (e.g. per layer).
+
+    Parameters
+    ----------
+    blocks : sequence of LinearOperator
+        Non-empty; one backend; blocks may be rectangular (the operator is then
+        ``(Σ m_i, Σ n_i)``). Tags: symmetric/PSD when every block is.
+    name : str, optional
+
+    ``matvec``/``matmat`` split the input rows by block and apply each block once
+    (its own counter counts). :meth:`solve` and :meth:`eigvalsh` are blockwise and
+    exact when every block has them (``TypeError`` naming the first block without).
+    """
+
+    def __init__(self, blocks: Any, *, name: str | None = None) -> None:
+        if isinstance(blocks, LinearOperator) or not hasattr(blocks, "__iter__"):
+            raise TypeError(f"blocks must be a sequence of LinearOperator, got {type(blocks).__name__}")
+        blocks = tuple(blocks)
+        if not blocks:
+            raise ValueError("blocks must hold at least one LinearOperator, got an empty sequence")
+        for i, B in enumerate(blocks):
+            _check_operand(B, f"blocks[{i}]", "BlockDiagonalOperator")
+        m = sum(B.shape[0] for B in blocks)
+        n = sum(B.shape[1] for B in blocks)
+        dt = blocks[0].dtype
+        for B in blocks[1:]:
+            dt = np.promote_types(dt, B.dtype)
+        square = all(B.shape[0] == B.shape[1] for B in blocks)
+        super().__init__(
+            (m, n), dt, symmetric=square and all(B.symmetric for B in blocks),
+            psd=square and all(B.psd for B in blocks), xp=_common_backend(*blocks),
+            name=name if name is not None else f"blockdiag({len(blocks)} blocks: {_label(blocks[0])}, ...)"
+            if len(blocks) > 1 else f"blockdiag({_label(blocks[0])})",
+        )
+        self.blocks = blocks
+        self._rows = np.cumsum([0] + [B.shape[0] for B in blocks])
+        self._cols = np.cumsum([0] + [B.shape[1] for B in blocks])
+
+    def _matmat(self, V: Any) -> Any:
+        out = self.xp.empty((self.shape[0], V.shape[1]), dtype=self.dtype)
+        for i, B in enumerate(self.blocks):
+            out[self._rows[i]:self._rows[i + 1]] = B.matmat(V[self._cols[i]:self._cols[i + 1]])
+        return out
+
+    def _matvec(self, v: Any) -> Any:
+        out = self.xp.empty(self.shape[0], dtype=self.dtype)
+        for i, B in enumerate(self.blocks):
+            out[self._rows[i]:self._rows[i + 1]] = B.matvec(v[self._cols[i]:self._cols[i + 1]])
+        return out
+
+    def to_dense(self) -> Any:
+        out = self.xp.zeros(self.shape, dtype=self.dtype)
+        for i, B in enumerate(self.blocks):
+            out[self._rows[i]:self._rows[i + 1], self._cols[i]:self._cols[i + 1]] = B.to_dense()
+        return out
+
+    def _adjoint(self) -> LinearOperator:
+        return BlockDiagonalOperator([B.adjoint() for B in self.blocks])
+
+    def _need(self, method: str) -> None:
+        for i, B in enumerate(self.blocks):
+            if not callable(getattr(B, method, None)):
+                raise TypeError(
+                    f"BlockDiagonalOperator.{method}: blocks[{i}] ({type(B).__name__}) has no exact {method}; "
+                    f"use curvlab.linalg.solve / eigsh for an iterative answer"
+                )
+
+    def eigvalsh(self) -> Any:
+        """All eigenvalues, ascending: the blocks' exact ``eigvalsh`` joined (square symmetric blocks)."""
+        if not self.symmetric:
+            raise ValueError("eigvalsh needs every block symmetric")
+        self._need("eigvalsh")
+        xp = self.xp
+        return xp.sort(xp.concatenate([xp.asarray(B.eigvalsh()).astype(np.float64) for B in self.blocks]))
+
+    def solve(self, b: Any) -> Any:
+        """``A⁻¹ b`` blockwise by each block's exact ``solve``; ``b`` of shape ``(n,)`` or ``(n, k)``."""
+        if self.shape[0] != self.shape[1] or any(B.shape[0] != B.shape[1] for B in self.blocks):
+            raise ValueError(f"solve needs square blocks, got {[B.shape for B in self.blocks]}")
+        self._need("solve")
+        b = self._check_input(b, getattr(b, "ndim", 1), "b")
+        out = self.xp.empty(b.shape, dtype=self.dtype)
+        for i, B in enumerate(self.blocks):
+            out[self._rows[i]:self._rows[i + 1]] = B.solve(b[self._cols[i]:self._cols[i + 1]])
+        return out
+
+
+def _check_operand(A: Any, name: str, what: str) -> None:
+    if not isinstance(A, LinearOperator):
+        raise TypeError(f"{what}: the {name} must be a curvlab LinearOperator, got {type(A).__name__}")
+
+
+def _clip(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _label(A: LinearOperator) -> str:
+    """A short label of ``A`` for derived operators' names."""
+    return _clip(A.name, 60) if A.name else type(A).__name__
+
+
+def _scalar_add(A: LinearOperator, c: Any) -> LinearOperator:
+    """``0 + A`` is ``A`` (so ``sum`` works); any other non-operator raises ``TypeError``."""
+    if np.isscalar(c) and not isinstance(c, (str, bytes)) and c == 0:
+        return A
+    raise TypeError(
+        f"cannot add {type(c).__name__} {c!r} to a LinearOperator: add another operator, or use "
+        "A.shift(lam) for A + lam I"
+    )
 
 
 def aslinearoperator(

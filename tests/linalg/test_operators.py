@@ -416,3 +416,64 @@ def test_foreign_and_odd_inputs_name_the_argument():
         CallableOperator(lambda v: v, (2, 2), matmat=3)
     with pytest.raises(TypeError, match=r"v must be a numpy array for this operator, got a torch\.Tensor"):
         DenseOperator(np.eye(3)) @ torch.ones(3)
+
+
+# -- operator algebra with SciPy's reach (issue 12 item 5) ------------------------------------------
+
+
+def test_algebra_product_transpose_division_sum_against_dense():
+    from curvlab.linalg.operators import BlockDiagonalOperator, ProductOperator
+
+    rng = np.random.default_rng(7)
+    A, B = _sym(rng, 5), rng.standard_normal((5, 5))
+    opA, opB = DenseOperator(A, symmetric=True), DenseOperator(B)
+    x, X = rng.standard_normal(5), rng.standard_normal((5, 3))
+    P = opA @ opB
+    assert isinstance(P, ProductOperator) and P.shape == (5, 5)
+    np.testing.assert_allclose(P @ x, A @ (B @ x), rtol=1e-12)
+    np.testing.assert_allclose(P @ X, A @ B @ X, rtol=1e-12)
+    np.testing.assert_allclose((opA @ opA) @ x, A @ A @ x, rtol=1e-12)
+    assert (opA @ opA).symmetric and (opA @ opA).psd and not P.symmetric
+    assert opA.T is opA and opA.H is opA and opA.adjoint() is opA
+    np.testing.assert_allclose(opB.T @ x, B.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(P.T @ X, (A @ B).T @ X, rtol=1e-12)
+    G = opB.T @ opB
+    assert G.symmetric and G.psd
+    np.testing.assert_allclose((opA / 2) @ x, A @ x / 2, rtol=1e-12)
+    np.testing.assert_allclose(sum([opA, opB, opA]) @ x, (2 * A + B) @ x, rtol=1e-12)
+    assert (0 + opA) is opA
+    D = BlockDiagonalOperator([opA, DiagonalOperator(np.arange(1.0, 4.0))])
+    np.testing.assert_allclose(D.to_dense()[:5, :5], A)
+    assert D.symmetric and D.shape == (8, 8)
+
+
+def test_algebra_counts_and_clear_errors():
+    rng = np.random.default_rng(8)
+    opA = DenseOperator(_sym(rng, 4), symmetric=True)
+    opB = DenseOperator(rng.standard_normal((4, 3)))
+    P = opA @ opB
+    P.matmat(np.ones((3, 2)))
+    assert P.n_matvecs == 2 and opA.n_matvecs == 2 and opB.n_matvecs == 2
+    with pytest.raises(ValueError, match="right operand"):
+        opB @ opA
+    with pytest.raises(ValueError, match="right operand"):
+        opA + opB
+    with pytest.raises(ValueError, match="c"):
+        opA / 0.0
+    with pytest.raises(TypeError, match="shift"):
+        opA + 1.0
+    f = CallableOperator(lambda v: np.cumsum(v), (4, 4))
+    with pytest.raises(TypeError, match="rmatvec"):
+        f.T
+    g = CallableOperator(lambda v: np.cumsum(v), (4, 4), rmatvec=lambda v: np.cumsum(v[::-1])[::-1])
+    L = np.tril(np.ones((4, 4)))
+    np.testing.assert_allclose(g.T @ np.arange(4.0), L.T @ np.arange(4.0))
+    np.testing.assert_allclose(g.to_scipy().rmatvec(np.arange(4.0)), L.T @ np.arange(4.0))
+
+
+def test_name_leads_repr():
+    op = CallableOperator(lambda v: v, (3, 3), symmetric=True, name="Hessian of MLP[2-3] on 4 samples, P=3")
+    assert repr(op).startswith("<Hessian of MLP[2-3] on 4 samples, P=3: CallableOperator shape=(3, 3)")
+    assert op.name == op.description
+    r = repr(2.0 * op + op)
+    assert "Hessian" in r and len(r) < 200
