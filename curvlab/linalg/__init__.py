@@ -40,6 +40,7 @@ from .results import (
     StochasticEigResult,
     TraceEstimate,
 )
+from .solve import InverseOperator, SolveResult, inverse, solve
 from .slq import exact_smoothed_density, slq, slq_logdet, slq_trace_inverse, wasserstein1
 from .stochastic import StochasticOperator, minibatch_sampler
 from .testing import PrescribedSpectrum, exact_eigvalsh, named_spectrum, prescribed_spectrum_operator
@@ -67,6 +68,11 @@ __all__ = [
     "ProjectedSpectralBlock",
     "adjust_spectrum",
     "ADJUSTMENTS",
+    # linear solves
+    "solve",
+    "inverse",
+    "SolveResult",
+    "InverseOperator",
     # layer norms and duality maps
     "LayerNorm",
     "layer_norm",
