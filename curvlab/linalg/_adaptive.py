@@ -103,9 +103,12 @@ class Rounds:
     history: list[dict[str, Any]] | None
     message: str
     exact: bool = False
+    stopped: bool = False  # a callback ended the rounds early
 
     def _common(self) -> dict[str, Any]:
+        extra = {"status": "max_iter"} if self.stopped else {}
         return {
+            **extra,
             "estimate": self.estimate,
             "std_error": self.std_error,
             "n_matvecs": self.n_matvecs,
@@ -142,7 +145,7 @@ def with_exact_fallback(res: Rounds, cap: int, n: int, exact: Callable[[], Any],
     ``exact()`` returns ``(estimate, std_error)`` from ``n`` unit-vector
     products; the matvecs of the stochastic rounds stay counted.
     """
-    if res.converged or cap - res.n_matvecs < n:
+    if res.converged or res.stopped or cap - res.n_matvecs < n:
         return res
     return exact_rounds(exact, n, rule, record, used=res.n_matvecs, history=res.history)
 
@@ -179,6 +182,7 @@ def run_rounds(
     used: int = 0,
     min_rounds: int = 1,
     cap: int | None = None,
+    mon: Any = None,
 ) -> Rounds:
     """Run ``step(size, used)`` for each round size until the target is met.
 
@@ -189,6 +193,11 @@ def run_rounds(
     loop stops as soon as ``rule.met`` holds after at least ``min_rounds``
     rounds, else the result is unconverged with a message naming the budget
     ``cap``. ``sizes`` must yield at least one round.
+
+    ``mon`` (a :class:`~curvlab.linalg._progress.Monitor`) is told of every
+    round (``n_matvecs``, ``round_size`` and the rule's history entry:
+    ``estimate``/``std_error`` or ``rel_std_error``); when its callback asks
+    to stop, the rounds end there, unconverged (status "max_iter").
     """
     history: list[dict[str, Any]] | None = [] if record else None
     converged = tgt is None
@@ -198,6 +207,10 @@ def run_rounds(
         est, se, samples = step(size, used)
         if history is not None:
             history.append({"n_matvecs": used, **rule.entry(est, se, samples)})
+        if mon is not None and mon.active and mon.update(n_matvecs=used, round_size=size, **rule.entry(est, se, samples)):
+            if not (tgt is not None and i >= min_rounds and rule.met(est, se, samples, tgt)):
+                return Rounds(est, se, samples, used, False, history, f"{mon.message}: the estimate uses fewer probes "
+                              "than asked (its error bar is that of the probes used)", stopped=True)
         if tgt is not None and i >= min_rounds and rule.met(est, se, samples, tgt):
             converged = True
             break

@@ -73,6 +73,8 @@ def hutchinson_diagonal(
     block_size: int = 16,
     rng: Any = None,
     return_history: bool = False,
+    callback: Any = None,
+    progress: Any = False,
     warn: bool = True,
     strict: bool = False,
 ) -> DiagonalEstimate:
@@ -83,6 +85,10 @@ def hutchinson_diagonal(
     probes, then the exact answer if ``n`` matvecs remain in the cap; a missed
     target warns (``warn``) or raises (``strict``). The per-entry standard
     error is the sample one times ``t_{ν,0.975}/z_{0.975}`` (``ν`` = probes - 1).
+
+    ``callback``/``progress``: once per probe round (see :mod:`curvlab.linalg._progress`), with
+    ``n_matvecs`` and ``rel_std_error`` (``‖se‖/‖estimate‖``); a stop returns the estimate so
+    far, unconverged (status "max_iter").
 
     Host syncs: 1 per probe block (finiteness and the relative error in one
     transfer); the exact path 1.
@@ -106,7 +112,7 @@ def hutchinson_diagonal(
 
     rule = diagonal_rule(xp)
     res = _estimate(
-        op, cap, tgt, lambda c: blocks(c, bs), step, rule, _exact_diag(op, "hutchinson_diagonal"), record=return_history, min_rounds=2
+        op, cap, tgt, lambda c: blocks(c, bs), step, rule, _exact_diag(op, "hutchinson_diagonal"), record=return_history, who="hutchinson_diagonal", callback=callback, progress=progress, min_rounds=2
     )
     res.samples = None
     return finish(res.diagonal_estimate("exact" if res.exact else f"hutchinson diagonal ({probe})"), "hutchinson_diagonal", warn, strict)
@@ -160,6 +166,8 @@ def xdiag(
     probe: str = "rademacher",
     rng: Any = None,
     return_history: bool = False,
+    callback: Any = None,
+    progress: Any = False,
     warn: bool = True,
     strict: bool = False,
 ) -> DiagonalEstimate:
@@ -171,6 +179,10 @@ def xdiag(
     matvecs, then the exact answer if ``n`` remain); a missed target warns
     (``warn``) or raises (``strict``). Error bar: per-entry jackknife over
     probes, Student-t calibrated (see :func:`_xdiag_once`).
+
+    ``callback``/``progress``: once per probe round (see :mod:`curvlab.linalg._progress`), with
+    ``n_matvecs`` and ``rel_std_error`` (``‖se‖/‖estimate‖``); a stop returns the estimate so
+    far, unconverged (status "max_iter").
 
     Host syncs: 2 per round (the sketch's Gram matrices; finiteness and the
     relative error); the exact path 1.
@@ -185,7 +197,7 @@ def xdiag(
         lambda s, used: _xdiag_once(op, s, g, probe),
         diagonal_rule(xp),
         _exact_diag(op, "xdiag"),
-        record=return_history,
+        record=return_history, who="xdiag", callback=callback, progress=progress,
         cost=2,
     )
     res.samples = None

@@ -53,6 +53,7 @@ import scipy.linalg
 
 from .. import backend
 from ._checks import as_symmetric_operator, check_budget, check_k, check_positive_int, eigen_problem, host_floats, start_vectors
+from ._progress import Monitor
 from .results import EigResult, eig_result, warn_unconverged
 
 __all__ = ["LanczosDecomposition", "lanczos", "eigsh"]
@@ -145,6 +146,8 @@ def lanczos(
     return_basis: bool = False,
     check_symmetry: bool | None = None,
     warn: bool = True,
+    callback: Any = None,
+    progress: Any = False,
 ) -> LanczosDecomposition:
     """``m`` Lanczos steps with full reorthogonalisation from ``v0`` (or a Gaussian from ``rng``).
 
@@ -155,7 +158,11 @@ def lanczos(
     v0 : array ``(n,)``, optional
     return_basis : keep the ``(n, m)`` orthonormal basis (memory ``n m``)
     warn : issue a :class:`ConvergenceWarning` when a non-finite operator
-        output cut the recurrence short (``False`` silences it)
+        output cut the recurrence short or the callback stopped it (``False``
+        silences it)
+    callback, progress : see :mod:`curvlab.linalg._progress`; called once per
+        step with ``n_matvecs``, ``alpha`` and ``beta`` (host floats, no extra
+        sync). A stop returns the shorter decomposition (``message`` says so).
 
     Returns
     -------
@@ -178,6 +185,7 @@ def lanczos(
     m = check_k(m, n, "m", allow_n=True)
     xp = op.xp
     v = start_vectors(op, v0, rng)
+    mon = Monitor("lanczos", callback, progress, total=m, unit="step", postfix=("alpha", "beta"))
     before = op.n_matvecs
     nrm0 = float(xp.linalg.norm(v))
     V = xp.zeros((m, n), dtype=op.dtype)  # basis vectors as rows
@@ -203,8 +211,13 @@ def lanczos(
             msg = f"invariant subspace found after {j + 1} steps"
             beta[j] = 0.0
             break
+        if mon.active and mon.update(n_matvecs=op.n_matvecs - before, alpha=a, beta=b) and j + 1 < m:
+            msg = mon.message
+            warn_unconverged("lanczos", f"{msg}: {j + 1} of m = {m} steps", warn=warn)
+            break
         if j + 1 < m:
             V[j + 1] = w / op.dtype.type(b)
+    mon.close()
     steps = j + 1
     return LanczosDecomposition(
         alpha=alpha[:steps],
@@ -264,8 +277,12 @@ def eigsh(
     strict: bool = False,
     warn: bool = True,
     check_symmetry: bool | None = None,
+    solver: str = "lanczos",
+    block_size: int | None = None,
+    callback: Any = None,
+    progress: Any = False,
 ) -> EigResult:
-    """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos.
+    """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos (or block LOBPCG).
 
     Parameters
     ----------
@@ -289,6 +306,24 @@ def eigsh(
     warn : issue a :class:`ConvergenceWarning` when not all pairs converged
     check_symmetry : verify symmetry with random probes (default: only for
         inputs that are not curvlab operators)
+    solver : "lanczos" (default) or "lobpcg". Thick-restart Lanczos applies
+        the operator to one vector at a time and needs the fewest products;
+        :func:`curvlab.linalg.lobpcg` applies it to blocks (one ``matmat`` of
+        ``block_size`` columns per iteration, more products in all) and wins
+        when a block product costs much less per vector than a single one
+        (torch/JAX operators, the reference MLP's one-pass ``matmat``, GPUs)
+        or when eigenvalues are repeated. "lobpcg" supports ``which`` "LA"
+        and "SA"; ``v0`` becomes the start block ``X0``; ``ncv`` and
+        ``n_keep`` do not apply. Both verify the returned pairs on their true
+        residuals and report the same status vocabulary.
+    block_size : LOBPCG block width (``>= k``; default ``k``); only with
+        ``solver="lobpcg"``
+    callback, progress : see :mod:`curvlab.linalg._progress`; Lanczos calls
+        the callback once per restart cycle with ``n_matvecs``, ``cycle``,
+        ``eigenvalues`` and ``residual_norms`` (the recurrence's estimates of
+        the ``k`` wanted pairs); a stop ends the run (status "max_iter",
+        message "stopped by callback ...", unless the verified pairs meet
+        ``tol``). LOBPCG: see :func:`lobpcg`.
 
     Returns
     -------
@@ -313,8 +348,37 @@ def eigsh(
     >>> np.round(res.eigenvalues, 8).tolist()
     [1.0, 50.0]
     """
+    solver = str(solver).lower() if isinstance(solver, str) else solver
+    if solver not in ("lanczos", "lobpcg"):
+        raise ValueError(f"solver must be 'lanczos' or 'lobpcg', got {solver!r}")
+    if solver == "lobpcg":
+        if ncv is not None or n_keep is not None:
+            raise ValueError(f"ncv and n_keep apply to solver='lanczos' only, got ncv={ncv!r}, n_keep={n_keep!r}")
+        if which not in ("LA", "SA"):
+            raise ValueError(f"solver='lobpcg' supports which='LA' or 'SA', got which={which!r}")
+        from .lobpcg import lobpcg
+
+        res = lobpcg(A, k, which, tol, X0=v0, rng=rng, block_size=block_size, maxiter=maxiter, max_matvecs=max_matvecs,
+                     return_history=return_history, strict=strict, warn=warn, check_symmetry=check_symmetry,
+                     callback=callback, progress=progress)
+        if not return_eigenvectors:
+            res.eigenvectors = None
+        return res
+    if block_size is not None:
+        raise ValueError(f"block_size applies to solver='lobpcg' only, got block_size={block_size!r} with solver='lanczos'")
     op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
-    res = _eigsh(op, k, which, tol, maxiter, max_matvecs, v0, rng, ncv, n_keep, return_history, False)
+    with Monitor("eigsh", callback, progress, total=maxiter, unit="cycle", postfix=("eigenvalues",)) as mon:
+        res = _eigsh_flagged(op, k, which, tol, maxiter, max_matvecs, v0, rng, ncv, n_keep, return_history, mon)
+    fields = dict(res.__dict__)
+    if not return_eigenvectors:
+        fields["eigenvectors"] = None
+    return eig_result("eigsh", strict, warn, **fields)
+
+
+def _eigsh_flagged(op: Any, k: int, which: str, tol: float, maxiter: Any, max_matvecs: Any, v0: Any, rng: Any,
+                   ncv: Any, n_keep: Any, return_history: bool, mon: Monitor) -> EigResult:
+    """:func:`_eigsh`, repeated once when the true residuals contradict the recurrence (see :func:`eigsh`)."""
+    res = _eigsh(op, k, which, tol, maxiter, max_matvecs, v0, rng, ncv, n_keep, return_history, False, mon)
     if res.status == "stagnated" and res.message.startswith("the recurrence"):
         # the recurrence claimed convergence the true residuals deny (drift over many restarts, or the
         # round-off floor): one fresh run from the sum of the Ritz vectors, kept if it does better
@@ -322,7 +386,7 @@ def eigsh(
         if left is None or left > 2 * res.eigenvalues.size:
             v1 = res.eigenvectors.sum(axis=1)
             try:
-                res2 = _eigsh(op, k, which, tol, maxiter, left, v1, rng, ncv, n_keep, return_history, False)
+                res2 = _eigsh(op, k, which, tol, maxiter, left, v1, rng, ncv, n_keep, return_history, False, mon)
             except ValueError:  # a start vector of zero (cannot happen for orthonormal Ritz vectors)
                 res2 = None
             if res2 is not None:
@@ -336,14 +400,12 @@ def eigsh(
                 else:
                     res.n_matvecs += res2.n_matvecs
                     res.n_iterations += res2.n_iterations
-    fields = dict(res.__dict__)
-    if not return_eigenvectors:
-        fields["eigenvectors"] = None
-    return eig_result("eigsh", strict, warn, **fields)
+    return res
 
 
 def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matvecs: Any, v0: Any, rng: Any,
-           ncv: int | None, n_keep: Any, return_history: bool, check_symmetry: bool | None) -> EigResult:
+           ncv: int | None, n_keep: Any, return_history: bool, check_symmetry: bool | None,
+           mon: Monitor | None = None) -> EigResult:
     """One thick-restart Lanczos run (see :func:`eigsh`), unflagged; eigenvectors always returned."""
     op, n, k, which, tol = eigen_problem(A, k, tol, which, ("LA", "SA", "BE", "LM"), check_symmetry=check_symmetry, rng=rng)
     xp = op.xp
@@ -385,6 +447,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     stop = False
     invariant = False
     claimed = False  # the recurrence's residuals met tol for every wanted pair
+    cb_stop = False
 
     while cycles < maxiter and not stop:
         cycles += 1
@@ -443,6 +506,13 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
             history.append(
                 {"n_matvecs": op.n_matvecs - before, "eigenvalues": theta[sel].copy(), "residual_norms": resid.copy()}
             )
+        if mon is not None and mon.active and status != "nonfinite":
+            info: dict[str, Any] = {"n_matvecs": op.n_matvecs - before, "cycle": cycles}
+            if last_sel is not None and theta is not None:
+                info.update(eigenvalues=theta[last_sel[0]].copy(), residual_norms=last_sel[1].copy())
+            if mon.update(**info) and not stop:
+                message, status = mon.message, "max_iter"
+                stop = cb_stop = True
         if stop or theta is None or j < ncv or cycles >= maxiter:
             break
         # thick restart: keep n_keep Ritz pairs nearest the wanted end(s) plus the residual vector
@@ -495,6 +565,8 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     # target is unattainable in this dtype, and no pair is called converged against it
     attainable = eps * max(tnorm, 1e-300)
     conv = (resid <= tol * scale) & (tol * scale >= attainable)
+    if cb_stop and conv.all():
+        message, status = f"converged (verified; {message})", "converged"
     if not status:
         if conv.all():
             message, status = "converged", "converged"

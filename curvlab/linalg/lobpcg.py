@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import backend
 from ._checks import check_budget, check_positive_int, eigen_problem, start_vectors
+from ._progress import Monitor
 from .results import EigResult, eig_result
 
 __all__ = ["lobpcg"]
@@ -117,6 +118,8 @@ def lobpcg(
     strict: bool = False,
     warn: bool = True,
     check_symmetry: bool | None = None,
+    callback: Any = None,
+    progress: Any = False,
 ) -> EigResult:
     """``k`` largest ("LA") or smallest ("SA") eigenpairs by block LOBPCG.
 
@@ -132,6 +135,11 @@ def lobpcg(
     preconditioner : ``T(R)`` applied to the residual block ``(n, m)``
     strict : raise :class:`ConvergenceError` unless all ``k`` converged
     warn : issue a :class:`ConvergenceWarning` unless all ``k`` converged
+    callback, progress : see :mod:`curvlab.linalg._progress`; called once per
+        block iteration (the first on the start block) with ``n_matvecs``,
+        ``eigenvalues`` and ``residual_norms`` of the ``k`` wanted pairs. A
+        stop ends the iteration (status "max_iter", message "stopped by
+        callback ...", unless the verified pairs meet ``tol``).
 
     Returns
     -------
@@ -204,6 +212,7 @@ def lobpcg(
     Xbest = None
     theta_best = np.full(k, np.nan)
     trail: list[float] = []  # worst best-relative-residual of the unconverged wanted pairs, per iteration
+    mon = Monitor("lobpcg", callback, progress, total=maxiter + 1, postfix=("eigenvalues",))
     try:
         AX = op.matmat(X)
         theta, C = rayleigh_ritz(X, AX, b)
@@ -229,8 +238,14 @@ def lobpcg(
                 history.append(
                     {"n_matvecs": op.n_matvecs - before, "eigenvalues": theta[:k].copy(), "residual_norms": rnorm[:k].copy()}
                 )
+            stop_cb = mon.active and mon.update(
+                n_matvecs=op.n_matvecs - before, eigenvalues=theta[:k].copy(), residual_norms=rnorm[:k].copy()
+            )
             if conv[:k].all():
                 message, status = "converged", "converged"
+                break
+            if stop_cb:
+                message, status = mon.message, "max_iter"
                 break
             roundoff = 5 * attainable  # zero relative to ‖A‖, to a few roundings
             if np.all(rnorm[:k] <= roundoff):
@@ -322,7 +337,9 @@ def lobpcg(
         if status == "stagnated" and np.any(scale[:k] < attainable) and "attainable" not in message:
             message += f"; tol = {tol:g} is below attainable precision (tol·|θ| < eps·‖A‖ ≈ {attainable:.1e})"
     except FloatingPointError:
+        mon.close()
         message, status = f"NaN/Inf (operator or iteration) after {op.n_matvecs - before} matvecs: stopped at once", "nonfinite"
+    mon.close()
     n_it = it
     if status == "nonfinite" or Xbest is None:
         vals = theta_best if Xbest is not None else np.full(k, np.nan)

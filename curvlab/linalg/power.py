@@ -38,6 +38,7 @@ import numpy as np
 from .. import backend
 from ._checks import as_symmetric_operator, check_budget, check_positive_int, eigen_problem, host_floats, start_vectors
 from ._probes import sample_se, t_factor
+from ._progress import Monitor
 from .results import ConvergenceError, EigResult, Status, StochasticEigResult, eig_result, warn_unconverged
 
 __all__ = ["power_iteration", "stochastic_power"]
@@ -57,6 +58,8 @@ def power_iteration(
     strict: bool = False,
     warn: bool = True,
     check_symmetry: bool | None = None,
+    callback: Any = None,
+    progress: Any = False,
 ) -> EigResult:
     """``k`` largest-magnitude eigenpairs by power iteration with deflation.
 
@@ -73,6 +76,10 @@ def power_iteration(
 
     strict : raise :class:`ConvergenceError` unless all ``k`` pairs converged
     warn : issue a :class:`ConvergenceWarning` unless all ``k`` pairs converged
+    callback, progress : see :mod:`curvlab.linalg._progress`; called once per
+        power step with ``n_matvecs``, ``pair``, ``eigenvalue`` and
+        ``residual_norm``; a stop ends the run (status "max_iter", message
+        "stopped by callback ...")
 
     Returns
     -------
@@ -96,6 +103,7 @@ def power_iteration(
     history: list[dict[str, Any]] | None = [] if return_history else None
     message = status = "converged"
     iters = 0
+    mon = Monitor("power_iteration", callback, progress, total=None, postfix=("eigenvalue", "residual_norm"))
     for i in range(k):
         v = start_vectors(op, v0 if i == 0 else None, g)
         Vi = V[:, :i]
@@ -124,8 +132,14 @@ def power_iteration(
             V[:, i] = v
             if history is not None:
                 history.append({"n_matvecs": op.n_matvecs - before, "eigenvalues": np.array([th]), "residual_norms": np.array([r])})
+            stop_cb = mon.active and mon.update(n_matvecs=op.n_matvecs - before, pair=i, eigenvalue=th, residual_norm=r)
             if r <= tol * deflation_tol_factor ** (k - 1 - i) * abs(th):
                 conv[i] = True
+                if stop_cb and i + 1 < k:
+                    message, status, stop_all = mon.message, "max_iter", True
+                break
+            if stop_cb:
+                message, status, stop_all = mon.message, "max_iter", True
                 break
             v = w  # not zero: w = 0 gives θ = r = 0, which passed the test above
         else:
@@ -135,6 +149,7 @@ def power_iteration(
             break
         if not conv[i] and status == "converged":
             message, status = f"maxiter {maxiter} reached for pair {i}", "max_iter"
+    mon.close()
     return eig_result(
         "power_iteration", strict, warn, status=status, eigenvalues=lam, eigenvectors=V, residual_norms=rn, converged=conv,
         n_matvecs=op.n_matvecs - before, n_iterations=iters, history=history,

@@ -38,10 +38,77 @@ import scipy.linalg
 from .. import backend
 from ._checks import as_symmetric_operator, check_positive_int
 from ._probes import check_probe, draw, sample_se, t_factor
-from .lanczos import lanczos
-from .results import SpectralDensity, TraceEstimate
+from ._progress import Monitor
+from .lanczos import lanczos, tridiagonal_eigh
+from .results import ConvergenceError, SpectralDensity, Status, TraceEstimate, warn_unconverged
 
 __all__ = ["slq", "slq_logdet", "slq_trace_inverse", "exact_smoothed_density", "wasserstein1"]
+
+
+def _block_lanczos(op: Any, Z: Any, m: int, mon: Monitor) -> tuple[np.ndarray, ...]:
+    """``m`` Lanczos steps from each column of ``Z`` ``(n, P)``, the ``P`` recurrences advanced together.
+
+    Each step applies the operator once to the ``(n, P_active)`` block of the
+    current basis vectors (one ``matmat``); every probe's new vector is then
+    reorthogonalised against that probe's own basis only (classical
+    Gram-Schmidt twice, batched), so each column follows exactly the
+    recurrence :func:`lanczos` runs from it (the same numbers to round-off).
+    A probe whose Krylov space closes (``β <= 100 eps max|α|, β``) leaves the
+    block. Returns ``(alpha, beta, steps, breakdown, norms², n_matvecs)``
+    (host float64, zero padded).
+
+    Host syncs: one for the probe norms, one per step (all ``α`` and ``β``
+    of the step in one transfer).
+    """
+    xp, dt = op.xp, op.dtype
+    n, P = Z.shape
+    eps = np.finfo(dt).eps
+    norms = np.asarray(backend.to_numpy(xp.linalg.norm(Z.astype(dt), axis=0)), dtype=np.float64)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise ValueError(f"slq: probe norms must be finite and nonzero, got {norms}")
+    V = xp.zeros((P, m, n), dtype=dt)  # V[p, j] = j-th basis vector of probe p
+    V[:, 0] = (Z / xp.asarray(norms.astype(dt))[None, :]).T
+    alpha = np.zeros((P, m))
+    beta = np.zeros((P, m))
+    steps = np.zeros(P, dtype=int)
+    brk = np.zeros(P, dtype=bool)
+    coef_max = np.full(P, 1e-300)
+    act = np.arange(P)
+    before = op.n_matvecs
+    for j in range(m):
+        full = act.size == P
+        ia = None if full else xp.asarray(act)
+        Vb = V[:, : j + 1] if full else V[ia, : j + 1]  # (Pa, j + 1, n)
+        X = Vb[:, j].T  # (n, Pa)
+        W = op.matmat(xp.ascontiguousarray(X)).T  # (Pa, n)
+        h = xp.matmul(Vb, W[:, :, None])  # Gram-Schmidt twice, each probe against its own basis
+        W = W - xp.matmul(Vb.transpose(0, 2, 1), h)[:, :, 0]
+        h2 = xp.matmul(Vb, W[:, :, None])
+        W = W - xp.matmul(Vb.transpose(0, 2, 1), h2)[:, :, 0]
+        a_d = (h + h2)[:, j, 0]
+        b_d = xp.linalg.norm(W, axis=1)
+        ab = np.asarray(backend.to_numpy(xp.concatenate([a_d, b_d])), dtype=np.float64)
+        a, b = ab[: act.size], ab[act.size :]
+        bad = ~(np.isfinite(a) & np.isfinite(b))
+        if bad.any():
+            raise FloatingPointError(f"slq: operator returned NaN/Inf at step {j + 1} (probe {int(act[np.argmax(bad)])})")
+        alpha[act, j], beta[act, j] = a, b
+        coef_max[act] = np.maximum(coef_max[act], np.maximum(np.abs(a), b))
+        closed = b <= 100 * eps * coef_max[act]
+        steps[act] = j + 1
+        beta[act[closed], j] = 0.0
+        brk[act[closed]] = True
+        n_mv = op.n_matvecs - before
+        stop = mon.active and mon.update(n_matvecs=n_mv, step=j + 1, active_probes=int(np.count_nonzero(~closed)))
+        if j + 1 == m or stop:
+            break
+        keep = ~closed
+        if not keep.all():
+            W, b, act = W[xp.asarray(np.flatnonzero(keep))], b[keep], act[keep]
+            if not act.size:
+                break
+        V[xp.asarray(act) if act.size < P else slice(None), j + 1] = W / xp.asarray(b.astype(dt))[:, None]
+    return alpha, beta, steps, brk, norms**2, op.n_matvecs - before
 
 
 def slq(
@@ -52,6 +119,10 @@ def slq(
     probe: str = "rademacher",
     rng: Any = None,
     check_symmetry: bool | None = None,
+    block: bool = True,
+    callback: Any = None,
+    progress: Any = False,
+    warn: bool = True,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature of a symmetric operator.
 
@@ -62,6 +133,19 @@ def slq(
     m : Lanczos steps per probe (``1 <= m <= n``); cost ``P m`` matvecs
     probe : "rademacher" (default) or "gaussian"
     rng : seed or generator (the only randomness)
+    block : True (default): the ``P`` recurrences advance together, one
+        ``matmat`` of an ``(n, P)`` block per step (a probe whose Krylov space
+        closed leaves the block), each reorthogonalised against its own basis:
+        the same numbers as ``block=False`` (one :func:`lanczos` run per probe,
+        ``P m`` single ``matvec`` calls) to round-off, and much faster where a
+        block product costs less per vector (torch/JAX operators, the
+        reference MLP). Memory ``P m n`` for the bases.
+    callback, progress : see :mod:`curvlab.linalg._progress`; called once per
+        Lanczos step (per block step, or per step of each probe with
+        ``block=False``) with ``n_matvecs``, ``step`` and ``active_probes``.
+        A stop leaves the quadrature shorter (status "max_iter", a warning
+        unless ``warn=False``); :meth:`SpectralDensity.trace` still judges its
+        quadrature error honestly.
 
     Returns
     -------
@@ -70,8 +154,9 @@ def slq(
     ``.density(grid, sigma)`` and ``.trace(f)`` (probe spread and quadrature
     error). Raises ``FloatingPointError`` if the operator returns NaN/Inf.
 
-    Host syncs: ``P (m + 3)`` (one per Lanczos step; per probe, :func:`lanczos`'s start-vector
-    checks and norm).
+    Host syncs: ``block=True``: ``m + 1`` (one per block step, one for the
+    probe norms); ``block=False``: ``P (m + 3)`` (one per Lanczos step; per
+    probe, :func:`lanczos`'s start-vector checks and norm).
     """
     op = as_symmetric_operator(A, check_symmetry=check_symmetry, rng=rng)
     n = op.shape[0]
@@ -80,28 +165,52 @@ def slq(
     if m > n:
         raise ValueError(f"m must be <= n = {n}, got m = {m}")
     probe = check_probe(probe)
+    if not isinstance(block, (bool, np.bool_)):
+        raise TypeError(f"block must be a bool, got {type(block).__name__}")
     g = backend.default_rng(rng, op.xp)
     nodes = np.zeros((P, m))
     weights = np.zeros((P, m))
-    alpha = np.zeros((P, m))
-    beta = np.zeros((P, m))
-    steps = np.zeros(P, dtype=int)
-    brk = np.zeros(P, dtype=bool)
-    norms = np.zeros(P)
-    n_mv = 0
-    for p in range(P):
-        z = draw(g, n, 1, probe, op.dtype)[:, 0]
-        dec = lanczos(op, m, v0=z)
-        if dec.message.startswith("operator returned"):
-            raise FloatingPointError(f"slq: {dec.message} (probe {p})")
-        n_mv += dec.n_matvecs
-        theta, S = dec.ritz()
-        s = theta.size
-        nodes[p, :s] = theta
-        weights[p, :s] = S[0, :] ** 2
-        alpha[p, :s], beta[p, :s] = dec.alpha, dec.beta
-        steps[p], brk[p] = s, dec.breakdown
-        norms[p] = dec.start_norm**2
+    with Monitor("slq", callback, progress, total=m if block else P * m, unit="step") as mon:
+        if block:
+            # drawn as P rows of n: the same numbers as P successive (n, 1) draws (the per-probe path)
+            Z = draw(g, P, n, probe, op.dtype).T
+            alpha, beta, steps, brk, norms, n_mv = _block_lanczos(op, Z, m, mon)
+        else:
+            alpha = np.zeros((P, m))
+            beta = np.zeros((P, m))
+            steps = np.zeros(P, dtype=int)
+            brk = np.zeros(P, dtype=bool)
+            norms = np.zeros(P)
+            n_mv = 0
+            for p in range(P):
+                z = draw(g, n, 1, probe, op.dtype)[:, 0]
+
+                def step_cb(info: dict[str, Any], _base: int = n_mv) -> bool:
+                    return mon.update(n_matvecs=_base + info["n_matvecs"], step=info["iteration"], probe=p, active_probes=1)
+
+                dec = lanczos(op, m, v0=z, callback=step_cb if mon.active else None, warn=False)
+                if dec.message.startswith("operator returned"):
+                    raise FloatingPointError(f"slq: {dec.message} (probe {p})")
+                n_mv += dec.n_matvecs
+                s = dec.alpha.size
+                alpha[p, :s], beta[p, :s] = dec.alpha, dec.beta
+                steps[p], brk[p] = s, dec.breakdown
+                norms[p] = dec.start_norm**2
+                if mon.stopped:
+                    break
+        ran = steps > 0
+        for p in np.flatnonzero(ran):
+            s = int(steps[p])
+            theta, S = tridiagonal_eigh(alpha[p, :s], beta[p, : s - 1])
+            nodes[p, :s] = theta
+            weights[p, :s] = S[0, :] ** 2
+    status = Status.CONVERGED
+    if mon.stopped:
+        status = Status.MAX_ITER
+        warn_unconverged("slq", f"{mon.message}; the quadrature has {int(steps[ran].min())} of m = {m} steps"
+                         + ("" if ran.all() else f" and {int(np.count_nonzero(ran))} of {P} probes"), warn=warn)
+        if not ran.all():  # probes that never ran are dropped (the estimate stays unbiased)
+            nodes, weights, alpha, beta, steps, brk, norms = (x[ran] for x in (nodes, weights, alpha, beta, steps, brk, norms))
     return SpectralDensity(
         nodes=nodes,
         weights=weights,
@@ -115,6 +224,7 @@ def slq(
         steps=steps,
         breakdown=brk,
         dtype=op.dtype,
+        status=status,
     )
 
 
@@ -173,11 +283,21 @@ def _spd_trace(
     lambda_min: float | None,
     warn: bool,
     strict: bool,
+    block: bool = True,
+    callback: Any = None,
+    progress: Any = False,
 ) -> TraceEstimate:
-    sd = slq(A, n_probes, m, probe=probe, rng=rng)
+    sd = slq(A, n_probes, m, probe=probe, rng=rng, block=block, callback=callback, progress=progress,
+             warn=warn and not strict)
+    if sd.status == Status.MAX_ITER and strict:
+        raise ConvergenceError(f"{who}: stopped by callback before m = {m} steps", sd)
     _positive_definite_nodes(sd, who)
+    stop_msg = ("stopped by callback (fewer Lanczos steps; the error bar is that of the shorter quadrature)"
+                if sd.status == Status.MAX_ITER else "")
     if lambda_min is None:
-        return sd.trace(f, name=who, warn=warn, strict=strict)
+        res = sd.trace(f, name=who, warn=warn, strict=strict)
+        res.message = "; ".join(x for x in (stop_msg, res.message) if x)
+        return res
     lo = float(lambda_min)
     th_min = float(sd.nodes[sd.weights > 0].min())
     if not (np.isfinite(lo) and 0 < lo):
@@ -201,6 +321,7 @@ def _spd_trace(
         samples=vals,
         probe_std_error=pse,
         quadrature_error=q,
+        message=stop_msg,
     )
 
 
@@ -216,6 +337,8 @@ _SPD_DOC = """
         the estimate is the midpoint and the quadrature error the half-width.
         Without it the quadrature error is estimated from shorter rules of the
         same recurrence (:meth:`SpectralDensity.quadrature_tails`).
+    block, callback, progress : as for :func:`slq` (one ``matmat`` of the
+        ``(n, P)`` probe block per Lanczos step by default)
     warn, strict : an unresolved quadrature (too few steps ``m``) gives
         ``converged=False`` and an infinite ``std_error`` with a
         :class:`ConvergenceWarning` (``warn=False`` silences it; ``strict=True``
@@ -230,8 +353,7 @@ _SPD_DOC = """
     positive definite) or ``<= 10 n eps θ_max`` (singular to working
     precision), or ``lambda_min`` is not a lower bound of the Ritz values.
 
-    Host syncs: ``P (m + 3)`` (one per Lanczos step; per probe, :func:`lanczos`'s start-vector
-    checks and norm).
+    Host syncs: as for :func:`slq` (``m + 1`` with ``block=True``).
 """
 
 
@@ -245,8 +367,11 @@ def slq_logdet(
     lambda_min: float | None = None,
     warn: bool = True,
     strict: bool = False,
+    block: bool = True,
+    callback: Any = None,
+    progress: Any = False,
 ) -> TraceEstimate:
-    return _spd_trace(A, np.log, "slq_logdet", n_probes, m, probe, rng, lambda_min, warn, strict)
+    return _spd_trace(A, np.log, "slq_logdet", n_probes, m, probe, rng, lambda_min, warn, strict, block, callback, progress)
 
 
 def slq_trace_inverse(
@@ -259,8 +384,11 @@ def slq_trace_inverse(
     lambda_min: float | None = None,
     warn: bool = True,
     strict: bool = False,
+    block: bool = True,
+    callback: Any = None,
+    progress: Any = False,
 ) -> TraceEstimate:
-    return _spd_trace(A, lambda t: 1.0 / t, "slq_trace_inverse", n_probes, m, probe, rng, lambda_min, warn, strict)
+    return _spd_trace(A, lambda t: 1.0 / t, "slq_trace_inverse", n_probes, m, probe, rng, lambda_min, warn, strict, block, callback, progress)
 
 
 slq_logdet.__doc__ = "``log det A = tr log A`` for a symmetric positive definite operator, with an error bar.\n" + _SPD_DOC

@@ -59,6 +59,7 @@ from .. import backend
 from ._adaptive import TRACE, Rounds, Rule, blocks, doubling_rounds, exact_rounds, finish, run_rounds, stochastic_cap, with_exact_fallback
 from ._checks import as_symmetric_operator, check_positive_int, check_tol
 from ._probes import check_probe, draw, sample_se, t_factor
+from ._progress import Monitor, check_callback, check_progress
 from .operators import LinearOperator, aslinearoperator
 from .results import TraceEstimate
 
@@ -155,6 +156,9 @@ def _estimate(
     cost: int = 1,
     min_rounds: int = 1,
     used: Callable[[], int] = lambda: 0,
+    who: str = "estimator",
+    callback: Any = None,
+    progress: Any = False,
 ) -> Rounds:
     """The common driver of the trace and diagonal estimators.
 
@@ -164,8 +168,11 @@ def _estimate(
     the exact answer if ``cap >= n``) and :func:`run_rounds` runs them; an
     adaptive run that misses its target falls back to the exact answer while
     ``n`` matvecs remain in ``cap``. ``used()`` is the work done by the
-    schedule before the rounds (Hutch++'s sketch).
+    schedule before the rounds (Hutch++'s sketch). ``callback``/``progress``
+    follow the rounds (see :mod:`curvlab.linalg._progress`).
     """
+    check_callback(callback)
+    check_progress(progress)
     n = op.shape[0]
     scap = stochastic_cap(cap, tgt, n)
     if scap is None:
@@ -176,7 +183,10 @@ def _estimate(
         if cap >= n:
             return exact_rounds(exact, n, rule, record)
         raise
-    res = run_rounds(sizes, step, tgt, rule, record=record, cost=cost, used=used(), min_rounds=min_rounds, cap=cap)
+    with Monitor(who, callback, progress, total=len(sizes), unit="round",
+                 postfix=("n_matvecs", "estimate", "std_error", "rel_std_error")) as mon:
+        res = run_rounds(sizes, step, tgt, rule, record=record, cost=cost, used=used(), min_rounds=min_rounds, cap=cap,
+                         mon=mon)
     return res if tgt is None else with_exact_fallback(res, cap, n, exact, rule, record)
 
 
@@ -218,6 +228,8 @@ def hutchinson(
     block_size: int = 16,
     rng: Any = None,
     return_history: bool = False,
+    callback: Any = None,
+    progress: Any = False,
     warn: bool = True,
     strict: bool = False,
 ) -> TraceEstimate:
@@ -241,6 +253,10 @@ def hutchinson(
     (``ν`` = probes - 1), so ``estimate ± 1.96 std_error`` is a 95%
     Student-t interval.
 
+    ``callback``/``progress``: once per probe round (see :mod:`curvlab.linalg._progress`), with
+    ``n_matvecs``, ``estimate`` and ``std_error``; a stop returns the estimate so far, unconverged
+    (status "max_iter").
+
     Host syncs: 1 per probe block (its quadratic forms come to the host); the
     exact path 1.
     """
@@ -248,7 +264,7 @@ def hutchinson(
     bs = check_positive_int(block_size, "block_size")
     step = _hutchinson_step(op, g, probe, "hutchinson")
     res = _estimate(
-        op, cap, tgt, lambda c: blocks(c, bs), step, TRACE, _exact_trace(op, "hutchinson"), record=return_history, min_rounds=2
+        op, cap, tgt, lambda c: blocks(c, bs), step, TRACE, _exact_trace(op, "hutchinson"), record=return_history, who="hutchinson", callback=callback, progress=progress, min_rounds=2
     )
     return finish(res.trace_estimate("exact" if res.exact else f"hutchinson ({probe})"), "hutchinson", warn, strict)
 
@@ -270,6 +286,8 @@ def hutchpp(
     block_size: int = 16,
     rng: Any = None,
     return_history: bool = False,
+    callback: Any = None,
+    progress: Any = False,
     warn: bool = True,
     strict: bool = False,
 ) -> TraceEstimate:
@@ -289,6 +307,10 @@ def hutchpp(
     The standard error is that of the remainder samples (the low-rank part is
     computed exactly given the sketch), Student-t calibrated as for
     :func:`hutchinson`.
+
+    ``callback``/``progress``: once per probe round (see :mod:`curvlab.linalg._progress`), with
+    ``n_matvecs``, ``estimate`` and ``std_error``; a stop returns the estimate so far, unconverged
+    (status "max_iter").
 
     Host syncs: 1 for the sketch plus 1 per remainder probe block; the exact
     path 1.
@@ -327,7 +349,7 @@ def hutchpp(
         lambda b, used: state["step"](b, used),
         TRACE,
         _exact_trace(op, "hutchpp"),
-        record=return_history,
+        record=return_history, who="hutchpp", callback=callback, progress=progress,
         min_rounds=2,
         used=lambda: 2 * state["r"],
     )
@@ -468,6 +490,8 @@ def xtrace(
     probe: str = "rademacher",
     rng: Any = None,
     return_history: bool = False,
+    callback: Any = None,
+    progress: Any = False,
     warn: bool = True,
     strict: bool = False,
 ) -> TraceEstimate:
@@ -489,6 +513,10 @@ def xtrace(
     positively correlated, so ``std(t_i)/√s`` understates the error (2-se
     coverage 0.64–0.84 measured); the jackknife errs on the wide side.
 
+    ``callback``/``progress``: once per probe round (see :mod:`curvlab.linalg._progress`), with
+    ``n_matvecs``, ``estimate`` and ``std_error``; a stop returns the estimate so far, unconverged
+    (status "max_iter").
+
     Host syncs: 2 per round (the ``s x s`` Gram matrices in one transfer, the
     remainders in another); the exact path 1.
     """
@@ -502,7 +530,7 @@ def xtrace(
         lambda s, used: _xtrace_once(op, s, g, probe),
         TRACE,
         _exact_trace(op, "xtrace"),
-        record=return_history,
+        record=return_history, who="xtrace", callback=callback, progress=progress,
         cost=2,
     )
     return finish(res.trace_estimate("exact" if res.exact else f"xtrace ({probe})"), "xtrace", warn, strict)
