@@ -15,8 +15,14 @@ by a Gauss–Radau bracket when a lower bound ``lambda_min`` of the spectrum is
 given); when the quadrature is unresolved the result says so
 (``converged=False``, infinite ``std_error``, :class:`ConvergenceWarning`).
 
-Each probe runs :func:`curvlab.linalg.lanczos` with full reorthogonalisation
-(float64 coefficients, symmetric tridiagonal eigensolver).
+The ``P`` probes run as one block (``block=True``, the default): each Lanczos
+step applies the operator once to the ``(n, P)`` block of the probes' current
+basis vectors (one ``matmat``: a single pass for torch/JAX operators and the
+reference MLP) and reorthogonalises every probe against its own basis, so each
+probe follows exactly the recurrence :func:`curvlab.linalg.lanczos` runs from
+it (full reorthogonalisation, float64 coefficients, symmetric tridiagonal
+eigensolver); a probe whose Krylov space closes leaves the block.
+``block=False`` runs the probes one after the other with ``matvec``.
 
 Example
 -------
@@ -146,6 +152,7 @@ def slq(
         A stop leaves the quadrature shorter (status "max_iter", a warning
         unless ``warn=False``); :meth:`SpectralDensity.trace` still judges its
         quadrature error honestly.
+    warn : issue that warning (``False`` silences it)
 
     Returns
     -------
