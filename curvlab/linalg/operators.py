@@ -470,11 +470,27 @@ class DenseOperator(LinearOperator):
     def _adjoint(self) -> LinearOperator:
         return DenseOperator(self.A.T, psd=self.psd, check=False, name=self.name and self.name + "ᵀ")
 
+    def solve(self, b: Any) -> Any:
+        """``A⁻¹ b`` by LU in float64 (``O(n^3)``), ``b`` of shape ``(n,)`` or ``(n, k)``; result in
+        the operator's dtype. ``ValueError`` for a non-square ``A``; ``LinAlgError`` when ``A`` is singular."""
+        if self.shape[0] != self.shape[1]:
+            raise ValueError(f"solve needs a square operator, got shape {self.shape}")
+        b = self._check_input(b, getattr(b, "ndim", 1), "b")
+        x = _solve_checked(self.xp, self.A.astype(np.float64), b.astype(np.float64),
+                           "DenseOperator.solve: the matrix is singular")
+        return x.astype(self.dtype)
+
     def eigh(self) -> tuple[Any, Any]:
         """Ascending eigenvalues ``(n,)`` and eigenvectors ``(n, n)`` (symmetric only)."""
         if not self.symmetric:
             raise ValueError("eigh needs an operator declared symmetric")
         return self.xp.linalg.eigh(self.A)
+
+    def eigvalsh(self) -> Any:
+        """All ``n`` eigenvalues, ascending (symmetric only; LAPACK in float64, ``O(n^3)``)."""
+        if not self.symmetric:
+            raise ValueError("eigvalsh needs an operator declared symmetric")
+        return self.xp.linalg.eigvalsh(self.A.astype(np.float64))
 
 
 class DiagonalOperator(LinearOperator):
@@ -1075,8 +1091,9 @@ class BlockDiagonalOperator(LinearOperator):
     name : str, optional
 
     ``matvec``/``matmat`` split the input rows by block and apply each block once
-    (its own counter counts). :meth:`solve` and :meth:`eigvalsh` are blockwise and
-    exact when every block has them (``TypeError`` naming the first block without).
+    (its own counter counts). :meth:`eigvalsh` is blockwise and exact when every block
+    has one (``TypeError`` naming the first block without); :meth:`solve` is blockwise,
+    exact for blocks with a closed form and by :func:`curvlab.linalg.solve` (strict) otherwise.
     """
 
     def __init__(self, blocks: Any, *, name: str | None = None) -> None:
@@ -1140,15 +1157,21 @@ class BlockDiagonalOperator(LinearOperator):
         xp = self.xp
         return xp.sort(xp.concatenate([xp.asarray(B.eigvalsh()).astype(np.float64) for B in self.blocks]))
 
-    def solve(self, b: Any) -> Any:
-        """``A⁻¹ b`` blockwise by each block's exact ``solve``; ``b`` of shape ``(n,)`` or ``(n, k)``."""
+    def solve(self, b: Any, *, tol: float = 1e-10) -> Any:
+        """``A⁻¹ b`` blockwise, ``b`` of shape ``(n,)`` or ``(n, k)``: a block's own closed-form
+        ``solve`` where it has one, else :func:`curvlab.linalg.solve` with ``tol`` and
+        ``strict=True`` (``ConvergenceError`` rather than an inaccurate block)."""
+        from .solve import solve as krylov_solve
+
         if self.shape[0] != self.shape[1] or any(B.shape[0] != B.shape[1] for B in self.blocks):
             raise ValueError(f"solve needs square blocks, got {[B.shape for B in self.blocks]}")
-        self._need("solve")
         b = self._check_input(b, getattr(b, "ndim", 1), "b")
         out = self.xp.empty(b.shape, dtype=self.dtype)
         for i, B in enumerate(self.blocks):
-            out[self._rows[i]:self._rows[i + 1]] = B.solve(b[self._cols[i]:self._cols[i + 1]])
+            bi = b[self._cols[i]:self._cols[i + 1]]
+            own = getattr(B, "solve", None)
+            xi = own(bi) if callable(own) else krylov_solve(B, bi, tol=tol, strict=True).x
+            out[self._rows[i]:self._rows[i + 1]] = xi
         return out
 
 

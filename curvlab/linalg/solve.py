@@ -140,13 +140,7 @@ def _closed_form(A: LinearOperator) -> Any:
                       ProjectedSpectralBlock)):
         return A.solve
     if isinstance(A, DenseOperator) and A.shape[0] == A.shape[1]:
-        xp = A.xp
-
-        def dense(b: Any) -> Any:
-            x = xp.linalg.solve(A.A.astype(np.float64), b.astype(np.float64))
-            return x.astype(A.dtype)
-
-        return dense
+        return A.solve
     if isinstance(A, ScaledOperator) and A.alpha != 0:
         inner = _closed_form(A.base)
         if inner is None:
