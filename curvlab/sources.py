@@ -36,6 +36,15 @@ Vocabulary
     The same source rebound to new parameters and/or data, reusing everything built,
     traced or compiled.
 
+Data
+----
+``data`` is one batch ``(inputs, targets)`` or a whole dataset: a list/tuple of batches, a
+re-iterable (a ``DataLoader``), or a zero-argument callable returning a fresh iterator
+(a one-shot generator is refused). Over a dataset, the loss, gradient, every operator
+product and ``dᵀ H d`` are the exact sample averages ``Σ_b (n_b/N) q_b``; the shared
+machinery (:class:`curvlab.batches.Batches`: ``num_data``, ``check_deterministic``,
+``progress``, a ``reduce`` hook for process groups) lives in :mod:`curvlab.batches`.
+
 What each method needs
 ----------------------
 ============================  ==========================================================
@@ -55,9 +64,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from .batches import Batches
 from .layout import Layout
 
-__all__ = ["CurvatureSource", "DenseLayer", "LayerStructureUnavailable"]
+__all__ = ["Batches", "CurvatureSource", "DenseLayer", "LayerStructureUnavailable"]
 
 
 class LayerStructureUnavailable(NotImplementedError):

@@ -16,6 +16,14 @@ sync), keeps the checked arrays, and answers the protocol's questions from them:
 * ``at(params=None, data=None)`` — the same model rebound; data that is not rebound is
   not checked again (no host sync when only the parameters change).
 
+``data`` may also be **a whole dataset** (:mod:`curvlab.batches`): a list/tuple of batches,
+a re-iterable of batches, or a zero-argument callable returning a fresh iterator. Every
+value and product is then the exact sample average ``Σ_b (n_b/N) q_b`` (one pass over the
+batches per ``loss``/``gradient``/matvec/matmat/``dᵀHd``), ``per_sample_gradients`` and
+``layer_structure`` concatenate the per-sample records of all batches, and
+``MLPCurvature(..., num_data=, check_deterministic=, progress=)`` check the sample count,
+check that passes agree, and show a tqdm bar. One batch is computed exactly as before.
+
 The bound arrays are not copied and not re-checked: do not modify them in place.
 
 Example
@@ -34,15 +42,22 @@ True
 >>> src2 = src.at(params=src.params * 0.5)        # no data re-check
 >>> src2.loss() != src.loss()
 True
+>>> batches = [(X[:3], y[:3]), (X[3:], y[3:])]    # the same 8 samples as a dataset
+>>> ds = MLPCurvature(model, src.params, batches)
+>>> ds.hessian().description
+'Hessian of MLP[4-5-3, tanh, cross_entropy] on 8 samples in 2 batches, P=43'
+>>> bool(np.allclose(ds.hessian() @ d, src.hessian() @ d, rtol=1e-12, atol=0))
+True
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..batches import Batches, as_batches
 from ..sources import DenseLayer
 from .mlp import MLP
-from .mlp_products import CurvatureOperator, bound_operator
+from .mlp_products import _KINDS, CurvatureOperator, bound_operator
 
 __all__ = ["MLPCurvature", "FISHER_KINDS"]
 
@@ -51,48 +66,66 @@ FISHER_KINDS = ("empirical", "true")
 
 
 class MLPCurvature:
-    """A reference :class:`~curvlab.models.mlp.MLP` bound to ``params`` and one batch ``(X, y)``.
+    """A reference :class:`~curvlab.models.mlp.MLP` bound to ``params`` and ``data``:
+    one batch ``(X, y)`` or a whole dataset of batches.
 
     Parameters
     ----------
     model : MLP
     params : (P,) array
         Flat parameters of the model's backend and dtype (``model.layout``).
-    data : tuple (X, y)
+    data : one batch (X, y), or a dataset of batches
         ``X`` ``(B, n_0)``; ``y`` integer labels ``(B,)`` (cross-entropy) or targets
-        ``(B, n_L)`` (mse). Checked here, once.
+        ``(B, n_L)`` (mse). A dataset is a list/tuple of such batches, a re-iterable of them,
+        a zero-argument callable returning a fresh iterator, or a
+        :class:`curvlab.batches.Batches` (see :mod:`curvlab.batches`; a one-shot generator is
+        refused). Every value and product is then the exact sample average over the dataset,
+        ``Σ_b (n_b/N) q_b``.
+    num_data : int, optional
+        Total samples of a dataset, checked against every pass.
+    check_deterministic : bool
+        Check that every pass over a dataset yields the same first batch and batch sizes.
+    progress : bool or dict
+        A tqdm bar over the batches of each pass (silent by default).
 
     Attributes
     ----------
     model : MLP
     layout : curvlab.layout.Layout
         ``model.layout`` (names ``W1..WL``, shapes ``(n_l, n_{l-1} + 1)``, bias last column).
-    data : tuple
-        The ``(X, y)`` given.
+    data : tuple or object
+        The ``(X, y)`` given, or the dataset object given.
+    batches : curvlab.batches.Batches
+        The data as checked batches.
 
-    Host syncs: 1 when built (the labels' range, cross-entropy; more under
-    ``nan_policy="raise"``); 0 per operator product; 1 for each method returning a Python
-    float (``loss``, ``gradient``, ``directional_curvature``, ``grad_and_curvature``).
+    Host syncs: 1 per batch when its labels are checked (cross-entropy; more under
+    ``nan_policy="raise"``): **once when bound** for one batch or a list/tuple of batches
+    (the checked batches are kept), **on every pass** for a re-iterable or a callable (a
+    DataLoader yields new arrays each pass; nothing is cached, so nothing stale is used).
+    0 per operator product beyond those; 1 for each method returning a Python float
+    (``loss``, ``gradient``, ``directional_curvature``, ``grad_and_curvature``).
     """
 
-    def __init__(self, model: MLP, params: Any, data: Any) -> None:
+    def __init__(self, model: MLP, params: Any, data: Any, *, num_data: int | None = None,
+                 check_deterministic: bool = False, progress: Any = False) -> None:
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a curvlab.models.mlp.MLP, got {type(model).__name__}")
-        X, y = _split_data(data)
-        Ws, Xc, yc = model.check_inputs(params, X, y)
-        self._bind(model, params, Ws, (X, y), Xc, yc)
+        batches = as_batches(data, num_data=num_data, check_deterministic=check_deterministic, progress=progress)
+        Ws = model._check_params(params)
+        self._bind(model, params, Ws, batches.prepared(_checker(model)))
 
-    def _bind(self, model: MLP, params: Any, Ws: list[Any], data: tuple[Any, Any], X: Any, y: Any) -> None:
+    def _bind(self, model: MLP, params: Any, Ws: list[Any], batches: Batches) -> None:
         self.model = model
         self.layout = model.layout
-        self.data = data
-        self._params, self._Ws, self._X, self._y = params, Ws, X, y
+        self.batches = batches
+        self.data = tuple(batches.data) if batches.kind == "batch" else batches.data
+        self._params, self._Ws = params, Ws
+        self._X, self._y = batches._cached[0] if batches.single else (None, None)
 
     @classmethod
-    def _from_checked(cls, model: MLP, params: Any, Ws: list[Any], data: tuple[Any, Any], X: Any, y: Any
-                      ) -> "MLPCurvature":
+    def _from_checked(cls, model: MLP, params: Any, Ws: list[Any], batches: Batches) -> "MLPCurvature":
         obj = cls.__new__(cls)
-        obj._bind(model, params, Ws, data, X, y)
+        obj._bind(model, params, Ws, batches)
         return obj
 
     # -- basic -----------------------------------------------------------------
@@ -102,49 +135,79 @@ class MLPCurvature:
         return self._params
 
     @property
-    def n_samples(self) -> int:
-        """The batch size ``B``."""
-        return int(self._X.shape[0])
+    def n_samples(self) -> int | None:
+        """Samples per pass ``N`` (the batch size ``B`` for one batch); None for a stream of
+        batches before its first pass."""
+        return self.batches.n_samples
 
     def __repr__(self) -> str:
-        return f"MLPCurvature({self.model.label} on {self.n_samples} samples, P={self.layout.size})"
+        return f"MLPCurvature({self.model.label} on {self.batches.describe()}, P={self.layout.size})"
+
+    def _mean(self, fn: Any) -> Any:
+        """``fn(X, y)`` on one batch, or its sample-weighted mean over the dataset."""
+        if self.batches.single:
+            return fn(self._X, self._y)
+        return self.batches.mean(lambda b: fn(*b))
 
     # -- values ----------------------------------------------------------------
     def loss(self) -> float:
-        """The batch-mean loss (a Python float; 1 host sync)."""
-        return float(self.model._loss(self._Ws, self._X, self._y))
+        """The mean loss over the bound samples (a Python float; 1 host sync)."""
+        return float(self._mean(lambda X, y: self.model._loss(self._Ws, X, y)))
 
     def gradient(self) -> tuple[float, Any]:
         """``(loss, g)``: the mean loss and its gradient ``(P,)`` by backpropagation."""
-        loss, g = self.model._loss_and_grad(self._Ws, self._X, self._y)
+        loss, g = self._mean(lambda X, y: self.model._loss_and_grad(self._Ws, X, y))
         return float(loss), g
 
     def per_sample_gradients(self) -> Any:
-        """Gradients ``(B, P)`` of the per-sample losses (their mean is :meth:`gradient`'s ``g``)."""
-        return self.model._per_sample_grads(self._Ws, self._X, self._y)
+        """Gradients ``(N, P)`` of the per-sample losses, batches concatenated in pass order
+        (their mean is :meth:`gradient`'s ``g``)."""
+        if self.batches.single:
+            return self.model._per_sample_grads(self._Ws, self._X, self._y)
+        return self.batches.concat(lambda b: self.model._per_sample_grads(self._Ws, *b))
 
     # -- operators -------------------------------------------------------------
+    def _operator(self, kind: str) -> CurvatureOperator:
+        if self.batches.single:
+            return bound_operator(self.model, self._Ws, self._X, self._y, kind)
+        label, meth, psd = _KINDS[kind]
+        model, Ws, batches = self.model, self._Ws, self.batches
+        mm = getattr(model, meth)
+        P = model.n_params
+        return CurvatureOperator(
+            lambda v: batches.mean(lambda b: mm(Ws, b[0], b[1], v[:, None])[:, 0]),
+            (P, P),
+            model.dtype,
+            matmat=lambda V: batches.mean(lambda b: mm(Ws, b[0], b[1], V)),
+            symmetric=True,
+            psd=psd,
+            xp=model.xp,
+            description=f"{label} of {model.label} on {batches.describe()}, P={P}",
+        )
+
     def hessian(self) -> CurvatureOperator:
-        """The ``(P, P)`` Hessian of the mean loss (symmetric; R-operator products)."""
-        return bound_operator(self.model, self._Ws, self._X, self._y, "hessian")
+        """The ``(P, P)`` Hessian of the mean loss (symmetric; R-operator products; one pass
+        over the batches per matvec/matmat)."""
+        return self._operator("hessian")
 
     def ggn(self) -> CurvatureOperator:
-        """The generalized Gauss-Newton matrix ``Jᵀ (∇²_z L / B) J`` (symmetric PSD)."""
-        return bound_operator(self.model, self._Ws, self._X, self._y, "ggn")
+        """The generalized Gauss-Newton matrix ``Jᵀ (∇²_z L / N) J`` (symmetric PSD)."""
+        return self._operator("ggn")
 
     def fisher(self, kind: str = "empirical") -> CurvatureOperator:
         """A Fisher matrix of the mean loss (symmetric PSD).
 
-        ``kind="empirical"``: ``(1/B) Σ_b g_b g_bᵀ`` with the per-sample gradients on the
-        bound labels. ``kind="true"``: the Fisher of the model's predictive distribution
+        ``kind="empirical"``: ``(1/N) Σ_i g_i g_iᵀ`` with the per-sample gradients on the
+        bound labels (a per-sample average, so a dataset's is the sample-weighted mean of its
+        batches'). ``kind="true"``: the Fisher of the model's predictive distribution
         (softmax for cross-entropy, unit-variance Gaussian for mse), which for these
         canonical-link losses equals the GGN exactly (Martens, arXiv 1412.1193); the returned
         operator is the GGN product.
         """
         if kind == "empirical":
-            return bound_operator(self.model, self._Ws, self._X, self._y, "fisher")
+            return self._operator("fisher")
         if kind == "true":
-            op = bound_operator(self.model, self._Ws, self._X, self._y, "ggn")
+            op = self._operator("ggn")
             op.description = op.description.replace("GGN", "Fisher (true, = GGN)", 1)
             return op
         raise ValueError(f"kind must be one of {FISHER_KINDS}, got {kind!r}")
@@ -158,56 +221,64 @@ class MLPCurvature:
         """
         if mode == "forward":
             d = self.model._check_dir(d, "d", 1)
-            return float(self.model._curvature_forward(self._Ws, self._X, self._y, d))
+            return float(self._mean(lambda X, y: self.model._curvature_forward(self._Ws, X, y, d)))
         if mode == "adjoint":
             return self.grad_and_curvature(d)[2]
         raise ValueError(f"mode must be 'forward' or 'adjoint', got {mode!r}")
 
     def grad_and_curvature(self, d: Any) -> tuple[float, Any, float]:
-        """``(loss, g, dᵀ H d)`` in one forward and one backward pass (adjoint mode,
+        """``(loss, g, dᵀ H d)`` in one forward and one backward pass per batch (adjoint mode,
         method inspired by arXiv 2210.14520)."""
         d = self.model._check_dir(d, "d", 1)
-        loss, g, c = self.model._grad_and_curvature(self._Ws, self._X, self._y, d, self._params)
+        loss, g, c = self._mean(lambda X, y: self.model._grad_and_curvature(self._Ws, X, y, d, self._params))
         return float(loss), g, float(c)
 
     # -- layers ----------------------------------------------------------------
     def layer_structure(self) -> list[DenseLayer]:
         """One :class:`~curvlab.sources.DenseLayer` per layer (input layer first), in the
-        model's dtype: ``inputs`` ``a_{l-1}`` ``(B, n_{l-1})``, ``output_grads`` ``δ_l``
-        ``(B, n_l)`` and ``output_hessians`` ``M_l`` ``(B, n_l, n_l)`` of the per-sample
+        model's dtype: ``inputs`` ``a_{l-1}`` ``(N, n_{l-1})``, ``output_grads`` ``δ_l``
+        ``(N, n_l)`` and ``output_hessians`` ``M_l`` ``(N, n_l, n_l)`` of the per-sample
         losses; the weight ``W{l}`` carries the bias as its last column
         (``bias_folded=True``). The layer's block of the mean-loss Hessian is
-        ``(1/B) Σ_b M_b ⊗ ã_b ã_bᵀ`` with ``ã = [a; 1]`` (method inspired by arXiv 2104.03804).
-        Memory ``O(B Σ n_l²)``: meant for narrow layers.
+        ``(1/N) Σ_i M_i ⊗ ã_i ã_iᵀ`` with ``ã = [a; 1]`` (method inspired by arXiv 2104.03804).
+        On a dataset the per-sample records of all batches are concatenated in pass order
+        (so the block is the dataset's). Memory ``O(N Σ n_l²)``: meant for narrow layers
+        and mini-batches.
         """
-        out = []
-        for name, f in zip(self.layout.names, self.model._layer_factors(self._Ws, self._X, self._y)):
-            out.append(DenseLayer(name=name, weight=name, bias=None, bias_folded=True,
-                                  inputs=f.a[:, :-1], output_grads=f.delta, output_hessians=f.M))
-        return out
+        def records(X: Any, y: Any) -> tuple[Any, ...]:
+            fs = self.model._layer_factors(self._Ws, X, y)
+            return tuple(r for f in fs for r in (f.a[:, :-1], f.delta, f.M))
+
+        if self.batches.single:
+            recs = records(self._X, self._y)
+        else:
+            recs = self.batches.concat(lambda b: records(*b))
+        return [DenseLayer(name=name, weight=name, bias=None, bias_folded=True,
+                           inputs=recs[3 * l], output_grads=recs[3 * l + 1], output_hessians=recs[3 * l + 2])
+                for l, name in enumerate(self.layout.names)]
 
     # -- rebinding -------------------------------------------------------------
     def at(self, params: Any = None, data: Any = None) -> "MLPCurvature":
         """The same model bound to new ``params`` and/or ``data`` (a new source; this one
         is unchanged). What is not rebound is reused unchecked: new parameters alone cost
-        no host sync (under ``nan_policy="propagate"``)."""
+        no host sync (under ``nan_policy="propagate"``; a stream of batches still checks
+        each batch per pass). New ``data`` keeps ``progress`` and ``check_deterministic``
+        (not ``num_data``; pass a :class:`~curvlab.batches.Batches` to set it)."""
         model = self.model
         if data is None:
-            X, y, Xc, yc = *self.data, self._X, self._y
+            batches = self.batches
         else:
-            X, y = _split_data(data)
-            Xc = model._check_X(X)
-            yc = model._check_y(y, Xc.shape[0])
+            batches = self.batches.rebind(data).prepared(_checker(model))
         if params is None:
             params, Ws = self._params, self._Ws
         else:
             Ws = model._check_params(params)
-        return MLPCurvature._from_checked(model, params, Ws, (X, y), Xc, yc)
+        return MLPCurvature._from_checked(model, params, Ws, batches)
 
 
-def _split_data(data: Any) -> tuple[Any, Any]:
-    """``data`` as ``(X, y)``; ``TypeError`` naming ``data`` otherwise."""
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"data must be one batch (X, y), got {type(data).__name__}"
-                        + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
-    return data[0], data[1]
+def _checker(model: MLP) -> Any:
+    """``(X, y) -> (checked X, checked y)`` for ``model`` (1 host sync: the labels' range)."""
+    def check(batch: Any) -> tuple[Any, Any]:
+        X = model._check_X(batch[0])
+        return X, model._check_y(batch[1], X.shape[0])
+    return check
