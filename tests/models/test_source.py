@@ -164,3 +164,39 @@ def test_products_do_no_host_sync_and_rebinding_params_none(xp):
         src.per_sample_gradients()
         src.layer_structure()
     assert prods.count == 0, prods.report()
+
+
+@pytest.mark.gpu
+def test_dataset_host_syncs_list_once_when_bound_stream_per_batch_per_pass(xp):
+    """A list of batches: 1 sync per batch when bound, 0 per product; a stream (callable):
+    its labels are checked per batch on every pass (1 sync each), as documented."""
+    from tests import _strict_cupy  # noqa: PLC0415
+
+    if xp is np or not _strict_cupy.installed():
+        pytest.skip("host syncs are counted by the strict CuPy stand-in only (--strict-cupy)")
+    from tests._strict_cupy import count_syncs  # noqa: PLC0415
+
+    case = CASES[0]
+    model = MLP(list(case.sizes), activation=case.activation, loss=case.loss, xp=xp)
+    X, y = case.data()
+    p, X, y = xp.asarray(case.flat_params()), xp.asarray(X), xp.asarray(y)
+    parts = [(X[:3], y[:3]), (X[3:], y[3:])]
+    with count_syncs() as bind:
+        src = MLPCurvature(model, p, parts)
+    assert bind.count == 2, bind.report()  # the labels of each batch, once
+    V = xp.asarray(np.random.default_rng(0).standard_normal((p.size, 3)))
+    with count_syncs() as prods:
+        for op in (src.hessian(), src.ggn(), src.fisher()):
+            op.matvec(V[:, 0])
+            op.matmat(V)
+        src.at(params=p * 0.5).hessian().matmat(V)
+        src.per_sample_gradients()
+        src.layer_structure()
+    assert prods.count == 0, prods.report()
+    stream = MLPCurvature(model, p, lambda: iter(parts))
+    H = stream.hessian()
+    with count_syncs() as per_pass:
+        H.matmat(V)
+    assert per_pass.count == 2, per_pass.report()  # the labels of each batch, every pass
+    full = MLPCurvature(model, p, (X, y))
+    np.testing.assert_allclose(xp.asnumpy(src.hessian() @ V), xp.asnumpy(full.hessian() @ V), rtol=1e-12, atol=1e-14)
