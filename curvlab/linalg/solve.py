@@ -370,8 +370,8 @@ def solve(
         in float64 whatever ``A``'s dtype (products in ``A``'s dtype).
     """
     A = aslinearoperator(A)
-    if A.shape[0] != A.shape[1]:
-        raise ValueError(f"A must be square to solve A x = b, got shape {A.shape}")
+    if A.shape[0] != A.shape[1] or A.shape[0] == 0:
+        raise ValueError(f"A must be a non-empty square operator to solve A x = b, got shape {A.shape}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     tol, atol = _check_tol(tol, "tol"), _check_tol(atol, "atol")
@@ -400,8 +400,13 @@ def solve(
     closed = _closed_form(A) if method in ("auto", "direct") else None
     if method == "direct" and closed is None:
         raise TypeError(f"method='direct': {A.description} ({type(A).__name__}) has no closed-form solve")
-    if x0 is not None and closed is None:
-        X0 = A._check_input(x0, ndim, "x0")
+    X0 = None
+    if x0 is not None:  # checked even where a closed form ignores it
+        X0 = A._check_input(x0, getattr(x0, "ndim", np.ndim(x0)), "x0")
+        if X0.shape != b.shape:
+            raise ValueError(f"x0 has shape {tuple(X0.shape)}, expected {tuple(b.shape)} (the shape of b)")
+        backend.check_finite_data(X0, "x0")
+    if X0 is not None and closed is None:
         X = (X0[:, None] if vec else X0).astype(np.float64).copy()
     else:
         X = xp.zeros_like(B)
@@ -583,8 +588,8 @@ def inverse(
     array([1., 1.])
     """
     A = aslinearoperator(A)
-    if A.shape[0] != A.shape[1]:
-        raise ValueError(f"A must be square to invert, got shape {A.shape}")
+    if A.shape[0] != A.shape[1] or A.shape[0] == 0:
+        raise ValueError(f"A must be a non-empty square operator to invert, got shape {A.shape}")
     damping = _finite_scalar(damping, "damping")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
