@@ -13,10 +13,10 @@ Hessian (``jax.jvp`` of ``jax.grad``: forward-over-reverse, default; or
 true (built-in losses: the GGN) and Monte-Carlo Fisher (explicit ``rng``), the gradient, ``dᵀHd``
 forward-only (nested ``jax.jvp``) and ``(loss, g, dᵀHd)``. Every product is
 ``jax.jit``-compiled once per adapter and shared by every source :meth:`~JaxCurvature.at`
-derives from it, so rebinding parameters or data of the same shapes does not retrace (an
-empirical or Monte-Carlo Fisher operator compiles once per operator: its residuals are
-constants of the program); ``matmat`` is a ``jax.vmap`` of the matvec, and the flat vector
-is split inside the compiled function.
+derives from it, so rebinding parameters or data of the same shapes does not retrace (the
+Fisher operators take their output residuals as an argument, so they compile once per kind
+too); ``matmat`` is a ``jax.vmap`` of the matvec, and the flat vector is split inside the
+compiled function.
 
 Arrays cross through DLPack: NumPy vectors on the CPU, CuPy on a GPU. JAX's CPU
 client imports a NumPy buffer without a copy only when it is 64-byte aligned
@@ -77,6 +77,7 @@ __all__ = [
     "CurvlabOptaxState",
     "HVP_MODES",
     "FISHER_KINDS",
+    "from_reference_mlp",
 ]
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
@@ -423,12 +424,13 @@ class JaxCurvature:
         return self._wrap(*self._mv_fns(key), psd=psd, what=what, detail=detail)
 
     def _wrap(self, mv: Callable[..., Any], mm: Callable[..., Any], *, psd: bool, what: str,
-              detail: str = "") -> LinearOperator:
-        """A symmetric named operator from compiled ``(θ, X, y, v)`` matvec and matmat functions."""
+              detail: str = "", extra: Any = None) -> LinearOperator:
+        """A symmetric named operator from compiled ``(θ, X, y, v[, extra])`` matvec and matmat."""
         th, X, y = self.theta, self.X, self.y
+        more = () if extra is None else (extra,)
         n = self.layout.size
-        return CurvatureOperator(lambda v: from_jax(mv(th, X, y, self._vec(v))), (n, n), self.dtype,
-                                 matmat=lambda V: from_jax(mm(th, X, y, self._vec(V, "V", 2))),
+        return CurvatureOperator(lambda v: from_jax(mv(th, X, y, self._vec(v), *more)), (n, n), self.dtype,
+                                 matmat=lambda V: from_jax(mm(th, X, y, self._vec(V, "V", 2), *more)),
                                  symmetric=True, psd=psd, xp=self.xp,
                                  description=f"{what} of {self._label()}{detail}")
 
@@ -467,7 +469,12 @@ class JaxCurvature:
         """
         new = copy.copy(self)
         if params is not None:
-            new.theta = self._params_in(params, new)
+            th = jnp.array(self._params_in(params, new), copy=True)  # a snapshot, never an alias
+            if self.mesh is not None:
+                from jax.sharding import NamedSharding, PartitionSpec
+
+                th = jax.device_put(th, NamedSharding(self.mesh, PartitionSpec()))
+            new.theta = th
             if self.nan_policy == "raise" and not bool(jnp.all(jnp.isfinite(new.theta))):
                 raise FloatingPointError("parameters contain NaN or Inf (nan_policy='raise')")
         if data is not None:
@@ -553,16 +560,13 @@ class JaxCurvature:
             op = self.ggn()
             op.description = op.description.replace("GGN of", "true Fisher (= GGN) of", 1)
             return op
-        z = jax.jit(self._outputs_of)(self.theta, self.X)
+        if "outputs_jit" not in self._jit:
+            self._jit["outputs_jit"] = jax.jit(self._outputs_of)
+        z = self._jit["outputs_jit"](self.theta, self.X)
         B = z.shape[0]
         if kind == "empirical":
-            r = jax.grad(lambda zz: self.loss_fn(zz, self.y))(z) * B
-
-            def weight(_z: jax.Array, u: jax.Array, r: jax.Array = r) -> jax.Array:
-                s = jnp.sum((r * u).reshape(B, -1), axis=1)
-                return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
-
-            return self._fisher_op(weight, what="empirical Fisher")
+            r = jax.grad(lambda zz: self.loss_fn(zz, self.y))(z) * B  # per-sample ∇_z ℓ_b
+            return self._fisher_op("empirical", r, what="empirical Fisher")
         C = z.shape[-1]
         p = jax.nn.softmax(z, axis=-1) if self.loss_name == "cross_entropy" else None
         M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
@@ -571,25 +575,35 @@ class JaxCurvature:
             R = p[None] - jax.nn.one_hot(jnp.asarray(draws), C, dtype=z.dtype)
         else:
             R = -jnp.asarray(draws, dtype=z.dtype)
-        npos = z.size // C
+        return self._fisher_op("mc", R, what="Monte-Carlo Fisher", detail=f", mc_samples={M}")
 
-        def weight_mc(_z: jax.Array, u: jax.Array, R: jax.Array = R) -> jax.Array:
-            s = jnp.sum(R * u[None], axis=-1, keepdims=True)
-            return jnp.sum(R * s, axis=0) / (npos * M)
+    @staticmethod
+    def _weight_empirical(u: jax.Array, r: jax.Array) -> jax.Array:
+        """``(1/B) Σ_b r_b (r_b · u_b)``: ``r`` the per-sample output gradients ``(B, ...)``."""
+        B = r.shape[0]
+        s = jnp.sum((r * u).reshape(B, -1), axis=1)
+        return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
 
-        return self._fisher_op(weight_mc, what="Monte-Carlo Fisher", detail=f", mc_samples={M}")
+    @staticmethod
+    def _weight_mc(u: jax.Array, R: jax.Array) -> jax.Array:
+        """``(1/(N M)) Σ_m R_m (R_m · u)`` per output position: ``R`` ``(M, *z.shape)``."""
+        M, npos = R.shape[0], u.size // u.shape[-1]
+        s = jnp.sum(R * u[None], axis=-1, keepdims=True)
+        return jnp.sum(R * s, axis=0) / (npos * M)
 
-    def _fisher_op(self, weight: Callable[[jax.Array, jax.Array], jax.Array], *, what: str,
-                   detail: str = "") -> LinearOperator:
-        # the weight closes over its arrays; compile a dedicated pair of functions
-        L_out = self._outputs_of
+    def _fisher_op(self, kind: str, resid: jax.Array, *, what: str, detail: str = "") -> LinearOperator:
+        """``v -> Jᵀ weight(J v, resid)``, compiled once per kind (the residuals are an argument)."""
+        key = "fisher_" + kind
+        if key not in self._jit:
+            L_out = self._outputs_of
+            weight = self._weight_empirical if kind == "empirical" else self._weight_mc
 
-        def f(th, X, y, v):  # noqa: ANN001, ANN202
-            z, Jv = jax.jvp(lambda t: L_out(t, X), (th,), (v,))
-            return jax.vjp(lambda t: L_out(t, X), th)[1](weight(z, Jv))[0]
+            def f(th, X, y, v, a):  # noqa: ANN001, ANN202
+                z, Jv = jax.jvp(lambda t: L_out(t, X), (th,), (v,))
+                return jax.vjp(lambda t: L_out(t, X), th)[1](weight(Jv, a))[0]
 
-        return self._wrap(jax.jit(f), jax.jit(jax.vmap(f, in_axes=(None, None, None, 1), out_axes=1)), psd=True,
-                          what=what, detail=detail)
+            self._jit[key] = (jax.jit(f), jax.jit(jax.vmap(f, in_axes=(None, None, None, 1, None), out_axes=1)))
+        return self._wrap(*self._jit[key], psd=True, what=what, detail=detail, extra=resid)
 
     def hvp(self, v: Any) -> Any:
         """``H v`` for a flat ``(P,)`` vector (default mode)."""
@@ -630,6 +644,49 @@ def __getattr__(name: str) -> Any:
 
         return named_layout(__name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- reference MLP bridge
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh, "relu": jax.nn.relu, "softplus": jax.nn.softplus, "sigmoid": jax.nn.sigmoid,
+    "identity": lambda z: z}
+
+
+def from_reference_mlp(model: Any, params: Any) -> tuple[Callable[[Any, Any], Any], list[jax.Array]]:
+    """The JAX twin of a :class:`curvlab.models.mlp.MLP` with weights ``params``.
+
+    Returns ``(apply_fn, tree)``: ``tree`` is the list of the layer matrices ``W_l``
+    ``(n_l, n_{l-1} + 1)`` (bias as the last column, as in the reference layout) in the
+    model's dtype, and ``apply_fn(tree, X)`` the network's outputs (logits). The flat
+    layouts agree: ``JaxCurvature(apply_fn, tree, ...).params`` equals ``params`` (the
+    torch twin, :func:`curvlab.adapters.torch.from_reference_mlp`, needs a permutation).
+    float64 needs ``jax.config.update("jax_enable_x64", True)``.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from curvlab.models.mlp import MLP
+    >>> m = MLP([3, 4, 2], dtype=np.float32); p = m.init_params(np.random.default_rng(0))
+    >>> apply, tree = from_reference_mlp(m, p)
+    >>> [W.shape for W in tree], apply(tree, np.zeros((1, 3), np.float32)).shape
+    ([(4, 4), (2, 5)], (1, 2))
+    """
+    if model.activation not in _ACTIVATIONS:
+        raise ValueError(f"model.activation must be one of {sorted(_ACTIVATIONS)}, got {model.activation!r}")
+    act = _ACTIVATIONS[model.activation]
+    tree = [jnp.asarray(np.ascontiguousarray(W)) for W in model.layout.unpack(backend.to_numpy(params))]
+
+    def apply_fn(ws: Any, X: Any) -> jax.Array:
+        a = X
+        for i, W in enumerate(ws):
+            a = a @ W[:, :-1].T + W[:, -1]
+            if i < len(ws) - 1:
+                a = act(a)
+        return a
+
+    apply_fn.__qualname__ = apply_fn.__name__ = model.label if isinstance(getattr(model, "label", None), str) \
+        else "MLP"
+    return apply_fn, tree
 
 
 # --------------------------------------------------------------------------- optax wrapper

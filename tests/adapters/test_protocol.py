@@ -217,7 +217,8 @@ def test_jax_at_reuses_the_compiled_functions():
 
     def use(s):
         return (s.loss(), s.gradient(), s.hessian() @ d, s.ggn() @ d, s.directional_curvature(d),
-                s.grad_and_curvature(d), s.per_sample_gradients())
+                s.grad_and_curvature(d), s.per_sample_gradients(), s.fisher() @ d,
+                s.fisher("mc", rng=0).matmat(np.stack([d, d], 1)))
 
     use(src)
     traced = count[0]
