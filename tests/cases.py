@@ -5,9 +5,10 @@ seeded weights and one batch of data. The same case builds a curvature source
 (:class:`curvlab.sources.CurvatureSource`) in each framework of :data:`FRAMEWORKS`:
 
 * ``"mlp"`` — :class:`curvlab.models.MLPCurvature` (filled here);
-* ``"torch"`` and ``"jax"`` — **placeholders** (``None``) that the adapters fill with a
-  :class:`Framework` (``TorchCurvature`` / ``JaxCurvature`` on the twin network with the
-  same weights, :meth:`Case.weights`); until then :func:`build` skips.
+* ``"torch"`` and ``"jax"`` — ``TorchCurvature`` / ``JaxCurvature`` on the twin network
+  with the same weights (:func:`curvlab.adapters.torch.from_reference_mlp`, whose flat
+  layout is a permutation of the MLP's, and :func:`curvlab.adapters.jax.from_reference_mlp`,
+  whose layout is the MLP's); skipped where the framework is not installed.
 
 The weights are the MLP's: layer ``l`` is ``W_l`` ``(n_l, n_{l-1} + 1)`` with the bias as
 its last column (``Case.weights()`` gives them as NumPy float64 arrays, whatever the case
@@ -119,13 +120,51 @@ def _build_mlp(case: Case) -> Any:
     return MLPCurvature(case.mlp(), case.flat_params(), case.data())
 
 
+def _build_torch(case: Case) -> Any:
+    """``TorchCurvature`` of the ``nn.Sequential`` twin (``from_reference_mlp``: torch's
+    ``weight`` then ``bias`` per ``nn.Linear``, a permutation of the MLP's flat layout)."""
+    import torch  # noqa: PLC0415
+
+    from curvlab.adapters.torch import TorchCurvature, from_reference_mlp  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    net, _ = from_reference_mlp(case.mlp(), case.flat_params())
+    return TorchCurvature(net, case.loss, case.data())
+
+
+_JAX_SOURCES: dict[Case, Any] = {}
+
+
+def _build_jax(case: Case) -> Any:
+    """``JaxCurvature`` of the JAX twin (``from_reference_mlp``: the MLP's own flat layout).
+
+    Built once per case and shared: a source is immutable (``at`` returns a new one sharing
+    its compiled functions), and compiling every product again per test costs minutes."""
+    if case not in _JAX_SOURCES:
+        _JAX_SOURCES[case] = _build_jax_uncached(case)
+    return _JAX_SOURCES[case]
+
+
+def _build_jax_uncached(case: Case) -> Any:
+    import jax  # noqa: PLC0415
+
+    jax.config.update("jax_enable_x64", True)  # float64 cases; float32 leaves stay float32
+    from curvlab.adapters.jax import JaxCurvature, from_reference_mlp  # noqa: PLC0415
+
+    apply_fn, tree = from_reference_mlp(case.mlp(), case.flat_params())
+    return JaxCurvature(apply_fn, tree, case.loss, case.data())
+
+
+def _same_dtype(a: np.ndarray, like: Any) -> np.ndarray:
+    return np.asarray(a, dtype=like.dtype)
+
+
 #: the frameworks a case runs on; ``None`` marks a placeholder not filled yet (skipped)
 FRAMEWORKS: dict[str, Framework | None] = {
     "mlp": Framework("mlp", _build_mlp, np.asarray, lambda a, like: np.asarray(a, dtype=like.dtype)),
-    # PLACEHOLDER (adapters helper): Framework("torch", build, to_numpy, from_numpy, requires=("torch",))
-    "torch": None,
-    # PLACEHOLDER (adapters helper): Framework("jax", build, to_numpy, from_numpy, requires=("jax",))
-    "jax": None,
+    # the adapters return NumPy arrays on the CPU and take NumPy vectors and batches
+    "torch": Framework("torch", _build_torch, np.asarray, _same_dtype, requires=("torch",)),
+    "jax": Framework("jax", _build_jax, np.asarray, _same_dtype, requires=("jax",)),
 }
 
 _ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid")

@@ -243,3 +243,55 @@ def test_layer_structure_blocks_equal_the_dense_hessian_diagonal_blocks(setup):
         g = _np(fw, src.gradient()[1]).astype(np.float64)
         assert rel(g[idx], (delta.T @ at / B).ravel() if layer.bias_folded or layer.bias is not None
                    else (delta.T @ a / B).ravel()) < 10 * tol(src, fw)
+
+
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("case", [c for c in CASES if np.dtype(c.dtype) == np.float64], ids=lambda c: c.id)
+def test_mlp_torch_and_jax_agree_on_the_same_weights(case):
+    """Two independent implementations agree: the reference MLP, torch (``nn.Sequential`` twin
+    from ``adapters.torch.from_reference_mlp``, its flat layout a permutation ``perm`` of the
+    MLP's) and JAX (``adapters.jax.from_reference_mlp``, the MLP's layout), float64, 1e-10."""
+    get_framework("torch")
+    get_framework("jax")
+    from curvlab.adapters.torch import from_reference_mlp
+
+    srcs = {name: get_framework(name).build(case) for name in FRAMEWORK_NAMES}
+    _, perm = from_reference_mlp(case.mlp(), case.flat_params())
+    # each source's flat vectors in the MLP's layout: x_mlp[perm] = x_torch
+    to_mlp = {"mlp": lambda x: np.asarray(x), "jax": lambda x: np.asarray(x),
+              "torch": lambda x: np.asarray(x)[np.argsort(perm)]}
+    to_src = {"mlp": lambda a: a, "jax": lambda a: a, "torch": lambda a: np.ascontiguousarray(a[perm])}
+    for name, src in srcs.items():
+        assert np.array_equal(to_mlp[name](src.params), case.flat_params()), name
+    rng = np.random.default_rng(7)
+    P = case.n_params
+    V = rng.standard_normal((P, 3))
+    d = V[:, 0].copy()
+    ref = srcs["mlp"]
+    f_ref, g_ref = ref.gradient()
+    prods_ref = {k: np.asarray(op.matmat(V)) for k, op in
+                 (("hessian", ref.hessian()), ("ggn", ref.ggn()), ("fisher", ref.fisher("empirical")),
+                  ("true fisher", ref.fisher("true")))}
+    c_ref = ref.directional_curvature(d)
+    G_ref = np.asarray(ref.per_sample_gradients())
+    for name in ("torch", "jax"):
+        src, back, fwd = srcs[name], to_mlp[name], to_src[name]
+        f, g = src.gradient()
+        assert abs(f - f_ref) <= 1e-10 * abs(f_ref) and src.loss() == f, name
+        assert rel(back(g), g_ref) < 1e-10, name
+        ops = {"hessian": src.hessian(), "ggn": src.ggn(), "fisher": src.fisher("empirical"),
+               "true fisher": src.fisher("true")}
+        for k, op in ops.items():
+            assert rel(back(op.matmat(fwd(V))), prods_ref[k]) < 1e-10, (name, k)
+            assert rel(back(op @ fwd(d)), prods_ref[k][:, 0]) < 1e-10, (name, k)
+        assert abs(src.directional_curvature(fwd(d)) - c_ref) <= 1e-10 * abs(c_ref), name
+        f2, g2, c2 = src.grad_and_curvature(fwd(d))
+        assert abs(f2 - f_ref) <= 1e-10 * abs(f_ref) and rel(back(g2), g_ref) < 1e-10
+        assert abs(c2 - c_ref) <= 1e-10 * abs(c_ref), name
+        G = np.asarray(src.per_sample_gradients())
+        assert rel(G[:, np.argsort(perm)] if name == "torch" else G, G_ref) < 1e-10, name
+        # rebound to other weights, still the same numbers
+        p2 = case.flat_params(rng_offset=1)
+        f_ref2, g_ref2 = ref.at(params=p2).gradient()
+        f_2, g_2 = src.at(params=fwd(p2)).gradient()
+        assert abs(f_2 - f_ref2) <= 1e-10 * abs(f_ref2) and rel(back(g_2), g_ref2) < 1e-10, name
