@@ -24,8 +24,9 @@ unless ``warn=False``; ``strict=True`` raises :class:`~.results.ConvergenceError
 (Newton-CG steps, influence functions): each matvec/matmat is one :func:`solve`; the last
 result is kept on ``last_result``.
 
-Host syncs: one per Krylov iteration (the column residual norms), plus one for the final
-residual; closed forms sync as their operators' ``solve`` states.
+Host syncs: CG two per iteration (the stopping test, ``pᵀAp``), MINRES two per iteration and
+column (its scalar recurrences), plus a few per call (``‖b‖``, the final true residual);
+closed forms sync as their operators' ``solve`` states.
 
 Example
 -------
@@ -196,8 +197,9 @@ def _cg(A: LinearOperator, B: Any, X: Any, M: Any, thresh: np.ndarray, maxiter: 
     msg = ""
     it = 0
     while True:
-        rn = _col_norms(xp, R)
-        rz_h = np.asarray(backend.to_numpy(rz), dtype=np.float64)
+        # one host read per iteration for the stopping test: residual norms and rᵀMr together
+        both = np.asarray(backend.to_numpy(xp.concatenate([xp.linalg.norm(R, axis=0), rz])), dtype=np.float64)
+        rn, rz_h = both[:k], both[k:]
         for j in range(k):
             if status[j] is None:
                 if not np.isfinite(rn[j]):

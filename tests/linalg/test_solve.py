@@ -224,3 +224,48 @@ def test_inverse_operator_damped_matches_dense_and_records_status():
     with pytest.warns(ConvergenceWarning):
         slow @ np.ones(40)
     assert slow.last_status == Status.MAX_ITER
+
+
+def test_solve_on_backend(xp):
+    """CG, MINRES, closed forms and the inverse operator on NumPy and CuPy (or the strict stand-in)."""
+    rng = np.random.default_rng(11)
+    n = 24
+    A, S = _spd(rng, n, 100.0), _indef(rng, n)
+    opA = DenseOperator(xp.asarray(A), symmetric=True, psd=True)
+    opS = DenseOperator(xp.asarray(S), symmetric=True)
+    B = xp.asarray(rng.standard_normal((n, 2)))
+    for op, D, method in ((opA, A, "cg"), (opS, S, "minres"), (opA, A, "auto")):
+        res = solve(op, B, method=method, tol=1e-10)
+        assert res.all_converged and res.x.shape == (n, 2), (method, res)
+        x = np.asarray(xp.asnumpy(res.x) if xp is not np else res.x)
+        np.testing.assert_allclose(x, np.linalg.solve(D, np.asarray(xp.asnumpy(B) if xp is not np else B)),
+                                   rtol=1e-6, atol=1e-9)
+    d = xp.asarray(rng.uniform(1.0, 2.0, n))
+    inv = inverse(DiagonalOperator(d), damping=1.0)
+    v = xp.asarray(rng.standard_normal(n))
+    out = inv @ v
+    ref = (xp.asnumpy(v) if xp is not np else v) / ((xp.asnumpy(d) if xp is not np else d) + 1.0)
+    np.testing.assert_allclose(xp.asnumpy(out) if xp is not np else out, ref, rtol=1e-12)
+
+
+@pytest.mark.gpu
+def test_cg_and_minres_sync_budgets():
+    """The docstring's budget: CG 2 host syncs per iteration, MINRES 2 per iteration, + a few per call."""
+    from tests import _strict_cupy
+
+    if not _strict_cupy.installed():
+        pytest.skip("host syncs are counted by the strict CuPy stand-in only (pytest -m gpu --strict-cupy)")
+    import cupy
+
+    from tests._strict_cupy import count_syncs
+
+    rng = np.random.default_rng(12)
+    n = 40
+    opA = DenseOperator(cupy.asarray(_spd(rng, n, 1e3)), symmetric=True, psd=True, check=False)
+    opS = DenseOperator(cupy.asarray(_indef(rng, n)), symmetric=True, check=False)
+    b = cupy.asarray(rng.standard_normal(n))
+    for op, method in ((opA, "cg"), (opS, "minres")):
+        with count_syncs() as log:
+            res = solve(op, b, method=method, tol=1e-10)
+        assert res.converged and res.iterations > 5
+        assert log.count <= 2 * res.iterations + 8, (method, res.iterations, log.report())
