@@ -55,6 +55,7 @@ from .operators import (
     LinearOperator,
     LowRankPlusDiagonal,
     ScaledOperator,
+    ShiftedOperator,
     _finite_scalar,
     aslinearoperator,
 )
@@ -142,6 +143,9 @@ def _closed_form(A: LinearOperator) -> Any:
         return A.solve
     if isinstance(A, DenseOperator) and A.shape[0] == A.shape[1]:
         return A.solve
+    if isinstance(A, ShiftedOperator):
+        S = _shifted(A.base, A.lam)
+        return None if S is None else _closed_form(S)
     if isinstance(A, ScaledOperator) and A.alpha != 0:
         inner = _closed_form(A.base)
         if inner is None:
@@ -160,6 +164,25 @@ def _closed_form(A: LinearOperator) -> Any:
             return out
 
         return blockwise
+    return None
+
+
+def _shifted(B: LinearOperator, lam: float) -> LinearOperator | None:
+    """``B + lam I`` as an operator with a closed-form solve (damping of a diagonal, low-rank,
+    Kronecker or block-diagonal operator keeps its closed form), else None."""
+    if isinstance(B, (DiagonalOperator, LowRankPlusDiagonal)):
+        return B.shift(lam)
+    if isinstance(B, KroneckerLayerBlock) and B.lam + lam >= 0:
+        return KroneckerLayerBlock(B.M, B.a, B.lam + lam, _eig=B._eig)
+    if isinstance(B, KroneckerSumBlock) and B.lam + lam >= 0:
+        return KroneckerSumBlock(B.Ms, B.A, B.lam + lam, scale=B.scale)
+    if isinstance(B, ShiftedOperator):
+        return _shifted(B.base, B.lam + lam)
+    if isinstance(B, DenseOperator) and B.shape[0] == B.shape[1]:
+        return DenseOperator(B.A + B.dtype.type(lam) * B.xp.eye(B.shape[0], dtype=B.dtype), check=False)
+    if isinstance(B, BlockDiagonalOperator) and all(b.shape[0] == b.shape[1] for b in B.blocks):
+        blocks = [_shifted(b, lam) for b in B.blocks]
+        return None if any(b is None for b in blocks) else BlockDiagonalOperator(blocks)
     return None
 
 

@@ -269,3 +269,28 @@ def test_cg_and_minres_sync_budgets():
             res = solve(op, b, method=method, tol=1e-10)
         assert res.converged and res.iterations > 5
         assert log.count <= 2 * res.iterations + 8, (method, res.iterations, log.report())
+
+
+def test_damping_keeps_closed_forms():
+    """inverse(A, damping) / solve(A.shift(δ)) of diagonal, Kronecker and block-diagonal operators stays exact."""
+    from curvlab.linalg import KroneckerSumBlock
+
+    rng = np.random.default_rng(13)
+    M, a = rng.standard_normal((2, 2)), rng.standard_normal(3)
+    Ms, Aa = rng.standard_normal((4, 2, 2)), rng.standard_normal((4, 3))
+    ops = [
+        KroneckerLayerBlock(M + M.T, a, lam=0.0),
+        KroneckerSumBlock(Ms + Ms.transpose(0, 2, 1), Aa),
+        BlockDiagonalOperator([KroneckerLayerBlock(M + M.T, a, lam=0.1), DiagonalOperator(np.ones(2))]),
+        DenseOperator(M + M.T, symmetric=True),
+    ]
+    for op in ops:
+        D = op.to_dense()
+        delta = 1.5 * np.linalg.norm(D, 2) + 0.5
+        b = rng.standard_normal(op.shape[0])
+        res = solve(op.shift(delta), b)
+        assert res.status == Status.EXACT and res.iterations == 0, (type(op).__name__, res)
+        np.testing.assert_allclose(res.x, np.linalg.solve(D + delta * np.eye(op.shape[0]), b), rtol=1e-10)
+        inv = inverse(op, damping=delta)
+        np.testing.assert_allclose(inv @ b, res.x, rtol=1e-12)
+        assert inv.last_status == Status.EXACT
