@@ -9,8 +9,18 @@ that solvers check, and counts the vectors it was applied to
 Concrete operators: :class:`CallableOperator` (from a function),
 :class:`DenseOperator`, :class:`DiagonalOperator`,
 :class:`LowRankPlusDiagonal` (``D + U C Uᵀ`` with exact eigenvalues and a
-Woodbury solve); algebra: ``A + B``, ``alpha * A``, ``A - B``, ``-A``,
-``A.shift(lam)`` (``A + lam I``). :func:`aslinearoperator` wraps anything a
+Woodbury solve), :class:`BlockDiagonalOperator` (one block per layer).
+Algebra with SciPy's reach: ``A + B``, ``A - B``, ``-A``, ``c * A``, ``A * c``,
+``A / c``, ``sum([A, B])``, ``A @ B`` (:class:`ProductOperator`), ``A @ x`` /
+``A @ X`` (matvec / matmat), ``A.T`` / ``A.H`` / ``A.adjoint()`` (``A`` itself when
+symmetric; a transpose operator for dense, sums, products, scalings, shifts, block
+diagonals and a :class:`CallableOperator` given ``rmatvec=``; ``TypeError`` otherwise),
+``A.shift(lam)`` (``A + lam I``). Tags propagate conservatively (a sum of
+symmetric/PSD operators is symmetric/PSD; a product only for ``A @ A`` with ``A``
+symmetric and for ``Aᵀ @ A``, ``A @ Aᵀ``); mismatched shapes raise ``ValueError``
+naming the left or right operand. ``name=`` says what an operator is and leads
+its ``repr``; derived operators name their parts. Solves: :func:`curvlab.linalg.solve`.
+:func:`aslinearoperator` wraps anything a
 solver may receive (a curvlab operator, a SciPy ``LinearOperator``, a dense
 array, a callable) and :meth:`LinearOperator.to_scipy` goes the other way, so
 ``scipy.sparse.linalg.eigsh`` runs on ours.
