@@ -1,32 +1,17 @@
-"""What the torch and JAX adapters share: named curvature operators, the Fisher kinds and
-the message of a missing layer structure (private to :mod:`curvlab.adapters`)."""
+"""What the torch and JAX adapters share: the named curvature operator (the reference MLP's
+:class:`curvlab.models.mlp_products.CurvatureOperator`, so every source's operators are one
+class), the Fisher kinds and the message of a missing layer structure (private to
+:mod:`curvlab.adapters`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..linalg.operators import CallableOperator
+from ..models.mlp_products import CurvatureOperator  # the one named curvature operator (repr says what it is)
 from ..sources import LayerStructureUnavailable
+
+__all__ = ["FISHER_KINDS", "CurvatureOperator", "layer_structure_unavailable"]
 
 #: the ``kind`` values of the adapters' ``fisher()``
 FISHER_KINDS = ("empirical", "true", "mc")
-
-
-class CurvatureOperator(CallableOperator):
-    """A :class:`~curvlab.linalg.operators.CallableOperator` that says what it is.
-
-    ``description`` (``"Hessian of Sequential on 64 samples, P=26, hvp_mode=..."``) leads
-    the ``repr``.
-    """
-
-    def __init__(self, matvec: Any, shape: tuple[int, int], dtype: Any, *, description: str, **kw: Any) -> None:
-        super().__init__(matvec, shape, dtype, **kw)
-        self.description = str(description)
-
-    def __repr__(self) -> str:
-        tags = [t for t in ("symmetric", "psd") if getattr(self, t)]
-        return (f"<{self.description}: {type(self).__name__} shape={self.shape} dtype={self.dtype} "
-                f"backend={self.xp.__name__}{' ' + ','.join(tags) if tags else ''}>")
 
 
 def layer_structure_unavailable(source: str, model: str) -> LayerStructureUnavailable:

@@ -78,6 +78,9 @@ __all__ = [
     "HVP_MODES",
     "FISHER_KINDS",
     "from_reference_mlp",
+    "hessian_operator",
+    "ggn_operator",
+    "fisher_operator",
 ]
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
@@ -644,6 +647,29 @@ def __getattr__(name: str) -> Any:
 
         return named_layout(__name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- functional shortcuts
+# The argument order of every ``*_operator`` shortcut in curvlab: the model, what the model
+# does not hold (its parameters, its loss), then the data -- curvlab.hessian_operator(mlp,
+# params, X, y), adapters.torch.hessian_operator(module, loss, batch), and here
+# hessian_operator(apply_fn, params, loss, batch).
+def hessian_operator(apply_fn: Callable[[Any, Any], Any], params: Any, loss: Any, batch: tuple[Any, Any],
+                     **kwargs: Any) -> LinearOperator:
+    """``JaxCurvature(apply_fn, params, loss, batch, **kwargs).hessian()``."""
+    return JaxCurvature(apply_fn, params, loss, batch, **kwargs).hessian()
+
+
+def ggn_operator(apply_fn: Callable[[Any, Any], Any], params: Any, loss: Any, batch: tuple[Any, Any],
+                 **kwargs: Any) -> LinearOperator:
+    """``JaxCurvature(apply_fn, params, loss, batch, **kwargs).ggn()``."""
+    return JaxCurvature(apply_fn, params, loss, batch, **kwargs).ggn()
+
+
+def fisher_operator(apply_fn: Callable[[Any, Any], Any], params: Any, loss: Any, batch: tuple[Any, Any],
+                    kind: str = "empirical", *, rng: Any = None, mc_samples: int = 1, **kwargs: Any) -> LinearOperator:
+    """``JaxCurvature(apply_fn, params, loss, batch, **kwargs).fisher(kind, rng=rng, mc_samples=mc_samples)``."""
+    return JaxCurvature(apply_fn, params, loss, batch, **kwargs).fisher(kind, rng=rng, mc_samples=mc_samples)
 
 
 # --------------------------------------------------------------------------- reference MLP bridge

@@ -276,3 +276,15 @@ def test_jax_deprecated_aliases_warn_and_give_the_same_numbers():
         assert np.array_equal(src.flat_params(), src.params)
     with pytest.warns(DeprecationWarning, match="curvlab.layout.Layout"):
         assert ja.NamedLayout is Layout
+
+
+def test_jax_operator_shortcuts_equal_the_source_operators():
+    from curvlab.adapters.jax import JaxCurvature, fisher_operator, ggn_operator, hessian_operator
+
+    apply, p, X, y = _jax_case([0])
+    src = JaxCurvature(apply, p, "cross_entropy", (X, y))
+    V = np.random.default_rng(5).standard_normal((src.layout.size, 2))
+    assert np.array_equal(hessian_operator(apply, p, "cross_entropy", (X, y)).matmat(V), src.hessian().matmat(V))
+    assert np.array_equal(ggn_operator(apply, p, "cross_entropy", (X, y)).matmat(V), src.ggn().matmat(V))
+    assert np.array_equal(fisher_operator(apply, p, "cross_entropy", (X, y), "mc", rng=1).matmat(V),
+                          src.fisher("mc", rng=1).matmat(V))
