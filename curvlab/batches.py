@@ -172,8 +172,8 @@ class Batches:
     Parameters
     ----------
     data : one batch, a list/tuple of batches, a re-iterable, a callable, or a Batches
-        See the module docstring. A :class:`Batches` given here is returned re-optioned
-        only where an option is given explicitly (:func:`as_batches`).
+        See the module docstring. A :class:`Batches` is refused here (``TypeError``): use
+        :func:`as_batches`, which returns it as is, or :meth:`rebind`.
     num_data : int, optional
         The total number of samples; checked against every pass.
     check_deterministic : bool
@@ -194,6 +194,8 @@ class Batches:
     single : bool
         One batch (``kind == "batch"``) and no ``reduce``: :meth:`mean` returns the batch's
         values unchanged (bit for bit).
+    n_passes : int
+        Complete passes so far.
     """
 
     def __init__(self, data: Any, *, num_data: int | None = None, check_deterministic: bool = False,
@@ -437,7 +439,7 @@ def as_batches(data: Any, **options: Any) -> Batches:
     """``data`` as a :class:`Batches` with ``options``; a :class:`Batches` is returned as
     is when no option is given (``TypeError`` when options would be ignored)."""
     if isinstance(data, Batches):
-        given = {k: v for k, v in options.items() if v not in (None, False)}
+        given = {k: v for k, v in options.items() if v is not None and v is not False}
         if given:
             raise TypeError(f"data is already a Batches: give the options {sorted(given)} to Batches(...) instead")
         return data
@@ -445,6 +447,9 @@ def as_batches(data: Any, **options: Any) -> Batches:
 
 
 def _classify(data: Any) -> str:
+    if isinstance(data, Batches):
+        raise TypeError("data is already a Batches: use curvlab.batches.as_batches(data) (returns it as is) or "
+                        "data.rebind(...) to change the data")
     if isinstance(data, (str, bytes, Mapping)) or data is None:
         raise TypeError(f"{_WHAT}; got {type(data).__name__}")
     if isinstance(data, (tuple, list)):

@@ -344,7 +344,11 @@ def test_batches_helpers():
     assert b.kind == "batch" and b.single and b.num_batches == 1 and b.n_samples == 5
     assert as_batches(b) is b
     with pytest.raises(TypeError, match="data is already a Batches"):
+        Batches(b)
+    with pytest.raises(TypeError, match="data is already a Batches"):
         as_batches(b, num_data=5)
+    with pytest.raises(TypeError, match=r"data is already a Batches: give the options \['num_data'\]"):
+        as_batches(b, num_data=0, progress=False)  # 0 is an option given, not "no option"
     assert Batches([(X, y), (X[:2], y[:2])]).mean(lambda bt: float(bt[0].shape[0])) == pytest.approx((25 + 4) / 7)
     assert Batches([(X, y), (X[:2], y[:2])]).mean(lambda bt: (bt[0][0], 1.0))[1] == 1.0
     assert Batches(((X, y), (X[:2], y[:2]))).kind == "sequence"
