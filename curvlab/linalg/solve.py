@@ -24,8 +24,8 @@ unless ``warn=False``; ``strict=True`` raises :class:`~.results.ConvergenceError
 (Newton-CG steps, influence functions): each matvec/matmat is one :func:`solve`; the last
 result is kept on ``last_result``.
 
-Host syncs: CG two per iteration (the stopping test, ``pᵀAp``), MINRES two per iteration and
-column (its scalar recurrences), plus a few per call (``‖b‖``, the final true residual);
+Host syncs: CG two per iteration (the stopping test, ``pᵀAp``), MINRES two per iteration
+(its scalar recurrences, all columns together), plus a few per call (``‖b‖``, the final true residual);
 closed forms sync as their operators' ``solve`` states.
 
 Example
@@ -267,76 +267,119 @@ def _cg(A: LinearOperator, B: Any, X: Any, M: Any, thresh: np.ndarray, maxiter: 
     return X, it, status, msg
 
 
-def _minres(A: LinearOperator, b: Any, x: Any, M: Any, thresh: float, maxiter: int) -> tuple:
-    """Preconditioned MINRES (Paige & Saunders 1975) on one column ``b`` (float64) from ``x``.
-    Stops when the recurrence residual (in the ``M``-norm when preconditioned, relative to
-    its start) drops below ``thresh``. Returns (x, iterations, status or None, message)."""
+def _minres_block(A: LinearOperator, B: Any, X: Any, M: Any, thresh: np.ndarray, maxiter: int) -> tuple:
+    """Preconditioned MINRES (Paige & Saunders 1975) on every column of ``B`` (``(n, k)``,
+    float64) from ``X``: one ``matmat`` on the active columns per iteration, the scalar
+    recurrences per column on the host (two syncs per iteration). A column stops when its
+    recurrence residual (in the ``M``-norm when preconditioned, relative to its start)
+    drops below its ``thresh``, when the Krylov space is exhausted, or on a breakdown.
+    Returns (X, iterations per column, status per column (None = recurrence converged), message)."""
     xp = A.xp
     eps = np.finfo(np.float64).eps
+    k = B.shape[1]
 
-    def Av(v: Any) -> Any:
-        return A.matvec(v.astype(A.dtype)).astype(np.float64)
+    def Am(V: Any) -> Any:
+        return A.matmat(V.astype(A.dtype)).astype(np.float64)
 
-    def Mv(v: Any) -> Any:
-        return v if M is None else M.matvec(v.astype(M.dtype)).astype(np.float64)
+    def Mm(V: Any) -> Any:
+        return V if M is None else M.matmat(V.astype(M.dtype)).astype(np.float64)
 
-    r1 = b - Av(x) if bool(xp.any(x != 0)) else b.copy()
-    y = Mv(r1)
-    beta1 = float(r1 @ y)
-    if not np.isfinite(beta1):
-        return x, 0, Status.NONFINITE, "the residual became NaN/Inf"
-    if beta1 < 0:
-        return x, 0, Status.BREAKDOWN, "rᵀMr < 0: the preconditioner M is not positive definite"
-    beta1 = np.sqrt(beta1)
-    rn0 = float(xp.linalg.norm(r1))
-    if beta1 == 0 or rn0 <= thresh:
-        return x, 0, Status.CONVERGED, ""
-    # relative stopping on the recurrence residual (M-norm when preconditioned)
-    target = beta1 * thresh / rn0
-    oldb, beta, dbar, epsln, phibar = 0.0, beta1, 0.0, 0.0, beta1
-    cs, sn = -1.0, 0.0
-    w = xp.zeros_like(b)
-    w2 = xp.zeros_like(b)
-    r2 = r1
+    def dev(a: np.ndarray) -> Any:
+        return xp.asarray(a)[None, :]
+
+    def host(a: Any) -> np.ndarray:
+        return np.asarray(backend.to_numpy(a), dtype=np.float64)
+
+    status: list = [Status.MAX_ITER] * k
+    its = np.zeros(k, dtype=int)
+    msg = ""
+    R1 = B - Am(X) if bool(xp.any(X != 0)) else B.copy()
+    Y = Mm(R1)
+    h = host(xp.concatenate([xp.sum(R1 * Y, axis=0), xp.linalg.norm(R1, axis=0)]))
+    b1sq, rn0 = h[:k], h[k:]
+    keep = []
+    for j in range(k):
+        if not np.isfinite(b1sq[j]):
+            status[j], msg = Status.NONFINITE, "the residual became NaN/Inf; "
+        elif b1sq[j] < 0:
+            status[j], msg = Status.BREAKDOWN, "rᵀMr < 0: the preconditioner M is not positive definite; "
+        elif b1sq[j] == 0 or rn0[j] <= thresh[j]:
+            status[j] = None
+        else:
+            keep.append(j)
+    act = np.asarray(keep, dtype=int)
+    if act.size == 0:
+        return X, its, status, msg
+    ia = xp.asarray(act)
+    beta1 = np.sqrt(b1sq[act])
+    target = beta1 * thresh[act] / rn0[act]
+    oldb, beta, dbar, epsln = np.zeros(act.size), beta1.copy(), np.zeros(act.size), np.zeros(act.size)
+    phibar, cs, sn = beta1.copy(), -np.ones(act.size), np.zeros(act.size)
+    R1, Y, Xa = R1[:, ia], Y[:, ia], X[:, ia]
+    R2 = R1
+    W, W2 = xp.zeros_like(R1), xp.zeros_like(R1)
     it = 0
-    while it < maxiter:
+    while act.size and it < maxiter:
         it += 1
-        v = y / beta
-        y = Av(v)
+        V = Y / dev(beta)
+        Y = Am(V)
         if it >= 2:
-            y = y - (beta / oldb) * r1
-        alfa = float(v @ y)
-        y = y - (alfa / beta) * r2
-        r1, r2 = r2, y
-        y = Mv(r2)
+            Y = Y - dev(beta / oldb) * R1
+        alfa = host(xp.sum(V * Y, axis=0))
+        Y = Y - dev(alfa / beta) * R2
+        R1, R2 = R2, Y
+        Y = Mm(R2)
         oldb = beta
-        bb = float(r2 @ y)
-        if not np.isfinite(bb) or not np.isfinite(alfa):
-            return x, it, Status.NONFINITE, "A or M returned NaN/Inf"
-        if bb < 0:
-            return x, it, Status.BREAKDOWN, (
-                "rᵀMr < 0 inside MINRES: the preconditioner M is not positive definite or A is not symmetric")
-        beta = np.sqrt(bb)
+        bb = host(xp.sum(R2 * Y, axis=0))
+        nonfinite = ~(np.isfinite(bb) & np.isfinite(alfa))
+        negative = ~nonfinite & (bb < 0)
+        beta = np.sqrt(np.where(bb > 0, bb, 0.0))
         oldeps = epsln
         delta = cs * dbar + sn * alfa
         gbar = sn * dbar - cs * alfa
         epsln = sn * beta
         dbar = -cs * beta
-        gamma = max(float(np.hypot(gbar, beta)), eps)
+        gamma = np.maximum(np.hypot(gbar, beta), eps)
         cs, sn = gbar / gamma, beta / gamma
         phi = cs * phibar
         phibar = sn * phibar
-        w1, w2 = w2, w
-        w = (v - oldeps * w1 - delta * w2) / gamma
-        x = x + phi * w
-        if abs(phibar) <= target:
-            return x, it, None, ""
-        if beta <= eps * beta1:
-            # Krylov space exhausted: x is the minimum-residual solution over it
-            return x, it, Status.BREAKDOWN, (
-                "the Krylov space was exhausted with a nonzero residual (A may be singular and b outside its "
-                "range: x is the minimum-residual solution); ")
-    return x, it, Status.MAX_ITER, ""
+        W1, W2 = W2, W
+        W = (V - dev(oldeps) * W1 - dev(delta) * W2) / dev(gamma)
+        Xprev, Xa = Xa, Xa + dev(np.where(nonfinite | negative, 0.0, phi)) * W
+        conv = np.abs(phibar) <= target
+        exhausted = beta <= eps * beta1
+        finish = nonfinite | negative | conv | exhausted
+        if not finish.any():
+            continue
+        for i in np.nonzero(finish)[0]:
+            j = int(act[i])
+            its[j] = it
+            if nonfinite[i]:
+                status[j], msg = Status.NONFINITE, "A or M returned NaN/Inf; "
+            elif negative[i]:
+                status[j] = Status.BREAKDOWN
+                msg = "rᵀMr < 0 inside MINRES: the preconditioner M is not positive definite or A is not symmetric; "
+            elif conv[i]:
+                status[j] = None
+            else:
+                status[j] = Status.BREAKDOWN
+                msg = ("the Krylov space was exhausted with a nonzero residual (A may be singular and b outside its "
+                       "range: x is the minimum-residual solution); ")
+        fi = xp.asarray(np.nonzero(finish)[0])
+        bad = xp.asarray(np.nonzero(finish & (nonfinite | negative))[0])
+        X[:, ia[fi]] = Xa[:, fi]
+        if bad.size:
+            X[:, ia[bad]] = Xprev[:, bad]
+        kp = ~finish
+        ki = xp.asarray(np.nonzero(kp)[0])
+        act, ia = act[kp], ia[ki]
+        beta1, target, oldb, beta, dbar, epsln = beta1[kp], target[kp], oldb[kp], beta[kp], dbar[kp], epsln[kp]
+        phibar, cs, sn = phibar[kp], cs[kp], sn[kp]
+        R1, R2, Y, W, W2, Xa = R1[:, ki], R2[:, ki], Y[:, ki], W[:, ki], W2[:, ki], Xa[:, ki]
+    if act.size:
+        X[:, ia] = Xa
+        its[act] = it
+    return X, its, status, msg
 
 
 def _check_tol(value: Any, name: str) -> float:
@@ -372,7 +415,7 @@ def solve(
         ``ValueError``.
     b : array ``(n,)`` or ``(n, k)``
         Right-hand side(s) on ``A``'s backend; the ``k`` columns are solved together
-        (CG: one ``matmat`` on the unconverged columns per iteration; MINRES: column by column).
+        (one ``matmat`` on the still unconverged columns per Krylov iteration).
     method : {"auto", "direct", "cg", "minres"}
         ``"direct"`` insists on a closed form (``TypeError`` when there is none).
     x0 : array like ``b``, optional
@@ -476,12 +519,14 @@ def solve(
                     statuses[j] = st[jj]
                 msg = msg + m if m else msg
             else:
-                for j in todo:
-                    x, it, st, m = _minres(A, B[:, j], X[:, j].copy(), Mop, float(thresh[j]), maxiter - int(its[j]))
-                    X[:, j] = x
-                    its[j] += it
-                    statuses[j] = st if st is not None else Status.CONVERGED
-                    msg = msg + m if m and m not in msg else msg
+                ia = xp.asarray(np.asarray(todo))
+                Xs, it, st, m = _minres_block(A, B[:, ia], X[:, ia].copy(), Mop, thresh[todo],
+                                              maxiter - int(its[todo].max()))
+                X[:, ia] = Xs
+                for jj, j in enumerate(todo):
+                    its[j] += int(it[jj])
+                    statuses[j] = st[jj] if st[jj] is not None else Status.CONVERGED
+                msg = msg + m if m and m not in msg else msg
             # verify with the true residual; restart the columns whose recurrence drifted
             R = B - A.matmat(X.astype(A.dtype)).astype(np.float64)
             rn = _col_norms(xp, R)

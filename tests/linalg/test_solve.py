@@ -294,3 +294,22 @@ def test_damping_keeps_closed_forms():
         inv = inverse(op, damping=delta)
         np.testing.assert_allclose(inv @ b, res.x, rtol=1e-12)
         assert inv.last_status == Status.EXACT
+
+
+@pytest.mark.parametrize("method", ["cg", "minres"])
+def test_block_columns_finish_independently(method):
+    """Columns converging at different iterations (one zero, one easy, one hard) equal their one-column solves."""
+    rng = np.random.default_rng(14)
+    n = 40
+    A = _spd(rng, n, 1e3) if method == "cg" else _indef(rng, n)
+    op = CallableOperator(lambda v: A @ v, (n, n), matmat=lambda V: A @ V, symmetric=True, psd=method == "cg")
+    w, Q = np.linalg.eigh(A)
+    B = np.column_stack([rng.standard_normal(n), np.zeros(n), Q[:, -1] + Q[:, -2]])
+    res = solve(op, B, method=method, tol=1e-11)
+    assert res.all_converged and np.all(res.x[:, 1] == 0)
+    np.testing.assert_allclose(res.x, np.linalg.solve(A, B), rtol=1e-7, atol=1e-10)
+    for j in (0, 2):
+        one = solve(op, B[:, j], method=method, tol=1e-11)
+        np.testing.assert_allclose(res.x[:, j], one.x, rtol=1e-8, atol=1e-12)
+    # a block product rounds differently from a vector product: the counts may differ by an iteration
+    assert abs(res.iterations - max(solve(op, B[:, j], method=method, tol=1e-11).iterations for j in range(3))) <= 2
