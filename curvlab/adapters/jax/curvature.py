@@ -55,57 +55,22 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import backend
-from ..linalg.operators import LinearOperator
-from ..layout import Layout
-from ..methods import Transform, TransformState
-from ._common import FISHER_KINDS, CurvatureOperator, layer_structure_unavailable
-from ._fisher import mc_fisher_draws
+from ... import backend
+from ...layout import Layout
+from ...linalg.operators import LinearOperator
+from .._common import FISHER_KINDS, CurvatureOperator, layer_structure_unavailable
+from .._fisher import mc_fisher_draws
+from .convert import from_jax, to_jax
 
-__all__ = [
-    "JaxCurvature",
-    "Layout",
-    "to_jax",
-    "from_jax",
-    "as_optax",
-    "CurvlabOptaxState",
-    "HVP_MODES",
-    "FISHER_KINDS",
-    "from_reference_mlp",
-    "hessian_operator",
-    "ggn_operator",
-    "fisher_operator",
-]
+__all__ = ["JaxCurvature", "hessian_operator", "ggn_operator", "fisher_operator", "HVP_MODES", "FISHER_KINDS"]
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
-
-
-# --------------------------------------------------------------------------- DLPack crossing
-def to_jax(x: Any) -> jax.Array:
-    """A NumPy/CuPy array as a JAX array; zero-copy when the buffer allows it (64-byte
-    aligned on the CPU), one copy otherwise."""
-    if isinstance(x, jax.Array):
-        return x
-    try:
-        return jnp.from_dlpack(x, copy=False)
-    except Exception:  # unaligned or read-only host buffer: one copy
-        return jnp.asarray(x)
-
-
-def from_jax(a: jax.Array) -> Any:
-    """A JAX array as NumPy (CPU) / CuPy (GPU) sharing its buffer (read-only for NumPy).
-
-    Arrays sharded over several devices are gathered (one copy).
-    """
-    if len(a.sharding.device_set) > 1:
-        return np.asarray(a)
-    return backend.from_dlpack(a)
 
 
 def _key_name(k: Any) -> str:
@@ -641,14 +606,6 @@ class JaxCurvature:
         return float(val), from_jax(g), float(c)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "NamedLayout":  # deprecated alias of curvlab.layout.Layout
-        from ._layout import named_layout
-
-        return named_layout(__name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # --------------------------------------------------------------------------- functional shortcuts
 # The argument order of every ``*_operator`` shortcut in curvlab: the model, what the model
 # does not hold (its parameters, its loss), then the data -- curvlab.hessian_operator(mlp,
@@ -670,113 +627,3 @@ def fisher_operator(apply_fn: Callable[[Any, Any], Any], params: Any, loss: Any,
                     kind: str = "empirical", *, rng: Any = None, mc_samples: int = 1, **kwargs: Any) -> LinearOperator:
     """``JaxCurvature(apply_fn, params, loss, batch, **kwargs).fisher(kind, rng=rng, mc_samples=mc_samples)``."""
     return JaxCurvature(apply_fn, params, loss, batch, **kwargs).fisher(kind, rng=rng, mc_samples=mc_samples)
-
-
-# --------------------------------------------------------------------------- reference MLP bridge
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "tanh": jnp.tanh, "relu": jax.nn.relu, "softplus": jax.nn.softplus, "sigmoid": jax.nn.sigmoid,
-    "identity": lambda z: z}
-
-
-def from_reference_mlp(model: Any, params: Any) -> tuple[Callable[[Any, Any], Any], list[jax.Array]]:
-    """The JAX twin of a :class:`curvlab.models.mlp.MLP` with weights ``params``.
-
-    Returns ``(apply_fn, tree)``: ``tree`` is the list of the layer matrices ``W_l``
-    ``(n_l, n_{l-1} + 1)`` (bias as the last column, as in the reference layout) in the
-    model's dtype, and ``apply_fn(tree, X)`` the network's outputs (logits). The flat
-    layouts agree: ``JaxCurvature(apply_fn, tree, ...).params`` equals ``params`` (the
-    torch twin, :func:`curvlab.adapters.torch.from_reference_mlp`, needs a permutation).
-    float64 needs ``jax.config.update("jax_enable_x64", True)``.
-
-    Example
-    -------
-    >>> import numpy as np
-    >>> from curvlab.models.mlp import MLP
-    >>> m = MLP([3, 4, 2], dtype=np.float32); p = m.init_params(np.random.default_rng(0))
-    >>> apply, tree = from_reference_mlp(m, p)
-    >>> [W.shape for W in tree], apply(tree, np.zeros((1, 3), np.float32)).shape
-    ([(4, 4), (2, 5)], (1, 2))
-    """
-    if model.activation not in _ACTIVATIONS:
-        raise ValueError(f"model.activation must be one of {sorted(_ACTIVATIONS)}, got {model.activation!r}")
-    act = _ACTIVATIONS[model.activation]
-    tree = [jnp.asarray(np.ascontiguousarray(W)) for W in model.layout.unpack(backend.to_numpy(params))]
-
-    def apply_fn(ws: Any, X: Any) -> jax.Array:
-        a = X
-        for i, W in enumerate(ws):
-            a = a @ W[:, :-1].T + W[:, -1]
-            if i < len(ws) - 1:
-                a = act(a)
-        return a
-
-    apply_fn.__qualname__ = apply_fn.__name__ = model.label if isinstance(getattr(model, "label", None), str) \
-        else "MLP"
-    return apply_fn, tree
-
-
-# --------------------------------------------------------------------------- optax wrapper
-class CurvlabOptaxState(NamedTuple):
-    """optax state of a wrapped transform: the curvlab state and the step count."""
-
-    inner: TransformState
-    count: int
-
-
-def as_optax(transform: Transform, *, flat: bool = False) -> Any:
-    """A curvlab :class:`~curvlab.methods.Transform` as an optax transformation.
-
-    Returns an ``optax.GradientTransformationExtraArgs``: ``update(grads, state,
-    params=None, **extra_args)`` forwards ``extra_args`` (an HVP or curvature
-    callable, ...) to ``transform.update``. The transform sees the leaves as
-    NumPy/CuPy arrays (DLPack), a list in ``jax.tree_util`` order, or one
-    concatenated ``(P,)`` vector with ``flat=True``. The transform runs NumPy
-    code, so call ``update`` outside ``jax.jit`` (jit the gradient instead).
-
-    Example
-    -------
-    >>> import jax.numpy as jnp, optax
-    >>> from curvlab.methods.baselines import SGD
-    >>> opt = as_optax(SGD(lr=0.5))
-    >>> p = {"w": jnp.ones(2)}
-    >>> s = opt.init(p)
-    >>> u, s = opt.update({"w": jnp.ones(2)}, s, p)
-    >>> optax.apply_updates(p, u)["w"].tolist()
-    [0.5, 0.5]
-    """
-    import optax
-
-    if not isinstance(transform, Transform):
-        raise TypeError(f"transform must be a curvlab Transform, got {type(transform).__name__}")
-
-    def to_tree(tree: Any) -> tuple[Any, Any, list[tuple[int, ...]]]:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        arrs = [from_jax(jnp.asarray(leaf)) for leaf in leaves]
-        shapes = [tuple(a.shape) for a in arrs]
-        if flat:
-            xp = backend.get_namespace(*arrs)
-            return xp.concatenate([a.reshape(-1) for a in arrs]), treedef, shapes
-        return arrs, treedef, shapes
-
-    def back(upd: Any, treedef: Any, shapes: list[tuple[int, ...]]) -> Any:
-        if flat:
-            parts, off = [], 0
-            for s in shapes:
-                n = int(np.prod(s, dtype=np.int64))
-                parts.append(upd[off:off + n].reshape(s))
-                off += n
-            upd = parts
-        return jax.tree_util.tree_unflatten(treedef, [to_jax(np.ascontiguousarray(u) if isinstance(u, np.ndarray)
-                                                             else u) for u in upd])
-
-    def init_fn(params: Any) -> CurvlabOptaxState:
-        p, _, _ = to_tree(params)
-        return CurvlabOptaxState(transform.init(p), 0)
-
-    def update_fn(updates: Any, state: CurvlabOptaxState, params: Any = None, **extra_args: Any) -> tuple[Any, Any]:
-        g, treedef, shapes = to_tree(updates)
-        p = None if params is None else to_tree(params)[0]
-        upd, inner = transform.update(g, state.inner, p, **extra_args)
-        return back(upd, treedef, shapes), CurvlabOptaxState(inner, state.count + 1)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
