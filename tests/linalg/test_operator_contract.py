@@ -267,6 +267,13 @@ def _():
     return DenseOperator(A) @ CallableOperator(lambda v: B @ v, (6, 5), rmatvec=lambda v: B.T @ v), A @ B
 
 
+@register("product-square-nonsym")
+def _():
+    rng = _rng("prs")
+    A, B = rng.standard_normal((5, 5)), rng.standard_normal((5, 5))
+    return DenseOperator(A) @ CallableOperator(lambda v: B @ v, (5, 5), rmatvec=lambda v: B.T @ v), A @ B
+
+
 @register("gram")
 def _():
     B = _rng("gr").standard_normal((7, 5))
