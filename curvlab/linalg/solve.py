@@ -382,6 +382,14 @@ def _minres_block(A: LinearOperator, B: Any, X: Any, M: Any, thresh: np.ndarray,
     return X, its, status, msg
 
 
+def _refuse_stochastic(A: LinearOperator) -> None:
+    if getattr(A, "stochastic", False):
+        raise ValueError(
+            "A is a stochastic operator (a fresh mini-batch per matvec): a Krylov solve would mix different "
+            "matrices; freeze one batch with A.fixed(rng) and solve with that"
+        )
+
+
 def _check_tol(value: Any, name: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__} {value!r}")
@@ -440,6 +448,7 @@ def solve(
     A = aslinearoperator(A)
     if A.shape[0] != A.shape[1] or A.shape[0] == 0:
         raise ValueError(f"A must be a non-empty square operator to solve A x = b, got shape {A.shape}")
+    _refuse_stochastic(A)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     tol, atol = _check_tol(tol, "tol"), _check_tol(atol, "atol")
@@ -660,6 +669,7 @@ def inverse(
     A = aslinearoperator(A)
     if A.shape[0] != A.shape[1] or A.shape[0] == 0:
         raise ValueError(f"A must be a non-empty square operator to invert, got shape {A.shape}")
+    _refuse_stochastic(A)
     damping = _finite_scalar(damping, "damping")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -454,6 +454,12 @@ def test_solve_matches_dense_solve(entry):
         with pytest.raises(ValueError, match="square"):
             solve(op, rng.standard_normal(m))
         return
+    if getattr(op, "stochastic", False):
+        with pytest.raises(ValueError, match="stochastic"):
+            solve(op, rng.standard_normal(n))
+        with pytest.raises(ValueError, match="stochastic"):
+            inverse(op)
+        op = op.fixed()
     cond = np.linalg.cond(D)
     target, Dt = op, D
     if not cond < 1e6:  # singular curvature (P > samples): solve the damped system
