@@ -37,7 +37,7 @@ def _quantities(curv, V, d) -> dict[str, np.ndarray]:
         "ggn": curv.ggn() @ V[:, 0],
         "fisher": curv.fisher() @ V[:, 0],
         "grad": g,
-        "loss": np.array([loss, loss2]),
+        "loss": np.array([loss, loss2, curv.loss()]),
         "curv": np.array([curv.directional_curvature(d), c2]),
     }
 
@@ -59,6 +59,12 @@ def _worker(rank: int, world: int, port: int, data: dict, out_path: str) -> None
         X, y = torch.as_tensor(data["X"][sl]), torch.as_tensor(data["y"][sl])
         curv = TorchCurvature(net, "cross_entropy", (X, y), process_group=True)
         q = _quantities(curv, data["V"], data["d"])
+        # rebinding (CurvatureSource.at): new parameters on the same shards; then the shards
+        # swapped between the ranks (sizes 8 and 5: the weights are all-reduced again)
+        q.update({f"at_params_{k}": v for k, v in _quantities(curv.at(params=data["p2"]), data["V"], data["d"]).items()})
+        other = slice(SPLIT, None) if rank == 0 else slice(0, SPLIT)
+        swapped = curv.at(data=(torch.as_tensor(data["X"][other]), torch.as_tensor(data["y"][other])))
+        q.update({f"at_data_{k}": v for k, v in _quantities(swapped, data["V"], data["d"]).items()})
         if rank == 0:
             np.savez(out_path, **q)
         # both ranks are done before either tears gloo down: a rank that destroys its group
@@ -84,6 +90,7 @@ def test_two_gloo_processes_match_one(tmp_path, rng):
         "y": rng.integers(0, SIZES[-1], B),
         "V": rng.standard_normal((sum(p.numel() for p in net.parameters()), 2)),
         "d": rng.standard_normal(sum(p.numel() for p in net.parameters())),
+        "p2": 0.8 * rng.standard_normal(sum(p.numel() for p in net.parameters())),
     }
     out = str(tmp_path / "rank0.npz")
     ctx = mp.start_processes(_worker, args=(2, _free_port(), data, out), nprocs=2, join=False, start_method="spawn")
@@ -106,8 +113,12 @@ def test_two_gloo_processes_match_one(tmp_path, rng):
     got = np.load(out)
     full = TorchCurvature(net, "cross_entropy", (torch.as_tensor(data["X"]), torch.as_tensor(data["y"])))
     want = _quantities(full, data["V"], data["d"])
+    want.update({f"at_params_{k}": v for k, v in _quantities(full.at(params=data["p2"]), data["V"], data["d"]).items()})
+    want.update({f"at_data_{k}": v for k, v in _quantities(full, data["V"], data["d"]).items()})
+    assert set(got.files) == set(want)
     for k, v in want.items():
         assert rel_err(got[k], v) < 1e-12, k
+    assert rel_err(want["at_params_hv"], want["hv"]) > 1e-3  # the rebound parameters matter
     # one shard alone differs from the whole batch: the all-reduce is doing the work
     half = TorchCurvature(net, "cross_entropy", (torch.as_tensor(data["X"][:SPLIT]), torch.as_tensor(data["y"][:SPLIT])))
     assert rel_err(half.hessian() @ data["V"][:, 0], want["hv"]) > 1e-3
