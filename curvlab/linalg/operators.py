@@ -962,6 +962,7 @@ class SumOperator(LinearOperator):
             name=f"{_label(A)} + {_label(B)}",
         )
         self.terms = (A, B)
+        _inherit_stochastic(self, A, B)
 
     def _adjoint(self) -> LinearOperator:
         return SumOperator(self.terms[0].adjoint(), self.terms[1].adjoint())
@@ -983,6 +984,7 @@ class ScaledOperator(LinearOperator):
         super().__init__(A.shape, A.dtype, symmetric=A.symmetric, psd=A.psd and alpha >= 0, xp=A.xp,
                          name=f"{alpha:.6g} * {_label(A)}")
         self.base, self.alpha = A, float(alpha)
+        _inherit_stochastic(self, A)
 
     def _adjoint(self) -> LinearOperator:
         return ScaledOperator(self.base.adjoint(), self.alpha)
@@ -1004,6 +1006,7 @@ class ShiftedOperator(LinearOperator):
         super().__init__(A.shape, A.dtype, symmetric=A.symmetric, psd=A.psd and lam >= 0, xp=A.xp,
                          name=f"{_label(A)} + {lam:.6g} I")
         self.base, self.lam = A, float(lam)
+        _inherit_stochastic(self, A)
 
     def _adjoint(self) -> LinearOperator:
         return ShiftedOperator(self.base.adjoint(), self.lam)
@@ -1076,6 +1079,7 @@ class ProductOperator(LinearOperator):
             name=f"({_label(A)}) @ ({_label(B)})",
         )
         self.factors = (A, B)
+        _inherit_stochastic(self, A, B)
 
     def _matvec(self, v: Any) -> Any:
         A, B = self.factors
@@ -1127,6 +1131,7 @@ class BlockDiagonalOperator(LinearOperator):
             if len(blocks) > 1 else f"blockdiag({_label(blocks[0])})",
         )
         self.blocks = blocks
+        _inherit_stochastic(self, *blocks)
         self._rows = np.cumsum([0] + [B.shape[0] for B in blocks])
         self._cols = np.cumsum([0] + [B.shape[1] for B in blocks])
 
@@ -1183,6 +1188,12 @@ class BlockDiagonalOperator(LinearOperator):
             xi = own(bi) if callable(own) else krylov_solve(B, bi, tol=tol, strict=True).x
             out[self._rows[i]:self._rows[i + 1]] = xi
         return out
+
+
+def _inherit_stochastic(op: LinearOperator, *parts: LinearOperator) -> None:
+    """An operator built from a stochastic one is stochastic (the deterministic solvers refuse it)."""
+    if any(getattr(p, "stochastic", False) for p in parts):
+        op.stochastic = True
 
 
 def _check_operand(A: Any, name: str, what: str) -> None:

@@ -477,3 +477,18 @@ def test_name_leads_repr():
     assert op.name == op.description
     r = repr(2.0 * op + op)
     assert "Hessian" in r and len(r) < 200
+
+
+def test_algebra_of_a_stochastic_operator_stays_stochastic():
+    from curvlab.linalg import BlockDiagonalOperator, StochasticOperator, eigsh, solve
+
+    S = StochasticOperator(lambda b: DiagonalOperator(np.full(3, b)), lambda rng: rng.uniform(1, 2), rng=0,
+                           shape=(3, 3))
+    D = DiagonalOperator(np.ones(3))
+    for op in (S + D, 2.0 * S, S.shift(1.0), S @ D, BlockDiagonalOperator([D, S]), sum([D, S])):
+        assert getattr(op, "stochastic", False), repr(op)
+        with pytest.raises(ValueError, match="stochastic"):
+            solve(op, np.ones(op.shape[0]))
+    with pytest.raises(ValueError, match="stochastic"):
+        eigsh(S + D, k=1)
+    assert not getattr(D + D, "stochastic", False)
