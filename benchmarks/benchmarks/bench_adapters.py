@@ -259,6 +259,32 @@ class JaxAdapter:
     track_ratio_hvp_over_grad.unit = "ratio"  # type: ignore[attr-defined]
 
 
+class JaxRebind:
+    """A JAX source rebound each step (``at(params=...)``, the compiled functions reused)
+    against one rebuilt each step (every product compiled again), with one
+    ``grad_and_curvature`` per step as ``CurvatureLR`` takes it."""
+
+    timeout = 300
+
+    def setup(self) -> None:
+        _need(HAVE_JAX, "jax")
+        from curvlab.adapters.jax import JaxCurvature
+
+        self.apply, self.params, self.X, self.y = jax_mlp_problem(batch=128)
+        self.src = JaxCurvature(self.apply, self.params, "cross_entropy", (self.X, self.y))
+        self.theta = self.src.params.copy()
+        self.d = np.random.default_rng(0).standard_normal(self.src.layout.size).astype(self.src.dtype)
+        self.src.grad_and_curvature(self.d)  # compile
+
+    def time_at_params_step(self) -> None:
+        self.src.at(params=self.theta).grad_and_curvature(self.d)
+
+    def time_rebuild_step(self) -> None:
+        from curvlab.adapters.jax import JaxCurvature
+
+        JaxCurvature(self.apply, self.params, "cross_entropy", (self.X, self.y)).grad_and_curvature(self.d)
+
+
 class DLPackCrossing:
     """NumPy <-> torch / JAX crossing of a parameter-sized vector (no copy)."""
 
