@@ -673,6 +673,12 @@ def inverse(
     damping = _finite_scalar(damping, "damping")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    target = A if damping == 0 else A.shift(damping)
+    if method in ("auto", "direct") and _closed_form(target) is None and (method == "direct" or not A.symmetric):
+        raise ValueError(
+            f"A ({A.description}) has no closed-form solve and is not declared symmetric: CG/MINRES cannot "
+            "invert it (declare symmetric=True/psd=True, or invert A.T @ A)"
+        )
     kw = dict(method=method, tol=tol, atol=atol, maxiter=maxiter, M=M, warn=warn, strict=strict)
     _check_tol(tol, "tol")
     _check_tol(atol, "atol")

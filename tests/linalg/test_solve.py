@@ -202,6 +202,8 @@ def test_bad_inputs_named():
         solve(DenseOperator(np.ones((2, 3))), np.ones(2))
     with pytest.raises(ValueError, match="damping"):
         inverse(op, damping=float("nan"))
+    with pytest.raises(ValueError, match="not declared symmetric"):
+        inverse(CallableOperator(lambda v: np.cumsum(v), (3, 3)))  # at construction, not at the first matvec
 
 
 def test_inverse_operator_damped_matches_dense_and_records_status():
