@@ -268,11 +268,32 @@ def _run_group(group: list[str], ctx: Context, out: Path, versions: dict[str, st
     return [run_one(n, ctx, out, versions, run_id) for n in group]
 
 
+#: modules whose thread pools (OpenMP, XLA) make a forked child hang once the parent has used them
+_FORK_UNSAFE = ("torch", "jax", "jaxlib")
+
+
+def _start_method() -> str | None:
+    """``fork`` (cheap) unless the parent already imported a fork-unsafe library, else ``spawn``.
+
+    ``PAPER_FIGURES_START_METHOD`` overrides the choice (tests that register fake figure
+    modules in ``sys.modules`` need ``fork``).
+    """
+    import multiprocessing as mp
+
+    forced = os.environ.get("PAPER_FIGURES_START_METHOD")
+    if forced:
+        if forced not in mp.get_all_start_methods():
+            raise UsageError(f"PAPER_FIGURES_START_METHOD must be one of {mp.get_all_start_methods()}, got {forced!r}")
+        return forced
+    if "fork" in mp.get_all_start_methods() and not any(m in sys.modules for m in _FORK_UNSAFE):
+        return "fork"
+    return "spawn"
+
+
 def _start_pool(jobs: int):
     import multiprocessing as mp
 
-    method = "fork" if "fork" in mp.get_all_start_methods() else None
-    return mp.get_context(method).Pool(jobs, initializer=_worker_init, maxtasksperchild=1)
+    return mp.get_context(_start_method()).Pool(jobs, initializer=_worker_init, maxtasksperchild=1)
 
 
 def _run_parallel(pool, names: Sequence[str], ctx: Context, out: Path, versions: dict[str, str],

@@ -92,6 +92,7 @@ def test_parallel_jobs_run_groups_in_workers(monkeypatch, tmp_path, capsys):
     for name, kind in kinds.items():
         monkeypatch.setitem(sys.modules, f"paper_figures.fig_{name}", _fake_module(name, kind))
     monkeypatch.setattr(paper_figures, "FIGURE_NAMES", tuple(kinds))
+    monkeypatch.setenv("PAPER_FIGURES_START_METHOD", "fork")  # the fake modules live in this process only
     assert _runner.groups_of(list(kinds)) == [["p1_ok", "p1_raise"], ["p2_ok"], ["p3_badcheck"]]
     assert _runner.main(["--out", str(tmp_path), "--no-progress", "--jobs", "2"]) == 1
     status = {n: json.loads((tmp_path / f"{n}.json").read_text())["status"] for n in kinds}
@@ -105,6 +106,21 @@ def test_parallel_jobs_run_groups_in_workers(monkeypatch, tmp_path, capsys):
     assert run["total_cpu_time_s"] >= 0.3 - 0.05  # the workers' CPU counts, not only the parent's
     assert _runner.main(["--jobs", "0", "--out", str(tmp_path)]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_workers_are_spawned_once_torch_or_jax_is_loaded(monkeypatch):
+    """A forked worker hangs in torch's OpenMP pool (or XLA's) once the parent has used it."""
+    monkeypatch.delenv("PAPER_FIGURES_START_METHOD", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch", object()))
+    assert _runner._start_method() == "spawn"
+    for m in _runner._FORK_UNSAFE:
+        monkeypatch.delitem(sys.modules, m, raising=False)
+    import multiprocessing as mp
+
+    assert _runner._start_method() == ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    monkeypatch.setenv("PAPER_FIGURES_START_METHOD", "nonsense")
+    with pytest.raises(_runner.UsageError, match="PAPER_FIGURES_START_METHOD"):
+        _runner._start_method()
 
 
 def test_unknown_name_lists_known(capsys, tmp_path):
