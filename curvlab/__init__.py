@@ -69,6 +69,9 @@ from .linalg import (
     slq,
     slq_logdet,
     slq_trace_inverse,
+    SolveResult,
+    inverse,
+    solve,
     stochastic_power,
     symmetry_defect,
     xdiag,
@@ -115,6 +118,7 @@ __all__ = [
     "hutchinson", "hutchpp", "xtrace", "hutchinson_diagonal", "xdiag",
     "Status", "EigResult", "SpectralDensity", "TraceEstimate", "DiagonalEstimate", "StochasticEigResult",
     "ConvergenceWarning", "ConvergenceError",
+    "solve", "inverse", "SolveResult",
     "prescribed_spectrum_operator",
     # layer norms and duality maps
     "layer_norm", "dual_norm", "duality_map",

@@ -124,6 +124,25 @@ def check_logdet(res, kw):
 
 
 @confirms
+def check_linear_solve(res, kw):
+    """A converged solve satisfies the system actually given (true residual, backward-error scale)."""
+    A, b = _dense(kw["A"]), np.asarray(kw["b"], dtype=np.float64)
+    if res.all_converged:
+        x = np.asarray(curvlab.backend.to_numpy(res.x), dtype=np.float64)
+        err = np.linalg.norm(A @ x - b)
+        assert err <= 1e-6 * (np.linalg.norm(A) * np.linalg.norm(x) + np.linalg.norm(b)), f"residual {err:.2e}"
+
+
+@confirms
+def check_inverse(res, kw):
+    """(A + δI)⁻¹ v of the matrix actually given."""
+    A = _dense(kw["A"])
+    x = np.asarray(res, dtype=np.float64)
+    r = (A + float(kw["damping"]) * np.eye(A.shape[0])) @ x - vec(A.shape[0], 5)
+    assert np.linalg.norm(r) <= 1e-6 * (np.linalg.norm(A) * np.linalg.norm(x) + 1.0), "inverse residual"
+
+
+@confirms
 def check_l2(res, kw):
     g, d, delta = (np.asarray(kw[k], dtype=np.float64) for k in ("g", "diag", "delta"))
     s, sig = np.asarray(res.s, dtype=np.float64), float(res.sigma)
@@ -462,6 +481,14 @@ ENTRIES: dict[str, Entry] = {
         skip={("max_iter", "huge"): "an iteration cap: a huge one is a valid request"},
         aliases={"dual": ("KLDual",)},
     ),
+    "solve": Entry(curvlab.solve, {"A": (sym, "sqop"), "b": (lambda: vec(), "array"), "tol": (lambda: 1e-10, "pos"),
+                                   "method": (lambda: "auto", "choice"), "maxiter": (lambda: None, "count?"),
+                                   "x0": (lambda: vec(seed=3), "array?")},
+                   check=check_linear_solve),
+    "inverse": Entry(curvlab.inverse, {"A": (sym, "sqop"), "damping": (lambda: 0.5, "real"),
+                                       "tol": (lambda: 1e-10, "pos"), "method": (lambda: "cg", "choice")},
+                     run=lambda kw: curvlab.inverse(**kw) @ vec(np.shape(kw["A"])[0] if np.ndim(kw["A"]) == 2 else 1, 5),
+                     check=check_inverse),
     "solve_l2_subproblem": Entry(
         curvlab.solve_l2_subproblem,
         {"g": (lambda: vec(8, 1), "array"), "delta": (lambda: 0.5, "pos"),
@@ -593,6 +620,7 @@ EXCLUDED = {
     "TraceEstimate": "a result dataclass built by the trace estimators",
     "DiagonalEstimate": "a result dataclass built by the diagonal estimators",
     "StochasticEigResult": "a result dataclass built by stochastic_power",
+    "SolveResult": "a result dataclass built by solve (solve has an entry)",
     "Status": "the enum of result statuses (a vocabulary, not an input path; tests/linalg/test_results.py)",
     "RLSState": "the DiagonalRLS state container, built by DiagonalRLS.init (DiagonalRLS has an entry)",
     "RLSInfo": "the DiagonalRLS step report, built by DiagonalRLS.update",
