@@ -66,8 +66,9 @@ FISHER_KINDS = ("empirical", "true")
 
 
 class MLPCurvature:
-    """A reference :class:`~curvlab.models.mlp.MLP` bound to ``params`` and ``data``:
-    one batch ``(X, y)`` or a whole dataset of batches.
+    """The reference MLP bound to ``params`` and ``data`` (one batch or a dataset): a curvature source.
+
+    ``data`` is one batch ``(X, y)`` or a whole dataset of batches (see :mod:`curvlab.batches`).
 
     Parameters
     ----------
