@@ -1,4 +1,4 @@
-"""Curvature estimators from stochastic gradients (paper 001, arTuRO).
+"""Curvature estimators from stochastic gradients (arTuRO, arXiv 2310.20574).
 
 Example
 -------

@@ -72,12 +72,12 @@ __all__ = [
     "Chain", "ChainState", "ChainInfo", "ScaleByLR", "AddDecayedWeights", "ScaleByAdam", "Trace",
     # baselines
     "SGD", "Momentum", "Adam", "AdamW", "SGDState", "MomentumState", "AdamState",
-    # paper 000
+    # exact stochastic Newton, arXiv 2104.03804
     "ExactNewton", "ExactNewtonState", "exact_newton_directions",
-    # paper 001
+    # arTuRO, arXiv 2310.20574
     "ArTuRO", "ArTuROState", "ArTuROStepInfo", "ARTURO_PRESETS",
-    # paper 002
+    # duality structure gradient descent, arXiv 1708.00523
     "DSGD", "DSGDState", "DSGDHistory", "dsgd_train", "mlp_layer_smoothness_bound",
-    # paper 003
+    # curvature-rescaled learning rates, arXiv 2210.14520
     "CurvatureLR", "CurvatureLRState", "ConstantSchedule", "GeometricSchedule", "ExpFloorSchedule", "as_schedule",
 ]

@@ -1,4 +1,4 @@
-"""Trust-region subproblems: KL (paper 001, arTuRO) and l2 (secular equation).
+"""Trust-region subproblems: KL (arTuRO, arXiv 2310.20574) and l2 (secular equation).
 
 Example
 -------
