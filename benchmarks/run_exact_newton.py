@@ -1,11 +1,11 @@
-"""Print the exact-Newton performance tables (paper 000, method inspired by arXiv 2104.03804).
+"""Print the exact-Newton performance tables (method inspired by arXiv 2104.03804).
 
 Usage (from the repository root):
 
     python benchmarks/run_exact_newton.py [--threads 1] [--repeat 5] [--timer cpu|wall] [--dense-max 64|128]
 
 Part 1: Newton direction of one layer, width n, inputs of width n (m = n + 1), one sample:
-closed form (F7: n×n eigh + rank-one; raw and abs) vs a dense LU solve of the (nm)×(nm)
+closed form (the damped layer direction: n×n eigh + rank-one; raw and abs) vs a dense LU solve of the (nm)×(nm)
 block, best of R, same run. The dense solve is measured for n ≤ 64 (n·m ≤ 4160), or up to
 n = 128 with ``--dense-max 128`` (a 2.2 GB block, about a minute of one core); larger
 widths are extrapolated from the n = 64 time by the cubic law (nm)^3 (n = 256 would take

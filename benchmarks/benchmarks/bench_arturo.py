@@ -1,4 +1,4 @@
-"""asv benchmarks for arTuRO (paper 001): fused kernels vs multi-pass NumPy, throughput, solver work.
+"""asv benchmarks for arTuRO (arXiv 2310.20574): fused kernels vs multi-pass NumPy, throughput, solver work.
 
 * ``ArturoStep``: one full optimizer step (``ArTuRO.update``) at n coordinates, fused
   kernels (``impl="auto"``: Numba on the CPU, CuPy on a GPU) vs the straightforward

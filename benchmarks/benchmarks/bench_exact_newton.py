@@ -1,7 +1,7 @@
-"""Exact stochastic Newton (paper 000, method inspired by arXiv 2104.03804).
+"""Exact stochastic Newton (method inspired by arXiv 2104.03804).
 
 * ``TimeLayerDirection``: the Newton direction ``-(M ⊗ ããᵀ + λI)^{-1} vec(δ ãᵀ)`` of one layer
-  of width n with inputs of the same width (``m = n + 1``), one sample: the closed form (F7,
+  of width n with inputs of the same width (``m = n + 1``), one sample: the closed form (the damped layer direction,
   an n×n eigh + rank-one product) at n = 64, 128, 256; ``TimeLayerDirectionDense``: a dense
   LU solve of the (nm)×(nm) block at n = 16, 32, 64 (n = 128 needs a 2.2 GB matrix and
   ~3e12 flops, beyond a shared 2-core host; ``run_exact_newton.py`` extrapolates it by the
@@ -42,7 +42,7 @@ def layer_inputs(n, xp=np, seed=0):
 
 
 def closed_form_direction(M, a, d, lam=LAM):
-    """F7 with abs: -U diag(1/(|sμ|+λ)) Uᵀ δ ãᵀ (an n×n eigh, O(n^3 + nm))."""
+    """The damped layer direction with abs: -U diag(1/(|sμ|+λ)) Uᵀ δ ãᵀ (an n×n eigh, O(n^3 + nm))."""
     from curvlab.linalg.kronecker import KroneckerLayerBlock
 
     H = KroneckerLayerBlock(M, a, lam)
