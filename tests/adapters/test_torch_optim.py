@@ -359,8 +359,9 @@ def test_hyperparameters_in_param_groups_are_validated(rng):
     w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
     opt = CurvlabOptimizer([{"params": [w], "lr": 0.3}], Momentum(lr=0.1, momentum=0.5))
     assert opt.param_groups[0]["lr"] == 0.3 and opt.param_groups[0]["momentum"] == 0.5
-    assert "lr" not in CurvlabOptimizer([torch.nn.Parameter(torch.ones(2, dtype=torch.float64))],
-                                        ArTuRO()).param_groups[0]
+    # issue 13 §4: ArTuRO's learning-rate-like knob is its KL bound ε (the reference code's lr)
+    assert CurvlabOptimizer([torch.nn.Parameter(torch.ones(2, dtype=torch.float64))],
+                            ArTuRO(kl_bound=0.03)).param_groups[0]["lr"] == 0.03
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\] must be finite and >= 0, got -1"):
         CurvlabOptimizer([{"params": [w], "lr": -1}], SGD(lr=0.1))
     w.grad = torch.ones(2, dtype=torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Any, Callable, Iterator
 
@@ -15,44 +16,124 @@ from .convert import from_torch, to_torch
 
 __all__ = ["CurvlabOptimizer"]
 
-_HYPER = ("lr", "momentum", "weight_decay")
+class _Knob:
+    """One hyperparameter of a transform mirrored in a param group: ``obj.attr`` (``obj`` a
+    callable of the transform: the transform itself or one of its blocks), checked by ``kind``
+    ("pos": finite > 0, "nonneg": finite >= 0, "unit": in [0, 1))."""
+
+    def __init__(self, attr: str, kind: str = "nonneg", obj: Callable[[Transform], Any] = lambda t: t) -> None:
+        self.attr, self.kind, self.obj = attr, kind, obj
+
+    def get(self, tr: Transform) -> Any:
+        return getattr(self.obj(tr), self.attr)
+
+    def set(self, tr: Transform, v: Any) -> None:
+        setattr(self.obj(tr), self.attr, v)
 
 
-def _hyper_of(transform: Transform) -> dict[str, float]:
+class _ScaledSchedule:
+    """``k -> lr · λ(k)``: CurvatureLR's ``lr`` group entry multiplies its schedule's λ."""
+
+    def __init__(self, schedule: Callable[[int], float], lr: float) -> None:
+        self.schedule, self.lr = schedule, lr
+
+    def __call__(self, k: int) -> float:
+        return self.lr * float(self.schedule(k))
+
+
+class _LamScale(_Knob):
+    """CurvatureLR's ``lr``: a multiplier on λ (default 1), applied by wrapping the schedule."""
+
+    def __init__(self) -> None:
+        super().__init__("schedule", "nonneg")
+
+    def get(self, tr: Transform) -> Any:
+        s = tr.schedule
+        return s.lr if isinstance(s, _ScaledSchedule) else 1.0
+
+    def set(self, tr: Transform, v: Any) -> None:
+        tr.schedule = _ScaledSchedule(tr.schedule, float(v))
+
+
+def _knobs(tr: Transform) -> dict[str, _Knob]:
+    """The group entries of ``tr`` (name -> knob); the learning-rate-like one is always ``lr``.
+
+    SGD/Momentum/Adam/AdamW: ``lr``, ``momentum``, ``b1``, ``b2``, ``eps``, ``weight_decay``;
+    ArTuRO: ``lr`` is the KL bound ε (arXiv 2310.20574; the reference code's ``lr``), plus β, p0,
+    r, q, ν (a number), ``weight_decay``; CurvatureLR: ``lr`` multiplies λ (so ``t = lr·λ·gᵀd/dᵀHd``),
+    plus ``c_rel`` and, when set, ``fallback_lr``, ``max_step``; ExactNewton: ``lr``, ``lam`` (the
+    damping), ``kappa_min``, ``kappa_max``, ``shift``; DSGD: ``lr`` is its ``step`` (in (0, 2)).
+    Others: ``lr``, ``momentum``, ``weight_decay`` where the transform has them as numbers.
+    """
+    from ...methods.arturo import ArTuRO  # noqa: PLC0415
+    from ...methods.baselines import Adam  # noqa: PLC0415
+    from ...methods.curvature_lr import CurvatureLR  # noqa: PLC0415
+    from ...methods.dsgd import DSGD  # noqa: PLC0415
+    from ...methods.exact_newton import ExactNewton  # noqa: PLC0415
+
+    if isinstance(tr, ArTuRO):
+        out = {"lr": _Knob("kl_bound", "pos"), "reg_weight": _Knob("reg_weight"),
+               "prior_prec": _Knob("prior_prec", "pos"), "measurement_noise": _Knob("measurement_noise", "pos"),
+               "dynamic_model_noise": _Knob("dynamic_model_noise"), "weight_decay": _Knob("weight_decay")}
+        if tr.nu != "coupled":
+            out["nu"] = _Knob("nu")
+        return out
+    if isinstance(tr, CurvatureLR):
+        out = {"lr": _LamScale(), "c_rel": _Knob("c_rel")}
+        for k in ("fallback_lr", "max_step"):
+            if getattr(tr, k) is not None:
+                out[k] = _Knob(k, "pos")
+        return out
+    if isinstance(tr, ExactNewton):
+        return {"lr": _Knob("lr"), "lam": _Knob("lam", "pos"), "kappa_min": _Knob("kappa_min", "pos"),
+                "kappa_max": _Knob("kappa_max", "pos"), "shift": _Knob("shift")}
+    if isinstance(tr, DSGD):
+        return {"lr": _Knob("step_size", "pos")}
     out = {}
-    for k in _HYPER:
-        v = getattr(transform, k, None)
+    for k in ("lr", "momentum", "weight_decay"):
+        v = getattr(tr, k, None)
         if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_)):
-            out[k] = float(v)
+            out[k] = _Knob(k, "unit" if k == "momentum" else "nonneg")
+    if isinstance(tr, Adam):
+        out.update({"b1": _Knob("b1", "unit", lambda t: t._adam()), "b2": _Knob("b2", "unit", lambda t: t._adam()),
+                    "eps": _Knob("eps", "pos", lambda t: t._adam())})
     return out
 
 
-def _check_hyper_value(gi: int, k: str, v: Any) -> float:
+def _hyper_of(transform: Transform) -> dict[str, float]:
+    return {k: float(kn.get(transform)) for k, kn in _knobs(transform).items()}
+
+
+_WANT = {"pos": "finite and > 0", "nonneg": "finite and >= 0", "unit": "in [0, 1)"}
+
+
+def _check_hyper_value(gi: int, k: str, v: Any, kind: str = "nonneg") -> float:
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"param_groups[{gi}][{k!r}] must be a real number, got bool")
     try:
         f = float(v)
     except (TypeError, ValueError):
         raise TypeError(f"param_groups[{gi}][{k!r}] must be a real number, got {type(v).__name__}") from None
-    if not math.isfinite(f) or f < 0 or (k == "momentum" and f >= 1):
-        want = "in [0, 1)" if k == "momentum" else "finite and >= 0"
-        raise ValueError(f"param_groups[{gi}][{k!r}] must be {want}, got {v!r}")
+    if not math.isfinite(f) or f < 0 or (kind == "unit" and f >= 1) or (kind == "pos" and f <= 0):
+        raise ValueError(f"param_groups[{gi}][{k!r}] must be {_WANT[kind]}, got {v!r}")
     return f
 
 
 @contextlib.contextmanager
 def _hyper_applied(transform: Transform, group: dict[str, Any], gi: int) -> Iterator[None]:
     """Set the transform's hyperparameters to the group's values for one update, then restore."""
-    saved = {}
+    saved = []
     try:
-        for k in _hyper_of(transform):
+        for k, kn in _knobs(transform).items():
             if k in group:
-                v = _check_hyper_value(gi, k, group[k])
-                saved[k] = getattr(transform, k)
-                if v != saved[k]:
-                    setattr(transform, k, v)
+                v = _check_hyper_value(gi, k, group[k], kn.kind)
+                if v != kn.get(transform):
+                    saved.append((kn, getattr(kn.obj(transform), kn.attr)))
+                    kn.set(transform, v)
         yield
     finally:
-        for k, v in saved.items():
-            setattr(transform, k, v)
+        for kn, v in reversed(saved):
+            setattr(kn.obj(transform), kn.attr, v)
 
 
 def _state_to_tensors(d: dict[str, Any], where: str) -> dict[str, Any]:
@@ -94,10 +175,25 @@ class CurvlabOptimizer(torch.optim.Optimizer):
     but now has a gradient raises ``ValueError`` (put it in its own param group).
     A group with no gradient at all is skipped.
 
-    Hyperparameters: ``lr``, ``momentum`` and ``weight_decay``, where the
-    group's transform has them as numbers, are copied into the group at
+    Hyperparameters: every method's options are copied into the group at
     construction and read each step (the transform's attribute is set for that
-    update and restored), so ``torch.optim.lr_scheduler`` schedulers work.
+    update and restored), so ``torch.optim.lr_scheduler`` schedulers work and
+    groups may differ. ``lr`` is always the learning-rate-like knob: the step
+    size of SGD/Momentum/Adam/AdamW/ExactNewton; for ``ArTuRO`` the KL bound ε
+    (the reference code's ``lr``, arXiv 2310.20574, paper spec 001); for
+    ``CurvatureLR`` a multiplier on λ (default 1: ``t = lr·λ_k·gᵀd / dᵀHd``, so
+    a decayed ``lr`` shortens every step in proportion); for ``DSGD`` its
+    ``step``. The other entries (``b1``, ``b2``, ``eps``, ``momentum``,
+    ``weight_decay``, ArTuRO's ``reg_weight``/``prior_prec``/..., ExactNewton's
+    ``lam`` damping, ...) are listed by :func:`_knobs`; values are checked
+    (``ValueError`` naming the group and key) at each step.
+
+    Curvature sources: ``CurvlabOptimizer(params, CurvatureLR(...), source=src)``
+    (or a transform built with ``source=``, or a group entry ``"source"``) rebinds
+    the source to the group's parameters each step, and to the step's data with
+    ``step(batch=(x, y))`` (``src.at(params=..., data=batch)``: no rebuild); the
+    group's parameters must be the source's layout (``TorchCurvature`` of the same
+    module: its trainable parameters in ``named_parameters()`` order).
 
     ``step(closure=None, **extras)``: the closure (re-evaluates the loss and
     calls ``backward``) is run first when given; ``extras`` (an HVP or
@@ -125,20 +221,40 @@ class CurvlabOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Any, transform: Transform, *, flat: bool = False,
-                 extras_fn: Callable[["CurvlabOptimizer", int], dict[str, Any]] | None = None) -> None:
+                 extras_fn: Callable[["CurvlabOptimizer", int], dict[str, Any]] | None = None,
+                 source: Any = None) -> None:
         if not isinstance(transform, Transform):
             raise TypeError(f"transform must be a curvlab Transform, got {type(transform).__name__}")
+        if source is not None and not (hasattr(source, "at") and hasattr(source, "layout")):
+            raise TypeError(f"source must be a curvlab CurvatureSource (such as TorchCurvature), "
+                            f"got {type(source).__name__}")
         self.extras_fn = extras_fn
+        self.source = source
+        self._default_used = False
         super().__init__(params, {"transform": transform, "flat": bool(flat)})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its transform's ``lr``/``momentum``/``weight_decay`` become group entries."""
+        """Add a group; its transform's hyperparameters (:func:`_knobs`) become group entries.
+
+        A group without its own ``"transform"`` gets the constructor's (the first such group)
+        or a deep copy of it (the later ones; a source it holds is shared, not copied), so
+        every group has its own transform instance and state.
+        """
         gi = len(self.param_groups)
-        tr = param_group.get("transform", self.defaults["transform"])
+        tr = param_group.get("transform")
+        if tr is None:
+            tr = self.defaults["transform"]
+            if self._default_used:
+                memo = {id(x): x for x in (getattr(tr, "source", None), getattr(getattr(tr, "base", None), "source",
+                                                                                 None)) if x is not None}
+                tr = copy.deepcopy(tr, memo)
+            self._default_used = True
+            param_group["transform"] = tr
         if not isinstance(tr, Transform):
             raise TypeError(f"param_groups[{gi}]['transform'] must be a curvlab Transform, got {type(tr).__name__}")
+        kns = _knobs(tr)
         for k, v in _hyper_of(tr).items():
-            param_group[k] = _check_hyper_value(gi, k, param_group.get(k, v))
+            param_group[k] = _check_hyper_value(gi, k, param_group.get(k, v), kns[k].kind)
         super().add_param_group(param_group)
 
     # -- helpers
@@ -146,8 +262,15 @@ class CurvlabOptimizer(torch.optim.Optimizer):
         return group["params"][0]
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None, **extras: Any) -> Any:  # type: ignore[override]
-        """One update of every group; returns the closure's loss (or None)."""
+    def step(self, closure: Callable[[], Any] | None = None, *, batch: Any = None,
+             **extras: Any) -> Any:  # type: ignore[override]
+        """One update of every group; returns the closure's loss (or None).
+
+        ``batch``: the ``(inputs, targets)`` of this step, to which the curvature source is
+        rebound (``source.at(params=..., data=batch)``, no rebuild) for the groups whose
+        transform takes a source (CurvatureLR, ExactNewton, DSGD); without it the source
+        keeps the data it is bound to (and is rebound to the parameters only).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -179,6 +302,12 @@ class CurvlabOptimizer(torch.optim.Optimizer):
             kw = dict(extras)
             if self.extras_fn is not None:
                 kw.update(self.extras_fn(self, gi))
+            if hasattr(tr, "source"):   # a method that takes a curvature source
+                src = group.get("source", self.source)
+                if src is not None and "source" not in kw and "curvature" not in kw:
+                    kw["source"] = src
+                if batch is not None and "data" not in kw:
+                    kw["data"] = batch
             with _hyper_applied(tr, group, gi):
                 updates, st["transform_state"] = tr.update(grads, st["transform_state"], params, **kw)
             st["step"] += 1
@@ -240,7 +369,8 @@ class CurvlabOptimizer(torch.optim.Optimizer):
         for gi, (saved, g) in enumerate(zip(groups, self.param_groups)):
             for k, v in saved.items():
                 if k not in ("params", "transform"):
-                    g[k] = _check_hyper_value(gi, k, v) if k in _HYPER else v
+                    kn = _knobs(g["transform"]).get(k)
+                    g[k] = _check_hyper_value(gi, k, v, kn.kind) if kn is not None else v
         for gi, g in enumerate(self.param_groups):
             saved = state_dict["state"].get(gi, state_dict["state"].get(str(gi)))
             if not g["params"]:
