@@ -79,22 +79,22 @@ def _check_norm(norm: str) -> str:
 
 
 def _check_scale(scale: float) -> float:
-    s = float(scale)
-    if not (np.isfinite(s) and s > 0):
-        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
-    return s
+    # TypeError naming scale for a bool/str/complex/None, ValueError for NaN/Inf/<= 0
+    return backend.check_positive("scale", scale)
 
 
-def as_matrix(W: Any) -> Any:
+def as_matrix(W: Any, name: str = "W") -> Any:
     """View a weight block as a matrix: ``(n,)`` → ``(n, 1)``, ``(n, m)`` unchanged,
     a conv kernel ``(out, in, k1, ...)`` → ``(out, in·k1·...)`` (row-major, a view when possible).
 
     >>> as_matrix(np.zeros((8, 3, 5, 5))).shape
     (8, 75)
+
+    ``name`` is the argument named in the errors (a float32/float64 array of ndim >= 1 is required).
     """
-    backend.check_float_array(W, "W")
+    backend.check_float_array(W, name)
     if W.ndim == 0:
-        raise ValueError(f"W must have ndim >= 1, got shape {tuple(W.shape)}")
+        raise ValueError(f"{name} must have ndim >= 1, got shape {tuple(W.shape)}")
     if W.ndim == 1:
         return W.reshape(W.shape[0], 1)
     if W.ndim == 2:
@@ -217,7 +217,7 @@ def dual_norm(G: Any, norm: str = "spectral", scale: float = 1.0) -> float:
     """
     _check_norm(norm)
     c = _check_scale(scale)
-    M = as_matrix(G)
+    M = as_matrix(G, "G")
     if M.size == 0:
         return 0.0
     xp = backend.get_namespace(M)
@@ -319,7 +319,7 @@ def polar_factor(G: Any, method: str = "svd", max_steps: int = 60, tol: float | 
     """
     if method not in ("svd", "newton_schulz"):
         raise ValueError(f"method must be 'svd' or 'newton_schulz', got {method!r}")
-    M = as_matrix(G)
+    M = as_matrix(G, "G")
     xp = backend.get_namespace(M)
     if method == "newton_schulz":
         r = newton_schulz_polar(M, max_steps=max_steps, tol=tol)
@@ -356,7 +356,7 @@ def duality_map(G: Any, norm: str = "spectral", scale: float = 1.0, method: str 
     backend.check_float_array(G, "G")
     xp = backend.get_namespace(G)
     if norm == "frobenius":
-        M = as_matrix(G)
+        M = as_matrix(G, "G")
         dn = float(xp.linalg.norm(M)) / c if M.size else 0.0
         return G * G.dtype.type(1.0 / (c * c)), dn
     r = polar_factor(G, method=method, max_steps=max_steps, tol=tol)

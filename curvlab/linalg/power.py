@@ -237,6 +237,8 @@ def stochastic_power(
     """
     op = as_symmetric_operator(A, allow_stochastic=True, check_symmetry=False if hasattr(A, "stochastic") else None, rng=rng)
     n_steps = check_positive_int(n_steps, "n_steps", minimum=4)
+    if isinstance(burn_in, (bool, np.bool_)) or not isinstance(burn_in, (int, float, np.floating, np.integer)):
+        raise TypeError(f"burn_in must be a float in [0, 1), got {type(burn_in).__name__} {burn_in!r}")
     if not 0.0 <= burn_in < 1.0:
         raise ValueError(f"burn_in must be in [0, 1), got {burn_in}")
     if isinstance(eval_fraction, bool) or not isinstance(eval_fraction, (int, float, np.floating, np.integer)):

@@ -36,6 +36,7 @@ True
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -49,6 +50,30 @@ from .lanczos import lanczos, tridiagonal_eigh
 from .results import ConvergenceError, SpectralDensity, Status, TraceEstimate, warn_unconverged
 
 __all__ = ["slq", "slq_logdet", "slq_trace_inverse", "exact_smoothed_density", "wasserstein1"]
+
+
+def _memory_cap() -> int:
+    """Bytes of physical host memory (``os.sysconf``), or 1 TiB where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def _check_workspace(P: int, m: int, n: int, itemsize: int, block: bool) -> None:
+    """Refuse (``ValueError`` naming ``n_probes``) a run whose arrays cannot fit in memory.
+
+    Workspace: four ``(P, m)`` float64 arrays (nodes, weights, Lanczos coefficients) and, with
+    ``block=True``, the ``(n, P)`` probe block and the ``P m n`` basis in the operator dtype.
+    """
+    need = 32 * P * m + (itemsize * P * n * (m + 2) if block else 0)
+    cap = _memory_cap()
+    if need > cap:
+        raise ValueError(
+            f"n_probes = {P} with m = {m} on n = {n} needs about {need / 2**30:.3g} GiB of workspace "
+            f"(32·P·m{' + itemsize·P·n·(m+2)' if block else ''} bytes), more than the {cap / 2**30:.3g} GiB "
+            "of memory here; use fewer probes"
+        )
 
 
 def _block_lanczos(op: Any, Z: Any, m: int, mon: Monitor) -> tuple[np.ndarray, ...]:
@@ -135,7 +160,8 @@ def slq(
     Parameters
     ----------
     A : symmetric ``(n, n)`` operator
-    n_probes : number of random probes ``P``
+    n_probes : number of random probes ``P``; a run whose workspace (see ``block``)
+        exceeds the host's physical memory is refused with a ``ValueError``
     m : Lanczos steps per probe (``1 <= m <= n``); cost ``P m`` matvecs
     probe : "rademacher" (default) or "gaussian"
     rng : seed or generator (the only randomness)
@@ -174,6 +200,7 @@ def slq(
     probe = check_probe(probe)
     if not isinstance(block, (bool, np.bool_)):
         raise TypeError(f"block must be a bool, got {type(block).__name__}")
+    _check_workspace(P, m, n, np.dtype(op.dtype).itemsize, bool(block))
     g = backend.default_rng(rng, op.xp)
     nodes = np.zeros((P, m))
     weights = np.zeros((P, m))

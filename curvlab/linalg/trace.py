@@ -100,9 +100,11 @@ def _setup(
     10,000 for an adaptive run); ``g`` is the generator from ``rng`` on the
     operator's backend.
     """
+    # the raw A goes to as_symmetric_operator: an array or callable is checked (exactly / by probes), not
+    # refused as an untagged wrapper
     op = square_operator(A)
     if symmetric:
-        op = as_symmetric_operator(op)
+        op = as_symmetric_operator(A)
     probe = check_probe(probe)
     tgt = None if target is None else check_tol(target, "target_rel_error")
     if n_matvecs is not None and max_matvecs is not None:

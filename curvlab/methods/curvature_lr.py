@@ -187,8 +187,10 @@ class ExpFloorSchedule:
 
 def as_schedule(schedule: Any) -> Callable[[int], float]:
     """A number becomes :class:`ConstantSchedule`; a callable ``k -> λ`` is returned as is."""
+    if isinstance(schedule, (bool, np.bool_)):
+        raise TypeError(f"schedule must be a number or a callable k -> lambda, got bool {schedule!r}")
     if isinstance(schedule, (int, float, np.floating, np.integer)):
-        return ConstantSchedule(float(schedule))
+        return ConstantSchedule(_pos("schedule", schedule))
     if callable(schedule):
         return schedule
     raise TypeError(f"schedule must be a number or a callable k -> lambda, got {type(schedule).__name__}")

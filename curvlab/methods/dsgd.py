@@ -234,6 +234,14 @@ def _as_layout(shapes: Any) -> Layout:
     return Layout(list(names) if names is not None else [f"block{i}" for i in range(len(shp))], shp)
 
 
+def _check_finite_constants(c: np.ndarray) -> None:
+    """User-given smoothness constants must be finite (a NaN/Inf ``L_i`` would silently zero layer ``i``'s step)."""
+    bad = ~np.isfinite(np.asarray(c, dtype=np.float64))
+    if bad.any():
+        raise ValueError(f"constants must be finite numbers (one L_i per layer), got {np.asarray(c).tolist()!r} "
+                         f"(non-finite at layer(s) {np.flatnonzero(bad).tolist()})")
+
+
 class DSGD(Transform):
     """Greedy layer-wise DSGD as a transform (see the module docstring).
 
@@ -318,6 +326,7 @@ class DSGD(Transform):
             c = np.asarray(constants)
             if c.ndim != 1 or c.dtype.kind not in "iuf":
                 raise ValueError(f"constants must be a 1-D sequence of numbers (one L_i per layer), got {constants!r}")
+            _check_finite_constants(c)
         def entries(v: Any) -> list[Any]:
             return list(v) if isinstance(v, (list, tuple)) else [v]
 
@@ -560,6 +569,7 @@ class DSGD(Transform):
             Lc = np.asarray(constants if constants is not None else self.constants, dtype=np.float64)
             if Lc.shape != (K,):
                 raise ValueError(f"constants must have shape ({K},), got {Lc.shape}")
+            _check_finite_constants(Lc)
             with np.errstate(divide="ignore", invalid="ignore"):
                 return np.where((Lc > 0) & np.isfinite(Lc), np.log(np.where(Lc > 0, Lc, 1.0)), np.inf)
         if self.rule == "bound":

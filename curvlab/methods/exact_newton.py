@@ -296,8 +296,7 @@ def exact_newton_directions(factors: Sequence[LayerCurvature], weights: Sequence
     >>> [d.shape for d in exact_newton_directions(f, W, lam=1.0)]
     [(2, 3)]
     """
-    if not (float(lam) > 0 and np.isfinite(lam)):
-        raise ValueError(f"lam must be a finite number > 0, got {lam}")
+    lam = backend.check_positive("lam", lam)
     rule = canonical_rule(adjustment)
     _check_modes(batch_mode, objective, block_spectrum, on_indefinite)
     _check_adjust(kappa_min, kappa_max, shift)
@@ -427,10 +426,8 @@ class ExactNewton(Transform):
         self.source = source
         self.diagnostics = bool(diagnostics)
         _check_adjust(kappa_min, kappa_max, shift)
-        if not (float(lr) > 0 and np.isfinite(lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {lr}")
-        if not (float(lam) > 0 and np.isfinite(lam)):
-            raise ValueError(f"lam must be a finite number > 0 (the layer block M ⊗ ããᵀ is singular), got {lam}")
+        lr = backend.check_positive("lr", lr)   # TypeError for bool/str/complex/None, ValueError for NaN/Inf/<= 0
+        lam = backend.check_positive("lam", lam)  # > 0: at lam = 0 the layer block M ⊗ ããᵀ is singular
         self.adjustment = canonical_rule(adjustment)
         adjust_spectrum(np.zeros(1), self.adjustment, kappa_min=kappa_min, kappa_max=kappa_max, shift=shift)
         _check_modes(batch_mode, objective, block_spectrum, on_indefinite)

@@ -202,3 +202,25 @@ def test_svd_failing_both_ways_raises_linalgerror(monkeypatch, rng):
             fn()
     with pytest.raises(np.linalg.LinAlgError, match="NaN or Inf"):
         du.dual_norm(np.array([[np.nan, 1.0], [0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("fn", [du.layer_norm, du.dual_norm, du.duality_map])
+@pytest.mark.parametrize("bad, exc", [(1j, TypeError), (None, TypeError), ("2", TypeError), (True, TypeError),
+                                      (0.0, ValueError), (float("nan"), ValueError), (-1.0, ValueError)])
+def test_scale_errors_name_scale(fn, bad, exc):
+    """issue 11: scale=1j or None raised float()'s error naming nothing."""
+    with pytest.raises(exc, match=r"^scale must be"):
+        fn(np.eye(3), "spectral", scale=bad)
+
+
+@pytest.mark.parametrize("G", [np.eye(3, dtype=np.int64), [[1.0, 0.0], [0.0, 1.0]], np.eye(3, dtype=np.float16),
+                               np.eye(3, dtype=complex), None, "G"])
+def test_dual_norm_and_duality_map_errors_name_G_like_layer_norm_names_W(G):
+    """issue 11: dual_norm's errors about G named 'W' (as_matrix's name); both functions refuse the same inputs."""
+    with pytest.raises(TypeError, match=r"^W must"):
+        du.layer_norm(G)
+    for fn in (du.dual_norm, du.duality_map, du.polar_factor):
+        with pytest.raises(TypeError, match=r"^G must"):
+            fn(G)
+    with pytest.raises(ValueError, match=r"^G must have ndim >= 1"):
+        du.dual_norm(np.float64(1.0) * np.ones(()))

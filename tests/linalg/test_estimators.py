@@ -354,3 +354,35 @@ def test_slq_unresolved_strict_and_warn():
     sd = slq(ps.operator, 5, 6, rng=0)
     t = sd.trace(lambda x: x * x)
     assert t.converged and t.quadrature_error <= 1e-8 * abs(t.estimate)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_xdiag_accepts_a_symmetric_array_and_names_A_for_a_nonsymmetric_one(seed):
+    """issue 11: a dense symmetric ndarray was refused 'A must be a symmetric operator' (the array
+    was wrapped untagged before the symmetry check); an array is now checked, exactly."""
+    from curvlab.linalg import xdiag as _xdiag
+
+    r = np.random.default_rng(seed)
+    B = r.standard_normal((12, 12))
+    S = B + B.T
+    d = _xdiag(S, n_matvecs=12, rng=seed)        # budget >= n: the exact diagonal
+    np.testing.assert_allclose(d.estimate, np.diag(S), rtol=1e-12, atol=1e-12)
+    est = _xdiag(S, n_matvecs=10, rng=seed)       # a real estimate, same shape
+    assert est.estimate.shape == (12,) and np.all(np.isfinite(est.estimate))
+    with pytest.raises(ValueError, match=r"\bA\b.*symmetric"):
+        _xdiag(B, n_matvecs=10, rng=seed)
+
+
+@pytest.mark.parametrize("fn", ["slq", "slq_logdet"])
+@pytest.mark.parametrize("block", [True, False])
+def test_slq_refuses_a_probe_count_whose_workspace_cannot_fit(fn, block):
+    """issue 11: n_probes=10**12 raised MemoryError (a 58 TiB probe block); now a ValueError naming n_probes."""
+    from curvlab.linalg import slq, slq_logdet, slq_trace_inverse
+    from curvlab.linalg.testing import prescribed_spectrum_operator
+
+    fn = {"slq": slq, "slq_logdet": slq_logdet}[fn]
+    A = prescribed_spectrum_operator(np.linspace(1.0, 2.0, 12), rng=0).operator
+    for f in (fn, slq_trace_inverse):
+        with pytest.raises(ValueError, match=r"^n_probes = 1000000000000 with m = 8 on n = 12 needs about"):
+            f(A, n_probes=10**12, m=8, rng=0, block=block)
+    assert fn(A, n_probes=4, m=8, rng=0, block=block) is not None   # a sane count still runs

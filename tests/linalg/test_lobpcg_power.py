@@ -302,3 +302,18 @@ def test_stochastic_power_on_backend_and_its_syncs(xp, noise):
     assert abs(res.eigenvalue - 5.0) <= 2 * res.std_error and np.isfinite(res.bias_bound)
     if xp is np:
         assert res.eigenvalue == ref.eigenvalue and res.std_error == ref.std_error
+
+
+@pytest.mark.parametrize("bad, exc", [("0.5", TypeError), (0.5j, TypeError), (None, TypeError), (True, TypeError),
+                                      (1.0, ValueError), (-0.1, ValueError), (float("nan"), ValueError)])
+def test_stochastic_power_burn_in_errors_name_burn_in(bad, exc):
+    """issue 11: burn_in='1', 1j or None raised "'<=' not supported" naming nothing."""
+    from curvlab.linalg import StochasticOperator as _SO
+    from curvlab.linalg import minibatch_sampler as _mb
+
+    X = np.arange(20.0).reshape(10, 2)
+    A = _SO(lambda b: np.diag(b[0][:, 0][:2]) + np.eye(2), _mb(X, np.arange(10), 4), rng=0)
+    with pytest.raises(exc, match=r"^burn_in must be"):
+        stochastic_power(A, 20, burn_in=bad, rng=0)
+    with pytest.raises(TypeError, match=r"^eval_fraction must be"):
+        stochastic_power(A, 20, eval_fraction="0.25", rng=0)

@@ -349,3 +349,22 @@ def test_source_arguments_are_checked():
         opt.update(np.ones(5), opt.init(np.ones(5)), np.ones(5))
     with pytest.raises(ValueError, match="needs params"):
         opt.update(m.loss_and_grad(p, X, y)[1], opt.init(p), None)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1.5, float("nan"), float("inf"), -float("inf")])
+def test_constant_schedule_errors_name_schedule(bad):
+    """issue 11: schedule=0/negative/NaN/Inf was refused naming 'lam' (ConstantSchedule's argument)."""
+    from curvlab.methods.curvature_lr import CurvatureLR
+
+    with pytest.raises(ValueError, match=r"^schedule must be"):
+        CurvatureLR(schedule=bad)
+
+
+@pytest.mark.parametrize("bad", [True, False, np.bool_(True)])
+def test_schedule_refuses_bools(bad):
+    """issue 11: schedule=True was accepted as the constant 1.0."""
+    from curvlab.methods.curvature_lr import CurvatureLR
+
+    with pytest.raises(TypeError, match=r"schedule must be a number or a callable.*bool"):
+        CurvatureLR(schedule=bad)
+    assert CurvatureLR(schedule=2).schedule(0) == 2.0     # ints stay accepted

@@ -430,3 +430,22 @@ def test_flat_vectors_split_by_the_one_layout(rng):
     opt = DSGD(shapes=m.layout)
     with pytest.raises(ValueError, match=r"grads must have shape \(26,\)"):
         opt.update(np.stack([g, g], axis=1), opt.init(p), p, X=X)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_constants_are_refused(bad):
+    """issue 11: constants=[nan]/[inf] gave a zero update with no flag."""
+    import numpy as _np
+
+    from curvlab.methods.dsgd import DSGD as _DSGD
+
+    with pytest.raises(ValueError, match=r"constants must be finite.*layer\(s\) \[1\]"):
+        _DSGD(rule="constant", constants=[1.0, bad])
+    # the per-step override is checked too
+    opt = _DSGD(norm="frobenius", rule="constant", constants=[1.0])
+    p = [_np.ones((2, 3))]
+    st = opt.init(p)
+    with pytest.raises(ValueError, match=r"constants must be finite"):
+        opt.update([_np.ones((2, 3))], st, p, constants=[bad])
+    upd, _ = opt.update([_np.ones((2, 3))], st, p, constants=[4.0])
+    assert _np.all(_np.isfinite(upd[0])) and _np.any(upd[0] != 0)

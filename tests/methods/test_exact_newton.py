@@ -319,3 +319,15 @@ def test_flat_params_without_model_name_the_ways_to_pass_curvature():
     opt = ExactNewton()
     with pytest.raises(ValueError, match="flat params need source=.*or model="):
         opt.update(p, opt.init(p), p, X=X, y=y)
+
+
+@pytest.mark.parametrize("arg", ["lr", "lam"])
+@pytest.mark.parametrize("bad, exc", [("1", TypeError), (1j, TypeError), (None, TypeError), (True, TypeError),
+                                      (0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                      (float("inf"), ValueError)])
+def test_lr_and_lam_errors_name_the_argument(arg, bad, exc):
+    """issue 11: '1', 1j, None raised numpy/float() errors naming nothing; True was accepted as 1.0."""
+    from curvlab.methods.exact_newton import ExactNewton as _EN
+
+    with pytest.raises(exc, match=rf"^{arg} must be a finite number > 0"):
+        _EN(**{arg: bad})
