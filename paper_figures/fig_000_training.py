@@ -61,8 +61,8 @@ def en_run(n_train, epochs: int, seed: int, key: tuple, val: bool = False):
 
         def step(p, st, Xb, yb):
             _, g = model.loss_and_grad(p, Xb, yb)
-            upd, st = opt.update(g, st, p, model=model, X=Xb, y=yb)
-            neg["n"] += int(np.sum(st.n_negative))
+            upd, st, info = opt.update_with_info(g, st, p, model=model, X=Xb, y=yb)
+            neg["n"] += int(np.sum(info.n_negative))
             neg["tot"] += len(Xb) * width
             return p + upd, st
 

@@ -133,11 +133,11 @@ def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: boo
 
     def step(p, st, Xb, yb):
         _, g = model.loss_and_grad(p, Xb, yb)
-        upd, st = opt.update(g, st, p)
+        upd, st, info = opt.update_with_info(g, st, p)
         if is_ar:
-            if np.isfinite(st.kl):
-                kl_ratio[0] = max(kl_ratio[0], st.kl / opt.kl_bound)
-            active.append(not st.inactive)
+            if np.isfinite(info.kl):
+                kl_ratio[0] = max(kl_ratio[0], info.kl / opt.kl_bound)
+            active.append(not info.inactive)
             if freeze_p:
                 st.p[...] = 1.0 / opt.var_init
         return p + upd, st

@@ -147,20 +147,20 @@ def train_dsgd_backtracking(seed: int, steps: int, L_init: float = 1.0):
         for _ in range(steps):
             losses.append(f)
             for _try in range(51):
-                upd, st_new = opt.update(g, st, p, constants=Lh)
-                if st_new.chosen < 0:
+                upd, st_new, info = opt.update_with_info(g, st, p, constants=Lh)
+                if info.chosen < 0:
                     break
                 f_new = model.loss(p + upd, ds.X_train, ds.y_train)
-                if np.isfinite(f_new) and f_new <= f - st_new.guaranteed + 1e-12 * abs(f):
+                if np.isfinite(f_new) and f_new <= f - info.guaranteed + 1e-12 * abs(f):
                     break
-                Lh[st_new.chosen] *= 2.0
+                Lh[info.chosen] *= 2.0
                 doublings += 1
             else:
                 failed += 1
                 hist.append(Lh.copy())
                 continue
-            if st_new.chosen >= 0:
-                Lh[st_new.chosen] *= 0.9
+            if info.chosen >= 0:
+                Lh[info.chosen] *= 0.9
                 p, st = p + upd, st_new
                 f, g = model.loss_and_grad(p, ds.X_train, ds.y_train)
             hist.append(Lh.copy())

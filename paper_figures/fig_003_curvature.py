@@ -64,8 +64,8 @@ def curv_run(epochs: int, seed: int, direction: str, variant: str):
             curv = lambda d: float(model.curvature(p, Xc, yc, d, mode="adjoint"))  # noqa: E731
         else:
             curv = lambda d: float(d @ model.ggn_vp(p, Xc, yc, d))  # noqa: E731
-        upd, st = opt.update(g, st, p, curvature=curv)
-        ts.append(float(st.t))
+        upd, st, info = opt.update_with_info(g, st, p, curvature=curv)
+        ts.append(float(info.t))
         return p + upd, st
 
     st0 = opt.init(params)

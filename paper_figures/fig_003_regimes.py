@@ -58,9 +58,9 @@ def clr_run(epochs: int, seed: int, direction: str, schedule: tuple):
 
     def step(p, st, Xb, yb):
         f, g = model.loss_and_grad(p, Xb, yb)
-        upd, st = opt.update(g, st, p, model=model, X=Xb, y=yb, loss=f)
-        for k, v in (("t", st.t), ("c", st.c), ("loss", f), ("predicted", st.predicted), ("realized", st.realized),
-                     ("lam", st.lam)):
+        upd, st, info = opt.update_with_info(g, st, p, model=model, X=Xb, y=yb, loss=f)
+        for k, v in (("t", info.t), ("c", info.c), ("loss", f), ("predicted", info.predicted),
+                     ("realized", info.realized), ("lam", info.lam)):
             diag[k].append(float(v))
         return p + upd, st
 
