@@ -397,3 +397,132 @@ def test_group_hyperparameters_are_the_ones_used(make, group, ref, rng):
         th, state = core.step(th, _split(grad(np.concatenate([t.ravel() for t in th]))), state)
     for p, t in zip(params, th):
         np.testing.assert_array_equal(p.detach().numpy(), t)
+
+
+# --------------------------------------------------------------------------- issue 13 §4: every method's knobs
+def _run_core_and_wrapper(make_core, make_wrapped, group, rng, steps=15, curvature=False):
+    """(wrapper params, core params) after ``steps`` on the test problem; the wrapper's group
+    entries are overwritten with ``group`` before the first step."""
+    P, grad, curv = _problem(rng)
+    th0 = rng.standard_normal(P) * 0.5
+    params = [torch.nn.Parameter(torch.as_tensor(p.copy())) for p in _split(th0)]
+    opt = CurvlabOptimizer(params, make_wrapped())
+    opt.param_groups[0].update(group)
+    core = make_core()
+    th = _split(th0.copy())
+    state = core.init(th)
+    for _ in range(steps):
+        cur = np.concatenate([p.detach().numpy().ravel() for p in params])
+        for p, g in zip(params, _split(grad(cur))):
+            p.grad = torch.as_tensor(g.copy())
+        cf = (lambda d, t=cur: curv(t, np.concatenate([x.ravel() for x in d]))) if curvature else None
+        opt.step(**({"curvature": cf} if curvature else {}))
+        flat = np.concatenate([t.ravel() for t in th])
+        cc = {"curvature": (lambda d, t=flat: curv(t, np.concatenate([x.ravel() for x in d])))} if curvature else {}
+        th, state = core.step(th, _split(grad(flat)), state, **cc)
+    return np.concatenate([p.detach().numpy().ravel() for p in params]), np.concatenate([t.ravel() for t in th])
+
+
+@pytest.mark.parametrize("make,group,ref,curvature", [
+    (lambda: ArTuRO(), {"lr": 0.02, "reg_weight": 0.1, "measurement_noise": 1.5},
+     lambda: ArTuRO(kl_bound=0.02, reg_weight=0.1, measurement_noise=1.5), False),
+    (lambda: Adam(lr=0.1), {"lr": 0.03, "b1": 0.7, "b2": 0.95, "eps": 1e-4},
+     lambda: Adam(lr=0.03, b1=0.7, b2=0.95, eps=1e-4), False),
+    (lambda: CurvatureLR(base=SGD(lr=1.0), schedule=0.8, max_step=2.0), {"lr": 0.5, "max_step": 0.3},
+     lambda: CurvatureLR(base=SGD(lr=1.0), schedule=0.4, max_step=0.3), True),
+], ids=["ArTuRO", "Adam-betas-eps", "CurvatureLR"])
+def test_method_options_in_param_groups_drive_the_update(make, group, ref, curvature, rng):
+    """ArTuRO and CurvatureLR had no group entries (StepLR: KeyError('lr')), Adam's betas and eps
+    none either. Now the group's values drive the update, bit for bit as a transform built
+    with them: ArTuRO's lr is its KL bound ε, CurvatureLR's lr multiplies λ."""
+    mine, want = _run_core_and_wrapper(ref, make, group, rng, curvature=curvature)
+    assert np.all(np.isfinite(want))
+    np.testing.assert_array_equal(mine, want)
+
+
+def test_step_lr_on_arturo_and_curvature_lr(rng):
+    """StepLR decays ArTuRO's ε and CurvatureLR's λ multiplier; the transforms' own values are restored."""
+    for tr, attr, v0 in ((ArTuRO(kl_bound=0.04), "kl_bound", 0.04), (CurvatureLR(schedule=0.7), "schedule", None)):
+        w = torch.nn.Parameter(torch.as_tensor(rng.standard_normal(4)))
+        sched0 = getattr(tr, attr)
+        opt = CurvlabOptimizer([w], tr)
+        sch = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+        seen = []
+        for _ in range(5):
+            w.grad = w.detach().clone()
+            opt.step(curvature=lambda d: float(sum(np.sum(x * x) for x in d))) if attr == "schedule" else opt.step()
+            seen.append(opt.param_groups[0]["lr"])
+            sch.step()
+        base = 0.04 if attr == "kl_bound" else 1.0
+        np.testing.assert_allclose(seen, [base, base, base * 0.1, base * 0.1, base * 0.01], rtol=1e-12)
+        assert getattr(tr, attr) is sched0 or getattr(tr, attr) == v0
+
+
+def test_several_param_groups_with_their_own_options_and_instances(rng):
+    """Two ArTuRO groups with different ε and β: each group has its own transform instance and
+    state and follows the core transform built with its options; a bad value names the group."""
+    a0, b0 = rng.standard_normal(5), rng.standard_normal(3)
+    a, b = (torch.nn.Parameter(torch.as_tensor(x.copy())) for x in (a0, b0))
+    opt = CurvlabOptimizer([{"params": [a]}, {"params": [b], "lr": 0.01, "reg_weight": 0.2}], ArTuRO(kl_bound=0.05))
+    g0, g1 = opt.param_groups
+    assert g0["transform"] is not g1["transform"] and g0["lr"] == 0.05 and g1["lr"] == 0.01
+    cores = [ArTuRO(kl_bound=0.05), ArTuRO(kl_bound=0.01, reg_weight=0.2)]
+    ths = [[a0.copy()], [b0.copy()]]
+    states = [c.init(t) for c, t in zip(cores, ths)]
+    for _ in range(10):
+        a.grad = 3 * a.detach() ** 3 + 1
+        b.grad = 2 * b.detach() - 0.5
+        opt.step()
+        grads = [[3 * ths[0][0] ** 3 + 1], [2 * ths[1][0] - 0.5]]
+        for i in range(2):
+            ths[i], states[i] = cores[i].step(ths[i], grads[i], states[i])
+    np.testing.assert_array_equal(a.detach().numpy(), ths[0][0])
+    np.testing.assert_array_equal(b.detach().numpy(), ths[1][0])
+    g1["lr"] = 0.0
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['lr'\] must be finite and > 0, got 0.0"):
+        opt.step()
+    g1["lr"], g1["reg_weight"] = 0.01, True
+    with pytest.raises(TypeError, match=r"param_groups\[1\]\['reg_weight'\] must be a real number, got bool"):
+        opt.step()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['b1'\] must be in \[0, 1\), got 1.0"):
+        CurvlabOptimizer([{"params": [a], "b1": 1.0}], Adam())
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["tree", "flat"])
+@pytest.mark.parametrize("mode", ["forward", "adjoint"])
+def test_curvature_lr_source_driven_matches_reference_mlp(mode, flat, rng, monkeypatch):
+    """CurvlabOptimizer(params, CurvatureLR(...), source=src) with step(batch=) rebinds the torch
+    source (no rebuild: TorchCurvature.__init__ is not called again) and follows the core
+    transform driven by the reference MLP on the same alternating batches, in both dᵀHd modes."""
+    from curvlab.models.mlp import MLP
+
+    model = MLP([6, 8, 3])
+    params = model.init_params(rng)
+    batches = [(rng.standard_normal((16, 6)), rng.integers(0, 3, 16)) for _ in range(2)]
+    net, perm = from_reference_mlp(model, params)
+    tb = [(torch.as_tensor(X), torch.as_tensor(y)) for X, y in batches]
+    src = TorchCurvature(net, "cross_entropy", tb[0])
+    make = lambda: cl.CurvatureLR(base=SGD(lr=1.0), schedule=0.8, mode=mode)  # noqa: E731
+    core, th = make(), params.copy()
+    state = core.init(th)
+    opt = CurvlabOptimizer(net.parameters(), make(), flat=flat, source=src)
+    builds = []
+    orig = TorchCurvature.__init__
+    monkeypatch.setattr(TorchCurvature, "__init__", lambda self, *a, **k: (builds.append(1), orig(self, *a, **k))[1])
+    for k in range(20):
+        (X, y), (Xt, yt) = batches[k % 2], tb[k % 2]
+        th, state = core.step(th, model.grad(th, X, y), state, model=model, X=X, y=y)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(Xt), yt).backward()
+        opt.step(batch=(Xt, yt))
+    assert builds == []
+    mine = np.concatenate([p.detach().numpy().ravel() for p in net.parameters()])
+    assert rel_err(mine, th[perm]) < 1e-9
+    assert model.loss(th, *batches[0]) < model.loss(params, *batches[0])
+    with pytest.raises(ValueError, match="data= rebinds a curvature source"):
+        w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+        w.grad = torch.ones(3, dtype=torch.float64)
+        CurvlabOptimizer([w], make()).step(batch=tb[0])
+    with pytest.raises(TypeError, match="source must be a curvlab CurvatureSource"):
+        CurvlabOptimizer(net.parameters(), make(), source=object())
