@@ -203,7 +203,7 @@ def bench_torch(outdir: str, out: dict) -> bool:
     t_grad = timed(lambda: curv.gradient())
     t_hvp = timed(lambda: H @ v)
     Hv = H @ v
-    theta = curv.flat_params()
+    theta = curv.params
     # central differences of the gradient along v: H v up to O(eps²) and rounding
     eps = 1e-4 * float(xp.linalg.norm(theta)) / float(xp.linalg.norm(v))
     _, gp = curv.gradient(theta + eps * v)
@@ -211,7 +211,7 @@ def bench_torch(outdir: str, out: dict) -> bool:
     fd = (gp - gm) / (2 * eps)
     rel = float(xp.linalg.norm(Hv - fd) / xp.linalg.norm(fd))
     q = float(xp.vdot(v, Hv))
-    c = float(curv.curvature(v))
+    c = float(curv.directional_curvature(v))
     _emit(out, f"torch_hvp_{dev}", params=P, batch=1024, grad_ms=t_grad * 1e3, hvp_ms=t_hvp * 1e3,
           hvp_over_grad=t_hvp / t_grad, fd_rel_err=rel, vHv_vs_curvature=abs(q - c) / max(abs(c), 1e-300),
           out_type=type(Hv).__module__)

@@ -19,6 +19,7 @@ import numpy as np
 from .common import get_xp, sync
 
 from curvlab import kernels
+from curvlab.methods import apply_updates
 from curvlab.methods.arturo import ArTuRO
 
 
@@ -39,8 +40,8 @@ def make_step(prob: dict, impl: str, mode: str = "exact", rtol: float = 1e-8) ->
     log = {"evals": []}
 
     def step() -> Any:
-        upd, _ = opt.update(g, st, w)
-        log["evals"].append(st.n_evals)
+        upd, _, info = opt.update_with_info(g, st, w)
+        log["evals"].append(info.n_evals)
         return upd
 
     return step, log
@@ -110,8 +111,9 @@ def solver_evaluations(steps: int = 500, preset: str = "cifar10_cnn", rtol: floa
         while len(evals) < steps:
             for Xb, yb in minibatches(d.X_train, d.y_train, 32, rng):
                 _, g = model.loss_and_grad(w, Xb, yb)
-                w, st = opt.step(w, g, st)
-                evals.append(st.n_evals)
+                upd, st, info = opt.update_with_info(g, st, w)
+                w = apply_updates(w, upd)
+                evals.append(info.n_evals)
                 if len(evals) == steps:
                     break
         out[mode] = np.array(evals)
