@@ -526,3 +526,47 @@ def test_curvature_lr_source_driven_matches_reference_mlp(mode, flat, rng, monke
         CurvlabOptimizer([w], make()).step(batch=tb[0])
     with pytest.raises(TypeError, match="source must be a curvlab CurvatureSource"):
         CurvlabOptimizer(net.parameters(), make(), source=object())
+
+
+@pytest.mark.parametrize("method", ["ExactNewton", "DSGD-estimate"])
+def test_layerwise_methods_source_driven_through_the_wrapper(method, rng, monkeypatch):
+    """ExactNewton and DSGD's estimate rule with the curvature from a source given to the
+    wrapper (source=, step(batch=)): the wrapper rebinds it each step (no rebuild) and follows
+    the core transform given source= and data= per step, bit for bit."""
+    from curvlab.methods.dsgd import DSGD
+    from curvlab.methods.exact_newton import ExactNewton
+    from curvlab.models.mlp import MLP
+    from curvlab.models.source import MLPCurvature
+
+    from ._models import FoldedMLP
+
+    make = (lambda: ExactNewton(lr=0.5)) if method == "ExactNewton" else (lambda: DSGD(rule="estimate"))
+    model = MLP([5, 6, 3])
+    params = model.init_params(rng)
+    batches = [(rng.standard_normal((12, 5)), rng.integers(0, 3, 12)) for _ in range(2)]
+    src = MLPCurvature(model, params, batches[0])
+    core = make()
+    W = [w.copy() for w in model.layout.unpack(params)]
+    state = core.init(W)
+    net = FoldedMLP(W)
+    opt = CurvlabOptimizer(net.parameters(), make(), source=src)
+    assert opt.param_groups[0]["lr"] == (0.5 if method == "ExactNewton" else 1.0)
+    if method == "DSGD-estimate":   # the guaranteed-decrease range of DSGD's step s(2 − s) > 0
+        w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\] must be in \(0, 2\), got 2.5"):
+            CurvlabOptimizer([{"params": [w], "lr": 2.5}], DSGD(rule="estimate"))
+    builds = []
+    orig = MLPCurvature.__init__
+    monkeypatch.setattr(MLPCurvature, "__init__", lambda self, *a, **k: (builds.append(1), orig(self, *a, **k))[1])
+    for k in range(12):
+        X, y = batches[k % 2]
+        g = model.layout.unpack(model.grad(model.layout.pack(W), X, y))
+        W, state = core.step(W, g, state, source=src, data=(X, y))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(torch.as_tensor(X)), torch.as_tensor(y)).backward()
+        opt.step(batch=(X, y))
+    assert builds == []
+    mine = np.concatenate([p.detach().numpy().ravel() for p in net.parameters()])
+    ref = model.layout.pack(W)
+    assert rel_err(mine, ref) < 1e-12
+    assert model.loss(ref, *batches[0]) < model.loss(params, *batches[0])

@@ -67,7 +67,9 @@ def _make(method: str, net: torch.nn.Module, batch):
         except LayerStructureUnavailable as e:
             pytest.skip(f"TorchCurvature.layer_structure() for Linear layers has not landed (issue 13 §3): {e}")
         tr = ExactNewton(lr=0.5, lam=1.0, fallback=SGD(lr=0.05))
-        return CurvlabOptimizer(params, tr, source=src), True
+        opt = CurvlabOptimizer(params, tr, source=src)
+        assert opt.param_groups[0]["lam"] == 1.0 and opt.param_groups[0]["fallback_lr"] == 0.05
+        return opt, True
     raise AssertionError(method)
 
 

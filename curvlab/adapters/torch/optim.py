@@ -62,7 +62,10 @@ def _knobs(tr: Transform) -> dict[str, _Knob]:
     ArTuRO: ``lr`` is the KL bound ε (arXiv 2310.20574; the reference code's ``lr``), plus β, p0,
     r, q, ν (a number), ``weight_decay``; CurvatureLR: ``lr`` multiplies λ (so ``t = lr·λ·gᵀd/dᵀHd``),
     plus ``c_rel`` and, when set, ``fallback_lr``, ``max_step``; ExactNewton: ``lr``, ``lam`` (the
-    damping), ``kappa_min``, ``kappa_max``, ``shift``; DSGD: ``lr`` is its ``step`` (in (0, 2)).
+    damping), ``kappa_min``, ``kappa_max``, ``shift`` and ``fallback_lr`` (the ``lr`` of its fallback
+    transform, which updates the parameters outside the dense layers; a scheduler drives only
+    ``lr``, so decay ``fallback_lr`` yourself or give those parameters their own optimizer);
+    DSGD: ``lr`` is its ``step`` (in (0, 2), or > 0 for a DSGD built with a step >= 2).
     Others: ``lr``, ``momentum``, ``weight_decay`` where the transform has them as numbers.
     """
     from ...methods.arturo import ArTuRO  # noqa: PLC0415
@@ -85,10 +88,14 @@ def _knobs(tr: Transform) -> dict[str, _Knob]:
                 out[k] = _Knob(k, "pos")
         return out
     if isinstance(tr, ExactNewton):
-        return {"lr": _Knob("lr"), "lam": _Knob("lam", "pos"), "kappa_min": _Knob("kappa_min", "pos"),
-                "kappa_max": _Knob("kappa_max", "pos"), "shift": _Knob("shift")}
-    if isinstance(tr, DSGD):
-        return {"lr": _Knob("step_size", "pos")}
+        out = {"lr": _Knob("lr"), "lam": _Knob("lam", "pos"), "kappa_min": _Knob("kappa_min", "pos"),
+               "kappa_max": _Knob("kappa_max", "pos"), "shift": _Knob("shift")}
+        fb_lr = getattr(tr.fallback, "lr", None)
+        if isinstance(fb_lr, (int, float, np.floating, np.integer)) and not isinstance(fb_lr, (bool, np.bool_)):
+            out["fallback_lr"] = _Knob("lr", "nonneg", lambda t: t.fallback)
+        return out
+    if isinstance(tr, DSGD):   # s(2 − s) > 0 guarantees decrease; a DSGD built with s >= 2 allows larger steps
+        return {"lr": _Knob("step_size", "pos" if tr.step_size >= 2 else "open2")}
     out = {}
     for k in ("lr", "momentum", "weight_decay"):
         v = getattr(tr, k, None)
@@ -104,7 +111,7 @@ def _hyper_of(transform: Transform) -> dict[str, float]:
     return {k: float(kn.get(transform)) for k, kn in _knobs(transform).items()}
 
 
-_WANT = {"pos": "finite and > 0", "nonneg": "finite and >= 0", "unit": "in [0, 1)"}
+_WANT = {"pos": "finite and > 0", "nonneg": "finite and >= 0", "unit": "in [0, 1)", "open2": "in (0, 2)"}
 
 
 def _check_hyper_value(gi: int, k: str, v: Any, kind: str = "nonneg") -> float:
@@ -114,7 +121,8 @@ def _check_hyper_value(gi: int, k: str, v: Any, kind: str = "nonneg") -> float:
         f = float(v)
     except (TypeError, ValueError):
         raise TypeError(f"param_groups[{gi}][{k!r}] must be a real number, got {type(v).__name__}") from None
-    if not math.isfinite(f) or f < 0 or (kind == "unit" and f >= 1) or (kind == "pos" and f <= 0):
+    if (not math.isfinite(f) or f < 0 or (kind == "unit" and f >= 1) or (kind in ("pos", "open2") and f <= 0)
+            or (kind == "open2" and f >= 2)):
         raise ValueError(f"param_groups[{gi}][{k!r}] must be {_WANT[kind]}, got {v!r}")
     return f
 
