@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from curvlab.linalg.results import ConvergenceWarning
+from curvlab.methods import apply_updates
 from curvlab.methods.arturo import ARTURO_PRESETS, ArTuRO, ArTuROState
 from tests.conftest import rel_err
 
@@ -22,7 +23,14 @@ def _grad(w, t):
     return H * w + B + 0.05 * np.sin(1.7 * t + np.arange(6))
 
 
-def _run(opt, steps=10, w=W0, xp=np, hook=None):
+def _step(opt, w, g, st, **kw):
+    """One step: ``(new_w, new_state, info)`` (the step's report is ``info``, not the state)."""
+    upd, st, info = opt.update_with_info(g, st, w, **kw)
+    return apply_updates(w, upd), st, info
+
+
+def _run(opt, steps=10, w=W0, xp=np, hook=None, infos=None):
+    """``steps`` steps from ``w``; ``infos``, a list, receives each step's report."""
     w = xp.asarray(w)
     st = opt.init(w)
     etas, iters = [], []
@@ -30,9 +38,11 @@ def _run(opt, steps=10, w=W0, xp=np, hook=None):
         g = xp.asarray(_grad(np.asarray(getattr(w, "get", lambda: w)()), t))
         if hook is not None:
             g = hook(t, g)
-        w, st = opt.step(w, g, st)
+        w, st, info = _step(opt, w, g, st)
         etas.append(st.eta)
-        iters.append(st.iterations)
+        iters.append(info.iterations)
+        if infos is not None:
+            infos.append(info)
     return np.asarray(getattr(w, "get", lambda: w)()), st, np.array(etas), iters
 
 
@@ -86,8 +96,8 @@ def test_reference_kl_reported_is_the_step_kl():
     st = opt.init(w)
     for t in range(4):
         p_old = st.p.copy()
-        w_new, st = opt.step(w, _grad(w, t), st)
-        assert st.kl == pytest.approx(0.5 * np.sum(p_old * (w_new - w) ** 2), rel=1e-10)
+        w_new, st, info = _step(opt, w, _grad(w, t), st)
+        assert info.kl == pytest.approx(0.5 * np.sum(p_old * (w_new - w) ** 2), rel=1e-10)
         w = w_new
 
 
@@ -98,15 +108,15 @@ def test_exact_mode_meets_the_bound(case):
     w = W0.copy()
     st = opt.init(w)
     for t in range(30):
-        w_new, st = opt.step(w, _grad(w, t), st)
-        assert st.converged
-        if st.inactive:
-            assert st.eta == 0.0 and st.kl <= gd["eps"]
+        w_new, st, info = _step(opt, w, _grad(w, t), st)
+        assert info.converged
+        if info.inactive:
+            assert st.eta == 0.0 and info.kl <= gd["eps"]
         else:
-            assert abs(st.kl / gd["eps"] - 1) <= 1e-9
+            assert abs(info.kl / gd["eps"] - 1) <= 1e-9
         w = w_new
     if case == "C":
-        assert st.inactive  # ε = 1 is far too loose for this quadratic: the full Newton step is taken
+        assert info.inactive  # ε = 1 is far too loose for this quadratic: the full Newton step is taken
 
 
 def test_exact_decoupled_decay_on_the_first_step():
@@ -132,14 +142,15 @@ def test_negative_curvature_with_and_without_floor():
         st = opt.init(w)
         neg = 0
         for t in range(40):
-            w, st = opt.step(w, _grad(w, t) + 2.0 * np.sin(0.9 * t) * (np.arange(6) == 2), st)
-            neg = max(neg, st.n_negative_h)
-            assert st.converged and np.all(np.isfinite(w))
-            assert st.inactive or abs(st.kl / 0.01 - 1) <= 1e-9
+            w, st, info = _step(opt, w, _grad(w, t) + 2.0 * np.sin(0.9 * t) * (np.arange(6) == 2), st)
+            neg = max(neg, info.n_negative_h)
+            assert info.converged and np.all(np.isfinite(w))
+            assert info.inactive or abs(info.kl / 0.01 - 1) <= 1e-9
         assert neg >= 1
         assert np.all(st.p >= 0.1 * 0.0015 / 1.4 * (1 - 1e-12))
-    _, st, _, _ = _run(ArTuRO(kl_bound=gd["eps"], **CFG))
-    assert st.h[2] < 0 and st.n_negative_h >= 1  # reference mode: unguarded, counted
+    infos = []
+    _, st, _, _ = _run(ArTuRO(kl_bound=gd["eps"], **CFG), infos=infos)
+    assert st.h[2] < 0 and infos[-1].n_negative_h >= 1  # reference mode: unguarded, counted
 
 
 def test_precision_clamp_counts():
@@ -151,30 +162,31 @@ def test_precision_clamp_counts():
     st.p[...] = [1.0, 100.0]  # p' = (h + βp0 + νp)/(β + ν) < 0 for the first coordinate
     st.count = 1  # skip the filter's initialisation so the planted h is used
     opt.dynamic_model_noise = 0.0
-    _, st = opt.update(np.array([0.5 - 5.0, 1.5]), st, w)
-    assert st.n_clamped == 1 and st.p[0] == pytest.approx(0.1 * 0.0015 / 1.4)
+    _, st, info = opt.update_with_info(np.array([0.5 - 5.0, 1.5]), st, w)
+    assert info.n_clamped == 1 and st.p[0] == pytest.approx(0.1 * 0.0015 / 1.4)
 
 
 def test_coupled_nu_and_psd_guard_run():
     cfg = {k: v for k, v in CFG.items() if k != "nu"}
     opt = ArTuRO(kl_bound=0.01, mode="exact", nu="coupled", psd_guard=True, **cfg)
-    w, st, etas, _ = _run(opt, steps=20)
-    assert np.all(np.isfinite(w)) and st.converged
+    infos = []
+    w, st, etas, _ = _run(opt, steps=20, infos=infos)
+    assert np.all(np.isfinite(w)) and infos[-1].converged
     # ν = η: p' = (h + βp0 + ηp)/(β + η), clamped below at βp0/(β + η), with h the filtered curvature
     beta, p0 = cfg["reg_weight"], cfg["prior_prec"]
     w = W0.copy()
     st = opt.init(w)
     for t in range(20):
         p_old = st.p.copy()
-        w, st = opt.step(w, _grad(w, t), st)
+        w, st, info = _step(opt, w, _grad(w, t), st)
         eta = st.eta
         expect = np.maximum((st.h + beta * p0 + eta * p_old) / (beta + eta), beta * p0 / (beta + eta))
         np.testing.assert_allclose(st.p, expect, rtol=1e-12, atol=0)
-        assert st.converged and (st.inactive or abs(st.kl / 0.01 - 1) <= 1e-9)
+        assert info.converged and (info.inactive or abs(info.kl / 0.01 - 1) <= 1e-9)
         # the PSD guard keeps every 2x2 filter covariance positive semi-definite
         assert np.all(st.P00 >= 0) and np.all(st.P11 >= 0)
         assert np.all(st.P01**2 <= st.P00 * st.P11 * (1 + 1e-12))
-    assert isinstance(st.n_guarded, int) and 0 <= st.n_guarded <= st.p.size  # last step: at most one per coordinate
+    assert isinstance(info.n_guarded, int) and 0 <= info.n_guarded <= st.p.size  # last step: at most one per coordinate
 
 
 def test_nonfinite_gradient_skips_the_step():
@@ -249,8 +261,8 @@ def test_copy_state_leaves_input_alone():
 def test_kl_bound_override_per_step():
     opt = ArTuRO(kl_bound=0.01, mode="exact", **CFG)
     st = opt.init(W0)
-    _, st = opt.update(_grad(W0, 0), st, W0, kl_bound=0.002)
-    assert abs(st.kl / 0.002 - 1) <= 1e-9
+    _, st, info = opt.update_with_info(_grad(W0, 0), st, W0, kl_bound=0.002)
+    assert abs(info.kl / 0.002 - 1) <= 1e-9
     assert opt.info(st, kl_bound=0.002).kl_ratio == pytest.approx(1.0, abs=1e-9)
 
 
@@ -329,15 +341,16 @@ def test_training_digits_mlp(mode):
     for _ in range(3):
         for Xb, yb in minibatches(d.X_train, d.y_train, 32, rng):
             _, g = model.loss_and_grad(w, Xb, yb)
-            w, st = opt.step(w, g, st)
+            w, st, info = _step(opt, w, g, st)
             if mode == "exact":
-                assert st.converged and (st.inactive or abs(st.kl / opt.kl_bound - 1) <= 1e-9)
+                assert info.converged and (info.inactive or abs(info.kl / opt.kl_bound - 1) <= 1e-9)
     assert model.loss(w, d.X_train, d.y_train) < 0.35
 
 
 def test_track_kl_off_and_numpy_impl():
-    a = _run(ArTuRO(kl_bound=0.01, track_kl=False, **CFG))
-    assert math.isnan(a[1].kl)
+    infos = []
+    a = _run(ArTuRO(kl_bound=0.01, track_kl=False, **CFG), infos=infos)
+    assert math.isnan(infos[-1].kl)
     b = _run(ArTuRO(kl_bound=0.01, impl="numpy", **CFG))  # the multi-pass NumPy baseline, float64 here
     np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
     np.testing.assert_allclose(b[2], GOLDEN["A"]["eta"], rtol=1e-9)
