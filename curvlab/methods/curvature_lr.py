@@ -343,10 +343,18 @@ class CurvatureLR(Transform):
         return st
 
     @staticmethod
-    def diagnostics(state: CurvatureLRState) -> dict[str, float]:
-        """The diagnostics of the step that made ``state`` as a plain dict (keys
-        :data:`DIAGNOSTIC_FIELDS`; NaN before any step); prefer :meth:`update_with_info`."""
-        return {k: getattr(state, k, math.nan) for k in DIAGNOSTIC_FIELDS}
+    def diagnostics(report: CurvatureLRInfo | CurvatureLRState) -> dict[str, float]:
+        """A step's report as a plain dict (keys :data:`DIAGNOSTIC_FIELDS`).
+
+        ``report``: the ``info`` of :meth:`update_with_info`, or the state that step made
+        (all NaN for a state no step made, e.g. ``init``'s or a loaded one).
+        """
+        if isinstance(report, TransformState):
+            report = report.__dict__.get("_info")  # not the deprecated state.<field> view
+        elif not isinstance(report, CurvatureLRInfo):
+            raise TypeError("CurvatureLR.diagnostics: report must be a CurvatureLRInfo (update_with_info's "
+                            f"info) or a CurvatureLRState; got {type(report).__name__}")
+        return {k: getattr(report, k, math.nan) for k in DIAGNOSTIC_FIELDS}
 
     def _update(self, grads: Tree, state: CurvatureLRState, params: Tree | None = None, *,
                 curvature: Callable[[Tree], float] | None = None, model: Any = None, X: Any = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -45,19 +47,19 @@ def test_quadratic_lambda_identities(xp, rng, base):
         opt = CurvatureLR(base=mk(), schedule=lam)
         st = opt.init(th)
         g = grad(th)
-        upd, st = opt.update(g, st, th, curvature=curv, loss_fn=f)
-        d = -upd / st.t
+        upd, st, info = opt.update_with_info(g, st, th, curvature=curv, loss_fn=f)
+        d = -upd / info.t
         gd, c = float(g @ d), float(d @ A @ d)
-        assert abs(st.c - c) <= 1e-14 * c and abs(st.gd - gd) <= 1e-13 * abs(gd)
-        assert abs(st.t - lam * gd / c) <= 1e-14 * abs(st.t)
+        assert abs(info.c - c) <= 1e-14 * c and abs(info.gd - gd) <= 1e-13 * abs(gd)
+        assert abs(info.t - lam * gd / c) <= 1e-14 * abs(info.t)
         pred = -lam * (2 - lam) * gd**2 / (2 * c)
-        assert abs(st.predicted - pred) <= 1e-12 * abs(gd**2 / c)
-        assert abs(st.realized - pred) <= 1e-12 * abs(gd**2 / c) + 1e-12 * abs(f(th))
-        changes[lam] = st.realized
+        assert abs(info.predicted - pred) <= 1e-12 * abs(gd**2 / c)
+        assert abs(info.realized - pred) <= 1e-12 * abs(gd**2 / c) + 1e-12 * abs(f(th))
+        changes[lam] = info.realized
         if lam == 1.0:  # the minimiser along d: the new gradient is orthogonal to d
             assert abs(float(grad(th + upd) @ d)) <= 1e-11 * float(xp.linalg.norm(g)) * float(xp.linalg.norm(d))
         if lam == 2.0:
-            assert abs(st.realized) <= 1e-12 * max(abs(f(th)), 1.0)
+            assert abs(info.realized) <= 1e-12 * max(abs(f(th)), 1.0)
     assert abs(changes[0.5] - changes[1.5]) <= 1e-12 * abs(changes[0.5])  # symmetric in λ ↔ 2 − λ
     assert changes[2.5] > 0 > changes[1.0]
 
@@ -92,10 +94,10 @@ def test_mlp_curvature_modes_equal_d_Hd(mlp_case, rng):
     ts = []
     for mode in ("forward", "adjoint"):
         opt = CurvatureLR(schedule=1.0, mode=mode)
-        upd, st = opt.update(g, opt.init(p), p, model=m, X=X, y=y, loss=f0)
-        assert abs(st.c - float(g @ m.hvp(p, X, y, g))) < 1e-10 * abs(st.c)
-        assert np.isfinite(st.realized) and st.realized < 0
-        ts.append(st.t)
+        upd, st, info = opt.update_with_info(g, opt.init(p), p, model=m, X=X, y=y, loss=f0)
+        assert abs(info.c - float(g @ m.hvp(p, X, y, g))) < 1e-10 * abs(info.c)
+        assert np.isfinite(info.realized) and info.realized < 0
+        ts.append(info.t)
     assert abs(ts[0] - ts[1]) < 1e-10 * abs(ts[0])
 
 
@@ -106,8 +108,8 @@ def test_third_order_consistency(mlp_case):
     disc = []
     for lam in (0.05, 0.025):
         opt = CurvatureLR(schedule=lam)
-        _, st = opt.update(g, opt.init(p), p, model=m, X=X, y=y, loss=f0)
-        disc.append(abs(st.realized - st.predicted))
+        _, st, info = opt.update_with_info(g, opt.init(p), p, model=m, X=X, y=y, loss=f0)
+        disc.append(abs(info.realized - info.predicted))
     assert 7.0 <= disc[0] / disc[1] <= 10.0
 
 
@@ -132,22 +134,22 @@ def test_float32_accumulates_in_float64(rng):
     X, y = rng.standard_normal((20, 5)).astype(np.float32), rng.integers(0, 3, 20)
     f0, g = m.loss_and_grad(p, X, y)
     opt = CurvatureLR(schedule=1.0)
-    upd, st = opt.update(g, opt.init(p), p, model=m, X=X, y=y)
-    assert upd.dtype == np.float32 and isinstance(st.gd, float)
+    upd, st, info = opt.update_with_info(g, opt.init(p), p, model=m, X=X, y=y)
+    assert upd.dtype == np.float32 and isinstance(info.gd, float)
     g64 = g.astype(np.float64)
-    assert abs(st.gd - float(g64 @ g64)) < 1e-12 * st.gd
+    assert abs(info.gd - float(g64 @ g64)) < 1e-12 * info.gd
     m64 = MLP([5, 4, 3], activation="tanh")
     c64 = m64.curvature(p.astype(np.float64), X.astype(np.float64), y, g64)
-    assert abs(st.c - c64) < 2e-3 * abs(c64)  # float32 curvature pass: looser
+    assert abs(info.c - c64) < 2e-3 * abs(c64)  # float32 curvature pass: looser
 
 
 def test_float32_dot_products_span_chunks(rng):
     # leaves longer than the 65,536-entry conversion chunk, and one shorter: float64 sums throughout
     g = [rng.standard_normal(n).astype(np.float32) for n in (150_000, 3, 70_000)]
     opt = CurvatureLR(schedule=1.0)
-    _, st = opt.update(g, opt.init(g), None, curvature=lambda d: 1.0)
+    _, st, info = opt.update_with_info(g, opt.init(g), None, curvature=lambda d: 1.0)
     ref = sum(float(x.astype(np.float64) @ x.astype(np.float64)) for x in g)
-    assert abs(st.gd - ref) <= 1e-12 * ref and abs(st.dd - ref) <= 1e-12 * ref
+    assert abs(info.gd - ref) <= 1e-12 * ref and abs(info.dd - ref) <= 1e-12 * ref
 
 
 # --- policies and bad input -----------------------------------------------------------
@@ -160,33 +162,33 @@ def test_negative_curvature_policies():
     # fallback (default): t_init on the first step, then the previous valid t
     opt = CurvatureLR(schedule=1.0, t_init=0.3)
     st = opt.init(th)
-    upd, st = opt.update(g, st, th, curvature=curv)
-    assert st.n_policy == 1 and st.event == 1 and st.t == 0.3 and rel_err(upd, -0.3 * g) < 1e-15
+    upd, st, info = opt.update_with_info(g, st, th, curvature=curv)
+    assert st.n_policy == 1 and info.event == 1 and info.t == 0.3 and rel_err(upd, -0.3 * g) < 1e-15
     pos = lambda d: 2.0 * float(d @ d)  # noqa: E731
-    _, st = opt.update(g, st, th, curvature=pos)  # valid step: t = 1/2
-    assert st.t == 0.5 and st.t_prev == 0.5
-    _, st = opt.update(g, st, th, curvature=curv)
-    assert st.t == 0.5 and st.n_policy == 2
+    _, st, info = opt.update_with_info(g, st, th, curvature=pos)  # valid step: t = 1/2
+    assert info.t == 0.5 and st.t_prev == 0.5
+    _, st, info = opt.update_with_info(g, st, th, curvature=curv)
+    assert info.t == 0.5 and st.n_policy == 2
     # fixed fallback lr
     opt = CurvatureLR(schedule=1.0, fallback_lr=0.05)
-    _, st = opt.update(g, opt.init(th), th, curvature=curv)
-    assert st.t == 0.05
+    _, st, info = opt.update_with_info(g, opt.init(th), th, curvature=curv)
+    assert info.t == 0.05
     # abs: t = λ gd/|c|
     opt = CurvatureLR(schedule=0.5, curvature_policy="abs")
-    _, st = opt.update(g, opt.init(th), th, curvature=curv)
-    assert abs(st.t - 0.5 * 5.0 / 5.0) < 1e-15 and st.n_policy == 1
+    _, st, info = opt.update_with_info(g, opt.init(th), th, curvature=curv)
+    assert abs(info.t - 0.5 * 5.0 / 5.0) < 1e-15 and st.n_policy == 1
     # floor: c = c_rel‖d‖²
     opt = CurvatureLR(schedule=1.0, curvature_policy="floor", c_rel=1e-2)
-    _, st = opt.update(g, opt.init(th), th, curvature=curv)
-    assert abs(st.t - 5.0 / (1e-2 * 5.0)) < 1e-10
+    _, st, info = opt.update_with_info(g, opt.init(th), th, curvature=curv)
+    assert abs(info.t - 5.0 / (1e-2 * 5.0)) < 1e-10
     # tiny positive curvature triggers the policy too
     opt = CurvatureLR(schedule=1.0, curvature_policy="floor", c_rel=1e-2)
-    _, st = opt.update(g, opt.init(th), th, curvature=lambda d: 1e-6)
-    assert st.n_policy == 1 and abs(st.t - 100.0) < 1e-10
+    _, st, info = opt.update_with_info(g, opt.init(th), th, curvature=lambda d: 1e-6)
+    assert st.n_policy == 1 and abs(info.t - 100.0) < 1e-10
     # skip
     opt = CurvatureLR(schedule=1.0, curvature_policy="skip")
-    u, st = opt.update(g, opt.init(th), th, curvature=curv)
-    assert not np.any(u) and st.event == 5
+    u, st, info = opt.update_with_info(g, opt.init(th), th, curvature=curv)
+    assert not np.any(u) and info.event == 5
 
 
 def test_zero_gradient_and_zero_direction():
@@ -194,8 +196,9 @@ def test_zero_gradient_and_zero_direction():
     called = []
     opt = CurvatureLR(schedule=1.0)
     with np.errstate(all="raise"):
-        u, st = opt.update(np.zeros(3), opt.init(th), th, curvature=lambda d: called.append(1) or 0.0)
-    assert not np.any(u) and st.n_zero == 1 and st.event == 2 and not called
+        u, st, info = opt.update_with_info(np.zeros(3), opt.init(th), th,
+                                           curvature=lambda d: called.append(1) or 0.0)
+    assert not np.any(u) and st.n_zero == 1 and info.event == 2 and not called
     assert st.t_prev == opt.t_init
     # momentum: g = 0 but d ≠ 0 → ⟨g, d⟩ = 0, no step
     opt = CurvatureLR(base=Momentum(lr=1.0), schedule=1.0)
@@ -209,9 +212,9 @@ def test_zero_size_layers():
     params = [np.ones((2, 3)), np.zeros((0, 4))]
     grads = [np.full((2, 3), 0.5), np.zeros((0, 4))]
     opt = CurvatureLR(schedule=1.0)
-    u, st = opt.update(grads, opt.init(params), params,
-                       curvature=lambda d: sum(float(np.sum(x * x)) for x in d))
-    assert u[1].shape == (0, 4) and abs(st.t - 1.0) < 1e-15 and rel_err(u[0], np.full((2, 3), -0.5)) < 1e-15
+    u, st, info = opt.update_with_info(grads, opt.init(params), params,
+                                       curvature=lambda d: sum(float(np.sum(x * x)) for x in d))
+    assert u[1].shape == (0, 4) and abs(info.t - 1.0) < 1e-15 and rel_err(u[0], np.full((2, 3), -0.5)) < 1e-15
 
 
 def test_nonfinite_sign_clamp_and_cap():
@@ -232,10 +235,10 @@ def test_nonfinite_sign_clamp_and_cap():
         opt = CurvatureLR(base=Momentum(lr=1.0, momentum=0.99), schedule=1.0, sign=sign)
         st = opt.init(th)
         _, st = opt.update(np.ones(2), st, th, curvature=lambda d: float(d @ d))
-        u, st = opt.update(-0.1 * np.ones(2), st, th, curvature=lambda d: float(d @ d))
+        u, st, info = opt.update_with_info(-0.1 * np.ones(2), st, th, curvature=lambda d: float(d @ d))
         assert st.n_negative_gd == 1 and bool(np.any(u)) == moved
         if moved:
-            assert st.t < 0
+            assert info.t < 0
     opt = CurvatureLR(schedule=1.0, max_step=0.01)
     u, st = opt.update(np.ones(2), opt.init(th), th, curvature=lambda d: 1e-6)
     assert st.n_capped == 1 and abs(np.linalg.norm(u) - 0.01) < 1e-15
@@ -273,8 +276,9 @@ def test_schedules():
     st = opt.init(np.ones(2))
     lams = []
     for k in range(3):
-        _, st = opt.update(np.zeros(2) if k == 1 else np.ones(2), st, np.ones(2), curvature=lambda d: float(d @ d))
-        lams.append(st.lam)
+        _, st, info = opt.update_with_info(np.zeros(2) if k == 1 else np.ones(2), st, np.ones(2),
+                                           curvature=lambda d: float(d @ d))
+        lams.append(info.lam)
     assert lams == [s(0), s(1), s(2)]
 
 
@@ -284,10 +288,15 @@ def test_state_roundtrip_and_diagnostics(rng):
     opt = CurvatureLR(base=Adam(lr=1.0), schedule=0.5)
     st = opt.init(th)
     for _ in range(3):
-        u, st = opt.update(grad(th), st, th, curvature=lambda d: float(d @ A @ d), loss_fn=f)
+        u, st, info = opt.update_with_info(grad(th), st, th, curvature=lambda d: float(d @ A @ d), loss_fn=f)
         th = th + u
-    dg = opt.diagnostics(st)
+    dg = opt.diagnostics(info)
     assert set(dg) == set(DIAGNOSTIC_FIELDS) and all(np.isfinite(dg[k]) for k in ("t", "c", "predicted", "realized"))
+    assert dg == {k: getattr(info, k) for k in DIAGNOSTIC_FIELDS}
+    assert opt.diagnostics(st) == dg  # the state that step made: the same report
+    assert all(math.isnan(v) for v in opt.diagnostics(opt.init(th)).values())  # no step made it
+    with pytest.raises(TypeError, match="report must be a CurvatureLRInfo"):
+        opt.diagnostics({"t": 1.0})
     d = st.to_dict()
     st2 = opt.load_state(d)
     assert st2.base.count == 3 and np.array_equal(st2.base.m, st.base.m)
