@@ -100,6 +100,8 @@ __all__ = [
     "all_finite",
     "state_leaves",
     "attach_info",
+    "register_state_hook",
+    "state_classes",
     "NAN_POLICIES",
     "DEFAULT_MAX_CONSECUTIVE_SKIPS",
     # re-exported from curvlab.tree for code written before curvlab.tree existed
@@ -280,6 +282,36 @@ def _is_plain_list(v: Any) -> bool:
     return isinstance(v, list) and all(_is_array(x) for x in v)
 
 
+#: callables ``hook(cls)`` run on every TransformState subclass (see :func:`register_state_hook`)
+_STATE_CLASS_HOOKS: list[Callable[[type], None]] = []
+
+
+def state_classes() -> list[type]:
+    """Every :class:`TransformState` class defined so far (the base and all subclasses)."""
+    out, todo = [], [TransformState]
+    while todo:
+        c = todo.pop()
+        if c not in out:
+            out.append(c)
+            todo.extend(c.__subclasses__())
+    return out
+
+
+def register_state_hook(hook: Callable[[type], None]) -> None:
+    """Run ``hook(cls)`` on every :class:`TransformState` class, those defined now and later.
+
+    The JAX adapter registers the state classes as pytrees this way, so that ``import curvlab``
+    does not import JAX. A hook runs when a subclass is created, before ``@dataclass`` has
+    added its fields: it must read ``dataclasses.fields`` when it is used, not when it runs.
+    Registering the same hook twice runs it once.
+    """
+    if hook in _STATE_CLASS_HOOKS:
+        return
+    _STATE_CLASS_HOOKS.append(hook)
+    for c in state_classes():
+        hook(c)
+
+
 @dataclasses.dataclass
 class TransformState:
     """Base class of method states: a dataclass of arrays, pytrees of arrays and scalars.
@@ -298,6 +330,11 @@ class TransformState:
     ignored). CuPy arrays are copied to the host; pass ``xp=cupy`` to :meth:`from_dict` to
     move back.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for hook in _STATE_CLASS_HOOKS:   # e.g. the JAX adapter's pytree registration
+            hook(cls)
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: the legacy view of the last step's info
