@@ -226,6 +226,18 @@ class CurvlabOptimizer(torch.optim.Optimizer):
     >>> (w ** 2).sum().backward(); _ = opt.step()
     >>> w.detach().tolist()
     [0.0, 0.0, 0.0]
+
+    ArTuRO's learning-rate-like knob is its KL bound ε, which a scheduler then drives:
+
+    >>> from curvlab.methods.arturo import ArTuRO
+    >>> opt = CurvlabOptimizer([w], ArTuRO(kl_bound=0.05))
+    >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
+    >>> opt.param_groups[0]["lr"], opt.param_groups[0]["reg_weight"]
+    (0.05, 0.058657)
+
+    A curvature source rebound each step (CurvatureLR; ExactNewton and DSGD likewise):
+    ``opt = CurvlabOptimizer(model.parameters(), CurvatureLR(), source=TorchCurvature(model,
+    "cross_entropy", first_batch))``, then per batch ``loss.backward(); opt.step(batch=(x, y))``.
     """
 
     def __init__(self, params: Any, transform: Transform, *, flat: bool = False,
