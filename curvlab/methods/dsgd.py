@@ -226,7 +226,7 @@ class DSGDInfo(StepInfo):
 
 def _as_layout(shapes: Any) -> Layout:
     """``shapes=`` as a :class:`~curvlab.layout.Layout`: a Layout itself, an object with
-    ``.shapes`` (and ``.names``, such as the MLP's ``ParamLayout``), or a list of shapes."""
+    ``.shapes`` (and ``.names``, such as the MLP's ``model.layout``), or a list of shapes."""
     if isinstance(shapes, Layout):
         return shapes
     shp = list(getattr(shapes, "shapes", shapes))
@@ -269,7 +269,7 @@ class DSGD(Transform):
         "greedy" (DSGD) or the baselines "cyclic" and "random" (same step, other choice).
     shapes:
         Block shapes when params/grads are flat vectors (a list of shapes or an object with
-        ``.shapes`` such as the MLP's ``ParamLayout``); pytrees of blocks (list, tuple, dict:
+        ``.shapes`` such as the MLP's ``model.layout``); pytrees of blocks (list, tuple, dict:
         one leaf per layer, in :mod:`curvlab.tree` order) need none and keep their structure.
     source:
         A curvature source (see the module docstring), rebound each step; or pass ``source=``

@@ -65,14 +65,14 @@ def test_quadratic_choice_and_improvement_match_bound(xp, rng):
         f0, g = lg(params)
         dn = [float(xp.linalg.norm(gi)) for gi in g]
         expect_scores = [d**2 / (2 * L) for d, L in zip(dn, Ls)]
-        upd, state = opt.update(g, state, params)
+        upd, state, info = opt.update_with_info(g, state, params)
         j = int(np.argmax(expect_scores))
-        assert state.chosen == j
-        np.testing.assert_allclose(state.scores, expect_scores, rtol=1e-13)
-        assert abs(state.guaranteed - expect_scores[j]) <= 1e-13 * expect_scores[j]
+        assert info.chosen == j
+        np.testing.assert_allclose(info.scores, expect_scores, rtol=1e-13)
+        assert abs(info.guaranteed - expect_scores[j]) <= 1e-13 * expect_scores[j]
         params = [p + u for p, u in zip(params, upd)]
         f1 = lg(params)[0]
-        assert f0 - f1 >= state.guaranteed * (1 - 1e-12)
+        assert f0 - f1 >= info.guaranteed * (1 - 1e-12)
         # greedy = argmax of the ℓ1-product dual ‖G_i‖_*/√L_i
         assert j == int(np.argmax([d / math.sqrt(L) for d, L in zip(dn, Ls)]))
     assert state.layer_counts.sum() == 40 and np.all(state.layer_counts > 0)
@@ -88,9 +88,9 @@ def test_isotropic_quadratic_decrease_equals_bound(rng):
     st = opt.init(p)
     for _ in range(3):
         f0, g = lg(p)
-        upd, st = opt.update(g, st, p)
+        upd, st, info = opt.update_with_info(g, st, p)
         p = [a + b for a, b in zip(p, upd)]
-        assert abs((f0 - lg(p)[0]) - st.guaranteed) <= 1e-12 * st.guaranteed
+        assert abs((f0 - lg(p)[0]) - info.guaranteed) <= 1e-12 * info.guaranteed
     assert sorted(np.flatnonzero(st.layer_counts)) == [0, 1, 2]
     assert lg(p)[0] < 1e-25  # each block solved in one step
 
@@ -103,10 +103,10 @@ def test_step_multiplier_guarantee(rng):
         opt = DSGD(norm="frobenius", rule="constant", constants=Ls, step=s)
         p = [np.zeros((3, 3)), np.zeros((2, 5))]
         f0, g = lg(p)
-        upd, st = opt.update(g, opt.init(p), p)
+        upd, st, info = opt.update_with_info(g, opt.init(p), p)
         f1 = lg([a + b for a, b in zip(p, upd)])[0]
-        assert abs((f0 - f1) - st.guaranteed) < 1e-12 * f0
-        assert abs(st.guaranteed - s * (2 - s) * st.scores.max()) < 1e-15 * f0
+        assert abs((f0 - f1) - info.guaranteed) < 1e-12 * f0
+        assert abs(info.guaranteed - s * (2 - s) * info.scores.max()) < 1e-15 * f0
 
 
 def test_tightness_single_linear_layer_spectral(rng):
@@ -117,13 +117,13 @@ def test_tightness_single_linear_layer_spectral(rng):
     p = m.init_params(rng)
     f0, g = m.loss_and_grad(p, X, Y)
     opt = DSGD(norm="spectral", rule="bound", loss="mse", shapes=m.layout)
-    upd, st = opt.update(g, opt.init(p), p, X=X)
+    upd, st, info = opt.update_with_info(g, opt.init(p), p, X=X)
     L = float(np.mean(np.sum(X**2, axis=1) + 1.0))
-    assert abs(st.L[0] - L) < 1e-12 * L
+    assert abs(info.L[0] - L) < 1e-12 * L
     nuc = np.linalg.svd(g.reshape(n_out, n_in + 1), compute_uv=False).sum()
-    assert abs(st.guaranteed - nuc**2 / (2 * L)) < 1e-12 * st.guaranteed
+    assert abs(info.guaranteed - nuc**2 / (2 * L)) < 1e-12 * info.guaranteed
     f1 = m.loss(p + upd, X, Y)
-    assert abs((f0 - f1) - st.guaranteed) < 1e-10 * st.guaranteed
+    assert abs((f0 - f1) - info.guaranteed) < 1e-10 * info.guaranteed
 
 
 # --- the rigorous bound on the reference MLP ------------------------------------------
@@ -185,12 +185,12 @@ def test_verify_records_actual_and_only_block_j_changes(digits_small):
     p = m.init_params(np.random.default_rng(2))
     f0, g = m.loss_and_grad(p, X, y)
     opt = DSGD(shapes=m.layout, verify=True)
-    upd, st = opt.update(g, opt.init(p), p, X=X, loss_fn=lambda q: m.loss(q, X, y), loss=f0)
-    assert st.actual >= st.guaranteed > 0
+    upd, st, info = opt.update_with_info(g, opt.init(p), p, X=X, loss_fn=lambda q: m.loss(q, X, y), loss=f0)
+    assert info.actual >= info.guaranteed > 0
     new = m.layout.unpack(p + upd)
     old = m.layout.unpack(p)
     for i in range(2):
-        if i != st.chosen:
+        if i != info.chosen:
             assert np.array_equal(new[i], old[i])
         else:
             assert not np.array_equal(new[i], old[i])
@@ -203,10 +203,10 @@ def test_flat_and_list_params_agree(digits_small):
     _, g = m.loss_and_grad(p, X, y)
     a = DSGD(shapes=m.layout)
     b = DSGD()
-    ua, sa = a.update(g, a.init(p), p, X=X)
+    ua, sa, infoa = a.update_with_info(g, a.init(p), p, X=X)
     Ws, Gs = [w.copy() for w in m.layout.unpack(p)], [x.copy() for x in m.layout.unpack(g)]
-    ub, sb = b.update(Gs, b.init(Ws), Ws, X=X)
-    assert rel_err(ua, m.layout.pack(ub)) < 1e-15 and sa.chosen == sb.chosen
+    ub, sb, infob = b.update_with_info(Gs, b.init(Ws), Ws, X=X)
+    assert rel_err(ua, m.layout.pack(ub)) < 1e-15 and infoa.chosen == infob.chosen
     with pytest.raises(ValueError, match="shapes="):
         b.update(g, b.init(Ws), p, X=X)
 
@@ -240,18 +240,18 @@ def test_estimate_rule_on_quadratic(rng):
     opt = DSGD(norm="frobenius", rule="estimate", safety=2.0)
     p = [np.zeros((3, 2)), np.zeros((2, 3))]
     f0, g = lg(p)
-    _, st = opt.update(g, opt.init(p), p, curvature=curv)
-    np.testing.assert_allclose(st.L, [2.0, 8.0], rtol=1e-14)
+    _, st, info = opt.update_with_info(g, opt.init(p), p, curvature=curv)
+    np.testing.assert_allclose(info.L, [2.0, 8.0], rtol=1e-14)
     # spectral norm: dᵀHd/‖ρ‖_op² ≥ L_i (polar factor has ‖·‖_F² = rank ≥ ‖·‖_op²)
     opt = DSGD(norm="spectral", rule="estimate", safety=1.0)
-    _, st = opt.update(g, opt.init(p), p, curvature=curv)
-    assert np.all(st.L >= np.array(Ls) * (1 - 1e-12))
+    _, st, info = opt.update_with_info(g, opt.init(p), p, curvature=curv)
+    assert np.all(info.L >= np.array(Ls) * (1 - 1e-12))
     # a non-positive estimate reuses the previous one, or excludes the layer
-    _, st2 = opt.update(g, st, p, curvature=lambda d: -1.0)
-    np.testing.assert_allclose(st2.L, st.L)
+    _, st2, info2 = opt.update_with_info(g, st, p, curvature=lambda d: -1.0)
+    np.testing.assert_allclose(info2.L, info.L)
     fresh = opt.init(p)
-    u, st3 = opt.update(g, fresh, p, curvature=lambda d: 0.0)
-    assert st3.chosen == -1 and st3.n_excluded == 2 and all(not np.any(x) for x in u)
+    u, st3, info3 = opt.update_with_info(g, fresh, p, curvature=lambda d: 0.0)
+    assert info3.chosen == -1 and st3.n_excluded == 2 and all(not np.any(x) for x in u)
 
 
 def test_newton_schulz_option_matches_svd(digits_small):
@@ -260,9 +260,9 @@ def test_newton_schulz_option_matches_svd(digits_small):
     p = m.init_params(np.random.default_rng(5))
     _, g = m.loss_and_grad(p, X, y)
     a, b = DSGD(shapes=m.layout), DSGD(shapes=m.layout, method="newton_schulz")
-    ua, sa = a.update(g, a.init(p), p, X=X)
-    ub, sb = b.update(g, b.init(p), p, X=X)
-    assert sa.chosen == sb.chosen and rel_err(ub, ua) < 1e-8
+    ua, sa, infoa = a.update_with_info(g, a.init(p), p, X=X)
+    ub, sb, infob = b.update_with_info(g, b.init(p), p, X=X)
+    assert infoa.chosen == infob.chosen and rel_err(ub, ua) < 1e-8
 
 
 def test_cyclic_and_random_selection(rng):
@@ -274,11 +274,11 @@ def test_cyclic_and_random_selection(rng):
     st = opt.init(p)
     seen = []
     for _ in range(3):
-        u, st = opt.update(lg(p)[1], st, p)
-        seen.append(st.chosen)
+        u, st, info = opt.update_with_info(lg(p)[1], st, p)
+        seen.append(info.chosen)
     assert seen == [0, 1, 2]
     opt = DSGD(norm="frobenius", rule="constant", constants=Ls, selection="random", seed=3)
-    ch = [opt.update(lg(p)[1], dataclass_count(opt.init(p), k), p)[1].chosen for k in range(60)]
+    ch = [opt.update_with_info(lg(p)[1], dataclass_count(opt.init(p), k), p)[2].chosen for k in range(60)]
     assert set(ch) == {0, 1, 2}
 
 
@@ -315,8 +315,8 @@ def test_bad_input(rng):
     st = opt.init(q)
     # zero gradient: no update, stationary, no division by zero
     with np.errstate(all="raise"):
-        u, st1 = opt.update([np.zeros((2, 2)), np.zeros((3, 2))], st, q)
-    assert st1.chosen == -1 and st1.n_stationary == 1 and not any(np.any(x) for x in u)
+        u, st1, info1 = opt.update_with_info([np.zeros((2, 2)), np.zeros((3, 2))], st, q)
+    assert info1.chosen == -1 and st1.n_stationary == 1 and not any(np.any(x) for x in u)
     # NaN gradient: no update, counted; raises past max_consecutive_skips in a row
     bad = [np.full((2, 2), np.nan), np.ones((3, 2))]
     u, st2 = opt.update(bad, st, q)
@@ -353,11 +353,11 @@ def test_weight_norm_cache_follows_params(digits_small):
         if k == 3:  # an external change of every block must invalidate the cache
             p = p * 1.5
         _, g = m.loss_and_grad(p, X, y)
-        u, st = opt.update(g, st, p, X=X)
+        u, st, info = opt.update_with_info(g, st, p, X=X)
         Ws = m.layout.unpack(p)
         exact = [np.linalg.norm(W[:, :-1], 2) for W in Ws[1:]]
         np.testing.assert_allclose(st.w_opnorm[1:], exact, rtol=1e-13)
-        np.testing.assert_allclose(st.L, mlp_layer_smoothness_bound(Ws, X, "tanh"), rtol=1e-13)
+        np.testing.assert_allclose(info.L, mlp_layer_smoothness_bound(Ws, X, "tanh"), rtol=1e-13)
         p = p + u
 
 
@@ -376,11 +376,11 @@ def test_nan_svd_result_falls_back_to_frobenius(monkeypatch, rng):
     opt = DSGD(rule="constant", constants=[1.0, 2.0])
     monkeypatch.setattr(np.linalg, "svd", garbage(np.linalg.svd))
     monkeypatch.setattr(scipy.linalg, "svd", garbage(scipy.linalg.svd))
-    u, st = opt.update(g, opt.init(q), q)
-    assert st.n_fallback == 2 and st.chosen >= 0 and all(np.all(np.isfinite(x)) for x in u)
-    j = st.chosen
+    u, st, info = opt.update_with_info(g, opt.init(q), q)
+    assert st.n_fallback == 2 and info.chosen >= 0 and all(np.all(np.isfinite(x)) for x in u)
+    j = info.chosen
     np.testing.assert_allclose(u[j], -g[j] / [1.0, 2.0][j], rtol=1e-14)  # Frobenius map ρ(G) = G
-    assert np.all(np.isfinite(st.dual_norms))
+    assert np.all(np.isfinite(info.dual_norms))
 
 
 def test_options_are_validated_at_construction():
@@ -413,7 +413,7 @@ def test_options_are_validated_at_construction():
 
 
 def test_flat_vectors_split_by_the_one_layout(rng):
-    """shapes= is a curvlab.layout.Layout (or shapes, or the MLP's ParamLayout): the same numbers
+    """shapes= is a curvlab.layout.Layout (or shapes, or the MLP's ``model.layout``): the same numbers
     each way; a (P, k) block is refused naming grads (DSGD takes one flat vector)."""
     from curvlab.layout import Layout
 
