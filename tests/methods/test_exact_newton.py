@@ -31,9 +31,14 @@ def _problem(B, sizes=(4, 3, 5), act="tanh", seed=0):
 
 
 def _update(opt, model, p, X, y):
-    _, g = model.loss_and_grad(p, X, y)
-    upd, st = opt.update(g, opt.init(p), p, model=model, X=X, y=y)
+    upd, st, _ = _update_with_info(opt, model, p, X, y)
     return upd, st
+
+
+def _update_with_info(opt, model, p, X, y):
+    """One step from ``opt.init(p)``: ``(updates, state, info)``."""
+    _, g = model.loss_and_grad(p, X, y)
+    return opt.update_with_info(g, opt.init(p), p, model=model, X=X, y=y)
 
 
 @pytest.mark.parametrize("rule", ["raw", "abs", "cap"])
@@ -116,7 +121,7 @@ def test_regularized_full_step_leaves_rank_one_weights():
 def test_flat_and_list_params_and_float32_agree():
     model, p, X, y = _problem(5, seed=7)
     opt = ExactNewton(lr=0.1, lam=1.0, diagnostics=True)
-    u_flat, st = _update(opt, model, p, X, y)
+    u_flat, st, info = _update_with_info(opt, model, p, X, y)
     Ws = [W.copy() for W in model.layout.unpack(p)]
     u_list, _ = opt.update([np.zeros_like(W) for W in Ws], opt.init(Ws), Ws, X=X, y=y, activation="tanh")
     assert rel_err(model.layout.pack(u_list), u_flat) <= 1e-13
@@ -125,21 +130,21 @@ def test_flat_and_list_params_and_float32_agree():
     u32, _ = opt.update(np.zeros_like(p32), opt.init(p32), p32, model=m32, X=X.astype(np.float32), y=y)
     assert u32.dtype == np.float32
     assert rel_err(u32, u_flat) <= 1e-4    # float32 forward pass; curvature and solves in float64
-    assert st.count == 1 and st.kappa_min.shape == (2,) and np.all(st.step_norm > 0)
+    assert st.count == 1 and info.kappa_min.shape == (2,) and np.all(info.step_norm > 0)
 
 
 def test_state_round_trip_and_diagnostics():
     model, p, X, y = _problem(8, seed=8)
     opt = ExactNewton(lr=0.1, lam=0.01, adjustment="raw", diagnostics=True)
-    _, st = _update(opt, model, p, X, y)
+    _, st, info = _update_with_info(opt, model, p, X, y)
     # diagnostics off (the default): same step, the per-layer diagnostics are NaN / -1
-    u_off, st_off = _update(ExactNewton(lr=0.1, lam=0.01, adjustment="raw"), model, p, X, y)
-    assert np.all(np.isnan(st_off.kappa_min)) and np.all(st_off.n_negative == -1)
+    u_off, st_off, info_off = _update_with_info(ExactNewton(lr=0.1, lam=0.01, adjustment="raw"), model, p, X, y)
+    assert np.all(np.isnan(info_off.kappa_min)) and np.all(info_off.n_negative == -1)
     assert st_off.n_indefinite == st.n_indefinite and st_off.n_guarded == st.n_guarded
     f = layer_hessian_factors(model, p, X, y)
     kmin = [float((np.linalg.eigvalsh(fl.M) * (fl.a ** 2).sum(1)[:, None]).min()) for fl in f]
     # the output layer's softmax M is singular: its κ_min is 0 up to rounding, hence the absolute part
-    np.testing.assert_allclose(st.kappa_min, kmin, rtol=1e-12, atol=1e-14 * np.abs(kmin).max())
+    np.testing.assert_allclose(info.kappa_min, kmin, rtol=1e-12, atol=1e-14 * np.abs(kmin).max())
     assert st.n_indefinite >= 1        # tanh hidden layer, λ = 0.01: some κ + λ < 0
     back = opt.load_state(st.to_dict())
     assert isinstance(back, ExactNewtonState)
@@ -283,10 +288,10 @@ def test_layer_subset_and_list_params_with_model():
     model, p, X, y = _problem(3, seed=12)
     full, _ = _update(ExactNewton(lr=0.1), model, p, X, y)
     opt = ExactNewton(lr=0.1, layers=[1], diagnostics=True)
-    upd, st = _update(opt, model, p, X, y)
+    upd, st, info = _update_with_info(opt, model, p, X, y)
     s0, s1 = model.layout.slice(0), model.layout.slice(1)
     assert np.all(upd[s0] == 0) and rel_err(upd[s1], full[s1]) <= 1e-14
-    assert st.step_norm[0] == 0 and st.step_norm[1] > 0
+    assert info.step_norm[0] == 0 and info.step_norm[1] > 0
     Ws = model.layout.unpack(p)
     ul, _ = opt.update([np.zeros_like(W) for W in Ws], opt.init(Ws), Ws, model=model, X=X, y=y)
     assert rel_err(model.layout.pack(ul), upd) <= 1e-14
