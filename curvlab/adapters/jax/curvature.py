@@ -1,4 +1,4 @@
-"""JAX adapter: a JAX model, a loss and a batch as a curvature source.
+"""JAX adapter: a JAX model, a loss and a batch (or a whole dataset) as a curvature source.
 
 :class:`JaxCurvature` implements :class:`curvlab.sources.CurvatureSource` (``layout``,
 ``params``, ``loss()``, ``gradient()``, ``per_sample_gradients()``, ``hessian()``,
@@ -23,9 +23,21 @@ client imports a NumPy buffer without a copy only when it is 64-byte aligned
 (otherwise one copy is made; results always come back without a copy).
 float64 needs ``jax.config.update("jax_enable_x64", True)``.
 
-Data parallelism: ``devices=`` (a count or a list of devices) shards the batch
+Datasets: ``data`` is one batch ``(inputs, targets)`` or any form of
+:class:`curvlab.batches.Batches` (a list of array pairs, a re-iterable, a zero-argument
+callable returning a fresh iterator). Loss, gradient, every operator (matvec and matmat),
+``dᵀHd`` and ``grad_and_curvature`` are then the exact sample-weighted average
+``Σ_b (n_b/N) q_b`` over one pass of the batches, which equals one batch holding all
+samples up to rounding; ``per_sample_gradients`` concatenates the batches' rows. Each
+product is one ``jax.jit`` function: it compiles once per distinct batch shape (a dataset
+of equal batches and a smaller last one: two compilations per product kind), and every
+source :meth:`~JaxCurvature.at` derives shares them. One batch is computed exactly as
+before (bit for bit).
+
+Data parallelism: ``devices=`` (a count or a list of devices) shards every batch
 along axis 0 over a 1-D mesh; parameters and vectors are replicated and XLA
-inserts the all-reduce, so products equal those on one device.
+inserts the all-reduce, so products equal those on one device (for a dataset: every
+batch size must be a multiple of the device count).
 
 The loss is ``"cross_entropy"`` (integer targets, logits on the last axis),
 ``"mse"`` (``0.5 ||z - y||²`` over the last axis), averaged over all other
@@ -62,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ... import backend
+from ...batches import Batches, as_batches
 from ...layout import Layout
 from ...linalg.operators import LinearOperator
 from .._common import FISHER_KINDS, CurvatureOperator, layer_structure_unavailable
@@ -126,7 +139,7 @@ def _as_batch_array(b: Any, name: str) -> jax.Array:
 
 
 class JaxCurvature:
-    """A JAX model and its loss bound to parameters and one batch: a
+    """A JAX model and its loss bound to parameters and one batch or a dataset: a
     :class:`curvlab.sources.CurvatureSource`.
 
     Parameters
@@ -134,15 +147,20 @@ class JaxCurvature:
     apply_fn : callable ``(params, inputs) -> outputs``
     params : pytree of arrays
     loss : "cross_entropy" | "mse" | callable
-    batch : (inputs, targets)
-        Two JAX (or NumPy) arrays with at least one sample and equal leading
+    data : (inputs, targets), or a dataset of such batches
+        One batch: two JAX (or NumPy) arrays with at least one sample and equal leading
         (batch) sizes; complex parts raise ``TypeError``, and a tuple/list/dict
-        raises ``TypeError`` (never stacked). ``"cross_entropy"`` targets are
+        raises ``TypeError`` (never stacked). A dataset: a list/tuple of such pairs, a
+        re-iterable of them, a zero-argument callable returning a fresh iterator, or a
+        :class:`curvlab.batches.Batches` (a one-shot iterator is refused). ``"cross_entropy"`` targets are
         integer labels shaped like the outputs without the class axis (or with a
-        trailing 1); their range ``[0, C)`` is read on the host **once, here**
-        (one device-to-host copy of the labels, outside ``jit``) — inside the
+        trailing 1); their range ``[0, C)`` is read on the host **once per batch, when
+        the batch is first seen** (one device-to-host copy of its labels, outside ``jit``,
+        which stalls JAX's asynchronous dispatch once): for one batch or a list, here; for a
+        re-iterable or a callable, during the first pass (later passes are assumed to
+        yield the same batches: ``check_deterministic=True`` verifies it) — inside the
         compiled products an out-of-range label would give NaN or a wrapped index
-        silently, so the batch is not re-checked. ``"mse"`` targets must have the
+        silently. ``"mse"`` targets must have the
         outputs' shape (no broadcasting). A callable loss must return a real
         float scalar.
     trainable : None | sequence of str | callable(name) -> bool
@@ -156,11 +174,15 @@ class JaxCurvature:
         ``"propagate"``: NaN/Inf in the parameters or the batch flow through (the
         loss and the products come back NaN); nothing is checked.
         ``"raise"``: the trainable parameters and the floating batch inputs and
-        targets are checked once here, on the host, and ``FloatingPointError``
-        names the first non-finite one.
+        targets are checked on the host (each batch when first seen, like the labels),
+        and ``FloatingPointError`` names the first non-finite one.
     devices : int or sequence of jax devices, optional
-        Shard the batch over these devices (axis 0; the batch size must be a
+        Shard every batch over these devices (axis 0; every batch size must be a
         multiple of their number).
+    num_data, check_deterministic, progress
+        Dataset options of :class:`curvlab.batches.Batches`: the expected total sample
+        count, a check that every pass yields the same batches (a hash of the first batch:
+        one host copy per pass), a tqdm bar per pass (silent by default).
 
     Attributes
     ----------
@@ -170,7 +192,14 @@ class JaxCurvature:
         The trainable parameters, flat (NumPy on the CPU, CuPy on a GPU).
     theta : jax.Array (P,)
         The same as a JAX array.
-    batch_size : int
+    batch_size : int or None
+        The size of the one bound batch (None for a dataset).
+    num_samples : int or None
+        The samples of one pass (``num_data`` when given; None for a stream before its first pass).
+    batches : curvlab.batches.Batches
+        The data as checked (and, with ``devices``, sharded) batches.
+    X, y : jax.Array or None
+        The one bound batch (None for a dataset).
     """
 
     def __init__(
@@ -178,12 +207,15 @@ class JaxCurvature:
         apply_fn: Callable[[Any, Any], Any],
         params: Any,
         loss: str | Callable[[Any, Any], Any],
-        batch: tuple[Any, Any],
+        data: Any,
         *,
         trainable: Sequence[str] | Callable[[str], bool] | None = None,
         hvp_mode: str = "forward_over_reverse",
         devices: int | Sequence[Any] | None = None,
         nan_policy: str = "propagate",
+        num_data: int | None = None,
+        check_deterministic: bool = False,
+        progress: Any = False,
     ) -> None:
         if nan_policy not in ("propagate", "raise"):
             raise ValueError(f"nan_policy must be 'propagate' or 'raise', got {nan_policy!r}")
@@ -230,25 +262,64 @@ class JaxCurvature:
         self.theta = jnp.concatenate([leaves[i].reshape(-1) for i in idx])
         dev = next(iter(self.theta.devices()))
         self.xp = np if dev.platform == "cpu" else backend._import_cupy()
-        X, y = self._check_batch(batch, self.theta)
+        if nan_policy == "raise" and not bool(jnp.all(jnp.isfinite(self.theta))):
+            raise FloatingPointError("parameters contain NaN or Inf (nan_policy='raise')")
         self.mesh = None
         if devices is not None:
             devs = jax.devices()[: int(devices)] if isinstance(devices, int) else list(devices)
             if len(devs) < 1 or (isinstance(devices, int) and len(devs) < devices):
                 raise ValueError(f"devices={devices!r} but only {len(jax.devices())} JAX devices exist")
-            if X.shape[0] % len(devs):
-                raise ValueError(f"batch size {X.shape[0]} is not a multiple of the {len(devs)} devices")
             from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
             self.mesh = Mesh(np.array(devs), ("batch",))
-            X, y = self._place(X, y)
             self.theta = jax.device_put(self.theta, NamedSharding(self.mesh, PartitionSpec()))
-        self._bind_data(X, y)
         self._jit: dict[str, Callable[..., Any]] = {}
+        self._out_shapes: dict[Any, Any] = {}  # batch shapes -> output shape (shared with at())
+        self._bind_batches(as_batches(self._data_arg(data), num_data=num_data,
+                                      check_deterministic=check_deterministic, progress=progress))
 
     # ------------------------------------------------------------------ batch checks
-    def _check_batch(self, batch: Any, theta: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """The batch's arrays, checked (``theta`` too under ``nan_policy="raise"``)."""
+    @staticmethod
+    def _data_arg(data: Any) -> Any:
+        """``data`` as given, except that a bare array (no pair) keeps the one-batch message."""
+        if not isinstance(data, (tuple, list, Batches)) and any(
+                hasattr(data, a) for a in ("shape", "__array__", "__dlpack__")):
+            raise ValueError(f"batch must be a pair (inputs, targets), got {type(data).__name__}")
+        return data
+
+    def _bind_batches(self, batches: Batches) -> None:
+        """Bind checked data: every batch goes through :meth:`_prepare_batch` (one batch or a
+        list: now, once; a stream: on every pass)."""
+        self._batches = None  # read by _prepare_batch: None while a list is being prepared
+        self._batches = batches.prepared(self._prepare_batch)
+        if self._batches.single:
+            ((_, (X, y)),) = tuple(self._batches)
+            self.X, self.y, self.batch_size = X, y, int(X.shape[0])
+        else:
+            self.X = self.y = self.batch_size = None
+
+    @property
+    def batches(self) -> Batches:
+        return self._batches
+
+    @property
+    def num_samples(self) -> int | None:
+        b = self._batches
+        return b.num_data if b.num_data is not None else b.n_samples
+
+    def _prepare_batch(self, batch: Any) -> tuple[jax.Array, jax.Array]:
+        """One batch checked, placed on the mesh, its output shape traced once per shape, and
+        its labels (and under ``nan_policy="raise"`` its values) read on the host when first
+        seen (a list: at binding; a stream: in the first pass)."""
+        bs = self._batches
+        first = bs is None or bs.n_passes == 0
+        X, y = self._check_batch(batch, host=first)
+        X, y = self._place(X, y)
+        self._check_outputs(X, y, labels=first)
+        return X, y
+
+    def _check_batch(self, batch: Any, host: bool = True) -> tuple[jax.Array, jax.Array]:
+        """The batch's arrays, checked (values on the host under ``nan_policy="raise"`` when ``host``)."""
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
         X, y = _as_batch_array(batch[0], "inputs"), _as_batch_array(batch[1], "targets")
@@ -261,9 +332,8 @@ class JaxCurvature:
                              "undefined; pass at least one sample")
         if self.loss_name == "cross_entropy" and not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(f"batch targets must be integer class labels for cross_entropy, got dtype {y.dtype}")
-        if self.nan_policy == "raise":
-            checks = (() if theta is None else (("parameters", theta),)) + (("batch inputs", X), ("batch targets", y))
-            for what, a in checks:
+        if self.nan_policy == "raise" and host:
+            for what, a in (("batch inputs", X), ("batch targets", y)):
                 if jnp.issubdtype(a.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(a))):
                     raise FloatingPointError(f"{what} contain NaN or Inf (nan_policy='raise')")
         if jnp.issubdtype(X.dtype, jnp.floating) and np.dtype(X.dtype) != self.dtype:
@@ -293,16 +363,14 @@ class JaxCurvature:
             raise TypeError(f"loss must return a real floating scalar, got dtype {lval.dtype}")
         return out
 
-    def _bind_data(self, X: jax.Array, y: jax.Array) -> None:
-        """Bind a checked batch: the loss's shape and dtype (traced once per batch shape), and
-        the label range (one host read)."""
+    def _check_outputs(self, X: jax.Array, y: jax.Array, labels: bool = True) -> None:
+        """A checked batch's loss shape and dtype (traced once per batch shape), and with
+        ``labels`` the label range (one host read)."""
         key = (tuple(X.shape), str(X.dtype), tuple(y.shape), str(y.dtype))
-        if getattr(self, "_out_shape", (None, None))[0] == key:  # a batch like the bound one: no trace
-            out = self._out_shape[1]
-        else:
-            out = self._checked_out_shape(X, y)
-            self._out_shape = (key, out)
-        if self.loss_name == "cross_entropy":
+        out = self._out_shapes.get(key)
+        if out is None:  # a new batch shape: one trace (no compile)
+            out = self._out_shapes[key] = self._checked_out_shape(X, y)
+        if self.loss_name == "cross_entropy" and labels:
             # the label range, read on the host once here (outside jit): an out-of-range label
             # would make take_along_axis return NaN (or wrap a negative index) silently
             C = int(out.shape[-1])
@@ -310,8 +378,26 @@ class JaxCurvature:
             if yh.size and (int(yh.min()) < 0 or int(yh.max()) >= C):
                 raise ValueError(f"batch targets (class labels) must lie in [0, {C - 1}] for cross_entropy (the "
                                  f"outputs have {C} classes), got values in [{int(yh.min())}, {int(yh.max())}]")
-        self.X, self.y = X, y
-        self.batch_size = int(X.shape[0])
+
+    def _mean(self, fn: Callable[..., Any], extras: Sequence[Any] | None = None,
+              batches: Batches | None = None) -> Any:
+        """``Σ_b (n_b/N) fn(X_b, y_b[, extras[b]])`` over one pass (one batch: ``fn``'s value)."""
+        bs = self._batches if batches is None else batches
+        if extras is None:
+            return bs.mean(lambda b: fn(*b))
+        it = iter(extras)
+        n = len(extras)
+
+        def one(b: Any) -> Any:
+            e = next(it, None)
+            if e is None:
+                raise ValueError(f"data: a pass yielded more than the {n} batches the residuals were drawn for")
+            return fn(*b, e)
+
+        out = bs.mean(one)
+        if next(it, None) is not None:
+            raise ValueError(f"data: a pass yielded fewer than the {n} batches the residuals were drawn for")
+        return out
 
     # ------------------------------------------------------------------ pure functions
     def _merge(self, theta: jax.Array) -> Any:
@@ -394,11 +480,18 @@ class JaxCurvature:
     def _wrap(self, mv: Callable[..., Any], mm: Callable[..., Any], *, psd: bool, what: str,
               detail: str = "", extra: Any = None) -> LinearOperator:
         """A symmetric named operator from compiled ``(θ, X, y, v[, extra])`` matvec and matmat."""
-        th, X, y = self.theta, self.X, self.y
-        more = () if extra is None else (extra,)
+        th, bs = self.theta, self._batches
         n = self.layout.size
-        return CurvatureOperator(lambda v: from_jax(mv(th, X, y, self._vec(v), *more)), (n, n), self.dtype,
-                                 matmat=lambda V: from_jax(mm(th, X, y, self._vec(V, "V", 2), *more)),
+
+        def matvec(v: Any) -> Any:
+            vj = self._vec(v)
+            return from_jax(self._mean(lambda X, y, *e: mv(th, X, y, vj, *e), extra, bs))
+
+        def matmat(V: Any) -> Any:
+            Vj = self._vec(V, "V", 2)
+            return from_jax(self._mean(lambda X, y, *e: mm(th, X, y, Vj, *e), extra, bs))
+
+        return CurvatureOperator(matvec, (n, n), self.dtype, matmat=matmat,
                                  symmetric=True, psd=psd, xp=self.xp,
                                  description=f"{what} of {self._label()}{detail}")
 
@@ -407,7 +500,7 @@ class JaxCurvature:
         name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or type(f).__name__
         name = name.rsplit("<locals>.", 1)[-1]  # a function defined in a function: its own name
         shard = "" if self.mesh is None else f" sharded over {self.mesh.devices.size} devices"
-        return f"{name} on {self.batch_size} samples{shard}, P={self.layout.size}"
+        return f"{name} on {self._batches.describe()}{shard}, P={self.layout.size}"
 
     def __repr__(self) -> str:
         return f"JaxCurvature({self._label()}, dtype={self.dtype}, hvp_mode={self.hvp_mode})"
@@ -429,8 +522,10 @@ class JaxCurvature:
         """The same model rebound to ``params`` and/or ``data``, reusing every compiled function.
 
         ``params``: a flat ``(P,)`` array of the trainable leaves, or a full pytree of the
-        constructor's structure. ``data``: a batch ``(inputs, targets)``, checked like the
-        constructor's (labels: one host read). Arrays of the shapes and dtypes already
+        constructor's structure. ``data``: a batch ``(inputs, targets)`` or a dataset,
+        checked like the constructor's (labels: one host read per batch when first seen);
+        it keeps ``progress`` and ``check_deterministic`` but not ``num_data`` (pass a
+        :class:`~curvlab.batches.Batches` to set it). Batches of the shapes and dtypes already
         compiled for run without retracing; this source is unchanged. A pytree whose
         held-fixed leaves (not in ``trainable``) differ from this source's gives a source
         that compiles its own functions (the fixed leaves are constants of the programs).
@@ -446,8 +541,7 @@ class JaxCurvature:
             if self.nan_policy == "raise" and not bool(jnp.all(jnp.isfinite(new.theta))):
                 raise FloatingPointError("parameters contain NaN or Inf (nan_policy='raise')")
         if data is not None:
-            X, y = self._check_batch(data)
-            new._bind_data(*new._place(X, y))
+            new._bind_batches(self._batches.rebind(self._data_arg(data)))
         return new
 
     def _params_in(self, params: Any, new: "JaxCurvature") -> jax.Array:
@@ -470,10 +564,11 @@ class JaxCurvature:
         return self._vec(flat, "params")
 
     def loss(self) -> float:
-        """The mean loss on the batch (a Python float; one compiled forward, one host sync)."""
+        """The mean loss on the data (a Python float; one compiled forward per batch, one host sync)."""
         if "loss_jit" not in self._jit:
             self._jit["loss_jit"] = jax.jit(self._loss_flat)
-        return float(self._jit["loss_jit"](self.theta, self.X, self.y))
+        f, th = self._jit["loss_jit"], self.theta
+        return float(self._mean(lambda X, y: f(th, X, y)))
 
     def per_sample_gradients(self) -> Any:
         """The gradients ``(B, P)`` of the per-sample losses (``jax.vmap`` of ``jax.grad`` over
@@ -484,7 +579,8 @@ class JaxCurvature:
                 return jax.grad(self._loss_flat)(th, x[None], t[None])
 
             self._jit["psg_jit"] = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
-        return from_jax(self._jit["psg_jit"](self.theta, self.X, self.y))
+        f, th = self._jit["psg_jit"], self.theta
+        return self._batches.concat(lambda b: from_jax(f(th, *b)))
 
     def layer_structure(self) -> list:
         """Not available yet for JAX models: raises :class:`~curvlab.sources.LayerStructureUnavailable`."""
@@ -495,11 +591,12 @@ class JaxCurvature:
         return self._merge(self._vec(theta, "theta"))
 
     def gradient(self, params: Any = None) -> tuple[float, Any]:
-        """``(loss, g)`` on the batch; ``params`` (flat) evaluates elsewhere."""
+        """``(loss, g)`` on the data; ``params`` (flat) evaluates elsewhere."""
         if "grad_jit" not in self._jit:
             self._jit["grad_jit"] = jax.jit(self._compiled("grad"))
         th = self.theta if params is None else self._vec(params, "params")
-        val, g = self._jit["grad_jit"](th, self.X, self.y)
+        f = self._jit["grad_jit"]
+        val, g = self._mean(lambda X, y: f(th, X, y))
         return float(val), from_jax(g)
 
     def gradient_fn(self) -> Callable[[Any], tuple[float, Any]]:
@@ -530,20 +627,28 @@ class JaxCurvature:
             return op
         if "outputs_jit" not in self._jit:
             self._jit["outputs_jit"] = jax.jit(self._outputs_of)
-        z = self._jit["outputs_jit"](self.theta, self.X)
-        B = z.shape[0]
+        # the output residuals of every batch, computed (and for "mc" drawn) once here, in one
+        # pass, and kept by batch position: every product then applies the same matrix
+        out_f, th = self._jit["outputs_jit"], self.theta
         if kind == "empirical":
-            r = jax.grad(lambda zz: self.loss_fn(zz, self.y))(z) * B  # per-sample ∇_z ℓ_b
-            return self._fisher_op("empirical", r, what="empirical Fisher")
-        C = z.shape[-1]
-        p = jax.nn.softmax(z, axis=-1) if self.loss_name == "cross_entropy" else None
-        M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
-                                   None if p is None else np.asarray(p, dtype=np.float64))
-        if p is not None:
-            R = p[None] - jax.nn.one_hot(jnp.asarray(draws), C, dtype=z.dtype)
-        else:
-            R = -jnp.asarray(draws, dtype=z.dtype)
-        return self._fisher_op("mc", R, what="Monte-Carlo Fisher", detail=f", mc_samples={M}")
+            def resid(X: jax.Array, y: jax.Array) -> jax.Array:
+                z = out_f(th, X)
+                return jax.grad(lambda zz: self.loss_fn(zz, y))(z) * z.shape[0]  # per-sample ∇_z ℓ_b
+
+            rs = [resid(X, y) for _, (X, y) in self._batches]
+            return self._fisher_op("empirical", rs, what="empirical Fisher")
+        Rs, M = [], None
+        for _, (X, y) in self._batches:
+            z = out_f(th, X)
+            C = z.shape[-1]
+            p = jax.nn.softmax(z, axis=-1) if self.loss_name == "cross_entropy" else None
+            M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
+                                       None if p is None else np.asarray(p, dtype=np.float64))
+            if p is not None:
+                Rs.append(p[None] - jax.nn.one_hot(jnp.asarray(draws), C, dtype=z.dtype))
+            else:
+                Rs.append(-jnp.asarray(draws, dtype=z.dtype))
+        return self._fisher_op("mc", Rs, what="Monte-Carlo Fisher", detail=f", mc_samples={M}")
 
     @staticmethod
     def _weight_empirical(u: jax.Array, r: jax.Array) -> jax.Array:
@@ -559,8 +664,9 @@ class JaxCurvature:
         s = jnp.sum(R * u[None], axis=-1, keepdims=True)
         return jnp.sum(R * s, axis=0) / (npos * M)
 
-    def _fisher_op(self, kind: str, resid: jax.Array, *, what: str, detail: str = "") -> LinearOperator:
-        """``v -> Jᵀ weight(J v, resid)``, compiled once per kind (the residuals are an argument)."""
+    def _fisher_op(self, kind: str, resid: list[jax.Array], *, what: str, detail: str = "") -> LinearOperator:
+        """``v -> mean_b Jᵀ weight(J v, resid_b)``, compiled once per kind and batch shape (the
+        residuals, one per batch in pass order, are an argument)."""
         key = "fisher_" + kind
         if key not in self._jit:
             L_out = self._outputs_of
@@ -576,7 +682,8 @@ class JaxCurvature:
     def hvp(self, v: Any) -> Any:
         """``H v`` for a flat ``(P,)`` vector (default mode)."""
         mv, _ = self._mv_fns("hvp_" + self.hvp_mode)
-        return from_jax(mv(self.theta, self.X, self.y, self._vec(v)))
+        th, vj = self.theta, self._vec(v)
+        return from_jax(self._mean(lambda X, y: mv(th, X, y, vj)))
 
     def directional_curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
         """``dᵀHd`` by forward-over-forward (nested ``jax.jvp``); ``return_all`` gives
@@ -584,7 +691,8 @@ class JaxCurvature:
         if "curv_jit" not in self._jit:
             self._jit["curv_jit"] = jax.jit(self._compiled("curvature"))
         th = self.theta if params is None else self._vec(params, "params")
-        out = np.asarray(self._jit["curv_jit"](th, self.X, self.y, self._vec(d, "d")))
+        f, dj = self._jit["curv_jit"], self._vec(d, "d")
+        out = np.asarray(self._mean(lambda X, y: f(th, X, y, dj)))
         return (float(out[0]), float(out[1]), float(out[2])) if return_all else float(out[2])
 
     def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
@@ -602,7 +710,8 @@ class JaxCurvature:
         if "gc_jit" not in self._jit:
             self._jit["gc_jit"] = jax.jit(self._compiled("grad_and_curvature"))
         th = self.theta if params is None else self._vec(params, "params")
-        val, g, c = self._jit["gc_jit"](th, self.X, self.y, self._vec(d, "d"))
+        f, dj = self._jit["gc_jit"], self._vec(d, "d")
+        val, g, c = self._mean(lambda X, y: f(th, X, y, dj))
         return float(val), from_jax(g), float(c)
 
 
