@@ -426,7 +426,7 @@ def _run_core_and_wrapper(make_core, make_wrapped, group, rng, steps=15, curvatu
 @pytest.mark.parametrize("make,group,ref,curvature", [
     (lambda: ArTuRO(), {"lr": 0.02, "reg_weight": 0.1, "measurement_noise": 1.5},
      lambda: ArTuRO(kl_bound=0.02, reg_weight=0.1, measurement_noise=1.5), False),
-    (lambda: Adam(lr=0.1), {"lr": 0.03, "b1": 0.7, "b2": 0.95, "eps": 1e-4},
+    (lambda: Adam(lr=0.1), {"lr": 0.03, "betas": (0.7, 0.95), "eps": 1e-4},
      lambda: Adam(lr=0.03, b1=0.7, b2=0.95, eps=1e-4), False),
     (lambda: CurvatureLR(base=SGD(lr=1.0), schedule=0.8, max_step=2.0), {"lr": 0.5, "max_step": 0.3},
      lambda: CurvatureLR(base=SGD(lr=1.0), schedule=0.4, max_step=0.3), True),
@@ -485,8 +485,15 @@ def test_several_param_groups_with_their_own_options_and_instances(rng):
     g1["lr"], g1["reg_weight"] = 0.01, True
     with pytest.raises(TypeError, match=r"param_groups\[1\]\['reg_weight'\] must be a real number, got bool"):
         opt.step()
-    with pytest.raises(ValueError, match=r"param_groups\[0\]\['b1'\] must be in \[0, 1\), got 1.0"):
-        CurvlabOptimizer([{"params": [a], "b1": 1.0}], Adam())
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['betas\[0\]'\] must be in \[0, 1\), got 1.0"):
+        CurvlabOptimizer([{"params": [a], "betas": (1.0, 0.9)}], Adam())
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['betas'\] must be a pair \(b1, b2\), got 0.9"):
+        CurvlabOptimizer([{"params": [a], "betas": 0.9}], Adam())
+    # a group with another method holds that method's entries only (torch fills groups from defaults)
+    mixed = CurvlabOptimizer([{"params": [a]}, {"params": [b], "transform": Adam(lr=0.1)}], ArTuRO())
+    m0, m1 = mixed.param_groups
+    assert "reg_weight" in m0 and "betas" not in m0 and m0["lr"] == ArTuRO().kl_bound
+    assert m1["betas"] == (0.9, 0.999) and "reg_weight" not in m1 and m1["lr"] == 0.1
 
 
 @pytest.mark.parametrize("flat", [False, True], ids=["tree", "flat"])

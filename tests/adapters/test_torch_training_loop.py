@@ -125,12 +125,18 @@ def test_training_loop_checkpoint_continues_bit_for_bit(method, digits):
     assert torch.equal(_flat(net2), ref), f"{method}: the reloaded run left the uninterrupted one"
 
 
-def test_adam_wrapper_follows_torch_adam_under_step_lr(digits):
-    """CurvlabOptimizer(Adam) under StepLR (and clipping) gives torch.optim.Adam's trajectory."""
+@pytest.mark.parametrize("scheduler", ["StepLR", "OneCycleLR"])
+def test_adam_wrapper_follows_torch_adam_under_a_scheduler(scheduler, digits):
+    """CurvlabOptimizer(Adam) under StepLR, or OneCycleLR cycling lr and betas[0] (and clipping),
+    gives torch.optim.Adam's trajectory."""
     nets = [_cnn(0), _cnn(0)]
     mine = CurvlabOptimizer(nets[0].parameters(), Adam(lr=1e-2, b1=0.8, b2=0.99, eps=1e-6))
     theirs = torch.optim.Adam(nets[1].parameters(), lr=1e-2, betas=(0.8, 0.99), eps=1e-6)
-    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.3) for o in (mine, theirs)]
+    if scheduler == "StepLR":
+        scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.3) for o in (mine, theirs)]
+    else:
+        scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=2e-2, total_steps=24, base_momentum=0.7,
+                                                      max_momentum=0.9) for o in (mine, theirs)]
     for k in range(24):
         x, y = digits[k % len(digits)]
         for net, opt, sch in zip(nets, (mine, theirs), scheds):
@@ -140,6 +146,7 @@ def test_adam_wrapper_follows_torch_adam_under_step_lr(digits):
             opt.step()
             sch.step()
         assert mine.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+        assert mine.param_groups[0]["betas"] == theirs.param_groups[0]["betas"]
     a, b = _flat(nets[0]), _flat(nets[1])
     assert float((a - b).norm() / b.norm()) < 1e-6
     assert float((a - _flat(_cnn(0))).norm()) > 1e-2    # it moved

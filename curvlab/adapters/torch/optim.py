@@ -30,6 +30,38 @@ class _Knob:
     def set(self, tr: Transform, v: Any) -> None:
         setattr(self.obj(tr), self.attr, v)
 
+    def check(self, gi: int, k: str, v: Any) -> Any:
+        return _check_hyper_value(gi, k, v, self.kind)
+
+    def saved(self, tr: Transform) -> list[tuple[Any, str, Any]]:
+        """What :meth:`set` overwrites, as ``(object, attribute, value)`` to restore."""
+        return [(self.obj(tr), self.attr, getattr(self.obj(tr), self.attr))]
+
+
+class _Betas(_Knob):
+    """Adam's ``betas = (b1, b2)`` (torch's name and shape, so ``OneCycleLR``/``CyclicLR`` with
+    ``cycle_momentum`` cycle ``b1`` as they do for ``torch.optim.Adam``)."""
+
+    def __init__(self) -> None:
+        super().__init__("b1", "unit", lambda t: t._adam())
+
+    def get(self, tr: Transform) -> Any:
+        a = tr._adam()
+        return (float(a.b1), float(a.b2))
+
+    def set(self, tr: Transform, v: Any) -> None:
+        a = tr._adam()
+        a.b1, a.b2 = v
+
+    def check(self, gi: int, k: str, v: Any) -> Any:
+        if not isinstance(v, (tuple, list)) or len(v) != 2:
+            raise TypeError(f"param_groups[{gi}][{k!r}] must be a pair (b1, b2), got {v!r}")
+        return tuple(_check_hyper_value(gi, f"{k}[{i}]", x, "unit") for i, x in enumerate(v))
+
+    def saved(self, tr: Transform) -> list[tuple[Any, str, Any]]:
+        a = tr._adam()
+        return [(a, "b1", a.b1), (a, "b2", a.b2)]
+
 
 class _ScaledSchedule:
     """``k -> lr · λ(k)``: CurvatureLR's ``lr`` group entry multiplies its schedule's λ."""
@@ -58,7 +90,8 @@ class _LamScale(_Knob):
 def _knobs(tr: Transform) -> dict[str, _Knob]:
     """The group entries of ``tr`` (name -> knob); the learning-rate-like one is always ``lr``.
 
-    SGD/Momentum/Adam/AdamW: ``lr``, ``momentum``, ``b1``, ``b2``, ``eps``, ``weight_decay``;
+    SGD/Momentum/Adam/AdamW: ``lr``, ``momentum``, ``betas`` (a pair, as torch's Adam), ``eps``,
+    ``weight_decay``;
     ArTuRO: ``lr`` is the KL bound ε (arXiv 2310.20574; the reference code's ``lr``), plus β, p0,
     r, q, ν (a number), ``weight_decay``; CurvatureLR: ``lr`` multiplies λ (so ``t = lr·λ·gᵀd/dᵀHd``),
     plus ``c_rel`` and, when set, ``fallback_lr``, ``max_step``; ExactNewton: ``lr``, ``lam`` (the
@@ -102,13 +135,13 @@ def _knobs(tr: Transform) -> dict[str, _Knob]:
         if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_)):
             out[k] = _Knob(k, "unit" if k == "momentum" else "nonneg")
     if isinstance(tr, Adam):
-        out.update({"b1": _Knob("b1", "unit", lambda t: t._adam()), "b2": _Knob("b2", "unit", lambda t: t._adam()),
-                    "eps": _Knob("eps", "pos", lambda t: t._adam())})
+        out.update({"betas": _Betas(), "eps": _Knob("eps", "pos", lambda t: t._adam())})
     return out
 
 
-def _hyper_of(transform: Transform) -> dict[str, float]:
-    return {k: float(kn.get(transform)) for k, kn in _knobs(transform).items()}
+def _hyper_of(transform: Transform) -> dict[str, Any]:
+    return {k: kn.get(transform) if isinstance(kn, _Betas) else float(kn.get(transform))
+            for k, kn in _knobs(transform).items()}
 
 
 _WANT = {"pos": "finite and > 0", "nonneg": "finite and >= 0", "unit": "in [0, 1)", "open2": "in (0, 2)"}
@@ -134,14 +167,14 @@ def _hyper_applied(transform: Transform, group: dict[str, Any], gi: int) -> Iter
     try:
         for k, kn in _knobs(transform).items():
             if k in group:
-                v = _check_hyper_value(gi, k, group[k], kn.kind)
+                v = kn.check(gi, k, group[k])
                 if v != kn.get(transform):
-                    saved.append((kn, getattr(kn.obj(transform), kn.attr)))
+                    saved.extend(kn.saved(transform))
                     kn.set(transform, v)
         yield
     finally:
-        for kn, v in reversed(saved):
-            setattr(kn.obj(transform), kn.attr, v)
+        for obj, attr, v in reversed(saved):
+            setattr(obj, attr, v)
 
 
 def _state_to_tensors(d: dict[str, Any], where: str) -> dict[str, Any]:
@@ -191,7 +224,7 @@ class CurvlabOptimizer(torch.optim.Optimizer):
     (the reference code's ``lr``, arXiv 2310.20574, paper spec 001); for
     ``CurvatureLR`` a multiplier on λ (default 1: ``t = lr·λ_k·gᵀd / dᵀHd``, so
     a decayed ``lr`` shortens every step in proportion); for ``DSGD`` its
-    ``step``. The other entries (``b1``, ``b2``, ``eps``, ``momentum``,
+    ``step``. The other entries (Adam's ``betas`` pair, ``eps``, ``momentum``,
     ``weight_decay``, ArTuRO's ``reg_weight``/``prior_prec``/..., ExactNewton's
     ``lam`` damping, ...) are listed by :func:`_knobs`; values are checked
     (``ValueError`` naming the group and key) at each step.
@@ -252,6 +285,8 @@ class CurvlabOptimizer(torch.optim.Optimizer):
         self.source = source
         self._default_used = False
         super().__init__(params, {"transform": transform, "flat": bool(flat)})
+        # torch's schedulers look for some entries in defaults (OneCycleLR/CyclicLR: momentum or betas)
+        self.defaults.update(_hyper_of(transform))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its transform's hyperparameters (:func:`_knobs`) become group entries.
@@ -273,9 +308,12 @@ class CurvlabOptimizer(torch.optim.Optimizer):
         if not isinstance(tr, Transform):
             raise TypeError(f"param_groups[{gi}]['transform'] must be a curvlab Transform, got {type(tr).__name__}")
         kns = _knobs(tr)
+        given = set(param_group)
         for k, v in _hyper_of(tr).items():
-            param_group[k] = _check_hyper_value(gi, k, param_group.get(k, v), kns[k].kind)
+            param_group[k] = kns[k].check(gi, k, param_group.get(k, v))
         super().add_param_group(param_group)
+        for k in set(self.defaults).difference(given, kns, ("transform", "flat", "params")):
+            param_group.pop(k, None)   # another method's default entry: not this group's
 
     # -- helpers
     def _state_key(self, group: dict[str, Any]) -> torch.Tensor:
@@ -366,7 +404,8 @@ class CurvlabOptimizer(torch.optim.Optimizer):
                                                                   f"param group {gi}")}
             n = len(g["params"])
             saved = {k: v for k, v in g.items() if k not in ("params", "transform")
-                     and (v is None or isinstance(v, (bool, int, float, str)))}
+                     and (v is None or isinstance(v, (bool, int, float, str))
+                          or (isinstance(v, (tuple, list)) and all(isinstance(x, (int, float)) for x in v)))}
             saved.update({"params": list(range(idx, idx + n)), "flat": bool(g["flat"]),
                           "transform": type(g["transform"]).__name__})
             groups.append(saved)
@@ -390,7 +429,7 @@ class CurvlabOptimizer(torch.optim.Optimizer):
             for k, v in saved.items():
                 if k not in ("params", "transform"):
                     kn = _knobs(g["transform"]).get(k)
-                    g[k] = _check_hyper_value(gi, k, v, kn.kind) if kn is not None else v
+                    g[k] = kn.check(gi, k, v) if kn is not None else v
         for gi, g in enumerate(self.param_groups):
             saved = state_dict["state"].get(gi, state_dict["state"].get(str(gi)))
             if not g["params"]:
