@@ -344,8 +344,53 @@ class TorchCurvature:
         return float(self._allreduce(val.detach().reshape(1))[0])
 
     def layer_structure(self) -> list:
-        """Not available yet for torch models: raises :class:`~curvlab.sources.LayerStructureUnavailable`."""
-        raise layer_structure_unavailable("TorchCurvature", type(self.model).__name__)
+        """One :class:`~curvlab.sources.DenseLayer` per ``torch.nn.Linear`` of the model whose
+        weight is trainable (``named_modules`` order; layout names ``"<module>.weight"``,
+        ``"<module>.bias"`` or None without a trainable bias; ``bias_folded=False``):
+        ``inputs`` ``a_b`` ``(B, n)``, ``output_grads`` ``δ_b`` ``(B, m)``, ``output_hessians``
+        ``M_b = ∂²ℓ_b/∂z_b²`` ``(B, m, m)`` of the per-sample losses (the loss is their mean),
+        in the model's dtype, NumPy/CuPy. By hooks and second-order backprop through the
+        layers above each Linear (:mod:`curvlab.adapters.torch.layers`, method inspired by
+        arXiv 2104.03804). Over a dataset the per-sample records of all batches are
+        concatenated in pass order. Raises :class:`~curvlab.sources.LayerStructureUnavailable`
+        naming the layer for a Linear on non-``(B, n)`` inputs, a layer used twice per
+        forward, BatchNorm in training mode, a model without trainable Linear layers, and
+        under a process group (records are per rank; gathering them is not implemented).
+        """
+        from ...sources import DenseLayer, LayerStructureUnavailable  # noqa: PLC0415
+        from .layers import find_linear_layers, linear_layer_records  # noqa: PLC0415
+
+        model_name = type(self.model).__name__
+        if self.group is not None:
+            raise LayerStructureUnavailable(
+                f"TorchCurvature.layer_structure() of {model_name}: under a process group the per-sample records "
+                "are this rank's only, and gathering them over ranks is not implemented")
+        found = find_linear_layers(self.model, list(self.layout.names))
+        if not found:
+            raise LayerStructureUnavailable(
+                f"TorchCurvature.layer_structure(): {model_name} has no torch.nn.Linear layer with a trainable "
+                "weight (other dense layers, such as F.linear calls or 1x1 convolutions, are not recognised)")
+        plist = dict(zip(self.layout.names, self._plist))
+
+        def records(X: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+            recs = linear_layer_records(
+                self.model, lambda x: self._forward(self._plist, x), self.loss_fn, X, y, found,
+                check_loss=self.loss_name is None, context=lambda: forward_mode_safe_ops(self.composite_ops))
+            B = int(X.shape[0])
+            for n, _, w, _ in found:  # a layer the forward never calls: zero factors (zero block)
+                if n not in recs:
+                    m, k = plist[w].shape
+                    recs[n] = (plist[w].new_zeros((B, k)), plist[w].new_zeros((B, m)), plist[w].new_zeros((B, m, m)))
+            return tuple(from_torch(t) for n, *_ in found for t in recs[n])
+
+        batches = getattr(self, "_batches", None)
+        if batches is None or batches.single:
+            recs = records(self.X, self.y)
+        else:  # a dataset: the (checked, prepared) batches' records, concatenated in pass order
+            recs = batches.concat(lambda b: records(*b))
+        return [DenseLayer(name=n or model_name, weight=w, bias=b, bias_folded=False, inputs=recs[3 * i],
+                           output_grads=recs[3 * i + 1], output_hessians=recs[3 * i + 2])
+                for i, (n, _, w, b) in enumerate(found)]
 
     # ------------------------------------------------------------------ checks and helpers
     def _check_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
