@@ -95,7 +95,8 @@ from .methods import (
     trace,
 )
 from .layout import Layout
-from .models import MLP, MLPCurvature, ParamLayout, fisher_operator, ggn_operator, hessian_operator
+from .models import MLP, MLPCurvature, fisher_operator, ggn_operator, hessian_operator
+from .models import dense_layout as ParamLayout  # deprecated alias, not in __all__: removed with its bad-input entry
 from .sources import CurvatureSource, DenseLayer, LayerStructureUnavailable
 from .trust_region import solve_kl, solve_l2_subproblem
 
@@ -109,7 +110,7 @@ __all__ = [
     "LinearOperator", "CallableOperator", "DenseOperator", "DiagonalOperator", "LowRankPlusDiagonal",
     "KroneckerLayerBlock", "KroneckerSumBlock", "StochasticOperator", "aslinearoperator", "symmetry_defect",
     # reference model
-    "MLP", "MLPCurvature", "ParamLayout", "hessian_operator", "ggn_operator", "fisher_operator",
+    "MLP", "MLPCurvature", "hessian_operator", "ggn_operator", "fisher_operator",
     # curvature sources and parameter layout
     "CurvatureSource", "DenseLayer", "LayerStructureUnavailable", "Layout",
     # eigen-solvers, spectral density, trace and diagonal

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from curvlab.layout import Layout
-from curvlab.models.mlp import MLP, ParamLayout, dense_layout
+from curvlab.models.mlp import MLP, dense_layout
 
 
 def _lay():
@@ -96,7 +96,7 @@ def test_the_mlp_layout_is_a_layout_named_W1_to_WL():
     assert type(model.layout) is Layout
     assert model.layout == Layout(["W1", "W2"], [(5, 5), (3, 6)])
     assert model.layout.dtype == np.dtype(np.float64)
-    assert ParamLayout is dense_layout and dense_layout([(5, 5), (3, 6)]) == model.layout
+    assert dense_layout([(5, 5), (3, 6)]) == model.layout
     assert dense_layout([(2, 2)], names=["first"]).names == ("first",)
     with pytest.raises(ValueError, match="names has 2 entries, expected 1"):
         dense_layout([(2, 2)], names=["a", "b"])

@@ -104,7 +104,6 @@ __all__ = [
     "ACTIVATIONS",
     "LOSSES",
     "MLP",
-    "ParamLayout",
     "dense_layout",
     "ForwardCache",
     "activation_derivatives",
@@ -121,7 +120,6 @@ def dense_layout(shapes: Sequence[tuple[int, int]], names: Sequence[str] | None 
     Layer ``l`` (1-based name ``"W{l}"``) occupies ``flat[offsets[l-1] : offsets[l]]`` as a
     row-major ``(n_l, m_l)`` matrix (bias = last column). Unlike a general
     :class:`~curvlab.layout.Layout`, every shape must be a pair of positive integers.
-    ``ParamLayout`` is the historical name of this function.
 
     >>> lay = dense_layout([(3, 5), (2, 4)])
     >>> lay.size, lay.offsets, lay.names
@@ -143,10 +141,6 @@ def dense_layout(shapes: Sequence[tuple[int, int]], names: Sequence[str] | None 
     if len(names) != len(pairs):
         raise ValueError(f"names has {len(names)} entries, expected {len(pairs)} (one per shape)")
     return Layout(names, pairs, dtype)
-
-
-#: historical name of :func:`dense_layout` (the MLP's layout is a plain :class:`~curvlab.layout.Layout`)
-ParamLayout = dense_layout
 
 
 @dataclass

@@ -25,8 +25,8 @@ from curvlab.models.mlp import (
     LOSSES,
     MLP,
     ForwardCache,
-    ParamLayout,
     activation_derivatives,
+    dense_layout,
     fisher_operator,
     ggn_operator,
     hessian_operator,
@@ -98,9 +98,9 @@ def _reference(act, loss):
 # ---------------------------------------------------------------------------
 # layout, forward, derivatives of the pieces
 # ---------------------------------------------------------------------------
-def test_param_layout_pack_unpack_views():
-    lay = ParamLayout([(3, 5), (2, 4)])
-    assert isinstance(lay, Layout)  # one layout class: ParamLayout builds a curvlab.layout.Layout
+def test_dense_layout_pack_unpack_views():
+    lay = dense_layout([(3, 5), (2, 4)])
+    assert isinstance(lay, Layout)  # one layout class: dense_layout builds a curvlab.layout.Layout
     assert lay.size == 23 and lay.offsets == (0, 15, 23) and lay.names == ("W1", "W2")
     assert lay.shapes == ((3, 5), (2, 4))
     flat = np.arange(23.0)
@@ -577,10 +577,10 @@ def test_sizes_accept_numpy_integers():
     ([(3, 5, 1)], ValueError, r"shapes\[0\] must be a pair"),
     ([3], ValueError, r"shapes\[0\] must be a pair"),
 ])
-def test_param_layout_refuses_bad_shapes(shapes, exc, where):
-    """ParamLayout([(-1, 3), (2, 2)]) used to report size 1 and negative offsets."""
+def test_dense_layout_refuses_bad_shapes(shapes, exc, where):
+    """dense_layout([(-1, 3), (2, 2)]) (then ParamLayout) used to report size 1 and negative offsets."""
     with pytest.raises(exc, match=where):
-        ParamLayout(shapes)
+        dense_layout(shapes)
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
@@ -641,7 +641,7 @@ def test_model_dtype_and_layout_arguments_of_the_wrong_type():
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got 'foo'"):
         MLP([2, 3], dtype="foo")
     with pytest.raises(TypeError, match="shapes must be a sequence"):
-        ParamLayout(None)
+        dense_layout(None)
     for make in (hessian_operator, ggn_operator, fisher_operator):
         for bad in ("mlp", None, 3):
             with pytest.raises(TypeError, match="model must be a curvlab.models.mlp.MLP"):
