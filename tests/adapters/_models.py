@@ -68,3 +68,51 @@ class FoldedMLP(nn.Module):
             if i < len(self.Ws) - 1:
                 x = torch.tanh(x)
         return x
+
+
+class DigitsCNN(nn.Module):
+    """conv 3x3 (1 -> 2) -> BatchNorm (use in eval mode) -> tanh -> linear(2*6*6 -> 10);
+    input (B, 1, 8, 8): sklearn's digits. P = 20 + 4 + 730 = 754."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, dtype=dtype)
+        self.bn = nn.BatchNorm2d(2, dtype=dtype)
+        self.fc = nn.Linear(2 * 6 * 6, 10, dtype=dtype)
+        with torch.no_grad():
+            self.bn.running_mean.copy_(torch.tensor([0.2, -0.1], dtype=dtype))
+            self.bn.running_var.copy_(torch.tensor([1.5, 0.8], dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.bn(self.conv(x))).flatten(1))
+
+
+def digits(n: int | None = None, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn's 8x8 digits as ``(X (N, 1, 8, 8) scaled to [0, 1], y (N,) int64)``."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = torch.as_tensor(d.images[:n] / 16.0, dtype=dtype).unsqueeze(1)
+    return X, torch.as_tensor(d.target[:n], dtype=torch.int64)
+
+
+class ResidualBlock(nn.Module):
+    """linear -> tanh -> linear with a skip connection, then a linear head; input (B, d)."""
+
+    def __init__(self, d: int = 3, hidden: int = 4, out: int = 2, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(d, hidden, dtype=dtype), nn.Tanh(), nn.Linear(hidden, d, dtype=dtype))
+        self.head = nn.Linear(d, out, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x + self.inner(x))
+
+
+def act_mlp(sizes: list[int], act: type[nn.Module], dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """An MLP with activation ``act`` (e.g. ``nn.SiLU``, ``nn.GELU``) between the layers."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1], dtype=dtype))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)

@@ -71,12 +71,13 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ... import backend
+from ...batches import Batches, as_batches
 from ...layout import Layout
 from ...linalg.operators import LinearOperator
 from .._common import FISHER_KINDS, CurvatureOperator, layer_structure_unavailable
 from .._fisher import mc_fisher_draws
 from .convert import from_torch, to_torch
-from .safe_ops import forward_mode_safe_ops
+from .safe_ops import forward_mode_safe_ops, safe_callable
 
 __all__ = ["TorchCurvature", "hessian_operator", "ggn_operator", "fisher_operator", "HVP_MODES", "FISHER_KINDS"]
 
@@ -102,12 +103,13 @@ def _builtin_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
             if tuple(y.shape) not in (lead, lead + (1,)):
                 raise ValueError(f"cross_entropy targets must have the outputs' shape without the class axis, "
                                  f"{lead}, got {tuple(y.shape)}")
-            if not checked or checked[0] is not y:  # once per targets tensor, not per product
+            if (not checked or checked[0] is not y) and not any(t is y for t in ce.trusted):  # once per targets
                 _check_labels(y, int(z.shape[-1]))
                 checked[:] = [y]
             # torch's ignore_index (-100) cannot occur: the labels were checked to lie in [0, C)
             return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1))
 
+        ce.trusted = []  # targets the forward-mode probe evaluates without a range check (a one-sample slice)
         return ce
     if name == "mse":
 
@@ -226,21 +228,24 @@ class TorchCurvature:
         self,
         model: torch.nn.Module,
         loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        batch: tuple[Any, Any],
+        data: Any,
         *,
         params: Iterable[tuple[str, torch.Tensor]] | None = None,
-        hvp_mode: str = "forward_over_reverse",
+        hvp_mode: str = "auto",
         process_group: Any = None,
         composite_ops: bool = True,
         nan_policy: str = "propagate",
+        num_data: int | None = None,
+        check_deterministic: bool = False,
+        progress: Any = False,
     ) -> None:
         if nan_policy not in ("propagate", "raise"):
             raise ValueError(f"nan_policy must be 'propagate' or 'raise', got {nan_policy!r}")
         self.nan_policy = nan_policy
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if hvp_mode not in HVP_MODES:
-            raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {hvp_mode!r}")
+        if hvp_mode not in HVP_MODES + ("auto",):
+            raise ValueError(f"hvp_mode must be 'auto' or one of {HVP_MODES}, got {hvp_mode!r}")
         named = list(model.named_parameters() if params is None else params)
         named = [(n, p) for n, p in named if p.requires_grad]
         if not named:
@@ -269,13 +274,15 @@ class TorchCurvature:
         self.loss_name = loss if isinstance(loss, str) else None
         if not isinstance(loss, str) and not callable(loss):
             raise TypeError(f"loss must be a string or a callable, got {type(loss).__name__}")
-        self.loss_fn = _builtin_loss(loss) if isinstance(loss, str) else _checked_loss(loss)
+        self.loss_fn = _builtin_loss(loss) if isinstance(loss, str) else _checked_loss(
+            safe_callable(loss) if composite_ops else loss)
         self.hvp_mode = hvp_mode
         self.composite_ops = bool(composite_ops)
         self.group = _resolve_group(process_group)
-        X, y = self._check_batch(batch)
-        self._check_finite(self._plist, X, y)
-        self._bind_data(X, y)
+        self._check_finite(self._plist, None, None)
+        self._probe: dict[str, Any] = {}  # forward-mode probe result, shared by at() copies
+        self._bind_data(self._wrap_data(data, num_data=num_data, check_deterministic=check_deterministic,
+                                        progress=progress))
         self._vmap_ok = True
 
     def _check_finite(self, plist: Sequence[torch.Tensor] | None, X: torch.Tensor | None,
@@ -290,10 +297,108 @@ class TorchCurvature:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise FloatingPointError(f"{what} contain NaN or Inf (nan_policy='raise')")
 
-    def _bind_data(self, X: torch.Tensor, y: torch.Tensor) -> None:
-        self.X, self.y = X, y
-        self.batch_size = int(X.shape[0])
-        self._weight, self._total = self._rank_weight()
+    def _wrap_data(self, data: Any, batches: Batches | None = None, **options: Any) -> Batches:
+        """``data`` as a prepared :class:`~curvlab.batches.Batches` (every batch checked by
+        :meth:`_check_batch`; one batch or a list: checked now)."""
+        if isinstance(data, torch.Tensor) or (not isinstance(data, (tuple, list, Batches)) and
+                                              hasattr(data, "shape")):
+            raise ValueError(f"batch must be a pair (inputs, targets) or a dataset of such batches (a list, a "
+                             f"DataLoader, a callable returning an iterator), got a {type(data).__name__}")
+        if batches is not None:
+            b = batches.rebind(data)
+        elif isinstance(data, Batches):
+            b = as_batches(data)
+        else:
+            b = Batches(data, reduce=self._reduce if self.group is not None else None, **options)
+        if self.group is not None and b.reduce is None:
+            raise ValueError("data is a Batches without a reduce hook but process_group is set; build it "
+                             "without one and pass the options to TorchCurvature instead")
+
+        def prepare(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            X, y = self._check_batch(batch)
+            self._check_finite(None, X, y)
+            return X, y
+
+        return b.prepared(prepare)
+
+    def _bind_data(self, batches: Batches) -> None:
+        self._batches = batches
+        self.data = batches.data
+        if batches.single or batches.kind == "batch":
+            self.X, self.y = batches._cached[0]
+            self.batch_size = int(self.X.shape[0])
+        else:
+            self.X = self.y = None  # bound batch by batch during a pass
+            self.batch_size = batches.n_samples  # this rank's samples (None for a stream before its first pass)
+        self._total = self._group_total()
+
+    def _group_total(self) -> float | None:
+        if self.group is None:
+            return None if self.batch_size is None else float(self.batch_size)
+        if self.batch_size is None:
+            return None
+        import torch.distributed as dist
+
+        n = torch.tensor([float(self.batch_size)], dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(n, group=self.group)
+        return float(n.item())
+
+    def _comm_device(self) -> Any:
+        import torch.distributed as dist
+
+        return self.device if dist.get_backend(self.group) == "nccl" else "cpu"
+
+    def _reduce(self, sums: Any, count: int) -> tuple[Any, int]:
+        """``Batches``' reduce hook: all-reduce the weighted sums and the sample count."""
+        import torch.distributed as dist
+
+        parts = sums if isinstance(sums, tuple) else (sums,)
+        dev = self._comm_device()
+        out = []
+        for t in parts:
+            t = t.detach().clone().to(dev)
+            dist.all_reduce(t, group=self.group)
+            out.append(t.to(self.device))
+        n = torch.tensor([float(count)], dtype=torch.float64, device=dev)
+        dist.all_reduce(n, group=self.group)
+        return (tuple(out) if isinstance(sums, tuple) else out[0]), int(n.item())
+
+    def _mean(self, fn: Callable[[int], Any]) -> Any:
+        """``Σ_b (n_b/N) fn(i)`` over the data (all ranks), with ``self.X, self.y`` bound to
+        batch ``i`` while ``fn(i)`` runs; one batch without a group: ``fn(0)`` bit for bit."""
+        if self._batches.single:
+            return fn(0)
+        counter = [0]
+        saved = (self.X, self.y)
+
+        def one(b: tuple[torch.Tensor, torch.Tensor]) -> Any:
+            self.X, self.y = b
+            i = counter[0]
+            counter[0] += 1
+            return fn(i)
+
+        try:
+            return self._batches.mean(one)
+        finally:
+            self.X, self.y = saved
+            if self.batch_size is None and self._batches.n_samples is not None:
+                self.batch_size = self._batches.n_samples
+                if self.group is None:
+                    self._total = float(self.batch_size)
+
+    def _each(self, fn: Callable[[int], Any]) -> list:
+        """``[fn(i) for every batch i]`` of one pass (this rank's), batch ``i`` bound."""
+        if self._batches.single:
+            return [fn(0)]
+        saved = (self.X, self.y)
+        out = []
+        try:
+            for i, (_, b) in enumerate(self._batches):
+                self.X, self.y = b
+                out.append(fn(i))
+        finally:
+            self.X, self.y = saved
+        return out
 
     # ------------------------------------------------------------------ the protocol's basics
     @property
@@ -308,20 +413,25 @@ class TorchCurvature:
         return self.params
 
     def _label(self) -> str:
-        n = f"{self.batch_size} samples"
+        if self._batches.kind == "batch":
+            n = f"{self.batch_size} samples"
+        else:
+            n = self._batches.describe()
         if self.group is not None:
-            n += f" on this rank ({self._total:g} in the group)"
+            tot = "?" if self._total is None else f"{self._total:g}"
+            n += f" on this rank ({tot} in the group)"
         return f"{type(self.model).__name__} on {n}, P={self.layout.size}"
 
     def __repr__(self) -> str:
-        return f"TorchCurvature({self._label()}, dtype={self.dtype}, hvp_mode={self.hvp_mode})"
+        return f"TorchCurvature({self._label()}, dtype={self.dtype}, hvp_mode={self._mode_label()})"
 
     def at(self, params: Any = None, data: Any = None) -> "TorchCurvature":
         """The same module and loss rebound to ``params`` and/or ``data`` (no rebuild).
 
         ``params``: a flat ``(P,)`` array (NumPy/CuPy/torch) or one array per parameter in
         layout order; it is copied (a snapshot, like the constructor's). ``data``: a batch
-        ``(inputs, targets)`` checked like the constructor's; under a process group every
+        ``(inputs, targets)`` or a dataset, checked like the constructor's (the options
+        ``progress``, ``check_deterministic`` are kept, ``num_data`` dropped); under a process group every
         rank must rebind its data together (the batch sizes are all-reduced). Arguments
         left None keep this source's values; this source is unchanged. The module, the
         loss and the options are shared (nothing is rebuilt).
@@ -332,16 +442,14 @@ class TorchCurvature:
             self._check_finite(plist, None, None)
             new._plist = plist
         if data is not None:
-            X, y = self._check_batch(data)
-            self._check_finite(None, X, y)
-            new._bind_data(X, y)
+            new._bind_data(self._wrap_data(data, batches=self._batches))
         return new
 
     def loss(self) -> float:
         """The mean loss on the batch (rank-averaged); one forward pass, one host sync."""
         with torch.no_grad():
-            val = self._loss_of(self._plist)
-        return float(self._allreduce(val.detach().reshape(1))[0])
+            val = self._mean(lambda i: self._loss_of(self._plist).detach())
+        return float(val)
 
     def layer_structure(self) -> list:
         """One :class:`~curvlab.sources.DenseLayer` per ``torch.nn.Linear`` of the model whose
@@ -417,27 +525,6 @@ class TorchCurvature:
             raise TypeError(f"batch targets must be integer class labels for cross_entropy, got dtype {out[1].dtype}")
         return out[0], out[1]
 
-    def _rank_weight(self) -> tuple[float, float]:
-        if self.group is None:
-            return 1.0, float(self.batch_size)
-        import torch.distributed as dist
-
-        n = torch.tensor([float(self.batch_size)], dtype=torch.float64,
-                         device=self.device if dist.get_backend(self.group) == "nccl" else "cpu")
-        dist.all_reduce(n, group=self.group)
-        total = float(n.item())
-        return self.batch_size / total, total
-
-    def _allreduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Batch-size-weighted sum over ranks (identity without a group)."""
-        if self.group is None:
-            return t
-        import torch.distributed as dist
-
-        t = t * self._weight
-        dist.all_reduce(t, group=self.group)
-        return t
-
     def _forward(self, plist: Sequence[torch.Tensor], X: torch.Tensor | None = None) -> torch.Tensor:
         X = self.X if X is None else X
         try:
@@ -496,40 +583,49 @@ class TorchCurvature:
         return torch.cat([p.reshape(k, -1) for p in parts], dim=1).T  # (P, k)
 
     def _out(self, t: torch.Tensor) -> Any:
-        return from_torch(self._allreduce(t.detach()))
+        return from_torch(t.detach())
 
     def _columns(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
-                 parts: tuple[torch.Tensor, ...]) -> Any:
-        """The block product one column at a time (ops without a batching rule)."""
+                 parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The block product one column at a time (ops without a batching rule), ``(P, k)``."""
         cols = [self._flat(single(tuple(p[j] for p in parts))) for j in range(parts[0].shape[0])]
-        return self._out(torch.stack(cols, dim=1))
+        return torch.stack(cols, dim=1)
 
-    def _apply_block(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]], V: Any) -> Any:
-        parts = self._block_in(V)
+    def _apply_block(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
+                     parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self._vmap_ok:
             try:
-                res = torch.func.vmap(single)(parts)
-                return self._out(self._flat_block(res))
+                return self._flat_block(torch.func.vmap(single)(parts))
             except Exception:  # some ops have no batching rule: fall back to a loop
                 self._vmap_ok = False
         return self._columns(single, parts)
 
-    def _operator(self, single: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
-                  *, psd: bool, block: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
-                  what: str = "curvature", detail: str = "") -> LinearOperator:
+    def _operator(self, single: Callable[..., tuple[torch.Tensor, ...]],
+                  *, psd: bool, block: Callable[..., tuple[torch.Tensor, ...]] | None = None,
+                  what: str = "curvature", detail: str = "", indexed: bool = False) -> LinearOperator:
+        """The dataset average of per-batch products ``single(v)`` (``single(v, i)`` when
+        ``indexed``: ``i`` the batch index) as a LinearOperator."""
         n = self.layout.size
 
         def mv(v: Any) -> Any:
-            return self._out(self._flat(single(self._vec_in(v))))
+            vin = self._vec_in(v)
+            f = (lambda i: self._flat(single(vin, i)).detach()) if indexed else \
+                (lambda i: self._flat(single(vin)).detach())
+            return self._out(self._mean(f))
 
         def mm(V: Any) -> Any:
-            if block is None:
-                return self._apply_block(single, V)
             parts = self._block_in(V)
-            try:
-                return self._out(self._flat_block(block(parts)))
-            except Exception:  # no batching rule for some op: one column at a time
-                return self._columns(single, parts)
+
+            def one(i: int) -> torch.Tensor:
+                s1 = (lambda u: single(u, i)) if indexed else single
+                if block is None:
+                    return self._apply_block(s1, parts).detach()
+                try:
+                    return self._flat_block(block(parts)).detach()
+                except Exception:  # no batching rule for some op: one column at a time
+                    return self._columns(s1, parts).detach()
+
+            return self._out(self._mean(one))
 
         return CurvatureOperator(mv, (n, n), self.dtype, matmat=mm, symmetric=True, psd=psd, xp=self.xp,
                                  description=f"{what} of {self._label()}{detail}")
@@ -541,26 +637,33 @@ class TorchCurvature:
         ``params`` (a flat ``(P,)`` vector) evaluates at other parameter values.
         """
         plist = self._plist if params is None else self._vec_in(params, "params")
-        with torch.enable_grad():
-            ps = [p.detach().requires_grad_(True) for p in plist]
-            val = self._loss_of(ps)
-            g = torch.autograd.grad(val, ps)
-        val = self._allreduce(val.detach().reshape(1))
-        return float(val[0]), self._out(self._flat(g))
+
+        def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.enable_grad():
+                ps = [p.detach().requires_grad_(True) for p in plist]
+                val = self._loss_of(ps)
+                g = torch.autograd.grad(val, ps)
+            return val.detach(), self._flat(g).detach()
+
+        val, g = self._mean(one)
+        return float(val), self._out(g)
 
     def gradient_fn(self) -> Callable[[Any], tuple[float, Any]]:
         """A callable ``params (P,) -> (loss, g)`` on this batch."""
         return lambda p: self.gradient(p)
 
     def per_sample_gradients(self) -> Any:
-        """The gradients ``(B, P)`` of the per-sample losses ``ℓ_b`` on this rank's batch.
+        """The gradients ``(N, P)`` of the per-sample losses ``ℓ_b`` on this rank's data.
 
         With ``loss`` the mean of per-sample losses (the module docstring's contract),
         ``g_b = J_bᵀ r_b`` with ``r_b = B ∇_z L`` row ``b``: one forward, one
-        ``vmap``-ed backward over the samples (a loop where an op has no batching
-        rule). Their mean is :meth:`gradient`'s ``g`` (this rank's, not all-reduced).
-        Memory: ``B × P`` for the result.
+        ``vmap``-ed backward over the samples of each batch (a loop where an op has no
+        batching rule), batches concatenated in data order. Their sample-weighted mean is
+        :meth:`gradient`'s ``g`` (this rank's, not all-reduced). Memory: ``N × P``.
         """
+        return from_torch(torch.cat(self._each(lambda i: self._per_sample_batch()), dim=0))
+
+    def _per_sample_batch(self) -> torch.Tensor:
         z, vjp_fn = torch.func.vjp(self._forward, self._plist)
         B = z.shape[0]
         with torch.enable_grad():
@@ -574,7 +677,96 @@ class TorchCurvature:
         except Exception:  # an op without a batching rule: one sample at a time
             cols = [one(R[b]) for b in range(B)]
             parts = tuple(torch.stack([c[i] for c in cols]) for i in range(len(self._plist)))
-        return from_torch(torch.cat([p.reshape(B, -1) for p in parts], dim=1).detach())
+        return torch.cat([p.reshape(B, -1) for p in parts], dim=1).detach()
+
+    # ------------------------------------------------------------------ forward mode or not
+    @property
+    def hvp_mode_used(self) -> str | None:
+        """The Hessian-vector mode the products use: the explicit ``hvp_mode``, or for
+        ``"auto"`` the result of the forward-mode probe (run at first use; None before)."""
+        if self.hvp_mode != "auto":
+            return self.hvp_mode
+        ok = self._probe.get("ok")
+        return None if ok is None else ("forward_over_reverse" if ok else "reverse_over_reverse")
+
+    def _mode_label(self) -> str:
+        if self.hvp_mode == "auto" and "ok" not in self._probe:
+            try:
+                self._probe_ok()
+            except Exception:  # the repr never raises: the products will say what is wrong
+                return "auto"
+        m = self.hvp_mode_used
+        if self.hvp_mode == "auto" and not self._probe["ok"]:
+            m += f" (auto: forward-mode AD failed, {self._probe['why']})"
+        return m
+
+    def _first_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._batches._cached is not None:
+            return self._batches._cached[0]
+        for _, b in self._batches:
+            return b
+        raise ValueError("data yielded no batches")  # pragma: no cover - Batches raises first
+
+    def _forward_ok(self) -> bool:
+        """Whether forward-mode products are used: the explicit ``hvp_mode``, else a probe
+        run once (cached, shared by :meth:`at` copies): forward-over-reverse ``H v``, the
+        forward-over-forward ``dᵀHd`` and the GGN's ``J v`` on the first sample of the first
+        batch; ``NotImplementedError``/``RuntimeError`` (an op without a forward-mode rule,
+        e.g. ``silu_backward`` in torch 2.13) selects reverse-over-reverse everywhere."""
+        if self.hvp_mode != "auto":
+            return self.hvp_mode == "forward_over_reverse"
+        return self._probe_ok()
+
+    def _probe_ok(self) -> bool:
+        if "ok" not in self._probe:
+            X, y = self._first_batch()
+            saved = (self.X, self.y)
+            self.X, self.y = X[:1], y[:1]
+            trusted = getattr(self.loss_fn, "trusted", [])
+            trusted.append(self.y)
+            v = tuple(torch.ones_like(p) for p in self._plist)
+            try:
+                self._hvp_single("forward_over_reverse")(v)
+                with torch.no_grad(), forward_mode_safe_ops(self.composite_ops):
+                    self._fwd_fwd(self._plist, v)
+                self._jtuj(self._ggn_weight(True), True)(v)
+                self._probe.update(ok=True, why="")
+            except (NotImplementedError, RuntimeError) as e:
+                try:  # forward mode's fault only if reverse-over-reverse works on the same sample
+                    self._rev_rev(self._plist, v)
+                except Exception:
+                    return True  # not decided (not cached): the products raise the model's own error
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                self._probe.update(ok=False, why=f"{type(e).__name__}: {msg[:160]}")
+            except Exception:  # a bad loss, bad labels...: not decided, the products raise it on the batch
+                return True
+            finally:
+                trusted.clear()
+                self.X, self.y = saved
+        return bool(self._probe["ok"])
+
+    def _resolve(self, mode: str | None) -> str:
+        mode = self.hvp_mode if mode is None else mode
+        if mode not in HVP_MODES + ("auto",):
+            raise ValueError(f"hvp_mode must be 'auto' or one of {HVP_MODES}, got {mode!r}")
+        if mode == "auto":
+            return "forward_over_reverse" if self._probe_ok() else "reverse_over_reverse"
+        return mode
+
+    @staticmethod
+    def _explicit(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+        """``fn`` whose forward-mode failure names the explicit choice that caused it."""
+
+        def wrapped(*a: Any, **k: Any) -> Any:
+            try:
+                return fn(*a, **k)
+            except (NotImplementedError, RuntimeError) as e:
+                raise RuntimeError(f"{what} was asked for explicitly but forward-mode AD fails on this model or "
+                                   f"loss ({type(e).__name__}: {str(e).strip()[:200]}); use hvp_mode='auto' "
+                                   "(the default: it falls back to reverse-over-reverse) or "
+                                   "'reverse_over_reverse'") from e
+
+        return wrapped
 
     # ------------------------------------------------------------------ Hessian
     def _hvp_single(self, mode: str) -> Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
@@ -596,28 +788,32 @@ class TorchCurvature:
             with torch.enable_grad(), forward_mode_safe_ops(self.composite_ops):
                 ps = [p.detach().requires_grad_(True) for p in params]
                 g = torch.autograd.grad(self._loss_of(ps), ps, create_graph=True)
-                return torch.autograd.grad(g, ps, grad_outputs=v, is_grads_batched=batched)
+                out = torch.autograd.grad(g, ps, grad_outputs=v, is_grads_batched=batched, allow_unused=True)
+            return tuple(torch.zeros_like(t) if o is None else o for o, t in zip(out, v))
 
         return hv_rr
 
     def hessian(self, hvp_mode: str | None = None, *, cache_graph: bool = False) -> LinearOperator:
-        """The loss Hessian ``H`` (P × P, symmetric) as a LinearOperator.
+        """The loss Hessian ``H`` (P × P, symmetric) as a LinearOperator, averaged over the data.
 
-        ``hvp_mode`` overrides the adapter's default (forward-over-reverse).
-        ``cache_graph=True`` (reverse-over-reverse only) builds the gradient's
-        differentiable graph once, at the first product, and keeps it for the
-        operator's lifetime: each further product is one double-backward pass
-        (faster for iterative solvers; holds the graph's memory meanwhile).
+        ``hvp_mode`` overrides the adapter's (default ``"auto"``: forward-over-reverse when
+        the forward-mode probe passes, else reverse-over-reverse; the choice is in the
+        operator's ``repr`` and :attr:`hvp_mode_used`). ``cache_graph=True``
+        (reverse-over-reverse only) builds the gradient's differentiable graph once per
+        batch, at the first product, and keeps it for the operator's lifetime: each further
+        product is one double-backward pass per batch (faster for iterative solvers; holds
+        every batch's graph meanwhile).
         """
-        mode = self.hvp_mode if hvp_mode is None else hvp_mode
-        if mode not in HVP_MODES:
-            raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
+        asked = self.hvp_mode if hvp_mode is None else hvp_mode
+        mode = self._resolve(hvp_mode)
         if cache_graph:
             if mode != "reverse_over_reverse":
                 raise ValueError("cache_graph=True needs hvp_mode='reverse_over_reverse'")
             return self._cached_rr_operator()
         single = self._hvp_single(mode)
         detail = f", hvp_mode={mode}"
+        if asked == "auto" and mode == "reverse_over_reverse":
+            detail += f" (auto: forward-mode AD failed, {self._probe.get('why', '')})"
         if mode == "forward_over_reverse":
             grad_fn = torch.func.grad(self._loss_of)
 
@@ -625,66 +821,106 @@ class TorchCurvature:
                 with forward_mode_safe_ops(self.composite_ops):
                     return torch.func.jvp(grad_fn, (self._plist,), (v,))[1]
 
+            block = lambda parts: torch.func.vmap(hv_func)(parts)  # noqa: E731
+            if asked == "forward_over_reverse":
+                single, block = self._explicit(single, "hvp_mode='forward_over_reverse'"), block
             # a block of vectors: torch.func.jvp of torch.func.grad, vmapped over the columns
-            return self._operator(single, psd=False, block=lambda parts: torch.func.vmap(hv_func)(parts),
-                                  what="Hessian", detail=detail)
+            return self._operator(single, psd=False, block=block, what="Hessian", detail=detail)
         # one double-backward graph, all columns through one batched backward
         return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True),
                               what="Hessian", detail=detail)
 
     def _cached_rr_operator(self) -> LinearOperator:
-        cache: dict[str, Any] = {}
+        cache: dict[int, Any] = {}
 
-        def graph() -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
-            if "g" not in cache:
+        def graph(i: int) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+            if i not in cache:
                 with torch.enable_grad(), forward_mode_safe_ops(self.composite_ops):
                     ps = [p.detach().requires_grad_(True) for p in self._plist]
-                    cache["ps"] = ps
-                    cache["g"] = torch.autograd.grad(self._loss_of(ps), ps, create_graph=True)
-            return cache["ps"], cache["g"]
+                    cache[i] = (ps, torch.autograd.grad(self._loss_of(ps), ps, create_graph=True))
+            return cache[i]
 
-        def single(v: tuple[torch.Tensor, ...], batched: bool = False) -> tuple[torch.Tensor, ...]:
-            ps, g = graph()
+        def single(v: tuple[torch.Tensor, ...], i: int, batched: bool = False) -> tuple[torch.Tensor, ...]:
+            ps, g = graph(i)
             with torch.enable_grad():
-                return torch.autograd.grad(g, ps, grad_outputs=v, retain_graph=True, is_grads_batched=batched)
+                out = torch.autograd.grad(g, ps, grad_outputs=v, retain_graph=True, is_grads_batched=batched,
+                                          allow_unused=True)
+            return tuple(torch.zeros_like(t) if o is None else o for o, t in zip(out, v))
 
-        return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True),
-                              what="Hessian", detail=", hvp_mode=reverse_over_reverse, cached graph")
+        n = self.layout.size
+
+        def mv(v: Any) -> Any:
+            vin = self._vec_in(v)
+            return self._out(self._mean(lambda i: self._flat(single(vin, i)).detach()))
+
+        def mm(V: Any) -> Any:
+            parts = self._block_in(V)
+            return self._out(self._mean(lambda i: self._flat_block(single(parts, i, True)).detach()))
+
+        return CurvatureOperator(mv, (n, n), self.dtype, matmat=mm, symmetric=True, psd=False, xp=self.xp,
+                                 description=f"Hessian of {self._label()}, hvp_mode=reverse_over_reverse, "
+                                             "cached graph")
 
     def hvp(self, v: Any) -> Any:
-        """``H v`` for a flat ``(P,)`` vector (default mode)."""
-        return self._out(self._flat(self._hvp_single(self.hvp_mode)(self._vec_in(v))))
+        """``H v`` for a flat ``(P,)`` vector (the adapter's mode), averaged over the data."""
+        return self.hessian() @ v
 
     # ------------------------------------------------------------------ GGN and Fisher
     def _outputs(self) -> torch.Tensor:
         with torch.no_grad():
             return self._forward(self._plist)
 
-    def _jtuj(self, weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    def _jtuj(self, weight: Callable[..., torch.Tensor], forward: bool | None = None
               ) -> Callable[..., tuple[torch.Tensor, ...]]:
-        """``v -> Jᵀ weight(z, J v)``: J the Jacobian of the outputs w.r.t. the parameters."""
+        """``(v, i) -> Jᵀ weight(z, J v, i)`` on the bound batch ``i``: J the Jacobian of the
+        outputs w.r.t. the parameters; ``J v`` by forward mode, or (``forward=False``) by the
+        double-vjp trick (``J v`` = the vjp of the linear map ``u -> Jᵀ u``)."""
         params = self._plist
+        fwd = self._forward_ok() if forward is None else forward
 
-        def single(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            with forward_mode_safe_ops(self.composite_ops):
-                z, Jv = torch.func.jvp(self._forward, (params,), (v,))
-            _, vjp_fn = torch.func.vjp(self._forward, params)
-            return vjp_fn(weight(z, Jv))[0]
+        def single(v: tuple[torch.Tensor, ...], i: int = 0) -> tuple[torch.Tensor, ...]:
+            z, vjp_fn = torch.func.vjp(self._forward, params)
+            if fwd:
+                with forward_mode_safe_ops(self.composite_ops):
+                    z, Jv = torch.func.jvp(self._forward, (params,), (v,))
+            else:
+                _, vjp2 = torch.func.vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(z))
+                Jv = vjp2(v)[0]
+            return vjp_fn(weight(z, Jv, i))[0]
 
         return single
 
-    def ggn(self) -> LinearOperator:
-        """Generalized Gauss–Newton ``G = Jᵀ H_L J`` (P × P, symmetric PSD for convex losses)."""
-        y = self.y
+    def _ggn_weight(self, forward: bool) -> Callable[..., torch.Tensor]:
+        """``(z, u, i) -> H_L(z) u``: the loss Hessian w.r.t. the outputs, forward-over-reverse
+        or reverse-over-reverse (it is symmetric, so its vjp is the product)."""
 
-        def weight(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        def weight(z: torch.Tensor, u: torch.Tensor, i: int = 0) -> torch.Tensor:
+            y = self.y
             g_z = torch.func.grad(lambda zz: self.loss_fn(zz, y))
-            return torch.func.jvp(g_z, (z,), (u,))[1]
+            if forward:
+                with forward_mode_safe_ops(self.composite_ops):
+                    return torch.func.jvp(g_z, (z,), (u,))[1]
+            with forward_mode_safe_ops(self.composite_ops):
+                return torch.func.vjp(g_z, z)[1](u)[0]
 
-        return self._operator(self._jtuj(weight), psd=True, what="GGN")
+        return weight
+
+    def _jtuj_operator(self, weight: Callable[..., torch.Tensor], *, what: str, detail: str = "") -> LinearOperator:
+        fwd = self._forward_ok()
+        single = self._jtuj(weight, fwd)
+        if self.hvp_mode == "forward_over_reverse":
+            single = self._explicit(single, "hvp_mode='forward_over_reverse' (J v by forward mode)")
+        mode = "" if fwd else ", Jv by double vjp" + (
+            f" (auto: forward-mode AD failed, {self._probe.get('why', '')})" if self.hvp_mode == "auto" else "")
+        return self._operator(single, psd=True, what=what, detail=detail + mode, indexed=True)
+
+    def ggn(self) -> LinearOperator:
+        """Generalized Gauss–Newton ``G = Jᵀ H_L J`` (P × P, symmetric PSD for convex losses),
+        averaged over the data."""
+        return self._jtuj_operator(self._ggn_weight(self._forward_ok()), what="GGN")
 
     def fisher(self, kind: str = "empirical", *, rng: Any = None, mc_samples: int = 1) -> LinearOperator:
-        """Fisher operator (P × P, symmetric PSD).
+        """Fisher operator (P × P, symmetric PSD), averaged over the data.
 
         ``kind="empirical"``: ``(1/B) Σ_i g_i g_iᵀ`` with ``g_i`` the gradient of
         sample ``i``'s loss (``loss`` a mean over axis 0).
@@ -692,7 +928,8 @@ class TorchCurvature:
         ``r_nm = ∇_z ℓ(z_n, ỹ_nm)``, labels ``ỹ`` drawn from the model's predictive
         distribution (categorical for cross-entropy, ``N(z, I)`` for mse) with the
         explicit ``rng`` (NumPy Generator or seed), ``mc_samples`` draws per output
-        position ``n``; its expectation is the GGN. Built-in losses only.
+        position ``n``; its expectation is the GGN. Built-in losses only. Over a dataset
+        the labels of every batch are drawn once, here (one pass), in data order.
         ``kind="true"``: the exact Fisher of the model's predictive distribution
         (categorical for cross-entropy, ``N(z, I)`` for mse), which for these losses
         equals the GGN (the same products); built-in losses only.
@@ -704,52 +941,85 @@ class TorchCurvature:
             op = self.ggn()
             op.description = op.description.replace("GGN of", "true Fisher (= GGN) of", 1)
             return op
-        z = self._outputs()
         if kind == "empirical":
-            B = z.shape[0]
-            with torch.enable_grad():
-                zz = z.detach().requires_grad_(True)
-                r = torch.autograd.grad(self.loss_fn(zz, self.y), zz)[0] * B  # per-sample ∇_z ℓ_i
-
-            def weight(_z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            def weight(z: torch.Tensor, u: torch.Tensor, i: int = 0) -> torch.Tensor:
+                B, y = z.shape[0], self.y
+                r = torch.func.grad(lambda zz: self.loss_fn(zz, y))(z.detach()) * B  # per-sample ∇_z ℓ_i
                 s = (r * u).reshape(B, -1).sum(1)
                 return r * s.reshape((B,) + (1,) * (r.ndim - 1)) / B
 
-            return self._operator(self._jtuj(weight), psd=True, what="empirical Fisher")
-        C = z.shape[-1]
-        p = torch.softmax(z, dim=-1) if self.loss_name == "cross_entropy" else None
-        M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
+            return self._jtuj_operator(weight, what="empirical Fisher")
+        if kind == "mc" and rng is not None and self.loss_name is not None and not self._batches.single:
+            rng = backend.default_rng(rng)  # one stream over the batches
+
+        def draws(i: int) -> tuple[int, torch.Tensor]:
+            z = self._outputs()
+            p = torch.softmax(z, dim=-1) if self.loss_name == "cross_entropy" else None
+            M, d = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
                                    None if p is None else backend.to_numpy(from_torch(p)).astype(np.float64))
-        if p is not None:
-            onehot = torch.nn.functional.one_hot(torch.as_tensor(draws, device=self.device), C).to(self.torch_dtype)
-            R = p.unsqueeze(0) - onehot  # (M, *z.shape)
-        else:
-            R = -torch.as_tensor(draws, dtype=self.torch_dtype, device=self.device)
-        npos = z.numel() // C
+            if p is not None:
+                onehot = F.one_hot(torch.as_tensor(d, device=self.device), z.shape[-1]).to(self.torch_dtype)
+                return M, p.unsqueeze(0) - onehot  # (M, *z.shape)
+            return M, -torch.as_tensor(d, dtype=self.torch_dtype, device=self.device)
 
-        def weight_mc(_z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        Rs = self._each(draws)
+        M = Rs[0][0]
+
+        def weight_mc(z: torch.Tensor, u: torch.Tensor, i: int = 0) -> torch.Tensor:
+            R = Rs[i][1]
             s = (R * u.unsqueeze(0)).sum(-1, keepdim=True)
-            return (R * s).sum(0) / (npos * M)
+            return (R * s).sum(0) / ((z.numel() // z.shape[-1]) * M)
 
-        return self._operator(self._jtuj(weight_mc), psd=True, what="Monte-Carlo Fisher",
-                              detail=f", mc_samples={M}")
+        return self._jtuj_operator(weight_mc, what="Monte-Carlo Fisher", detail=f", mc_samples={M}")
 
     # ------------------------------------------------------------------ directional curvature
+    def _fwd_fwd(self, plist: Sequence[torch.Tensor], dv: tuple[torch.Tensor, ...]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, gᵀd, dᵀHd)`` on the bound batch by nested ``jvp`` (forward only)."""
+
+        def inner(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.func.jvp(self._loss_of, (p,), (dv,))
+
+        (val, gd), (_, c) = torch.func.jvp(inner, (tuple(plist),), (dv,))
+        return val, gd, c
+
+    def _rev_rev(self, plist: Sequence[torch.Tensor], dv: tuple[torch.Tensor, ...]
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+        """``(loss, g, dᵀ(H d))`` on the bound batch by double backward."""
+        with torch.enable_grad(), forward_mode_safe_ops(self.composite_ops):
+            ps = [p.detach().requires_grad_(True) for p in plist]
+            val = self._loss_of(ps)
+            g = torch.autograd.grad(val, ps, create_graph=True)
+            gd = sum(((a * b).sum() for a, b in zip(g, dv)), torch.zeros((), dtype=val.dtype, device=val.device))
+            hd = torch.autograd.grad(gd, ps, allow_unused=True) if gd.requires_grad else (None,) * len(ps)
+        zero = torch.zeros((), dtype=val.dtype, device=val.device)
+        c = sum(((h * t).sum() for h, t in zip(hd, dv) if h is not None), zero)
+        return val.detach(), tuple(x.detach() for x in g), c.detach()
+
     def directional_curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
-        """``dᵀ H d`` by forward-over-forward (nested ``torch.func.jvp``); no backward pass.
+        """``dᵀ H d`` over the data: forward-over-forward (nested ``torch.func.jvp``, no
+        backward pass) when forward mode works (:attr:`hvp_mode_used`), else ``dᵀ(H d)`` by
+        double backward.
 
         ``d``: a flat ``(P,)`` direction (or one array per parameter). With
         ``return_all=True`` returns ``(loss, gᵀd, dᵀHd)`` as floats. One host sync.
         """
         plist = self._plist if params is None else self._vec_in(params, "params")
         dv = self._vec_in(d, "d")
+        if self._forward_ok():
+            def one(i: int) -> torch.Tensor:
+                with torch.no_grad(), forward_mode_safe_ops(self.composite_ops):
+                    return torch.stack(self._fwd_fwd(plist, dv)).detach()
 
-        def inner(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.func.jvp(self._loss_of, (p,), (dv,))
+            if self.hvp_mode == "forward_over_reverse":
+                one = self._explicit(one, "hvp_mode='forward_over_reverse' (dᵀHd forward-over-forward)")
+        else:
+            def one(i: int) -> torch.Tensor:
+                val, g, c = self._rev_rev(plist, dv)
+                gd = sum(((a * b).sum() for a, b in zip(g, dv)), torch.zeros_like(val))
+                return torch.stack([val, gd, c])
 
-        with torch.no_grad(), forward_mode_safe_ops(self.composite_ops):
-            (val, gd), (_, c) = torch.func.jvp(inner, (tuple(plist),), (dv,))
-        vals = self._allreduce(torch.stack([val, gd, c]).detach())
+        vals = self._mean(one)
         if return_all:
             return float(vals[0]), float(vals[1]), float(vals[2])
         return float(vals[2])
@@ -761,49 +1031,64 @@ class TorchCurvature:
         return self.directional_curvature(d, params=params, return_all=return_all)
 
     def curvature_fn(self) -> Callable[[Any], float]:
-        """A callable ``d (P,) -> dᵀHd`` (forward-only) on this batch."""
+        """A callable ``d (P,) -> dᵀHd`` on this source's data."""
         return lambda d: self.directional_curvature(d)
 
-    def grad_and_curvature(self, d: Any, *, params: Any = None, mode: str = "forward_over_reverse"
+    def grad_and_curvature(self, d: Any, *, params: Any = None, mode: str | None = None
                            ) -> tuple[float, Any, float]:
-        """``(loss, g, dᵀHd)`` on the batch.
+        """``(loss, g, dᵀHd)`` over the data.
 
-        ``mode="forward_over_reverse"`` (default): one ``jvp`` of the gradient gives
+        ``mode=None`` (default): ``"forward_over_reverse"`` when forward mode works
+        (:attr:`hvp_mode_used`), else ``"reverse_over_reverse"``.
+        ``mode="forward_over_reverse"``: one ``jvp`` of the gradient gives
         ``g`` and ``H d`` together, ``c = ⟨d, H d⟩`` (the HVP's cost).
-        ``mode="separate"``: the gradient by one backward pass, then ``c`` forward-only
-        (:meth:`directional_curvature`); peak memory is the larger of the two, not their sum.
+        ``mode="reverse_over_reverse"``: the gradient with its graph, then ``H d`` by a
+        second backward pass.
+        ``mode="separate"``: the gradient by one backward pass, then ``c`` by
+        :meth:`directional_curvature`; peak memory is the larger of the two, not their sum.
         ``mode="shared"``: one forward pass carrying the second-order tangents
         under reverse mode, one backward pass (records the tangent work too).
         """
+        if mode is None:
+            mode = "forward_over_reverse" if self._forward_ok() else "reverse_over_reverse"
+        elif mode not in ("forward_over_reverse", "reverse_over_reverse", "separate", "shared"):
+            raise ValueError(f"mode must be 'forward_over_reverse', 'reverse_over_reverse', 'separate' or 'shared', "
+                             f"got {mode!r}")
         if mode == "separate":
             val, g = self.gradient(params)
             return val, g, self.directional_curvature(d, params=params)
         plist = self._plist if params is None else self._vec_in(params, "params")
         dv = self._vec_in(d, "d")
-        if mode == "forward_over_reverse":
-            with forward_mode_safe_ops(self.composite_ops), fwAD.dual_level(), torch.enable_grad():
-                leaves = [p.detach().requires_grad_(True) for p in plist]
-                loss = self._loss_of([fwAD.make_dual(q, t) for q, t in zip(leaves, dv)])
-                gd = torch.autograd.grad(loss, leaves)
-                val = fwAD.unpack_dual(loss).primal.detach()
-                g = [fwAD.unpack_dual(x).primal.detach() for x in gd]
-                hd = [fwAD.unpack_dual(x).tangent for x in gd]
-            zero = torch.zeros((), dtype=val.dtype, device=val.device)
-            c = sum(((h * t).sum() for h, t in zip(hd, dv) if h is not None), zero)
-        elif mode == "shared":
-            def f(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-                def inner(q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-                    return torch.func.jvp(self._loss_of, (q,), (dv,))
 
-                (val, _), (_, c) = torch.func.jvp(inner, (p,), (dv,))
-                return val, c.detach()
+        def one(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            if mode == "forward_over_reverse":
+                with forward_mode_safe_ops(self.composite_ops), fwAD.dual_level(), torch.enable_grad():
+                    leaves = [p.detach().requires_grad_(True) for p in plist]
+                    loss = self._loss_of([fwAD.make_dual(q, t) for q, t in zip(leaves, dv)])
+                    gd = torch.autograd.grad(loss, leaves)
+                    val = fwAD.unpack_dual(loss).primal.detach()
+                    g = [fwAD.unpack_dual(x).primal.detach() for x in gd]
+                    hd = [fwAD.unpack_dual(x).tangent for x in gd]
+                zero = torch.zeros((), dtype=val.dtype, device=val.device)
+                c = sum(((h * t).sum() for h, t in zip(hd, dv) if h is not None), zero)
+            elif mode == "reverse_over_reverse":
+                val, g, c = self._rev_rev(plist, dv)
+            else:
+                def f(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                    def inner(q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                        return torch.func.jvp(self._loss_of, (q,), (dv,))
 
-            with forward_mode_safe_ops(self.composite_ops):
-                g, (val, c) = torch.func.grad_and_value(f, has_aux=True)(tuple(plist))
-        else:
-            raise ValueError(f"mode must be 'forward_over_reverse', 'separate' or 'shared', got {mode!r}")
-        vals = self._allreduce(torch.stack([val.detach(), c.detach()]))
-        return float(vals[0]), self._out(self._flat(g)), float(vals[1])
+                    (val, _), (_, c) = torch.func.jvp(inner, (p,), (dv,))
+                    return val, c.detach()
+
+                with forward_mode_safe_ops(self.composite_ops):
+                    g, (val, c) = torch.func.grad_and_value(f, has_aux=True)(tuple(plist))
+            return val.detach(), self._flat(g).detach(), c.detach()
+
+        if mode in ("forward_over_reverse", "shared"):
+            one = self._explicit(one, f"grad_and_curvature mode={mode!r}")
+        val, g, c = self._mean(one)
+        return float(val), self._out(g), float(c)
 
 
 # --------------------------------------------------------------------------- functional shortcuts

@@ -1,7 +1,7 @@
 """Forward-AD-safe replacements of fused ``torch.nn.functional`` kernels.
 
-:func:`forward_mode_safe_ops` swaps ``layer_norm``, ``batch_norm``, ``instance_norm`` and
-``scaled_dot_product_attention`` for compositions of elementary ops (same values) whose
+:func:`forward_mode_safe_ops` swaps ``layer_norm``, ``batch_norm``, ``instance_norm``,
+``scaled_dot_product_attention``, ``mse_loss`` and ``silu`` for compositions of elementary ops (same values) whose
 nested forward mode and double backward are right in torch 2.13.
 
 Example
@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward_mode_safe_ops"]
+__all__ = ["forward_mode_safe_ops", "safe_callable"]
 
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: ANN001, ANN202
@@ -84,8 +84,41 @@ def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     return p @ value
 
 
+_ORIGINAL_MSE = F.mse_loss
+_ORIGINAL_SILU = F.silu
+
+
+def _mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):  # noqa: ANN001, ANN202
+    # the fused kernel's forward-mode rule writes into a ZeroTensor when the target has no
+    # tangent ("ZeroTensors are immutable", torch 2.13): the textbook formula instead
+    if weight is not None or not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return _ORIGINAL_MSE(input, target, size_average, reduce, reduction, weight=weight)
+    if size_average is not None or reduce is not None:
+        from torch.nn import _reduction  # noqa: PLC0415
+
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    if input.shape != target.shape:  # same broadcasting (and warning) as the original
+        _ORIGINAL_MSE(input.detach(), target.detach(), reduction=reduction)
+    diff = input - target
+    sq = diff * diff
+    if reduction == "mean":
+        return sq.mean()
+    if reduction == "sum":
+        return sq.sum()
+    if reduction == "none":
+        return sq
+    raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _silu(input, inplace=False):  # noqa: ANN001, ANN202
+    # silu_backward has no forward-mode rule in torch 2.13 (H v, dᵀHd raise NotImplementedError)
+    if inplace:
+        return _ORIGINAL_SILU(input, inplace=True)
+    return input * torch.sigmoid(input)
+
+
 _COMPOSITES = {"layer_norm": _layer_norm, "batch_norm": _batch_norm, "instance_norm": _instance_norm,
-               "scaled_dot_product_attention": _sdpa}
+               "scaled_dot_product_attention": _sdpa, "mse_loss": _mse_loss, "silu": _silu}
 
 
 @contextlib.contextmanager
@@ -96,7 +129,8 @@ def forward_mode_safe_ops(enabled: bool = True) -> Iterator[None]:
     fused ``layer_norm`` and training-mode ``batch_norm``/``instance_norm``
     kernels, and the CPU flash-attention kernel behind
     ``scaled_dot_product_attention`` (used by ``nn.MultiheadAttention``) has no
-    forward-mode rule at all (nor a double backward). Inside this context those functions are the
+    forward-mode rule at all (nor a double backward); ``silu``'s backward has no forward-mode
+    rule and ``mse_loss``'s forward-over-reverse writes into an immutable ZeroTensor. Inside this context those functions are the
     textbook formulas (same values; training-mode batch norm does not update the
     running statistics) and the MultiheadAttention fast path is off. The swap
     patches module attributes, so it is not thread-safe.
@@ -118,3 +152,12 @@ def forward_mode_safe_ops(enabled: bool = True) -> Iterator[None]:
             setattr(F, k, f)
         if mha is not None:
             mha.set_fastpath_enabled(fast)
+
+
+def safe_callable(fn: Any) -> Any:
+    """``fn``, or its forward-AD-safe composite when ``fn`` *is* one of the swapped
+    ``torch.nn.functional`` functions passed by reference (``loss=F.mse_loss``: the
+    module-attribute swap of :func:`forward_mode_safe_ops` cannot reach a reference taken
+    before it)."""
+    return {_ORIGINAL_MSE: _mse_loss, _ORIGINAL_SILU: _silu}.get(fn, fn)
+
