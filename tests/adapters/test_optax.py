@@ -44,6 +44,9 @@ def _loss(ps, X, y):
     return optax.softmax_cross_entropy_with_integer_labels(apply(ps, X), y).mean()
 
 
+_grad = jax.jit(jax.grad(_loss))   # compiled once per shape for the whole file
+
+
 def _methods(src=None):
     return {
         "SGD": lambda: SGD(lr=0.1),
@@ -57,7 +60,7 @@ def _methods(src=None):
 
 
 def _run(opt, p, X, y, jit, extras_of=lambda k: {}):
-    grad = jax.jit(jax.grad(_loss))
+    grad = _grad
     st = opt.init(p)
     upd = jax.jit(opt.update) if jit else opt.update
     traj = []
@@ -126,7 +129,7 @@ def test_masked_schedule_and_trainable():
     jitted, _ = _run(opt, p, X, y, True)
     assert np.abs(jitted - eager).max() <= 1e-6
     # masked-out biases get the raw gradient (optax.masked); the reference is plain SGD with the schedule on the weights
-    grad = jax.jit(jax.grad(_loss))
+    grad = _grad
     q = dict(p)
     for k in range(STEPS):
         g = grad(q, X, y)
@@ -150,7 +153,7 @@ def test_masked_schedule_and_trainable():
 def _all_states():
     p, X, y = _problem()
     src = JaxCurvature(apply, p, "cross_entropy", (X, y))
-    grads = jax.grad(_loss)(p, X, y)
+    grads = _grad(p, X, y)
     out = []
     for name, make in _methods(src).items():
         opt = as_optax(make())
@@ -195,3 +198,22 @@ def test_import_curvlab_does_not_import_jax():
     code = "import sys, curvlab, curvlab.methods; assert 'jax' not in sys.modules, 'jax imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_jit_init_and_mixing_jit_with_eager_steps():
+    """init under jit gives the eager init's values; a state that went through jit continues
+    eagerly (its 0-d counters back to Python numbers) on the same trajectory."""
+    p, X, y = _problem(2)
+    opt = as_optax(ArTuRO())
+    s_eager, s_jit = opt.init(p), jax.jit(opt.init)(p)
+    for a, b in zip(jax.tree_util.tree_leaves(s_eager), jax.tree_util.tree_leaves(s_jit)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    eager, _ = _run(opt, p, X, y, False)
+    upd = jax.jit(opt.update)
+    q, s = p, s_jit
+    for k in range(STEPS):
+        u, s = (upd if k % 2 else opt.update)(_grad(q, X, y), s, q)
+        q = optax.apply_updates(q, u)
+    last = np.concatenate([np.asarray(v, np.float64).ravel() for v in jax.tree_util.tree_leaves(q)])
+    assert np.abs(last - eager[-1]).max() <= 1e-6
+    assert isinstance(s.inner.count, jax.Array) and int(s.inner.count) == STEPS
