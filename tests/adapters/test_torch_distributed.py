@@ -1,4 +1,5 @@
-"""Data-parallel torch operators: two gloo CPU processes equal one process on the whole batch."""
+"""Data-parallel torch operators: two gloo CPU processes equal one process on the whole batch
+(one batch per rank, and DataLoader shards of unequal sizes: the digits CNN, eigsh top-5)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,33 @@ def _quantities(curv, V, d) -> dict[str, np.ndarray]:
     }
 
 
+CNN_SHARDS = (150, 250)  # the digits CNN: rank 0 a DataLoader of 4 batches, rank 1 one of 5
+
+
+def _cnn_quantities(rank: int, data: dict, src=None) -> dict[str, np.ndarray]:
+    """eigsh top-5 and products of the digits CNN; ``src`` None: this rank's DataLoader shard."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import curvlab
+    from curvlab.adapters.torch import TorchCurvature
+    from tests.adapters._models import DigitsCNN
+
+    if src is None:
+        net = DigitsCNN().eval()
+        net.load_state_dict(data["cnn_state"])
+        sl = slice(0, CNN_SHARDS[0]) if rank == 0 else slice(CNN_SHARDS[0], sum(CNN_SHARDS))
+        X, y = torch.as_tensor(data["cnn_X"][sl]), torch.as_tensor(data["cnn_y"][sl])
+        loader = DataLoader(TensorDataset(X, y), batch_size=40 if rank == 0 else 60, shuffle=False)
+        src = TorchCurvature(net, "cross_entropy", loader, process_group=True, num_data=sum(CNN_SHARDS))
+    P = src.layout.size
+    v = np.cos(np.arange(P))
+    res = curvlab.eigsh(src.hessian(), k=5, which="LA", tol=1e-12, rng=0, warn=False)
+    loss, g = src.gradient()
+    return {"eig": res.eigenvalues, "conv": np.asarray(res.converged, dtype=float), "loss": np.array([loss]),
+            "grad": g, "hv": src.hessian() @ v, "ggn": src.ggn().matmat(np.stack([v, v ** 2], 1)),
+            "dc": np.array(src.grad_and_curvature(v)[::2])}
+
+
 def _worker(rank: int, world: int, port: int, data: dict, out_path: str) -> None:
     import torch.distributed as dist
 
@@ -65,6 +93,7 @@ def _worker(rank: int, world: int, port: int, data: dict, out_path: str) -> None
         other = slice(SPLIT, None) if rank == 0 else slice(0, SPLIT)
         swapped = curv.at(data=(torch.as_tensor(data["X"][other]), torch.as_tensor(data["y"][other])))
         q.update({f"at_data_{k}": v for k, v in _quantities(swapped, data["V"], data["d"]).items()})
+        q.update({f"cnn_{k}": v for k, v in _cnn_quantities(rank, data).items()})
         if rank == 0:
             np.savez(out_path, **q)
         # both ranks are done before either tears gloo down: a rank that destroys its group
@@ -92,6 +121,12 @@ def test_two_gloo_processes_match_one(tmp_path, rng):
         "d": rng.standard_normal(sum(p.numel() for p in net.parameters())),
         "p2": 0.8 * rng.standard_normal(sum(p.numel() for p in net.parameters())),
     }
+    from tests.adapters._models import DigitsCNN, digits
+
+    cnn = DigitsCNN().eval()
+    cX, cy = digits(sum(CNN_SHARDS))
+    data.update({"cnn_state": {k: v.clone() for k, v in cnn.state_dict().items()}, "cnn_X": cX.numpy(),
+                 "cnn_y": cy.numpy()})
     out = str(tmp_path / "rank0.npz")
     ctx = mp.start_processes(_worker, args=(2, _free_port(), data, out), nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + 120.0
@@ -115,9 +150,15 @@ def test_two_gloo_processes_match_one(tmp_path, rng):
     want = _quantities(full, data["V"], data["d"])
     want.update({f"at_params_{k}": v for k, v in _quantities(full.at(params=data["p2"]), data["V"], data["d"]).items()})
     want.update({f"at_data_{k}": v for k, v in _quantities(full, data["V"], data["d"]).items()})
+    cnn_full = TorchCurvature(cnn, "cross_entropy", (cX, cy))
+    cnn_want = _cnn_quantities(0, data, src=cnn_full)
+    want.update({f"cnn_{k}": v for k, v in cnn_want.items()})
     assert set(got.files) == set(want)
+    assert np.all(cnn_want["conv"] == 1) and np.all(got["cnn_conv"] == 1)
+    assert np.max(np.abs(got["cnn_eig"] - cnn_want["eig"])) <= 1e-10 * np.max(np.abs(cnn_want["eig"]))
     for k, v in want.items():
-        assert rel_err(got[k], v) < 1e-12, k
+        if k != "cnn_eig":
+            assert rel_err(got[k], v) < 1e-12, k
     assert rel_err(want["at_params_hv"], want["hv"]) > 1e-3  # the rebound parameters matter
     # one shard alone differs from the whole batch: the all-reduce is doing the work
     half = TorchCurvature(net, "cross_entropy", (torch.as_tensor(data["X"][:SPLIT]), torch.as_tensor(data["y"][:SPLIT])))
