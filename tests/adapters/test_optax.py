@@ -217,3 +217,21 @@ def test_jit_init_and_mixing_jit_with_eager_steps():
     last = np.concatenate([np.asarray(v, np.float64).ravel() for v in jax.tree_util.tree_leaves(q)])
     assert np.abs(last - eager[-1]).max() <= 1e-6
     assert isinstance(s.inner.count, jax.Array) and int(s.inner.count) == STEPS
+
+
+def test_jit_flat_and_nan_policy():
+    """flat=True under jit; the NaN policy runs in the callback: a NaN gradient is skipped
+    (zero update, counter advanced) with "skip" and raises with "raise"."""
+    p, X, y = _problem(4)
+    eager, _ = _run(as_optax(Adam(lr=0.01), flat=True), p, X, y, False)
+    jitted, _ = _run(as_optax(Adam(lr=0.01), flat=True), p, X, y, True)
+    assert np.abs(jitted - eager).max() <= 1e-6
+    bad = jax.tree_util.tree_map(lambda x: jnp.full_like(x, jnp.nan), p)
+    opt = as_optax(Adam(lr=0.01))
+    s = opt.init(p)
+    u, s2 = jax.jit(opt.update)(bad, s, p)
+    assert all(float(jnp.abs(v).max()) == 0.0 for v in jax.tree_util.tree_leaves(u))
+    assert int(s2.inner.n_skipped_steps) == 1 and int(s2.inner.count) == 0
+    strict = as_optax(Adam(lr=0.01, nan_policy="raise"))
+    with pytest.raises(Exception, match="FloatingPointError|NaN"):
+        jax.block_until_ready(jax.jit(strict.update)(bad, strict.init(p), p))
