@@ -70,7 +70,7 @@ class Case:
             out.append(rng.uniform(-lim, lim, size=(n, m)))
         return out
 
-    def flat_params(self, rng_offset: int = 0) -> np.ndarray:
+    def params(self, rng_offset: int = 0) -> np.ndarray:
         """The MLP's flat ``(P,)`` parameters (row-major ``vec(W_1), …``) in the case dtype."""
         return np.concatenate([W.ravel() for W in self.weights(rng_offset)]).astype(self.dtype)
 
@@ -117,7 +117,7 @@ class Framework:
 def _build_mlp(case: Case) -> Any:
     from curvlab.models import MLPCurvature  # noqa: PLC0415
 
-    return MLPCurvature(case.mlp(), case.flat_params(), case.data())
+    return MLPCurvature(case.mlp(), case.params(), case.data())
 
 
 def _build_torch(case: Case) -> Any:
@@ -128,7 +128,7 @@ def _build_torch(case: Case) -> Any:
     from curvlab.adapters.torch import TorchCurvature, from_reference_mlp  # noqa: PLC0415
 
     torch.set_num_threads(1)
-    net, _ = from_reference_mlp(case.mlp(), case.flat_params())
+    net, _ = from_reference_mlp(case.mlp(), case.params())
     return TorchCurvature(net, case.loss, case.data())
 
 
@@ -151,7 +151,7 @@ def _build_jax_uncached(case: Case) -> Any:
     jax.config.update("jax_enable_x64", True)  # float64 cases; float32 leaves stay float32
     from curvlab.adapters.jax import JaxCurvature, from_reference_mlp  # noqa: PLC0415
 
-    apply_fn, tree = from_reference_mlp(case.mlp(), case.flat_params())
+    apply_fn, tree = from_reference_mlp(case.mlp(), case.params())
     return JaxCurvature(apply_fn, tree, case.loss, case.data())
 
 

@@ -256,13 +256,13 @@ def test_mlp_torch_and_jax_agree_on_the_same_weights(case):
     from curvlab.adapters.torch import from_reference_mlp
 
     srcs = {name: get_framework(name).build(case) for name in FRAMEWORK_NAMES}
-    _, perm = from_reference_mlp(case.mlp(), case.flat_params())
+    _, perm = from_reference_mlp(case.mlp(), case.params())
     # each source's flat vectors in the MLP's layout: x_mlp[perm] = x_torch
     to_mlp = {"mlp": lambda x: np.asarray(x), "jax": lambda x: np.asarray(x),
               "torch": lambda x: np.asarray(x)[np.argsort(perm)]}
     to_src = {"mlp": lambda a: a, "jax": lambda a: a, "torch": lambda a: np.ascontiguousarray(a[perm])}
     for name, src in srcs.items():
-        assert np.array_equal(to_mlp[name](src.params), case.flat_params()), name
+        assert np.array_equal(to_mlp[name](src.params), case.params()), name
     rng = np.random.default_rng(7)
     P = case.n_params
     V = rng.standard_normal((P, 3))
@@ -291,7 +291,7 @@ def test_mlp_torch_and_jax_agree_on_the_same_weights(case):
         G = np.asarray(src.per_sample_gradients())
         assert rel(G[:, np.argsort(perm)] if name == "torch" else G, G_ref) < 1e-10, name
         # rebound to other weights, still the same numbers
-        p2 = case.flat_params(rng_offset=1)
+        p2 = case.params(rng_offset=1)
         f_ref2, g_ref2 = ref.at(params=p2).gradient()
         f_2, g_2 = src.at(params=fwd(p2)).gradient()
         assert abs(f_2 - f_ref2) <= 1e-10 * abs(f_ref2) and rel(back(g_2), g_ref2) < 1e-10, name

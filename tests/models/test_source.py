@@ -26,7 +26,7 @@ def _same(a, b) -> bool:
 
 @pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 def test_bound_source_reproduces_the_model_bit_for_bit(case):
-    model, p, (X, y) = case.mlp(), case.flat_params(), case.data()
+    model, p, (X, y) = case.mlp(), case.params(), case.data()
     src = MLPCurvature(model, p, (X, y))
     assert isinstance(src, CurvatureSource)
     assert src.layout == model.layout and src.params is p
@@ -59,7 +59,7 @@ def test_bound_source_reproduces_the_model_bit_for_bit(case):
 
 def test_at_equals_a_fresh_binding_and_reuses_the_checked_data(monkeypatch):
     case = CASES[0]
-    model, p, data = case.mlp(), case.flat_params(), case.data()
+    model, p, data = case.mlp(), case.params(), case.data()
     calls = []
     real = model._check_labels
     monkeypatch.setattr(model, "_check_labels", lambda yy: (calls.append(1), real(yy))[1])
@@ -72,7 +72,7 @@ def test_at_equals_a_fresh_binding_and_reuses_the_checked_data(monkeypatch):
     src.loss(), src.gradient(), src.directional_curvature(V[:, 0]), src.grad_and_curvature(V[:, 0])
     src.layer_structure(), src.per_sample_gradients()
     assert len(calls) == 1  # no product or value re-checks the data
-    new = case.flat_params(rng_offset=1)
+    new = case.params(rng_offset=1)
     moved = src.at(params=new)
     assert len(calls) == 1  # rebinding the parameters alone does not re-check the data
     fresh = MLPCurvature(model, new, data)
@@ -93,7 +93,7 @@ def test_at_equals_a_fresh_binding_and_reuses_the_checked_data(monkeypatch):
 
 def test_operators_and_source_say_what_they_are():
     case = CASES[0]
-    src = MLPCurvature(case.mlp(), case.flat_params(), case.data())
+    src = MLPCurvature(case.mlp(), case.params(), case.data())
     label = f"MLP[4-5-4-3, {case.activation}, {case.loss}]"
     want = {src.hessian(): "Hessian", src.ggn(): "GGN", src.fisher(): "empirical Fisher",
             src.fisher("true"): "Fisher (true, = GGN)"}
@@ -107,7 +107,7 @@ def test_operators_and_source_say_what_they_are():
 
 def test_bad_inputs_fail_naming_the_argument():
     case = CASES[0]
-    model, p, (X, y) = case.mlp(), case.flat_params(), case.data()
+    model, p, (X, y) = case.mlp(), case.params(), case.data()
     with pytest.raises(TypeError, match="model must be a curvlab.models.mlp.MLP"):
         MLPCurvature("mlp", p, (X, y))
     for data in (X, (X,), (X, y, y), None):
@@ -150,7 +150,7 @@ def test_products_do_no_host_sync_and_rebinding_params_none(xp):
     case = CASES[0]
     model = MLP(list(case.sizes), activation=case.activation, loss=case.loss, xp=xp)
     X, y = case.data()
-    p, X, y = xp.asarray(case.flat_params()), xp.asarray(X), xp.asarray(y)
+    p, X, y = xp.asarray(case.params()), xp.asarray(X), xp.asarray(y)
     with count_syncs() as bind:
         src = MLPCurvature(model, p, (X, y))
     assert bind.count <= 1, bind.report()
@@ -179,7 +179,7 @@ def test_dataset_host_syncs_list_once_when_bound_stream_per_batch_per_pass(xp):
     case = CASES[0]
     model = MLP(list(case.sizes), activation=case.activation, loss=case.loss, xp=xp)
     X, y = case.data()
-    p, X, y = xp.asarray(case.flat_params()), xp.asarray(X), xp.asarray(y)
+    p, X, y = xp.asarray(case.params()), xp.asarray(X), xp.asarray(y)
     parts = [(X[:3], y[:3]), (X[3:], y[3:])]
     with count_syncs() as bind:
         src = MLPCurvature(model, p, parts)
