@@ -159,3 +159,20 @@ def test_progress_bar_is_opt_in(digits_setup, capsys):
     assert capsys.readouterr().err == ""
     TorchCurvature(net, "cross_entropy", _loader(X, y, 8), progress={"desc": "curv-pass", "mininterval": 0}).loss()
     assert "curv-pass" in capsys.readouterr().err
+
+
+def test_a_batches_object_is_adopted_and_options_are_not_dropped(digits_setup, rng):
+    from curvlab.batches import Batches
+
+    net, X, y = digits_setup
+    X, y = X[:24], y[:24]
+    b = Batches(_loader(X, y, 10), num_data=24)
+    src = TorchCurvature(net, "cross_entropy", b)
+    full = TorchCurvature(net, "cross_entropy", (X, y))
+    d = rng.standard_normal(src.layout.size)
+    assert rel_err(src.ggn() @ d, full.ggn() @ d) < 1e-12
+    assert src.data is b.data
+    with pytest.raises(TypeError, match="already a Batches"):
+        TorchCurvature(net, "cross_entropy", b, progress=True)
+    with pytest.raises(ValueError, match="batch must be a pair"):
+        TorchCurvature(net, "cross_entropy", X)

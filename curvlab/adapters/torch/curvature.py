@@ -1,4 +1,4 @@
-"""PyTorch adapter: an ``nn.Module``, a loss and a batch as a curvature source.
+"""PyTorch adapter: an ``nn.Module``, a loss and a batch or a dataset as a curvature source.
 
 :class:`TorchCurvature` implements :class:`curvlab.sources.CurvatureSource` (``layout``,
 ``params``, ``loss()``, ``gradient()``, ``per_sample_gradients()``, ``hessian()``,
@@ -8,10 +8,15 @@
 the parameters that require gradients (layout: :class:`curvlab.layout.Layout`, the
 module's ``named_parameters()`` order, each tensor row-major):
 
-* :meth:`~TorchCurvature.hessian` — ``H v`` by forward-over-reverse (default:
-  dual-number parameters ``θ + ε v`` through one backward pass, so the gradient's
-  tangent is ``H v``; blocks by ``torch.func.vmap`` of ``jvp(grad)``) or
-  reverse-over-reverse (double backward, ``hvp_mode="reverse_over_reverse"``);
+* :meth:`~TorchCurvature.hessian` — ``H v`` by forward-over-reverse (dual-number
+  parameters ``θ + ε v`` through one backward pass, so the gradient's tangent is
+  ``H v``; blocks by ``torch.func.vmap`` of ``jvp(grad)``) or reverse-over-reverse
+  (double backward). The default ``hvp_mode="auto"`` uses forward mode unless a probe
+  (run once, at first use, on the first sample of the first batch) finds an op without
+  a working forward-mode rule (a custom ``autograd.Function`` without ``jvp``, a fused
+  kernel not covered by :func:`forward_mode_safe_ops`): then every product (H, GGN's
+  ``J v``, ``dᵀHd``, ``grad_and_curvature``) runs by reverse mode only; the choice is
+  :attr:`TorchCurvature.hvp_mode_used` and is written in the reprs;
 * :meth:`~TorchCurvature.ggn` — generalized Gauss–Newton ``Jᵀ H_L J v``;
 * :meth:`~TorchCurvature.fisher` — empirical Fisher ``(1/B) Σ_i g_i g_iᵀ v``
   (``g_i`` per-sample gradients), the true Fisher of the model's predictive
@@ -33,10 +38,19 @@ both averaged over every other axis, as in :mod:`curvlab.models.mlp` — or a
 callable ``loss(outputs, targets) -> scalar tensor`` that is a mean over the
 batch (axis 0).
 
+Datasets: ``data`` may be one batch ``(inputs, targets)`` or any form of
+:class:`curvlab.batches.Batches` — a ``torch.utils.data.DataLoader`` (``shuffle=False``),
+a list of batches, a zero-argument callable returning a fresh iterator. The loss, the
+gradient, every operator's matvec and matmat, ``dᵀHd`` and ``grad_and_curvature`` are
+then the exact sample-weighted averages ``Σ_b (n_b/N) q_b`` (one pass over the data per
+product: an iterative solver makes one pass per matvec); one batch gives today's
+numbers bit for bit. ``per_sample_gradients`` concatenates the batches' rows.
+
 Data parallelism: with ``process_group`` (a ``torch.distributed`` group, or
-``True`` for the default one) every matvec, gradient and curvature is the
-batch-size-weighted average over ranks (``all_reduce``), so ranks holding
-shards of a dataset see the operator of the whole dataset.
+``True`` for the default one) each rank iterates its own shard (a batch or a dataset)
+and every matvec, gradient and curvature is the sample-weighted average over all
+ranks' samples (the weighted sums and counts are all-reduced through
+``Batches``' ``reduce`` hook), equal to one process on all the data.
 
 Example
 -------
@@ -55,6 +69,10 @@ True
 >>> H                                     # doctest: +ELLIPSIS
 <Hessian of Sequential on 8 samples, P=26, hvp_mode=forward_over_reverse: ...>
 >>> curv.at(params=curv.params * 0.5).loss() != curv.loss()   # same module, rebound
+True
+>>> loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=3)
+>>> on_loader = TorchCurvature(net, "cross_entropy", loader)   # batches of 3, 3 and 2
+>>> bool(np.allclose(on_loader.hessian() @ v, H @ v, rtol=1e-12, atol=0))
 True
 """
 
@@ -180,8 +198,11 @@ class TorchCurvature:
         ``eval()`` mode for a deterministic, per-sample-separable function.
     loss : "cross_entropy" | "mse" | callable
         See the module docstring; a callable must return a 0-d tensor.
-    batch : (inputs, targets)
-        Two tensors (NumPy/CuPy arrays cross by DLPack) on the model's device,
+    data : (inputs, targets), or a dataset of such batches
+        One batch, or a ``DataLoader`` / list of batches / callable returning a fresh
+        iterator (:mod:`curvlab.batches`). Every batch is checked as follows (one batch
+        or a list: at construction; a stream: as it is read). A batch is
+        two tensors (NumPy/CuPy arrays cross by DLPack) on the model's device,
         with at least one sample and equal leading (batch) sizes. Floating inputs
         must have the parameters' dtype; complex parts raise ``TypeError``. A
         tuple/list/dict as inputs or targets raises ``TypeError`` (it is never
@@ -195,7 +216,11 @@ class TorchCurvature:
     params : iterable of (name, tensor), optional
         The parameters to differentiate; default: every ``named_parameters()``
         entry with ``requires_grad``.
-    hvp_mode : "forward_over_reverse" (default) | "reverse_over_reverse"
+    hvp_mode : "auto" (default) | "forward_over_reverse" | "reverse_over_reverse"
+        ``"auto"``: forward mode where a one-time probe finds it works, else
+        reverse-over-reverse everywhere (module docstring). An explicit
+        ``"forward_over_reverse"`` that fails on the model raises ``RuntimeError``
+        saying so; ``"reverse_over_reverse"`` uses reverse mode for every product.
     nan_policy : "propagate" (default) | "raise"
         ``"propagate"``: NaN/Inf in the parameters or the batch flow through (the
         loss and the products come back NaN); nothing is checked, no host sync.
@@ -203,7 +228,15 @@ class TorchCurvature:
         checked once here (one host sync each) and ``FloatingPointError`` names
         the first non-finite one.
     process_group : torch.distributed group, True (default group) or None
-        Average matvecs and gradients over ranks, weighted by batch size.
+        Average matvecs and gradients over ranks, weighted by sample counts (each rank
+        passes its own shard as ``data``).
+    num_data : int, optional
+        The total number of samples (all ranks'), checked on every pass.
+    check_deterministic : bool
+        Every pass over a stream must yield the same batches (``ValueError`` otherwise;
+        a ``DataLoader`` with ``shuffle=True`` is the usual culprit). Off by default.
+    progress : bool or dict
+        A tqdm bar over the batches of each pass (silent by default).
     composite_ops : bool
         Run forward-mode products under :func:`forward_mode_safe_ops` (default
         True) and reverse-over-reverse products too: works around torch kernels
@@ -220,8 +253,12 @@ class TorchCurvature:
         Names (``named_parameters()``), shapes and offsets of the flat vector ``(P,)``.
     params : (P,) array
         The parameter snapshot, flat (NumPy on the CPU, CuPy on CUDA; a fresh copy).
-    batch_size : int
-        The samples of the bound batch (this rank's, under a process group).
+    batch_size : int or None
+        The samples of the bound data (this rank's, under a process group); for a
+        stream, None until its first pass.
+    data : the object given as ``data``.
+    hvp_mode_used : str or None
+        The mode the products use (None while ``"auto"`` has not probed yet).
     """
 
     def __init__(
@@ -307,7 +344,7 @@ class TorchCurvature:
         if batches is not None:
             b = batches.rebind(data)
         elif isinstance(data, Batches):
-            b = as_batches(data)
+            b = as_batches(data, **options)  # TypeError when options would be ignored
         else:
             b = Batches(data, reduce=self._reduce if self.group is not None else None, **options)
         if self.group is not None and b.reduce is None:
