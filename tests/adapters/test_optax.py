@@ -235,3 +235,33 @@ def test_jit_flat_and_nan_policy():
     strict = as_optax(Adam(lr=0.01, nan_policy="raise"))
     with pytest.raises(Exception, match="FloatingPointError|NaN"):
         jax.block_until_ready(jax.jit(strict.update)(bad, strict.init(p), p))
+
+
+def test_jit_equals_eager_without_x64():
+    """The default JAX config (no x64): Python-float state fields (ArTuRO's eta, CurvatureLR's
+    t_prev) become float32 0-d arrays between jitted steps; the trajectories still agree to 1e-6."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import jax, numpy as np, optax
+import tests.adapters.test_optax as T
+jax.config.update("jax_enable_x64", False)
+from curvlab.adapters.jax import JaxCurvature, as_optax
+p, X, y = T._problem()
+worst = 0.0
+for name in ["ArTuRO", "CurvatureLR"]:
+    src = JaxCurvature(T.apply, p, "cross_entropy", (X, y)) if name == "CurvatureLR" else None
+    bs = [(X[8 * k:8 * k + 8], y[8 * k:8 * k + 8]) for k in range(3)]
+    ex = (lambda k: {"data": bs[k % 3]}) if src is not None else (lambda k: {})
+    runs = [T._run(optax.chain(optax.clip_by_global_norm(1.0), as_optax(T._methods(src)[name]())), p, X, y, jit, ex)[0]
+            for jit in (False, True)]
+    assert np.abs(runs[0][-1] - runs[0][0]).max() > 1e-4
+    worst = max(worst, float(np.abs(runs[1] - runs[0]).max() / max(1.0, np.abs(runs[0]).max())))
+print("WORST", worst)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert float(res.stdout.split("WORST")[1]) <= 1e-6
