@@ -81,13 +81,21 @@ def _case(name: str):
     if name == "transformer_ce":
         Xt = torch.randn(B, 3, 4, generator=g, dtype=torch.float64)
         return TransformerBlock(n_classes=2).eval(), _ce3, Xt, torch.randint(0, 2, (B, 3), generator=g)
+    if name == "mish_groupnorm_huber":  # mish and group_norm: safe_ops composites; huber: no forward rule
+        net = nn.Sequential(nn.Linear(3, 4, dtype=torch.float64), nn.GroupNorm(2, 4, dtype=torch.float64),
+                            nn.Mish(), nn.Linear(4, 2, dtype=torch.float64))
+        return net, F.huber_loss, X2, reg
+    if name == "mish_groupnorm_mse":
+        net = nn.Sequential(nn.Linear(3, 4, dtype=torch.float64), nn.GroupNorm(2, 4, dtype=torch.float64),
+                            nn.Mish(), nn.Linear(4, 2, dtype=torch.float64))
+        return net, "mse", X2, reg
     if name == "no_jvp_op":
         return NoJvpNet(), "mse", X2, reg
     raise KeyError(name)
 
 
 CASES = ["mlp_ce", "mlp_F.mse_loss", "mlp_F.cross_entropy", "mlp_lambda", "cnn_bn_eval", "residual_mse",
-         "silu_F.mse_loss", "silu_ce", "gelu_F.cross_entropy", "gelu_tanh_mse", "transformer_ce", "no_jvp_op"]
+         "silu_F.mse_loss", "silu_ce", "gelu_F.cross_entropy", "gelu_tanh_mse", "transformer_ce", "mish_groupnorm_mse", "mish_groupnorm_huber", "no_jvp_op"]
 
 
 def _references(src: TorchCurvature) -> dict[str, np.ndarray]:
@@ -154,11 +162,15 @@ def test_every_product_runs_with_defaults_and_matches_dense(case, rng):
 def test_forward_mode_is_kept_where_it_works_and_the_fallback_is_visible():
     """SiLU, GELU and F.mse_loss run forward mode (composites of safe_ops); an op without a
     forward-mode rule falls back to reverse-over-reverse, said in the reprs."""
-    for case in ("silu_F.mse_loss", "gelu_F.cross_entropy", "mlp_F.mse_loss", "transformer_ce"):
+    for case in ("silu_F.mse_loss", "gelu_F.cross_entropy", "mlp_F.mse_loss", "transformer_ce", "mish_groupnorm_mse"):
         model, loss, X, y = _case(case)
         src = TorchCurvature(model, loss, (X, y))
         src.hessian()
         assert src.hvp_mode_used == "forward_over_reverse", case
+    model, loss, X, y = _case("mish_groupnorm_huber")  # huber_loss_backward: no forward-mode rule
+    src = TorchCurvature(model, loss, (X, y))
+    src.ggn()
+    assert src.hvp_mode_used == "reverse_over_reverse" and "huber_loss_backward" in repr(src)
     model, loss, X, y = _case("no_jvp_op")
     src = TorchCurvature(model, loss, (X, y))
     assert src.hvp_mode_used is None  # probed at first use

@@ -1,7 +1,7 @@
 """Forward-AD-safe replacements of fused ``torch.nn.functional`` kernels.
 
 :func:`forward_mode_safe_ops` swaps ``layer_norm``, ``batch_norm``, ``instance_norm``,
-``scaled_dot_product_attention``, ``mse_loss`` and ``silu`` for compositions of elementary ops (same values) whose
+``group_norm``, ``scaled_dot_product_attention``, ``mse_loss``, ``silu`` and ``mish`` for compositions of elementary ops (same values) whose
 nested forward mode and double backward are right in torch 2.13.
 
 Example
@@ -117,8 +117,29 @@ def _silu(input, inplace=False):  # noqa: ANN001, ANN202
     return input * torch.sigmoid(input)
 
 
+_ORIGINAL_MISH = F.mish
+
+
+def _mish(input, inplace=False):  # noqa: ANN001, ANN202
+    # mish_backward has no forward-mode rule in torch 2.13
+    if inplace:
+        return _ORIGINAL_MISH(input, inplace=True)
+    return input * torch.tanh(F.softplus(input))
+
+
+def _group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):  # noqa: ANN001, ANN202
+    # native_group_norm has no forward-mode rule in torch 2.13
+    N, C = input.shape[0], input.shape[1]
+    if C % num_groups:
+        raise RuntimeError(f"Expected number of channels in input to be divisible by num_groups, but got input of "
+                           f"shape {tuple(input.shape)} and num_groups={num_groups}")
+    out = _normalize_over(input.reshape(N, num_groups, -1), (2,), eps).reshape(input.shape)
+    return _affine_channels(out, weight, bias)
+
+
 _COMPOSITES = {"layer_norm": _layer_norm, "batch_norm": _batch_norm, "instance_norm": _instance_norm,
-               "scaled_dot_product_attention": _sdpa, "mse_loss": _mse_loss, "silu": _silu}
+               "group_norm": _group_norm, "scaled_dot_product_attention": _sdpa, "mse_loss": _mse_loss,
+               "silu": _silu, "mish": _mish}
 
 
 @contextlib.contextmanager
@@ -130,7 +151,7 @@ def forward_mode_safe_ops(enabled: bool = True) -> Iterator[None]:
     kernels, and the CPU flash-attention kernel behind
     ``scaled_dot_product_attention`` (used by ``nn.MultiheadAttention``) has no
     forward-mode rule at all (nor a double backward); ``silu``'s backward has no forward-mode
-    rule and ``mse_loss``'s forward-over-reverse writes into an immutable ZeroTensor. Inside this context those functions are the
+    rule (nor have ``mish_backward`` and ``native_group_norm``) and ``mse_loss``'s forward-over-reverse writes into an immutable ZeroTensor. Inside this context those functions are the
     textbook formulas (same values; training-mode batch norm does not update the
     running statistics) and the MultiheadAttention fast path is off. The swap
     patches module attributes, so it is not thread-safe.
@@ -159,5 +180,5 @@ def safe_callable(fn: Any) -> Any:
     ``torch.nn.functional`` functions passed by reference (``loss=F.mse_loss``: the
     module-attribute swap of :func:`forward_mode_safe_ops` cannot reach a reference taken
     before it)."""
-    return {_ORIGINAL_MSE: _mse_loss, _ORIGINAL_SILU: _silu}.get(fn, fn)
+    return {_ORIGINAL_MSE: _mse_loss, _ORIGINAL_SILU: _silu, _ORIGINAL_MISH: _mish}.get(fn, fn)
 
