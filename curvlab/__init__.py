@@ -96,7 +96,6 @@ from .methods import (
 )
 from .layout import Layout
 from .models import MLP, MLPCurvature, fisher_operator, ggn_operator, hessian_operator
-from .models import dense_layout as ParamLayout  # deprecated alias, not in __all__: removed with its bad-input entry
 from .sources import CurvatureSource, DenseLayer, LayerStructureUnavailable
 from .trust_region import solve_kl, solve_l2_subproblem
 

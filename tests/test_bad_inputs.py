@@ -166,7 +166,7 @@ def check_solve(res, kw):
 
 @confirms
 def check_sgd(res, kw):
-    upd, _ = res
+    upd = res[0]
     p, g = np.asarray(kw["params"], dtype=np.float64), np.asarray(kw["grads"], dtype=np.float64)
     ref = -float(kw.get("lr", 0.01)) * (g + float(kw.get("weight_decay", 0.0)) * p)
     assert np.allclose(np.asarray(upd, dtype=np.float64), ref, rtol=1e-5, atol=1e-7), "SGD update"
@@ -287,8 +287,8 @@ def _transform_entry(cls, ctor: dict, *, params=lambda: vec(6, 3), grads=lambda:
         t = cls(**c, **(fixed or {}))
         p, g = kw["params"], kw["grads"]
         state = t.init(p)
-        upd, state = t.update(g, state, p, **(extras(p) if extras else {}))
-        return upd, state
+        upd, state, info = t.update_with_info(g, state, p, **(extras(p) if extras else {}))
+        return upd, state, info  # the step's report (converged, status, ...) is in info, not in the state
 
     why = ("params enter the update only through weight decay; non-finite gradients and the skip policy "
            "are the transform contract's (tests/methods/test_transform_contract.py)")
@@ -386,9 +386,6 @@ ENTRIES: dict[str, Entry] = {
     "MLP": Entry(curvlab.MLP, {"sizes": (lambda: list(_MLP_SIZES), "sizes"), "activation": (lambda: "tanh", "choice"),
                                "loss": (lambda: "cross_entropy", "choice"), "dtype": (lambda: np.float64, "dtype")},
                  run=_mlp_run, aliases={"sizes": ("size", "layer")}),
-    "ParamLayout": Entry(curvlab.ParamLayout, {"shapes": (lambda: [(4, 4), (2, 5)], "layout")},
-                         run=lambda kw: curvlab.ParamLayout(kw["shapes"]).size,
-                         aliases={"shapes": ("shape", "size")}),
     "hessian_operator": _curv_entry(curvlab.hessian_operator),
     "MLPCurvature": _curv_entry(_mlp_curvature_hessian, curvlab.MLPCurvature),
     "ggn_operator": _curv_entry(curvlab.ggn_operator),
@@ -632,7 +629,7 @@ EXCLUDED = {
     "CurvatureSource": "a typing Protocol implemented by MLP and the adapters (they have entries)",
     "LayerStructureUnavailable": "an exception class raised by CurvatureSource.layer_structure",
     "DenseLayer": "a record built by CurvatureSource.layer_structure (MLP and the adapters have entries)",
-    "Layout": "the parameter layout built by the models and adapters (ParamLayout has an entry)",
+    "Layout": "the parameter layout class; its checks are tested in tests/test_layout.py and tests/adapters/test_layout.py",
 }
 
 COUNTS: collections.Counter = collections.Counter()

@@ -82,12 +82,11 @@ def test_import_curvlab_imports_neither_torch_nor_jax():
 
 def test_deprecated_names_are_not_public():
     """``ParamLayout`` is gone: the MLP's layout is :func:`curvlab.models.dense_layout`, a
-    :class:`curvlab.layout.Layout`. ``curvlab.ParamLayout`` survives, outside ``__all__``, only
-    until the bad-input suite drops its entry."""
+    :class:`curvlab.layout.Layout`."""
     import curvlab.models
     import curvlab.models.mlp
 
     assert "ParamLayout" not in curvlab.__all__
     for mod in (curvlab.models, curvlab.models.mlp):
         assert "ParamLayout" not in mod.__all__ and not hasattr(mod, "ParamLayout"), mod.__name__
-    assert getattr(curvlab, "ParamLayout", curvlab.models.dense_layout) is curvlab.models.dense_layout
+    assert not hasattr(curvlab, "ParamLayout")

@@ -16,8 +16,7 @@ package) works without PyTorch or JAX installed:
 Attribute access (``curvlab.adapters.TorchCurvature``) imports the framework
 module the first time.
 
-Parameters are laid out flat by :class:`curvlab.layout.Layout` (``NamedLayout``, its
-former name here, is a deprecated alias).
+Parameters are laid out flat by :class:`curvlab.layout.Layout`.
 
 >>> from curvlab.layout import Layout
 >>> Layout(["w"], [(2, 2)]).size
@@ -42,10 +41,6 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name == "NamedLayout":  # deprecated alias of curvlab.layout.Layout
-        from ._layout import named_layout
-
-        return named_layout(__name__)
     if name in _LAZY:
         mod = importlib.import_module(f"{__name__}.{_LAZY[name]}")
         return getattr(mod, name)

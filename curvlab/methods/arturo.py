@@ -115,7 +115,7 @@ class ArTuROState(TransformState):
     gradients) and ``consecutive_skips`` (the NaN policy's counters); totals
     ``total_evals``, ``n_bracket_failed`` and ``n_unconverged`` (steps taken with an
     unconverged KL solve). The last step's report is its
-    :class:`ArTuROStepInfo` (:meth:`ArTuRO.update_with_info`); ``state.kl`` etc. still read it.
+    :class:`ArTuROStepInfo` (:meth:`ArTuRO.update_with_info`).
     Saved states of earlier versions, which held the report, load (those keys are ignored).
     """
 

@@ -1,4 +1,4 @@
-"""The adapters' flat layout (curvlab.layout.Layout; NamedLayout a deprecated alias): flat <-> named
+"""The adapters' flat layout (curvlab.layout.Layout): flat <-> named
 parameter arrays (no framework needed)."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curvlab.layout import Layout as NamedLayout
+from curvlab.layout import Layout
 
 
 def test_round_trip_and_views(xp, rng):
-    lay = NamedLayout(["conv.weight", "conv.bias", "fc.weight"], [(2, 1, 3, 3), (2,), (3, 4)], np.float64)
+    lay = Layout(["conv.weight", "conv.bias", "fc.weight"], [(2, 1, 3, 3), (2,), (3, 4)], np.float64)
     assert lay.size == 18 + 2 + 12 and lay.offsets == (0, 18, 20, 32)
     flat = xp.asarray(rng.standard_normal(lay.size))
     parts = lay.unpack(flat)
@@ -25,10 +25,10 @@ def test_round_trip_and_views(xp, rng):
 
 def test_errors():
     with pytest.raises(ValueError, match="unique"):
-        NamedLayout(["a", "a"], [(1,), (2,)])
+        Layout(["a", "a"], [(1,), (2,)])
     with pytest.raises(ValueError, match="differ in length"):
-        NamedLayout(["a"], [(1,), (2,)])
-    lay = NamedLayout(["a", "b"], [(2,), (3,)])
+        Layout(["a"], [(1,), (2,)])
+    lay = Layout(["a", "b"], [(2,), (3,)])
     with pytest.raises(ValueError, match=r"\(5,\)"):
         lay.unpack(np.zeros(4))
     with pytest.raises(ValueError, match="expected \\(3,\\)"):
@@ -47,20 +47,18 @@ def test_errors():
 def test_bad_shapes_are_refused(shapes, exc, where):
     """A negative dimension used to give a negative size and overlapping offsets."""
     with pytest.raises(exc, match=where):
-        NamedLayout([f"p{i}" for i in range(len(shapes))], shapes)
+        Layout([f"p{i}" for i in range(len(shapes))], shapes)
 
 
 def test_zero_sized_parameters_are_allowed():
-    lay = NamedLayout(["a", "empty", "b"], [(2,), (0, 3), (np.int64(1),)])
+    lay = Layout(["a", "empty", "b"], [(2,), (0, 3), (np.int64(1),)])
     assert lay.size == 3 and lay.offsets == (0, 2, 2, 3)
     assert [p.shape for p in lay.unpack(np.arange(3.0))] == [(2,), (0, 3), (1,)]
 
 
-def test_named_layout_is_a_deprecated_alias_of_layout():
+def test_the_old_named_layout_alias_is_gone():
     import curvlab.adapters
-    from curvlab.layout import Layout
 
-    with pytest.warns(DeprecationWarning, match="curvlab.layout.Layout"):
-        assert curvlab.adapters.NamedLayout is Layout
+    assert not hasattr(curvlab.adapters, "NamedLayout")
     with pytest.raises(AttributeError, match="NoSuchName"):
         curvlab.adapters.NoSuchName  # noqa: B018

@@ -42,8 +42,4 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "NamedLayout":  # deprecated alias of curvlab.layout.Layout
-        from .._layout import named_layout
-
-        return named_layout(__name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
