@@ -317,9 +317,7 @@ class TransformState:
     """Base class of method states: a dataclass of arrays, pytrees of arrays and scalars.
 
     A state holds what the next step needs, nothing else; what a step reports goes to its
-    info (:meth:`Transform.update_with_info`). For compatibility, reading an attribute that is
-    not a field returns the field of the same name of the info of the step that made this
-    state (``state.kl`` = ``info.kl``); new code reads the info.
+    info (:meth:`Transform.update_with_info`).
 
     :meth:`to_dict` flattens it to ``{key: numpy array}`` (a list field becomes
     ``"field/0"``, ``"field/1"``, ... plus ``"field/#"`` holding the length; any other pytree
@@ -335,13 +333,6 @@ class TransformState:
         super().__init_subclass__(**kwargs)
         for hook in _STATE_CLASS_HOOKS:   # e.g. the JAX adapter's pytree registration
             hook(cls)
-
-    def __getattr__(self, name: str) -> Any:
-        # only reached when normal lookup fails: the legacy view of the last step's info
-        info = self.__dict__.get("_info")
-        if info is not None and not name.startswith("_") and hasattr(info, name):
-            return getattr(info, name)
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

@@ -141,14 +141,9 @@ def test_torch_true_fisher_needs_a_builtin_loss():
         src.fisher("true")
 
 
-def test_torch_deprecated_aliases_warn_and_give_the_same_numbers(tsrc):
+def test_torch_deprecated_aliases_are_gone(tsrc):
     src, *_ = tsrc
-    d = np.random.default_rng(3).standard_normal(src.layout.size)
-    with pytest.warns(DeprecationWarning, match="directional_curvature"):
-        c = src.curvature(d)
-    assert c == src.directional_curvature(d)
-    with pytest.warns(DeprecationWarning, match="params attribute"):
-        assert np.array_equal(src.flat_params(), src.params)
+    assert not hasattr(src, "curvature") and not hasattr(src, "flat_params")  # directional_curvature, params
     import curvlab.adapters.torch as ta
 
     assert not hasattr(ta, "NamedLayout")

@@ -79,7 +79,6 @@ True
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -442,12 +441,6 @@ class TorchCurvature:
     def params(self) -> Any:
         """The parameter snapshot as one flat ``(P,)`` array (NumPy/CuPy; a fresh copy)."""
         return from_torch(self._flat(self._plist))
-
-    def flat_params(self) -> Any:
-        """Deprecated: use :attr:`params`."""
-        warnings.warn("TorchCurvature.flat_params() is deprecated; use the params attribute",
-                      DeprecationWarning, stacklevel=2)
-        return self.params
 
     def _label(self) -> str:
         if self._batches.kind == "batch":
@@ -1060,12 +1053,6 @@ class TorchCurvature:
         if return_all:
             return float(vals[0]), float(vals[1]), float(vals[2])
         return float(vals[2])
-
-    def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
-        """Deprecated: use :meth:`directional_curvature` (same arguments and numbers)."""
-        warnings.warn("TorchCurvature.curvature() is deprecated; use directional_curvature()",
-                      DeprecationWarning, stacklevel=2)
-        return self.directional_curvature(d, params=params, return_all=return_all)
 
     def curvature_fn(self) -> Callable[[Any], float]:
         """A callable ``d (P,) -> dᵀHd`` on this source's data."""
