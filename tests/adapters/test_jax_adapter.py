@@ -165,7 +165,8 @@ def test_dlpack_zero_copy():
 
 
 def test_sharded_batch_matches_single_device(tmp_path):
-    """Two host devices (XLA_FLAGS) in a subprocess: sharded products equal single-device ones."""
+    """Two host devices (XLA_FLAGS) in a subprocess: sharded products equal single-device ones,
+    for one batch and for a dataset of sharded batches."""
     script = textwrap.dedent("""
         import jax, numpy as np
         jax.config.update("jax_enable_x64", True)
@@ -178,11 +179,25 @@ def test_sharded_batch_matches_single_device(tmp_path):
         two = JaxCurvature(cnn_apply, p, "cross_entropy", (X, y), devices=2)
         assert len(two.X.sharding.device_set) == 2
         V = rng.standard_normal((one.layout.size, 2))
+        # a dataset of sharded batches (sizes 2 and 4) equals one device on all the data
+        ds = JaxCurvature(cnn_apply, p, "cross_entropy", [(X[:2], y[:2]), (X[2:], y[2:])], devices=2)
+        assert all(len(b[0].sharding.device_set) == 2 for _, b in ds.batches)
         errs = []
         for a, b in ((one.hessian().matmat(V), two.hessian().matmat(V)),
                      (one.ggn() @ V[:, 1], two.ggn() @ V[:, 1]),
-                     (one.gradient()[1], two.gradient()[1])):
-            errs.append(np.linalg.norm(a - b) / np.linalg.norm(a))
+                     (one.gradient()[1], two.gradient()[1]),
+                     (one.hessian().matmat(V), ds.hessian().matmat(V)),
+                     (one.ggn() @ V[:, 1], ds.ggn() @ V[:, 1]),
+                     (one.gradient()[1], ds.gradient()[1]),
+                     (one.fisher("empirical") @ V[:, 0], ds.fisher("empirical") @ V[:, 0]),
+                     ([one.loss(), one.directional_curvature(V[:, 0])], [ds.loss(), ds.directional_curvature(V[:, 0])])):
+            errs.append(np.linalg.norm(np.subtract(a, b)) / np.linalg.norm(a))
+        try:
+            JaxCurvature(cnn_apply, p, "cross_entropy", [(X[:3], y[:3]), (X[3:], y[3:])], devices=2)
+        except ValueError as e:
+            assert "batch size 3 is not a multiple of the 2 devices" in str(e), e
+        else:
+            raise AssertionError("an odd batch over 2 devices was accepted")
         print("MAXERR", max(errs))
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")

@@ -30,8 +30,10 @@ callable returning a fresh iterator). Loss, gradient, every operator (matvec and
 ``Σ_b (n_b/N) q_b`` over one pass of the batches, which equals one batch holding all
 samples up to rounding; ``per_sample_gradients`` concatenates the batches' rows. Each
 product is one ``jax.jit`` function: it compiles once per distinct batch shape (a dataset
-of equal batches and a smaller last one: two compilations per product kind), and every
-source :meth:`~JaxCurvature.at` derives shares them. One batch is computed exactly as
+of equal batches and a smaller last one: two compilations per product kind; a ``matmat``
+once per batch shape and number of columns), and every source :meth:`~JaxCurvature.at`
+derives shares them. Every argument is committed to the parameters' device (or the mesh),
+so a vector imported by DLPack and one copied compile the same program. One batch is computed exactly as
 before (bit for bit).
 
 Data parallelism: ``devices=`` (a count or a list of devices) shards every batch
@@ -261,6 +263,11 @@ class JaxCurvature:
         self._treedef, self._leaves, self._idx = treedef, leaves, idx
         self.theta = jnp.concatenate([leaves[i].reshape(-1) for i in idx])
         dev = next(iter(self.theta.devices()))
+        # every argument of the compiled products is committed to a device (or the mesh): jit's
+        # cache key holds committedness, so a mix (a DLPack-imported vector is committed, a copied
+        # one not) would compile each product twice
+        self._dev = dev
+        self.theta = jax.device_put(self.theta, dev)
         self.xp = np if dev.platform == "cpu" else backend._import_cupy()
         if nan_policy == "raise" and not bool(jnp.all(jnp.isfinite(self.theta))):
             raise FloatingPointError("parameters contain NaN or Inf (nan_policy='raise')")
@@ -341,9 +348,9 @@ class JaxCurvature:
         return X, y
 
     def _place(self, X: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Shard the batch over the mesh (axis 0); unchanged without devices."""
+        """Shard the batch over the mesh (axis 0); without devices, commit it to the parameters' device."""
         if self.mesh is None:
-            return X, y
+            return jax.device_put(X, self._dev), jax.device_put(y, self._dev)
         from jax.sharding import NamedSharding, PartitionSpec
 
         n = self.mesh.devices.size
@@ -472,6 +479,8 @@ class JaxCurvature:
             from jax.sharding import NamedSharding, PartitionSpec
 
             a = jax.device_put(a, NamedSharding(self.mesh, PartitionSpec()))
+        else:
+            a = jax.device_put(a, self._dev)
         return a
 
     def _operator(self, key: str, *, psd: bool, what: str, detail: str = "") -> LinearOperator:
@@ -537,6 +546,8 @@ class JaxCurvature:
                 from jax.sharding import NamedSharding, PartitionSpec
 
                 th = jax.device_put(th, NamedSharding(self.mesh, PartitionSpec()))
+            else:
+                th = jax.device_put(th, self._dev)
             new.theta = th
             if self.nan_policy == "raise" and not bool(jnp.all(jnp.isfinite(new.theta))):
                 raise FloatingPointError("parameters contain NaN or Inf (nan_policy='raise')")
@@ -617,7 +628,11 @@ class JaxCurvature:
     def fisher(self, kind: str = "empirical", *, rng: Any = None, mc_samples: int = 1) -> LinearOperator:
         """Empirical, true or Monte-Carlo Fisher (``kind`` in :data:`FISHER_KINDS`); same
         definitions as :meth:`curvlab.adapters.torch.TorchCurvature.fisher` (explicit ``rng``
-        for MC; ``"true"`` is the GGN's products for the built-in losses)."""
+        for MC; ``"true"`` is the GGN's products for the built-in losses). Over a dataset,
+        the output residuals of every batch (per-sample ``∇_z ℓ``; for MC the draws, taken
+        batch after batch from ``rng``) are computed once here in one pass and reused, by
+        batch position, by every product (memory: the outputs of the whole dataset, times
+        ``mc_samples`` for MC)."""
         if kind == "true":
             if self.loss_name is None:
                 raise ValueError("fisher(kind='true') needs a built-in loss ('cross_entropy' or 'mse'): a callable "
