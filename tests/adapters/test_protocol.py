@@ -264,17 +264,13 @@ def test_jax_at_checks_its_arguments():
         src.at(data=(X * np.nan, y))
 
 
-def test_jax_deprecated_aliases_warn_and_give_the_same_numbers():
+def test_jax_deprecated_aliases_are_gone():
     import curvlab.adapters.jax as ja
     from curvlab.adapters.jax import JaxCurvature
 
     apply, p, X, y = _jax_case([0])
     src = JaxCurvature(apply, p, "mse", (X, np.ones((8, 2))))
-    d = np.random.default_rng(4).standard_normal(src.layout.size)
-    with pytest.warns(DeprecationWarning, match="directional_curvature"):
-        assert src.curvature(d) == src.directional_curvature(d)
-    with pytest.warns(DeprecationWarning, match="params attribute"):
-        assert np.array_equal(src.flat_params(), src.params)
+    assert not hasattr(src, "curvature") and not hasattr(src, "flat_params")  # directional_curvature, params
     assert not hasattr(ja, "NamedLayout")
 
 

@@ -3,9 +3,9 @@
 Modules:
 
 * :mod:`~curvlab.adapters.jax.curvature` — :class:`JaxCurvature`, the
-  :class:`curvlab.sources.CurvatureSource` of ``apply_fn(params, inputs)``, a loss and a
-  batch (jitted Hessian, GGN and Fisher operators, gradient, ``dᵀHd``; the batch sharded
-  over devices), and the shortcuts :func:`hessian_operator`, :func:`ggn_operator`,
+  :class:`curvlab.sources.CurvatureSource` of ``apply_fn(params, inputs)``, a loss and
+  one batch or a whole dataset of batches (jitted Hessian, GGN and Fisher operators,
+  gradient, ``dᵀHd``; batches sharded over devices), and the shortcuts :func:`hessian_operator`, :func:`ggn_operator`,
   :func:`fisher_operator`;
 * :mod:`~curvlab.adapters.jax.optim` — :func:`as_optax`, any curvlab transform as an optax
   ``GradientTransformationExtraArgs``;

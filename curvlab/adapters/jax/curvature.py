@@ -68,7 +68,6 @@ True
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -521,12 +520,6 @@ class JaxCurvature:
         it shares the JAX buffer, read-only)."""
         return from_jax(self.theta)
 
-    def flat_params(self) -> Any:
-        """Deprecated: use :attr:`params`."""
-        warnings.warn("JaxCurvature.flat_params() is deprecated; use the params attribute",
-                      DeprecationWarning, stacklevel=2)
-        return self.params
-
     def at(self, params: Any = None, data: Any = None) -> "JaxCurvature":
         """The same model rebound to ``params`` and/or ``data``, reusing every compiled function.
 
@@ -709,12 +702,6 @@ class JaxCurvature:
         f, dj = self._jit["curv_jit"], self._vec(d, "d")
         out = np.asarray(self._mean(lambda X, y: f(th, X, y, dj)))
         return (float(out[0]), float(out[1]), float(out[2])) if return_all else float(out[2])
-
-    def curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
-        """Deprecated: use :meth:`directional_curvature` (same arguments and numbers)."""
-        warnings.warn("JaxCurvature.curvature() is deprecated; use directional_curvature()",
-                      DeprecationWarning, stacklevel=2)
-        return self.directional_curvature(d, params=params, return_all=return_all)
 
     def curvature_fn(self) -> Callable[[Any], float]:
         """A callable ``d (P,) -> dᵀHd`` (forward-only)."""
