@@ -27,8 +27,13 @@ and the extra ``data=batch``); the method rebinds the source to ``params`` with
 ``src.at(params=..., data=...)`` (no rebuild). ``params`` is a pytree with one leaf per block,
 or a flat vector split by ``shapes=`` or, failing that, by ``src.layout``. The estimate rule
 runs on every source (reference MLP, torch, JAX); the bound needs the reference MLP's source
-(its model's activation and loss and its batch inputs ``X``), and says so otherwise. Neither
-needs ``layer_structure()``.
+(its model's activation and loss and its batch inputs ``X``) or a ``TorchCurvature`` whose
+model is an ``nn.Sequential`` MLP it covers (:func:`curvlab.adapters.torch.architecture.reference_mlp_of`:
+Linear layers with biases, one hidden tanh/sigmoid/identity/softplus(threshold=inf), a built-in
+loss; the inputs ``X`` are all of the source's samples), and says which module it does not
+cover otherwise. On torch each Linear's ``weight`` and ``bias`` blocks are folded into one
+layer ``[W | b]`` (the state has one entry per Linear), so the steps equal the reference MLP's
+on the same weights. Neither rule needs ``layer_structure()``.
 
 Deterministic mode passes full-batch gradients (and the full ``X`` to the bound);
 mini-batch mode passes a batch (``average="mean"``: the bound is valid for that batch's
@@ -159,20 +164,57 @@ def mlp_layer_smoothness_bound(weights: Sequence[Any], X: Any, activation: str =
     return logL if log else np.exp(logL)
 
 
-def _bound_mlp(src: Any) -> tuple[Any, Any]:
-    """``(model, X)`` of a source over the reference MLP, which the rigorous bound covers;
-    ``ValueError`` saying what the bound needs otherwise."""
+@dataclasses.dataclass
+class _BoundData:
+    """What the rigorous bound reads from a source: the hidden activation, the loss, the inputs
+    ``X`` ``(N, n_0)`` and, for a source whose weights and biases are separate blocks (torch),
+    ``fold[i] = (weight block, bias block)`` of layer ``i`` (``None``: the blocks are the
+    folded layers already)."""
+
+    activation: str
+    loss: str
+    X: Any
+    fold: list[tuple[int, int]] | None = None
+
+
+def _bound_mlp(src: Any) -> _BoundData:
+    """The bound's data of a source over the reference MLP or of a torch source whose model is
+    an MLP the bound covers (:func:`curvlab.adapters.torch.architecture.reference_mlp_of`);
+    ``ValueError`` saying what the bound needs (and which module is not covered) otherwise."""
     from ..models.mlp import MLP  # noqa: PLC0415 (lazy: models import methods' siblings)
 
     model = getattr(src, "model", None)
     data = getattr(src, "data", None)
-    if not isinstance(model, MLP) or not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(
-            "rule='bound' is the rigorous smoothness constant of a dense MLP with a C² activation (arXiv "
-            "1708.00523, the layer-wise β/γ recursion); it needs the reference MLP's curvature source (a .model "
-            f"that is a curvlab MLP and one batch .data = (X, y)), got {type(src).__name__}; use rule='estimate' "
-            "(dᵀHd from any source) or rule='constant'")
-    return model, data[0]
+    if isinstance(model, MLP) and isinstance(data, (tuple, list)) and len(data) == 2:
+        return _BoundData(model.activation, model.loss_name, data[0])
+    if type(src).__module__.startswith("curvlab.adapters.torch"):
+        from ..adapters.torch.architecture import reference_mlp_of  # noqa: PLC0415 (torch only when used)
+
+        try:
+            ref = reference_mlp_of(src)
+        except ValueError as e:
+            raise ValueError(f"rule='bound' is the rigorous smoothness constant of a dense MLP with a C² activation "
+                             f"(arXiv 1708.00523, the layer-wise β/γ recursion), but on {type(src).__name__}: {e}") from None
+        return _BoundData(ref.model.activation, ref.model.loss_name, ref.X, ref.fold)
+    raise ValueError(
+        "rule='bound' is the rigorous smoothness constant of a dense MLP with a C² activation (arXiv "
+        "1708.00523, the layer-wise β/γ recursion); it needs the reference MLP's curvature source (a .model "
+        "that is a curvlab MLP and one batch .data = (X, y)) or a TorchCurvature of an nn.Sequential MLP, got "
+        f"{type(src).__name__}; use rule='estimate' (dᵀHd from any source) or rule='constant'")
+
+
+def _fold(blocks: list[Any], fold: list[tuple[int, int]]) -> list[Any]:
+    """Separate ``(n, m)`` weight and ``(n,)`` bias blocks as the folded ``(n, m+1)`` layers ``[W | b]``."""
+    xp = backend.get_namespace(*blocks)
+    return [xp.concatenate([blocks[w], blocks[b][:, None]], axis=1) for w, b in fold]
+
+
+def _unfold(layers: list[Any], fold: list[tuple[int, int]], n_blocks: int) -> list[Any]:
+    """Inverse of :func:`_fold`: the folded layers back as ``n_blocks`` weight and bias blocks."""
+    out: list[Any] = [None] * n_blocks
+    for (w, b), L in zip(fold, layers):
+        out[w], out[b] = L[:, :-1].copy(), L[:, -1].copy()
+    return out
 
 
 @dataclasses.dataclass
@@ -259,7 +301,8 @@ class DSGD(Transform):
         Accept ``step ≥ 2`` (above).
     rule:
         "bound" | "estimate" | "constant" (module docstring). "bound" needs ``params`` and the extra ``X``
-        (batch inputs) or the reference MLP's source; "estimate" needs a source or the extra
+        (batch inputs) or the reference MLP's source or a torch MLP's (weight and bias folded per
+        Linear: give the source to the constructor so that ``init`` counts Linears); "estimate" needs a source or the extra
         ``curvature(d) -> dᵀHd`` with ``d`` structured like ``params``; "constant" uses ``constants``.
     activation, loss, average:
         For the bound: hidden activation, "cross_entropy" | "mse", "mean" | "max".
@@ -384,6 +427,9 @@ class DSGD(Transform):
 
     def init(self, params: Tree) -> DSGDState:
         blocks = self._split(params, "params")
+        fold = self._init_fold(len(blocks))
+        if fold is not None:
+            blocks = _fold(blocks, fold)
         for i, b in enumerate(blocks):
             backend.check_float_array(b, f"params[{i}]")
             if b.size == 0:
@@ -398,6 +444,17 @@ class DSGD(Transform):
                          L_prev=np.full(K, np.nan), n_stationary=0, n_skipped_steps=0, n_excluded=0,
                          n_fallback=0, consecutive_skips=0, w_opnorm=np.full(K, np.nan),
                          w_fingerprint=np.full((K, 2), np.nan))
+
+    def _init_fold(self, n_blocks: int) -> list[tuple[int, int]] | None:
+        """The constructor's source's weight/bias folding under rule "bound" (torch MLPs), else
+        ``None`` (also for a source the bound does not cover: the step says why)."""
+        if self.rule != "bound" or self.source is None:
+            return None
+        try:
+            fold = _bound_mlp(self.source).fold
+        except ValueError:
+            return None
+        return fold if fold is not None and 2 * len(fold) == n_blocks else None
 
     # -- the step --------------------------------------------------------------------
     def _dual_all(self, G: list[Any], norms: list[duality.LayerNorm]) -> tuple[np.ndarray, list[Any], int]:
@@ -492,17 +549,34 @@ class DSGD(Transform):
                              "(pass source= to the constructor or to update)")
         blocks = self._blocks_for(src0)
         G = self._split(grads, "grads", blocks)
-        K = len(G)
-        if state.layer_counts.shape != (K,):
-            raise ValueError(f"state is for {state.layer_counts.shape[0]} layers, grads have {K}")
         W = None
         if params is not None:
             check_tree_like("grads", grads, params)
             W = self._split(params, "params", blocks)
+        def bound_source() -> Any:
+            if src0 is None or constants is not None or self.rule == "constant":
+                return None
+            if params is None:
+                raise ValueError("DSGD with a curvature source needs params (the source is rebound to them)")
+            return resolve_source("DSGD", self.source, source, data, params)   # bound to this step's params
+
+        src = bound_source() if self.rule == "bound" else None   # the bound's layers are known before the step
+        bound = _bound_mlp(src) if src is not None else None
+        fold = bound.fold if bound is not None else None
+        n_blocks = len(G)
+        if fold is not None:   # torch's weight and bias blocks as the bound's folded layers [W | b]
+            G, W = _fold(G, fold), _fold(W, fold)
+        K = len(G)
+        if state.layer_counts.shape != (K,):
+            hint = (" (the bound folds each Linear's weight and bias into one layer: build the state with "
+                    "DSGD(source=...).init, or pass source= to the constructor)" if fold is not None else "")
+            raise ValueError(f"state is for {state.layer_counts.shape[0]} layers, grads have {K}{hint}")
         xp = backend.get_namespace(*G)
         zeros = [xp.zeros_like(g) for g in G]
 
         def out(parts: list[Any]) -> Tree:
+            if fold is not None:
+                parts = _unfold(parts, fold, n_blocks)
             return blocks.pack(parts) if flat else tree_unflatten(treedef, parts)
 
         if self.nonfinite(G, blame={"grads": G}):   # one host sync for all the blocks
@@ -514,12 +588,9 @@ class DSGD(Transform):
         norms = self._layer_norms(K)
         dn, maps, n_fb = self._dual_all(G, norms)
         new.n_fallback += n_fb
-        src = None
-        if src0 is not None and constants is None and self.rule != "constant":
-            if params is None:
-                raise ValueError("DSGD with a curvature source needs params (the source is rebound to them)")
-            src = resolve_source("DSGD", self.source, source, data, params)   # bound to this step's params
-        logL = self._log_constants(G, W, maps, dn, X, curvature, constants, new, flat, norms, src, blocks)
+        if src is None:
+            src = bound_source()
+        logL = self._log_constants(G, W, maps, dn, X, curvature, constants, new, flat, norms, src, blocks, bound)
         valid = np.isfinite(logL) & (dn > 0)
         new.n_excluded += int(np.sum(~np.isfinite(logL) & (dn > 0)))
         with np.errstate(divide="ignore"):
@@ -563,7 +634,8 @@ class DSGD(Transform):
 
     def _log_constants(self, G: list[Any], W: list[Any] | None, maps: list[Any], dn: np.ndarray, X: Any,
                        curvature: Any, constants: Any, new: DSGDState, flat: bool,
-                       norms: list[duality.LayerNorm], src: Any = None, blocks: Layout | None = None) -> np.ndarray:
+                       norms: list[duality.LayerNorm], src: Any = None, blocks: Layout | None = None,
+                       bound: _BoundData | None = None) -> np.ndarray:
         K = len(G)
         if constants is not None or self.rule == "constant":
             Lc = np.asarray(constants if constants is not None else self.constants, dtype=np.float64)
@@ -574,10 +646,9 @@ class DSGD(Transform):
                 return np.where((Lc > 0) & np.isfinite(Lc), np.log(np.where(Lc > 0, Lc, 1.0)), np.inf)
         if self.rule == "bound":
             activation, loss = self.activation, self.loss
-            if src is not None:
-                model, Xs = _bound_mlp(src)
-                activation, loss = model.activation, model.loss_name
-                X = Xs if X is None else X
+            if bound is not None:
+                activation, loss = bound.activation, bound.loss
+                X = bound.X if X is None else X
             if X is None or W is None:
                 raise ValueError("rule='bound' needs params and the extra X (the batch inputs, shape (B, n_0)), "
                                  "or the reference MLP's source (source=)")
