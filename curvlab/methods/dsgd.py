@@ -331,7 +331,8 @@ class DSGD(Transform):
     norm (a NaN SVD from cuSOLVER, which does not raise, shows in that same read and goes to
     the fallback), three for the chosen layer's SVD polar factor (finiteness, rank, nuclear
     norm), and for rule "bound" one per layer for the weight fingerprint (plus one weight
-    norm when a layer changed).
+    norm when a layer changed); on a torch MLP source the bound also copies the parameters to
+    the host and reads the inputs of every batch (a dataset: one pass over it) each step.
     """
 
     state_class = DSGDState
