@@ -103,6 +103,10 @@ class DenseLayer:
     output_hessians : array ``(B, m, m)``
         ``M_b = ∂²ℓ_b/∂z_b²``, including the curvature of the layers above (second-order
         backpropagation, σ'' terms included).
+    transposed : bool, default False
+        The weight is stored as ``(n, m)`` (``z = a @ W``: flax/haiku kernels, as in
+        :func:`curvlab.adapters.jax.dense`) instead of ``(m, n)``; methods transpose it (and
+        their update) to the ``(m, n)`` orientation. Not allowed with ``bias_folded``.
     """
 
     name: str
@@ -112,6 +116,12 @@ class DenseLayer:
     inputs: Any
     output_grads: Any
     output_hessians: Any
+    transposed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.transposed and self.bias_folded:
+            raise ValueError(f"DenseLayer {self.name!r}: transposed=True with bias_folded=True is not defined "
+                             "(a folded bias is the last column of an (m, n + 1) weight)")
 
 
 @runtime_checkable

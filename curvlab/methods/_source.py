@@ -99,9 +99,12 @@ def is_source(obj: Any) -> bool:
     return isinstance(obj, CurvatureSource) or (hasattr(obj, "layout") and hasattr(obj, "at"))
 
 
-def layer_structure(src: Any, who: str, what: str) -> list[Any]:
+def layer_structure(src: Any, who: str, what: str, *, transposed_ok: bool = False) -> list[Any]:
     """``src.layer_structure()``, or a ``TypeError`` saying that ``who`` needs a source with
-    dense layers for ``what`` and which sources have them."""
+    dense layers for ``what`` and which sources have them. A caller that does not pass
+    ``transposed_ok=True`` (it reads every weight as ``(m, n)``) gets a ``TypeError`` for a
+    layer with ``transposed=True`` (an ``(n, m)`` kernel, such as JAX's tagged dense layers)
+    rather than a wrong step."""
     from ..sources import LayerStructureUnavailable  # noqa: PLC0415
 
     fn = getattr(src, "layer_structure", None)
@@ -117,6 +120,10 @@ def layer_structure(src: Any, who: str, what: str) -> list[Any]:
             if not layers:
                 why = "its layer_structure() lists no dense layer"
             else:
+                tr = [lay.name for lay in layers if getattr(lay, "transposed", False)]
+                if tr and not transposed_ok:
+                    raise TypeError(f"{who} reads dense weights as (m, n) but {type(src).__name__}'s layers {tr} "
+                                    "store (n, m) kernels (DenseLayer.transposed=True), which it does not support")
                 return layers
     raise TypeError(
         f"{who} needs a curvature source with dense layers ({what}): the reference MLP's source "

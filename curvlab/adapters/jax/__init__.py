@@ -7,6 +7,8 @@ Modules:
   one batch or a whole dataset of batches (jitted Hessian, GGN and Fisher operators,
   gradient, ``dᵀHd``; batches sharded over devices), and the shortcuts :func:`hessian_operator`, :func:`ggn_operator`,
   :func:`fisher_operator`;
+* :mod:`~curvlab.adapters.jax.layers` — :func:`dense`, a dense layer ``x @ w + b`` that
+  ``JaxCurvature.layer_structure()`` sees (per-sample factors for ``ExactNewton``);
 * :mod:`~curvlab.adapters.jax.optim` — :func:`as_optax`, any curvlab transform as an optax
   ``GradientTransformationExtraArgs``;
 * :mod:`~curvlab.adapters.jax.convert` — :func:`to_jax` / :func:`from_jax` (DLPack) and
@@ -23,10 +25,12 @@ from typing import Any
 from ...layout import Layout
 from .convert import from_jax, from_reference_mlp, to_jax
 from .curvature import FISHER_KINDS, HVP_MODES, JaxCurvature, fisher_operator, ggn_operator, hessian_operator
+from .layers import dense
 from .optim import CurvlabOptaxState, as_optax
 
 __all__ = [
     "JaxCurvature",
+    "dense",
     "Layout",
     "to_jax",
     "from_jax",

@@ -78,7 +78,7 @@ from ... import backend
 from ...batches import Batches, as_batches
 from ...layout import Layout
 from ...linalg.operators import LinearOperator
-from .._common import FISHER_KINDS, CurvatureOperator, layer_structure_unavailable
+from .._common import FISHER_KINDS, CurvatureOperator
 from .._fisher import mc_fisher_draws
 from .convert import from_jax, to_jax
 
@@ -587,8 +587,67 @@ class JaxCurvature:
         return self._batches.concat(lambda b: from_jax(f(th, *b)))
 
     def layer_structure(self) -> list:
-        """Not available yet for JAX models: raises :class:`~curvlab.sources.LayerStructureUnavailable`."""
-        raise layer_structure_unavailable("JaxCurvature", self._label().split(" on ")[0])
+        """One :class:`~curvlab.sources.DenseLayer` per dense layer that ``apply_fn`` tags with
+        :func:`curvlab.adapters.jax.dense` and whose kernel is trainable (call order; layout
+        names from ``weight=``/``bias=`` or the leaves' identity; ``bias_folded=False``;
+        ``transposed=True``: kernels are ``(n, m)``): ``inputs`` ``a_b`` ``(B, n)``,
+        ``output_grads`` ``δ_b`` ``(B, m)``, ``output_hessians`` ``M_b = ∂²ℓ_b/∂z_b²``
+        ``(B, m, m)``, in the parameters' dtype, NumPy/CuPy. One compiled function per batch
+        shape (a zero perturbation on each tagged output, ``m`` forward-over-reverse passes per
+        layer: :mod:`curvlab.adapters.jax.layers`, method inspired by arXiv 2104.03804); one
+        host sync per batch (the sample-coupling check), and for a callable loss one check
+        that it is a mean of per-sample losses. Over a dataset the records of all batches are
+        concatenated in pass order. Raises :class:`~curvlab.sources.LayerStructureUnavailable`
+        when no layer is tagged, for a layer on non-``(B, n)`` inputs, a layer run twice, a
+        kernel without a layout name, a model coupling the samples, and under ``devices=``
+        sharding (not implemented).
+        """
+        from ...sources import DenseLayer, LayerStructureUnavailable  # noqa: PLC0415
+        from .layers import check_mean_loss, layer_records  # noqa: PLC0415
+
+        model = self._label().split(" on ")[0]
+        if self.mesh is not None:
+            raise LayerStructureUnavailable(
+                f"JaxCurvature.layer_structure() of {model}: not implemented with devices= (sharded batches)")
+        if "layers_jit" not in self._jit:
+            full = jax.tree_util.tree_unflatten(self._treedef, self._leaves)
+            leaf_names = [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(full)[0]]
+            structure: dict[str, Any] = {}
+
+            def f(th, X, y):  # noqa: ANN001, ANN202
+                return layer_records(self.apply_fn, self._merge, leaf_names, frozenset(self.layout.names),
+                                     self.loss_fn, th, X, y, structure)
+
+            self._jit["layers_jit"] = (jax.jit(f), structure)
+        f, structure = self._jit["layers_jit"]
+        th = self.theta
+        out_f = self._jit.setdefault("outputs_jit", jax.jit(self._outputs_of)) if self.loss_name is None else None
+
+        def records(X: jax.Array, y: jax.Array) -> tuple[Any, ...]:
+            recs, coupling = f(th, X, y)
+            if not structure.get("order"):
+                raise LayerStructureUnavailable(
+                    f"JaxCurvature.layer_structure(): {model} has no tagged dense layer with a trainable kernel; write "
+                    "its dense layers with curvlab.adapters.jax.dense(x, w, b, name=...) inside apply_fn")
+            if float(coupling) > 0:  # one host sync
+                raise LayerStructureUnavailable(
+                    f"JaxCurvature.layer_structure(): {model} couples the samples (a perturbation of sample 0's "
+                    "layer outputs changes other samples' output gradients, e.g. batch normalisation with batch "
+                    "statistics): the per-sample factors M_b ⊗ a_b a_bᵀ do not exist")
+            if out_f is not None:
+                check_mean_loss(self.loss_fn, out_f(th, X), y)
+            return tuple(from_jax(t) for k in structure["order"] for t in recs[k])
+
+        if self._batches.single:
+            recs = records(self.X, self.y)
+        else:  # a dataset: the records of every batch, concatenated in pass order
+            recs = self._batches.concat(lambda b: records(*b))
+        out = []
+        for i, k in enumerate(structure["order"]):
+            w, b, _, _ = structure["info"][k]
+            out.append(DenseLayer(name=k, weight=w, bias=b, bias_folded=False, inputs=recs[3 * i],
+                                  output_grads=recs[3 * i + 1], output_hessians=recs[3 * i + 2], transposed=True))
+        return out
 
     def unflatten(self, theta: Any) -> Any:
         """The full parameter pytree with the trainable leaves taken from ``theta`` (P,)."""
