@@ -101,6 +101,20 @@ def dense(x: Any, w: Any, b: Any = None, *, name: str, weight: str | None = None
     array ``(B, m)``
         ``x @ w + b``, bit for bit, outside ``layer_structure()``; inside it the same plus the
         layer's (zero) perturbation ``ε``.
+
+    Example
+    -------
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from curvlab.adapters.jax import JaxCurvature, dense
+    >>> def apply(p, X):
+    ...     return dense(jnp.tanh(dense(X, p["h"]["w"], p["h"]["b"], name="h")), p["o"]["w"], name="o")
+    >>> rng = np.random.default_rng(0)
+    >>> p = {"h": {"w": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32), "b": jnp.zeros(4, jnp.float32)},
+    ...      "o": {"w": jnp.asarray(rng.standard_normal((4, 2)), jnp.float32)}}
+    >>> X = jnp.asarray(rng.standard_normal((8, 3)), jnp.float32); y = jnp.asarray(rng.integers(0, 2, 8))
+    >>> [(r.name, r.weight, r.bias, r.output_hessians.shape)
+    ...  for r in JaxCurvature(apply, p, "cross_entropy", (X, y)).layer_structure()]
+    [('h', 'h/w', 'h/b', (8, 4, 4)), ('o', 'o/w', None, (8, 2, 2))]
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"dense(name=...) must be a non-empty string, got {name!r}")
