@@ -520,7 +520,8 @@ class ExactNewton(Transform):
         2104.03804 eq. 7), the other parameters through ``fallback``."""
         P, rebuild = leaves_by_name(src.layout, params, "params", "ExactNewton")
         G, _ = leaves_by_name(src.layout, grads, "grads", "ExactNewton")
-        layers = layer_structure(src, "ExactNewton", "the per-sample layer factors M ⊗ ããᵀ of arXiv 2104.03804")
+        layers = layer_structure(src, "ExactNewton", "the per-sample layer factors M ⊗ ããᵀ of arXiv 2104.03804",
+                                 transposed_ok=True)
         used: list[str] = []
         for i, lay in enumerate(layers):
             names = [lay.weight] + ([lay.bias] if lay.bias is not None and not lay.bias_folded else [])
@@ -539,6 +540,8 @@ class ExactNewton(Transform):
         for lay in layers:
             W = P[lay.weight]
             xp = backend.get_namespace(W)
+            if getattr(lay, "transposed", False):  # an (n, m) kernel (z = a @ W): the (m, n) orientation
+                W = W.T
             if lay.bias is not None and not lay.bias_folded:
                 W = xp.concatenate([W, xp.reshape(P[lay.bias], (-1, 1))], axis=1)
             A = lay.inputs.astype(np.float64, copy=False)
@@ -552,12 +555,13 @@ class ExactNewton(Transform):
             return tree_zeros_like(params), new, info
         out: dict[str, Any] = {}
         for lay, u in zip(layers, ups):
+            tr = getattr(lay, "transposed", False)
             if lay.bias is not None and not lay.bias_folded:
                 xp = backend.get_namespace(u)
-                out[lay.weight] = xp.ascontiguousarray(u[:, :-1])
+                out[lay.weight] = xp.ascontiguousarray(u[:, :-1].T if tr else u[:, :-1])
                 out[lay.bias] = xp.ascontiguousarray(u[:, -1])
             else:
-                out[lay.weight] = u
+                out[lay.weight] = backend.get_namespace(u).ascontiguousarray(u.T) if tr else u
         if rest:
             rp, rg = {n: P[n] for n in rest}, {n: G[n] for n in rest}
             fb = state.fallback if state.fallback is not None else self.fallback.init(rp)
