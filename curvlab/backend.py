@@ -46,6 +46,7 @@ __all__ = [
     "check_finite",
     "check_finite_data",
     "check_positive",
+    "check_positive_int",
     "check_rng",
     "as_array",
     "foreign_array_hint",
@@ -294,6 +295,20 @@ def check_finite_data(x: Any, name: str) -> None:
     if not bool(xp.all(finite)):
         bad = int(x.size - int(xp.count_nonzero(finite)))
         raise ValueError(f"{name} contains NaN or Inf ({bad} of {x.size} entries); curvlab needs finite data")
+
+
+def check_positive_int(x: Any, name: str, minimum: int = 1) -> int:
+    """``x`` as an ``int >= minimum``: ``TypeError`` for a non-integer (bool, float, str),
+    ``ValueError`` below ``minimum``; both name ``name``.
+
+    >>> check_positive_int(3, "n_probes")
+    3
+    """
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    if int(x) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {x}")
+    return int(x)
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False, integer: bool = False) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from ..backend import check_positive_int
 from .operators import PROBE_SYMMETRY_TOL, LinearOperator, aslinearoperator, symmetry_defect
 
 
@@ -88,14 +89,6 @@ def check_k(k: Any, n: int, name: str = "k", *, allow_n: bool = False) -> int:
             + ("" if allow_n else " (for all eigenvalues use a dense eigh)")
         )
     return k
-
-
-def check_positive_int(x: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
-    if int(x) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {x}")
-    return int(x)
 
 
 def check_tol(tol: Any, name: str = "tol") -> float:

@@ -1301,9 +1301,7 @@ def symmetry_defect(A: Any, rng: Any = None, n_probes: int = 2) -> float:
     product is NaN/Inf (the symmetry cannot be judged), never 0.0; 0.0 for the
     zero operator. ``n_probes`` must be an int >= 1.
     """
-    from ._checks import check_positive_int
-
-    n_probes = check_positive_int(n_probes, "n_probes")
+    n_probes = backend.check_positive_int(n_probes, "n_probes")
     backend.check_rng(rng)
     A = aslinearoperator(A, check=False)
     if A.shape[0] != A.shape[1]:
