@@ -279,11 +279,10 @@ def test_dataset_records_concatenate_the_batches():
             np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=0, atol=1e-12, err_msg=field)
 
 
-def test_jax_says_why_it_has_no_layer_structure():
+def test_jax_untagged_model_says_how_to_get_a_layer_structure():
     jnp = pytest.importorskip("jax.numpy")
     from curvlab.adapters.jax import JaxCurvature
 
     src = JaxCurvature(lambda p, x: x @ p["w"], {"w": jnp.ones((2, 2))}, "mse", (np.ones((3, 2)), np.ones((3, 2))))
-    with pytest.raises(LayerStructureUnavailable, match=r"opaque apply_fn.*cannot be found generically.*"
-                                                        r"layer-tagging API"):
+    with pytest.raises(LayerStructureUnavailable, match=r"no tagged dense layer.*curvlab\.adapters\.jax\.dense"):
         src.layer_structure()

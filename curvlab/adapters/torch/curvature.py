@@ -91,7 +91,7 @@ from ... import backend
 from ...batches import Batches, as_batches
 from ...layout import Layout
 from ...linalg.operators import LinearOperator
-from .._common import FISHER_KINDS, CurvatureOperator, layer_structure_unavailable
+from .._common import FISHER_KINDS, CurvatureOperator
 from .._fisher import mc_fisher_draws
 from .convert import from_torch, to_torch
 from .safe_ops import forward_mode_safe_ops, safe_callable
