@@ -47,6 +47,7 @@ from ._transform import (
     TransformState,
     Tree,
     add_decayed_weights,
+    _check_real,
     check_lr,
     check_params,
     check_tree_like,
@@ -58,15 +59,7 @@ __all__ = ["SGD", "Momentum", "Adam", "AdamW", "SGDState", "MomentumState", "Ada
            "scale_by_adam", "trace", "ScaleByAdam", "ScaleByAdamState", "Trace", "TraceState"]
 
 
-def _check_hyper(name: str, value: float, low: float = 0.0, inclusive: bool = True, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    ok = (v >= low if inclusive else v > low) and np.isfinite(v) and (high is None or v < high)
-    if not ok:
-        rng = f"{'[' if inclusive else '('}{low}, {high if high is not None else 'inf'})"
-        raise ValueError(f"{name} must be in {rng}, got {value}")
-    return v
+_check_hyper = _check_real  # one range check for every hyperparameter of the package
 
 
 def _check_bool(name: str, value: Any) -> bool:
