@@ -72,12 +72,22 @@ def check_writable(out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- records
+def _distribution_version(mod: str) -> str:
+    """The installed distribution's version of a module without ``__version__`` (mnist1d), else ``"?"``."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version({"sklearn": "scikit-learn"}.get(mod, mod))
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
 def library_versions() -> dict[str, str]:
     vers = {"python": platform.python_version()}
     for mod in ("numpy", "scipy", "matplotlib", "sklearn", "mlxtend", "mnist1d", "numba", "curvlab"):
         try:
             m = __import__(mod)
-            vers[mod] = str(getattr(m, "__version__", "?"))
+            vers[mod] = str(getattr(m, "__version__", None) or _distribution_version(mod))
         except Exception:
             vers[mod] = "not installed"
     try:
