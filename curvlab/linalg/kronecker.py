@@ -502,7 +502,6 @@ class KroneckerSumBlock(LinearOperator):
         Raises ``ValueError`` for λ <= 0 when the block is rank deficient (``r < m``; always
         for woodbury), ``LinAlgError`` when the system is singular.
         """
-        xp = self.xp
         ndim = getattr(b, "ndim", 1)
         b = self._check_input(b, ndim, "b")
         if method not in ("auto", "woodbury", "projected", "eigh"):
