@@ -74,9 +74,11 @@ def test_hutchinson_diagonal_one_sync_per_block(A):
 
 
 def test_slq_syncs_per_step(A):
-    """P (m + 3): one per Lanczos step, three per probe (lanczos's start-vector checks and norm)."""
+    """Block (default): m + 1, one per block step and one for the probe norms; block=False: P (m + 3)."""
     for P, m in ((3, 10), (3, 20)):
         log, sd = _count(lambda: slq(A, P, m, rng=0))
-        assert log.count <= P * (m + 3), log.report()
+        assert log.count <= m + 1, log.report()
         log, r = _count(lambda: slq_logdet(A, P, m, rng=0))
+        assert log.count <= m + 1, log.report()
+        log, sd = _count(lambda: slq(A, P, m, rng=0, block=False))
         assert log.count <= P * (m + 3), log.report()
