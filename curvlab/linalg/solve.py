@@ -391,12 +391,7 @@ def _refuse_stochastic(A: LinearOperator) -> None:
 
 
 def _check_tol(value: Any, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not (np.isfinite(v) and v >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-    return v
+    return float(backend.check_positive(name, value, allow_zero=True))
 
 
 # -- public ------------------------------------------------------------------------------------
