@@ -39,6 +39,7 @@ __all__ = [
     "tree_unflatten",
     "num_leaves",
     "same_structure",
+    "check_tree_like",
     "tree_vdot",
     "tree_zeros_like",
     "tree_add",
@@ -93,6 +94,27 @@ def same_structure(a: Tree, b: Tree) -> bool:
         return True
     return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
             and all(same_structure(x, y) for x, y in zip(a, b)))
+
+
+def check_tree_like(name: str, tree: Tree, ref: Tree, ref_name: str = "params") -> None:
+    """Raise unless ``tree`` is a float tree with the structure and leaf shapes of ``ref``.
+
+    ``ValueError`` for a structure or shape mismatch, ``TypeError`` for a leaf that is not a
+    float32/float64 array (``None`` or a string included); leaf ``i`` is named ``name[i]``,
+    in :func:`curvlab.tree.tree_leaves` order. ``ref`` is assumed valid (checked before).
+    """
+    if tree is None:
+        raise TypeError(f"{name} must be a float32/float64 array or a list/tuple/dict of them with the "
+                        f"structure of {ref_name}, got None")
+    a, b = tree_leaves(tree), tree_leaves(ref)
+    if len(a) != len(b) or not same_structure(tree, ref):
+        raise ValueError(f"{name} must have the structure of {ref_name}: got {len(a)} leaves "
+                         f"({type(tree).__name__}), expected {len(b)} ({type(ref).__name__})")
+    for i, (x, y) in enumerate(zip(a, b)):
+        backend.check_float_array(x, f"{name}[{i}]")
+        if tuple(x.shape) != tuple(y.shape):
+            raise ValueError(f"{name}[{i}] has shape {tuple(x.shape)}, expected {tuple(y.shape)} "
+                             f"as in {ref_name}")
 
 
 def tree_map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:

@@ -42,7 +42,7 @@ import numpy as np
 
 from .. import backend, kernels
 from ..methods import TransformState
-from ..tree import Tree, same_structure, tree_leaves, tree_map
+from ..tree import Tree, check_tree_like, tree_leaves, tree_map
 
 __all__ = ["DiagonalRLS", "RLSState", "RLSInfo"]
 
@@ -83,23 +83,6 @@ def _real(name: str, v: Any) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number, got {v}")
     return v
-
-
-def _check_tree(name: str, tree: Tree, ref: Tree) -> None:
-    """``TypeError`` unless ``tree`` is a float32/float64 array or a pytree of them; ``ValueError``
-    unless it has the structure and leaf shapes of ``ref`` (the state)."""
-    if tree is None:
-        raise TypeError(f"{name} must be a float32/float64 array or a list/tuple/dict of them, got None")
-    leaves, ref_leaves = tree_leaves(tree), tree_leaves(ref)
-    for i, x in enumerate(leaves):
-        backend.check_float_array(x, name if len(leaves) == 1 and not isinstance(tree, (list, tuple, dict))
-                                  else f"{name}[{i}]")
-    if len(leaves) != len(ref_leaves) or not same_structure(tree, ref):
-        raise ValueError(f"{name} must have the structure of the state: got {len(leaves)} leaves "
-                         f"({type(tree).__name__}), expected {len(ref_leaves)} ({type(ref).__name__})")
-    for i, (x, y) in enumerate(zip(leaves, ref_leaves)):
-        if tuple(x.shape) != tuple(y.shape):
-            raise ValueError(f"{name}[{i}] has shape {tuple(x.shape)}, expected {tuple(y.shape)} as in the state")
 
 
 def _check_nonneg(name: str, v: float, strict: bool = False) -> float:
@@ -175,8 +158,8 @@ class DiagonalRLS:
         non-finite ``xscale`` raises ``ValueError``.
         """
         xscale = _real("xscale", xscale)
-        _check_tree("grads", grads, state.a)
-        _check_tree("x", x, state.a)
+        check_tree_like("grads", grads, state.a, "the state")
+        check_tree_like("x", x, state.a, "the state")
         if copy:
             state = RLSState.from_dict(state.to_dict(), xp=backend.get_namespace(*tree_leaves(state.a)))
         init = not state.initialized

@@ -68,6 +68,7 @@ import numpy as np
 
 from .. import backend
 from ..tree import (
+    check_tree_like,
     num_leaves,
     same_structure,
     tree_flatten,
@@ -123,27 +124,6 @@ S = TypeVar("S", bound="TransformState")
 
 def _label(name: str, i: int) -> str:
     return f"{name}[{i}]"
-
-
-def check_tree_like(name: str, tree: Tree, ref: Tree, ref_name: str = "params") -> None:
-    """Raise unless ``tree`` is a float tree with the structure and leaf shapes of ``ref``.
-
-    ``ValueError`` for a structure or shape mismatch, ``TypeError`` for a leaf that is not a
-    float32/float64 array (``None`` or a string included); leaf ``i`` is named ``name[i]``,
-    in :func:`curvlab.tree.tree_leaves` order. ``ref`` is assumed valid (checked before).
-    """
-    if tree is None:
-        raise TypeError(f"{name} must be a float32/float64 array or a list/tuple/dict of them with the "
-                        f"structure of {ref_name}, got None")
-    a, b = tree_leaves(tree), tree_leaves(ref)
-    if len(a) != len(b) or not same_structure(tree, ref):
-        raise ValueError(f"{name} must have the structure of {ref_name}: got {len(a)} leaves "
-                         f"({type(tree).__name__}), expected {len(b)} ({type(ref).__name__})")
-    for i, (x, y) in enumerate(zip(a, b)):
-        backend.check_float_array(x, _label(name, i))
-        if tuple(x.shape) != tuple(y.shape):
-            raise ValueError(f"{_label(name, i)} has shape {tuple(x.shape)}, expected {tuple(y.shape)} "
-                             f"as in {ref_name}")
 
 
 def check_params(params: Tree, name: str = "params") -> None:
