@@ -18,7 +18,6 @@ from curvlab.methods.arturo import ArTuRO  # noqa: E402
 from curvlab.methods.baselines import SGD, Adam  # noqa: E402
 from curvlab.methods.curvature_lr import CurvatureLR  # noqa: E402
 from curvlab.methods.exact_newton import ExactNewton  # noqa: E402
-from curvlab.sources import LayerStructureUnavailable  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -62,10 +61,6 @@ def _make(method: str, net: torch.nn.Module, batch):
         return CurvlabOptimizer(params, CurvatureLR(base=SGD(lr=1.0), schedule=0.5, max_step=1.0), source=src), True
     if method == "ExactNewton":
         src = TorchCurvature(net, "cross_entropy", batch)
-        try:
-            src.layer_structure()
-        except LayerStructureUnavailable as e:
-            pytest.skip(f"TorchCurvature.layer_structure() for Linear layers has not landed (issue 13 §3): {e}")
         tr = ExactNewton(lr=0.5, lam=1.0, fallback=SGD(lr=0.05))
         opt = CurvlabOptimizer(params, tr, source=src)
         assert opt.param_groups[0]["lam"] == 1.0 and opt.param_groups[0]["fallback_lr"] == 0.05
