@@ -175,3 +175,17 @@ def test_each_kernel_call_reads_once(cp, impl):
     for name, call in calls.items():
         log, _ = _count(call)
         assert log.count == 1, f"{name}\n{log.report()}"
+
+
+def test_dsgd_weight_fingerprints_one_read_for_all_layers(cp):
+    """Rule "bound": the weight fingerprints of all layers come back in one host read (cache hit)."""
+    from curvlab.methods.dsgd import DSGD
+
+    rng = np.random.default_rng(3)
+    W = [cp.asarray(rng.standard_normal((4, 6))) for _ in range(5)]
+    opt = DSGD()
+    state = opt.init(W)
+    first = opt._op_norms(W, state)
+    log, again = _count(lambda: opt._op_norms(W, state))
+    assert log.count == 1, log.report()
+    np.testing.assert_array_equal(again, first)

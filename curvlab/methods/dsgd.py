@@ -330,8 +330,8 @@ class DSGD(Transform):
     Host syncs per step: one for the gradients' finiteness, then per layer one for the dual
     norm (a NaN SVD from cuSOLVER, which does not raise, shows in that same read and goes to
     the fallback), three for the chosen layer's SVD polar factor (finiteness, rank, nuclear
-    norm), and for rule "bound" one per layer for the weight fingerprint (plus one weight
-    norm when a layer changed); on a torch MLP source the bound also copies the parameters to
+    norm), and for rule "bound" one for all layers' weight fingerprints (plus one weight
+    norm per layer that changed); on a torch MLP source the bound also copies the parameters to
     the host and reads the inputs of every batch (a dataset: one pass over it) each step.
     """
 
@@ -503,13 +503,19 @@ class DSGD(Transform):
         """``‖W̄_i‖_op`` (i ≥ 1) from the cache when the block's fingerprint is unchanged."""
         K = len(W)
         out = np.full(K, np.nan)
+        if K < 2:
+            return out
+        xp = backend.get_namespace(*W[1:])
+        sums = []
         for i in range(1, K):
             Wb = W[i][:, :-1]
-            xp = backend.get_namespace(Wb)
             w = xp.cos(xp.arange(Wb.shape[1], dtype=np.float64))
-            # both fingerprint numbers in one host read
-            fp = tuple(float(v) for v in backend.to_numpy(xp.stack([
-                xp.sum(Wb.astype(np.float64) ** 2), xp.sum(Wb @ w.astype(Wb.dtype), dtype=np.float64)])))
+            sums += [xp.sum(Wb.astype(np.float64) ** 2), xp.sum(Wb @ w.astype(Wb.dtype), dtype=np.float64)]
+        # every layer's two fingerprint numbers in one host read
+        fps = backend.to_numpy(xp.stack(sums)).reshape(K - 1, 2)
+        for i in range(1, K):
+            Wb = W[i][:, :-1]
+            fp = (float(fps[i - 1, 0]), float(fps[i - 1, 1]))
             if state.w_fingerprint[i, 0] == fp[0] and state.w_fingerprint[i, 1] == fp[1] and np.isfinite(state.w_opnorm[i]):
                 out[i] = state.w_opnorm[i]
             else:
