@@ -78,7 +78,7 @@ from ... import backend
 from ...batches import Batches, as_batches
 from ...layout import Layout
 from ...linalg.operators import LinearOperator
-from .._common import FISHER_KINDS, CurvatureOperator
+from .._common import FISHER_KINDS, CurvatureOperator, check_nan_policy
 from .._fisher import mc_fisher_draws
 from .convert import from_jax, to_jax
 
@@ -218,9 +218,7 @@ class JaxCurvature:
         check_deterministic: bool = False,
         progress: Any = False,
     ) -> None:
-        if nan_policy not in ("propagate", "raise"):
-            raise ValueError(f"nan_policy must be 'propagate' or 'raise', got {nan_policy!r}")
-        self.nan_policy = nan_policy
+        self.nan_policy = check_nan_policy(nan_policy)
         if not callable(apply_fn):
             raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
         if hvp_mode not in HVP_MODES:

@@ -91,7 +91,7 @@ from ... import backend
 from ...batches import Batches, as_batches
 from ...layout import Layout
 from ...linalg.operators import LinearOperator
-from .._common import FISHER_KINDS, CurvatureOperator
+from .._common import FISHER_KINDS, CurvatureOperator, check_nan_policy
 from .._fisher import mc_fisher_draws
 from .convert import from_torch, to_torch
 from .safe_ops import forward_mode_safe_ops, safe_callable
@@ -275,9 +275,7 @@ class TorchCurvature:
         check_deterministic: bool = False,
         progress: Any = False,
     ) -> None:
-        if nan_policy not in ("propagate", "raise"):
-            raise ValueError(f"nan_policy must be 'propagate' or 'raise', got {nan_policy!r}")
-        self.nan_policy = nan_policy
+        self.nan_policy = check_nan_policy(nan_policy)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if hvp_mode not in HVP_MODES + ("auto",):
