@@ -362,6 +362,15 @@ def validation_split(X: np.ndarray, y: np.ndarray, frac: float = 0.1, seed: int 
     return X[t], y[t], X[v], y[v]
 
 
+def fit_eval_split(ds, n_train: int | None = None, val: bool = False):
+    """(X, y, X_eval, y_eval): ``n_train`` rows of ``ds``'s training set (:func:`subsample`) and its test set, or,
+    with ``val``, 90%/10% of those rows (:func:`validation_split`, for tuning without the test set)."""
+    X, y = subsample(ds.X_train, ds.y_train, n_train)
+    if val:
+        return validation_split(X, y, 0.1, seed=0)
+    return X, y, ds.X_test, ds.y_test
+
+
 # ----------------------------------------------------------------------------- models and training
 def make_mlp(sizes: Sequence[int], activation: str = "tanh", loss: str = "cross_entropy", dtype: Any = np.float64):
     MLP = need("curvlab.models.mlp", "MLP")

@@ -8,8 +8,8 @@ import functools
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, dataset, edge_note, finish_figure, fmt,
-                      make_mlp, need, new_figure, pm, subsample, train_epochs, transform_stepper, validation_split, vote)
+from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, dataset, edge_note, finish_figure,
+                      fit_eval_split, fmt, make_mlp, need, new_figure, pm, train_epochs, transform_stepper, vote)
 
 SPEC = FigureSpec(
     name="000_batch_modes",
@@ -44,10 +44,7 @@ def bm_run(n_train, epochs: int, seed: int, key: tuple, val: bool = False):
     import time
 
     ds = dataset("digits")
-    X, y = subsample(ds.X_train, ds.y_train, n_train)
-    Xte, yte = ds.X_test, ds.y_test
-    if val:
-        X, y, Xte, yte = validation_split(X, y, 0.1, seed=0)
+    X, y, Xte, yte = fit_eval_split(ds, n_train, val)
     model = make_mlp(SIZES, "tanh")
     params = model.init_params(np.random.default_rng(seed))
     if key[0] == "newton":

@@ -13,8 +13,8 @@ import functools
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, combine, dataset, finish_figure, fmt,
-                      make_mlp, need, new_figure, pm, subsample, train_epochs, validation_split, vote)
+from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, combine, dataset, finish_figure,
+                      fit_eval_split, fmt, make_mlp, need, new_figure, pm, train_epochs, vote)
 
 SPEC = FigureSpec(
     name="001_ablations",
@@ -118,10 +118,7 @@ def opt_run(epochs: int, seed: int, method: str, cfg_items: tuple = (), val: boo
     """
     cfg = dict(cfg_items)
     ds = load_mnist1d() if dname == "mnist1d" else dataset(dname)
-    X, y = subsample(ds.X_train, ds.y_train, n_train)
-    Xte, yte = ds.X_test, ds.y_test
-    if val:
-        X, y, Xte, yte = validation_split(X, y, 0.1, seed=0)
+    X, y, Xte, yte = fit_eval_split(ds, n_train, val)
     sizes, batch = SETUPS[dname]
     model = make_mlp(sizes, "relu")
     params = model.init_params(np.random.default_rng(seed))

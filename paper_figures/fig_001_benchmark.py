@@ -8,8 +8,8 @@ import importlib.util
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, dataset, finish_figure, fmt, make_mlp,
-                      need, new_figure, pm, subsample, train_epochs, validation_split)
+from ._common import (Check, FigureResult, FigureSpec, Verdict, band, baseline, dataset, finish_figure, fit_eval_split,
+                      fmt, make_mlp, need, new_figure, pm, train_epochs)
 
 SPEC = FigureSpec(
     name="001_benchmark",
@@ -60,10 +60,7 @@ def bench_run(dname: str, n_train: int | None, epochs: int, seed: int, method: s
     """One run with milestones at 50% and 75% of the epochs (lr x0.1, arTuRO's ε x0.006)."""
     cfg = dict(cfg_items)
     ds = dataset(dname)
-    X, y = subsample(ds.X_train, ds.y_train, n_train)
-    Xte, yte = ds.X_test, ds.y_test
-    if val:
-        X, y, Xte, yte = validation_split(X, y, 0.1, seed=0)
+    X, y, Xte, yte = fit_eval_split(ds, n_train, val)
     sizes, batch = SETUP[dname]
     model = make_mlp(sizes, "relu")
     params = model.init_params(np.random.default_rng(seed))
