@@ -55,16 +55,13 @@ def dsgd_run(steps: int, seed: int, norm: str, s: float, rule: str = "bound", se
     return h, time.perf_counter() - t0
 
 
-@functools.lru_cache(maxsize=None)
-def gd_run(steps: int, seed: int, lr: float):
-    """Full-batch gradient descent on all layers (the SGD transform with the whole training set)."""
-    from curvlab.methods.baselines import SGD
-
+def _full_batch(steps: int, seed: int, make_step):
+    """Full-batch training of the digits MLP: ``make_step(model, params)`` returns ``step(params, g) -> params``;
+    stops at a non-finite loss or one above 50. Returns (losses, wall seconds)."""
     ds = dataset("digits")
     model = make_mlp(SIZES, "tanh")
     params = model.init_params(np.random.default_rng(seed))
-    opt = SGD(lr=lr)
-    state = opt.init(params)
+    step = make_step(model, params)
     losses = []
     t0 = time.perf_counter()
     with np.errstate(all="ignore"):
@@ -73,35 +70,43 @@ def gd_run(steps: int, seed: int, lr: float):
             losses.append(f)
             if not np.isfinite(f) or f > 50:
                 break
-            params, state = opt.step(params, g, state)
+            params = step(params, g)
         else:
             losses.append(model.loss(params, ds.X_train, ds.y_train))
     return np.array(losses), time.perf_counter() - t0
+
+
+@functools.lru_cache(maxsize=None)
+def gd_run(steps: int, seed: int, lr: float):
+    """Full-batch gradient descent on all layers (the SGD transform with the whole training set)."""
+    from curvlab.methods.baselines import SGD
+
+    def make_step(model, params):
+        opt = SGD(lr=lr)
+        state = [opt.init(params)]
+
+        def step(params, g):
+            params, state[0] = opt.step(params, g, state[0])
+            return params
+        return step
+
+    return _full_batch(steps, seed, make_step)
 
 
 @functools.lru_cache(maxsize=None)
 def spectral_run(steps: int, seed: int, t: float):
     """All-layer spectral descent (the ℓ∞ combination of the layer spectral norms): every layer at once,
     W_i <- W_i - t U_i V_iᵀ with G_i = U_i Σ_i V_iᵀ, full batch. Returns (losses, wall seconds)."""
-    ds = dataset("digits")
-    model = make_mlp(SIZES, "tanh")
-    params = model.init_params(np.random.default_rng(seed))
-    losses = []
-    t0 = time.perf_counter()
-    with np.errstate(all="ignore"):
-        for _ in range(steps):
-            f, g = model.loss_and_grad(params, ds.X_train, ds.y_train)
-            losses.append(f)
-            if not np.isfinite(f) or f > 50:
-                break
+    def make_step(model, params):
+        def step(params, g):
             polar = []
             for G in model.layout.unpack(g):
                 U, _, Vt = np.linalg.svd(G, full_matrices=False)
                 polar.append(U @ Vt)
-            params = params - t * model.layout.pack(polar)
-        else:
-            losses.append(model.loss(params, ds.X_train, ds.y_train))
-    return np.array(losses), time.perf_counter() - t0
+            return params - t * model.layout.pack(polar)
+        return step
+
+    return _full_batch(steps, seed, make_step)
 
 
 def _final(loss: np.ndarray, steps: int) -> float:
