@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Check, FigureResult, FigureSpec, Verdict, edge_note, finish_figure, fmt, new_figure, pm, vote
+from ._common import Check, FigureResult, FigureSpec, Verdict, edge_note, finish_figure, new_figure, pm, vote
 from .fig_000_training import ADAM_GRID, SGD_GRID, en_run, method_keys, plan, tuned
 from .fig_001_generalization import at_matched_loss, matched_level
 

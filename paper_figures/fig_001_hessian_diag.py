@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, Verdict, dataset, finish_figure, fmt, make_mlp, need, new_figure,
+from ._common import (Check, FigureResult, FigureSpec, Verdict, dataset, finish_figure, make_mlp, need, new_figure,
                       pm, subsample, vote)
 
 SPEC = FigureSpec(

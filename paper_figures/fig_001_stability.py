@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import (Check, FigureResult, FigureSpec, Verdict, combine, edge_note, finish_figure, fmt, log_grid, new_figure,
+from ._common import (Check, FigureResult, FigureSpec, Verdict, combine, edge_note, finish_figure, log_grid, new_figure,
                       pm, tune)
 from .fig_001_ablations import BATCH, SIZES, opt_run
 
