@@ -34,7 +34,13 @@ Vocabulary
     :class:`LayerStructureUnavailable`.
 ``at(params=None, data=None)``
     The same source rebound to new parameters and/or data, reusing everything built,
-    traced or compiled.
+    traced or compiled. The new source starts with an empty product cache.
+``cache_bytes`` (constructor keyword, default 1 GiB) and ``cache_info()``
+    Operator products reuse what does not depend on the vector (a cached graph, a
+    ``jax.linearize``, the stored forward pass), built at the first product and kept up to
+    ``cache_bytes`` per source (batches in order; the rest are recomputed at every product);
+    ``0`` disables it, ``None`` lifts the bound. ``loss``, ``gradient``,
+    ``directional_curvature`` and ``grad_and_curvature`` never build it.
 
 Data
 ----
