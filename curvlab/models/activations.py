@@ -133,46 +133,52 @@ class Activation:
             return z
         return z
 
-    def d1_from_output(self, a: Any, xp: types.ModuleType | None = None) -> Any:
-        """σ'(z) computed from the activation output ``a = σ(z)`` (new array)."""
+    def d1_from_output(self, a: Any, xp: types.ModuleType | None = None, out: Any = None) -> Any:
+        """σ'(z) computed from the activation output ``a = σ(z)`` (into ``out`` when given,
+        an array shaped like ``a`` not aliasing it; else a new array)."""
         if xp is None:
             xp = backend.get_namespace(a)
+        if out is None:
+            out = xp.empty_like(a)
         name = self.name
         if name == "tanh":
-            d = a * a
-            xp.subtract(1, d, out=d)
-            return d
-        if name == "sigmoid":
-            return a * (1 - a)
-        if name == "softplus":
+            xp.multiply(a, a, out=out)
+            xp.subtract(1, out, out=out)
+        elif name == "sigmoid":
+            xp.subtract(1, a, out=out)
+            out *= a
+        elif name == "softplus":
             # a = log(1 + e^z)  =>  sigmoid(z) = 1 - e^{-a} = -expm1(-a)
-            d = xp.negative(a)
-            xp.expm1(d, out=d)
-            xp.negative(d, out=d)
-            return d
-        if name == "relu":
-            return (a > 0).astype(a.dtype)
-        return xp.ones_like(a)
+            xp.negative(a, out=out)
+            xp.expm1(out, out=out)
+            xp.negative(out, out=out)
+        elif name == "relu":
+            xp.greater(a, 0, out=out)
+        else:
+            out[...] = 1
+        return out
 
-    def d2_from_output(self, a: Any, d1: Any, xp: types.ModuleType | None = None) -> Any | None:
-        """σ''(z) from ``a = σ(z)`` and ``d1 = σ'(z)`` (one new array); ``None`` when σ'' ≡ 0."""
+    def d2_from_output(self, a: Any, d1: Any, xp: types.ModuleType | None = None, out: Any = None) -> Any | None:
+        """σ''(z) from ``a = σ(z)`` and ``d1 = σ'(z)`` (into ``out`` when given, aliasing
+        neither; else one new array); ``None`` when σ'' ≡ 0."""
         if xp is None:
             xp = backend.get_namespace(a)
         name = self.name
+        if name not in ("tanh", "sigmoid", "softplus"):
+            return None
+        if out is None:
+            out = xp.empty_like(a)
         if name == "tanh":
-            t = a * d1
-            t *= -2
-            return t
-        if name == "sigmoid":
-            t = a * -2
-            t += 1
-            t *= d1
-            return t
-        if name == "softplus":
-            t = xp.subtract(1, d1)
-            t *= d1
-            return t
-        return None
+            xp.multiply(a, d1, out=out)
+            out *= -2
+        elif name == "sigmoid":
+            xp.multiply(a, -2, out=out)
+            out += 1
+            out *= d1
+        else:
+            xp.subtract(1, d1, out=out)
+            out *= d1
+        return out
 
 
 _OBJECTS = {

@@ -94,7 +94,7 @@ import numpy as np
 
 from .. import backend
 from ..layout import Layout
-from ._common import matmul_into, positive_int, refuse_foreign
+from ._common import ThreadWorkspaces, Workspace, matmul_into, positive_int, refuse_foreign
 from .activations import ACTIVATIONS, activation_derivatives, get_activation
 from .layer_hessians import backprop_curvature
 from .losses import LOSSES, get_loss, loss_output_derivatives
@@ -344,15 +344,35 @@ class MLP(MLPProducts):
             raise ValueError(f"{name} must have shape {want}, got {tuple(v.shape)}")
         return v.astype(self.dtype, copy=False)
 
+    # -- scratch arrays ---------------------------------------------------------
+    def _ws(self) -> Workspace:
+        """This thread's scratch arrays for the passes (see :class:`~curvlab.models._common.Workspace`)."""
+        wss = self.__dict__.get("_workspaces")
+        if wss is None:
+            wss = self._workspaces = ThreadWorkspaces(self.xp)
+        return wss.get()
+
+    def clear_workspace(self) -> None:
+        """Release the scratch arrays that the passes keep from call to call (this thread's;
+        NumPy only: a few layer-sized arrays per pass kind, reused so that each call does not
+        page-fault fresh buffers)."""
+        wss = self.__dict__.get("_workspaces")
+        if wss is not None:
+            wss.clear()
+
     # -- forward ---------------------------------------------------------------
-    def _forward(self, Ws: list[Any], X: Any) -> tuple[list[Any], Any]:
-        """Return the hidden activations ``[a_0 = X, a_1, …, a_{L-1}]`` and ``z_L``."""
+    def _forward(self, Ws: list[Any], X: Any, ws: Workspace | None = None) -> tuple[list[Any], Any]:
+        """Return the hidden activations ``[a_0 = X, a_1, …, a_{L-1}]`` and ``z_L`` (scratch
+        arrays of ``ws`` when given, else new arrays)."""
         xp = self.xp
+        ws = ws or Workspace(xp, reuse=False)
         acts = [X]
         a = X
         L = self.n_layers
+        B = X.shape[0]
         for l, W in enumerate(Ws):
-            z = a @ W[:, :-1].T
+            z = ws.get(("a", l + 1), (B, W.shape[0]), self.dtype)
+            matmul_into(a, W[:, :-1].T, z, xp)
             z += W[:, -1]
             if l < L - 1:
                 a = self.act.value_(z, xp)
@@ -454,7 +474,7 @@ class MLP(MLPProducts):
 
     def _loss(self, Ws: list[Any], X: Any, y: Any) -> Any:
         """The batch-mean loss on checked inputs as a 0-d float64 array (no host sync)."""
-        _, zL = self._forward(Ws, X)
+        _, zL = self._forward(Ws, X, self._ws())
         return self._head(zL, y)[0]
 
     def per_sample_losses(self, params: Any, X: Any, y: Any) -> Any:
@@ -464,21 +484,26 @@ class MLP(MLPProducts):
         return loss_output_derivatives(self.loss_name, zL, y, self.xp, hessian=False)[0]
 
     # -- gradient --------------------------------------------------------------
-    def _deltas(self, Ws: list[Any], acts: list[Any], delta: Any) -> Iterator[tuple[int, Any]]:
+    def _deltas(self, Ws: list[Any], acts: list[Any], delta: Any, ws: Workspace | None = None) -> Iterator[tuple[int, Any]]:
         """Yield ``(l, δ_l)`` for ``l = L-1, …, 0`` (0-based) from ``δ_L``:
-        ``δ_{l-1} = σ'(z_{l-1}) ⊙ δ_l W̄_l``, computed after the consumer has used ``δ_l``."""
+        ``δ_{l-1} = σ'(z_{l-1}) ⊙ δ_l W̄_l``, computed after the consumer has used ``δ_l``
+        (scratch arrays of ``ws`` when given)."""
+        xp, dt = self.xp, self.dtype
+        ws = ws or Workspace(xp, reuse=False)
         for l in range(self.n_layers - 1, -1, -1):
             yield l, delta
             if l > 0:
-                g = delta @ Ws[l][:, :-1]
-                g *= self.act.d1_from_output(acts[l], self.xp)
+                a = acts[l]
+                g = ws.get(("g", l), a.shape, dt)
+                matmul_into(delta, Ws[l][:, :-1], g, xp)
+                g *= self.act.d1_from_output(a, xp, out=ws.get(("d1", l), a.shape, dt))
                 delta = g
 
-    def _backward(self, Ws: list[Any], acts: list[Any], delta: Any, grad: Any) -> None:
+    def _backward(self, Ws: list[Any], acts: list[Any], delta: Any, grad: Any, ws: Workspace | None = None) -> None:
         """Backprop ``δ_L`` writing ``∇W_l = δ_lᵀ ã_{l-1}`` into ``grad``."""
         xp = self.xp
         gs = self.layout.unpack(grad)
-        for l, delta in self._deltas(Ws, acts, delta):
+        for l, delta in self._deltas(Ws, acts, delta, ws):
             matmul_into(delta.T, acts[l], gs[l][:, :-1], xp)
             xp.sum(delta, axis=0, out=gs[l][:, -1])
 
@@ -496,10 +521,11 @@ class MLP(MLPProducts):
 
     def _loss_and_grad(self, Ws: list[Any], X: Any, y: Any) -> tuple[Any, Any]:
         """:meth:`loss_and_grad` on checked inputs; the loss as a 0-d array (no host sync)."""
-        acts, zL = self._forward(Ws, X)
+        ws = self._ws()
+        acts, zL = self._forward(Ws, X, ws)
         loss, delta, _ = self._head(zL, y)
         grad = self.xp.empty(self.n_params, dtype=self.dtype)
-        self._backward(Ws, acts, delta, grad)
+        self._backward(Ws, acts, delta, grad, ws)
         return loss, grad
 
     def grad(self, params: Any, X: Any, y: Any) -> Any:

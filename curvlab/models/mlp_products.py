@@ -24,15 +24,26 @@ the operators check their data once when built and do **0 host syncs per product
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from ..linalg.operators import CallableOperator, LinearOperator
-from ._common import matmul_into, positive_int
+from ._common import Workspace, matmul_into, positive_int
+
+if TYPE_CHECKING:
+    from ..layout import Layout
+    from .activations import Activation
+    from .losses import Loss
+
+#: a NumPy or CuPy array (typed as NumPy's)
+Array = npt.NDArray[Any]
 
 __all__ = [
     "MLPProducts",
+    "PrimalState",
     "CurvatureOperator",
     "bound_operator",
     "hessian_operator",
@@ -59,6 +70,43 @@ class CurvatureOperator(CallableOperator):
                 f"backend={self.xp.__name__}{' ' + ','.join(tags) if tags else ''}>")
 
 
+class PrimalState:
+    """What the curvature products on one batch share, whatever the vector: the product
+    cache's entry (:class:`curvlab.models.MLPCurvature` keeps one per cached batch).
+
+    Attributes
+    ----------
+    acts : list of arrays
+        Layer inputs ``a_0 = X, a_1, …, a_{L-1}`` ``(B, n_l)`` (``X`` is the bound batch, not
+        a copy).
+    d1s : list of arrays
+        ``σ'(z_l)`` per hidden layer ``(B, n_l)``.
+    aux : array or None
+        The loss head's output-Hessian data (softmax ``p`` ``(B, K)``; None for mse).
+    delta : array
+        ``δ_L = ∂(mean loss)/∂z_L`` ``(B, K)``.
+    deltas, qs : lists of arrays, or None until a product needs them
+        ``δ_l`` at every layer's output (the last is ``delta``) and
+        ``σ''(z_l) ⊙ W̄_{l+1}ᵀ δ_{l+1}`` per hidden layer (None where σ'' ≡ 0).
+    """
+
+    __slots__ = ("acts", "d1s", "aux", "delta", "deltas", "qs")
+
+    def __init__(self, acts: list[Array], d1s: list[Array], aux: Array | None, delta: Array) -> None:
+        self.acts, self.d1s, self.aux, self.delta = acts, d1s, aux, delta
+        self.deltas: list[Array] | None = None
+        self.qs: list[Array | None] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays this state allocated (the batch ``X`` itself not counted)."""
+        seen: dict[int, int] = {}
+        for a in [*self.acts[1:], *self.d1s, self.aux, self.delta, *(self.deltas or ()), *(self.qs or ())]:
+            if a is not None:
+                seen[id(a)] = int(a.nbytes)
+        return sum(seen.values())
+
+
 class MLPProducts:
     """Curvature products of :class:`curvlab.models.mlp.MLP` (mixed into the model).
 
@@ -67,57 +115,114 @@ class MLPProducts:
     ``params``) and do no host sync.
     """
 
+    if TYPE_CHECKING:  # provided by curvlab.models.mlp.MLP
+        xp: types.ModuleType
+        dtype: np.dtype[Any]
+        layout: Layout
+        act: Activation
+        objective: Loss
+        label: str
+
+        @property
+        def n_params(self) -> int: ...
+
+        @property
+        def n_layers(self) -> int: ...
+
+        def check_inputs(self, params: Any, X: Any, y: Any) -> tuple[list[Array], Array, Array]: ...
+
+        def _check_dir(self, v: Any, name: str, ndim: int) -> Array: ...
+
+        def _head(self, zL: Array, y: Array) -> tuple[Array, Array, Array | None]: ...
+
+        def _hL(self, aux: Array | None, U: Array) -> Array: ...
+
+        def _ws(self) -> Workspace: ...
+
+    # -- the vector-independent pass (the product cache's entry) -----------------
+    def _primal(self, Ws: list[Array], X: Array, y: Array, ws: Workspace | None = None) -> PrimalState:
+        """The forward pass and the loss head on checked inputs: what every curvature
+        product on this batch shares (no host sync). The backward errors are added by
+        :meth:`_with_deltas` when a product needs them. With a workspace ``ws`` the arrays
+        are its scratch buffers (a one-shot product); without, new arrays (a cache entry)."""
+        xp, act, dt = self.xp, self.act, self.dtype
+        ws = ws or Workspace(xp, reuse=False)
+        L = self.n_layers
+        B = X.shape[0]
+        acts: list[Array] = [X]
+        d1s: list[Array] = []
+        a = X
+        for l, W in enumerate(Ws):
+            z = ws.get(("a", l + 1), (B, W.shape[0]), dt)
+            matmul_into(a, W[:, :-1].T, z, xp)
+            z += W[:, -1]
+            if l == L - 1:
+                _, delta, aux = self._head(z, y)
+                return PrimalState(acts, d1s, aux, delta)
+            a = act.value_(z, xp)
+            acts.append(a)
+            d1s.append(act.d1_from_output(a, xp, out=ws.get(("d1", l + 1), a.shape, dt)))
+        raise AssertionError("unreachable")
+
+    def _with_deltas(self, Ws: list[Array], st: PrimalState, ws: Workspace | None = None) -> PrimalState:
+        """Fill ``st.deltas`` (δ_l of the mean loss at every layer's output, the last one
+        ``st.delta``) and ``st.qs`` (``σ''(z_l) ⊙ W̄_{l+1}ᵀ δ_{l+1}`` per hidden layer,
+        ``None`` where σ'' ≡ 0): one backward pass without the weight gradients (arrays from
+        ``ws``, or new ones for a cache entry)."""
+        if st.deltas is not None:
+            return st
+        xp, act, dt = self.xp, self.act, self.dtype
+        ws = ws or Workspace(xp, reuse=False)
+        L = self.n_layers
+        deltas: list[Array] = [st.delta] * L
+        qs: list[Array | None] = [None] * (L - 1)
+        delta = st.delta
+        for l in range(L - 1, 0, -1):
+            a, d1 = st.acts[l], st.d1s[l - 1]
+            g = ws.get(("g", l), a.shape, dt)
+            matmul_into(delta, Ws[l][:, :-1], g, xp)  # W̄_lᵀ δ_l per sample
+            q = act.d2_from_output(a, d1, xp, out=ws.get(("q", l), a.shape, dt))
+            if q is not None:
+                q *= g
+            qs[l - 1] = q
+            g *= d1
+            deltas[l - 1] = delta = g
+        st.deltas, st.qs = deltas, qs
+        return st
+
     # -- tangent (R-operator) machinery -----------------------------------------
-    def _split_block(self, V: Any) -> list[Any]:
-        """(P, k) -> list of (k, n_l, m_l) contiguous layer blocks."""
+    def _split_block(self, V: Array) -> list[Array]:
+        """(P, k) -> list of (k, n_l, m_l) layer blocks (views when ``V`` is a column)."""
         VT = self.xp.ascontiguousarray(V.T)
         k = V.shape[1]
         return [VT[:, self.layout.slice(l)].reshape(k, n, m) for l, (n, m) in enumerate(self.layout.shapes)]
 
-    def _tangent_forward(self, Ws: list[Any], X: Any, Vs: list[Any], keep_rz: bool) -> tuple:
-        """Primal forward plus tangents ``R(z_l)`` (k, B, n_l) along the k directions.
+    def _tangent_in(self, ws: Workspace, l: int, a: Array, Vl: Array, Ra: Array | None, W: Array) -> Array:
+        """``R(z_l) = V̄_l ã + W̄_l R(a)`` of layer ``l`` for k directions: (k, B, n) (scratch)."""
+        xp, dt = self.xp, self.dtype
+        k, B, n = Vl.shape[0], a.shape[0], Vl.shape[1]
+        Rz = ws.get(("Rz", l), (k, B, n), dt)
+        if Ra is None:
+            matmul_into(a, Vl[:, :, :-1].transpose(0, 2, 1), Rz, xp)
+        else:
+            matmul_into(Ra.reshape(k * B, -1), W[:, :-1].T, Rz.reshape(k * B, n), xp)
+            t = ws.get("tmp_Bn", (k, B, n), dt)
+            matmul_into(a, Vl[:, :, :-1].transpose(0, 2, 1), t, xp)
+            Rz += t
+        Rz += Vl[:, None, :, -1]
+        return Rz
 
-        Returns acts (a_0..a_{L-1}), ds (σ'(z_l) for hidden l), Ras (R(a_l), None for l=0),
-        Rzs (hidden R(z_l) if keep_rz), zL, RzL.
-        """
-        xp = self.xp
-        L = self.n_layers
-        k = Vs[0].shape[0]
-        B = X.shape[0]
-        acts, ds, Ras, Rzs = [X], [], [None], []
-        a, Ra = X, None
-        for l in range(L):
-            W, V = Ws[l], Vs[l]
-            Wb = W[:, :-1]
-            z = a @ Wb.T
-            z += W[:, -1]
-            Rz = xp.matmul(a, V[:, :, :-1].transpose(0, 2, 1))  # (k, B, n)
-            Rz += V[:, None, :, -1]
-            if Ra is not None:
-                Rz += (Ra.reshape(k * B, -1) @ Wb.T).reshape(k, B, -1)
-            if l == L - 1:
-                return acts, ds, Ras, Rzs, z, Rz
-            a = self.act.value_(z, xp)
-            d1 = self.act.d1_from_output(a, xp)
-            Ra = Rz * d1
-            acts.append(a)
-            ds.append(d1)
-            Ras.append(Ra)
-            if keep_rz:
-                Rzs.append(Rz)
-        raise AssertionError("unreachable")
-
-    def _checked_block(self, params: Any, X: Any, y: Any, V: Any) -> tuple[list[Any], Any, Any, Any]:
+    def _checked_block(self, params: Any, X: Any, y: Any, V: Any) -> tuple[list[Array], Array, Array, Array]:
         """Checked ``(Ws, X, y, V)`` for the unchecked block products ``_*_mm``."""
         Ws, X, y = self.check_inputs(params, X, y)
         return Ws, X, y, self._check_dir(V, "V", 2)
 
-    def _vp(self, matmat: Any, params: Any, X: Any, y: Any, v: Any) -> Any:
+    def _vp(self, matmat: Callable[[Any, Any, Any, Array], Array], params: Any, X: Any, y: Any, v: Any) -> Array:
         """A matrix-vector product through the block product ``matmat`` on one column."""
         v = self._check_dir(v, "v", 1)
         return matmat(params, X, y, v[:, None])[:, 0]
 
-    def _write_block(self, out: Any, l: int, Rd: Any, a: Any, extra: Any = None) -> None:
+    def _write_block(self, out: Array, l: int, Rd: Array, a: Array, extra: Array | None = None) -> None:
         """out[:, layer l] = Rdᵀ ã (+ extra in the weight part); Rd (k, B, n), a (B, m-1)."""
         xp = self.xp
         n, m = self.layout.shapes[l]
@@ -128,7 +233,14 @@ class MLPProducts:
             blk[:, :, :-1] += extra
         xp.sum(Rd, axis=1, out=blk[:, :, -1])
 
-    def hvp_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Any:
+    def _back_tangent(self, ws: Workspace, l: int, Rd: Array, W: Array) -> Array:
+        """``R(g) = R(δ_l) W̄_l`` (k, B, m_l - 1) (scratch)."""
+        k, B, n = Rd.shape
+        Rg = ws.get(("Rg", l), (k, B, W.shape[1] - 1), self.dtype)
+        matmul_into(Rd.reshape(k * B, n), W[:, :-1], Rg.reshape(k * B, -1), self.xp)
+        return Rg
+
+    def hvp_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Array:
         """Exact Hessian times a block ``V`` (P, k) -> (P, k), one R-operator pass.
 
         Pearlmutter's R-operator on forward and backward passes; the k directions
@@ -138,97 +250,147 @@ class MLPProducts:
         """
         return self._hvp_mm(*self._checked_block(params, X, y, V))
 
-    def _hvp_mm(self, Ws: list[Any], X: Any, y: Any, V: Any) -> Any:
+    def _hvp_mm(self, Ws: list[Array], X: Array, y: Array, V: Array) -> Array:
         """:meth:`hvp_matmat` on checked inputs (no host sync)."""
-        xp = self.xp
+        ws = self._ws()
+        return self._hvp_from(Ws, self._primal(Ws, X, y, ws), V, ws)
+
+    def _hvp_from(self, Ws: list[Array], st: PrimalState, V: Array, ws: Workspace | None = None) -> Array:
+        """``H V`` (P, k) from the batch's :class:`PrimalState`: the R-forward and R-backward
+        passes only (``st``'s backward errors are filled on first use, from ``ws`` if given)."""
+        xp, dt = self.xp, self.dtype
+        if ws is None:
+            st = self._with_deltas(Ws, st)
+            ws = self._ws()
+        else:
+            st = self._with_deltas(Ws, st, ws)
+        deltas, qs = st.deltas, st.qs
+        assert deltas is not None and qs is not None
+        acts, d1s = st.acts, st.d1s
         Vs, k = self._split_block(V), V.shape[1]
-        B = X.shape[0]
-        acts, ds, Ras, Rzs, zL, RzL = self._tangent_forward(Ws, X, Vs, keep_rz=True)
-        _, delta, aux = self._head(zL, y)
-        Rd = self._hL(aux, RzL)
+        B = acts[0].shape[0]
+        L = self.n_layers
+        Ras: list[Array | None] = [None]
+        Ts: list[Array | None] = [None]  # R(z_{l-1}) ⊙ q_{l-1}: the σ'' term of R(δ_{l-1})
+        Rz = self._tangent_in(ws, 0, acts[0], Vs[0], None, Ws[0])
+        for l in range(1, L):
+            q = qs[l - 1]
+            if q is None:
+                Ts.append(None)
+            else:
+                T = ws.get(("T", l), Rz.shape, dt)
+                xp.multiply(Rz, q, out=T)
+                Ts.append(T)
+            Rz *= d1s[l - 1]  # now R(a_l)
+            Ras.append(Rz)
+            Rz = self._tangent_in(ws, l, acts[l], Vs[l], Rz, Ws[l])
+        Rd = self._hL(st.aux, Rz)
         Rd *= 1.0 / B
-        out = xp.empty((k, self.n_params), dtype=self.dtype)
-        for l in range(self.n_layers - 1, -1, -1):
-            a, Ra = acts[l], Ras[l]
-            extra = None if Ra is None else xp.matmul(delta.T, Ra)
-            self._write_block(out, l, Rd, a, extra)
+        out = xp.empty((k, self.n_params), dtype=dt)
+        for l in range(L - 1, -1, -1):
+            Ra = Ras[l]
+            extra = None
+            if Ra is not None:
+                n, m = self.layout.shapes[l]
+                extra = ws.get("tmp_nm", (k, n, m - 1), dt)
+                matmul_into(deltas[l].T, Ra, extra, xp)
+            self._write_block(out, l, Rd, acts[l], extra)
             if l > 0:
-                Wb, Vb = Ws[l][:, :-1], Vs[l][:, :, :-1]
-                g = delta @ Wb  # (B, m-1)
-                Rg = (Rd.reshape(k * B, -1) @ Wb).reshape(k, B, -1)
-                Rg += xp.matmul(delta, Vb)
-                d1 = ds[l - 1]
-                Rg *= d1
-                d2 = self.act.d2_from_output(acts[l], d1, xp)
-                if d2 is not None:
-                    Rg += Rzs[l - 1] * (d2 * g)
-                g *= d1
-                delta, Rd = g, Rg
+                Rg = self._back_tangent(ws, l, Rd, Ws[l])
+                t = ws.get("tmp_Bm", Rg.shape, dt)
+                matmul_into(deltas[l], Vs[l][:, :, :-1], t, xp)
+                Rg += t
+                Rg *= d1s[l - 1]
+                T = Ts[l]
+                if T is not None:
+                    Rg += T
+                Rd = Rg
         return out.T
 
-    def hvp(self, params: Any, X: Any, y: Any, v: Any) -> Any:
+    def hvp(self, params: Any, X: Any, y: Any, v: Any) -> Array:
         """Exact Hessian-vector product ``H v`` (P,) by the R-operator."""
         return self._vp(self.hvp_matmat, params, X, y, v)
 
-    def ggn_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Any:
+    def ggn_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Array:
         """Generalized Gauss-Newton ``Jᵀ (∇²_z L / B) J`` times ``V`` (P, k) -> (P, k).
 
         Host syncs: 1 (the label range, cross-entropy); 0 through :func:`ggn_operator`.
         """
         return self._ggn_mm(*self._checked_block(params, X, y, V))
 
-    def _ggn_mm(self, Ws: list[Any], X: Any, y: Any, V: Any) -> Any:
+    def _ggn_mm(self, Ws: list[Array], X: Array, y: Array, V: Array) -> Array:
         """:meth:`ggn_matmat` on checked inputs (no host sync)."""
+        ws = self._ws()
+        return self._ggn_from(Ws, self._primal(Ws, X, y, ws), V, ws)
+
+    def _ggn_from(self, Ws: list[Array], st: PrimalState, V: Array, ws: Workspace | None = None) -> Array:
+        """``G V`` (P, k) from the batch's :class:`PrimalState`: ``J V``, the output Hessian, ``Jᵀ``."""
         xp = self.xp
+        ws = ws or self._ws()
+        acts, d1s = st.acts, st.d1s
         Vs, k = self._split_block(V), V.shape[1]
-        B = X.shape[0]
-        acts, ds, _, _, zL, RzL = self._tangent_forward(Ws, X, Vs, keep_rz=False)
-        _, _, aux = self._head(zL, y)
-        Rd = self._hL(aux, RzL)
+        B = acts[0].shape[0]
+        Rz = self._tangent_in(ws, 0, acts[0], Vs[0], None, Ws[0])
+        for l in range(1, self.n_layers):
+            Rz *= d1s[l - 1]
+            Rz = self._tangent_in(ws, l, acts[l], Vs[l], Rz, Ws[l])
+        Rd = self._hL(st.aux, Rz)
         Rd *= 1.0 / B
         out = xp.empty((k, self.n_params), dtype=self.dtype)
         for l in range(self.n_layers - 1, -1, -1):
             self._write_block(out, l, Rd, acts[l])
             if l > 0:
-                Rg = (Rd.reshape(k * B, -1) @ Ws[l][:, :-1]).reshape(k, B, -1)
-                Rg *= ds[l - 1]
+                Rg = self._back_tangent(ws, l, Rd, Ws[l])
+                Rg *= d1s[l - 1]
                 Rd = Rg
         return out.T
 
-    def ggn_vp(self, params: Any, X: Any, y: Any, v: Any) -> Any:
+    def ggn_vp(self, params: Any, X: Any, y: Any, v: Any) -> Array:
         """GGN-vector product ``G v`` (P,)."""
         return self._vp(self.ggn_matmat, params, X, y, v)
 
-    def fisher_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Any:
+    def fisher_matmat(self, params: Any, X: Any, y: Any, V: Any) -> Array:
         """Empirical Fisher ``(1/B) Σ_b g_b g_bᵀ`` times ``V`` (P, k), without forming the g_b.
 
         Host syncs: 1 (the label range, cross-entropy); 0 through :func:`fisher_operator`.
         """
         return self._fisher_mm(*self._checked_block(params, X, y, V))
 
-    def _fisher_mm(self, Ws: list[Any], X: Any, y: Any, V: Any) -> Any:
+    def _fisher_mm(self, Ws: list[Array], X: Array, y: Array, V: Array) -> Array:
         """:meth:`fisher_matmat` on checked inputs (no host sync)."""
-        xp = self.xp
+        ws = self._ws()
+        return self._fisher_from(Ws, self._primal(Ws, X, y, ws), V, ws)
+
+    def _fisher_from(self, Ws: list[Array], st: PrimalState, V: Array, ws: Workspace | None = None) -> Array:
+        """``F V`` (P, k) from the batch's :class:`PrimalState` (its backward errors δ_l,
+        filled on first use): ``s[k, b] = g_b·v_k = B Σ_l δ_{l,b}ᵀ V_l ã_b`` (δ holds the
+        1/B), then ``F v_k = Σ_b s[k, b] δ_{l,b} ã_bᵀ`` per layer."""
+        xp, dt = self.xp, self.dtype
+        if ws is None:
+            st = self._with_deltas(Ws, st)
+            ws = self._ws()
+        else:
+            st = self._with_deltas(Ws, st, ws)
+        deltas = st.deltas
+        assert deltas is not None
+        acts = st.acts
         Vs, k = self._split_block(V), V.shape[1]
-        B = X.shape[0]
-        acts, zL = self._forward(Ws, X)
-        _, delta, _ = self._head(zL, y)
-        delta *= B  # per-sample output errors
-        deltas = [d for _, d in self._deltas(Ws, acts, delta)][::-1]
-        # s[k, b] = g_b · v_k = Σ_l δ_{l,b}ᵀ V_l ã_b
-        s = xp.zeros((k, B), dtype=self.dtype)
+        B = acts[0].shape[0]
+        s = xp.zeros((k, B), dtype=dt)
         for l in range(self.n_layers):
-            T = xp.matmul(acts[l], Vs[l][:, :, :-1].transpose(0, 2, 1))
+            n = Vs[l].shape[1]
+            T = ws.get("tmp_Bn", (k, B, n), dt)
+            matmul_into(acts[l], Vs[l][:, :, :-1].transpose(0, 2, 1), T, xp)
             T += Vs[l][:, None, :, -1]
             T *= deltas[l]
             s += T.sum(axis=2)
-        s *= 1.0 / B
-        out = xp.empty((k, self.n_params), dtype=self.dtype)
+        s *= B
+        out = xp.empty((k, self.n_params), dtype=dt)
         for l in range(self.n_layers):
             self._write_block(out, l, deltas[l][None] * s[:, :, None], acts[l])
         return out.T
 
-    def fisher_vp(self, params: Any, X: Any, y: Any, v: Any) -> Any:
+    def fisher_vp(self, params: Any, X: Any, y: Any, v: Any) -> Array:
         """Empirical-Fisher-vector product ``F v`` (P,)."""
         return self._vp(self.fisher_matmat, params, X, y, v)
 
