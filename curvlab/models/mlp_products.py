@@ -412,67 +412,68 @@ class MLPProducts:
             return self.grad_and_curvature(params, X, y, d)[2]
         raise ValueError(f"mode must be 'forward' or 'adjoint', got {mode!r}")
 
-    def _curvature_forward(self, Ws: list[Any], X: Any, y: Any, d: Any) -> Any:
+    def _curvature_forward(self, Ws: list[Array], X: Array, y: Array, d: Array) -> Array:
         """Taylor mode: stream ``(z, z', z'')`` through the layers; keeps one layer alive.
 
         z'_l = W_l ã'_{l-1} + D_l ã_{l-1},  z''_l = W_l ã''_{l-1} + 2 D_l ã'_{l-1},
         a' = σ' z',  a'' = σ' z'' + σ'' z'²,  c = mean_b [∇L·z''_L + z'_Lᵀ ∇²L z'_L].
-        Buffers are reused in place so the peak is ≈ 5 layer-sized arrays.
+        Scratch arrays alternate between two sets of the workspace (the current and the
+        next layer), so the footprint is ≈ 10 layer-sized arrays whatever the depth.
         """
-        xp = self.xp
-        act = self.act
+        xp, act, dt = self.xp, self.act, self.dtype
+        ws = self._ws()
         Ds = self.layout.unpack(d)
         L = self.n_layers
         B = X.shape[0]
+
+        def buf(tag: str, l: int, n: int) -> Array:
+            return ws.get(("fw" + tag, l % 2), (B, n), dt)
+
         W, D = Ws[0], Ds[0]
-        z = X @ W[:, :-1].T
+        n = W.shape[0]
+        z = buf("z", 0, n)
+        matmul_into(X, W[:, :-1].T, z, xp)
         z += W[:, -1]
-        z1 = X @ D[:, :-1].T
+        z1 = buf("z1", 0, n)
+        matmul_into(X, D[:, :-1].T, z1, xp)
         z1 += D[:, -1]
-        z2 = None  # z'' of the first layer is zero (ã'_0 = ã''_0 = 0)
+        z2: Array | None = None  # z'' of the first layer is zero (ã'_0 = ã''_0 = 0)
         for l in range(1, L):
             # hidden activation: z -> a, z' -> a' = σ' z', z'' -> a'' = σ' z'' + σ'' z'²
             a = act.value_(z, xp)
-            s1 = act.d1_from_output(a, xp)
-            q = act.d2_from_output(a, s1, xp)
+            s1 = act.d1_from_output(a, xp, out=buf("s1", l, a.shape[1]))
+            q = act.d2_from_output(a, s1, xp, out=buf("q", l, a.shape[1]))
             if q is not None:
                 q *= z1
                 q *= z1
                 if z2 is not None:
                     z2 *= s1
                     z2 += q
-                    del q
                 else:
                     z2 = q
             elif z2 is not None:
                 z2 *= s1
             z1 *= s1
-            del s1
             a1, a2 = z1, z2
-            del z, z1, z2
             W, D = Ws[l], Ds[l]
+            n = W.shape[0]
             Wb, Db = W[:, :-1].T, D[:, :-1].T
-            t = a @ Db  # D ã
+            t = buf("z1", l, n)  # z' of this layer: D ã + W ã'
+            matmul_into(a, Db, t, xp)
             t += D[:, -1]
-            z = a @ Wb
+            z = buf("z", l, n)
+            matmul_into(a, Wb, z, xp)
             z += W[:, -1]
-            del a
-            u = a1 @ Wb
-            t += u  # t = z' of this layer
-            w = a1 @ Db
-            del a1
+            u = buf("u", l, n)
+            matmul_into(a1, Wb, u, xp)
+            t += u
+            w = buf("z2", l, n)  # z'' of this layer: W ã'' + 2 D ã'
+            matmul_into(a1, Db, w, xp)
             w *= 2
             if a2 is not None:
                 matmul_into(a2, Wb, u, xp)
-                del a2
-                u += w
-                del w
-                z2 = u
-            else:
-                del u
-                z2 = w
-            z1 = t
-            del t
+                w += u
+            z2, z1 = w, t
         loss, delta, aux = self._head(z, y)
         c = xp.sum(z1 * self._hL(aux, z1), dtype=np.float64) / B
         if z2 is not None:
@@ -508,42 +509,47 @@ class MLPProducts:
         loss, grad, c = self._grad_and_curvature(Ws, X, y, self._check_dir(d, "d", 1), params)
         return float(loss), grad, float(c)
 
-    def _grad_and_curvature(self, Ws: list[Any], X: Any, y: Any, d: Any, params: Any) -> tuple[Any, Any, Any]:
+    def _grad_and_curvature(self, Ws: list[Array], X: Array, y: Array, d: Array, params: Array) -> tuple[Array, Array, Array]:
         """:meth:`grad_and_curvature` on checked inputs (``Ws`` the layer views of the flat
         ``params``); loss and ``c`` as 0-d float64 arrays (no host sync)."""
-        xp = self.xp
+        xp, dt = self.xp, self.dtype
+        ws = self._ws()
         # scale d to the parameters' magnitude (max-abs, device-side, no sync, no overflow)
         nd = xp.max(xp.abs(d))
         nt = xp.max(xp.abs(params))
         nt = xp.where(nt > 0, nt, 1)
-        scale = xp.where(nd > 0, nt / xp.where(nd > 0, nd, 1), 1).astype(self.dtype)
+        scale = xp.where(nd > 0, nt / xp.where(nd > 0, nd, 1), 1).astype(dt)
         Ds = self.layout.unpack(d)  # unscaled views; ŝD is formed on the fly
         L = self.n_layers
         B = X.shape[0]
         act = self.act
         acts = [X]
-        Es: list[Any] = [None]  # D̂_l ã'_{l-1} (zero for the first layer)
-        Qs: list[Any] = []  # σ''(z_l) ⊙ z'_l² for hidden layers (None when σ'' = 0)
-        a, a1 = X, None
+        Es: list[Array | None] = [None]  # D̂_l ã'_{l-1} (zero for the first layer)
+        Qs: list[Array | None] = []  # σ''(z_l) ⊙ z'_l² for hidden layers (None when σ'' = 0)
+        a: Array = X
+        a1: Array | None = None
         for l in range(L):
             W, D = Ws[l], Ds[l]
+            n = W.shape[0]
             Wb, Db = W[:, :-1].T, D[:, :-1].T
+            z = ws.get(("a", l + 1), (B, n), dt)
+            matmul_into(a, Wb, z, xp)
+            z += W[:, -1]
+            z1 = ws.get(("adz1", l % 2), (B, n), dt)
             if a1 is None:
-                z = a @ Wb
-                z += W[:, -1]
-                z1 = a @ Db
+                matmul_into(a, Db, z1, xp)
                 z1 += D[:, -1]
                 z1 *= scale
             else:
-                WD = D * scale
+                WD = ws.get("adWD", D.shape, dt)
+                xp.multiply(D, scale, out=WD)
                 WD += W
-                S = a + a1
-                z1 = S @ WD[:, :-1].T  # = W ã + (W ã' + D̂ ã) + D̂ ã'
+                S = ws.get("adS", a.shape, dt)
+                xp.add(a, a1, out=S)
+                matmul_into(S, WD[:, :-1].T, z1, xp)  # = W ã + (W ã' + D̂ ã) + D̂ ã'
                 z1 += WD[:, -1]
-                del WD, S
-                z = a @ Wb
-                z += W[:, -1]
-                E = a1 @ Db
+                E = ws.get(("adE", l), (B, n), dt)
+                matmul_into(a1, Db, E, xp)
                 E *= scale
                 z1 -= z
                 z1 -= E
@@ -551,33 +557,33 @@ class MLPProducts:
             if l == L - 1:
                 break
             a = act.value_(z, xp)
-            s1 = act.d1_from_output(a, xp)
-            s2 = act.d2_from_output(a, s1, xp)
+            s1 = act.d1_from_output(a, xp, out=ws.get(("d1", l + 1), a.shape, dt))
+            s2 = act.d2_from_output(a, s1, xp, out=ws.get(("adQ", l + 1), a.shape, dt))
             if s2 is not None:
                 s2 *= z1
                 s2 *= z1
             Qs.append(s2)
             z1 *= s1
-            del s1
             a1 = z1
             acts.append(a)
         loss, delta, aux = self._head(z, y)
         c = xp.sum(z1 * self._hL(aux, z1), dtype=np.float64) / B
-        grad = xp.empty(self.n_params, dtype=self.dtype)
+        grad = xp.empty(self.n_params, dtype=dt)
         gs = self.layout.unpack(grad)
         for l in range(L - 1, -1, -1):
             a = acts[l]
             matmul_into(delta.T, a, gs[l][:, :-1], xp)
             xp.sum(delta, axis=0, out=gs[l][:, -1])
-            if Es[l] is not None:
-                c = c + 2 * xp.sum(delta * Es[l], dtype=np.float64)
-                Es[l] = None
+            E_l = Es[l]
+            if E_l is not None:
+                c = c + 2 * xp.sum(delta * E_l, dtype=np.float64)
             if l > 0:
-                g = delta @ Ws[l][:, :-1]
-                if Qs[l - 1] is not None:
-                    c = c + xp.sum(g * Qs[l - 1], dtype=np.float64)
-                    Qs[l - 1] = None
-                g *= act.d1_from_output(a, xp)
+                g = ws.get(("g", l), a.shape, dt)
+                matmul_into(delta, Ws[l][:, :-1], g, xp)
+                Q = Qs[l - 1]
+                if Q is not None:
+                    c = c + xp.sum(g * Q, dtype=np.float64)
+                g *= act.d1_from_output(a, xp, out=ws.get(("d1", l), a.shape, dt))
                 delta = g
         s64 = scale.astype(np.float64)
         c = c / (s64 * s64)
