@@ -224,3 +224,65 @@ def test_dual_norm_and_duality_map_errors_name_G_like_layer_norm_names_W(G):
             fn(G)
     with pytest.raises(ValueError, match=r"^G must have ndim >= 1"):
         du.dual_norm(np.float64(1.0) * np.ones(()))
+
+
+# --- the Gram route (NumPy, min(n, m) >= GRAM_MIN_SIZE) against a float64 SVD ----------
+
+def _spectrum_case(rng, n, m, kappa, dtype, rank=None):
+    r = min(n, m) if rank is None else rank
+    s = np.geomspace(1.0, 1.0 / kappa, r)
+    G, _ = _with_singular_values(rng, n, m, s)
+    return G.astype(dtype)
+
+
+def _svd64_reference(G):
+    """``(ρ, ‖G‖_nuc, ‖G‖_op)`` from a float64 SVD of ``G`` with the same rank tolerance."""
+    U, s, Vt = np.linalg.svd(G.astype(np.float64), full_matrices=False)
+    r = int(np.sum(s > du._rtol(G) * s[0]))
+    return s[:r].sum() * (U[:, :r] @ Vt[:r]), s[:r].sum(), s[0]
+
+
+@pytest.mark.parametrize("n,m,kappa,dtype,rank", [
+    (300, 200, 1e2, np.float32, None),       # tall, well conditioned
+    (200, 300, 1e4, np.float32, None),       # ill conditioned (near float32's rank tolerance)
+    (520, 600, 3e4, np.float32, None),       # the smallest singular values below the tolerance: dropped
+    (520, 600, 1e2, np.float32, 40),         # rank deficient
+    (120, 90, 1e3, np.float64, None),
+    (120, 90, 1e7, np.float64, None),        # not resolved by the Gram matrix: the SVD is used
+    (90, 120, 1e2, np.float64, 30),          # rank deficient float64: the SVD is used
+])
+def test_gram_route_matches_float64_svd(rng, n, m, kappa, dtype, rank):
+    """Duality map, dual norm and layer norm exact to 1e-6 relative (float32 output: its
+    rounding, ~6e-8) on ill-conditioned and rank-deficient inputs, whichever route is taken."""
+    G = _spectrum_case(rng, n, m, kappa, dtype, rank)
+    rho_ref, nuc_ref, op_ref = _svd64_reference(G)
+    rho, dn = du.duality_map(G, "spectral")
+    assert rho.dtype == dtype and rho.shape == G.shape
+    assert rel_err(rho.astype(np.float64), rho_ref) < 1e-6
+    assert abs(dn / nuc_ref - 1) < 1e-6 and abs(du.dual_norm(G) / nuc_ref - 1) < 1e-6
+    assert abs(du.layer_norm(G) / op_ref - 1) < 1e-6
+    r = du.polar_factor(G)
+    assert r.rank == int(np.sum(np.linalg.svd(G.astype(np.float64), compute_uv=False) > du._rtol(G) * op_ref))
+
+
+def test_gram_route_taken_where_it_resolves_the_spectrum(rng):
+    """float32 (wide enough) always resolves; float64 only when every singular value does."""
+    assert du._gram_spectrum(_spectrum_case(rng, 520, 600, 1e4, np.float32)) is not None
+    assert du._gram_spectrum(_spectrum_case(rng, 520, 600, 1e2, np.float32, 40)) is not None
+    assert du._gram_spectrum(_spectrum_case(rng, 120, 90, 1e3, np.float64)) is not None
+    assert du._gram_spectrum(_spectrum_case(rng, 120, 90, 1e7, np.float64)) is None
+    assert du._gram_spectrum(_spectrum_case(rng, 90, 120, 1e2, np.float64, 30)) is None
+    assert du._gram_spectrum(rng.standard_normal((8, 8))) is None          # small: the SVD
+    assert du._gram_spectrum(np.zeros((64, 64))) is None                   # zero: the SVD path's zeros
+    rho, dn = du.duality_map(np.zeros((64, 70), dtype=np.float32))
+    assert dn == 0.0 and not rho.any()
+
+
+def test_gram_route_non_finite_goes_to_the_svd_errors():
+    G = np.ones((64, 64))
+    G[3, 4] = np.nan
+    assert du._gram_spectrum(G) is None and du._top_singular_value(G) is None
+    with pytest.raises(np.linalg.LinAlgError):
+        du.dual_norm(G)
+    with pytest.raises(np.linalg.LinAlgError):
+        du.layer_norm(G)

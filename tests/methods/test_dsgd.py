@@ -449,3 +449,37 @@ def test_non_finite_constants_are_refused(bad):
         opt.update([_np.ones((2, 3))], st, p, constants=[bad])
     upd, _ = opt.update([_np.ones((2, 3))], st, p, constants=[4.0])
     assert _np.all(_np.isfinite(upd[0])) and _np.any(upd[0] != 0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@pytest.mark.parametrize("selection", ["greedy", "cyclic"])
+def test_gram_route_keeps_the_svd_trajectory(monkeypatch, digits_small, dtype, tol, selection):
+    """Layers wide enough for the Gram route (duality._gram_spectrum, the cached eigenvectors of the
+    most chosen layer, ARPACK weight norms) give the SVD route's trajectory: same layers chosen,
+    dual norms, constants and params equal to rounding (tol covers float32's ~1e-7 per step)."""
+    X, y = digits_small
+    X = X.astype(dtype)
+    m = MLP([64, 64, 56, 10], activation="tanh", dtype=dtype)
+    p0 = m.init_params(np.random.default_rng(3))
+
+    def run():
+        opt = DSGD(shapes=m.layout, selection=selection)
+        st, p, out = opt.init(p0), p0.copy(), []
+        for _ in range(6):
+            _, g = m.loss_and_grad(p, X, y)
+            u, st, info = opt.update_with_info(g, st, p, X=X)
+            p = p + u
+            out.append((info.chosen, info.dual_norms.copy(), info.L.copy()))
+        return p, out
+
+    assert du._gram_spectrum(m.layout.unpack(p0)[1]) is not None    # the route is taken
+    p_gram, h_gram = run()
+    monkeypatch.setattr(du, "GRAM_MIN_SIZE", 10**9)                   # every layer by the SVD
+    p_svd, h_svd = run()
+    assert [c for c, _, _ in h_gram] == [c for c, _, _ in h_svd]
+    if selection == "cyclic":                                         # the wide layers move too
+        assert {0, 1} <= {c for c, _, _ in h_gram}
+    for (_, d1, L1), (_, d2, L2) in zip(h_gram, h_svd):
+        np.testing.assert_allclose(d1, d2, rtol=tol)
+        np.testing.assert_allclose(L1, L2, rtol=tol)
+    assert rel_err(p_gram.astype(np.float64), p_svd.astype(np.float64)) < tol
