@@ -230,6 +230,7 @@ class Batches:
     def _cached_sizes(self) -> tuple[int, ...]:
         """Sizes of the kept batches (read once; ``num_data`` checked here)."""
         if self._sizes is None:
+            assert self._cached is not None, "called only for one batch or a list (kept batches)"
             sizes = tuple(self._batch_size(b, i) for i, b in enumerate(self._cached))
             n = sum(sizes)
             if self.num_data is not None and self.reduce is None and n != self.num_data:

@@ -72,15 +72,15 @@ class Layout:
             raise TypeError(f"names must be a sequence of str, got {names!r}")
         if isinstance(shapes, (str, bytes)) or not hasattr(shapes, "__iter__"):
             raise TypeError(f"shapes must be a sequence of shapes, got {shapes!r}")
-        names = [str(n) for n in names]
-        shapes = [_shape(sh, i) for i, sh in enumerate(shapes)]
-        if len(names) != len(shapes):
-            raise ValueError(f"names and shapes differ in length: {len(names)} vs {len(shapes)}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"parameter names must be unique, got {names}")
-        self.names: tuple[str, ...] = tuple(names)
-        self.shapes: tuple[tuple[int, ...], ...] = tuple(shapes)
-        self.sizes: tuple[int, ...] = tuple(math.prod(s) for s in shapes)
+        name_list = [str(n) for n in names]
+        shape_list = [_shape(sh, i) for i, sh in enumerate(shapes)]
+        if len(name_list) != len(shape_list):
+            raise ValueError(f"names and shapes differ in length: {len(name_list)} vs {len(shape_list)}")
+        if len(set(name_list)) != len(name_list):
+            raise ValueError(f"parameter names must be unique, got {name_list}")
+        self.names: tuple[str, ...] = tuple(name_list)
+        self.shapes: tuple[tuple[int, ...], ...] = tuple(shape_list)
+        self.sizes: tuple[int, ...] = tuple(math.prod(s) for s in shape_list)
         offs = [0]
         for n in self.sizes:
             offs.append(offs[-1] + n)

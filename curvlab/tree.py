@@ -50,24 +50,23 @@ __all__ = [
 #: optree namespace of node types registered by curvlab
 NAMESPACE = "curvlab"
 Tree = Any
-_KW = dict(none_is_leaf=False, namespace=NAMESPACE)
 #: entries per chunk of the float64 dot product of float32 leaves (no full float64 copy)
 _CHUNK = 1 << 16
 
 
 def tree_flatten(tree: Tree) -> tuple[list[Any], Any]:
     """``(leaves, treedef)``; ``treedef`` inverts it through :func:`tree_unflatten`."""
-    return optree.tree_flatten(tree, **_KW)
+    return optree.tree_flatten(tree, none_is_leaf=False, namespace=NAMESPACE)
 
 
 def tree_leaves(tree: Tree) -> list[Any]:
     """The leaves of ``tree`` in order (``[tree]`` for a bare array, ``[]`` for ``None``)."""
-    return optree.tree_leaves(tree, **_KW)
+    return optree.tree_leaves(tree, none_is_leaf=False, namespace=NAMESPACE)
 
 
 def tree_structure(tree: Tree) -> Any:
     """The structure (an optree ``PyTreeSpec``) of ``tree``; ``==`` compares structures."""
-    return optree.tree_structure(tree, **_KW)
+    return optree.tree_structure(tree, none_is_leaf=False, namespace=NAMESPACE)
 
 
 def tree_unflatten(treedef: Any, leaves: Any) -> Tree:
@@ -124,7 +123,7 @@ def tree_map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
     structure (a list and a tuple of the same leaves are accepted).
     """
     if not rest:
-        return optree.tree_map(fn, tree, **_KW)
+        return optree.tree_map(fn, tree, none_is_leaf=False, namespace=NAMESPACE)
     leaves, treedef = tree_flatten(tree)
     others = []
     for r in rest:

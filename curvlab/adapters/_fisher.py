@@ -36,6 +36,8 @@ def mc_fisher_draws(kind: str, loss_name: str | None, rng: Any, mc_samples: Any,
     gen = backend.default_rng(rng)
     shape = tuple(shape)
     if loss_name == "cross_entropy":
+        if probs is None:
+            raise ValueError("the cross-entropy Monte-Carlo Fisher needs probs (the predicted class probabilities)")
         cdf = np.cumsum(probs, axis=-1)
         u = gen.random((M,) + shape[:-1] + (1,))
         return M, np.minimum((cdf < u).sum(-1), shape[-1] - 1)

@@ -19,7 +19,7 @@ Policies
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -123,13 +123,23 @@ def start_vectors(op: LinearOperator, v0: Any, rng: Any, k: int = 1, name: str =
     return v.copy()
 
 
-def check_which(which: str, allowed: tuple[str, ...]) -> str:
+def check_which(which: str | None, allowed: tuple[str, ...]) -> str:
     w = str(which).upper()
     if w not in allowed:
         raise ValueError(f"which must be one of {allowed}, got {which!r}")
     return w
 
 
+@overload
+def eigen_problem(
+    A: Any, k: Any, tol: Any, which: str | None = None, allowed: tuple[()] = (), *,
+    check_symmetry: bool | None = None, rng: Any = None,
+) -> tuple[LinearOperator, int, int, str | None, float]: ...
+@overload
+def eigen_problem(
+    A: Any, k: Any, tol: Any, which: str | None, allowed: tuple[str, ...], *,
+    check_symmetry: bool | None = None, rng: Any = None,
+) -> tuple[LinearOperator, int, int, str, float]: ...
 def eigen_problem(
     A: Any,
     k: Any,

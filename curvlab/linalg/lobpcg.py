@@ -207,7 +207,8 @@ def lobpcg(
     rnorm = np.full(b, np.inf)
     conv = np.zeros(b, dtype=bool)
     anorm = 0.0
-    P = AP = None
+    P: Any = None  # the previous search directions and their products (none before the first step)
+    AP: Any = None
     best = np.full(k, np.inf)  # best relative residual per wanted pair
     Xbest = None
     theta_best = np.full(k, np.nan)

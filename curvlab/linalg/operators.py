@@ -117,6 +117,13 @@ class LinearOperator:
     ``A / c``, ``sum([A, B])``, :meth:`shift`. Tags propagate conservatively.
     """
 
+    # Optional instance attributes, declared for the type checker only (no class default:
+    # code tests them with ``getattr``/``hasattr``): the operator this one is the transpose
+    # of (set by :meth:`adjoint`), and the stochastic tag (a mini-batch operator and what is
+    # built from one; the deterministic solvers refuse it).
+    _transpose_of: LinearOperator
+    stochastic: bool
+
     def __init__(
         self,
         shape: tuple[int, int],
@@ -586,13 +593,14 @@ class LowRankPlusDiagonal(LinearOperator):
         dtype = U.dtype
         if np.isscalar(d) or (isinstance(d, np.ndarray) and d.ndim == 0):
             d_vec = None
-            self.sigma: float | None = _finite_scalar(d, "d")
+            sigma: float | None = _finite_scalar(d, "d")
         else:
             backend.check_float_array(d, "d", ndim=1)
             if d.shape != (n,):
                 raise ValueError(f"d has shape {tuple(d.shape)}, expected ({n},) to match U of shape {(n, k)}")
             d_vec = d.astype(dtype, copy=False)
-            self.sigma = None
+            sigma = None
+        self.sigma = sigma
         if C is None:
             C = xp.eye(k, dtype=dtype)
         else:
@@ -613,7 +621,7 @@ class LowRankPlusDiagonal(LinearOperator):
                     "(D + U C Uᵀ with a non-symmetric C is not symmetric)"
                 )
         self.U, self.C, self._d = U, C, d_vec
-        dmin = self.sigma if d_vec is None else float(xp.min(d_vec)) if n else 0.0
+        dmin = sigma if sigma is not None else float(xp.min(d_vec)) if n else 0.0
         cmin = float(xp.linalg.eigvalsh(0.5 * (C + C.T)).min()) if k else 0.0
         super().__init__((n, n), dtype, symmetric=True, psd=(dmin >= 0 and cmin >= 0), xp=xp)
 
@@ -637,7 +645,7 @@ class LowRankPlusDiagonal(LinearOperator):
 
     def shift(self, lam: float) -> LowRankPlusDiagonal:
         lam = _finite_scalar(lam, "lam")
-        if self._d is None:
+        if self.sigma is not None:  # D = sigma I (then self._d is None)
             return LowRankPlusDiagonal(self.sigma + float(lam), self.U, self.C)
         return LowRankPlusDiagonal(self._d + self.dtype.type(lam), self.U, self.C)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 import numpy as np
 
@@ -99,9 +99,42 @@ class Status(str, enum.Enum):
         if isinstance(value, cls):
             return value
         try:
-            return cls(value)
+            return cls(value)  # type: ignore[call-arg]  # mypy types the call by the custom __new__; this is Enum's by-value lookup
         except ValueError:
             raise ValueError(f"{who} must be one of {tuple(s.value for s in cls)}, got {value!r}") from None
+
+
+class StatusField:
+    """A dataclass field that is set from a :class:`Status` or its string and reads as a :class:`Status`.
+
+    ``status: StatusField = StatusField(default)`` in a result dataclass: the
+    constructor (and assignment) accept ``Status | str``, so ``status="max_iter"``
+    type-checks, while ``res.status`` is typed :class:`Status` (``.value``,
+    ``.message``, ``.ok``). The value is stored under the field's own name in
+    the instance ``__dict__`` (``vars``/pickles are those of a plain field); the
+    dataclass's ``__post_init__`` converts it with :meth:`Status.of` (or derives
+    it from an empty default), so a read after construction is a :class:`Status`.
+    """
+
+    def __init__(self, default: Status | str = "") -> None:
+        self.default = default
+        self.name = "status"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> Status | str: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> Status: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> Status | str:
+        if obj is None:  # the class attribute: the dataclass default
+            return self.default
+        value: Status = obj.__dict__[self.name]
+        return value
+
+    def __set__(self, obj: object, value: Status | str) -> None:
+        obj.__dict__[self.name] = value
 
 
 def _g(x: Any) -> str:
@@ -207,7 +240,7 @@ class EigResult:
     method: str = ""
     message: str = ""
     tol: float = 0.0
-    status: Status | str = ""
+    status: StatusField = StatusField("")
 
     def __post_init__(self) -> None:
         if self.status in ("", None):
@@ -328,7 +361,7 @@ class SpectralDensity:
     steps: np.ndarray | None = None
     breakdown: np.ndarray | None = None
     dtype: Any = np.float64
-    status: Status | str = Status.CONVERGED
+    status: StatusField = StatusField(Status.CONVERGED)
 
     def __post_init__(self) -> None:
         self.status = Status.of(self.status, "SpectralDensity.status")
@@ -380,14 +413,17 @@ class SpectralDensity:
         """Per-probe ``k[p]``-step Gauss quadratures ``‖z‖² e₁ᵀ f(T_k) e₁`` ``(n_probes,)`` (host float64)."""
         from scipy.linalg import eigh_tridiagonal
 
+        alpha, beta = self.alpha, self.beta
+        if alpha is None or beta is None:
+            raise ValueError("this SpectralDensity has no Lanczos coefficients (alpha/beta); build it with curvlab.linalg.slq")
         out = np.empty(self.n_probes)
         for p in range(self.n_probes):
             kp = int(k[p])
-            a = self.alpha[p, :kp]
+            a = alpha[p, :kp]
             if kp == 1:
                 th, w = a.copy(), np.ones(1)
             else:
-                th, S = eigh_tridiagonal(a, self.beta[p, : kp - 1], lapack_driver="stev")
+                th, S = eigh_tridiagonal(a, beta[p, : kp - 1], lapack_driver="stev")
                 w = S[0] ** 2
             out[p] = np.sum(w * np.asarray(f(th), dtype=np.float64))
         return self.probe_norms_sq * out
@@ -544,7 +580,7 @@ class TraceEstimate:
     probe_std_error: float | None = None
     quadrature_error: float = 0.0
     exact: bool = False
-    status: Status | str = ""
+    status: StatusField = StatusField("")
 
     def __post_init__(self) -> None:
         self.status = _settle_status(self, "TraceEstimate", unresolved=not math.isfinite(float(self.std_error)))
@@ -606,7 +642,7 @@ class DiagonalEstimate:
     history: list[dict[str, Any]] | None = None
     message: str = ""
     exact: bool = False
-    status: Status | str = ""
+    status: StatusField = StatusField("")
 
     def __post_init__(self) -> None:
         self.status = _settle_status(self, "DiagonalEstimate", unresolved=False)
@@ -689,7 +725,7 @@ class StochasticEigResult:
     history: list[dict[str, Any]] | None = None
     method: str = "stochastic power (Oja) with averaging"
     message: str = ""
-    status: Status | str = ""
+    status: StatusField = StatusField("")
     sampling_error: float = float("nan")
     bias_bound: float = float("nan")
     residual_norm: float = float("nan")

@@ -76,7 +76,9 @@ def _check_workspace(P: int, m: int, n: int, itemsize: int, block: bool) -> None
         )
 
 
-def _block_lanczos(op: Any, Z: Any, m: int, mon: Monitor) -> tuple[np.ndarray, ...]:
+def _block_lanczos(
+    op: Any, Z: Any, m: int, mon: Monitor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """``m`` Lanczos steps from each column of ``Z`` ``(n, P)``, the ``P`` recurrences advanced together.
 
     Each step applies the operator once to the ``(n, P_active)`` block of the
@@ -233,11 +235,11 @@ def slq(
                 if mon.stopped:
                     break
         ran = steps > 0
-        for p in np.flatnonzero(ran):
-            s = int(steps[p])
-            theta, S = tridiagonal_eigh(alpha[p, :s], beta[p, : s - 1])
-            nodes[p, :s] = theta
-            weights[p, :s] = S[0, :] ** 2
+        for q in np.flatnonzero(ran):
+            s = int(steps[q])
+            theta, S = tridiagonal_eigh(alpha[q, :s], beta[q, : s - 1])
+            nodes[q, :s] = theta
+            weights[q, :s] = S[0, :] ** 2
     status = Status.CONVERGED
     if mon.stopped:
         status = Status.MAX_ITER
@@ -289,11 +291,15 @@ def _radau(sd: SpectralDensity, f: Callable[[np.ndarray], np.ndarray], a: float,
     ``1/t`` on ``t > 0``), Gauss and Radau bracket ``zᵀ f(A) z``.
     """
     P = sd.n_probes
-    out = sd.gauss(f, sd.steps)
+    alpha, beta, steps, brk = sd.alpha, sd.beta, sd.steps, sd.breakdown
+    if alpha is None or beta is None or steps is None or brk is None:
+        raise ValueError(f"{who}: this SpectralDensity has no Lanczos coefficients (alpha/beta/steps/breakdown); "
+                         "build it with curvlab.linalg.slq")
+    out = sd.gauss(f, steps)
     for p in range(P):
-        k = int(sd.steps[p])
-        al, be = sd.alpha[p, :k], sd.beta[p, :k]
-        if sd.breakdown[p] or be[-1] == 0.0:
+        k = int(steps[p])
+        al, be = alpha[p, :k], beta[p, :k]
+        if brk[p] or be[-1] == 0.0:
             continue
         T = np.diag(al) + np.diag(be[:-1], 1) + np.diag(be[:-1], -1)
         rhs = np.zeros(k)

@@ -216,7 +216,7 @@ def _cg(A: LinearOperator, B: Any, X: Any, M: Any, thresh: np.ndarray, maxiter: 
     Z = R if M is None else M.matmat(R.astype(M.dtype)).astype(np.float64)
     rz = xp.sum(R * Z, axis=0)
     Pd = Z.copy()
-    status = [None] * k
+    status: list[Status | None] = [None] * k
     msg = ""
     it = 0
     while True:
@@ -483,7 +483,7 @@ def solve(
     else:
         X = xp.zeros_like(B)
     iterations = 0
-    statuses: list[Status] = []
+    statuses: list[Status | None] = []
     msg = ""
     used = None
     if closed is not None:

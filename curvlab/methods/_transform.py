@@ -263,12 +263,13 @@ def _is_plain_list(v: Any) -> bool:
 
 
 #: callables ``hook(cls)`` run on every TransformState subclass (see :func:`register_state_hook`)
-_STATE_CLASS_HOOKS: list[Callable[[type], None]] = []
+_STATE_CLASS_HOOKS: list[Callable[[type[TransformState]], None]] = []
 
 
-def state_classes() -> list[type]:
+def state_classes() -> list[type[TransformState]]:
     """Every :class:`TransformState` class defined so far (the base and all subclasses)."""
-    out, todo = [], [TransformState]
+    out: list[type[TransformState]] = []
+    todo: list[type[TransformState]] = [TransformState]
     while todo:
         c = todo.pop()
         if c not in out:
@@ -277,7 +278,7 @@ def state_classes() -> list[type]:
     return out
 
 
-def register_state_hook(hook: Callable[[type], None]) -> None:
+def register_state_hook(hook: Callable[[type[TransformState]], None]) -> None:
     """Run ``hook(cls)`` on every :class:`TransformState` class, those defined now and later.
 
     The JAX adapter registers the state classes as pytrees this way, so that ``import curvlab``
@@ -811,7 +812,7 @@ class Chain(Transform):
     step size is not part of the direction.
     """
 
-    state_class = ChainState
+    state_class: type[TransformState] = ChainState
     base_policy_check = True
 
     def __init__(self, *transforms: Transform, nan_policy: str = "skip",

@@ -30,7 +30,7 @@ array([-0.001,  0.001])
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from ._transform import (
     CountState,
     EmptyState,
     ScaleByLR,
+    Schedule,
     StepInfo,
     Transform,
     TransformState,
@@ -266,7 +267,7 @@ class SGD(_Alias):
 
     state_class = SGDState
 
-    def __init__(self, lr: float = 0.01, weight_decay: float = 0.0, *, nan_policy: str = "skip",
+    def __init__(self, lr: float | Schedule = 0.01, weight_decay: float = 0.0, *, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         lr = check_lr(lr)
         super().__init__(add_decayed_weights(_check_hyper("weight_decay", weight_decay)), scale_by_lr(lr),
@@ -288,7 +289,7 @@ class Momentum(_Alias):
 
     state_class = MomentumState
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False,
+    def __init__(self, lr: float | Schedule = 0.01, momentum: float = 0.9, nesterov: bool = False,
                  weight_decay: float = 0.0, *, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         lr = check_lr(lr)
@@ -296,17 +297,20 @@ class Momentum(_Alias):
         super().__init__(add_decayed_weights(_check_hyper("weight_decay", weight_decay)), trace(momentum, nesterov),
                          scale_by_lr(lr), nan_policy=nan_policy, max_consecutive_skips=max_consecutive_skips)
 
+    def _trace(self) -> Trace:
+        return cast(Trace, self.transforms[1])  # built as the second block in __init__
+
     @property
     def momentum(self) -> float:
-        return self.transforms[1].momentum
+        return self._trace().momentum
 
     @momentum.setter
     def momentum(self, value: float) -> None:
-        self.transforms[1].momentum = _check_hyper("momentum", value, 0.0, high=1.0)
+        self._trace().momentum = _check_hyper("momentum", value, 0.0, high=1.0)
 
     @property
     def nesterov(self) -> bool:
-        return self.transforms[1].nesterov
+        return self._trace().nesterov
 
     def _split(self, state: MomentumState) -> tuple:
         return self._inner_states(state.count, TraceState(state.buffer))
@@ -325,7 +329,7 @@ class Adam(_Alias):
     state_class = AdamState
     decoupled = False
 
-    def __init__(self, lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+    def __init__(self, lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 0.0, *, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         lr = check_lr(lr)
@@ -361,7 +365,7 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+    def __init__(self, lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 0.01, *, nan_policy: str = "skip",
                  max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS) -> None:
         super().__init__(lr, b1, b2, eps, weight_decay, nan_policy=nan_policy,

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, SupportsFloat
 
 import numpy as np
 
@@ -102,7 +102,7 @@ __all__ = [
 DIAGNOSTIC_FIELDS = ("t", "c", "gd", "dd", "lam", "predicted", "realized", "event")
 
 
-def _pos(name: str, v: float) -> float:
+def _pos(name: str, v: SupportsFloat) -> float:
     v = float(v)
     if not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite positive number, got {v!r}")
@@ -349,12 +349,15 @@ class CurvatureLR(Transform):
         ``report``: the ``info`` of :meth:`update_with_info`, or the state that step made
         (all NaN for a state no step made, e.g. ``init``'s or a loaded one).
         """
+        source: CurvatureLRInfo | None
         if isinstance(report, TransformState):
-            report = report.__dict__.get("_info")  # not the deprecated state.<field> view
-        elif not isinstance(report, CurvatureLRInfo):
+            source = report.__dict__.get("_info")  # not the deprecated state.<field> view
+        elif isinstance(report, CurvatureLRInfo):
+            source = report
+        else:
             raise TypeError("CurvatureLR.diagnostics: report must be a CurvatureLRInfo (update_with_info's "
                             f"info) or a CurvatureLRState; got {type(report).__name__}")
-        return {k: getattr(report, k, math.nan) for k in DIAGNOSTIC_FIELDS}
+        return {k: getattr(source, k, math.nan) for k in DIAGNOSTIC_FIELDS}
 
     def _update(self, grads: Tree, state: CurvatureLRState, params: Tree | None = None, *,
                 curvature: Callable[[Tree], float] | None = None, model: Any = None, X: Any = None,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ..linalg.results import ConvergenceError, Status, _g, _repr, warn_unconverged
+from ..linalg.results import ConvergenceError, Status, StatusField, _g, _repr, warn_unconverged
 from ._roots import _count, _number, solve_decreasing
 
 __all__ = ["L2Result", "solve_l2_subproblem"]
@@ -54,7 +54,7 @@ class L2Result:
     hard_case: bool
     n_evals: int
     converged: bool
-    status: Status | str = Status.CONVERGED
+    status: StatusField = StatusField(Status.CONVERGED)
 
     def __post_init__(self) -> None:
         self.status = Status.of(self.status, "L2Result.status")

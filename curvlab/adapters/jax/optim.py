@@ -11,7 +11,8 @@ goes through :func:`curvlab.methods._transform.register_state_hook`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+import functools
+from typing import Any, Callable, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,8 @@ def _flatten(state: TransformState) -> tuple[tuple, tuple[str, ...]]:
     return tuple(getattr(state, n) for n in names), names
 
 
-def _unflatten(cls: type, names: tuple[str, ...], children: Any) -> TransformState:
-    obj = object.__new__(cls)   # no __init__/__post_init__: children may be tracers or placeholders
+def _unflatten(cls: type[TransformState], names: tuple[str, ...], children: Any) -> TransformState:
+    obj: TransformState = object.__new__(cls)   # no __init__/__post_init__: children may be tracers or placeholders
     for n, v in zip(names, children):
         object.__setattr__(obj, n, v)
     return obj
@@ -46,12 +47,11 @@ def _unflatten(cls: type, names: tuple[str, ...], children: Any) -> TransformSta
 _REGISTERED: set[type] = set()
 
 
-def _register_state_class(cls: type) -> None:
+def _register_state_class(cls: type[TransformState]) -> None:
     if cls in _REGISTERED:
         return
     _REGISTERED.add(cls)
-    jax.tree_util.register_pytree_with_keys(
-        cls, _flatten_with_keys, lambda names, ch, cls=cls: _unflatten(cls, names, ch), _flatten)
+    jax.tree_util.register_pytree_with_keys(cls, _flatten_with_keys, functools.partial(_unflatten, cls), _flatten)
 
 
 register_state_hook(_register_state_class)
@@ -317,7 +317,7 @@ def as_optax(transform: Transform, *, flat: bool = False, source: Any = None,
             upd, new = update_host(g, jax.tree_util.tree_unflatten(s_def, s), p,
                                    jax.tree_util.tree_unflatten(e_def, e), shapes)
             n_leaves, n_def = jax.tree_util.tree_flatten(new)
-            if n_def != s_def:
+            if cast(Any, n_def) != s_def:   # jaxlib's PyTreeDef is a compiled class without a stub
                 raise ValueError(f"{type(transform).__name__}: the state's structure changed in a step "
                                  f"({s_def} -> {n_def}); it cannot run under jax.jit")
             bad = [i for i, (x, o) in enumerate(zip(n_leaves, s_out)) if tuple(np.shape(x)) != tuple(o.shape)]

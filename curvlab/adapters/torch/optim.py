@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 import numpy as np
 import torch
@@ -13,6 +13,11 @@ import torch
 from ... import backend
 from ...methods import Transform
 from .convert import from_torch, to_torch
+
+if TYPE_CHECKING:
+    from ...methods.baselines import Adam
+    from ...methods.curvature_lr import CurvatureLR
+    from ...methods.exact_newton import ExactNewton
 
 __all__ = ["CurvlabOptimizer"]
 
@@ -43,14 +48,14 @@ class _Betas(_Knob):
     ``cycle_momentum`` cycle ``b1`` as they do for ``torch.optim.Adam``)."""
 
     def __init__(self) -> None:
-        super().__init__("b1", "unit", lambda t: t._adam())
+        super().__init__("b1", "unit", lambda t: cast("Adam", t)._adam())
 
     def get(self, tr: Transform) -> Any:
-        a = tr._adam()
+        a = cast("Adam", tr)._adam()   # _knobs gives this knob to an Adam only
         return (float(a.b1), float(a.b2))
 
     def set(self, tr: Transform, v: Any) -> None:
-        a = tr._adam()
+        a = cast("Adam", tr)._adam()
         a.b1, a.b2 = v
 
     def check(self, gi: int, k: str, v: Any) -> Any:
@@ -59,7 +64,7 @@ class _Betas(_Knob):
         return tuple(_check_hyper_value(gi, f"{k}[{i}]", x, "unit") for i, x in enumerate(v))
 
     def saved(self, tr: Transform) -> list[tuple[Any, str, Any]]:
-        a = tr._adam()
+        a = cast("Adam", tr)._adam()
         return [(a, "b1", a.b1), (a, "b2", a.b2)]
 
 
@@ -80,11 +85,12 @@ class _LamScale(_Knob):
         super().__init__("schedule", "nonneg")
 
     def get(self, tr: Transform) -> Any:
-        s = tr.schedule
+        s = cast("CurvatureLR", tr).schedule   # _knobs gives this knob to a CurvatureLR only
         return s.lr if isinstance(s, _ScaledSchedule) else 1.0
 
     def set(self, tr: Transform, v: Any) -> None:
-        tr.schedule = _ScaledSchedule(tr.schedule, float(v))
+        clr = cast("CurvatureLR", tr)
+        clr.schedule = _ScaledSchedule(clr.schedule, float(v))
 
 
 def _knobs(tr: Transform) -> dict[str, _Knob]:
@@ -125,7 +131,7 @@ def _knobs(tr: Transform) -> dict[str, _Knob]:
                "kappa_max": _Knob("kappa_max", "pos"), "shift": _Knob("shift")}
         fb_lr = getattr(tr.fallback, "lr", None)
         if isinstance(fb_lr, (int, float, np.floating, np.integer)) and not isinstance(fb_lr, (bool, np.bool_)):
-            out["fallback_lr"] = _Knob("lr", "nonneg", lambda t: t.fallback)
+            out["fallback_lr"] = _Knob("lr", "nonneg", lambda t: cast("ExactNewton", t).fallback)
         return out
     if isinstance(tr, DSGD):   # s(2 − s) > 0 guarantees decrease; a DSGD built with s >= 2 allows larger steps
         return {"lr": _Knob("step_size", "pos" if tr.step_size >= 2 else "open2")}
@@ -135,7 +141,7 @@ def _knobs(tr: Transform) -> dict[str, _Knob]:
         if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_)):
             out[k] = _Knob(k, "unit" if k == "momentum" else "nonneg")
     if isinstance(tr, Adam):
-        out.update({"betas": _Betas(), "eps": _Knob("eps", "pos", lambda t: t._adam())})
+        out.update({"betas": _Betas(), "eps": _Knob("eps", "pos", lambda t: cast("Adam", t)._adam())})
     return out
 
 
@@ -321,7 +327,7 @@ class CurvlabOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, batch: Any = None,
-             **extras: Any) -> Any:  # type: ignore[override]
+             **extras: Any) -> Any:
         """One update of every group; returns the closure's loss (or None).
 
         ``batch``: the ``(inputs, targets)`` of this step, to which the curvature source is
@@ -385,7 +391,7 @@ class CurvlabOptimizer(torch.optim.Optimizer):
                     p.add_(x.reshape(p.shape).to(p.dtype))
         return loss
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """``{"state": {group_index: {"step", "members", "transform_state"}}, "param_groups": [...]}``.
 
         ``transform_state`` maps the :meth:`TransformState.to_dict` keys to CPU tensors (0-d
@@ -412,7 +418,7 @@ class CurvlabOptimizer(torch.optim.Optimizer):
             idx += n
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (group structure must match); older
         dicts holding NumPy arrays are accepted too."""
         groups = state_dict["param_groups"]
