@@ -16,6 +16,12 @@ Kernels
 - :func:`kl_pole` — ``(max_j −c_j/p_j, #{h_j < 0})`` (reads 2).
 - :func:`arturo_apply` — the mean step and precision update given η (reads 4, writes 2).
 - :func:`count_nonfinite` — number of NaN/Inf entries (reads 1).
+- :func:`kl_dual_multi` — :func:`kl_dual` at several η in one pass (reads 4).
+- :func:`arturo_prepare` — pass 1 of an arTuRO step: the filter into scratch ``an, hn``
+  (the state is only read), its pole and negative-curvature count, and the dual at several η
+  (reads 8, writes 2).
+- :func:`arturo_finish` — last pass: the filter's covariance update, ``a, h <- an, hn`` and
+  the primal update given η (reads 8, writes 7).
 
 Example
 -------
@@ -38,7 +44,8 @@ import numpy as np
 from .. import backend
 from . import reference
 
-__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite", "IMPLS", "check_impl"]
+__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite", "kl_dual_multi",
+           "arturo_prepare", "arturo_finish", "IMPLS", "check_impl"]
 
 #: accepted values of ``impl``: "auto" (Numba for NumPy arrays, CuPy kernels for CuPy arrays),
 #: "numba", "cupy", "reference" (the plain-array oracle, float64 arithmetic) and "numpy" (the same
@@ -206,3 +213,74 @@ def arturo_apply(eta: float, w: Any, a: Any, h: Any, p: Any, out: Any, *, mscale
     _check("w a h p out", arrays, "p out")
     return _module(impl, *arrays).arturo_apply(eta, *arrays, mscale=mscale, beta_p0=beta_p0, h_min=h_min, nu=nu,
                                                beta=beta, p_min=p_min)
+
+
+def _eta_list(etas: Any) -> tuple[float, ...]:
+    e = tuple(float(x) for x in np.asarray(etas, dtype=np.float64).reshape(-1))
+    if any(x != x for x in e):
+        raise ValueError(f"etas must not hold NaN, got {e}")
+    return e
+
+
+def kl_dual_multi(etas: Any, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 1.0, beta_p0: float,
+                  h_min: float = -np.inf, domain_check: bool = False,
+                  impl: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kl_dual` at every η of ``etas`` (a sequence of floats) in one pass over memory.
+
+    Returns two float64 host arrays ``(KL, dKL/dη)`` of ``len(etas)``. The Numba kernel splits the
+    arrays into chunks of ``cpu.CHUNK`` elements and runs the η-loop over each chunk while it is in
+    cache (each further η costs compute, not memory traffic); its sums are added in chunk order, so
+    they do not depend on the number of threads. Host syncs: 0 (NumPy), 1 (CuPy), 1 per η
+    (``impl="numpy"``/``"reference"``). Method inspired by arXiv 2310.20574.
+    """
+    e = _eta_list(etas)
+    _scalars(mscale=(mscale, "finite"), beta_p0=(beta_p0, "nonneg"), h_min=(h_min, "notnan"))
+    arrays = (w, a, h, p)
+    _check("w a h p", arrays)
+    return _module(impl, *arrays).kl_dual_multi(e, *arrays, mscale=mscale, beta_p0=beta_p0, h_min=h_min,
+                                                domain_check=domain_check)
+
+
+def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: Any, p: Any, an: Any, hn: Any,
+                   *, xscale: float = 1.0, q: float, r: float, forget: float = 1.0, mscale: float = 1.0,
+                   beta_p0: float, h_min: float = -np.inf, domain_check: bool = False,
+                   impl: str = "auto") -> tuple[int, float, int, np.ndarray, np.ndarray]:
+    """Pass 1 of an arTuRO step, fused: read-only on the state, one pass over memory.
+
+    Writes the filter update of :func:`rls_filter_update` (``x = w·xscale``, observation ``g``) of
+    ``a, h`` into the scratch arrays ``an, hn`` (coordinates with a non-finite ``g`` or ``x`` keep
+    ``a, h``); ``a, h, P00, P01, P11, p`` are not written. On the filtered values as stored, returns
+    ``(n_skipped, pole, n_negative_h, KL, dKL)``: the coordinates skipped, :func:`kl_pole` and
+    :func:`kl_dual_multi` at ``etas``. Shapes ``(n,)``, one dtype. Host syncs: 0 (NumPy), 3 (CuPy).
+    Method inspired by arXiv 2310.20574.
+    """
+    e = _eta_list(etas)
+    _scalars(xscale=(xscale, "finite"), q=(q, "nonneg"), r=(r, "pos"), forget=(forget, "forget"),
+             mscale=(mscale, "finite"), beta_p0=(beta_p0, "nonneg"), h_min=(h_min, "notnan"))
+    arrays = (g, w, a, h, P00, P01, P11, p, an, hn)
+    _check("g w a h P00 P01 P11 p an hn", arrays, "an hn")
+    return _module(impl, *arrays).arturo_prepare(e, *arrays, xscale=xscale, q=q, r=r, forget=forget, mscale=mscale,
+                                                 beta_p0=beta_p0, h_min=h_min, domain_check=domain_check)
+
+
+def arturo_finish(eta: float, g: Any, w: Any, an: Any, hn: Any, P00: Any, P01: Any, P11: Any, p: Any, a: Any, h: Any,
+                  out: Any, *, xscale: float = 1.0, q: float, r: float, forget: float = 1.0, mscale: float = 1.0,
+                  beta_p0: float, h_min: float = -np.inf, nu: float, beta: float, p_min: float = -np.inf,
+                  impl: str = "auto") -> int:
+    """Last pass of an arTuRO step, fused: the state update given η, in place.
+
+    ``P00, P01, P11`` get the covariance update of :func:`rls_filter_update` (the same ``g``,
+    ``x = w·xscale``; coordinates with a non-finite ``g`` or ``x`` keep theirs), ``a, h <- an, hn``
+    (from :func:`arturo_prepare`), and ``out, p`` the update of :func:`arturo_apply` computed with
+    ``an, hn`` and the old ``p``. Returns the number of clamped precisions. Host syncs: 0 (NumPy),
+    1 or 2 (CuPy). Method inspired by arXiv 2310.20574.
+    """
+    _scalars(eta=(eta, "notnan"), xscale=(xscale, "finite"), q=(q, "nonneg"), r=(r, "pos"),
+             forget=(forget, "forget"), mscale=(mscale, "finite"), beta_p0=(beta_p0, "nonneg"),
+             h_min=(h_min, "notnan"), nu=(nu, "nonneg"), beta=(beta, "nonneg"), p_min=(p_min, "notnan"))
+    if not beta + nu > 0:
+        raise ValueError(f"beta + nu must be > 0 (the precision update divides by it), got {beta} + {nu}")
+    arrays = (g, w, an, hn, P00, P01, P11, p, a, h, out)
+    _check("g w an hn P00 P01 P11 p a h out", arrays, "P00 P01 P11 p a h out")
+    return _module(impl, *arrays).arturo_finish(eta, *arrays, xscale=xscale, q=q, r=r, forget=forget, mscale=mscale,
+                                                beta_p0=beta_p0, h_min=h_min, nu=nu, beta=beta, p_min=p_min)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import types
+from typing import Any
 
 import numba as nb
 import numpy as np
@@ -181,6 +182,153 @@ def _apply(eta, w, a, h, p, out, mscale, bp0, hmin, nu, beta, pmin):  # pragma: 
     return clamped
 
 
+#: elements per chunk of the chunked multi-η kernels (the η-loop reruns over a chunk held in cache);
+#: the partial sums of each chunk are added in chunk order, so the result does not depend on the threads
+CHUNK = 4096
+
+
+def _chunk_dual(w, a, h, p, eta, mscale, bp0, hmin, chk):  # pragma: no cover - compiled
+    # ``_dual`` over one chunk (slices: LLVM vectorises a loop from 0 over a view, not one from an offset)
+    kl = 0.0
+    dkl = 0.0
+    for i in range(w.size):
+        H = np.float64(h[i])
+        G = np.float64(a[i]) + (H + bp0) * (np.float64(w[i]) * mscale)
+        P = np.float64(p[i])
+        D = ((hmin if H < hmin else H) + bp0) + eta * P
+        iD = 1.0 / D
+        t = G * iD
+        pt2 = P * t * t
+        d2 = pt2 * P * iD
+        kl += np.inf if (chk and D < 0.0) else (pt2 if G != 0.0 else 0.0)
+        dkl += d2 if G != 0.0 else 0.0
+    return kl, dkl
+
+
+_chunk_dual_jit = nb.njit(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")(_chunk_dual)
+
+
+def _chunk_pole(h, p, bp0, hmin):  # pragma: no cover - compiled
+    # ``_pole`` over one chunk (a serial loop: no prange reduction to recognise); NaN terms -> -inf
+    m = -np.inf
+    neg = 0
+    for i in range(h.size):
+        H = np.float64(h[i])
+        v = -((hmin if H < hmin else H) + bp0) / np.float64(p[i])
+        v = v if v == v else -np.inf
+        m = max(m, v)
+        neg += 1 if H < 0.0 else 0
+    return m, neg
+
+
+_chunk_pole_jit = nb.njit(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")(_chunk_pole)
+
+
+def _duals(etas, w, a, h, p, mscale, bp0, hmin, chk, part):  # pragma: no cover
+    # ``(KL, dKL)`` at every η of ``etas`` in one pass over memory: the η-loop reruns over a chunk
+    # held in cache; ``part[chunk, k]``/``part[chunk, K + k]`` receive the chunk's sums
+    n = w.size
+    K = etas.size
+    for ch in nb.prange(part.shape[0]):
+        lo = ch * CHUNK
+        hi = min(n, lo + CHUNK)
+        ws, As, hs, ps = w[lo:hi], a[lo:hi], h[lo:hi], p[lo:hi]
+        for k in range(K):
+            s1, s2 = _chunk_dual_jit(ws, As, hs, ps, etas[k], mscale, bp0, hmin, chk)
+            part[ch, k] = s1
+            part[ch, K + k] = s2
+
+
+def _prepare(g, w, a, h, P00, P01, P11, p, an, hn, xscale, q, r, inv_lam, mscale, bp0, hmin, etas, chk,
+             part, stats):  # pragma: no cover
+    # pass 1 of a step: the filter of ``_filter`` into ``an, hn`` (the state is only read), the pole,
+    # the count of h < 0, and the dual at every η of ``etas`` on the filtered values as stored
+    n = g.size
+    K = etas.size
+    for ch in nb.prange(part.shape[0]):
+        lo = ch * CHUNK
+        hi = min(n, lo + CHUNK)
+        gs, ws, As, hs, ps = g[lo:hi], w[lo:hi], a[lo:hi], h[lo:hi], p[lo:hi]
+        q00, q01, q11, ans, hns = P00[lo:hi], P01[lo:hi], P11[lo:hi], an[lo:hi], hn[lo:hi]
+        skipped = 0
+        for j in range(gs.size):
+            gi = np.float64(gs[j])
+            x = np.float64(ws[j]) * xscale
+            ok = (gi - gi == 0.0) & (x - x == 0.0)
+            A0 = np.float64(As[j])
+            H0 = np.float64(hs[j])
+            n00 = np.float64(q00[j]) * inv_lam + q
+            n01 = np.float64(q01[j]) * inv_lam
+            n11 = np.float64(q11[j]) * inv_lam + q
+            k0 = n00 + n01 * x
+            k1 = n01 + n11 * x
+            S = k0 + k1 * x + r
+            iS = 1.0 / S
+            K0 = k0 * iS
+            K1 = k1 * iS
+            e = gi - (A0 + H0 * x)
+            A = A0 + K0 * e
+            H = H0 + K1 * e
+            skipped += 0 if ok else 1
+            ans[j] = A if ok else A0
+            hns[j] = H if ok else H0
+        mx, neg = _chunk_pole_jit(hns, ps, bp0, hmin)  # on the values as stored (in cache)
+        stats[ch, 0] = skipped
+        stats[ch, 1] = neg
+        stats[ch, 2] = mx
+        for k in range(K):  # the chunk of w, an, hn, p is in cache
+            s1, s2 = _chunk_dual_jit(ws, ans, hns, ps, etas[k], mscale, bp0, hmin, chk)
+            part[ch, k] = s1
+            part[ch, K + k] = s2
+
+
+def _finish(g, w, an, hn, P00, P01, P11, p, a, h, out, eta, xscale, q, r, inv_lam, mscale, bp0, hmin, nu, beta,
+            pmin):  # pragma: no cover
+    # the last pass of a step: the covariance part of ``_filter`` (the same arithmetic), ``a, h <- an, hn``
+    # and the primal update of ``_apply`` given η
+    clamped = 0
+    for i in nb.prange(g.size):
+        gi = np.float64(g[i])
+        x = np.float64(w[i]) * xscale
+        ok = (gi - gi == 0.0) & (x - x == 0.0)
+        p00 = np.float64(P00[i])
+        p01 = np.float64(P01[i])
+        p11 = np.float64(P11[i])
+        n00 = p00 * inv_lam + q
+        n01 = p01 * inv_lam
+        n11 = p11 * inv_lam + q
+        k0 = n00 + n01 * x
+        k1 = n01 + n11 * x
+        S = k0 + k1 * x + r
+        iS = 1.0 / S
+        K0 = k0 * iS
+        K1 = k1 * iS
+        n00 = n00 - S * K0 * K0
+        n01 = n01 - S * K0 * K1
+        n11 = n11 - S * K1 * K1
+        P00[i] = n00 if ok else p00
+        P01[i] = n01 if ok else p01
+        P11[i] = n11 if ok else p11
+        A = an[i]
+        Hs = hn[i]
+        a[i] = A
+        h[i] = Hs
+        W = np.float64(w[i])
+        H = np.float64(Hs)
+        P = np.float64(p[i])
+        mu = W * mscale
+        G = np.float64(A) + (H + bp0) * mu
+        c = (hmin if H < hmin else H) + bp0
+        step = -G / (c + eta * P)
+        step = step if G != 0.0 else 0.0
+        out[i] = (mu - W) + step
+        pn = (c + nu * P) / (beta + nu)
+        low = pn < pmin
+        p[i] = pmin if low else pn
+        clamped += 1 if low else 0
+    return clamped
+
+
 def _renamed(fn, suffix):
     """A copy of ``fn`` under another name, so that numba caches its second compilation separately."""
     name = fn.__name__ + suffix
@@ -197,6 +345,9 @@ _dual_par, _dual_ser = nb.njit(**_RED)(_dual), nb.njit(**_SERIAL)(_renamed(_dual
 _pole_par, _pole_ser = nb.njit(**_RED)(_pole), nb.njit(**_SERIAL)(_renamed(_pole, '_serial'))
 _apply_par, _apply_ser = nb.njit(**_OPTS)(_apply), nb.njit(**_SERIAL)(_renamed(_apply, '_serial'))
 
+_duals_par, _duals_ser = nb.njit(**_OPTS)(_duals), nb.njit(**_SERIAL)(_renamed(_duals, '_serial'))
+_prepare_par, _prepare_ser = nb.njit(**_OPTS)(_prepare), nb.njit(**_SERIAL)(_renamed(_prepare, '_serial'))
+_finish_par, _finish_ser = nb.njit(**_OPTS)(_finish), nb.njit(**_SERIAL)(_renamed(_finish, '_serial'))
 
 def _pick(par, ser, n):
     return par if n >= PARALLEL_MIN else ser
@@ -231,3 +382,46 @@ def arturo_apply(eta, w, a, h, p, out, *, mscale=1.0, beta_p0, h_min=-np.inf, nu
                  p_min=-np.inf) -> int:
     return int(_pick(_apply_par, _apply_ser, w.size)(float(eta), w, a, h, p, out, float(mscale), float(beta_p0),
                                                     float(h_min), float(nu), float(beta), float(p_min)))
+
+
+def _nchunks(n: int) -> int:
+    return max(1, -(-n // CHUNK))
+
+
+def _etas(etas: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(etas, dtype=np.float64).reshape(-1))
+
+
+def kl_dual_multi(etas, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-np.inf,
+                  domain_check=False) -> tuple[np.ndarray, np.ndarray]:
+    e = _etas(etas)
+    part = np.zeros((_nchunks(w.size), 2 * e.size))
+    if w.size:
+        _pick(_duals_par, _duals_ser, w.size)(e, w, a, h, p, float(mscale), float(beta_p0), float(h_min),
+                                             bool(domain_check), part)
+    s = part.sum(axis=0)
+    return 0.5 * s[:e.size], -s[e.size:]
+
+
+def arturo_prepare(etas, g, w, a, h, P00, P01, P11, p, an, hn, *, xscale=1.0, q, r, forget=1.0, mscale=1.0,
+                   beta_p0, h_min=-np.inf, domain_check=False) -> tuple[int, float, int, np.ndarray, np.ndarray]:
+    e = _etas(etas)
+    nch = _nchunks(g.size)
+    part = np.zeros((nch, 2 * e.size))
+    stats = np.zeros((nch, 3))
+    stats[:, 2] = -np.inf
+    if g.size:
+        _pick(_prepare_par, _prepare_ser, g.size)(g, w, a, h, P00, P01, P11, p, an, hn, float(xscale), float(q),
+                                                 float(r), 1.0 / float(forget), float(mscale), float(beta_p0),
+                                                 float(h_min), e, bool(domain_check), part, stats)
+    s = part.sum(axis=0)
+    return (int(stats[:, 0].sum()), float(stats[:, 2].max()), int(stats[:, 1].sum()), 0.5 * s[:e.size],
+            -s[e.size:])
+
+
+def arturo_finish(eta, g, w, an, hn, P00, P01, P11, p, a, h, out, *, xscale=1.0, q, r, forget=1.0, mscale=1.0,
+                  beta_p0, h_min=-np.inf, nu, beta, p_min=-np.inf) -> int:
+    return int(_pick(_finish_par, _finish_ser, g.size)(g, w, an, hn, P00, P01, P11, p, a, h, out, float(eta),
+                                                      float(xscale), float(q), float(r), 1.0 / float(forget),
+                                                      float(mscale), float(beta_p0), float(h_min), float(nu),
+                                                      float(beta), float(p_min)))

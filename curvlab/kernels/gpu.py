@@ -19,9 +19,16 @@ from __future__ import annotations
 import functools
 import math
 
-import cupy as cp
+import sys
+from typing import Any
 
-__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite"]
+import cupy as cp
+import numpy as np
+
+from . import reference
+
+__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite", "kl_dual_multi",
+           "arturo_prepare", "arturo_finish"]
 
 _FILTER_OP = r"""
 double gi = (double)g;
@@ -159,3 +166,25 @@ def arturo_apply(eta, w, a, h, p, out, *, mscale=1.0, beta_p0, h_min=-math.inf, 
         _kernels()["apply"](w, a, h, float(eta), float(mscale), float(beta_p0), float(h_min), float(nu),
                             float(beta), float(p_min), counts, p, out)
     return int(counts.get()[0])
+
+
+def kl_dual_multi(etas, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-math.inf,
+                  domain_check=False) -> tuple[np.ndarray, np.ndarray]:
+    """One dual reduction per η, all read back in one host sync."""
+    e = [float(x) for x in np.asarray(etas, dtype=np.float64).reshape(-1)]
+    if w.size == 0 or not e:
+        return np.zeros(len(e)), np.zeros(len(e))
+    k = _kernels()["dual"]
+    zs = [k(w, a, h, p, x, float(mscale), float(beta_p0), float(h_min), bool(domain_check)) for x in e]
+    z = cp.stack(zs).get()  # one host sync for all η
+    return 0.5 * z.real.astype(np.float64), -z.imag.astype(np.float64)
+
+
+def arturo_prepare(etas, g, w, a, h, P00, P01, P11, p, an, hn, **kw: Any) -> tuple[int, float, int, Any, Any]:
+    """Pass 1 of an arTuRO step: the composition of :mod:`.reference` over these kernels (3 host syncs)."""
+    return reference.arturo_prepare(etas, g, w, a, h, P00, P01, P11, p, an, hn, _ops=sys.modules[__name__], **kw)
+
+
+def arturo_finish(eta, g, w, an, hn, P00, P01, P11, p, a, h, out, **kw: Any) -> int:
+    """Last pass of an arTuRO step: the composition of :mod:`.reference` over these kernels (2 host syncs)."""
+    return reference.arturo_finish(eta, g, w, an, hn, P00, P01, P11, p, a, h, out, _ops=sys.modules[__name__], **kw)

@@ -26,7 +26,8 @@ import numpy as np
 
 from .. import backend
 
-__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite"]
+__all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_nonfinite", "kl_dual_multi",
+           "arturo_prepare", "arturo_finish"]
 
 
 def count_nonfinite(x: Any) -> int:
@@ -173,3 +174,62 @@ def arturo_apply(eta: float, w: Any, a: Any, h: Any, p: Any, out: Any, *, mscale
     clamped = pn < dt.type(p_min)
     p[...] = xp.where(clamped, dt.type(p_min), pn).astype(p.dtype)
     return int(xp.count_nonzero(clamped))
+
+
+def kl_dual_multi(etas: Any, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 1.0, beta_p0: float,
+                  h_min: float = -np.inf, domain_check: bool = False, dtype: Any = np.float64,
+                  _ops: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(KL, dKL/dη)`` at every η of ``etas`` (float64 host arrays): :func:`kl_dual` per η.
+
+    The twin of the one-pass multi-η kernels. Host syncs: 1 per η (the CuPy kernels: 1 in all).
+    """
+    kw: dict[str, Any] = dict(mscale=mscale, beta_p0=beta_p0, h_min=h_min, domain_check=domain_check)
+    if _ops is None:
+        kw["dtype"] = dtype
+    fn = kl_dual if _ops is None else _ops.kl_dual
+    vals = [fn(float(e), w, a, h, p, **kw) for e in np.asarray(etas, dtype=np.float64).reshape(-1)]
+    return (np.array([v[0] for v in vals], dtype=np.float64), np.array([v[1] for v in vals], dtype=np.float64))
+
+
+def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: Any, p: Any, an: Any, hn: Any,
+                   *, xscale: float = 1.0, q: float, r: float, forget: float = 1.0, mscale: float = 1.0,
+                   beta_p0: float, h_min: float = -np.inf, domain_check: bool = False, dtype: Any = np.float64,
+                   _ops: Any = None) -> tuple[int, float, int, np.ndarray, np.ndarray]:
+    """Pass 1 of an arTuRO step, composed of the twins: the filter into ``an, hn`` (the state
+    arrays are only read), then :func:`kl_pole` and :func:`kl_dual_multi` on the filtered values.
+
+    Returns ``(n_skipped, pole, n_negative_h, KL[etas], dKL[etas])``.
+    """
+    kw: dict[str, Any] = {} if _ops is not None else dict(dtype=dtype)
+    ops = _ops if _ops is not None else _this()
+    an[...] = a
+    hn[...] = h
+    P = [x.copy() for x in (P00, P01, P11)]
+    skipped, _ = ops.rls_filter_update(g, w, an, hn, *P, xscale=xscale, q=q, r=r, forget=forget, **kw)
+    pole, neg = ops.kl_pole(hn, p, beta_p0=beta_p0, h_min=h_min, **kw)
+    kls, dkls = ops.kl_dual_multi(etas, w, an, hn, p, mscale=mscale, beta_p0=beta_p0, h_min=h_min,
+                                  domain_check=domain_check, **kw)
+    return int(skipped), float(pole), int(neg), kls, dkls
+
+
+def arturo_finish(eta: float, g: Any, w: Any, an: Any, hn: Any, P00: Any, P01: Any, P11: Any, p: Any, a: Any, h: Any,
+                  out: Any, *, xscale: float = 1.0, q: float, r: float, forget: float = 1.0, mscale: float = 1.0,
+                  beta_p0: float, h_min: float = -np.inf, nu: float, beta: float, p_min: float = -np.inf,
+                  dtype: Any = np.float64, _ops: Any = None) -> int:
+    """Last pass of an arTuRO step, composed of the twins: the filter's covariance update of
+    ``P00, P01, P11`` (in place), ``a, h <- an, hn``, then :func:`arturo_apply` with ``an, hn``
+    and the old ``p``. Returns the number of clamped precisions."""
+    kw: dict[str, Any] = {} if _ops is not None else dict(dtype=dtype)
+    ops = _ops if _ops is not None else _this()
+    ta, th = a.copy(), h.copy()  # the filter's a, h updates are discarded (an, hn hold them)
+    ops.rls_filter_update(g, w, ta, th, P00, P01, P11, xscale=xscale, q=q, r=r, forget=forget, **kw)
+    a[...] = an
+    h[...] = hn
+    return int(ops.arturo_apply(eta, w, an, hn, p, out, mscale=mscale, beta_p0=beta_p0, h_min=h_min, nu=nu,
+                                beta=beta, p_min=p_min, **kw))
+
+
+def _this() -> Any:
+    import sys  # noqa: PLC0415
+
+    return sys.modules[__name__]

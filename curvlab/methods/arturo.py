@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend, kernels
-from ..trust_region.kl import KLDual, solve_kl
+from ..trust_region.kl import KLDual, _predicted_path, solve_kl
 from ..linalg.results import warn_unconverged
 from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from ._transform import (
@@ -140,8 +140,10 @@ class ArTuROStepInfo:
     the achieved KL and KL/ε, flags (converged, constraint inactive, bracket failed), the KL
     solver's ``status`` (``"converged"``, ``"max_iter"``, ``"breakdown"``, ``"stagnated"``;
     ``"skipped"`` for a skipped step), counts (negative curvatures, clamped precisions,
-    PSD-guarded covariances), the skip total, and ``skipped`` (the NaN policy skipped this
-    step; the other fields are then NaN/0)."""
+    PSD-guarded covariances), the skip total, ``skipped`` (the NaN policy skipped this
+    step; the other fields are then NaN/0), and ``n_passes``: passes over the data made for the
+    dual (pass 1 of a warm step counts one, whatever number of η it evaluates; the first step
+    and ``psd_guard`` add one for the pole)."""
 
     eta: float = math.nan
     iterations: int = 0
@@ -158,6 +160,7 @@ class ArTuROStepInfo:
     skipped: bool = False
     lr: float = math.nan
     status: str = ""
+    n_passes: int = 0
 
 
 def _positive(name: str, v: float, strict: bool = True) -> float:
@@ -172,19 +175,26 @@ def _positive(name: str, v: float, strict: bool = True) -> float:
 class ArTuRO(Transform):
     """The arTuRO optimizer as a transform (method inspired by arXiv 2310.20574).
 
-    Parameters (reference names in brackets; defaults = preset ``fmnist_cnn``
-    with ``weight_decay=0``)
+    Reference names in brackets; defaults = preset ``fmnist_cnn`` with ``weight_decay=0``.
+
+    Parameters
     ----------
     kl_bound : ε, the KL bound [kl_bound / lr]; ``update(..., kl_bound=)`` overrides it per step.
-    reg_weight : β, prior weight [reg_weight].  prior_prec : p0 > 0, precision of the prior
+    reg_weight : β, prior weight [reg_weight].
+    prior_prec : p0 > 0, precision of the prior
         N(0, 1/p0) [prior_prec] (0 is no Gaussian; it would let the precision clamp reach 0).
-    measurement_noise : r.  dynamic_model_noise : q.  start_filter_cov : P0.
-    var_init : initial variance, ``p = 1/var_init``.  nu : ν (float), or ``"coupled"`` (ν = η, exact mode).
+    measurement_noise : r.
+    dynamic_model_noise : q.
+    start_filter_cov : P0.
+    var_init : initial variance, ``p = 1/var_init``.
+    nu : ν (float), or ``"coupled"`` (ν = η, exact mode).
     weight_decay : wd; the weights shrink by ``(1 − ε·wd)`` before the filter.
-    mode : ``"reference"`` or ``"exact"``.  h0 : initial curvature (0.1).
+    mode : ``"reference"`` or ``"exact"``.
+    h0 : initial curvature (0.1).
     eta_tol, eta_max, warm_factor, early_exit : reference bisection constants.
     rtol, max_iter : exact solver tolerance on ``|KL/ε − 1|`` and evaluation cap.
-    h_min : curvature floor (exact mode).  decay : ``"decoupled"`` or ``"none"`` (exact mode).
+    h_min : curvature floor (exact mode).
+    decay : ``"decoupled"`` or ``"none"`` (exact mode).
     psd_guard : clamp the filter covariance to PSD (exact mode).
     track_kl : reference mode: evaluate the achieved KL at the returned η (one extra
         read pass, which the official code does not make); else the info's ``kl`` is NaN.
@@ -316,7 +326,8 @@ class ArTuRO(Transform):
         W = [w.reshape(-1) for w in P]
         Gf = [g.reshape(-1).astype(w.dtype, copy=False) for g, w in zip(G, W)]
         Sf = [[x.reshape(-1) for x in leaves] for leaves in S]
-        if self.nan_policy != "propagate":
+        fused = state.count > 0 and not self.psd_guard  # pass 1 reads the state only (module docstring)
+        if self.nan_policy != "propagate" and not fused:
             if xp is np:  # the fused count (no temporary); no sync to save on the host
                 bad = any(kernels.count_nonfinite(g, impl=self.impl) for g in Gf)
             else:         # one device reduction over all arrays, one host read
@@ -332,6 +343,8 @@ class ArTuRO(Transform):
             xscale, mscale = shrink, (shrink if state.count > 0 else 1.0)
         else:
             xscale = mscale = shrink if self.decay == "decoupled" else 1.0
+        if fused:
+            return self._fused_update(grads, params, state, P, treedef, Gf, W, Sf, xp, eps, xscale, mscale)
         # the filter updates a, h, P in place before the KL solve can fail (an infinite pole, a
         # corrupted state, a ConvergenceWarning turned into an error): in place, keep copies of
         # what it overwrites and put them back on any error, so a failed step changes nothing
@@ -383,6 +396,96 @@ class ArTuRO(Transform):
             n_neg = res.n_negative_h
         else:
             n_neg = dual.pole()[1]
+        return self._finish_info(state, res, eta, kl, eps, n_neg, clamped, guarded, dual.n_passes + 1, outs, P,
+                                 treedef)
+
+    def _scratch(self, W: list[Any], xp: Any) -> list[tuple[Any, Any]]:
+        """Two scratch arrays per parameter array (the filtered ``a, h`` of pass 1), kept between steps."""
+        key = [(w.size, np.dtype(w.dtype).str) for w in W]
+        cache = self.__dict__.get("_scratch_cache")
+        if cache is None or cache[0] != key or cache[1] is not xp:
+            cache = (key, xp, [(xp.empty_like(w), xp.empty_like(w)) for w in W])
+            self.__dict__["_scratch_cache"] = cache
+        return cache[2]
+
+    def _first_etas(self, eta_prev: float, eps: float) -> list[float]:
+        """The η at which pass 1 evaluates the dual: the predicted bisection path (reference
+        mode), the warm start and 0 (exact mode)."""
+        if self.mode == "reference":
+            if eta_prev < 0:
+                lo, hi = 0.0, self.eta_max
+            else:
+                lo, hi = eta_prev / self.warm_factor, min(self.warm_factor * eta_prev, self.eta_max)
+            root = eta_prev if lo < eta_prev < hi else (lo + hi) / 2.0
+            return _predicted_path(lo, hi, root, self.eta_tol)
+        return [eta_prev, 0.0] if eta_prev > 0 else [0.0]
+
+    def _fused_update(self, grads: Tree, params: Tree, state: ArTuROState, P: list[Any], treedef: Any, Gf: list[Any],
+                      W: list[Any], Sf: list[list[Any]], xp: Any, eps: float, xscale: float,
+                      mscale: float) -> tuple[Tree, ArTuROState, ArTuROStepInfo]:
+        """A warm step in two passes over the state plus the solver's: pass 1
+        (:func:`curvlab.kernels.arturo_prepare`) filters into scratch and evaluates the pole and the
+        dual at the first η; the state is written only by the last pass
+        (:func:`curvlab.kernels.arturo_finish`), after the solve succeeded, so a failed step
+        leaves it untouched without copies."""
+        scratch = self._scratch(W, xp)
+        chk = self.mode == "exact"
+        etas = self._first_etas(state.eta, eps)
+        h_min = -math.inf if self.h_min is None else self.h_min
+        beta_p0 = self.reg_weight * self.prior_prec
+        fkw = dict(xscale=xscale, q=self.dynamic_model_noise, r=self.measurement_noise, mscale=mscale,
+                   beta_p0=beta_p0, h_min=h_min, impl=self.impl)
+        skipped, pole, n_neg = 0, -math.inf, 0
+        kl = np.zeros(len(etas))
+        dkl = np.zeros(len(etas))
+        for i, (g, w) in enumerate(zip(Gf, W)):
+            s_, m_, n_, k_, d_ = kernels.arturo_prepare(etas, g, w, Sf[1][i], Sf[2][i], Sf[3][i], Sf[4][i], Sf[5][i],
+                                                        Sf[0][i], scratch[i][0], scratch[i][1], domain_check=chk,
+                                                        **fkw)
+            skipped, pole, n_neg = skipped + s_, max(pole, m_), n_neg + n_
+            kl += k_
+            dkl += d_
+        if skipped and self.nan_policy != "propagate":
+            # a coordinate was skipped: a non-finite gradient (the step's policy) or weight (filtered as before)
+            if any(kernels.count_nonfinite(g, impl=self.impl) for g in Gf):
+                self.nonfinite(*Gf, blame={"grads": grads})
+                state = self.skipped(state, inplace=True)
+                return (tree_map(lambda w: xp.zeros_like(w), params), state,
+                        ArTuROStepInfo(n_skipped_steps=state.n_skipped_steps, skipped=True, status="skipped"))
+        dual = KLDual(W, [x[0] for x in scratch], [x[1] for x in scratch], Sf[0], beta=self.reg_weight,
+                      prior_prec=self.prior_prec, mscale=mscale, h_min=self.h_min, impl=self.impl)
+        dual.seed(etas, kl, dkl, domain_check=chk, pole=(pole, n_neg))
+        dual.n_passes = 1
+        res = solve_kl(dual, eps, mode=self.mode, eta_prev=state.eta, rtol=self.rtol, max_iter=self.max_iter,
+                       eta_tol=self.eta_tol, eta_max=self.eta_max, warm_factor=self.warm_factor,
+                       early_exit=self.early_exit, final_kl=False, warn=False)
+        eta = res.eta
+        if self.mode == "exact":
+            kl_eta = res.kl if res.kl == res.kl else dual(eta)[0]
+        else:
+            kl_eta = dual(eta)[0] if self.track_kl else math.nan
+        if dual.n_nan:
+            bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
+            raise FloatingPointError(f"arTuRO state holds {bad} non-finite entries (step {state.count}); "
+                                     "the gradients were finite, so the state was corrupted before this step")
+        if not res.converged:
+            warn_unconverged("ArTuRO", f"step {state.count + 1}: the KL solve did not converge (status "
+                             f"{res.status!r} after {res.n_evals} dual evaluations, η = {eta:.6g}, KL/ε = "
+                             f"{kl_eta / eps:.6g}); the step is taken with this η (info.status, "
+                             "state.n_unconverged)", warn=self.warn, stacklevel=5)
+        nu = eta if self.nu == "coupled" else self.nu
+        p_min = beta_p0 / (self.reg_weight + nu) if self.mode == "exact" else -math.inf
+        outs = [xp.empty_like(w) for w in W]
+        clamped = 0
+        for i, (g, w) in enumerate(zip(Gf, W)):
+            clamped += kernels.arturo_finish(eta, g, w, scratch[i][0], scratch[i][1], Sf[3][i], Sf[4][i], Sf[5][i],
+                                             Sf[0][i], Sf[1][i], Sf[2][i], outs[i], nu=nu, beta=self.reg_weight,
+                                             p_min=p_min, **fkw)
+        return self._finish_info(state, res, eta, kl_eta, eps, n_neg, clamped, 0, dual.n_passes, outs, P, treedef)
+
+    def _finish_info(self, state: ArTuROState, res: Any, eta: float, kl: float, eps: float, n_neg: int, clamped: int,
+                     guarded: int, n_passes: int, outs: list[Any], P: list[Any],
+                     treedef: Any) -> tuple[Tree, ArTuROState, ArTuROStepInfo]:
         state.count += 1
         state.consecutive_skips = 0
         state.eta = float(eta)
@@ -393,6 +496,6 @@ class ArTuRO(Transform):
                               kl=float(kl), kl_ratio=float(kl) / eps, converged=bool(res.converged),
                               inactive=bool(res.inactive), bracket_failed=bool(res.bracket_failed),
                               n_negative_h=int(n_neg), n_clamped=int(clamped), n_guarded=int(guarded),
-                              n_skipped_steps=state.n_skipped_steps, status=str(res.status))
+                              n_skipped_steps=state.n_skipped_steps, status=str(res.status), n_passes=int(n_passes))
         updates = [o.reshape(x.shape) for o, x in zip(outs, P)]
         return tree_unflatten(treedef, updates), state, info

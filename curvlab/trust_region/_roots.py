@@ -180,14 +180,17 @@ def solve_decreasing(fun: Callable[[float], tuple[float, float]], target: float,
 
 
 def bisect_reference(fun: Callable[[float], float], target: float, x_prev: float, *, tol_abs: float = 0.5,
-                     x_max: float = 1e4, warm: float = 3.0, early: float = 0.1) -> tuple[float, int]:
+                     x_max: float = 1e4, warm: float = 3.0, early: float = 0.1,
+                     ahead: Callable[[float, float], None] | None = None) -> tuple[float, int]:
     """The official arTuRO bisection; returns ``(x, iterations)``.
 
     Bracket ``[0, x_max]`` when ``x_prev < 0`` (cold), else
     ``[x_prev/warm, min(warm·x_prev, x_max)]`` (never expanded). While the
     width exceeds ``tol_abs``: ``D = F(mid) − target``, ``lo = mid`` if
     ``D > 0`` else ``hi = mid``, then stop if ``|D| < early·target``.
-    Returns the midpoint of the final bracket.
+    Returns the midpoint of the final bracket. ``ahead(lo, hi)``, if given, is called before each
+    evaluation with the current bracket (to evaluate the rest of the path in one pass); it must
+    not change what ``fun`` returns.
 
     >>> bisect_reference(lambda x: 1.0, 2.0, -1.0)     # constraint inactive, cold start
     (0.152587890625, 15)
@@ -199,6 +202,8 @@ def bisect_reference(fun: Callable[[float], float], target: float, x_prev: float
     it = 0
     while hi - lo > tol_abs:
         mid = (lo + hi) / 2.0
+        if ahead is not None:
+            ahead(lo, hi)
         D = fun(mid) - target
         it += 1
         if D > 0:

@@ -96,27 +96,97 @@ class KLDual:
         self.h_min = -math.inf if h_min is None else _number("h_min (the curvature floor)", h_min)
         self.impl = kernels.check_impl(impl)
         self.n_evals = 0
+        self.n_passes = 0
         self.n_nan = 0
+        self._cache: dict[tuple[float, bool], tuple[float, float]] = {}
+        self._pole: tuple[float, int] | None = None
 
     def __call__(self, eta: float, *, domain_check: bool = False) -> tuple[float, float]:
         self.n_evals += 1
-        kl = dkl = 0.0
+        key = (float(eta), bool(domain_check))
+        hit = self._cache.get(key)
+        if hit is None:
+            self.n_passes += 1
+            kl = dkl = 0.0
+            for w, a, h, p in zip(self.w, self.a, self.h, self.p):
+                k, d = kernels.kl_dual(eta, w, a, h, p, mscale=self.mscale, beta_p0=self.beta_p0, h_min=self.h_min,
+                                       domain_check=domain_check, impl=self.impl)
+                kl += k
+                dkl += d
+            hit = self._cache[key] = (kl, dkl)
+        if hit[0] != hit[0]:
+            self.n_nan += 1
+        return hit
+
+    def known(self, eta: float, *, domain_check: bool = False) -> bool:
+        """Whether ``dual(eta)`` is already evaluated (a call would make no pass over the data)."""
+        return (float(eta), bool(domain_check)) in self._cache
+
+    def prefetch(self, etas: Sequence[float], *, domain_check: bool = False) -> None:
+        """Evaluate the dual at every η of ``etas`` in one pass per block
+        (:func:`curvlab.kernels.kl_dual_multi`); later calls at these η read the stored values
+        (they still count in ``n_evals``, which counts the values used). ``n_passes`` counts the
+        passes over the data. Host syncs: 1 per block on CuPy."""
+        todo = [float(e) for e in dict.fromkeys(etas) if not self.known(e, domain_check=domain_check)]
+        if not todo:
+            return
+        self.n_passes += 1
+        kl, dkl = np.zeros(len(todo)), np.zeros(len(todo))
         for w, a, h, p in zip(self.w, self.a, self.h, self.p):
-            k, d = kernels.kl_dual(eta, w, a, h, p, mscale=self.mscale, beta_p0=self.beta_p0, h_min=self.h_min,
-                                   domain_check=domain_check, impl=self.impl)
+            k, d = kernels.kl_dual_multi(todo, w, a, h, p, mscale=self.mscale, beta_p0=self.beta_p0,
+                                         h_min=self.h_min, domain_check=domain_check, impl=self.impl)
             kl += k
             dkl += d
-        if kl != kl:
-            self.n_nan += 1
-        return kl, dkl
+        self.seed(todo, kl, dkl, domain_check=domain_check)
+
+    def seed(self, etas: Sequence[float], kl: Any, dkl: Any, *, domain_check: bool = False,
+             pole: tuple[float, int] | None = None) -> None:
+        """Store dual values (and the :meth:`pole`) computed by a fused pass
+        (:func:`curvlab.kernels.arturo_prepare`) over exactly these data."""
+        for e, k, d in zip(etas, kl, dkl):
+            self._cache[(float(e), bool(domain_check))] = (float(k), float(d))
+        if pole is not None:
+            self._pole = (float(pole[0]), int(pole[1]))
+
+    def estimate_root(self, eps: float) -> float:
+        """A guess of η with ``KL(η) = eps`` from the stored values (a Newton step on ``KL^{-1/2}``
+        from the stored value nearest the target); NaN when none is usable. A guess only: it
+        chooses which η to evaluate ahead, never the answer."""
+        best, x = math.inf, math.nan
+        for (e, _), (k, d) in self._cache.items():
+            if not (0.0 < k < math.inf and d < 0.0 and math.isfinite(d)):
+                continue
+            gap = abs(math.log(k / eps))
+            if gap < best:
+                best = gap
+                x = e - (k ** -0.5 - eps ** -0.5) / (-0.5 * k ** -1.5 * d)
+        return x
 
     def pole(self) -> tuple[float, int]:
         """``(max_j −c_j/p_j, #{h_j < 0})`` over all blocks (``−inf`` if empty)."""
+        if self._pole is not None:
+            return self._pole
         m, n = -math.inf, 0
         for h, p in zip(self.h, self.p):
             mm, nn = kernels.kl_pole(h, p, beta_p0=self.beta_p0, h_min=self.h_min, impl=self.impl)
             m, n = max(m, mm), n + nn
+        self._pole = (m, n)
         return m, n
+
+
+def _predicted_path(lo: float, hi: float, root: float, tol: float, cap: int = 24) -> list[float]:
+    """The midpoints :func:`bisect_reference` visits from ``[lo, hi]`` if its root is ``root``,
+    and the midpoint of its final bracket (the returned η): what to evaluate ahead in one pass."""
+    mids: list[float] = []
+    while hi - lo > tol and len(mids) < cap:
+        mid = (lo + hi) / 2.0
+        mids.append(mid)
+        if mid < root:
+            lo = mid
+        else:
+            hi = mid
+    mids.append((lo + hi) / 2.0)
+    return mids
 
 
 @dataclasses.dataclass
@@ -228,8 +298,17 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
                 bad.append(v)
             return v
 
+        ahead = None
+        if hasattr(dual, "prefetch") and hasattr(dual, "known"):
+            def ahead(lo: float, hi: float) -> None:
+                if not dual.known((lo + hi) / 2.0):  # evaluate the predicted rest of the path in one pass
+                    root = dual.estimate_root(eps) if hasattr(dual, "estimate_root") else math.nan
+                    if not lo < root < hi:
+                        root = eta_prev if lo < eta_prev < hi else (lo + hi) / 2.0
+                    dual.prefetch(_predicted_path(lo, hi, root, eta_tol))
+
         eta, it = bisect_reference(kl_of, eps, eta_prev, tol_abs=eta_tol, x_max=eta_max, warm=warm_factor,
-                                   early=early_exit)
+                                   early=early_exit, ahead=ahead)
         kl = kl_of(eta) if final_kl else math.nan
         ok = not bad and getattr(dual, "n_nan", 0) == nan0
         res = KLSolveResult(eta, kl, kl / eps, it, dual.n_evals - n0, ok, status="converged" if ok else "nonfinite")
