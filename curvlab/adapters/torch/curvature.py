@@ -11,7 +11,10 @@ module's ``named_parameters()`` order, each tensor row-major):
 * :meth:`~TorchCurvature.hessian` — ``H v`` by forward-over-reverse (dual-number
   parameters ``θ + ε v`` through one backward pass, so the gradient's tangent is
   ``H v``; blocks by ``torch.func.vmap`` of ``jvp(grad)``) or reverse-over-reverse
-  (double backward). The default ``hvp_mode="auto"`` uses forward mode unless a probe
+  (double backward). With the product cache (``cache_bytes``, below) every product after
+  the first on a batch is one double backward through the stored gradient graph. The
+  default ``hvp_mode="auto"`` uses forward mode (on the CPU the one-shot Hessian product
+  runs reverse-over-reverse: measured faster, see ``_ONESHOT_RR_DEVICES``) unless a probe
   (run once, at first use, on the first sample of the first batch) finds an op without
   a working forward-mode rule (a custom ``autograd.Function`` without ``jvp``, a fused
   kernel not covered by :func:`forward_mode_safe_ops`): then every product (H, GGN's
@@ -46,6 +49,21 @@ then the exact sample-weighted averages ``Σ_b (n_b/N) q_b`` (one pass over the 
 product: an iterative solver makes one pass per matvec); one batch gives today's
 numbers bit for bit. ``per_sample_gradients`` concatenates the batches' rows.
 
+Product cache (issue 14): operator products on fixed parameters (every eigen-solver,
+estimator, SLQ) reuse what does not depend on the vector, built at the first product and
+shared by every operator of the source: for ``hessian()`` the gradient's graph
+(``create_graph=True``; a product is one double backward, ≈1.5× a gradient), for ``ggn()``
+and every ``fisher()`` kind the outputs ``z`` with their graph and the graph of
+``w -> Jᵀw`` (a product: ``J v`` by one backward through the latter, the output Hessian,
+``Jᵀ`` by one backward through the former, ≈1.1–1.4× a gradient; no forward pass). At
+most ``cache_bytes`` (default 1 GiB; ``None``: no bound; ``0``: off) are kept, counted by
+``saved_tensors_hooks`` during the build; over a dataset the batches are cached in order
+while they fit and the rest are recomputed at every product. :meth:`~TorchCurvature.at`
+starts an empty cache; ``loss``, ``gradient``, ``directional_curvature`` and
+``grad_and_curvature`` never build it; :meth:`~TorchCurvature.cache_info` reports it.
+An explicit ``hvp_mode="forward_over_reverse"`` products are not cached (the cache is
+reverse mode); a model without a double backward falls back to uncached products.
+
 Data parallelism: with ``process_group`` (a ``torch.distributed`` group, or
 ``True`` for the default one) each rank iterates its own shard (a batch or a dataset)
 and every matvec, gradient and curvature is the sample-weighted average over all
@@ -67,7 +85,9 @@ Example
 >>> bool(np.isclose(v @ (H @ v), curv.directional_curvature(v)))
 True
 >>> H                                     # doctest: +ELLIPSIS
-<Hessian of Sequential on 8 samples, P=26, hvp_mode=forward_over_reverse: ...>
+<Hessian of Sequential on 8 samples, P=26, hvp_mode=reverse_over_reverse (auto: faster than forward_over_reverse on cpu): ...>
+>>> curv.cache_info()["batches_cached"]   # the gradient's graph, kept for the next products
+1
 >>> curv.at(params=curv.params * 0.5).loss() != curv.loss()   # same module, rebound
 True
 >>> loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=3)
@@ -93,12 +113,19 @@ from ...layout import Layout
 from ...linalg.operators import LinearOperator
 from .._common import FISHER_KINDS, CurvatureOperator, check_nan_policy
 from .._fisher import mc_fisher_draws
+from ._cache import DEFAULT_CACHE_BYTES, CacheEntry, ProductCache, SavedBytes, check_cache_bytes
 from .convert import from_torch, to_torch
 from .safe_ops import forward_mode_safe_ops, safe_callable
 
 __all__ = ["TorchCurvature", "hessian_operator", "ggn_operator", "fisher_operator", "HVP_MODES", "FISHER_KINDS"]
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
+# Devices where the one-shot (uncached) Hessian product under hvp_mode="auto" runs
+# reverse-over-reverse although forward mode works: measured faster there (torch 2.13 CPU,
+# 1 thread, process time over the gradient's, benchmarks/run_adapters.py: MLP
+# 784-512-512-10 batch 512: 2.56x vs 3.24x; CNN batch 128: 3.39x vs 3.74x; peak memory
+# 2.5-2.7x vs 3.8x). Other devices (CUDA: not measured yet) keep forward-over-reverse.
+_ONESHOT_RR_DEVICES = ("cpu",)
 _FLOAT_TORCH = (torch.float32, torch.float64)
 
 
@@ -217,7 +244,8 @@ class TorchCurvature:
         entry with ``requires_grad``.
     hvp_mode : "auto" (default) | "forward_over_reverse" | "reverse_over_reverse"
         ``"auto"``: forward mode where a one-time probe finds it works, else
-        reverse-over-reverse everywhere (module docstring). An explicit
+        reverse-over-reverse everywhere (module docstring); the one-shot (uncached)
+        Hessian product runs reverse-over-reverse on the CPU (measured faster there). An explicit
         ``"forward_over_reverse"`` that fails on the model raises ``RuntimeError``
         saying so; ``"reverse_over_reverse"`` uses reverse mode for every product.
     nan_policy : "propagate" (default) | "raise"
@@ -236,6 +264,11 @@ class TorchCurvature:
         a ``DataLoader`` with ``shuffle=True`` is the usual culprit). Off by default.
     progress : bool or dict
         A tqdm bar over the batches of each pass (silent by default).
+    cache_bytes : int or None
+        The product cache's bound in bytes (module docstring; default ``2**30``);
+        ``0`` disables it (every product recomputes the forward pass), ``None`` lifts
+        the bound. A bool, a non-integer (``TypeError``) or a negative value
+        (``ValueError``) is refused.
     composite_ops : bool
         Run forward-mode products under :func:`forward_mode_safe_ops` (default
         True) and reverse-over-reverse products too: works around torch kernels
@@ -274,8 +307,10 @@ class TorchCurvature:
         num_data: int | None = None,
         check_deterministic: bool = False,
         progress: Any = False,
+        cache_bytes: int | None = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.nan_policy = check_nan_policy(nan_policy)
+        self._cache = ProductCache(check_cache_bytes(cache_bytes))
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if hvp_mode not in HVP_MODES + ("auto",):
@@ -471,7 +506,14 @@ class TorchCurvature:
             new._plist = plist
         if data is not None:
             new._bind_data(self._wrap_data(data, batches=self._batches))
+        new._cache = ProductCache(self._cache.limit)  # empty: never the old parameters' or data's
         return new
+
+    def cache_info(self) -> dict[str, Any]:
+        """The product cache's state: ``{"bytes", "batches_cached", "batches", "limit"}``
+        (``batches``: of a pass, as far as known; ``limit``: ``cache_bytes``)."""
+        nb = self._batches.num_batches
+        return self._cache.info(max(nb if nb is not None else 0, self._cache.seen))
 
     def loss(self) -> float:
         """The mean loss on the batch (rank-averaged); one forward pass, one host sync."""
@@ -630,21 +672,35 @@ class TorchCurvature:
 
     def _operator(self, single: Callable[..., tuple[torch.Tensor, ...]],
                   *, psd: bool, block: Callable[..., tuple[torch.Tensor, ...]] | None = None,
-                  what: str = "curvature", detail: str = "", indexed: bool = False) -> LinearOperator:
+                  what: str = "curvature", detail: str = "", indexed: bool = False,
+                  cached: Callable[[tuple[torch.Tensor, ...], int, bool], tuple[torch.Tensor, ...] | None]
+                  | None = None) -> LinearOperator:
         """The dataset average of per-batch products ``single(v)`` (``single(v, i)`` when
-        ``indexed``: ``i`` the batch index) as a LinearOperator."""
+        ``indexed``: ``i`` the batch index) as a LinearOperator. ``cached(v, i, batched)``,
+        when given, is tried first on every batch (the product cache); None from it means
+        the batch is not cached and ``single`` recomputes it."""
         n = self.layout.size
 
         def mv(v: Any) -> Any:
             vin = self._vec_in(v)
-            f = (lambda i: self._flat(single(vin, i)).detach()) if indexed else \
-                (lambda i: self._flat(single(vin)).detach())
+
+            def f(i: int) -> torch.Tensor:
+                if cached is not None:
+                    r = cached(vin, i, False)
+                    if r is not None:
+                        return self._flat(r).detach()
+                return self._flat(single(vin, i) if indexed else single(vin)).detach()
+
             return self._out(self._mean(f))
 
         def mm(V: Any) -> Any:
             parts = self._block_in(V)
 
             def one(i: int) -> torch.Tensor:
+                if cached is not None:
+                    r = cached(parts, i, True)
+                    if r is not None:
+                        return self._flat_block(r).detach()
                 s1 = (lambda u: single(u, i)) if indexed else single
                 if block is None:
                     return self._apply_block(s1, parts).detach()
@@ -657,6 +713,105 @@ class TorchCurvature:
 
         return CurvatureOperator(mv, (n, n), self.dtype, matmat=mm, symmetric=True, psd=psd, xp=self.xp,
                                  description=f"{what} of {self._label()}{detail}")
+
+    # ------------------------------------------------------------------ the product cache
+    def _use_cache(self, mode: str | None = None) -> bool:
+        """Products go through the cache unless ``cache_bytes=0`` or forward mode was asked
+        for explicitly (the cache is built by reverse mode: a stored graph)."""
+        return self._cache.limit != 0 and (mode or self.hvp_mode) != "forward_over_reverse"
+
+    def _build_entry(self, kind: str) -> CacheEntry:
+        """Batch ``(self.X, self.y)``'s vector-independent part, with its bytes counted:
+        ``"H"``: ``(leaves, g)`` with ``g`` the gradient built with ``create_graph=True``;
+        ``"J"``: ``(leaves, z, w, Jᵀw)`` with ``w`` a zero leaf shaped like the outputs and
+        ``Jᵀw`` built with ``create_graph=True`` (so ``J v`` = its vjp in ``v``)."""
+        payload: tuple[Any, ...]
+        with torch.enable_grad(), forward_mode_safe_ops(self.composite_ops), SavedBytes(self._plist) as sb:
+            ps = [p.detach().requires_grad_(True) for p in self._plist]
+            if kind == "H":
+                g = torch.autograd.grad(self._loss_of(ps), ps, create_graph=True, allow_unused=True)
+                payload = (ps, g)
+                sb.add(*g)
+            else:
+                z = self._forward(ps)
+                w = torch.zeros_like(z, requires_grad=True)
+                jt = torch.autograd.grad(z, ps, grad_outputs=w, create_graph=True, allow_unused=True)
+                payload = (ps, z, w, jt)
+                sb.add(z, w, *jt)
+            sb.add(self.X, self.y)
+        return CacheEntry(self.X, self.y, payload, sb.bytes)
+
+    def _cached(self, kind: str, i: int, product: Callable[[CacheEntry], tuple[torch.Tensor, ...]]
+                ) -> tuple[torch.Tensor, ...] | None:
+        """``product(entry)`` on batch ``i`` (bound as ``self.X, self.y``), its entry built
+        now if absent and the bound still allows; None when the batch is not cached or an
+        autograd error (no double backward for some op) marks ``kind`` failed."""
+        c = self._cache
+        c.seen = max(c.seen, i + 1)
+        e = c.lookup(kind, i, self.X, self.y)
+        new = e is None
+        try:
+            if e is None:
+                if not c.may_build(kind):
+                    return None
+                e = self._build_entry(kind)
+            out = product(e)
+        except (RuntimeError, NotImplementedError):
+            c.fail(kind)  # recomputed by the uncached path, which raises the model's own error if any
+            return None
+        if new:
+            c.offer(kind, i, e)  # kept if it fits; else used once and the prefix ends here
+        return out
+
+    @staticmethod
+    def _grad_or_zeros(outs: Sequence[Any], inputs: Sequence[torch.Tensor], cots: Sequence[torch.Tensor],
+                       like: Sequence[torch.Tensor], batched: bool) -> tuple[torch.Tensor, ...]:
+        """``Σ_k cots[k]ᵀ ∂outs[k]/∂inputs`` through a retained graph (None outputs and outputs
+        without a graph skipped; zeros where nothing depends on an input)."""
+        idx = [k for k, t in enumerate(outs) if t is not None and t.requires_grad]
+        res: Sequence[Any] = (None,) * len(inputs)
+        if idx:
+            res = torch.autograd.grad([outs[k] for k in idx], inputs, grad_outputs=[cots[k] for k in idx],
+                                      retain_graph=True, is_grads_batched=batched, allow_unused=True)
+        return tuple(torch.zeros_like(t) if r is None else r for r, t in zip(res, like))
+
+    def _hessian_cached(self) -> Callable[[tuple[torch.Tensor, ...], int, bool], tuple[torch.Tensor, ...] | None]:
+        """``(v, i, batched) -> H v`` by one double backward through batch ``i``'s stored
+        gradient graph (a block of vectors: ``is_grads_batched``)."""
+
+        def product(v: tuple[torch.Tensor, ...], batched: bool) -> Callable[[CacheEntry], tuple[torch.Tensor, ...]]:
+            def run(e: CacheEntry) -> tuple[torch.Tensor, ...]:
+                ps, g = e.payload
+                with torch.enable_grad():
+                    return self._grad_or_zeros(g, ps, v, v, batched)
+
+            return run
+
+        return lambda v, i, batched: self._cached("H", i, product(v, batched))
+
+    def _jtuj_cached(self, weight: Callable[..., torch.Tensor]
+                     ) -> Callable[[tuple[torch.Tensor, ...], int, bool], tuple[torch.Tensor, ...] | None]:
+        """``(v, i, batched) -> Jᵀ weight(z, J v, i)`` on batch ``i``'s stored outputs:
+        ``J v`` by one backward through the stored graph of ``w -> Jᵀ w`` (double-vjp), then
+        the weight (the output Hessian, a Fisher's outer products), then ``Jᵀ`` by one
+        backward through the stored forward graph; no forward pass."""
+
+        def product(v: tuple[torch.Tensor, ...], i: int, batched: bool
+                    ) -> Callable[[CacheEntry], tuple[torch.Tensor, ...]]:
+            def run(e: CacheEntry) -> tuple[torch.Tensor, ...]:
+                ps, z, w, jt = e.payload
+                wz = w.expand((v[0].shape[0],) + tuple(w.shape)) if batched else w
+                with torch.enable_grad():
+                    Jv = self._grad_or_zeros(jt, [w], v, [wz], batched)[0]
+                zd = z.detach()
+                with forward_mode_safe_ops(self.composite_ops):
+                    u = torch.func.vmap(lambda uu: weight(zd, uu, i))(Jv) if batched else weight(zd, Jv, i)
+                with torch.enable_grad():
+                    return self._grad_or_zeros([z], ps, [u], v, batched)
+
+            return run
+
+        return lambda v, i, batched: self._cached("J", i, product(v, i, batched))
 
     # ------------------------------------------------------------------ gradient
     def gradient(self, params: Any = None) -> tuple[float, Any]:
@@ -778,7 +933,9 @@ class TorchCurvature:
         if mode not in HVP_MODES + ("auto",):
             raise ValueError(f"hvp_mode must be 'auto' or one of {HVP_MODES}, got {mode!r}")
         if mode == "auto":
-            return "forward_over_reverse" if self._probe_ok() else "reverse_over_reverse"
+            if not self._probe_ok() or self.device.type in _ONESHOT_RR_DEVICES:
+                return "reverse_over_reverse"
+            return "forward_over_reverse"
         return mode
 
     @staticmethod
@@ -841,7 +998,9 @@ class TorchCurvature:
         single = self._hvp_single(mode)
         detail = f", hvp_mode={mode}"
         if asked == "auto" and mode == "reverse_over_reverse":
-            detail += f" (auto: forward-mode AD failed, {self._probe.get('why', '')})"
+            detail += (f" (auto: faster than forward_over_reverse on {self.device.type})" if self._probe_ok() else
+                       f" (auto: forward-mode AD failed, {self._probe.get('why', '')})")
+        cached = self._hessian_cached() if self._use_cache(asked) else None
         if mode == "forward_over_reverse":
             grad_fn = torch.func.grad(self._loss_of)
 
@@ -853,10 +1012,10 @@ class TorchCurvature:
             if asked == "forward_over_reverse":
                 single, block = self._explicit(single, "hvp_mode='forward_over_reverse'"), block
             # a block of vectors: torch.func.jvp of torch.func.grad, vmapped over the columns
-            return self._operator(single, psd=False, block=block, what="Hessian", detail=detail)
+            return self._operator(single, psd=False, block=block, what="Hessian", detail=detail, cached=cached)
         # one double-backward graph, all columns through one batched backward
         return self._operator(single, psd=False, block=lambda parts: single(parts, batched=True),
-                              what="Hessian", detail=detail)
+                              what="Hessian", detail=detail, cached=cached)
 
     def _cached_rr_operator(self) -> LinearOperator:
         cache: dict[int, Any] = {}
@@ -940,7 +1099,8 @@ class TorchCurvature:
             single = self._explicit(single, "hvp_mode='forward_over_reverse' (J v by forward mode)")
         mode = "" if fwd else ", Jv by double vjp" + (
             f" (auto: forward-mode AD failed, {self._probe.get('why', '')})" if self.hvp_mode == "auto" else "")
-        return self._operator(single, psd=True, what=what, detail=detail + mode, indexed=True)
+        cached = self._jtuj_cached(weight) if self._use_cache() else None
+        return self._operator(single, psd=True, what=what, detail=detail + mode, indexed=True, cached=cached)
 
     def ggn(self) -> LinearOperator:
         """Generalized Gauss–Newton ``G = Jᵀ H_L J`` (P × P, symmetric PSD for convex losses),
