@@ -98,7 +98,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import backend
-from ..linalg.kronecker import KroneckerSumBlock, adjust_spectrum, canonical_rule, eigh_batched
+from ..linalg.kronecker import KroneckerSumBlock, ProjectedSpectralBlock, adjust_spectrum, canonical_rule, eigh_batched
 from ..models.layer_hessians import LayerCurvature, layer_curvature, layer_hessian_factors
 from ..models.source import MLPCurvature
 from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten, tree_zeros_like
@@ -257,6 +257,7 @@ def _block_direction(f: LayerCurvature, W: Any, lam: float, rule: str, objective
     mu, U = _eigh(f.M)
     diag["kappa"].append(mu * s[:, None])
     blk = KroneckerSumBlock(f.M, f.a, lam)
+    op: KroneckerSumBlock | ProjectedSpectralBlock
     if rule == "raw":
         op = blk
     elif block_spectrum == "per_sample":
@@ -452,7 +453,8 @@ class ExactNewton(Transform):
         sub = {k[9:]: v for k, v in d.items() if k.startswith("fallback/") and k != "fallback/none"}
         if sub and self.fallback is None:
             raise ValueError("the saved state holds a fallback state but this ExactNewton has no fallback=")
-        return dataclasses.replace(st, fallback=self.fallback.load_state(sub, xp=xp) if sub else None)
+        fb = self.fallback
+        return dataclasses.replace(st, fallback=fb.load_state(sub, xp=xp) if sub and fb is not None else None)
 
     def _empty_info(self, L: int, **kw: Any) -> ExactNewtonInfo:
         z = np.zeros(L) if self.diagnostics else np.full(L, np.nan)
@@ -563,13 +565,15 @@ class ExactNewton(Transform):
             else:
                 out[lay.weight] = backend.get_namespace(u).ascontiguousarray(u.T) if tr else u
         if rest:
+            fallback = self.fallback
+            assert fallback is not None   # refused above: rest without a fallback raises
             rp, rg = {n: P[n] for n in rest}, {n: G[n] for n in rest}
-            fb = state.fallback if state.fallback is not None else self.fallback.init(rp)
+            fb = state.fallback if state.fallback is not None else fallback.init(rp)
             if scale < 0:
-                fu, fb_new = self.fallback.direction(rg, fb, rp)
+                fu, fb_new = fallback.direction(rg, fb, rp)
                 fb_info = None
             else:
-                fu, fb_new, fb_info = self.fallback.update_with_info(rg, fb, rp)
+                fu, fb_new, fb_info = fallback.update_with_info(rg, fb, rp)
             out.update(fu)
             new = dataclasses.replace(new, fallback=fb_new)
             info.fallback = fb_info
@@ -625,9 +629,9 @@ class ExactNewton(Transform):
         if not fin.all() and self.nan_policy != "propagate":
             if self.batch_mode == "exact_block" and self.nan_policy == "skip":
                 # a failed block solve (CuPy returns NaN where NumPy raises): that layer gets no step
-                for i in np.flatnonzero(~fin):
-                    ups[i] = xp.zeros_like(ups[i])
-                n_sing += int(np.sum(~fin))
+                for k in np.flatnonzero(~fin).tolist():
+                    ups[k] = xp.zeros_like(ups[k])
+                n_sing += int(np.count_nonzero(~fin))
             else:
                 self.nonfinite(math.nan, blame={"the Newton direction of layers "
                                                 + str(np.flatnonzero(~fin).tolist()): math.nan})

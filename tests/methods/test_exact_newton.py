@@ -336,3 +336,28 @@ def test_lr_and_lam_errors_name_the_argument(arg, bad, exc):
 
     with pytest.raises(exc, match=rf"^{arg} must be a finite number > 0"):
         _EN(**{arg: bad})
+
+
+def test_exact_block_cg_keeps_the_direct_solve_trajectory(monkeypatch):
+    """exact_block with abs (PSD per-sample blocks: conjugate gradients on NumPy) follows the
+    direct-solve trajectory to rounding over several float64 steps, on the benchmark's MLP shape."""
+    from curvlab.linalg.kronecker import KroneckerSumBlock
+
+    rng = np.random.default_rng(5)
+    model = MLP([64, 32, 10], activation="tanh")
+    p0 = model.init_params(rng)
+    X, y = rng.random((32, 64)), rng.integers(0, 10, 32)
+
+    def run():
+        opt = ExactNewton(lr=0.5, lam=1.0, batch_mode="exact_block")
+        st, p = opt.init(p0), p0.copy()
+        for _ in range(4):
+            _, g = model.loss_and_grad(p, X, y)
+            u, st = opt.update(g, st, p, model=model, X=X, y=y)
+            p = p + u
+        return p
+
+    p_cg = run()
+    monkeypatch.setattr(KroneckerSumBlock, "_solve_cg", lambda self, R: None)
+    p_direct = run()
+    assert rel_err(p_cg - p0, p_direct - p0) <= 1e-10
