@@ -79,6 +79,11 @@ class Activation:
         """Whether σ is C² with bounded σ'' (false for relu)."""
         return math.isfinite(self.sup_d2)
 
+    @property
+    def has_d2(self) -> bool:
+        """Whether :meth:`d2_from_output` returns an array (σ'' not identically zero)."""
+        return self.name in ("tanh", "sigmoid", "softplus")
+
     def bounds(self) -> tuple[float, float]:
         """``(sup|σ'|, sup|σ''|)``; ``ValueError`` for an activation that is not C² (relu)."""
         if not self.twice_differentiable:
@@ -164,7 +169,7 @@ class Activation:
         if xp is None:
             xp = backend.get_namespace(a)
         name = self.name
-        if name not in ("tanh", "sigmoid", "softplus"):
+        if not self.has_d2:
             return None
         if out is None:
             out = xp.empty_like(a)

@@ -97,6 +97,13 @@ class PrimalState:
         self.deltas: list[Array] | None = None
         self.qs: list[Array | None] | None = None
 
+    def full_nbytes(self, has_q: bool) -> int:
+        """:attr:`nbytes` once the backward errors are filled (``has_q``: σ'' ≢ 0)."""
+        if self.deltas is not None:
+            return self.nbytes
+        hidden = sum(int(a.nbytes) for a in self.acts[1:])
+        return self.nbytes + hidden * (2 if has_q else 1)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays this state allocated (the batch ``X`` itself not counted)."""

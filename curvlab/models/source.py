@@ -14,7 +14,19 @@ sync), keeps the checked arrays, and answers the protocol's questions from them:
   second-order backpropagation (method inspired by arXiv 2104.03804): inputs ``a``, output
   gradients ``δ`` and output Hessians ``M`` per sample, bias folded into the weight;
 * ``at(params=None, data=None)`` — the same model rebound; data that is not rebound is
-  not checked again (no host sync when only the parameters change).
+  not checked again (no host sync when only the parameters change);
+* **the product cache** (issue 14): the operator products keep, per batch, what does not
+  depend on the vector — the forward activations, ``σ'``, the loss head's output
+  derivatives and (once a Hessian or Fisher product asks) the backward errors ``δ_l`` and
+  ``σ'' ⊙ W̄ᵀδ`` (a :class:`~curvlab.models.mlp_products.PrimalState`) — so a cached
+  Hessian product is only the R-forward and R-backward passes and a cached GGN product only
+  ``J v``, the output Hessian and ``Jᵀ``. Built at the first ``hessian()``/``ggn()``/
+  ``fisher()`` product, shared by every operator of the source, bounded by ``cache_bytes``
+  (default 1 GiB; ``0`` disables it, ``None`` lifts the bound; batches are cached in pass
+  order while they fit, the rest recomputed at every product), emptied by ``at()``;
+  ``cache_info()`` reports it. ``loss``, ``gradient``, ``directional_curvature`` and
+  ``grad_and_curvature`` never build it. A stream of batches (a re-iterable or a callable,
+  which may yield other samples at each pass) is never cached.
 
 ``data`` may also be **a whole dataset** (:mod:`curvlab.batches`): a list/tuple of batches,
 a re-iterable of batches, or a zero-argument callable returning a fresh iterator. Every
@@ -52,12 +64,71 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+import numbers
+import threading
+from typing import Any, Callable
+
+import numpy as np
 
 from ..batches import Batches, as_batches
 from ..sources import DenseLayer
 from .mlp import MLP
-from .mlp_products import _KINDS, CurvatureOperator, bound_operator
+from .mlp_products import _KINDS, Array, CurvatureOperator, PrimalState
+
+#: the default bound of the product cache: 1 GiB
+DEFAULT_CACHE_BYTES = 2**30
+
+
+def check_cache_bytes(cache_bytes: Any) -> int | None:
+    """``cache_bytes`` validated: a non-negative int or None (a bool is refused)."""
+    if cache_bytes is None:
+        return None
+    if isinstance(cache_bytes, (bool, np.bool_)) or not isinstance(cache_bytes, numbers.Integral):
+        raise TypeError(f"cache_bytes must be a non-negative int (bytes) or None (no bound), got "
+                        f"{type(cache_bytes).__name__} {cache_bytes!r}")
+    if int(cache_bytes) < 0:
+        raise ValueError(f"cache_bytes must be >= 0 (0 disables the product cache), got {int(cache_bytes)}")
+    return int(cache_bytes)
+
+
+class _ProductCache:
+    """The :class:`PrimalState` of each batch of one source, in pass order, within ``limit``
+    bytes. An entry is charged its full size (with the backward errors a Hessian product
+    adds later) when it is kept; the first batch that does not fit closes the cache (it and
+    every later batch are recomputed at each product). ``limit=0`` keeps nothing."""
+
+    def __init__(self, limit: int | None, has_q: bool) -> None:
+        self.limit = limit
+        self.has_q = has_q
+        self.entries: list[PrimalState] = []
+        self.closed = limit == 0
+        self.charged = 0
+        self._lock = threading.Lock()
+
+    def lookup(self, i: int, build: Callable[[], PrimalState]) -> PrimalState | None:
+        """Batch ``i``'s cached state, built by ``build()`` when it is the next of the prefix
+        (the first that does not fit is returned for this product but not kept); None for a
+        batch that is not (and will not be) cached."""
+        if i < len(self.entries):
+            return self.entries[i]
+        if self.closed or i != len(self.entries):
+            return None
+        st = build()
+        n = st.full_nbytes(self.has_q)
+        with self._lock:
+            if i != len(self.entries):  # another thread kept it meanwhile
+                return self.entries[i] if i < len(self.entries) else None
+            if self.limit is not None and self.charged + n > self.limit:
+                self.closed = True
+                return st
+            self.entries.append(st)
+            self.charged += n
+        return st
+
+    def info(self, batches: int | None) -> dict[str, Any]:
+        return {"bytes": int(sum(e.nbytes for e in self.entries)), "batches_cached": len(self.entries),
+                "batches": int(batches or 0), "limit": self.limit}
 
 __all__ = ["MLPCurvature", "FISHER_KINDS"]
 
@@ -88,6 +159,11 @@ class MLPCurvature:
         Check that every pass over a dataset yields the same first batch and batch sizes.
     progress : bool or dict
         A tqdm bar over the batches of each pass (silent by default).
+    cache_bytes : int or None, default 2**30 (1 GiB)
+        Bound on the product cache (see the module docstring): the bytes of forward
+        passes and output derivatives kept between operator products; ``0`` disables it
+        (every product recomputes the forward pass), ``None`` lifts the bound. ``at()``
+        carries it over with an empty cache.
 
     Attributes
     ----------
@@ -108,26 +184,44 @@ class MLPCurvature:
     """
 
     def __init__(self, model: MLP, params: Any, data: Any, *, num_data: int | None = None,
-                 check_deterministic: bool = False, progress: Any = False) -> None:
+                 check_deterministic: bool = False, progress: Any = False,
+                 cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> None:
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a curvlab.models.mlp.MLP, got {type(model).__name__}")
+        limit = check_cache_bytes(cache_bytes)
         batches = as_batches(data, num_data=num_data, check_deterministic=check_deterministic, progress=progress)
         Ws = model._check_params(params)
-        self._bind(model, params, Ws, batches.prepared(_checker(model)))
+        self._bind(model, params, Ws, batches.prepared(_checker(model)), limit)
 
-    def _bind(self, model: MLP, params: Any, Ws: list[Any], batches: Batches) -> None:
+    def _bind(self, model: MLP, params: Any, Ws: list[Array], batches: Batches, cache_bytes: int | None) -> None:
         self.model = model
         self.layout = model.layout
         self.batches = batches
         self.data = tuple(batches.data) if batches.kind == "batch" else batches.data
         self._params, self._Ws = params, Ws
-        self._X, self._y = batches._cached[0] if batches.single else (None, None)
+        self._X: Array | None = None
+        self._y: Array | None = None
+        if batches.single:
+            assert batches._cached is not None
+            self._X, self._y = batches._cached[0]
+        self.cache_bytes = cache_bytes
+        # streams (re-iterables, callables) may yield other samples at each pass: not cached
+        held = batches._cached is not None
+        self._cache = _ProductCache(cache_bytes if held else 0, model.act.has_d2)
 
     @classmethod
-    def _from_checked(cls, model: MLP, params: Any, Ws: list[Any], batches: Batches) -> "MLPCurvature":
+    def _from_checked(cls, model: MLP, params: Any, Ws: list[Array], batches: Batches,
+                      cache_bytes: int | None) -> "MLPCurvature":
         obj = cls.__new__(cls)
-        obj._bind(model, params, Ws, batches)
+        obj._bind(model, params, Ws, batches, cache_bytes)
         return obj
+
+    def cache_info(self) -> dict[str, Any]:
+        """The product cache: ``{"bytes": int, "batches_cached": int, "batches": int,
+        "limit": int | None}`` -- bytes held (the cached batches' forward passes and output
+        derivatives), the cached prefix of batches, the batches of one pass (0 while a
+        stream's count is unknown) and ``cache_bytes``. No host sync."""
+        return self._cache.info(self.batches.num_batches)
 
     # -- basic -----------------------------------------------------------------
     @property
@@ -169,17 +263,31 @@ class MLPCurvature:
 
     # -- operators -------------------------------------------------------------
     def _operator(self, kind: str) -> CurvatureOperator:
-        if self.batches.single:
-            return bound_operator(self.model, self._Ws, self._X, self._y, kind)
         label, meth, psd = _KINDS[kind]
-        model, Ws, batches = self.model, self._Ws, self.batches
-        mm = getattr(model, meth)
+        model, Ws, batches, cache = self.model, self._Ws, self.batches, self._cache
+        one_shot = getattr(model, meth)  # _hvp_mm, _ggn_mm, _fisher_mm
+        from_state = getattr(model, meth.replace("_mm", "_from"))  # _hvp_from, ...
+
+        def product(i: int, X: Array, y: Array, V: Array) -> Array:
+            st = cache.lookup(i, lambda: model._primal(Ws, X, y))
+            return one_shot(Ws, X, y, V) if st is None else from_state(Ws, st, V)
+
+        if batches.single:
+            X, y = self._X, self._y
+
+            def mm(V: Array) -> Array:
+                return product(0, X, y, V)
+        else:
+            def mm(V: Array) -> Array:
+                count = itertools.count()
+                return batches.mean(lambda b: product(next(count), b[0], b[1], V))
+
         P = model.n_params
         return CurvatureOperator(
-            lambda v: batches.mean(lambda b: mm(Ws, b[0], b[1], v[:, None])[:, 0]),
+            lambda v: mm(v[:, None])[:, 0],
             (P, P),
             model.dtype,
-            matmat=lambda V: batches.mean(lambda b: mm(Ws, b[0], b[1], V)),
+            matmat=mm,
             symmetric=True,
             psd=psd,
             xp=model.xp,
@@ -264,7 +372,8 @@ class MLPCurvature:
         is unchanged). What is not rebound is reused unchecked: new parameters alone cost
         no host sync (under ``nan_policy="propagate"``; a stream of batches still checks
         each batch per pass). New ``data`` keeps ``progress`` and ``check_deterministic``
-        (not ``num_data``; pass a :class:`~curvlab.batches.Batches` to set it)."""
+        (not ``num_data``; pass a :class:`~curvlab.batches.Batches` to set it). The new
+        source keeps ``cache_bytes`` and starts with an empty product cache."""
         model = self.model
         if data is None:
             batches = self.batches
@@ -274,7 +383,7 @@ class MLPCurvature:
             params, Ws = self._params, self._Ws
         else:
             Ws = model._check_params(params)
-        return MLPCurvature._from_checked(model, params, Ws, batches)
+        return MLPCurvature._from_checked(model, params, Ws, batches, self.cache_bytes)
 
 
 def _checker(model: MLP) -> Any:
