@@ -68,6 +68,7 @@ True
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -80,6 +81,7 @@ from ...layout import Layout
 from ...linalg.operators import LinearOperator
 from .._common import FISHER_KINDS, CurvatureOperator, check_nan_policy
 from .._fisher import mc_fisher_draws
+from ._cache import DEFAULT_CACHE_BYTES, ProductCache, check_cache_bytes, tree_nbytes
 from .convert import from_jax, to_jax
 
 __all__ = ["JaxCurvature", "hessian_operator", "ggn_operator", "fisher_operator", "HVP_MODES", "FISHER_KINDS"]
@@ -184,6 +186,18 @@ class JaxCurvature:
         Dataset options of :class:`curvlab.batches.Batches`: the expected total sample
         count, a check that every pass yields the same batches (a hash of the first batch:
         one host copy per pass), a tqdm bar per pass (silent by default).
+    cache_bytes : int or None, default 2**30 (1 GiB)
+        Upper bound in bytes on the product cache: what a Hessian / GGN / Fisher product
+        on a batch needs besides the vector (the residuals of ``jax.linearize`` of the
+        gradient, of ``jax.vjp`` of the gradient for ``reverse_over_reverse``, or of
+        ``jax.linearize`` of the model output and of the loss gradient for GGN and
+        Fisher), built at the first operator product and reused by every later product
+        of this source (any operator); over a dataset the batches are cached in pass
+        order while the bound allows and the others are recomputed at every product.
+        ``0`` disables it (every product recomputes the primal pass), ``None`` lifts the
+        bound. :meth:`at` starts with an empty cache; ``loss``, ``gradient``,
+        ``directional_curvature`` and ``grad_and_curvature`` never build it. See
+        :meth:`cache_info`.
 
     Attributes
     ----------
@@ -203,6 +217,11 @@ class JaxCurvature:
         The one bound batch (None for a dataset).
     """
 
+    X: jax.Array | None
+    y: jax.Array | None
+    batch_size: int | None
+    _batches: Batches
+
     def __init__(
         self,
         apply_fn: Callable[[Any, Any], Any],
@@ -217,8 +236,10 @@ class JaxCurvature:
         num_data: int | None = None,
         check_deterministic: bool = False,
         progress: Any = False,
+        cache_bytes: int | None = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.nan_policy = check_nan_policy(nan_policy)
+        self._cache = ProductCache(check_cache_bytes(cache_bytes))
         if not callable(apply_fn):
             raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
         if hvp_mode not in HVP_MODES:
@@ -247,7 +268,7 @@ class JaxCurvature:
         if len(dts) != 1 or next(iter(dts)) not in backend.FLOAT_DTYPES:
             raise TypeError(f"trainable leaves must all be float32 or all float64, got {sorted(map(str, dts))}")
         self.dtype = next(iter(dts))
-        if self.dtype == np.float64 and not jax.config.jax_enable_x64:
+        if self.dtype == np.float64 and not getattr(jax.config, "jax_enable_x64"):
             raise TypeError("float64 parameters need jax.config.update('jax_enable_x64', True) before use")
         leaves = [jnp.asarray(leaf) for leaf in leaves]
         self.layout = Layout([names[i] for i in idx], [tuple(leaves[i].shape) for i in idx], self.dtype)
@@ -257,7 +278,8 @@ class JaxCurvature:
         if not callable(self.loss_fn):
             raise TypeError(f"loss must be a string or a callable, got {type(loss).__name__}")
         self.hvp_mode = hvp_mode
-        self._treedef, self._leaves, self._idx = treedef, leaves, idx
+        self._treedef: Any = treedef
+        self._leaves, self._idx = leaves, idx
         self.theta = jnp.concatenate([leaves[i].reshape(-1) for i in idx])
         dev = next(iter(self.theta.devices()))
         # every argument of the compiled products is committed to a device (or the mesh): jit's
@@ -277,7 +299,7 @@ class JaxCurvature:
 
             self.mesh = Mesh(np.array(devs), ("batch",))
             self.theta = jax.device_put(self.theta, NamedSharding(self.mesh, PartitionSpec()))
-        self._jit: dict[str, Callable[..., Any]] = {}
+        self._jit: dict[str, Any] = {}  # compiled functions (and their side tables), shared with at()
         self._out_shapes: dict[Any, Any] = {}  # batch shapes -> output shape (shared with at())
         self._bind_batches(as_batches(self._data_arg(data), num_data=num_data,
                                       check_deterministic=check_deterministic, progress=progress))
@@ -294,8 +316,11 @@ class JaxCurvature:
     def _bind_batches(self, batches: Batches) -> None:
         """Bind checked data: every batch goes through :meth:`_prepare_batch` (one batch or a
         list: now, once; a stream: on every pass)."""
-        self._batches = None  # read by _prepare_batch: None while a list is being prepared
-        self._batches = batches.prepared(self._prepare_batch)
+        self._binding = True  # read by _prepare_batch: a list's batches are being prepared
+        try:
+            self._batches = batches.prepared(self._prepare_batch)
+        finally:
+            self._binding = False
         if self._batches.single:
             ((_, (X, y)),) = tuple(self._batches)
             self.X, self.y, self.batch_size = X, y, int(X.shape[0])
@@ -315,8 +340,7 @@ class JaxCurvature:
         """One batch checked, placed on the mesh, its output shape traced once per shape, and
         its labels (and under ``nan_policy="raise"`` its values) read on the host when first
         seen (a list: at binding; a stream: in the first pass)."""
-        bs = self._batches
-        first = bs is None or bs.n_passes == 0
+        first = self._binding or self._batches.n_passes == 0
         X, y = self._check_batch(batch, host=first)
         X, y = self._place(X, y)
         self._check_outputs(X, y, labels=first)
@@ -481,21 +505,110 @@ class JaxCurvature:
         return a
 
     def _operator(self, key: str, *, psd: bool, what: str, detail: str = "") -> LinearOperator:
-        return self._wrap(*self._mv_fns(key), psd=psd, what=what, detail=detail)
+        ckind = "output" if key == "ggn" else key
+        return self._wrap(*self._mv_fns(key), psd=psd, what=what, detail=detail,
+                          cached=(ckind, *self._cached_fns(key)))
+
+    # ------------------------------------------------------------------ product cache
+    def _cache_builder(self, ckind: str) -> Callable[..., Any]:
+        """The compiled ``(θ, X, y) -> residuals`` of a cache kind (a pytree of arrays: a
+        ``jax.tree_util.Partial`` or a pair of them); one compilation per batch shape,
+        shared by every source :meth:`at` derives, so the residuals' tree structure (and
+        with it the compiled application) is the same for all of them."""
+        key = "cache_build_" + ckind
+        if key not in self._jit:
+            L, out_of, lf = self._loss_flat, self._outputs_of, self.loss_fn
+            if ckind == "hvp_forward_over_reverse":
+                def build(th, X, y):  # noqa: ANN001, ANN202
+                    return jax.linearize(lambda t: jax.grad(L)(t, X, y), th)[1]
+            elif ckind == "hvp_reverse_over_reverse":
+                def build(th, X, y):  # noqa: ANN001, ANN202
+                    return jax.vjp(lambda t: jax.grad(L)(t, X, y), th)[1]
+            elif ckind == "output":
+                def build(th, X, y):  # noqa: ANN001, ANN202
+                    z, lin = jax.linearize(lambda t: out_of(t, X), th)
+                    return lin, jax.linearize(jax.grad(lambda zz: lf(zz, y)), z)[1]
+            else:  # pragma: no cover
+                raise KeyError(ckind)
+            self._jit[key] = jax.jit(build)
+        return self._jit[key]
+
+    def _cache_nbytes(self, ckind: str, X: jax.Array, y: jax.Array) -> int:
+        """The residuals' bytes of ``ckind`` on a batch of ``X``/``y``'s shapes (``jax.eval_shape``:
+        one trace per kind and batch shape, no compile, no computation)."""
+        sizes = self._jit.setdefault("cache_nbytes", {})
+        key = (ckind, tuple(X.shape), str(X.dtype), tuple(y.shape), str(y.dtype))
+        if key not in sizes:
+            sizes[key] = tree_nbytes(jax.eval_shape(self._cache_builder(ckind), self.theta, X, y))
+        return int(sizes[key])
+
+    def _cached_fns(self, key: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """Compiled ``(residuals, v[, extra]) -> product`` matvec and matmat (``vmap``) of a
+        product ``key`` from its cache kind's residuals (compiled once per batch shape: the
+        residuals are an argument)."""
+        name = "cache_apply_" + key
+        if name not in self._jit:
+            f: Callable[..., Any]
+            if key.startswith("hvp_forward"):
+                def f(lin, v):  # noqa: ANN001, ANN202
+                    return lin(v)
+            elif key.startswith("hvp_reverse"):
+                def f(lin, v):  # noqa: ANN001, ANN202
+                    return lin(v)[0]
+            elif key == "ggn":
+                def f(lin, v):  # noqa: ANN001, ANN202
+                    jz, hl = lin
+                    return jax.linear_transpose(jz, v)(hl(jz(v)))[0]
+            else:  # fisher_empirical, fisher_mc: the residuals of the output and per-batch weights
+                weight = self._weight_empirical if key == "fisher_empirical" else self._weight_mc
+
+                def f(lin, v, a):  # noqa: ANN001, ANN202
+                    jz = lin[0]
+                    return jax.linear_transpose(jz, v)(weight(jz(v), a))[0]
+            axes = (None, 1) if key.startswith(("hvp", "ggn")) else (None, 1, None)
+            self._jit[name] = (jax.jit(f), jax.jit(jax.vmap(f, in_axes=axes, out_axes=1)))
+        mv, mm = self._jit[name]
+        return mv, mm
+
+    def cache_info(self) -> dict[str, Any]:
+        """The product cache of this source: ``{"bytes": int, "batches_cached": int,
+        "batches": int, "limit": int | None}`` -- bytes held (residual pytrees of every
+        kind built so far: Hessian, GGN/Fisher), the longest cached prefix of batches, the
+        batches of one pass (for a stream: those seen so far) and ``cache_bytes``. No host sync."""
+        return self._cache.info(self._batches.num_batches)
+
+    def _product(self, plain: Callable[..., Any], fast: Callable[..., Any] | None, ckind: str | None,
+                 th: jax.Array, bs: Batches, cache: ProductCache, vj: jax.Array, extra: Any) -> Any:
+        """``Σ_b (n_b/N) product_b(vj)`` over one pass: ``fast(residuals_b, vj[, extra_b])`` on
+        the batches whose ``ckind`` residuals are cached (built here on first use, while the
+        bound allows), ``plain(θ, X_b, y_b, vj[, extra_b])`` on the others."""
+        if fast is None or ckind is None or cache.limit == 0:
+            return self._mean(lambda X, y, *e: plain(th, X, y, vj, *e), extra, bs)
+        build = self._cache_builder(ckind)
+        pos = itertools.count()
+        kind: str = ckind
+
+        def one(X: jax.Array, y: jax.Array, *e: Any) -> Any:
+            res = cache.lookup(kind, next(pos), lambda: build(th, X, y), lambda: self._cache_nbytes(kind, X, y))
+            return plain(th, X, y, vj, *e) if res is None else fast(res, vj, *e)
+
+        return self._mean(one, extra, bs)
 
     def _wrap(self, mv: Callable[..., Any], mm: Callable[..., Any], *, psd: bool, what: str,
-              detail: str = "", extra: Any = None) -> LinearOperator:
-        """A symmetric named operator from compiled ``(θ, X, y, v[, extra])`` matvec and matmat."""
-        th, bs = self.theta, self._batches
+              detail: str = "", extra: Any = None,
+              cached: tuple[str, Callable[..., Any], Callable[..., Any]] | None = None) -> LinearOperator:
+        """A symmetric named operator from compiled ``(θ, X, y, v[, extra])`` matvec and matmat;
+        with ``cached = (kind, cmv, cmm)``, batches whose ``kind`` residuals are (or now get)
+        cached use ``cmv``/``cmm(residuals, v[, extra])`` instead."""
+        th, bs, cache = self.theta, self._batches, self._cache
         n = self.layout.size
+        ckind, cmv, cmm = (None, None, None) if cached is None else cached
 
         def matvec(v: Any) -> Any:
-            vj = self._vec(v)
-            return from_jax(self._mean(lambda X, y, *e: mv(th, X, y, vj, *e), extra, bs))
+            return from_jax(self._product(mv, cmv, ckind, th, bs, cache, self._vec(v), extra))
 
         def matmat(V: Any) -> Any:
-            Vj = self._vec(V, "V", 2)
-            return from_jax(self._mean(lambda X, y, *e: mm(th, X, y, Vj, *e), extra, bs))
+            return from_jax(self._product(mm, cmm, ckind, th, bs, cache, self._vec(V, "V", 2), extra))
 
         return CurvatureOperator(matvec, (n, n), self.dtype, matmat=matmat,
                                  symmetric=True, psd=psd, xp=self.xp,
@@ -526,11 +639,14 @@ class JaxCurvature:
         checked like the constructor's (labels: one host read per batch when first seen);
         it keeps ``progress`` and ``check_deterministic`` but not ``num_data`` (pass a
         :class:`~curvlab.batches.Batches` to set it). Batches of the shapes and dtypes already
-        compiled for run without retracing; this source is unchanged. A pytree whose
+        compiled for run without retracing; this source is unchanged (operators built from
+        it keep its parameters, data and product cache); the new source starts with an
+        empty product cache of the same ``cache_bytes``. A pytree whose
         held-fixed leaves (not in ``trainable``) differ from this source's gives a source
         that compiles its own functions (the fixed leaves are constants of the programs).
         """
         new = copy.copy(self)
+        new._cache = ProductCache(self._cache.limit)  # never the old parameters' or data's residuals
         if params is not None:
             th = jnp.array(self._params_in(params, new), copy=True)  # a snapshot, never an alias
             if self.mesh is not None:
@@ -552,7 +668,7 @@ class JaxCurvature:
         if getattr(params, "ndim", None) == 1 and not isinstance(params, (dict, list, tuple)):
             return self._vec(params, "params")
         leaves, treedef = jax.tree_util.tree_flatten(params)
-        if treedef != self._treedef:
+        if self._treedef != treedef:
             raise ValueError(f"params must be a flat ({self.layout.size},) vector or a pytree of the "
                              f"constructor's structure {self._treedef}, got {treedef}")
         fixed = [i for i in range(len(leaves)) if i not in set(self._idx)]
@@ -637,6 +753,7 @@ class JaxCurvature:
             return tuple(from_jax(t) for k in structure["order"] for t in recs[k])
 
         if self._batches.single:
+            assert self.X is not None and self.y is not None  # one batch: bound at construction
             recs = records(self.X, self.y)
         else:  # a dataset: the records of every batch, concatenated in pass order
             recs = self._batches.concat(lambda b: records(*b))
@@ -742,13 +859,16 @@ class JaxCurvature:
                 return jax.vjp(lambda t: L_out(t, X), th)[1](weight(Jv, a))[0]
 
             self._jit[key] = (jax.jit(f), jax.jit(jax.vmap(f, in_axes=(None, None, None, 1, None), out_axes=1)))
-        return self._wrap(*self._jit[key], psd=True, what=what, detail=detail, extra=resid)
+        mv, mm = self._jit[key]
+        return self._wrap(mv, mm, psd=True, what=what, detail=detail, extra=resid,
+                          cached=("output", *self._cached_fns(key)))
 
     def hvp(self, v: Any) -> Any:
         """``H v`` for a flat ``(P,)`` vector (default mode)."""
-        mv, _ = self._mv_fns("hvp_" + self.hvp_mode)
-        th, vj = self.theta, self._vec(v)
-        return from_jax(self._mean(lambda X, y: mv(th, X, y, vj)))
+        key = "hvp_" + self.hvp_mode
+        mv, _ = self._mv_fns(key)
+        cmv, _ = self._cached_fns(key)
+        return from_jax(self._product(mv, cmv, key, self.theta, self._batches, self._cache, self._vec(v), None))
 
     def directional_curvature(self, d: Any, *, params: Any = None, return_all: bool = False) -> Any:
         """``dᵀHd`` by forward-over-forward (nested ``jax.jvp``); ``return_all`` gives

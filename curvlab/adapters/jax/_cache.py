@@ -1,0 +1,95 @@
+"""The product cache of :class:`curvlab.adapters.jax.JaxCurvature` (issue 14, target 1).
+
+What a Hessian / GGN / Fisher product on one batch needs besides the vector -- the
+residuals of ``jax.linearize`` of the gradient (Hessian, forward-over-reverse), of
+``jax.vjp`` of the gradient (Hessian, reverse-over-reverse) or of ``jax.linearize`` of the
+model output and of the loss gradient in the output (GGN and the Fisher kinds) -- is a
+pytree of arrays (a :class:`jax.tree_util.Partial`). :class:`ProductCache` keeps these
+pytrees per *kind* and per batch position, in pass order, while their total size stays
+within ``limit`` bytes: a prefix of the batches is cached, the others are recomputed at
+every product. The contract (names, semantics) is shared with the torch adapter and the
+reference MLP: ``cache_bytes`` on the constructor, ``cache_info()`` on the source.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+__all__ = ["DEFAULT_CACHE_BYTES", "ProductCache", "check_cache_bytes", "tree_nbytes"]
+
+#: The default bound: 1 GiB.
+DEFAULT_CACHE_BYTES = 2**30
+
+
+def check_cache_bytes(cache_bytes: Any) -> int | None:
+    """``cache_bytes`` validated: a non-negative int or None (a bool is refused)."""
+    if cache_bytes is None:
+        return None
+    if isinstance(cache_bytes, (bool, np.bool_)) or not isinstance(cache_bytes, numbers.Integral):
+        raise TypeError(f"cache_bytes must be a non-negative int (bytes) or None (no bound), got "
+                        f"{type(cache_bytes).__name__} {cache_bytes!r}")
+    if int(cache_bytes) < 0:
+        raise ValueError(f"cache_bytes must be >= 0 (0 disables the product cache), got {int(cache_bytes)}")
+    return int(cache_bytes)
+
+
+def tree_nbytes(tree: Any) -> int:
+    """Bytes held by the array leaves of ``tree`` (arrays or ``jax.ShapeDtypeStruct``; the
+    logical size: a sharded array counts once)."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        shape = getattr(leaf, "shape", None)
+        if shape is None:
+            continue
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+class ProductCache:
+    """Per-kind, per-batch residual pytrees of one source, within ``limit`` bytes in total.
+
+    A kind's batches are cached in pass order: batch ``i`` is kept only after batches
+    ``0..i-1`` and only while the total stays within ``limit``; the first batch that does
+    not fit closes the kind (it and every later batch are recomputed at each product),
+    so a product never errs for lack of room. ``limit=0`` caches nothing; ``None`` has
+    no bound. The object is owned by one source: :meth:`JaxCurvature.at` gives the new
+    source a fresh one, and an operator keeps the cache of the source that built it.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.entries: dict[str, list[Any]] = {}
+        self.closed: set[str] = set()
+        self.bytes = 0
+        self.batches_seen = 0
+
+    def lookup(self, kind: str, i: int, build: Callable[[], Any], nbytes: Callable[[], int]) -> Any | None:
+        """The cached residuals of ``kind`` on batch ``i``, built now by ``build()`` when
+        batch ``i`` is the next of the prefix and ``nbytes()`` (their size, known before
+        building) fits; None when the batch is not (and will not be) cached."""
+        self.batches_seen = max(self.batches_seen, i + 1)
+        got = self.entries.setdefault(kind, [])
+        if i < len(got):
+            return got[i]
+        if self.limit == 0 or kind in self.closed or i != len(got):
+            return None
+        n = nbytes()
+        if self.limit is not None and self.bytes + n > self.limit:
+            self.closed.add(kind)
+            return None
+        res = build()
+        got.append(res)
+        self.bytes += n
+        return res
+
+    def info(self, batches: int | None) -> dict[str, Any]:
+        """``{"bytes", "batches_cached", "batches", "limit"}`` (``batches_cached``: the
+        longest cached prefix over the kinds; ``batches``: one pass's batches when known)."""
+        cached = max((len(v) for v in self.entries.values()), default=0)
+        n = batches if batches is not None else self.batches_seen
+        return {"bytes": int(self.bytes), "batches_cached": int(cached), "batches": int(n),
+                "limit": self.limit}
