@@ -118,6 +118,9 @@ html_theme = "pydata_sphinx_theme"
 html_title = f"curvlab {release}"
 html_static_path: list[str] = []
 html_show_sourcelink = False
+# no left sidebar where it would list nothing (single pages without children)
+html_sidebars = {page: [] for page in ("index", "install", "guides/*", "reference/support_matrix",
+                                       "reference/policies", "reference/sources")}
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
