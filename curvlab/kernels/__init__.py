@@ -250,8 +250,9 @@ def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any
     Writes the filter update of :func:`rls_filter_update` (``x = w·xscale``, observation ``g``) of
     ``a, h`` into the scratch arrays ``an, hn`` (coordinates with a non-finite ``g`` or ``x`` keep
     ``a, h``); ``a, h, P00, P01, P11, p`` are not written. On the filtered values as stored, returns
-    ``(n_skipped, pole, n_negative_h, KL, dKL)``: the coordinates skipped, :func:`kl_pole` and
-    :func:`kl_dual_multi` at ``etas``. Shapes ``(n,)``, one dtype. Host syncs: 0 (NumPy), 3 (CuPy).
+    ``(n_skipped, pole, n_negative_h, KL, dKL)``: the coordinates skipped, ``max(0, pole)`` and the
+    count of :func:`kl_pole` (clipped at 0, what the exact solver uses: the Numba kernel divides only
+    in chunks where some ``−c_j/p_j`` may be positive), and :func:`kl_dual_multi` at ``etas``. Shapes ``(n,)``, one dtype. Host syncs: 0 (NumPy), 3 (CuPy).
     Method inspired by arXiv 2310.20574.
     """
     e = _eta_list(etas)

@@ -221,6 +221,20 @@ def _chunk_pole(h, p, bp0, hmin):  # pragma: no cover - compiled
     return m, neg
 
 
+def _chunk_scan(h, p, bp0, hmin):  # pragma: no cover - compiled
+    # division-free: the coordinates whose -c/p may be > 0 (c < 0, p <= 0, NaN), and the count of h < 0
+    need = 0
+    neg = 0
+    for i in range(h.size):
+        H = np.float64(h[i])
+        c = (hmin if H < hmin else H) + bp0
+        P = np.float64(p[i])
+        need += 1 if ((c < 0.0) | (not P > 0.0) | (c != c)) else 0
+        neg += 1 if H < 0.0 else 0
+    return need, neg
+
+
+_chunk_scan_jit = nb.njit(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")(_chunk_scan)
 _chunk_pole_jit = nb.njit(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")(_chunk_pole)
 
 
@@ -272,7 +286,10 @@ def _prepare(g, w, a, h, P00, P01, P11, p, an, hn, xscale, q, r, inv_lam, mscale
             skipped += 0 if ok else 1
             ans[j] = A if ok else A0
             hns[j] = H if ok else H0
-        mx, neg = _chunk_pole_jit(hns, ps, bp0, hmin)  # on the values as stored (in cache)
+        # the pole (on the values as stored, in cache): its division only in a chunk that has a
+        # coordinate with c < 0 or p <= 0 (or NaN) -- elsewhere -c/p <= 0, below the 0 returned at least
+        need, neg = _chunk_scan_jit(hns, ps, bp0, hmin)
+        mx = _chunk_pole_jit(hns, ps, bp0, hmin)[0] if need else -np.inf
         stats[ch, 0] = skipped
         stats[ch, 1] = neg
         stats[ch, 2] = mx
@@ -287,6 +304,7 @@ def _finish(g, w, an, hn, P00, P01, P11, p, a, h, out, eta, xscale, q, r, inv_la
     # the last pass of a step: the covariance part of ``_filter`` (the same arithmetic), ``a, h <- an, hn``
     # and the primal update of ``_apply`` given η
     clamped = 0
+    ibn = 1.0 / (beta + nu)  # a multiplication in the loop (within an ulp of the twin's division)
     for i in nb.prange(g.size):
         gi = np.float64(g[i])
         x = np.float64(w[i]) * xscale
@@ -322,7 +340,7 @@ def _finish(g, w, an, hn, P00, P01, P11, p, a, h, out, eta, xscale, q, r, inv_la
         step = -G / (c + eta * P)
         step = step if G != 0.0 else 0.0
         out[i] = (mu - W) + step
-        pn = (c + nu * P) / (beta + nu)
+        pn = (c + nu * P) * ibn
         low = pn < pmin
         p[i] = pmin if low else pn
         clamped += 1 if low else 0
@@ -415,7 +433,7 @@ def arturo_prepare(etas, g, w, a, h, P00, P01, P11, p, an, hn, *, xscale=1.0, q,
                                                  float(r), 1.0 / float(forget), float(mscale), float(beta_p0),
                                                  float(h_min), e, bool(domain_check), part, stats)
     s = part.sum(axis=0)
-    return (int(stats[:, 0].sum()), float(stats[:, 2].max()), int(stats[:, 1].sum()), 0.5 * s[:e.size],
+    return (int(stats[:, 0].sum()), max(0.0, float(stats[:, 2].max())), int(stats[:, 1].sum()), 0.5 * s[:e.size],
             -s[e.size:])
 
 

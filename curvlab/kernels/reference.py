@@ -198,7 +198,7 @@ def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any
     """Pass 1 of an arTuRO step, composed of the twins: the filter into ``an, hn`` (the state
     arrays are only read), then :func:`kl_pole` and :func:`kl_dual_multi` on the filtered values.
 
-    Returns ``(n_skipped, pole, n_negative_h, KL[etas], dKL[etas])``.
+    Returns ``(n_skipped, max(0, pole), n_negative_h, KL[etas], dKL[etas])``.
     """
     kw: dict[str, Any] = {} if _ops is not None else dict(dtype=dtype)
     ops = _ops if _ops is not None else _this()
@@ -209,7 +209,7 @@ def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any
     pole, neg = ops.kl_pole(hn, p, beta_p0=beta_p0, h_min=h_min, **kw)
     kls, dkls = ops.kl_dual_multi(etas, w, an, hn, p, mscale=mscale, beta_p0=beta_p0, h_min=h_min,
                                   domain_check=domain_check, **kw)
-    return int(skipped), float(pole), int(neg), kls, dkls
+    return int(skipped), max(0.0, float(pole)), int(neg), kls, dkls
 
 
 def arturo_finish(eta: float, g: Any, w: Any, an: Any, hn: Any, P00: Any, P01: Any, P11: Any, p: Any, a: Any, h: Any,

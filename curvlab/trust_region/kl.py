@@ -148,19 +148,25 @@ class KLDual:
         if pole is not None:
             self._pole = (float(pole[0]), int(pole[1]))
 
-    def estimate_root(self, eps: float) -> float:
-        """A guess of η with ``KL(η) = eps`` from the stored values (a Newton step on ``KL^{-1/2}``
-        from the stored value nearest the target); NaN when none is usable. A guess only: it
-        chooses which η to evaluate ahead, never the answer."""
-        best, x = math.inf, math.nan
+    def estimate_root(self, eps: float) -> tuple[float, Any]:
+        """A guess of η with ``KL(η) = eps`` from the stored values: a Newton step on ``KL^{-1/2}``
+        (linear in η when ``c ∝ p``) from the stored value nearest the target, and that linear model
+        ``η ↦ KL`` (or ``(NaN, None)`` when no stored value is usable). A guess only: it chooses
+        which η to evaluate ahead, never the answer."""
+        best, x, model = math.inf, math.nan, None
         for (e, _), (k, d) in self._cache.items():
             if not (0.0 < k < math.inf and d < 0.0 and math.isfinite(d)):
                 continue
             gap = abs(math.log(k / eps))
             if gap < best:
-                best = gap
-                x = e - (k ** -0.5 - eps ** -0.5) / (-0.5 * k ** -1.5 * d)
-        return x
+                psi, dpsi = k ** -0.5, -0.5 * k ** -1.5 * d
+                best, x = gap, e - (psi - eps ** -0.5) / dpsi
+
+                def model(eta: float, e: float = e, psi: float = psi, dpsi: float = dpsi) -> float:
+                    v = psi + dpsi * (eta - e)
+                    return v ** -2 if v > 0 else math.inf
+
+        return x, model
 
     def pole(self) -> tuple[float, int]:
         """``(max_j −c_j/p_j, #{h_j < 0})`` over all blocks (``−inf`` if empty)."""
@@ -174,13 +180,19 @@ class KLDual:
         return m, n
 
 
-def _predicted_path(lo: float, hi: float, root: float, tol: float, cap: int = 24) -> list[float]:
+def _predicted_path(lo: float, hi: float, root: float, tol: float, cap: int = 24, model: Any = None,
+                    eps: float = math.nan, early: float = 0.0) -> list[float]:
     """The midpoints :func:`bisect_reference` visits from ``[lo, hi]`` if its root is ``root``,
-    and the midpoint of its final bracket (the returned η): what to evaluate ahead in one pass."""
+    and the midpoint of its final bracket (the returned η): what to evaluate ahead in one pass.
+    With a ``model`` of ``η ↦ KL``, the path stops one midpoint after the first one the model puts
+    well inside the early exit ``|KL − eps| < early·eps`` (at half that distance)."""
     mids: list[float] = []
-    while hi - lo > tol and len(mids) < cap:
+    stop = math.inf
+    while hi - lo > tol and len(mids) < cap and len(mids) <= stop:
         mid = (lo + hi) / 2.0
         mids.append(mid)
+        if model is not None and stop == math.inf and abs(model(mid) - eps) < 0.5 * early * eps:
+            stop = len(mids)
         if mid < root:
             lo = mid
         else:
@@ -302,10 +314,10 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
         if hasattr(dual, "prefetch") and hasattr(dual, "known"):
             def ahead(lo: float, hi: float) -> None:
                 if not dual.known((lo + hi) / 2.0):  # evaluate the predicted rest of the path in one pass
-                    root = dual.estimate_root(eps) if hasattr(dual, "estimate_root") else math.nan
+                    root, model = dual.estimate_root(eps) if hasattr(dual, "estimate_root") else (math.nan, None)
                     if not lo < root < hi:
                         root = eta_prev if lo < eta_prev < hi else (lo + hi) / 2.0
-                    dual.prefetch(_predicted_path(lo, hi, root, eta_tol))
+                    dual.prefetch(_predicted_path(lo, hi, root, eta_tol, model=model, eps=eps, early=early_exit))
 
         eta, it = bisect_reference(kl_of, eps, eta_prev, tol_abs=eta_tol, x_max=eta_max, warm=warm_factor,
                                    early=early_exit, ahead=ahead)

@@ -110,6 +110,60 @@ def test_dual_pole_apply_match_reference(xp, rng, dt, edge):
     _close(p1, p2, dt)
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("edge", [False, True])
+def test_prepare_and_finish_equal_the_multi_pass_step(xp, rng, dt, edge):
+    """pass 1 + pass N of a warm arTuRO step (prepare, finish) give the state, pole, duals and update of
+    the multi-pass sequence filter -> pole -> dual -> apply, and pass 1 leaves the state untouched."""
+    n = 4099
+    g, w, a, h, P00, P01, P11 = _state(xp, rng, n, dt, edge)
+    p = xp.asarray(rng.uniform(0.5, 60.0, n).astype(dt))
+    st = [a, h, P00, P01, P11, p]
+    old = [x.copy() for x in st]
+    an, hn = xp.empty_like(w), xp.empty_like(w)
+    fkw = dict(xscale=0.93, q=0.0123, r=1.7, mscale=0.97, beta_p0=0.02, h_min=-0.5)
+    etas = (0.0, 0.37, 12.5)
+    sk, pole, neg, kl, dkl = kernels.arturo_prepare(etas, g, w, *st, an, hn, **fkw)
+    for x, y in zip(st, old):
+        np.testing.assert_array_equal(np.asarray(getattr(x, "get", lambda: x)()), np.asarray(getattr(y, "get", lambda: y)()))
+    ref = [x.copy() for x in old]
+    sk2, _ = kernels.rls_filter_update(g, w, *ref[:5], xscale=0.93, q=0.0123, r=1.7)
+    pole2, neg2 = kernels.kl_pole(ref[1], ref[5], beta_p0=0.02, h_min=-0.5)
+    assert sk == sk2 and neg == neg2 and pole == max(0.0, pole2)
+    _close(an, ref[0], dt)
+    _close(hn, ref[1], dt)
+    for i, eta in enumerate(etas):
+        k2, d2 = kernels.kl_dual(eta, w, ref[0], ref[1], ref[5], mscale=0.97, beta_p0=0.02, h_min=-0.5)
+        np.testing.assert_allclose([kl[i], dkl[i]], [k2, d2], rtol=1e-12, err_msg=f"eta {eta}")  # NaN == NaN
+    if edge:
+        assert sk > 0 and math.isnan(kl[0])  # a NaN weight (w = NaN) makes the dual NaN: flagged, not hidden
+    many = kernels.kl_dual_multi(etas, w, an, hn, p, mscale=0.97, beta_p0=0.02, h_min=-0.5)
+    np.testing.assert_allclose(many[0], kl, rtol=1e-12)
+    np.testing.assert_allclose(many[1], dkl, rtol=1e-12)
+    o1, o2 = xp.empty_like(w), xp.empty_like(w)
+    akw = dict(nu=1.3, beta=0.1, p_min=0.2)
+    c1 = kernels.arturo_finish(2.5, g, w, an, hn, *st[2:5], st[5], st[0], st[1], o1, **fkw, **akw)
+    c2 = kernels.arturo_apply(2.5, w, ref[0], ref[1], ref[5], o2, mscale=0.97, beta_p0=0.02, h_min=-0.5, **akw)
+    assert c1 == c2
+    for x, y in zip(st + [o1], ref + [o2]):
+        _close(x, y, dt)
+
+
+def test_prepare_rejects_nan_eta_and_a_read_only_scratch():
+    z = np.zeros(4)
+    kw = dict(q=0.1, r=1.0, beta_p0=0.0)
+    with pytest.raises(ValueError, match="etas"):
+        kernels.arturo_prepare([0.5, math.nan], z, z, z, z, z, z, z, z, z.copy(), z.copy(), **kw)
+    ro = np.zeros(4)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="an must be writeable"):
+        kernels.arturo_prepare([0.5], z, z, z, z, z, z, z, z, ro, z.copy(), **kw)
+    e = np.zeros(0)
+    assert kernels.arturo_prepare([1.0], e, e, e, e, e, e, e, e, e.copy(), e.copy(), **kw)[:3] == (0, 0.0, 0)
+    assert kernels.arturo_finish(1.0, e, e, e, e, e.copy(), e.copy(), e.copy(), e.copy(), e.copy(), e.copy(), e.copy(),
+                                 q=0.1, r=1.0, beta_p0=0.0, nu=1.0, beta=1.0) == 0
+
+
 def test_apply_kl_equals_dual(rng):
     _, w, a, h, p, *_ = _state(np, rng, 300, np.float64)
     p = np.abs(p) + 0.1

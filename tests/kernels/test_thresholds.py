@@ -24,12 +24,17 @@ from curvlab.kernels import cpu, reference
 DTYPES = [np.float32, np.float64]
 SIZES = [13, cpu.PARALLEL_MIN - 1, cpu.PARALLEL_MIN, cpu.PARALLEL_MIN + 1]
 IMPLS = ["numba", "numpy"]
+#: the chunked multi-η kernels (kl_dual_multi, arturo_prepare) also change path at chunk boundaries
+#: (a partial last chunk; PARALLEL_MIN + 1 is 16 chunks and one element)
+SIZES_CHUNKED = [13, cpu.CHUNK - 1, cpu.CHUNK, cpu.CHUNK + 1, cpu.PARALLEL_MIN - 1, cpu.PARALLEL_MIN,
+                 cpu.PARALLEL_MIN + 1]
 
 
 def test_the_threshold_is_the_one_tested():
     # a new threshold in cpu.py must be added to SIZES (grep for the name of every size constant)
     consts = [k for k, v in vars(cpu).items() if k.isupper() and isinstance(v, int) and not isinstance(v, bool)]
-    assert consts == ["PARALLEL_MIN"]
+    assert consts == ["PARALLEL_MIN", "CHUNK"]
+    assert set(SIZES_CHUNKED) >= {cpu.CHUNK - 1, cpu.CHUNK, cpu.CHUNK + 1, *SIZES}
     assert cpu._pick(cpu._pole_par, cpu._pole_ser, cpu.PARALLEL_MIN) is cpu._pole_par
     assert cpu._pick(cpu._pole_par, cpu._pole_ser, cpu.PARALLEL_MIN - 1) is cpu._pole_ser
 
@@ -169,3 +174,68 @@ def test_count_nonfinite_matches_twin(n, dt, impl, edge):
         assert kernels.count_nonfinite(d[k], impl=impl) == reference.count_nonfinite(d[k])
     if edge:
         assert kernels.count_nonfinite(d["g"], impl=impl) > 0
+
+
+CASES_CHUNKED = [pytest.param(n, dt, impl, edge, id=f"n{n}-{np.dtype(dt).name}-{impl}-{'edge' if edge else 'plain'}")
+                 for n in SIZES_CHUNKED for dt in DTYPES for impl in IMPLS for edge in (False, True)]
+ETAS = (0.0, 0.37, 12.5, 1e6)
+
+
+@pytest.mark.parametrize("n,dt,impl,edge", CASES_CHUNKED)
+def test_dual_multi_matches_twin(n, dt, impl, edge):
+    d = _data(n, dt, 6, edge)
+    for kw in (dict(mscale=0.97, beta_p0=0.02, h_min=-0.5), dict(beta_p0=0.0, domain_check=True)):
+        with np.errstate(all="ignore"):
+            got = kernels.kl_dual_multi(ETAS, d["w"], d["a"], d["h"], d["p"], impl=impl, **kw)
+        want = _ref(dt, impl).kl_dual_multi(ETAS, d["w"], d["a"], d["h"], d["p"], **kw)
+        for i, eta in enumerate(ETAS):
+            for x, y in zip(got, want):
+                _scalar(float(x[i]), float(y[i]), _tol(dt, impl), f"dual_multi eta={eta} {kw}")
+
+
+@pytest.mark.parametrize("n,dt,impl,edge", CASES_CHUNKED)
+def test_prepare_matches_twin(n, dt, impl, edge):
+    d = _data(n, dt, 7, edge)
+    names = ("g", "w", "a", "h", "P00", "P01", "P11", "p")
+    before = {k: d[k].copy() for k in names}
+    kw = dict(xscale=0.93, q=0.0123, r=1.7, forget=0.97, mscale=0.97, beta_p0=0.02, h_min=-0.5)
+    for chk in (False, True):
+        an1, hn1, an2, hn2 = (np.empty_like(d["w"]) for _ in range(4))
+        with np.errstate(all="ignore"):
+            got = kernels.arturo_prepare(ETAS, *(d[k] for k in names), an1, hn1, domain_check=chk, impl=impl, **kw)
+        want = _ref(dt, impl).arturo_prepare(ETAS, *(d[k] for k in names), an2, hn2, domain_check=chk, **kw)
+        for k in names:  # the state is only read
+            np.testing.assert_array_equal(d[k], before[k], err_msg=k)
+        assert got[0] == want[0] and got[2] == want[2], (got[:3], want[:3])
+        assert got[1] >= 0.0
+        _scalar(got[1], want[1], _tol(dt, impl), "pole")
+        for x, y in zip(got[3:], want[3:]):
+            for i, eta in enumerate(ETAS):
+                _scalar(float(x[i]), float(y[i]), _tol(dt, impl), f"prepare dual eta={eta} chk={chk}")
+        _same(an1, an2, _tol(dt, impl), "an")
+        _same(hn1, hn2, _tol(dt, impl), "hn")
+    if edge:
+        assert got[0] > 0
+
+
+@pytest.mark.parametrize("n,dt,impl,edge", CASES)
+def test_finish_matches_twin(n, dt, impl, edge):
+    d = _data(n, dt, 8, edge)
+    rng = np.random.default_rng(9)
+    an = rng.standard_normal(n).astype(dt)
+    hn = rng.uniform(-1.0, 3.0, n).astype(dt)
+    names = ("P00", "P01", "P11", "p", "a", "h")
+    A = {k: d[k].copy() for k in names}
+    B = {k: d[k].copy() for k in names}
+    o1, o2 = np.empty_like(d["w"]), np.empty_like(d["w"])
+    kw = dict(xscale=0.93, q=0.0123, r=1.7, forget=0.97, mscale=0.97, beta_p0=0.02, h_min=-0.5, nu=1.3, beta=0.1,
+              p_min=0.2)
+    with np.errstate(all="ignore"):
+        c1 = kernels.arturo_finish(2.5, d["g"], d["w"], an, hn, *(A[k] for k in names), o1, impl=impl, **kw)
+        c2 = _ref(dt, impl).arturo_finish(2.5, d["g"], d["w"], an, hn, *(B[k] for k in names), o2, **kw)
+    assert c1 == c2 and (c1 > 0 or n < 100)
+    _same(o1, o2, _tol(dt, impl), "out")
+    for k in names:
+        _same(A[k], B[k], _tol(dt, impl), k)
+    np.testing.assert_array_equal(A["a"], an)
+    np.testing.assert_array_equal(A["h"], hn)
