@@ -424,8 +424,9 @@ class MLPProducts:
 
         z'_l = W_l ã'_{l-1} + D_l ã_{l-1},  z''_l = W_l ã''_{l-1} + 2 D_l ã'_{l-1},
         a' = σ' z',  a'' = σ' z'' + σ'' z'²,  c = mean_b [∇L·z''_L + z'_Lᵀ ∇²L z'_L].
-        Scratch arrays alternate between two sets of the workspace (the current and the
-        next layer), so the footprint is ≈ 10 layer-sized arrays whatever the depth.
+        The workspace holds ``z, z', z''`` of the current and the next layer and three
+        temporaries: ≈ 9 layer-sized arrays whatever the depth (the gradient keeps the
+        activations, σ' and δ of every layer).
         """
         xp, act, dt = self.xp, self.act, self.dtype
         ws = self._ws()
@@ -433,8 +434,8 @@ class MLPProducts:
         L = self.n_layers
         B = X.shape[0]
 
-        def buf(tag: str, l: int, n: int) -> Array:
-            return ws.get(("fw" + tag, l % 2), (B, n), dt)
+        def buf(tag: str, l: int, n: int) -> Array:  # z, z', z'' alternate between two sets
+            return ws.get(("fw" + tag, l % 2) if tag in ("z", "z1", "z2") else "fw" + tag, (B, n), dt)
 
         W, D = Ws[0], Ds[0]
         n = W.shape[0]
@@ -522,8 +523,8 @@ class MLPProducts:
         xp, dt = self.xp, self.dtype
         ws = self._ws()
         # scale d to the parameters' magnitude (max-abs, device-side, no sync, no overflow)
-        nd = xp.max(xp.abs(d))
-        nt = xp.max(xp.abs(params))
+        nd = xp.maximum(d.max(), -d.min())  # max |d| without a (P,) temporary
+        nt = xp.maximum(params.max(), -params.min())
         nt = xp.where(nt > 0, nt, 1)
         scale = xp.where(nd > 0, nt / xp.where(nd > 0, nd, 1), 1).astype(dt)
         Ds = self.layout.unpack(d)  # unscaled views; ŝD is formed on the fly
@@ -583,13 +584,15 @@ class MLPProducts:
             xp.sum(delta, axis=0, out=gs[l][:, -1])
             E_l = Es[l]
             if E_l is not None:
-                c = c + 2 * xp.sum(delta * E_l, dtype=np.float64)
+                xp.multiply(delta, E_l, out=E_l)
+                c = c + 2 * xp.sum(E_l, dtype=np.float64)
             if l > 0:
                 g = ws.get(("g", l), a.shape, dt)
                 matmul_into(delta, Ws[l][:, :-1], g, xp)
                 Q = Qs[l - 1]
                 if Q is not None:
-                    c = c + xp.sum(g * Q, dtype=np.float64)
+                    Q *= g
+                    c = c + xp.sum(Q, dtype=np.float64)
                 g *= act.d1_from_output(a, xp, out=ws.get(("d1", l), a.shape, dt))
                 delta = g
         s64 = scale.astype(np.float64)
