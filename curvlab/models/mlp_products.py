@@ -128,7 +128,9 @@ class MLPProducts:
         layout: Layout
         act: Activation
         objective: Loss
-        label: str
+
+        @property
+        def label(self) -> str: ...
 
         @property
         def n_params(self) -> int: ...

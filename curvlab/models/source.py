@@ -274,6 +274,7 @@ class MLPCurvature:
 
         if batches.single:
             X, y = self._X, self._y
+            assert X is not None and y is not None
 
             def mm(V: Array) -> Array:
                 return product(0, X, y, V)
