@@ -112,6 +112,26 @@ def _projected_eigh(T: np.ndarray, j: int, p: int) -> tuple[np.ndarray, np.ndarr
     return theta, S
 
 
+def _drift(restarts: int, ncv: int, eps: float, tnorm: float) -> float:
+    """Bound on how far the stored products ``A V`` are from fresh ones after ``restarts`` restarts
+    (each a ``(p, ncv)`` combination of rows: the rounding of a length-``ncv`` sum, ``√ncv eps ‖A‖``
+    per restart, with a safety factor of 2)."""
+    return 2.0 * restarts * float(np.sqrt(ncv)) * eps * max(tnorm, 1e-300)
+
+
+def _residual_norms(xp: Any, AY: Any, Y: Any, vals: np.ndarray) -> np.ndarray:
+    """``‖A y_i - θ_i y_i‖`` in float64 on the host (``inf`` where not finite); one sync on a device."""
+    R = AY.astype(np.float64) - Y.astype(np.float64) * xp.asarray(vals)[None, :]
+    resid = np.asarray(backend.to_numpy(xp.linalg.norm(R, axis=0)), dtype=np.float64)
+    return np.where(np.isfinite(resid), resid, np.inf)
+
+
+def _stored_residuals(xp: Any, V: Any, AV: Any, j: int, S: np.ndarray, vals: np.ndarray, dt: Any) -> np.ndarray:
+    """Residual norms of the Ritz pairs ``(vals, V[:j]ᵀ S)`` from the stored raw products ``AV[:j]``."""
+    Sd = xp.asarray(S.astype(dt))
+    return _residual_norms(xp, AV[:j].T @ Sd, V[:j].T @ Sd, vals)
+
+
 def _tol_scale(theta: np.ndarray, sel: np.ndarray, tnorm: float, anorm: float, relative_to: str) -> np.ndarray:
     """Per-pair scale ``s_i`` of the test ``‖A y_i - θ_i y_i‖ <= tol · s_i`` (see :func:`eigsh`'s ``tol_relative_to``)."""
     if relative_to == "norm":
@@ -376,8 +396,11 @@ def eigsh(
     EigResult; ``eigenvalues`` descending for "LA"/"LM", ascending for
     "SA"/"BE". ``residual_norms`` are the true ``‖A y - θ y‖`` of the returned
     Ritz vectors (computed in float64): from the raw operator products of the
-    basis when no restart can have let them drift, else from one final block
-    product of the ``k`` Ritz vectors (``k`` matvecs, counted). ``converged``
+    basis (kept through 3 restarts) when their drift over the restarts
+    (bounded by ``2 √ncv eps ‖T‖`` per restart) is under half the tolerance,
+    and a pair is then called converged only with that drift to spare; else
+    from one final block product of the ``k`` Ritz vectors (``k`` matvecs,
+    counted). ``converged``
     is decided on these, so a pair the recurrence calls converged but whose
     true residual misses ``tol`` (float32 round-off, ``tol`` below what the
     dtype can attain: about ``√n eps ‖A‖``) is flagged, with status
@@ -502,6 +525,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     last_sel = None
     tnorm = 0.0
     anorm = 0.0  # max |θ| over the Ritz values seen: a lower bound of ‖A‖ (tol_relative_to="norm")
+    misses = 0  # claims the stored-product check refuted
     stop = False
     invariant = False
     claimed = False  # the recurrence's residuals met tol for every wanted pair
@@ -511,6 +535,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
         cycles += 1
         j = p
         next_check = 0
+        last_check: tuple[int, float] | None = None  # (step, log of the worst residual / threshold)
         while j < ncv:
             if op.n_matvecs - before >= loop_budget:
                 message, status = f"matvec budget {max_matvecs} exhausted", "max_matvecs"
@@ -539,18 +564,36 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
                     anorm = max(anorm, float(np.max(np.abs(theta[[0, -1]]))))
                     scale = _tol_scale(theta, sel, tnorm, anorm, relative_to)
                     # the estimate |β s_m| differs from the true residual by the rounding of the relation
-                    # (about sqrt(j) eps ‖T‖): near that floor, stop only with that much to spare (at
-                    # most half of tol: the estimate keeps falling below the floor, so a run whose tol
-                    # is unattainable still stops, and the verification flags it)
+                    # (about sqrt(j) eps ‖T‖). With the raw products at hand a claim is checked on the
+                    # true residuals at once (k (j, n) products, no matvec) and the run goes on if they
+                    # miss; otherwise (or after two misses) it stops only with sqrt(j) eps ‖T‖ to spare,
+                    # at most half of tol: the estimate keeps falling below the round-off floor, so a
+                    # run whose tol is unattainable still stops, and the final verification flags it
                     thr = tol * scale
-                    conv = resid <= np.maximum(thr - np.sqrt(j) * eps * tnorm, 0.5 * thr)
+                    check_now = images is not None and misses < 2
+                    drift = _drift(restarts, ncv, eps, tnorm)
+                    slack = drift if check_now else np.sqrt(j) * eps * tnorm
+                    conv = resid <= np.maximum(thr - slack, 0.5 * thr)
                     last_sel = (sel, resid, conv, j)
+                    if conv.all() and check_now:
+                        true_res = _stored_residuals(xp, V, AV, j, S[:, sel], theta[sel], dt) + drift
+                        if not np.all(true_res <= thr):
+                            misses += 1
+                            conv = true_res <= thr
+                            last_sel = (sel, resid, conv, j)
                     if conv.all():
                         stop = claimed = True
                         break
-                    # far from convergence, skip a few (cheap but not free) Ritz checks
-                    worst = float(np.max(resid / (tol * scale)))
-                    next_check = j + (4 if worst > 1e6 else 2 if worst > 1e2 else 1)
+                    # far from convergence, skip a few (cheap but not free) Ritz checks: half the steps
+                    # the observed rate of decrease still needs (Lanczos convergence only speeds up),
+                    # at most 4; without a rate yet, 4/2/1 steps above 1e6/1e2/1 times the threshold
+                    worst = float(np.log(max(float(np.max(resid / np.maximum(thr - slack, 0.5 * thr))), 1.0)))
+                    gap = 4 if worst > 6 * np.log(10) else 2 if worst > 2 * np.log(10) else 1
+                    if last_check is not None and last_check[1] > worst and j > last_check[0]:
+                        rate = (last_check[1] - worst) / (j - last_check[0])
+                        gap = int(min(4.0, max(1.0, 0.5 * worst / rate)))
+                    last_check = (j, worst)
+                    next_check = j + gap
             if invariant:
                 if j >= n:
                     stop = True
@@ -620,36 +663,36 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     scale = _tol_scale(theta_f, sel, tnorm, anorm, relative_to)
     Sd = xp.asarray(S_f[:, sel].astype(dt))
     vecs = V[:jj].T @ Sd
-    # true residuals: the stored raw products are A V up to one rounding per restart
-    drift = 10.0 * restarts * np.sqrt(ncv) * eps * max(tnorm, 1e-300)
-    if images is not None and drift <= 1e-2 * tol * float(np.min(scale)):
-        AY = AV[:jj].T @ Sd
-    else:
-        AY = op.matmat(vecs)
-    R = AY.astype(np.float64) - vecs.astype(np.float64) * xp.asarray(vals)[None, :]
-    resid = np.asarray(backend.to_numpy(xp.linalg.norm(R, axis=0)), dtype=np.float64)
-    resid = np.where(np.isfinite(resid), resid, np.inf)
+    # true residuals: the stored raw products are A V up to one rounding per restart, so the residual
+    # from them plus that drift bounds the true one; a fresh block product when the drift would matter
+    drift = _drift(restarts, ncv, eps, tnorm)
+    stored = images is not None and drift <= 0.5 * tol * float(np.min(scale))
+    AY = AV[:jj].T @ Sd if stored else op.matmat(vecs)
+    resid = _residual_norms(xp, AY, vecs, vals)
+    margin = drift if stored else 0.0  # the stored products' drift: convergence is decided with it to spare
     # a residual below the rounding of one product (eps ‖A‖) cannot be told from zero: such a
     # target is unattainable in this dtype, and no pair is called converged against it
     attainable = eps * max(tnorm, 1e-300)
-    conv = (resid <= tol * scale) & (tol * scale >= attainable)
+    conv = (resid + margin <= tol * scale) & (tol * scale >= attainable)
     if cb_stop and conv.all():
         message, status = f"converged (verified; {message})", "converged"
     if not status:
         if conv.all():
             message, status = "converged", "converged"
         elif claimed or (invariant and jj >= n):
-            worst = int(np.argmax(resid / (tol * scale)))
+            worst = int(np.argmax((resid + margin) / (tol * scale)))
+            what = "tol·max(|θ|, ε^(2/3)‖A‖)" if relative_to == "eigenvalue" else "tol·max|θ| (≈ tol·‖A‖)"
+            drift_txt = f" (+ {margin:.1e} possible drift of the stored products)" if margin else ""
             if np.any(~conv & (tol * scale < attainable)):
                 message = (
-                    f"tol below attainable precision: tol·max(|θ|, ε^(2/3)‖A‖) = {tol * float(np.min(scale)):.2e} is "
+                    f"tol below attainable precision: {what} = {tol * float(np.min(scale)):.2e} is "
                     f"under the rounding of one {np.dtype(dt).name} product, eps·‖A‖ ≈ {attainable:.1e} (true "
                     f"residual {resid[worst]:.2e}); use a larger tol or float64"
                 )
             else:
                 message = (
-                    f"the recurrence met tol = {tol:g} but the true residual ‖Ay - θy‖ = {resid[worst]:.2e} exceeds "
-                    f"tol·max(|θ|, ε^(2/3)‖A‖) = {tol * scale[worst]:.2e}"
+                    f"the recurrence met tol = {tol:g} but the true residual ‖Ay - θy‖ = {resid[worst]:.2e}{drift_txt} "
+                    f"exceeds {what} = {tol * scale[worst]:.2e}"
                 )
             status = "stagnated"
         else:  # pragma: no cover - every other stop sets a status above
