@@ -172,5 +172,15 @@ def _fix_sections(app, what, name, obj, options, lines):  # noqa: ANN001
             _renamed.append(f"{name}: {title} -> Notes")
 
 
+def _report_sections(app, exc):  # noqa: ANN001
+    from sphinx.util import logging as _logging
+
+    if exc is None and _renamed:
+        _logging.getLogger(__name__).info(
+            f"curvlab docs: {len(set(_renamed))} docstring section(s) adapted for numpydoc: "
+            + "; ".join(sorted(set(_renamed))))
+
+
 def setup(app):  # noqa: ANN001
     app.connect("autodoc-process-docstring", _fix_sections, priority=400)
+    app.connect("build-finished", _report_sections)

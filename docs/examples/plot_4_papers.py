@@ -62,8 +62,9 @@ curves = {}
 # --------------------------------------------------------------------
 # :class:`curvlab.ExactNewton`: per dense layer, the exact Newton direction of the mini-batch
 # Hessian block ``mean_b M_b ⊗ ã_b ã_bᵀ`` (per-sample factors from ``layer_structure()``),
-# with its eigenvalues adjusted (``adjustment``: absolute value, clipping to
-# ``[kappa_min, kappa_max]``, a ``shift``) and damped by ``lam``. Options: ``lr``, ``lam``,
+# with its eigenvalues adjusted and damped by ``lam``. Options: ``lr``, ``lam``, ``adjustment``
+# (one of :data:`curvlab.linalg.kronecker.ADJUSTMENTS`: ``"abs"`` by default, ``"raw"``,
+# ``"floor"``, ``"shift"``, ``"cap"``, with ``kappa_min``, ``kappa_max``, ``shift``),
 # ``batch_mode`` (``"average"`` or ``"exact_block"``), ``fallback`` (the rule for parameters
 # outside dense layers). Needs ``layer_structure()``: the reference MLP, torch ``nn.Linear``
 # layers, JAX layers written with :func:`curvlab.adapters.jax.dense`.
