@@ -110,12 +110,15 @@ def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[
     """The timed callables for one torch problem; every one returns its result."""
     from curvlab.adapters.torch import TorchCurvature
 
-    curv = TorchCurvature(net, "cross_entropy", (X, y))
+    curv = TorchCurvature(net, "cross_entropy", (X, y), cache_bytes=0)  # one-shot products
+    cached = TorchCurvature(net, "cross_entropy", (X, y))  # the default product cache (1 GiB)
     rng = np.random.default_rng(0)
     v = rng.standard_normal(curv.layout.size).astype(curv.dtype)
     H_fr = curv.hessian("forward_over_reverse")
     H_rr = curv.hessian("reverse_over_reverse")
+    H_auto = curv.hessian()
     H_rc = curv.hessian("reverse_over_reverse", cache_graph=True)
+    H_c, G_c, G_1 = cached.hessian(), cached.ggn(), curv.ggn()
     params = [p for p in net.parameters() if p.requires_grad]
     lossf = nn.CrossEntropyLoss()
 
@@ -127,9 +130,15 @@ def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[
         "grad_autograd": autograd_grad,
         "hvp_fwd_rev": lambda: H_fr @ v,
         "hvp_rev_rev": lambda: H_rr @ v,
+        "hvp_auto_oneshot": lambda: H_auto @ v,
         "hvp_rev_rev_cached": lambda: H_rc @ v,
+        "hvp_cached": lambda: H_c @ v,
+        "ggn_oneshot": lambda: G_1 @ v,
+        "ggn_cached": lambda: G_c @ v,
         "curvature_fwd_fwd": lambda: curv.directional_curvature(v),
-        "grad_and_curv_fwdrev": lambda: curv.grad_and_curvature(v),
+        "grad_and_curv_fwdrev": lambda: curv.grad_and_curvature(v, mode="forward_over_reverse"),
+        "grad_and_curv_revrev": lambda: curv.grad_and_curvature(v, mode="reverse_over_reverse"),
+        "grad_and_curv": lambda: curv.grad_and_curvature(v),
         "grad_and_curv_separate": lambda: curv.grad_and_curvature(v, mode="separate"),
         "grad_and_curv_shared": lambda: curv.grad_and_curvature(v, mode="shared"),
     }
@@ -139,6 +148,22 @@ def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[
         Hc = HessianLinearOperator(net, lossf, params, [(X, y)], check_deterministic=False)
         vt = torch.as_tensor(v)
         calls["curvlinops_hvp"] = lambda: Hc @ vt
+        try:
+            from curvlinops import GGNLinearOperator
+
+            Gc = GGNLinearOperator(net, lossf, params, [(X, y)], check_deterministic=False)
+            calls["curvlinops_ggn"] = lambda: Gc @ vt
+        except Exception:  # pragma: no cover - an older curvlinops
+            pass
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    p0 = tuple(p.detach() for p in params)
+    vp = tuple(torch.as_tensor(a).reshape(p.shape) for a, p in zip(np.split(v, np.cumsum([p.numel() for p in p0])[:-1]), p0))
+
+    def loss_of(ps: Any) -> Any:
+        return lossf(torch.func.functional_call(net, dict(zip(names, ps)), (X,)), y)
+
+    grad_fn = torch.func.grad(loss_of)
+    calls["hvp_torch_func"] = lambda: torch.func.jvp(grad_fn, (p0,), (vp,))[1]
     return calls
 
 
@@ -219,17 +244,67 @@ class TorchAdapter:
         _need("curvlinops_hvp" in self.calls, "curvlinops-for-pytorch")
         self.calls["curvlinops_hvp"]()
 
+    def time_hvp_cached(self, model: str) -> None:
+        self.calls["hvp_cached"]()
+
+    def time_ggn_cached(self, model: str) -> None:
+        self.calls["ggn_cached"]()
+
+    def _ratio(self, key: str) -> float:
+        t = interleaved_best({k: self.calls[k] for k in ("grad", key)}, repeat=5, timer="cpu")
+        return t[key] / t["grad"]
+
+    def _mem_ratio(self, key: str) -> float:
+        base = max(peak_rss_bytes(self.calls["grad"]), 1)
+        return peak_rss_bytes(self.calls[key]) / base
+
     def track_ratio_hvp_over_grad(self, model: str) -> float:
-        t = interleaved_best({k: self.calls[k] for k in ("grad", "hvp_fwd_rev")}, repeat=5, timer="cpu")
-        return t["hvp_fwd_rev"] / t["grad"]
+        """One-shot forward-over-reverse HVP (``cache_bytes=0``) over the gradient."""
+        return self._ratio("hvp_fwd_rev")
 
     track_ratio_hvp_over_grad.unit = "ratio"  # type: ignore[attr-defined]
 
+    def track_ratio_hvp_auto_oneshot_over_grad(self, model: str) -> float:
+        """The one-shot default (``hvp_mode="auto"``, ``cache_bytes=0``) over the gradient."""
+        return self._ratio("hvp_auto_oneshot")
+
+    track_ratio_hvp_auto_oneshot_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
+    def track_ratio_cached_hvp_over_grad(self, model: str) -> float:
+        """Cached HVP (the default cache) over the gradient; issue 14 target <= 1.5."""
+        return self._ratio("hvp_cached")
+
+    track_ratio_cached_hvp_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
+    def track_ratio_cached_ggn_over_grad(self, model: str) -> float:
+        """Cached GGN-vector product over the gradient; issue 14 target <= 1.4."""
+        return self._ratio("ggn_cached")
+
+    track_ratio_cached_ggn_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
     def track_ratio_curvature_over_grad(self, model: str) -> float:
-        t = interleaved_best({k: self.calls[k] for k in ("grad", "curvature_fwd_fwd")}, repeat=5, timer="cpu")
-        return t["curvature_fwd_fwd"] / t["grad"]
+        """Forward-only dᵀHd over the gradient; issue 14 target <= 2.0."""
+        return self._ratio("curvature_fwd_fwd")
 
     track_ratio_curvature_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
+    def track_ratio_grad_and_curvature_over_grad(self, model: str) -> float:
+        """``grad_and_curvature`` (default mode) over the gradient; issue 14 target <= 1.6."""
+        return self._ratio("grad_and_curv")
+
+    track_ratio_grad_and_curvature_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
+    def track_mem_ratio_curvature_over_grad(self, model: str) -> float:
+        """Peak RSS of forward-only dᵀHd over the gradient's; issue 14 target <= 1.1."""
+        return self._mem_ratio("curvature_fwd_fwd")
+
+    track_mem_ratio_curvature_over_grad.unit = "ratio"  # type: ignore[attr-defined]
+
+    def track_mem_ratio_grad_and_curvature_over_grad(self, model: str) -> float:
+        """Peak RSS of ``grad_and_curvature`` over the gradient's; issue 14 target <= 2.0."""
+        return self._mem_ratio("grad_and_curv")
+
+    track_mem_ratio_grad_and_curvature_over_grad.unit = "ratio"  # type: ignore[attr-defined]
 
 
 class JaxAdapter:

@@ -141,19 +141,20 @@ def _check_labels(y: torch.Tensor, C: int) -> None:
 def _builtin_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name == "cross_entropy":
         checked: list[torch.Tensor] = []  # the targets tensor whose label range was verified
+        trusted: list[torch.Tensor] = []  # targets the forward-mode probe evaluates without a range check
 
         def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             lead = tuple(z.shape[:-1])
             if tuple(y.shape) not in (lead, lead + (1,)):
                 raise ValueError(f"cross_entropy targets must have the outputs' shape without the class axis, "
                                  f"{lead}, got {tuple(y.shape)}")
-            if (not checked or checked[0] is not y) and not any(t is y for t in ce.trusted):  # once per targets
+            if (not checked or checked[0] is not y) and not any(t is y for t in trusted):  # once per targets
                 _check_labels(y, int(z.shape[-1]))
                 checked[:] = [y]
             # torch's ignore_index (-100) cannot occur: the labels were checked to lie in [0, C)
             return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1))
 
-        ce.trusted = []  # targets the forward-mode probe evaluates without a range check (a one-sample slice)
+        setattr(ce, "trusted", trusted)  # (a one-sample slice), read by the probe
         return ce
     if name == "mse":
 
@@ -359,11 +360,12 @@ class TorchCurvature:
         """``nan_policy="raise"``: ``FloatingPointError`` naming the first non-finite input."""
         if self.nan_policy != "raise":
             return
-        named_t = [] if plist is None else [(f"parameter {n!r}", p) for n, p in zip(self.layout.names, plist)]
+        named_t: list[tuple[str, torch.Tensor | None]] = [] if plist is None else [
+            (f"parameter {n!r}", p) for n, p in zip(self.layout.names, plist)]
         if X is not None:
             named_t += [("batch inputs", X), ("batch targets", y)]
         for what, t in named_t:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise FloatingPointError(f"{what} contain NaN or Inf (nan_policy='raise')")
 
     def _wrap_data(self, data: Any, batches: Batches | None = None, **options: Any) -> Batches:
@@ -394,8 +396,10 @@ class TorchCurvature:
         self._batches = batches
         self.data = batches.data
         if batches.single or batches.kind == "batch":
-            self.X, self.y = batches._cached[0]
-            self.batch_size = int(self.X.shape[0])
+            first = batches._cached
+            assert first is not None  # one batch: Batches holds it
+            self.X, self.y = first[0]
+            self.batch_size: int | None = int(self.X.shape[0])
         else:
             self.X = self.y = None  # bound batch by batch during a pass
             self.batch_size = batches.n_samples  # this rank's samples (None for a stream before its first pass)
@@ -787,7 +791,7 @@ class TorchCurvature:
 
             return run
 
-        return lambda v, i, batched: self._cached("H", i, product(v, batched))
+        return lambda v, i, batched: self._cached("H", i, self._columnwise(product, v, batched))
 
     def _jtuj_cached(self, weight: Callable[..., torch.Tensor]
                      ) -> Callable[[tuple[torch.Tensor, ...], int, bool], tuple[torch.Tensor, ...] | None]:
@@ -811,7 +815,23 @@ class TorchCurvature:
 
             return run
 
-        return lambda v, i, batched: self._cached("J", i, product(v, i, batched))
+        return lambda v, i, batched: self._cached(
+            "J", i, self._columnwise(lambda u, b: product(u, i, b), v, batched))
+
+    @staticmethod
+    def _columnwise(product: Callable[[tuple[torch.Tensor, ...], bool], Callable[[CacheEntry], tuple[torch.Tensor, ...]]],
+                    v: tuple[torch.Tensor, ...], batched: bool) -> Callable[[CacheEntry], tuple[torch.Tensor, ...]]:
+        """A block ``(k, ...)`` through the stored graph one column at a time: measured
+        faster than ``is_grads_batched`` (torch 2.13 CPU, 8 columns, over 8 matvecs: MLP H
+        1.05, GGN 0.91; CNN H 2.26, GGN 2.14 — vmap of convolution's double backward)."""
+        if not batched:
+            return product(v, False)
+
+        def run(e: CacheEntry) -> tuple[torch.Tensor, ...]:
+            cols = [product(tuple(p[j] for p in v), False)(e) for j in range(v[0].shape[0])]
+            return tuple(torch.stack(c) for c in zip(*cols))
+
+        return run
 
     # ------------------------------------------------------------------ gradient
     def gradient(self, params: Any = None) -> tuple[float, Any]:
@@ -847,7 +867,7 @@ class TorchCurvature:
         return from_torch(torch.cat(self._each(lambda i: self._per_sample_batch()), dim=0))
 
     def _per_sample_batch(self) -> torch.Tensor:
-        z, vjp_fn = torch.func.vjp(self._forward, self._plist)
+        z, vjp_fn = torch.func.vjp(self._forward, self._plist)[:2]
         B = z.shape[0]
         with torch.enable_grad():
             zz = z.detach().requires_grad_(True)
@@ -879,6 +899,8 @@ class TorchCurvature:
             except Exception:  # the repr never raises: the products will say what is wrong
                 return "auto"
         m = self.hvp_mode_used
+        if m is None:  # the probe could not decide (the products will raise the model's error)
+            return "auto"
         if self.hvp_mode == "auto" and not self._probe["ok"]:
             m += f" (auto: forward-mode AD failed, {self._probe['why']})"
         return m
@@ -954,7 +976,7 @@ class TorchCurvature:
         return wrapped
 
     # ------------------------------------------------------------------ Hessian
-    def _hvp_single(self, mode: str) -> Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
+    def _hvp_single(self, mode: str) -> Callable[..., tuple[torch.Tensor, ...]]:
         params = self._plist
         if mode == "forward_over_reverse":
             # dual parameters (primal θ, tangent v) through one autograd backward: the
@@ -1066,12 +1088,12 @@ class TorchCurvature:
         fwd = self._forward_ok() if forward is None else forward
 
         def single(v: tuple[torch.Tensor, ...], i: int = 0) -> tuple[torch.Tensor, ...]:
-            z, vjp_fn = torch.func.vjp(self._forward, params)
+            z, vjp_fn = torch.func.vjp(self._forward, params)[:2]
             if fwd:
                 with forward_mode_safe_ops(self.composite_ops):
-                    z, Jv = torch.func.jvp(self._forward, (params,), (v,))
+                    z, Jv = torch.func.jvp(self._forward, (params,), (v,))[:2]
             else:
-                _, vjp2 = torch.func.vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(z))
+                vjp2 = torch.func.vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(z))[1]
                 Jv = vjp2(v)[0]
             return vjp_fn(weight(z, Jv, i))[0]
 
@@ -1166,9 +1188,10 @@ class TorchCurvature:
         """``(loss, gᵀd, dᵀHd)`` on the bound batch by nested ``jvp`` (forward only)."""
 
         def inner(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.func.jvp(self._loss_of, (p,), (dv,))
+            val, gd = torch.func.jvp(self._loss_of, (p,), (dv,))[:2]
+            return val, gd
 
-        (val, gd), (_, c) = torch.func.jvp(inner, (tuple(plist),), (dv,))
+        (val, gd), (_, c) = torch.func.jvp(inner, (tuple(plist),), (dv,))[:2]
         return val, gd, c
 
     def _rev_rev(self, plist: Sequence[torch.Tensor], dv: tuple[torch.Tensor, ...]
@@ -1243,6 +1266,7 @@ class TorchCurvature:
         dv = self._vec_in(d, "d")
 
         def one(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            g: Sequence[torch.Tensor]
             if mode == "forward_over_reverse":
                 with forward_mode_safe_ops(self.composite_ops), fwAD.dual_level(), torch.enable_grad():
                     leaves = [p.detach().requires_grad_(True) for p in plist]
@@ -1258,9 +1282,10 @@ class TorchCurvature:
             else:
                 def f(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
                     def inner(q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-                        return torch.func.jvp(self._loss_of, (q,), (dv,))
+                        val, gd = torch.func.jvp(self._loss_of, (q,), (dv,))[:2]
+                        return val, gd
 
-                    (val, _), (_, c) = torch.func.jvp(inner, (p,), (dv,))
+                    (val, _), (_, c) = torch.func.jvp(inner, (p,), (dv,))[:2]
                     return val, c.detach()
 
                 with forward_mode_safe_ops(self.composite_ops):
