@@ -483,3 +483,31 @@ def test_gram_route_keeps_the_svd_trajectory(monkeypatch, digits_small, dtype, t
         np.testing.assert_allclose(d1, d2, rtol=tol)
         np.testing.assert_allclose(L1, L2, rtol=tol)
     assert rel_err(p_gram.astype(np.float64), p_svd.astype(np.float64)) < tol
+
+
+def test_bound_memo_gives_the_numbers_of_a_fresh_forward_pass(digits_small):
+    """The bound's layer-input memo (NumPy) is reused only while X and the weights below a layer
+    are unchanged: same L_i, bit for bit, as without the memo, through block updates, new
+    batches, an X changed in place and weights changed from outside."""
+    X, y = digits_small
+    m = MLP([64, 12, 8, 10], activation="tanh")
+    p = m.init_params(np.random.default_rng(2))
+    opt = DSGD(shapes=m.layout, selection="cyclic")
+    st = opt.init(p)
+    Xb = X[:100].copy()
+    for k in range(9):
+        if k == 3:
+            Xb = X[100:200].copy()           # a new batch
+        if k == 5:
+            Xb[7, 3] += 0.25                 # the same array changed in place
+        if k == 7:
+            p = p * 1.01                     # every block changed from outside
+        _, g = m.loss_and_grad(p, Xb, y[:100])
+        u, st, info = opt.update_with_info(g, st, p, X=Xb)
+        fresh = mlp_layer_smoothness_bound(m.layout.unpack(p), Xb, "tanh")
+        np.testing.assert_array_equal(info.L, fresh)
+        assert len(opt._bound_memo["keys"]) == 3
+        if k == 2:   # step 1 moved block 1 only: the input of layer 1 (after W_0) was reused
+            assert opt._bound_memo["a"][1] is a1
+        a1 = opt._bound_memo["a"][1]
+        p = p + u
