@@ -560,6 +560,7 @@ class MLPProducts:
         acts = [X]
         Es: list[Array | None] = [None]  # D̂_l ã'_{l-1} (zero for the first layer)
         Qs: list[Array | None] = []  # σ''(z_l) ⊙ z'_l² for hidden layers (None when σ'' = 0)
+        d1s: list[Array] = []  # σ'(z_l) for hidden layers
         a: Array = X
         a1: Array | None = None
         for l in range(L):
@@ -600,6 +601,7 @@ class MLPProducts:
             z1 *= s1
             a1 = z1
             acts.append(a)
+            d1s.append(s1)
         loss, delta, aux = self._head(z, y)
         c = xp.sum(z1 * self._hL(aux, z1), dtype=np.float64) / B
         grad = xp.empty(self.n_params, dtype=dt)
@@ -619,7 +621,7 @@ class MLPProducts:
                 if Q is not None:
                     Q *= g
                     c = c + xp.sum(Q, dtype=np.float64)
-                g *= act.d1_from_output(a, xp, out=ws.get(("d1", l), a.shape, dt))
+                g *= d1s[l - 1]
                 delta = g
         s64 = scale.astype(np.float64)
         c = c / (s64 * s64)
