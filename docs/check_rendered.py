@@ -3,6 +3,7 @@
 Usage (after the build)::
 
     python docs/check_rendered.py [BUILD_DIR]        # default docs/_build/html
+    python docs/check_rendered.py --screenshots OUT  # also full-page PNGs (headless Chromium)
 
 It parses every HTML page of the build (the standard library's ``html.parser``; no browser) and
 fails (exit status 1, one line per problem) when
@@ -94,7 +95,7 @@ def check(build: Path, examples: Path | None = DOCS / "examples") -> list[str]:
     n_images = n_links = 0
     for page, p in parsed.items():
         rel = page.relative_to(build)
-        for src in p.images:
+        for src in dict.fromkeys(p.images):      # src and srcset often name the same file
             if src.startswith("data:") or _is_remote(src):
                 continue
             n_images += 1
@@ -107,7 +108,7 @@ def check(build: Path, examples: Path | None = DOCS / "examples") -> list[str]:
                 problems.append(f"{rel}: image {src!r} is not a PNG")
             if "broken_example" in src:
                 problems.append(f"{rel}: sphinx-gallery shows a broken example ({src!r})")
-        for tag, url in p.links:
+        for tag, url in dict.fromkeys(p.links):
             if _is_remote(url) or url.startswith(("mailto:", "javascript:")):
                 continue
             n_links += 1
@@ -146,11 +147,59 @@ def check(build: Path, examples: Path | None = DOCS / "examples") -> list[str]:
     return problems
 
 
+#: the pages ``--screenshots`` photographs (relative to the build), besides every gallery page
+SCREENSHOT_PAGES = ("index.html", "install.html", "guides/gpu.html", "reference/api.html",
+                    "reference/support_matrix.html", "reference/policies.html", "auto_examples/index.html")
+
+
+def screenshots(build: Path, out: Path, width: int = 1280, height: int = 4000) -> list[Path]:
+    """Full-page PNGs of the main pages by a headless Chromium (none installed: an empty list).
+
+    Not part of CI: a person (or a model that reads images) looks at them.
+    """
+    import shutil
+    import subprocess
+
+    exe = next((shutil.which(n) for n in ("chromium-headless-shell", "chromium", "chromium-browser",
+                                            "google-chrome") if shutil.which(n)), None)
+    if exe is None:
+        print("check_rendered: no headless Chromium found (apt-get install chromium-headless-shell)",
+              file=sys.stderr)
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    pages = list(SCREENSHOT_PAGES) + [f"auto_examples/{p.name}" for p in sorted((build / "auto_examples").glob("plot_*.html"))]
+    done = []
+    for rel in pages:
+        page = (build / rel).resolve()
+        if not page.is_file():
+            continue
+        png = out / (rel.replace("/", "_").removesuffix(".html") + ".png")
+        subprocess.run([exe, "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}",
+                        f"--screenshot={png}", page.as_uri()], capture_output=True, timeout=120, check=False)
+        if png.is_file() and png.stat().st_size > 0:
+            done.append(png)
+        else:
+            print(f"check_rendered: no screenshot of {rel}", file=sys.stderr)
+    print(f"check_rendered: {len(done)} screenshots in {out}")
+    return done
+
+
 def main(argv: list[str]) -> int:
-    build = Path(argv[1]) if len(argv) > 1 else DOCS / "_build" / "html"
+    args = list(argv[1:])
+    shots = None
+    if "--screenshots" in args:
+        i = args.index("--screenshots")
+        if i + 1 >= len(args):
+            print("usage: check_rendered.py [BUILD_DIR] [--screenshots OUT_DIR]", file=sys.stderr)
+            return 2
+        shots = Path(args[i + 1])
+        del args[i:i + 2]
+    build = Path(args[0]) if args else DOCS / "_build" / "html"
     problems = check(build)
     for line in problems:
         print(line, file=sys.stderr)
+    if shots is not None:
+        screenshots(build.resolve(), shots.resolve())
     return 1 if problems else 0
 
 
