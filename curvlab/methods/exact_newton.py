@@ -40,8 +40,10 @@ Cost per step (L layers of widths ``n_l x m_l``, batch ``B``): one forward pass 
 second-order backward ``O(B Σ n_{l+1} n_l (n_{l+1} + n_l))`` plus the directions above;
 memory ``O(B Σ n_l^2)``. A gradient step is ``O(B Σ n_l m_l)``. Measured (NumPy, one BLAS
 thread, CPU time; ``python benchmarks/run_exact_newton.py``) on MLP 64-32-10 float64: B = 32
-average ≈ 5 ms (≈ 30x an SGD step), exact_block ≈ 44 ms; B = 8 / 128: average 1.5 / 18 ms,
-exact_block 3.5 / 265 ms; per-sample mode ≈ 0.6 ms per sample (Python-bound).
+average ≈ 2.7 ms (9-13x an SGD step, 70% of it the B per-sample 32x32 ``eigh``: LAPACK ``syevd``
+≈ 53 µs each), exact_block ≈ 5 ms (16-25x; the PSD block solved by conjugate gradients);
+B = 8 / 128: average 1.0 / 9.6 ms, exact_block 2.1 / 15 ms; per-sample mode ≈ 0.6 ms per
+sample (Python-bound).
 
 Policies: λ must be > 0 and ``kappa_min``, ``shift`` ≥ 0, ``kappa_max`` > 0 (``ValueError`` at
 construction). Numerical trouble follows the shared ``nan_policy``
