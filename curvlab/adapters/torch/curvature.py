@@ -1244,7 +1244,10 @@ class TorchCurvature:
         """``(loss, g, dᵀHd)`` over the data.
 
         ``mode=None`` (default): ``"forward_over_reverse"`` when forward mode works
-        (:attr:`hvp_mode_used`), else ``"reverse_over_reverse"``.
+        (:attr:`hvp_mode_used`) and the device is not the CPU (with ``hvp_mode="auto"``;
+        on the CPU reverse-over-reverse measured faster and leaner: MLP 2.55× vs 3.12× the
+        gradient, peak memory 2.7× vs 3.4×; CNN 3.27× vs 3.54×, 2.7× vs 3.8×), else
+        ``"reverse_over_reverse"``.
         ``mode="forward_over_reverse"``: one ``jvp`` of the gradient gives
         ``g`` and ``H d`` together, ``c = ⟨d, H d⟩`` (the HVP's cost).
         ``mode="reverse_over_reverse"``: the gradient with its graph, then ``H d`` by a
@@ -1254,8 +1257,9 @@ class TorchCurvature:
         ``mode="shared"``: one forward pass carrying the second-order tangents
         under reverse mode, one backward pass (records the tangent work too).
         """
-        if mode is None:
-            mode = "forward_over_reverse" if self._forward_ok() else "reverse_over_reverse"
+        if mode is None:  # on the CPU reverse-over-reverse: measured faster (_ONESHOT_RR_DEVICES)
+            fwd = self._forward_ok() and not (self.hvp_mode == "auto" and self.device.type in _ONESHOT_RR_DEVICES)
+            mode = "forward_over_reverse" if fwd else "reverse_over_reverse"
         elif mode not in ("forward_over_reverse", "reverse_over_reverse", "separate", "shared"):
             raise ValueError(f"mode must be 'forward_over_reverse', 'reverse_over_reverse', 'separate' or 'shared', "
                              f"got {mode!r}")

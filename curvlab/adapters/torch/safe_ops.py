@@ -53,8 +53,17 @@ def _normalize_over(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch
 def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,  # noqa: ANN001, ANN202
                 momentum=0.1, eps=1e-5):
     if not training and running_mean is not None:
+        # eval mode is a per-channel affine map x * s + t: the scale and shift are folded on
+        # the (C,) vectors, so the (B, C, ...) tensor sees one multiply and one add (the
+        # stored graphs of issue 14's cached products hold and differentiate half as much)
         shape = (1, -1) + (1,) * (input.ndim - 2)
-        out = (input - running_mean.reshape(shape)) * torch.rsqrt(running_var.reshape(shape) + eps)
+        s = torch.rsqrt(running_var + eps)
+        if weight is not None:
+            s = s * weight
+        t = -running_mean * s
+        if bias is not None:
+            t = t + bias
+        return input * s.reshape(shape) + t.reshape(shape)
     else:  # batch statistics; running statistics are left untouched while curvature is evaluated
         out = _normalize_over(input, (0,) + tuple(range(2, input.ndim)), eps)
     return _affine_channels(out, weight, bias)
