@@ -7,7 +7,8 @@ Usage (from the repository root):
 
 Problem and method: see benchmarks/benchmarks/bench_jax_products.py (784-512-512-10 tanh
 MLP, cross-entropy, one XLA thread, process CPU time, best of R round-robin repeats in one
-run; peak resident memory of one call in a child process with MALLOC_MMAP_THRESHOLD_).
+run; peak resident memory of one call in a child process with MALLOC_MMAP_THRESHOLD_, and XLA's
+buffer assignment: temporary + output bytes of each compiled program).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.bench_jax_products import KEYS, jax_product_calls, peak_memory, time_ratios  # noqa: E402
+from benchmarks.bench_jax_products import KEYS, jax_product_calls, peak_memory, time_ratios, xla_bytes  # noqa: E402
 
 TARGETS = {"hvp_cached": (1.5, None), "ggn_cached": (1.4, None), "curvature": (2.0, 1.1),
            "grad_and_curvature": (1.6, 2.0)}
@@ -41,12 +42,15 @@ def main() -> None:
     calls, src = jax_product_calls(dtype=np.dtype(args.dtype), batch=args.batch)
     t = time_ratios(calls, repeat=args.repeat)
     mem = None if args.no_memory or args.dtype != "float32" or args.batch != 512 else peak_memory()
+    xla = xla_bytes(src)
     print(f"JAX {jax.__version__} adapter, MLP 784-512-512-10 tanh, CE, batch {args.batch}, {args.dtype}, "
           f"1 XLA thread, process CPU time, best of {args.repeat} round-robin repeats")
-    print(f"{'product':20s} {'ms':>8s} {'x grad':>7s} {'target':>7s} {'peak MB':>8s} {'x grad':>7s} {'target':>7s}")
+    print(f"{'product':20s} {'ms':>8s} {'x grad':>7s} {'target':>7s} {'XLA MB':>7s} {'x grad':>7s}"
+          + ("" if mem is None else f" {'peak MB':>8s} {'x grad':>7s} {'target':>7s}"))
     for k in KEYS:
         tt, tm = TARGETS.get(k, (None, None))
         row = f"{k:20s} {1e3 * t[k]:8.2f} {t[k] / t['grad']:7.2f} {'' if tt is None else f'<= {tt}':>7s}"
+        row += f" {xla[k] / 2**20:7.1f} {xla[k] / xla['grad']:7.2f}"
         if mem is not None:
             mr = mem[k] / mem["grad"] if mem["grad"] > 0 else float("nan")
             row += f" {mem[k] / 2**20:8.1f} {mr:7.2f} {'' if tm is None else f'<= {tm}':>7s}"
@@ -54,6 +58,8 @@ def main() -> None:
     info = src.cache_info()
     print(f"product cache of the Hessian + GGN on the batch: {info['bytes'] / 2**20:.1f} MiB "
           f"({info['batches_cached']}/{info['batches']} batches, limit {info['limit']})")
+    print("XLA MB: temporary + output bytes of the compiled program (arguments, the cached residuals among them, "
+          "not counted); peak MB: resident-set high-water mark of one call (child process)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ warm-up (compilation, and for the cached products the cache built by a first pro
 same run (``interleaved_best``; one XLA thread). ``track_mem_*`` are peak-resident-set
 ratios to the gradient's, measured in a child process started with
 ``MALLOC_MMAP_THRESHOLD_=65536`` (so that freed buffers leave the resident set; Linux
-``/proc/self/clear_refs``, as ``bench_adapters.peak_rss_bytes``). Targets (contract of
+``/proc/self/clear_refs``, as ``bench_adapters.peak_rss_bytes``); ``track_xla_mem_*``
+the same ratios from XLA's buffer assignment (temporary + output bytes of the compiled
+programs), which does not depend on the allocator. Targets (contract of
 issue 14): cached HVP ≤ 1.5, cached GGN-vp ≤ 1.4, ``dᵀHd`` ≤ 2.0 with memory ≤ 1.1,
 gradient + ``dᵀHd`` ≤ 1.6 with memory ≤ 2.0. ``benchmarks/run_jax_products.py`` prints the
 table.
@@ -70,6 +72,32 @@ def time_ratios(calls: dict[str, Callable[[], Any]], repeat: int = 9) -> dict[st
     return interleaved_best(calls, repeat=repeat, timer="cpu")
 
 
+def xla_bytes(src: Any) -> dict[str, int]:
+    """XLA's own account of one call's peak memory: the compiled program's temporary plus
+    output bytes (``memory_analysis()``; arguments -- parameters, batch, vector, cached
+    residuals -- are live before the call and not counted), per product on ``src``'s batch."""
+    import jax
+
+    th, X, y = src.theta, src.X, src.y
+    v = src._vec(np.ones(src.layout.size, src.dtype))
+
+    def nb(f: Any, *a: Any) -> int:
+        m = f.lower(*a).compile().memory_analysis()
+        return int(m.temp_size_in_bytes + m.output_size_in_bytes)
+
+    lin_h = src._cache_builder("hvp_forward_over_reverse")(th, X, y)
+    lin_o = src._cache_builder("output")(th, X, y)
+    return {
+        "grad": nb(jax.jit(src._compiled("grad")), th, X, y),
+        "hvp_cached": nb(src._cached_fns("hvp_forward_over_reverse")[0], lin_h, v),
+        "hvp_uncached": nb(src._mv_fns("hvp_forward_over_reverse")[0], th, X, y, v),
+        "ggn_cached": nb(src._cached_fns("ggn")[0], lin_o, v),
+        "ggn_uncached": nb(src._mv_fns("ggn")[0], th, X, y, v),
+        "curvature": nb(jax.jit(src._compiled("curvature")), th, X, y, v),
+        "grad_and_curvature": nb(jax.jit(src._compiled("grad_and_curvature")), th, X, y, v),
+    }
+
+
 def _child_peaks(repeat: int) -> dict[str, int]:
     calls, _ = jax_product_calls()
     out = {}
@@ -99,6 +127,7 @@ class JaxProducts:
     timeout = 600
     _times: dict[str, float] | None = None
     _mem: dict[str, int] | None = None
+    _xla: dict[str, int] | None = None
 
     def setup(self) -> None:
         _need(HAVE_JAX, "jax")
@@ -113,6 +142,11 @@ class JaxProducts:
         if JaxProducts._mem is None:
             JaxProducts._mem = peak_memory()
         return JaxProducts._mem
+
+    def _xla_ratio(self, k: str) -> float:
+        if JaxProducts._xla is None:
+            JaxProducts._xla = xla_bytes(self.src)
+        return JaxProducts._xla[k] / JaxProducts._xla["grad"]
 
     def _ratio(self, k: str) -> float:
         t = self._t()
@@ -166,6 +200,12 @@ class JaxProducts:
 
     def track_mem_ggn_cached_over_grad(self) -> float:
         return self._mem_ratio("ggn_cached")
+
+    def track_xla_mem_curvature_over_grad(self) -> float:
+        return self._xla_ratio("curvature")
+
+    def track_xla_mem_grad_and_curvature_over_grad(self) -> float:
+        return self._xla_ratio("grad_and_curvature")
 
     def track_cache_mbytes(self) -> float:
         """Residual bytes held by the cached Hessian and GGN on the one batch (MiB)."""
