@@ -4,8 +4,9 @@ Usage (from the repository root):
 
     /work/venv/bin/python benchmarks/run_arturo.py [--n 10000000] [--repeat 7] [--steps 500]
 
-All timings are best-of-``repeat`` wall times measured round-robin in the same run
-(same machine load), float32, on the CPU unless a GPU is present (``--backend cupy``).
+All timings are best-of-``repeat`` times measured round-robin in the same run (same machine
+load), float32, on the CPU unless a GPU is present (``--backend cupy``): the copy-equivalents
+table in process CPU time (``--ce-only`` prints it alone), the rest in wall time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.bench_arturo import (careful_numpy_filter, kernel_calls, make_problem, make_step,  # noqa: E402
-                                    solver_evaluations)
+                                    solver_evaluations, step_bytes, step_copy_equivalents)
 from benchmarks.common import get_xp, interleaved_best  # noqa: E402
 
 
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     ap.add_argument("--skip-solver", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="numba threads (default: all cores)")
+    ap.add_argument("--ce-only", action="store_true", help="print the copy-equivalents table only")
     args = ap.parse_args()
     xp = get_xp(args.backend)
     import numba
@@ -39,6 +41,20 @@ def main() -> None:
         numba.set_num_threads(args.threads)
     print(f"n = {args.n:,} float32, backend {args.backend}, numba threads {numba.get_num_threads()}, "
           f"best of {args.repeat} interleaved repeats")
+
+    if args.backend == "numpy":
+        print("\n== copy-equivalents of one warm step (issue 14 target 5: <= 25, >= 85% of copy bandwidth) ==")
+        print("time: step / np.copyto of n floats, process CPU time, best of the repeats, same run;")
+        print(f"bytes: 25 + 4 (dual passes - 1) n-float arrays (bench_arturo.step_bytes) / 2 (the copy reads n, "
+              f"writes n); one pass = {step_bytes(1):.0f} arrays")
+        for mode in ("exact", "reference"):
+            r = step_copy_equivalents(args.n, mode, repeat=args.repeat)
+            print(f"{mode:9s} time {r['time_ce']:5.1f} copies  bytes {r['bytes_ce']:5.1f} copies  "
+                  f"{100 * r['bandwidth']:5.1f}% of copy bandwidth  dual evals/step {r['evals']:4.2f}  "
+                  f"dual passes/step {r['passes']:4.2f}  (step {r['t_step'] * 1e3:.1f} ms, copy "
+                  f"{r['t_copy'] * 1e3:.2f} ms)")
+        if args.ce_only:
+            return
 
     print("\n== one full optimizer step (ArTuRO.update, preset cifar10_cnn, warm state) ==")
     print("multi-pass f32: plain NumPy in float32 (sums in float64); multi-pass f64: the same code up-casting")

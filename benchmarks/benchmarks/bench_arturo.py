@@ -7,7 +7,16 @@
   array copy of the same size (bytes moved: filter 7 reads + 5 writes, dual 4 reads,
   copy 1 read + 1 write);
 * ``SolverEvaluations``: dual evaluations per step over a 500-step digits-MLP run,
-  exact mode (rtol 1e-8) vs reference mode (``track_`` benchmarks: median and max).
+  exact mode (rtol 1e-8) vs reference mode (``track_`` benchmarks: median and max);
+* ``CopyEquivalents`` (issue 14, target 5): one warm step at n = 10⁷ float32 in copy-equivalents
+  (``track_``): its process CPU time over that of one ``np.copyto`` of n floats in the same run,
+  the bytes it moves over those of that copy (read n + write n), the ratio of the two (% of copy
+  bandwidth), dual evaluations and passes over the data per step.
+
+Bytes of a warm step (units of one n-float array; :func:`step_bytes`): pass 1
+(``kernels.arturo_prepare``) reads g, w, a, h, P00, P01, P11, p and writes the scratch an, hn
+(10); each further dual pass reads w, an, hn, p (4); the last pass (``kernels.arturo_finish``)
+reads 8 and writes a, h, P00, P01, P11, p and the update (15): 25 + 4·(passes − 1).
 """
 
 from __future__ import annotations
@@ -37,14 +46,43 @@ def make_step(prob: dict, impl: str, mode: str = "exact", rtol: float = 1e-8) ->
     w, g = prob["w"], prob["g"]
     st = opt.init(w)
     opt.update(g, st, w)  # initialise the filter; η is now warm
-    log = {"evals": []}
+    log: dict[str, list[int]] = {"evals": [], "passes": []}
 
     def step() -> Any:
         upd, _, info = opt.update_with_info(g, st, w)
         log["evals"].append(info.n_evals)
+        log["passes"].append(info.n_passes)
         return upd
 
     return step, log
+
+
+def step_bytes(n_passes: float) -> float:
+    """Arrays of n floats read or written by one warm step with ``n_passes`` dual passes (module docstring)."""
+    return 25.0 + 4.0 * (n_passes - 1.0)
+
+
+def step_copy_equivalents(n: int = 10**7, mode: str = "exact", repeat: int = 7, impl: str = "auto",
+                          timer: str = "cpu") -> dict:
+    """One warm ``ArTuRO.update`` (preset cifar10_cnn, float32) against ``np.copyto`` of n floats,
+    measured round-robin in the same run (best of ``repeat``, process CPU time by default).
+
+    Returns ``time_ce`` (step time / copy time), ``bytes_ce`` (step bytes / copy bytes),
+    ``bandwidth`` (``bytes_ce / time_ce``: the step's bytes per second over the copy's),
+    ``evals`` and ``passes`` (dual evaluations and dual passes over the data per step, means).
+    """
+    from .common import interleaved_best
+
+    prob = make_problem(n, np.float32, np)
+    dst = np.empty_like(prob["w"])
+    step, log = make_step(prob, impl, mode)
+    t = interleaved_best({"copy": lambda: np.copyto(dst, prob["w"]), "step": step}, repeat=repeat, timer=timer)
+    evals = float(np.mean(log["evals"]))
+    npass = float(np.mean(log["passes"]))
+    time_ce = t["step"] / t["copy"]
+    bytes_ce = step_bytes(npass) / 2.0
+    return {"time_ce": time_ce, "bytes_ce": bytes_ce, "bandwidth": bytes_ce / time_ce, "evals": evals,
+            "passes": npass, "t_step": t["step"], "t_copy": t["copy"]}
 
 
 def kernel_calls(n: int, dtype: Any = np.float32, xp: Any = np) -> dict:
@@ -168,3 +206,29 @@ class SolverEvaluations:
 
     def track_max_evals_reference(self, ev: dict) -> float:
         return float(np.max(ev["reference"]))
+
+
+class CopyEquivalents:
+    """Issue 14, target 5: a warm step at n = 10⁷ float32 in copy-equivalents (≤ 25, ≥ 85% of copy bandwidth)."""
+
+    params = (["exact", "reference"],)
+    param_names = ["mode"]
+    timeout = 600
+
+    def setup_cache(self) -> dict:
+        return {mode: step_copy_equivalents(10**7, mode, repeat=5) for mode in ("exact", "reference")}
+
+    def track_time_copy_equivalents(self, res: dict, mode: str) -> float:
+        return float(res[mode]["time_ce"])
+
+    def track_bytes_copy_equivalents(self, res: dict, mode: str) -> float:
+        return float(res[mode]["bytes_ce"])
+
+    def track_percent_of_copy_bandwidth(self, res: dict, mode: str) -> float:
+        return 100.0 * float(res[mode]["bandwidth"])
+
+    def track_dual_evaluations_per_step(self, res: dict, mode: str) -> float:
+        return float(res[mode]["evals"])
+
+    def track_dual_passes_per_step(self, res: dict, mode: str) -> float:
+        return float(res[mode]["passes"])

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import types
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,7 @@ def check_impl(impl: Any, name: str = "impl") -> str:
     return impl
 
 
-def _module(impl: str, *arrays: Any) -> types.ModuleType:
+def _module(impl: str, *arrays: Any) -> Any:  # a kernel module, or the dtype-native twins
     check_impl(impl)
     xp = backend.get_namespace(*arrays)
     if impl == "reference":
@@ -243,7 +242,7 @@ def kl_dual_multi(etas: Any, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 
 
 def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: Any, p: Any, an: Any, hn: Any,
                    *, xscale: float = 1.0, q: float, r: float, forget: float = 1.0, mscale: float = 1.0,
-                   beta_p0: float, h_min: float = -np.inf, domain_check: bool = False,
+                   beta_p0: float, h_min: float = -np.inf, domain_check: bool = False, pole: bool = True,
                    impl: str = "auto") -> tuple[int, float, int, np.ndarray, np.ndarray]:
     """Pass 1 of an arTuRO step, fused: read-only on the state, one pass over memory.
 
@@ -252,7 +251,8 @@ def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any
     ``a, h``); ``a, h, P00, P01, P11, p`` are not written. On the filtered values as stored, returns
     ``(n_skipped, pole, n_negative_h, KL, dKL)``: the coordinates skipped, ``max(0, pole)`` and the
     count of :func:`kl_pole` (clipped at 0, what the exact solver uses: the Numba kernel divides only
-    in chunks where some ``−c_j/p_j`` may be positive), and :func:`kl_dual_multi` at ``etas``. Shapes ``(n,)``, one dtype. Host syncs: 0 (NumPy), 3 (CuPy).
+    in chunks where some ``−c_j/p_j`` may be positive; NaN with ``pole=False``, which saves that
+    division), and :func:`kl_dual_multi` at ``etas``. Shapes ``(n,)``, one dtype. Host syncs: 0 (NumPy), 3 (CuPy).
     Method inspired by arXiv 2310.20574.
     """
     e = _eta_list(etas)
@@ -261,7 +261,8 @@ def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any
     arrays = (g, w, a, h, P00, P01, P11, p, an, hn)
     _check("g w a h P00 P01 P11 p an hn", arrays, "an hn")
     return _module(impl, *arrays).arturo_prepare(e, *arrays, xscale=xscale, q=q, r=r, forget=forget, mscale=mscale,
-                                                 beta_p0=beta_p0, h_min=h_min, domain_check=domain_check)
+                                                 beta_p0=beta_p0, h_min=h_min, domain_check=domain_check,
+                                                 pole=bool(pole))
 
 
 def arturo_finish(eta: float, g: Any, w: Any, an: Any, hn: Any, P00: Any, P01: Any, P11: Any, p: Any, a: Any, h: Any,

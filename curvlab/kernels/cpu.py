@@ -38,11 +38,11 @@ __all__ = ["rls_filter_update", "kl_dual", "kl_pole", "arturo_apply", "count_non
 #: ``error_model="numpy"``: a division by zero gives ±inf/NaN as IEEE says (as the twins do) instead
 #: of Numba's default Python semantics, under which the serial kernels raised ``ZeroDivisionError``
 #: (e.g. ``kl_dual`` at η = 0 with ``h + βp0 = 0``) while the parallel ones did not
-_OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True, error_model="numpy")
+_OPTS: dict[str, Any] = dict(parallel=True, cache=True, fastmath=False, nogil=True, error_model="numpy")
 #: reductions only: reassociation lets LLVM vectorise the float64 sums (their order is already
 #: unspecified across threads); no nnan/ninf flags, so NaN and Inf behave as IEEE says
-_RED = dict(parallel=True, cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
-_SERIAL = dict(parallel=False, cache=True, fastmath=False, nogil=True, error_model="numpy")
+_RED: dict[str, Any] = dict(parallel=True, cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
+_SERIAL: dict[str, Any] = dict(parallel=False, cache=True, fastmath=False, nogil=True, error_model="numpy")
 
 #: below this many elements the serial twin of each kernel runs: waking worker threads costs
 #: more than the work (milliseconds on a loaded machine)
@@ -208,17 +208,20 @@ def _chunk_dual(w, a, h, p, eta, mscale, bp0, hmin, chk):  # pragma: no cover - 
 _chunk_dual_jit = nb.njit(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")(_chunk_dual)
 
 
-def _chunk_pole(h, p, bp0, hmin):  # pragma: no cover - compiled
-    # ``_pole`` over one chunk (a serial loop: no prange reduction to recognise); NaN terms -> -inf
-    m = -np.inf
-    neg = 0
-    for i in range(h.size):
+def _chunk_pole(h, p, bp0, hmin, buf):  # pragma: no cover - compiled
+    # max(0, max -c/p) over one chunk: the quotients (NaN -> 0) into ``buf``, then the maximum of
+    # their bit patterns as int64 (monotone for non-negative doubles): both loops vectorise
+    m = h.size
+    for i in range(m):
         H = np.float64(h[i])
         v = -((hmin if H < hmin else H) + bp0) / np.float64(p[i])
-        v = v if v == v else -np.inf
-        m = max(m, v)
-        neg += 1 if H < 0.0 else 0
-    return m, neg
+        buf[i] = v if v > 0.0 else 0.0
+    bits = buf.view(np.int64)
+    mx = 0
+    for i in range(m):
+        mx = max(mx, bits[i])
+    bits[0] = mx
+    return buf[0]
 
 
 def _chunk_scan(h, p, bp0, hmin):  # pragma: no cover - compiled
@@ -229,7 +232,7 @@ def _chunk_scan(h, p, bp0, hmin):  # pragma: no cover - compiled
         H = np.float64(h[i])
         c = (hmin if H < hmin else H) + bp0
         P = np.float64(p[i])
-        need += 1 if ((c < 0.0) | (not P > 0.0) | (c != c)) else 0
+        need += 0 if (P > 0.0) & (c >= 0.0) else 1  # NaN c or p counts
         neg += 1 if H < 0.0 else 0
     return need, neg
 
@@ -254,7 +257,7 @@ def _duals(etas, w, a, h, p, mscale, bp0, hmin, chk, part):  # pragma: no cover
 
 
 def _prepare(g, w, a, h, P00, P01, P11, p, an, hn, xscale, q, r, inv_lam, mscale, bp0, hmin, etas, chk,
-             part, stats):  # pragma: no cover
+             want_pole, part, stats):  # pragma: no cover
     # pass 1 of a step: the filter of ``_filter`` into ``an, hn`` (the state is only read), the pole,
     # the count of h < 0, and the dual at every η of ``etas`` on the filtered values as stored
     n = g.size
@@ -289,7 +292,7 @@ def _prepare(g, w, a, h, P00, P01, P11, p, an, hn, xscale, q, r, inv_lam, mscale
         # the pole (on the values as stored, in cache): its division only in a chunk that has a
         # coordinate with c < 0 or p <= 0 (or NaN) -- elsewhere -c/p <= 0, below the 0 returned at least
         need, neg = _chunk_scan_jit(hns, ps, bp0, hmin)
-        mx = _chunk_pole_jit(hns, ps, bp0, hmin)[0] if need else -np.inf
+        mx = _chunk_pole_jit(hns, ps, bp0, hmin, np.empty(hns.size)) if (need and want_pole) else 0.0
         stats[ch, 0] = skipped
         stats[ch, 1] = neg
         stats[ch, 2] = mx
@@ -422,19 +425,19 @@ def kl_dual_multi(etas, w, a, h, p, *, mscale=1.0, beta_p0, h_min=-np.inf,
 
 
 def arturo_prepare(etas, g, w, a, h, P00, P01, P11, p, an, hn, *, xscale=1.0, q, r, forget=1.0, mscale=1.0,
-                   beta_p0, h_min=-np.inf, domain_check=False) -> tuple[int, float, int, np.ndarray, np.ndarray]:
+                   beta_p0, h_min=-np.inf, domain_check=False,
+                   pole=True) -> tuple[int, float, int, np.ndarray, np.ndarray]:
     e = _etas(etas)
     nch = _nchunks(g.size)
     part = np.zeros((nch, 2 * e.size))
     stats = np.zeros((nch, 3))
-    stats[:, 2] = -np.inf
     if g.size:
         _pick(_prepare_par, _prepare_ser, g.size)(g, w, a, h, P00, P01, P11, p, an, hn, float(xscale), float(q),
                                                  float(r), 1.0 / float(forget), float(mscale), float(beta_p0),
-                                                 float(h_min), e, bool(domain_check), part, stats)
+                                                 float(h_min), e, bool(domain_check), bool(pole), part, stats)
     s = part.sum(axis=0)
-    return (int(stats[:, 0].sum()), max(0.0, float(stats[:, 2].max())), int(stats[:, 1].sum()), 0.5 * s[:e.size],
-            -s[e.size:])
+    mx = max(0.0, float(stats[:, 2].max())) if pole else math.nan
+    return int(stats[:, 0].sum()), mx, int(stats[:, 1].sum()), 0.5 * s[:e.size], -s[e.size:]
 
 
 def arturo_finish(eta, g, w, an, hn, P00, P01, P11, p, a, h, out, *, xscale=1.0, q, r, forget=1.0, mscale=1.0,

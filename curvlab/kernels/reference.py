@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -193,12 +194,13 @@ def kl_dual_multi(etas: Any, w: Any, a: Any, h: Any, p: Any, *, mscale: float = 
 
 def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any, P11: Any, p: Any, an: Any, hn: Any,
                    *, xscale: float = 1.0, q: float, r: float, forget: float = 1.0, mscale: float = 1.0,
-                   beta_p0: float, h_min: float = -np.inf, domain_check: bool = False, dtype: Any = np.float64,
-                   _ops: Any = None) -> tuple[int, float, int, np.ndarray, np.ndarray]:
+                   beta_p0: float, h_min: float = -np.inf, domain_check: bool = False, pole: bool = True,
+                   dtype: Any = np.float64, _ops: Any = None) -> tuple[int, float, int, np.ndarray, np.ndarray]:
     """Pass 1 of an arTuRO step, composed of the twins: the filter into ``an, hn`` (the state
     arrays are only read), then :func:`kl_pole` and :func:`kl_dual_multi` on the filtered values.
 
-    Returns ``(n_skipped, max(0, pole), n_negative_h, KL[etas], dKL[etas])``.
+    Returns ``(n_skipped, max(0, pole), n_negative_h, KL[etas], dKL[etas])`` (the pole NaN with
+    ``pole=False``).
     """
     kw: dict[str, Any] = {} if _ops is not None else dict(dtype=dtype)
     ops = _ops if _ops is not None else _this()
@@ -206,10 +208,10 @@ def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any
     hn[...] = h
     P = [x.copy() for x in (P00, P01, P11)]
     skipped, _ = ops.rls_filter_update(g, w, an, hn, *P, xscale=xscale, q=q, r=r, forget=forget, **kw)
-    pole, neg = ops.kl_pole(hn, p, beta_p0=beta_p0, h_min=h_min, **kw)
+    m, neg = ops.kl_pole(hn, p, beta_p0=beta_p0, h_min=h_min, **kw)
     kls, dkls = ops.kl_dual_multi(etas, w, an, hn, p, mscale=mscale, beta_p0=beta_p0, h_min=h_min,
                                   domain_check=domain_check, **kw)
-    return int(skipped), max(0.0, float(pole)), int(neg), kls, dkls
+    return int(skipped), max(0.0, float(m)) if pole else math.nan, int(neg), kls, dkls
 
 
 def arturo_finish(eta: float, g: Any, w: Any, an: Any, hn: Any, P00: Any, P01: Any, P11: Any, p: Any, a: Any, h: Any,

@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -237,7 +237,7 @@ class ArTuRO(Transform):
                 raise ValueError("nu='coupled' needs reg_weight (β) > 0")
             self.nu: float | str = "coupled"
         else:
-            self.nu = _positive("nu", nu, strict=False)
+            self.nu = _positive("nu", cast(float, nu), strict=False)  # not a str here; _positive checks the type
             if self.reg_weight + self.nu <= 0:
                 raise ValueError(f"reg_weight + nu must be > 0, got {self.reg_weight} + {self.nu}")
         self.weight_decay = _positive("weight_decay", weight_decay, strict=False)
@@ -369,8 +369,8 @@ class ArTuRO(Transform):
             else:
                 kl = dual(eta)[0] if self.track_kl else math.nan
             if dual.n_nan:
-                bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
-                raise FloatingPointError(f"arTuRO state holds {bad} non-finite entries (step {state.count}); "
+                n_bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
+                raise FloatingPointError(f"arTuRO state holds {n_bad} non-finite entries (step {state.count}); "
                                          "the gradients were finite, so the state was corrupted before this step")
             if not res.converged:
                 warn_unconverged("ArTuRO", f"step {state.count + 1}: the KL solve did not converge (status "
@@ -383,7 +383,7 @@ class ArTuRO(Transform):
                     for c, o in zip(cur, old):
                         c[...] = o
             raise
-        nu = eta if self.nu == "coupled" else self.nu
+        nu = eta if isinstance(self.nu, str) else self.nu  # the only str is "coupled"
         beta_p0 = self.reg_weight * self.prior_prec
         p_min = beta_p0 / (self.reg_weight + nu) if self.mode == "exact" else -math.inf
         outs = [xp.empty_like(w) for w in W]
@@ -442,7 +442,7 @@ class ArTuRO(Transform):
         etas = self._first_etas(state.eta, eps)
         h_min = -math.inf if self.h_min is None else self.h_min
         beta_p0 = self.reg_weight * self.prior_prec
-        fkw = dict(xscale=xscale, q=self.dynamic_model_noise, r=self.measurement_noise, mscale=mscale,
+        fkw: dict[str, Any] = dict(xscale=xscale, q=self.dynamic_model_noise, r=self.measurement_noise, mscale=mscale,
                    beta_p0=beta_p0, h_min=h_min, impl=self.impl)
         skipped, pole, n_neg = 0, -math.inf, 0
         kl = np.zeros(len(etas))
@@ -450,8 +450,8 @@ class ArTuRO(Transform):
         for i, (g, w) in enumerate(zip(Gf, W)):
             s_, m_, n_, k_, d_ = kernels.arturo_prepare(etas, g, w, Sf[1][i], Sf[2][i], Sf[3][i], Sf[4][i], Sf[5][i],
                                                         Sf[0][i], scratch[i][0], scratch[i][1], domain_check=chk,
-                                                        **fkw)
-            skipped, pole, n_neg = skipped + s_, max(pole, m_), n_neg + n_
+                                                        pole=chk, **fkw)  # reference mode ignores the pole
+            skipped, pole, n_neg = skipped + s_, max(pole, m_) if chk else math.nan, n_neg + n_
             kl += k_
             dkl += d_
         if skipped and self.nan_policy != "propagate":
@@ -463,7 +463,7 @@ class ArTuRO(Transform):
                         ArTuROStepInfo(n_skipped_steps=state.n_skipped_steps, skipped=True, status="skipped"))
         dual = KLDual(W, [x[0] for x in scratch], [x[1] for x in scratch], Sf[0], beta=self.reg_weight,
                       prior_prec=self.prior_prec, mscale=mscale, h_min=self.h_min, impl=self.impl)
-        dual.seed(etas, kl, dkl, domain_check=chk, pole=(pole, n_neg))
+        dual.seed(etas, kl, dkl, domain_check=chk, pole=(pole, n_neg) if chk else None)
         dual.n_passes = 1
         res = solve_kl(dual, eps, mode=self.mode, eta_prev=state.eta, rtol=self.rtol, max_iter=self.max_iter,
                        eta_tol=self.eta_tol, eta_max=self.eta_max, warm_factor=self.warm_factor,
@@ -482,7 +482,7 @@ class ArTuRO(Transform):
                              f"{res.status!r} after {res.n_evals} dual evaluations, η = {eta:.6g}, KL/ε = "
                              f"{kl_eta / eps:.6g}); the step is taken with this η (info.status, "
                              "state.n_unconverged)", warn=self.warn, stacklevel=5)
-        nu = eta if self.nu == "coupled" else self.nu
+        nu = eta if isinstance(self.nu, str) else self.nu  # the only str is "coupled"
         p_min = beta_p0 / (self.reg_weight + nu) if self.mode == "exact" else -math.inf
         outs = [xp.empty_like(w) for w in W]
         clamped = 0

@@ -244,7 +244,7 @@ class KLSolveResult:
             "KLSolveResult",
             [f"eta={_g(self.eta)}", f"kl={_g(self.kl)}", f"kl_ratio={_g(self.kl_ratio)}", f"eta_pole={_g(self.eta_pole)}",
              f"inactive={self.inactive}"],
-            [f"status={self.status.value!r}", f"n_evals={self.n_evals}", f"iterations={self.iterations}",
+            [f"status={Status.of(self.status).value!r}", f"n_evals={self.n_evals}", f"iterations={self.iterations}",
              f"bracket_failed={self.bracket_failed}", f"n_negative_h={self.n_negative_h}"],
         )
 
@@ -348,7 +348,7 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
 
 def _report(res: KLSolveResult, warn: bool, strict: bool) -> KLSolveResult:
     if not res.converged:
-        msg = (f"status {res.status.value!r} after {res.n_evals} dual evaluations: η = {res.eta:.6g}, "
+        msg = (f"status {Status.of(res.status).value!r} after {res.n_evals} dual evaluations: η = {res.eta:.6g}, "
                f"KL/ε = {res.kl_ratio:.6g}")
         if strict:
             raise ConvergenceError(f"solve_kl: {msg}", res)
@@ -374,7 +374,7 @@ def kl_of_step(mu_new: Any, mu: Any, p: Any) -> float:
     return 0.5 * float(xp.sum(p.astype(np.float64) * d * d))
 
 
-def steady_state_eta(G: Sequence[Any] | Any, c: Any, *, beta: float, eps: float) -> float:
+def steady_state_eta(G: Any, c: Any, *, beta: float, eps: float) -> float:
     """Steady-state oracle ``(1 + η/β)² = Σ G²/c / (2βε)``, exact when ``p = c/β``.
 
     Returns ``max(β(√(Σ G²/c/(2βε)) − 1), 0)``. Host syncs: 1.
