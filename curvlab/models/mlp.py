@@ -59,6 +59,13 @@ The operators of :func:`hessian_operator`, :func:`ggn_operator` and
 products then does **0 host syncs** (labels and data are not re-checked: do not
 modify the bound arrays in place).
 
+Scratch arrays
+--------------
+The passes (gradient, curvature products, ``dᵀHd``) draw their layer-sized temporaries from
+a per-thread workspace that the model keeps between calls (NumPy only), so a call does not
+page-fault megabytes of fresh buffers: a few layer-sized arrays per kind of pass stay
+allocated (``clear_workspace()`` releases them). Results are always new arrays.
+
 NaN policy
 ----------
 ``nan_policy="propagate"`` (default): NaN or Inf in ``params`` or ``X`` flows

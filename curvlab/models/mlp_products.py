@@ -13,7 +13,16 @@ The product half of :class:`curvlab.models.mlp.MLP` (mixed into it as
   ``(1/B) Σ_b g_b g_bᵀ`` (per-sample projections without forming the ``g_b``).
 * The **directional curvature** ``c = dᵀ H d`` in the two modes of arXiv 2210.14520 (method inspired by):
   forward (Taylor) mode streaming ``(z, z', z'')`` and storing nothing beyond the
-  current layer, and adjoint mode, which returns the loss and gradient with ``c``.
+  current layer (four matrix products per hidden layer), and adjoint mode, which returns
+  the loss and gradient with ``c``.
+* Every product is split into the vector-independent pass (:meth:`MLPProducts._primal`:
+  activations, ``σ'``, the loss head; :meth:`MLPProducts._with_deltas`: the backward errors
+  ``δ_l`` and ``σ'' ⊙ W̄ᵀδ``), held in a :class:`PrimalState`, and the tangent passes
+  (``_hvp_from``, ``_ggn_from``, ``_fisher_from``). A one-shot product runs both; the
+  product cache of :class:`curvlab.models.MLPCurvature` keeps the state per batch, so a
+  cached Hessian product costs ``2u_1 + 6u_{l>1}`` matrix products of a layer's size
+  ``u_l = 2 B n_l m_l`` flops (the gradient: ``2u_1 + 3u_{l>1}``) and a cached GGN
+  product ``2u_1 + 4u_{l>1}``.
 * :func:`hessian_operator`, :func:`ggn_operator`, :func:`fisher_operator`: the model bound
   to ``(params, X, y)`` as a :class:`CurvatureOperator` whose ``repr`` names it
   (:class:`curvlab.models.MLPCurvature` builds the same operators).
