@@ -2,11 +2,11 @@
 
 Usage (from the repository root):
 
-    /work/venv/bin/python benchmarks/run_dsgd_clr.py [--threads 2] [--repeat 5] [--widths 256 1024 4096]
+    .venv/bin/python benchmarks/run_dsgd_clr.py [--threads 1] [--repeat 5] [--timer cpu|wall] [--widths 256 1024 4096]
 
 Part 1: MLP 784-512-512-10 tanh CE, batch 512, float32; one optimizer step of each method
-relative to one plain SGD step (best of R round-robin repeats; tracemalloc peak of one
-step). Part 2: spectral duality map of an n×n float32 Gaussian matrix by thin SVD and by
+relative to one plain SGD step (best of R round-robin repeats, process CPU time by default:
+steady on a shared host; tracemalloc peak of one step). ``--widths`` with no value skips part 2. Part 2: spectral duality map of an n×n float32 Gaussian matrix by thin SVD and by
 Newton–Schulz (12 fixed steps, and run to convergence for n ≤ 1024), with the error of
 the Newton–Schulz polar factor (‖Q_NS − UVᵀ‖_op, from the singular values) and of the
 nuclear norm. 4096 uses one repetition.
@@ -39,7 +39,8 @@ def best(fn, repeat):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--timer", choices=["cpu", "wall"], default="cpu")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--widths", type=int, nargs="*", default=[256, 1024, 4096])
     ap.add_argument("--skip-steps", action="store_true")
@@ -49,14 +50,16 @@ def main() -> None:
     with blas_threads(args.threads):
         if not args.skip_steps:
             fns = step_calls(*make_problem(np))
-            t = interleaved_best(fns, repeat=args.repeat)
+            t = interleaved_best(fns, repeat=args.repeat, timer=args.timer)
             m = {k: peak_bytes(f) for k, f in fns.items()}
             print(f"One optimizer step, MLP 784-512-512-10 tanh CE, batch 512, float32, BLAS threads={args.threads}, "
-                  f"best of {args.repeat} round-robin repeats")
+                  f"best of {args.repeat} round-robin repeats, timer {args.timer}")
             print(f"{'step':14s} {'time ms':>9s} {'x SGD':>7s} {'peak MB':>9s} {'x SGD':>7s}")
             for k in fns:
                 print(f"{k:14s} {t[k] * 1e3:9.2f} {t[k] / t['sgd']:7.2f} {m[k] / 1e6:9.2f} {m[k] / m['sgd']:7.2f}")
-            print("paper 2210.14520 claim: (1.5C, 2M) or (2C, 1M)\n")
+            print("paper 2210.14520 claim: (1.5C, 2M) or (2C, 1M); DSGD target (issue 14): <= 5x SGD\n")
+        if not args.widths:
+            return
         print(f"Spectral duality map, n×n float32 Gaussian, BLAS threads={args.threads}")
         print(f"{'n':>5s} {'svd s':>9s} {'NS12 s':>9s} {'NS12/svd':>8s} {'NS12 err_op':>11s} {'NS12 nuc rel':>12s} "
               f"{'NSconv s':>9s} {'steps':>5s}")
