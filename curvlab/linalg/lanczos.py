@@ -587,13 +587,14 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
                         stop = claimed = True
                         break
                     # far from convergence, skip a few (cheap but not free) Ritz checks: half the steps
-                    # the observed rate of decrease still needs (Lanczos convergence only speeds up),
-                    # at most 4; without a rate yet, 4/2/1 steps above 1e6/1e2/1 times the threshold
+                    # the observed rate of decrease still needs (Lanczos convergence only speeds up), at
+                    # most a third of the cycle's new steps (and at least 4); without a rate yet, 4/2/1
+                    # steps above 1e6/1e2/1 times the threshold
                     worst = float(np.log(max(float(np.max(resid / np.maximum(thr - slack, 0.5 * thr))), 1.0)))
                     gap = 4 if worst > 6 * np.log(10) else 2 if worst > 2 * np.log(10) else 1
                     if last_check is not None and last_check[1] > worst and j > last_check[0]:
                         rate = (last_check[1] - worst) / (j - last_check[0])
-                        gap = int(min(4.0, max(1.0, 0.5 * worst / rate)))
+                        gap = int(min(max(4, (ncv - p) // 3), max(1.0, 0.5 * worst / rate)))
                     last_check = (j, worst)
                     next_check = j + gap
             if invariant:
