@@ -245,23 +245,54 @@ def _gram_spectrum(M: Any, vectors: bool = False) -> _Gram | None:
     return _Gram(M64, transposed, A, lam, rtol, W)
 
 
+#: Lanczos iterations of :func:`_top_singular_value` before it gives up (the SVD answers).
+TOP_SV_MAXITER = 300
+#: Relative residual ``‖A y − θ y‖ ≤ TOP_SV_RTOL·θ`` at which the top Ritz value is accepted.
+TOP_SV_RTOL = 1e-13
+
+
 def _top_singular_value(M: Any) -> float | None:
-    """``σ_max(M)`` by ARPACK (``scipy.sparse.linalg.svds``, ``k=1``, ``tol=0``: converged to
-    machine precision, fixed start ``random_state=0``) in float64, on NumPy for
-    ``min(n, m) ≥ GRAM_MIN_SIZE`` (a few dozen products with ``M``: ~4x cheaper than ``gesdd``
-    at 512). ``None`` (the caller uses the SVD) elsewhere, on no convergence or a non-finite result."""
+    """``σ_max(M)`` by Lanczos on ``A = MᵀM`` (or ``MMᵀ``, the smaller) in float64, on NumPy for
+    ``min(n, m) ≥ GRAM_MIN_SIZE``: full reorthogonalisation, a fixed start vector, and the top
+    Ritz pair ``(θ, y)`` of the tridiagonal checked every fourth step; accepted when its residual
+    ``β_k |s_k|`` (there is an eigenvalue of ``A`` within it of ``θ``) is ≤ ``TOP_SV_RTOL·θ``, so
+    ``σ_max = √θ`` to ~1e-13 relative at worst and to rounding in practice (the eigenvalue error
+    is about the residual squared over the gap). ~60 products with ``M`` at 512x512: ~5x
+    cheaper than ``gesdd``. ``None`` (the caller uses the SVD) elsewhere: CuPy, small, non-finite
+    or zero ``M``, or no convergence in ``TOP_SV_MAXITER`` steps."""
     if backend.get_namespace(M) is not np or M.ndim != 2 or min(M.shape) < GRAM_MIN_SIZE:
         return None
-    import scipy.sparse.linalg as ssl  # noqa: PLC0415
-
     if not np.all(np.isfinite(M)):
         return None
-    try:
-        s = ssl.svds(M.astype(np.float64), k=1, tol=0, return_singular_vectors=False, random_state=0)
-    except (ssl.ArpackError, ssl.ArpackNoConvergence, ValueError, np.linalg.LinAlgError):
-        return None
-    top = float(s[0])
-    return top if np.isfinite(top) and top > 0 else None
+    from scipy.linalg import eigh_tridiagonal  # noqa: PLC0415
+
+    M64 = M.astype(np.float64)
+    tall = M64.shape[0] >= M64.shape[1]
+    d = M64.shape[1] if tall else M64.shape[0]
+    maxit = min(d, TOP_SV_MAXITER)
+    V = np.empty((maxit + 1, d))
+    v = np.cos(1.3 * np.arange(d)) + 0.5
+    V[0] = v / np.linalg.norm(v)
+    alpha, beta = np.empty(maxit), np.empty(maxit)
+    for k in range(maxit):
+        w = M64.T @ (M64 @ V[k]) if tall else M64 @ (M64.T @ V[k])
+        alpha[k] = V[k] @ w
+        Vk = V[:k + 1]
+        w -= Vk.T @ (Vk @ w)          # full reorthogonalisation, twice
+        w -= Vk.T @ (Vk @ w)
+        b = float(np.linalg.norm(w))
+        beta[k] = b
+        if k % 4 == 3 or b == 0.0 or k == maxit - 1:
+            th, S = eigh_tridiagonal(alpha[:k + 1], beta[:k], select="i", select_range=(k, k))
+            theta = float(th[0])
+            if not (np.isfinite(theta) and theta > 0.0):
+                return None
+            if b * abs(float(S[-1, 0])) <= TOP_SV_RTOL * theta:
+                return float(np.sqrt(theta))
+        if b == 0.0:
+            return None
+        V[k + 1] = w / b
+    return None
 
 
 def _gram_polar(g: _Gram, dtype: Any) -> tuple[Any, float, int]:
@@ -318,7 +349,8 @@ def layer_norm(W: Any, norm: str = "spectral", scale: float = 1.0) -> float:
     """The layer norm ``scale·‖W‖`` (spectral: largest singular value; frobenius: ‖W‖_F).
 
     ``W``: float32/float64 array of ndim ≥ 1 (reshaped by :func:`as_matrix`). Returns a
-    Python float (computed in the dtype of ``W``).
+    Python float (computed in the dtype of ``W``; on NumPy for ``min(n, m) ≥ GRAM_MIN_SIZE`` by
+    float64 Lanczos checked to a 1e-13 residual, :func:`_top_singular_value`, else the SVD).
     """
     _check_norm(norm)
     c = _check_scale(scale)

@@ -369,7 +369,7 @@ class DSGD(Transform):
     Cost on NumPy (spectral, layers with ``min(n, m) ≥ duality.GRAM_MIN_SIZE``): each layer's
     dual norm from the eigenvalues of its float64 Gram matrix, the chosen layer's polar factor
     from its eigenvectors (kept from the dual-norm pass for the most often chosen layer), the
-    bound's weight norm by ARPACK, its layer inputs reused below the block moved last (a memo
+    bound's weight norm by Lanczos, its layer inputs reused below the block moved last (a memo
     keyed by fingerprints of ``X`` and the weights; the numbers are those of a fresh forward
     pass): ≈ 4.9x an SGD step at 784-512-512-10, batch 512, float32, full batch (was ≈ 12x with
     SVDs), exact to ~1e-7 against a float64 SVD (:mod:`curvlab.linalg.duality`).

@@ -286,3 +286,32 @@ def test_gram_route_non_finite_goes_to_the_svd_errors():
         du.dual_norm(G)
     with pytest.raises(np.linalg.LinAlgError):
         du.layer_norm(G)
+
+
+@pytest.mark.parametrize("case", ["gauss", "gauss_f32_wide", "triple_top", "close_top_rank5", "rank1", "decaying"])
+def test_top_singular_value_lanczos_matches_float64_svd(rng, case):
+    """layer_norm's Lanczos route (NumPy, min(n, m) >= GRAM_MIN_SIZE): σ_max to 1e-13 relative
+    against a float64 SVD, on clustered (equal or 3e-7-apart) top singular values, low rank
+    and ill-conditioned matrices; a zero matrix gives 0 (by the SVD)."""
+    if case == "gauss":
+        M = rng.standard_normal((200, 150))
+    elif case == "gauss_f32_wide":
+        M = rng.standard_normal((120, 300)).astype(np.float32)
+    else:
+        s = {"triple_top": np.r_[1.0, 1.0, 1.0, np.geomspace(0.5, 1e-8, 67)],
+             "close_top_rank5": np.r_[3.0, 3.0 - 1e-6, 2.5, 1.0, 0.1],
+             "rank1": np.r_[2.0],
+             "decaying": np.geomspace(1.0, 1e-12, 70)}[case]
+        M, _ = _with_singular_values(rng, 130, 90, s)
+    ref = np.linalg.svd(M.astype(np.float64), compute_uv=False)[0]
+    top = du._top_singular_value(M)
+    assert top is not None and abs(top / ref - 1) < 1e-13
+    assert abs(du.layer_norm(M, scale=2.0) / (2.0 * ref) - 1) < 1e-13
+    assert du._top_singular_value(np.zeros((64, 70))) is None and du.layer_norm(np.zeros((64, 70))) == 0.0
+
+
+def test_top_singular_value_without_convergence_leaves_it_to_the_svd(monkeypatch, rng):
+    M = rng.standard_normal((100, 80))
+    monkeypatch.setattr(du, "TOP_SV_MAXITER", 4)
+    assert du._top_singular_value(M) is None
+    assert abs(du.layer_norm(M) / np.linalg.norm(M, 2) - 1) < 1e-13

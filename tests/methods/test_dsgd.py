@@ -455,7 +455,7 @@ def test_non_finite_constants_are_refused(bad):
 @pytest.mark.parametrize("selection", ["greedy", "cyclic"])
 def test_gram_route_keeps_the_svd_trajectory(monkeypatch, digits_small, dtype, tol, selection):
     """Layers wide enough for the Gram route (duality._gram_spectrum, the cached eigenvectors of the
-    most chosen layer, ARPACK weight norms) give the SVD route's trajectory: same layers chosen,
+    most chosen layer, Lanczos weight norms) give the SVD route's trajectory: same layers chosen,
     dual norms, constants and params equal to rounding (tol covers float32's ~1e-7 per step)."""
     X, y = digits_small
     X = X.astype(dtype)
