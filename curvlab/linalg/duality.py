@@ -311,8 +311,9 @@ def _gram_polar(g: _Gram, dtype: Any) -> tuple[Any, float, int]:
     if r == 0:
         shape = g.M.T.shape if g.transposed else g.M.shape
         return np.zeros(shape, dtype=dtype), 0.0, 0
-    sr = sig[keep]
-    C = W[:, keep] / np.sqrt(sr)
+    k = sig.shape[0]
+    sr = sig[k - r:]                       # σ ascending: the kept ones are the last r
+    C = W[:, k - r:] / np.sqrt(sr)
     Q = (C @ C.T) @ g.M        # (M Mᵀ)^{-1/2} M on the kept subspace; C Cᵀ is one syrk
     if g.transposed:
         Q = Q.T
