@@ -520,7 +520,8 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     history: list[dict[str, Any]] | None = [] if return_history else None
     message = ""
     status = ""
-    theta = S = None
+    theta: np.ndarray | None = None
+    S: Any = None  # Ritz vectors of the projected matrix (host float64), with theta
     beta_last = 0.0
     cycles = 0
     restarts = 0
