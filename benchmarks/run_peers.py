@@ -24,8 +24,11 @@ the same loop. Groups:
   over an SGD step.
 
 On a commit without the product cache (no ``cache_bytes`` keyword) the cached cells say so.
-A peer that is not installed or cannot compile says why in its cell. ``--quick``: 2 repeats,
-``torch.compile`` of the HVP only and ArTuRO at n = 1e6 (about 5 minutes on a loaded 2-core
+A peer that is not installed or cannot compile says why in its cell. curvlinops is installed
+without its dependency tree: ``.venv/bin/pip install --no-deps curvlinops-for-pytorch einconv
+linear-operator`` (the two pure-Python packages it imports at load time). ArTuRO and Adam run
+at n = 1e7 float32 (``--arturo-n``; about 0.6 GB). ``--quick``: 2 repeats,
+``torch.compile`` of the HVP only (about 5 minutes on a loaded 2-core
 machine; the first ``torch.compile`` on a machine adds its compile time, cached on disk).
 """
 
@@ -80,13 +83,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="2 repeats, torch.compile of the HVP only, ArTuRO at n = 1e6 (about 5 minutes)")
+                    help="2 repeats, torch.compile of the HVP only (about 5 minutes)")
     ap.add_argument("--repeat", type=int, default=None, help="round-robin repeats (default 5, --quick 2)")
     ap.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups of {', '.join(GROUPS)} (default all)")
     ap.add_argument("--models", default="mlp,cnn", help="torch models, of mlp,cnn (default both)")
     ap.add_argument("--compile", choices=("all", "hvp", "none"), default=None,
                     help="torch.compile the torch.func HVP and GGN (all; default), the HVP only (--quick) or none")
-    ap.add_argument("--arturo-n", type=float, default=None, help="ArTuRO / Adam size (default 1e7, --quick 1e6)")
+    ap.add_argument("--arturo-n", type=float, default=None, help="ArTuRO / Adam size (default 1e7, the issue's; ~0.6 GB)")
     ap.add_argument("--json", default=None, help="also write the ratios (key -> value) to this JSON file")
     args = ap.parse_args(argv)
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ap.error(f"--only: unknown group(s) {bad}; choose from {', '.join(GROUPS)}")
     repeat = args.repeat or (2 if args.quick else 5)
     compile_ = args.compile or ("hvp" if args.quick else "all")
-    arturo_n = int(args.arturo_n or (1e6 if args.quick else 1e7))
+    arturo_n = int(args.arturo_n or 1e7)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
 
     one_thread()

@@ -138,11 +138,15 @@ def build_calls(net: Any, X: Any, y: Any, compile: str = "all") -> tuple[dict[st
             notes[key] = "not run (--compile)"
             continue
         try:
-            cf = torch.compile(fn)
+            # static shapes: the MLP and the CNN share this code object, and a recompile with
+            # automatic dynamic shapes fails on the CNN's forward-mode convolution
+            cf = torch.compile(fn, dynamic=False)
             cf(p0, vp)  # compile now (failures show here, not inside the timing loop)
             calls[key] = (lambda f: lambda: f(p0, vp))(cf)
         except Exception as exc:
-            notes[key] = "cannot compile: " + short_error(exc)
+            # the innermost "...Error: message" line of a Dynamo/Inductor error says why
+            why = [ln.strip() for ln in str(exc).splitlines() if "Error:" in ln]
+            notes[key] = "cannot compile: " + (why[-1][:120] if why else short_error(exc))
 
     g_graph = torch.autograd.grad(lossf(net(X), y), params, create_graph=True)
     calls["dblbwd_cached_hvp"] = lambda: torch.autograd.grad(g_graph, params, grad_outputs=vp, retain_graph=True)
