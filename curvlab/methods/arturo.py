@@ -419,14 +419,9 @@ class ArTuRO(Transform):
             if eta_prev < 0:
                 return _predicted_path(lo, hi, (lo + hi) / 2.0, self.eta_tol)
             # the second midpoint of the warm bracket is η_prev itself: which side the new root lies
-            # on is unknown, so evaluate the first two midpoints and the two possible third ones; the
-            # solver's next pass then follows a path predicted from these values (Newton on KL^-1/2)
-            path = _predicted_path(lo, hi, eta_prev, self.eta_tol)[:2]
-            if len(path) == 2 and hi - lo > 4 * self.eta_tol:
-                m1, m2 = path
-                lo2, hi2 = (lo, m1) if m2 < m1 else (m1, hi)
-                path += [(lo2 + m2) / 2.0, (m2 + hi2) / 2.0]
-            return path
+            # on is unknown, so evaluate the first two midpoints only; the solver's next pass follows
+            # the path predicted from these values (Newton on KL^-1/2), early exit included
+            return _predicted_path(lo, hi, eta_prev, self.eta_tol)[:2]
         return [eta_prev] if eta_prev > 0 else [0.0]
 
     def _fused_update(self, grads: Tree, params: Tree, state: ArTuROState, P: list[Any], treedef: Any, Gf: list[Any],

@@ -57,8 +57,12 @@ class KLDual:
     ``w, a, h, p``: arrays (or lists of arrays, one per layer) of one shape per
     block, float32/float64; ``μ = w·mscale``. ``h_min`` (optional) floors the
     curvature in the denominator only. Each call is one fused pass per block
-    (:func:`curvlab.kernels.kl_dual`), summed in float64; ``n_evals`` counts
-    calls and ``n_nan`` the calls that returned NaN (a corrupted state).
+    (:func:`curvlab.kernels.kl_dual`), summed in float64, unless its η was stored
+    by :meth:`prefetch` (several η in one pass, :func:`curvlab.kernels.kl_dual_multi`)
+    or :meth:`seed` (values from a fused pass of the caller); ``n_evals`` counts
+    calls, ``n_passes`` passes over the data and ``n_nan`` the calls that returned
+    NaN (a corrupted state). :meth:`estimate_root` guesses the root from the
+    stored values (the reference solver evaluates its predicted path ahead).
     ``dual(eta, domain_check=True)`` returns ``KL = +inf`` below any
     coordinate's pole (the exact solver's guard). The data are not copied nor
     scanned for NaN/Inf (that would cost a pass): a non-finite entry makes the
@@ -113,20 +117,21 @@ class KLDual:
                                        domain_check=domain_check, impl=self.impl)
                 kl += k
                 dkl += d
-            hit = self._cache[key] = (kl, dkl)
+            hit = (kl, dkl)
         if hit[0] != hit[0]:
             self.n_nan += 1
         return hit
 
     def known(self, eta: float, *, domain_check: bool = False) -> bool:
-        """Whether ``dual(eta)`` is already evaluated (a call would make no pass over the data)."""
+        """Whether ``dual(eta)`` is stored (:meth:`prefetch`, :meth:`seed`): a call makes no pass."""
         return (float(eta), bool(domain_check)) in self._cache
 
     def prefetch(self, etas: Sequence[float], *, domain_check: bool = False) -> None:
         """Evaluate the dual at every η of ``etas`` in one pass per block
         (:func:`curvlab.kernels.kl_dual_multi`); later calls at these η read the stored values
         (they still count in ``n_evals``, which counts the values used). ``n_passes`` counts the
-        passes over the data. Host syncs: 1 per block on CuPy."""
+        passes over the data. The values are those of the arrays as they are now: after changing
+        the arrays in place, build a new dual. Host syncs: 1 per block on CuPy."""
         todo = [float(e) for e in dict.fromkeys(etas) if not self.known(e, domain_check=domain_check)]
         if not todo:
             return
@@ -315,8 +320,9 @@ def solve_kl(dual: KLDual, eps: float, *, mode: str = "exact", eta_prev: float =
             def ahead(lo: float, hi: float) -> None:
                 if not dual.known((lo + hi) / 2.0):  # evaluate the predicted rest of the path in one pass
                     root, model = dual.estimate_root(eps) if hasattr(dual, "estimate_root") else (math.nan, None)
-                    if not lo < root < hi:
+                    if root != root:  # nothing stored yet: the warm start
                         root = eta_prev if lo < eta_prev < hi else (lo + hi) / 2.0
+                    root = min(max(root, lo), hi)  # a root beyond the bracket: the path runs to that edge
                     dual.prefetch(_predicted_path(lo, hi, root, eta_tol, model=model, eps=eps, early=early_exit))
 
         eta, it = bisect_reference(kl_of, eps, eta_prev, tol_abs=eta_tol, x_max=eta_max, warm=warm_factor,

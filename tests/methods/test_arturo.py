@@ -484,3 +484,40 @@ def test_state_saved_before_n_unconverged_loads():
     old = ArTuROState.from_dict(d)
     assert old.n_unconverged == 0
     np.testing.assert_array_equal(opt.step(w, _grad(w, 1), old)[0], opt.step(w, _grad(w, 1), st)[0])
+
+
+@pytest.mark.parametrize("mode", ["reference", "exact"])
+def test_warm_steps_evaluate_the_dual_in_few_passes(mode):
+    """A warm step evaluates the dual at several η per pass over the data (pass 1 fused with the
+    filter; the reference bisection's predicted path ahead): fewer passes than evaluations, and the
+    trajectory is still the golden one (reference mode)."""
+    infos = []
+    opt = ArTuRO(kl_bound=0.01, mode=mode, **CFG)
+    _, _, etas, iters = _run(opt, infos=infos)
+    if mode == "reference":
+        np.testing.assert_allclose(etas, GOLDEN["A"]["eta"], rtol=1e-9)
+        assert iters == GOLDEN["A"]["iters"]
+    for info in infos[1:]:
+        assert 1 <= info.n_passes <= info.n_evals, info
+    if mode == "reference":
+        assert sum(i.n_passes for i in infos[1:]) < sum(i.n_evals for i in infos[1:])
+    else:  # Newton is sequential; pass 1 holds the pole and the first evaluation (no pole pass)
+        assert all(i.n_passes == i.n_evals for i in infos[1:])
+
+
+@pytest.mark.parametrize("mode", ["reference", "exact"])
+def test_skipped_warm_step_leaves_the_state_bitwise_unchanged(mode):
+    """the non-finite gradient is found by the fused pass 1, which only reads the state"""
+    opt = ArTuRO(kl_bound=0.01, mode=mode, **CFG)
+    w = W0.copy()
+    st = opt.init(w)
+    w, st = opt.step(w, _grad(w, 0), st)
+    keys = ("p", "a", "h", "P00", "P01", "P11", "count", "eta")
+    before = {k: v for k, v in _snapshot(st).items() if k in keys}
+    g = _grad(w, 1)
+    g[3] = np.nan
+    upd, st, info = opt.update_with_info(g, st, w)
+    assert info.skipped and np.all(upd == 0) and st.n_skipped_steps == 1
+    assert {k: v for k, v in _snapshot(st).items() if k in keys} == before
+    w2, st, info = _step(opt, w, _grad(w, 1), st)  # and the next finite step goes on
+    assert not info.skipped and st.count == 2

@@ -12,6 +12,7 @@ from scipy.optimize import minimize_scalar
 from curvlab.linalg.results import ConvergenceError, ConvergenceWarning
 from curvlab.trust_region import KLDual, kl_mean, kl_of_step, kl_precision, solve_kl, steady_state_eta
 from curvlab.trust_region._roots import bisect_reference
+from curvlab.trust_region.kl import _predicted_path
 
 
 def _problem(rng, n=200, neg=False, dtype=np.float64):
@@ -413,3 +414,48 @@ def test_exact_near_the_pole_claims_only_what_holds(g_pole, seed):
         assert r.status == "stagnated" and g_pole <= 1e-7 and abs(true_ratio - 1) <= 1e-3 * (g_pole > 1e-13) + 0.1
     if g_pole >= 1e-6:
         assert r.converged
+
+
+def test_prefetch_equals_fresh_evaluations_in_one_pass(rng):
+    w, a, h, p = _problem(rng, n=5000, neg=True)
+    dual = KLDual([w[:3000], w[3000:]], [a[:3000], a[3000:]], [h[:3000], h[3000:]], [p[:3000], p[3000:]],
+                  beta=BETA, prior_prec=P0)
+    fresh = KLDual(w, a, h, p, beta=BETA, prior_prec=P0)
+    etas = [0.5, 3.0, 40.0, 3.0]
+    for chk in (False, True):
+        dual.prefetch(etas, domain_check=chk)
+        assert dual.known(40.0, domain_check=chk) and not dual.known(41.0, domain_check=chk)
+    assert dual.n_passes == 2 and dual.n_evals == 0
+    for e in etas:
+        for chk in (False, True):
+            got, want = dual(e, domain_check=chk), fresh(e, domain_check=chk)
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert dual.n_passes == 2 and dual.n_evals == 8  # the stored values were used: no further pass
+    dual(41.0)
+    assert dual.n_passes == 3
+
+
+@pytest.mark.parametrize("warm", [-1.0, 0.3, 2.0, 30.0, 700.0])
+@pytest.mark.parametrize("eps", [1e-3, 0.05, 3.0])
+def test_reference_solve_with_lookahead_is_the_sequential_bisection(rng, warm, eps):
+    """the path evaluated ahead never changes the answer: η, iterations, evaluations and the
+    final KL equal those of the plain sequential bisection; it only saves passes"""
+    w, a, h, p = _problem(rng, n=2000)
+    mids = []
+    plain = solve_kl(KLDualRecorder(KLDual(w, a, h, p, beta=BETA, prior_prec=P0), mids), eps, mode="reference",
+                     eta_prev=warm, final_kl=True)
+    dual = KLDual(w, a, h, p, beta=BETA, prior_prec=P0)
+    fast = solve_kl(dual, eps, mode="reference", eta_prev=warm, final_kl=True)
+    assert (fast.eta, fast.iterations, fast.n_evals, fast.status) == (plain.eta, plain.iterations, plain.n_evals,
+                                                                     plain.status)
+    assert fast.kl == pytest.approx(plain.kl, rel=1e-12)
+    assert dual.n_passes <= dual.n_evals
+    if plain.n_evals >= 4:
+        assert dual.n_passes < dual.n_evals
+
+
+def test_predicted_path_is_the_bisection_path_of_a_known_root():
+    for root in (0.01, 3.3, 1234.5, 9999.0):
+        seen = []
+        eta, it = bisect_reference(lambda x: seen.append(x) or (2.0 if x < root else 0.5), 1.0, -1.0, early=0.0)
+        assert _predicted_path(0.0, 1e4, root, 0.5) == seen + [eta]
