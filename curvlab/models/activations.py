@@ -32,6 +32,9 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+import numba
+import numpy as np
+
 from .. import backend
 
 __all__ = [
@@ -83,6 +86,44 @@ class Activation:
     def has_d2(self) -> bool:
         """Whether :meth:`d2_from_output` returns an array (σ'' not identically zero)."""
         return self.name in ("tanh", "sigmoid", "softplus")
+
+    def tangent_step(self, a: Any, z1: Any, s1: Any, q: Any, xp: types.ModuleType, *,
+                     S: Any = None, z2: Any = None) -> tuple[Any, Any | None]:
+        """The elementwise work of a hidden layer in a tangent (dᵀHd) pass, in place.
+
+        ``a = σ(z)`` and the tangent ``z1 = z'`` given; writes ``s1 = σ'(z)`` and
+        ``z1 ← a' = σ' z'``, and either (``S`` given, adjoint mode) ``q = σ''(z) z'²`` and
+        ``S = a + a'``, or (``S`` None, forward mode) ``a'' = σ' z'' + σ'' z'²`` into ``z2``
+        when given, else into ``q``. Returns ``(q or None, a'' or None)``: ``q`` is None
+        when σ'' ≡ 0 (adjoint mode), ``a''`` is None when it is zero (forward mode). One
+        Numba pass for tanh on C-contiguous NumPy arrays; NumPy ufuncs otherwise.
+        """
+        if (self.name == "tanh" and xp is np and a.ndim == 2
+                and all(x is None or (isinstance(x, np.ndarray) and x.flags.c_contiguous and x.shape == a.shape
+                                      and x.dtype == a.dtype) for x in (a, z1, s1, q, S, z2))):
+            if S is not None:
+                _tanh_tangent(a, z1, s1, q, S, a, 1)
+                return q, None
+            if z2 is not None:
+                _tanh_tangent(a, z1, s1, q, a, z2, 2)
+                return None, z2
+            _tanh_tangent(a, z1, s1, q, a, q, 3)
+            return None, q
+        s1 = self.d1_from_output(a, xp, out=s1)
+        qq = self.d2_from_output(a, s1, xp, out=q)
+        if qq is not None:
+            qq *= z1
+            qq *= z1
+        z1 *= s1
+        if S is not None:
+            xp.add(a, z1, out=S)
+            return qq, None
+        if z2 is not None:
+            z2 *= s1
+            if qq is not None:
+                z2 += qq
+            return None, z2
+        return None, qq
 
     def bounds(self) -> tuple[float, float]:
         """``(sup|σ'|, sup|σ''|)``; ``ValueError`` for an activation that is not C² (relu)."""
@@ -184,6 +225,30 @@ class Activation:
             xp.subtract(1, d1, out=out)
             out *= d1
         return out
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _tanh_tangent(a: Any, z1: Any, s1: Any, q: Any, S: Any, z2: Any, mode: int) -> None:  # pragma: no cover - compiled
+    """One pass over a tanh layer's arrays (all C-contiguous 2-D of one shape):
+    ``s1 = 1 − a²``, ``q = σ'' z1² = −2 a s1 z1²``, then by ``mode``: 1: ``z1 ← s1 z1``,
+    ``S ← a + z1``; 2: ``z2 ← s1 z2 + q``, ``z1 ← s1 z1``; 3: ``z2 ← q``, ``z1 ← s1 z1``."""
+    B, n = a.shape
+    for i in range(B):
+        for j in range(n):
+            t = a[i, j]
+            d = 1 - t * t
+            u = z1[i, j]
+            qq = -2 * t * d * u * u
+            s1[i, j] = d
+            v = d * u
+            z1[i, j] = v
+            if mode == 1:
+                q[i, j] = qq
+                S[i, j] = t + v
+            elif mode == 2:
+                z2[i, j] = d * z2[i, j] + qq
+            else:
+                z2[i, j] = qq
 
 
 _OBJECTS = {

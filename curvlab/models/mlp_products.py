@@ -466,20 +466,8 @@ class MLPProducts:
         for l in range(1, L):
             # hidden activation: z -> a, z' -> a' = σ' z', z'' -> a'' = σ' z'' + σ'' z'²
             a = act.value_(z, xp)
-            s1 = act.d1_from_output(a, xp, out=buf("s1", l, a.shape[1]))
-            q = act.d2_from_output(a, s1, xp, out=buf("q", l, a.shape[1]))
-            if q is not None:
-                q *= z1
-                q *= z1
-                if z2 is not None:
-                    z2 *= s1
-                    z2 += q
-                else:
-                    z2 = q
-            elif z2 is not None:
-                z2 *= s1
-            z1 *= s1
-            a1, a2 = z1, z2
+            _, a2 = act.tangent_step(a, z1, buf("s1", l, a.shape[1]), buf("q", l, a.shape[1]), xp, z2=z2)
+            a1 = z1
             W, D = Ws[l], Ds[l]
             n = W.shape[0]
             z = buf("z", l, n)
@@ -572,6 +560,7 @@ class MLPProducts:
         d1s: list[Array] = []  # σ'(z_l) for hidden layers
         a: Array = X
         a1: Array | None = None
+        S: Array = X
         for l in range(L):
             W, D = Ws[l], Ds[l]
             n = W.shape[0]
@@ -588,9 +577,7 @@ class MLPProducts:
                 WD = ws.get("adWD", D.shape, dt)
                 xp.multiply(D, scale, out=WD)
                 WD += W
-                S = ws.get("adS", a.shape, dt)
-                xp.add(a, a1, out=S)
-                matmul_into(S, WD[:, :-1].T, z1, xp)  # = W ã + (W ã' + D̂ ã) + D̂ ã'
+                matmul_into(S, WD[:, :-1].T, z1, xp)  # S = ã + ã': W ã + (W ã' + D̂ ã) + D̂ ã'
                 z1 += WD[:, -1]
                 E = ws.get(("adE", l), (B, n), dt)
                 matmul_into(a1, Db, E, xp)
@@ -601,13 +588,11 @@ class MLPProducts:
             if l == L - 1:
                 break
             a = act.value_(z, xp)
-            s1 = act.d1_from_output(a, xp, out=ws.get(("d1", l + 1), a.shape, dt))
-            s2 = act.d2_from_output(a, s1, xp, out=ws.get(("adQ", l + 1), a.shape, dt))
-            if s2 is not None:
-                s2 *= z1
-                s2 *= z1
-            Qs.append(s2)
-            z1 *= s1
+            s1 = ws.get(("d1", l + 1), a.shape, dt)
+            S = ws.get("adS", a.shape, dt)
+            # σ', σ'' z'² and a' = σ' z' (in z1), S = a + a' for the next layer's product
+            Q, _ = act.tangent_step(a, z1, s1, ws.get(("adQ", l + 1), a.shape, dt), xp, S=S)
+            Qs.append(Q)
             a1 = z1
             acts.append(a)
             d1s.append(s1)

@@ -644,3 +644,42 @@ def test_model_dtype_and_layout_arguments_of_the_wrong_type():
         for bad in ("mlp", None, 3):
             with pytest.raises(TypeError, match="model must be a curvlab.models.mlp.MLP"):
                 make(bad, p, X, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_tangent_step_fused_equals_the_ufunc_formulas(dtype):
+    """The one-pass Numba tangent step of tanh equals σ', σ''z'², σ'z', a + a' and
+    σ'z'' + σ''z'² computed with NumPy (the fallback path, taken for strided arrays)."""
+    from curvlab.models.activations import get_activation
+
+    act = get_activation("tanh")
+    rng = np.random.default_rng(7)
+    a = np.tanh(rng.standard_normal((6, 5))).astype(dtype)
+    z1, z2 = rng.standard_normal((2, 6, 5)).astype(dtype)
+    s1_ref = 1 - a * a
+    q_ref = -2 * a * s1_ref * z1 * z1
+    a1_ref = s1_ref * z1
+    for strided in (False, True):
+        def buf():
+            return np.empty((6, 10), dtype)[:, ::2] if strided else np.empty((6, 5), dtype)
+        s1, q, S, w1 = buf(), buf(), buf(), buf()
+        w1[...] = z1
+        Q, none = act.tangent_step(a, w1, s1, q, np, S=S)
+        assert none is None and Q is q
+        np.testing.assert_allclose(s1, s1_ref, rtol=1e-6)
+        np.testing.assert_allclose(q, q_ref, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(w1, a1_ref, rtol=1e-6)
+        np.testing.assert_allclose(S, a + a1_ref, rtol=1e-6)
+        w1[...], w2 = z1, buf()
+        w2[...] = z2
+        _, a2 = act.tangent_step(a, w1, s1, q, np, z2=w2)
+        assert a2 is w2
+        np.testing.assert_allclose(a2, s1_ref * z2 + q_ref, rtol=1e-5, atol=1e-6)
+        w1[...] = z1
+        _, a2 = act.tangent_step(a, w1, s1, q, np)
+        assert a2 is q
+        np.testing.assert_allclose(a2, q_ref, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(w1, a1_ref, rtol=1e-6)
+    relu = get_activation("relu")
+    w1 = z1.copy()
+    assert relu.tangent_step(np.maximum(a, 0), w1, np.empty_like(a), np.empty_like(a), np) == (None, None)
