@@ -190,3 +190,23 @@ def test_cache_bytes_accepts_numpy_ints_and_zero_disables():
     v = np.ones(off.layout.size)
     off.hessian() @ v, off.ggn() @ v
     assert off.cache_info()["bytes"] == 0
+
+
+def test_callable_loss_and_a_stream_of_unequal_batches():
+    """A callable loss (the output Hessian from its own autodiff) over a stream whose last
+    batch is smaller: cached products equal uncached ones; batches counted as seen."""
+    def loss(z, t):
+        return jnp.mean(jnp.sum(jnp.log(jnp.cosh(z - t)), axis=-1))
+
+    X, y = _data(30)
+    Y = jax.nn.one_hot(y, 3)
+    data = [(X[:12], Y[:12]), (X[12:24], Y[12:24]), (X[24:], Y[24:])]
+    src = JaxCurvature(apply, _params(), loss, lambda: iter(data), cache_bytes=None)
+    ref = JaxCurvature(apply, _params(), loss, data, cache_bytes=0)
+    V = np.random.default_rng(11).standard_normal((src.layout.size, 2))
+    for op in ("H_fr", "ggn", "fisher_empirical"):
+        A, B = OPS[op](src), OPS[op](ref)
+        _close(A @ V, B @ V)
+        _close(A @ V[:, 0], B @ V[:, 0])
+    info = src.cache_info()
+    assert info["batches_cached"] == 3 and info["batches"] == 3 and info["bytes"] > 0

@@ -88,8 +88,8 @@ class ProductCache:
 
     def info(self, batches: int | None) -> dict[str, Any]:
         """``{"bytes", "batches_cached", "batches", "limit"}`` (``batches_cached``: the
-        longest cached prefix over the kinds; ``batches``: one pass's batches when known)."""
+        longest cached prefix over the kinds; ``batches``: one pass's batches as far as known -- a stream's, those seen so far)."""
         cached = max((len(v) for v in self.entries.values()), default=0)
-        n = batches if batches is not None else self.batches_seen
+        n = max(batches if batches is not None else 0, self.batches_seen)
         return {"bytes": int(self.bytes), "batches_cached": int(cached), "batches": int(n),
                 "limit": self.limit}
