@@ -30,14 +30,28 @@ that receive gradients (the official code reads the state of gradient-free
 tensors and crashes on them); zero-size arrays are allowed. One global η couples
 all arrays of the tree. The state arrays are updated in place and the same state
 object is returned (``inplace`` is True; ``copy_state=True`` keeps the input
-state intact). A step is a handful of fused passes over memory (finite check,
-filter, pole, apply) plus one per dual evaluation (:mod:`curvlab.kernels`).
+state intact).
+
+Passes over memory (:mod:`curvlab.kernels`). A warm step (every step but the first, without
+``psd_guard``) makes two fused passes plus the solver's: pass 1
+(:func:`~curvlab.kernels.arturo_prepare`) reads the gradient, the weights and the six state
+arrays, writes the filtered ``a, h`` into two scratch arrays kept by the optimizer, and
+returns the count of non-finite coordinates (the NaN policy), the pole, the count of h < 0 and
+the dual at the first η (exact: the warm start; reference: the first two bisection
+midpoints); each further dual pass reads 4 arrays and evaluates the dual at one η (exact
+mode's Newton) or at the rest of the bisection path predicted from the values so far
+(reference mode, :func:`curvlab.trust_region.kl.solve_kl`; the answer is that of the
+sequential bisection, only passes are saved); the last pass
+(:func:`~curvlab.kernels.arturo_finish`) writes the state and the update. About 25 + 4 per
+further dual pass arrays of traffic (``benchmarks/run_arturo.py --ce-only``). ``info.n_passes``
+counts the dual passes. The first step (filter initialisation) and ``psd_guard`` take the
+multi-pass path (finite check, filter, pole, dual, apply).
 
 A step is atomic: if it raises (an infinite pole, NaN already in the state, a
-``ConvergenceWarning`` turned into an error), the state is bitwise unchanged. In
-place, the step keeps copies of the five filter arrays until the KL solve has
-succeeded (five transient arrays, no host sync; on NumPy about a fifth of a step's time
-at d = 10⁶, float64) and writes them back on error.
+``ConvergenceWarning`` turned into an error), the state is bitwise unchanged. A warm
+step writes the state only in its last pass, after the KL solve has succeeded; the
+multi-pass path keeps copies of the five filter arrays until then and writes them back on
+error.
 
 An unconverged KL solve (status ``"max_iter"``, ``"breakdown"`` = bracket failed,
 ``"stagnated"`` next to a pole) is taken with the returned η and reported once per
@@ -48,12 +62,11 @@ called with ``warn=False``. NaN in the dual (a corrupted state) raises
 ``FloatingPointError`` instead.
 
 Host syncs per step on CuPy (one array; each kernel call that returns numbers
-reads them in one transfer): 1 finiteness check (for all arrays together) + 1
-filter + 1 pole (its maximum and the count of h < 0 together; reference mode reads
-it only for that count) + 1 apply, plus 1 per dual evaluation (the solver's, and
-the achieved-KL evaluation in reference mode with ``track_kl``): ≤ 4 + 1 per dual
-evaluation (``tests/test_sync_budgets.py``). Each further array adds 1 filter +
-1 pole + 1 apply + 1 per dual evaluation.
+reads them in one transfer): a warm step 3 (pass 1: filter count, pole, dual values) + 1 per
+further dual pass + 2 (the last pass's counts), plus 1 finiteness check when a coordinate was
+skipped; the multi-pass path 1 finiteness check (for all arrays together) + 1 filter + 1 pole
++ 1 apply + 1 per dual evaluation: ≤ 4 + 1 per dual evaluation either way
+(``tests/test_sync_budgets.py``). Each further array adds the same per array.
 
 Example
 -------
@@ -398,6 +411,12 @@ class ArTuRO(Transform):
             n_neg = dual.pole()[1]
         return self._finish_info(state, res, eta, kl, eps, n_neg, clamped, guarded, dual.n_passes + 1, outs, P,
                                  treedef)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled/copied without the scratch arrays (rebuilt at the next warm step)."""
+        d = dict(self.__dict__)
+        d.pop("_scratch_cache", None)
+        return d
 
     def _scratch(self, W: list[Any], xp: Any) -> list[tuple[Any, Any]]:
         """Two scratch arrays per parameter array (the filtered ``a, h`` of pass 1), kept between steps."""

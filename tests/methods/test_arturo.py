@@ -521,3 +521,27 @@ def test_skipped_warm_step_leaves_the_state_bitwise_unchanged(mode):
     assert {k: v for k, v in _snapshot(st).items() if k in keys} == before
     w2, st, info = _step(opt, w, _grad(w, 1), st)  # and the next finite step goes on
     assert not info.skipped and st.count == 2
+
+
+def test_scratch_arrays_are_not_pickled_and_are_rebuilt():
+    import copy
+    import pickle
+
+    opt = ArTuRO(kl_bound=0.01, **CFG)
+    w = W0.copy()
+    st = opt.init(w)
+    for t in range(3):
+        w, st, _ = _step(opt, w, _grad(w, t), st)
+    assert "_scratch_cache" in opt.__dict__
+    for clone in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)):
+        assert "_scratch_cache" not in clone.__dict__
+        st2 = copy.deepcopy(st)
+        w2, _, _ = _step(clone, w, _grad(w, 3), st2)
+        w1, _, _ = _step(opt, w, _grad(w, 3), copy.deepcopy(st))
+        np.testing.assert_array_equal(w1, w2)
+    # another parameter shape on the same optimizer: new scratch, right answers
+    v = np.linspace(-1, 1, 9)
+    sv = opt.init(v)
+    for t in range(3):
+        v, sv, info = _step(opt, v, 0.3 * v + 0.1, sv)
+        assert info.converged
