@@ -120,6 +120,35 @@ def test_jit_layerwise_methods_with_array_extras(method):
     assert np.abs(trajs[1] - trajs[0]).max() <= 1e-10
 
 
+def _apply_dense(ps, X):
+    from curvlab.adapters.jax import dense
+    h = jnp.tanh(dense(X, ps["w1"], ps["b1"], name="fc1"))
+    return dense(h, ps["w2"], ps["b2"], name="fc2")
+
+
+@pytest.mark.parametrize("method", ["exact_newton", "dsgd_estimate"])
+def test_jit_layerwise_methods_with_a_tagged_jax_source(method):
+    """ExactNewton / DSGD(rule="estimate") with source=JaxCurvature of a dense()-tagged model and
+    the batch as data= (as JIT_SUPPORT states): the jitted trajectory equals the eager one; an
+    untagged model is refused with a TypeError that says to tag the layers (ExactNewton)."""
+    p, X, y = _problem(dtype=jnp.float64)
+    src = JaxCurvature(_apply_dense, p, "cross_entropy", (X, y))
+    make = (lambda: ExactNewton(lr=0.5, lam=1.0, source=src)) if method == "exact_newton" else \
+        (lambda: DSGD(rule="estimate", source=src))
+    batches = [(X[8 * k:8 * k + 8], y[8 * k:8 * k + 8]) for k in range(3)]
+    runs = []
+    for jit in (False, True):
+        runs.append(_run(as_optax(make()), p, X, y, jit, lambda k: {"data": batches[k % 3]})[0])
+    eager, jitted = runs
+    assert np.all(np.isfinite(eager)) and np.abs(eager[-1] - eager[0]).max() > 1e-4, "the method did not move"
+    assert np.abs(jitted - eager).max() <= 1e-8 * max(1.0, np.abs(eager).max())
+    if method == "exact_newton":
+        untagged = JaxCurvature(apply, p, "cross_entropy", (X, y))
+        opt = as_optax(ExactNewton(lr=0.5, lam=1.0, source=untagged))
+        with pytest.raises(TypeError, match=r"curvlab\.adapters\.jax\.dense"):
+            opt.update(_grad(p, X, y), opt.init(p), p, data=batches[0])
+
+
 def test_masked_schedule_and_trainable():
     p, X, y = _problem(1)
     sched = optax.linear_schedule(0.05, 0.005, STEPS)

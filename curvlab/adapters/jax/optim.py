@@ -66,8 +66,10 @@ JIT_SUPPORT: dict[str, str] = {
     "CurvatureLR (curvature= extra, or source=JaxCurvature with the batch as data=)":
         "jittable (host callback; the source is rebound with at() on the host, compiled once per shape)",
     "CurvatureLR with a torch/MLP source or a Python curvature callable of traced values": "not jittable",
-    "ExactNewton, DSGD": "jittable only with their layer extras given as arrays or held fixed (closed over); "
-                         "a source=JaxCurvature has no layer structure, so they cannot take one",
+    "ExactNewton, DSGD (rule='estimate') with source=JaxCurvature (dense() layers) and the batch as data=":
+        "jittable (host callback; the source is rebound with at() on the host and exposes its tagged layers)",
+    "ExactNewton, DSGD with layer extras given as arrays or held fixed (closed over)": "jittable (host callback)",
+    "ExactNewton with a JaxCurvature of an untagged model": "refused (TypeError: tag the layers with dense())",
 }
 
 
@@ -166,10 +168,11 @@ def as_optax(transform: Transform, *, flat: bool = False, source: Any = None,
                                                      programs (compiled once per shape)
     CurvatureLR, ``curvature=`` Python callable      only if it needs no traced value (it is
                                                      held fixed by the trace)
-    ExactNewton, DSGD                                with layer extras as arrays (they pass
-                                                     the callback) or held fixed; not with a
-                                                     JaxCurvature source: it has no layer
-                                                     structure (``LayerStructureUnavailable``)
+    ExactNewton, DSGD, ``source=JaxCurvature``       yes with ``dense()``-tagged layers and the
+                                                     batch as ``data`` (DSGD: ``rule="estimate"``);
+                                                     an untagged model is refused
+                                                     (``TypeError``: tag it with ``dense()``)
+    ExactNewton, DSGD, layer extras as arrays        yes (they pass the callback) or held fixed
     ===============================================  ==========================================
 
     Example
