@@ -71,7 +71,8 @@ def build_calls(net: Any, X: Any, y: Any, compile: str = "all") -> tuple[dict[st
 
     # ---- curvlab
     cacheable = has_kwarg(TorchCurvature, "cache_bytes")
-    one = TorchCurvature(net, "cross_entropy", (X, y), **({"cache_bytes": 0} if cacheable else {}))
+    oneshot: dict[str, Any] = {"cache_bytes": 0} if cacheable else {}
+    one = TorchCurvature(net, "cross_entropy", (X, y), **oneshot)
     v = np.random.default_rng(0).standard_normal(one.layout.size).astype(one.dtype)
     H1, G1 = one.hessian(), one.ggn()
     Hfr, Hrr = one.hessian("forward_over_reverse"), one.hessian("reverse_over_reverse")
@@ -115,7 +116,7 @@ def build_calls(net: Any, X: Any, y: Any, compile: str = "all") -> tuple[dict[st
         return torch.func.jvp(torch.func.grad(loss_of), (ps,), (vs,))[1]
 
     def func_ggn(ps: Any, vs: Any) -> Any:
-        z, Jv = torch.func.jvp(out_of, (ps,), (vs,))
+        z, Jv = torch.func.jvp(out_of, (ps,), (vs,))[:2]  # (primal out, tangent out)
         pz = torch.softmax(z, dim=1)  # mean cross-entropy: H_z = (diag(p) - p pᵀ) / B
         HJv = (pz * Jv - pz * (pz * Jv).sum(1, keepdim=True)) / z.shape[0]
         return torch.func.vjp(out_of, ps)[1](HJv)[0]
@@ -154,7 +155,7 @@ def build_calls(net: Any, X: Any, y: Any, compile: str = "all") -> tuple[dict[st
     def dblbwd_grad_dhd() -> Any:  # loss, gradient and dᵀHd by one double backward
         loss = lossf(net(X), y)
         g = torch.autograd.grad(loss, params, create_graph=True)
-        gd = sum((gi * wi).sum() for gi, wi in zip(g, vp))
+        gd = torch.stack([(gi * wi).sum() for gi, wi in zip(g, vp)]).sum()
         hd = torch.autograd.grad(gd, params)
         return loss.item(), [gi.detach() for gi in g], float(sum((hi * wi).sum() for hi, wi in zip(hd, vp)))
 
