@@ -11,11 +11,12 @@ import threading
 import types
 from typing import Any
 
+import numba
 import numpy as np
 
 from .. import backend
 
-__all__ = ["positive_int", "refuse_foreign", "matmul_into", "Workspace"]
+__all__ = ["positive_int", "refuse_foreign", "matmul_into", "Workspace", "dot64"]
 
 
 def positive_int(v: Any, name: str) -> int:
@@ -114,3 +115,20 @@ class ThreadWorkspaces:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.xp = state["xp"]
         self._local = threading.local()
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _dot64(a: Any, b: Any) -> float:  # pragma: no cover - compiled
+    acc = 0.0
+    for i in range(a.size):
+        acc += np.float64(a[i]) * np.float64(b[i])
+    return acc
+
+
+def dot64(a: Any, b: Any, xp: types.ModuleType) -> Any:
+    """``Σ a ⊙ b`` accumulated in float64 (a float64 scalar; 0-d on CuPy, no host sync):
+    one Numba pass without a temporary for C-contiguous NumPy arrays of one shape."""
+    if (xp is np and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+            and a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous):
+        return np.float64(_dot64(a.reshape(-1), b.reshape(-1)))
+    return xp.sum(a * b, dtype=np.float64)

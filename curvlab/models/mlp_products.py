@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..linalg.operators import CallableOperator, LinearOperator
-from ._common import Workspace, matmul_into, positive_int
+from ._common import Workspace, dot64, matmul_into, positive_int
 
 if TYPE_CHECKING:
     from ..layout import Layout
@@ -606,15 +606,13 @@ class MLPProducts:
             xp.sum(delta, axis=0, out=gs[l][:, -1])
             E_l = Es[l]
             if E_l is not None:
-                xp.multiply(delta, E_l, out=E_l)
-                c = c + 2 * xp.sum(E_l, dtype=np.float64)
+                c = c + 2 * dot64(delta, E_l, xp)
             if l > 0:
                 g = ws.get(("g", l), a.shape, dt)
                 matmul_into(delta, Ws[l][:, :-1], g, xp)
                 Q = Qs[l - 1]
                 if Q is not None:
-                    Q *= g
-                    c = c + xp.sum(Q, dtype=np.float64)
+                    c = c + dot64(g, Q, xp)
                 g *= d1s[l - 1]
                 delta = g
         s64 = scale.astype(np.float64)
