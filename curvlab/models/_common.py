@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import backend
 
-__all__ = ["positive_int", "refuse_foreign", "matmul_into", "Workspace", "dot64"]
+__all__ = ["positive_int", "refuse_foreign", "matmul_into", "Workspace", "dot64", "three_m_finish"]
 
 
 def positive_int(v: Any, name: str) -> int:
@@ -132,3 +132,40 @@ def dot64(a: Any, b: Any, xp: types.ModuleType) -> Any:
             and a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous):
         return np.float64(_dot64(a.reshape(-1), b.reshape(-1)))
     return xp.sum(a * b, dtype=np.float64)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _three_m_finish(t: Any, b: Any, z: Any, E: Any, s: Any, w: Any, wmode: int) -> None:  # pragma: no cover
+    B, n = t.shape
+    for i in range(B):
+        for j in range(n):
+            e = E[i, j] * s
+            E[i, j] = e
+            t[i, j] = t[i, j] + b[j] - z[i, j] - e
+            if wmode == 1:
+                w[i, j] += 2 * e
+            elif wmode == 2:
+                w[i, j] = 2 * e
+
+
+def three_m_finish(t: Any, b: Any, z: Any, E: Any, s: Any, xp: types.ModuleType, w: Any = None,
+                   w_add: bool = False) -> None:
+    """The elementwise end of a "3M" tangent layer, in place: ``E ← s E``,
+    ``t ← t + b − z − E`` (``t, z, E`` ``(B, n)``, bias ``b`` ``(n,)``, ``s`` a 0-d scale),
+    and when ``w`` is given ``w ← w + 2E`` (``w_add``) or ``w ← 2E``. One Numba pass on
+    C-contiguous NumPy arrays, ufuncs otherwise."""
+    arrays = (t, z, E) if w is None else (t, z, E, w)
+    if (xp is np and isinstance(b, np.ndarray) and b.shape == t.shape[1:] and t.ndim == 2
+            and all(isinstance(x, np.ndarray) and x.flags.c_contiguous and x.shape == t.shape
+                    and x.dtype == t.dtype for x in arrays)):
+        _three_m_finish(t, b, z, E, t.dtype.type(s), t if w is None else w, 0 if w is None else (1 if w_add else 2))
+        return
+    E *= s
+    t += b
+    t -= z
+    t -= E
+    if w is not None:
+        if w_add:
+            w += 2 * E
+        else:
+            xp.multiply(E, 2, out=w)

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..linalg.operators import CallableOperator, LinearOperator
-from ._common import Workspace, dot64, matmul_into, positive_int
+from ._common import Workspace, dot64, matmul_into, positive_int, three_m_finish
 
 if TYPE_CHECKING:
     from ..layout import Layout
@@ -473,25 +473,18 @@ class MLPProducts:
             z = buf("z", l, n)
             matmul_into(a, W[:, :-1].T, z, xp)
             z += W[:, -1]
-            E = buf("E", l, n)  # D̂ ã'
+            E = buf("E", l, n)  # D ã' (scaled to D̂ ã' below)
             matmul_into(a1, D[:, :-1].T, E, xp)
-            E *= scale
             WD = ws.get("fwWD", D.shape, dt)  # W + D̂
             xp.multiply(D, scale, out=WD)
             WD += W
             a1 += a  # ã + ã' (ã' is not needed any more)
             t = buf("z1", l, n)  # z' = (W + D̂)(ã + ã') − W ã − D̂ ã'
             matmul_into(a1, WD[:, :-1].T, t, xp)
-            t += WD[:, -1]
-            t -= z
-            t -= E
             w = buf("z2", l, n)  # z'' = W ã'' + 2 D̂ ã'
             if a2 is not None:
                 matmul_into(a2, W[:, :-1].T, w, xp)
-                E *= 2
-                w += E
-            else:
-                xp.multiply(E, 2, out=w)
+            three_m_finish(t, WD[:, -1], z, E, scale, xp, w=w, w_add=a2 is not None)
             z2, z1 = w, t
         loss, delta, aux = self._head(z, y)
         c = xp.sum(z1 * self._hL(aux, z1), dtype=np.float64) / B
@@ -578,12 +571,9 @@ class MLPProducts:
                 xp.multiply(D, scale, out=WD)
                 WD += W
                 matmul_into(S, WD[:, :-1].T, z1, xp)  # S = ã + ã': W ã + (W ã' + D̂ ã) + D̂ ã'
-                z1 += WD[:, -1]
                 E = ws.get(("adE", l), (B, n), dt)
                 matmul_into(a1, Db, E, xp)
-                E *= scale
-                z1 -= z
-                z1 -= E
+                three_m_finish(z1, WD[:, -1], z, E, scale, xp)  # E ← D̂ ã', z1 ← z1 + b − z − E
                 Es.append(E)
             if l == L - 1:
                 break
