@@ -529,6 +529,8 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     tnorm = 0.0
     anorm = 0.0  # max |θ| over the Ritz values seen: a lower bound of ‖A‖ (tol_relative_to="norm")
     misses = 0  # claims the stored-product check refuted
+    next_check = 0  # matvec count of the next Ritz check (besides the one at the end of every cycle)
+    last_check: tuple[int, float] | None = None  # (matvecs, log of the worst residual / threshold)
     stop = False
     invariant = False
     claimed = False  # the recurrence's residuals met tol for every wanted pair
@@ -537,8 +539,6 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     while cycles < maxiter and not stop:
         cycles += 1
         j = p
-        next_check = 0
-        last_check: tuple[int, float] | None = None  # (step, log of the worst residual / threshold)
         while j < ncv:
             if op.n_matvecs - before >= loop_budget:
                 message, status = f"matvec budget {max_matvecs} exhausted", "max_matvecs"
@@ -557,7 +557,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
                 b = 0.0
             beta_last = b
             j += 1
-            due = j >= next_check or j == ncv or j == n or invariant
+            due = op.n_matvecs - before >= next_check or j == ncv or j == n or invariant
             if due and (j >= k and j >= 2 or j == n):
                 # Ritz pairs of the current projected matrix
                 theta, S = _projected_eigh(T, j, p)
@@ -587,17 +587,18 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
                     if conv.all():
                         stop = claimed = True
                         break
-                    # far from convergence, skip a few (cheap but not free) Ritz checks: half the steps
-                    # the observed rate of decrease still needs (Lanczos convergence only speeds up), at
-                    # most a third of the cycle's new steps (and at least 4); without a rate yet, 4/2/1
+                    # far from convergence, skip (cheap but not free) Ritz checks: half the matvecs the
+                    # observed rate of decrease, carried over restarts, still needs (Lanczos convergence
+                    # only speeds up; the end of a cycle is always checked); without a rate yet, 4/2/1
                     # steps above 1e6/1e2/1 times the threshold
                     worst = float(np.log(max(float(np.max(resid / np.maximum(thr - slack, 0.5 * thr))), 1.0)))
                     gap = 4 if worst > 6 * np.log(10) else 2 if worst > 2 * np.log(10) else 1
-                    if last_check is not None and last_check[1] > worst and j > last_check[0]:
-                        rate = (last_check[1] - worst) / (j - last_check[0])
-                        gap = int(min(max(4, (ncv - p) // 3), max(1.0, 0.5 * worst / rate)))
-                    last_check = (j, worst)
-                    next_check = j + gap
+                    done = op.n_matvecs - before
+                    if last_check is not None and last_check[1] > worst and done > last_check[0]:
+                        rate = (last_check[1] - worst) / (done - last_check[0])
+                        gap = int(max(1.0, min(0.5 * worst / rate, float(n))))
+                    last_check = (done, worst)
+                    next_check = done + gap
             if invariant:
                 if j >= n:
                     stop = True
