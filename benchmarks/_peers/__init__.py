@@ -115,6 +115,42 @@ def verdict(checks: list[tuple[str, bool | None]]) -> str:
     return out
 
 
+def flat(x: Any) -> Any:
+    """A product's result as one float64 NumPy vector: NumPy arrays, torch tensors, JAX arrays,
+    and tuples/lists/dicts of them (concatenated in order), or a scalar."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (tuple, list)):
+        return np.concatenate([flat(a) for a in x]) if x else np.zeros(0)
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64).ravel()
+
+
+def agreement(results: Mapping[str, Any], ref: str) -> dict[str, float]:
+    """``‖r_k − r_ref‖ / ‖r_ref‖`` for every result ``k`` (flattened with :func:`flat`)."""
+    import numpy as np
+
+    b = flat(results[ref])
+    nb = float(np.linalg.norm(b)) or 1.0
+    return {k: float(np.linalg.norm(flat(v) - b)) / nb for k, v in results.items() if k != ref}
+
+
+def agreement_row(product: str, groups: Mapping[str, tuple[Mapping[str, Any], str]], tol: float = 1e-3) -> Row:
+    """A row checking that curvlab and the peers computed the same numbers: per product name,
+    the largest relative difference of any result to the reference result ``ref``."""
+    worst: dict[str, float] = {}
+    for name, (results, ref) in groups.items():
+        d = agreement(results, ref)
+        worst[name] = max(d.values()) if d else 0.0
+    text = "; ".join(f"{n} {v:.1e}" for n, v in worst.items())
+    refs = ", ".join(f"{n}: {ref}" for n, (_, ref) in groups.items())
+    return Row(product, "max rel. difference " + text, f"references — {refs}", f"≤ {tol:g} (same numbers)",
+               verdict([(f"{n} agrees", v <= tol) for n, v in worst.items()]))
+
+
 def le(a: float | None, b: float | None, slack: float = 1.0) -> bool | None:
     """``a <= slack * b``, or ``None`` when either is unmeasured."""
     if a is None or b is None or not (a < float("inf") and b < float("inf")):

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import Row, best_cpu, cell, has_kwarg, le, verdict
+from . import Row, agreement_row, best_cpu, cell, has_kwarg, le, verdict
 
 SIZES = (784, 512, 512, 10)
 
@@ -118,6 +118,13 @@ def measure(repeat: int = 3) -> tuple[list[Row], dict[str, float]]:
         notes["hvp_cached"] = notes["ggn_cached"] = "n/a (no cache_bytes on this commit)"
     calls["dhd"] = lambda: one.directional_curvature(v)
     calls["grad_dhd"] = lambda: one.grad_and_curvature(v)
+    out = {k: f() for k, f in calls.items()}  # one call each: the same numbers?
+    out = {k: (jax.tree_util.tree_leaves(o) if k.startswith("jit_") else o) for k, o in out.items()}  # layout order
+    check = agreement_row("JAX MLP: curvlab and the jitted peers compute the same products", {
+        "HVP": ({k: out[k] for k in out if "hvp" in k}, "jit_hvp"),
+        "GGN-vp": ({k: out[k] for k in out if "ggn" in k}, "jit_ggn"),
+        "dᵀHd": ({"jit_dhd": out["jit_dhd"], "dhd": out["dhd"], "grad_dhd": out["grad_dhd"][2]}, "jit_dhd")})
+    del out
     t = best_cpu(calls, repeat)
     g = t["grad"]
 
@@ -140,6 +147,7 @@ def measure(repeat: int = 3) -> tuple[list[Row], dict[str, float]]:
             "≤ 2.0× (memory: asv)", verdict([("≤ 2.0×", le(r("dhd"), 2.0))])),
         Row("JAX MLP grad + dᵀHd (`grad_and_curvature`)", c("grad_dhd"), "—",
             "≤ 1.6× (memory: asv)", verdict([("≤ 1.6×", le(r("grad_dhd"), 1.6))])),
+        check,
     ]
     return rows, ratios
 
@@ -210,6 +218,13 @@ def measure_numpy(repeat: int = 3) -> tuple[list[Row], dict[str, float]]:
             notes["np_hvp_cached"] = notes["np_ggn_cached"] = "n/a (no cache_bytes on this commit)"
     except ImportError:
         notes["np_hvp_cached"] = notes["np_ggn_cached"] = "n/a (no MLPCurvature on this commit)"
+    out = {k: f() for k, f in calls.items()}  # one call each: the same numbers?
+    check = agreement_row("NumPy reference MLP and JAX-jit compute the same products", {
+        "gradient": ({"np": out["np_grad"][1], "jax": out["jax_grad"][1]}, "jax"),
+        "HVP": ({k: out[k] for k in out if "hvp" in k}, "jax_hvp"),
+        "GGN-vp": ({k: out[k] for k in out if "ggn" in k}, "jax_ggn"),
+        "dᵀHd": ({"np": out["np_dhd"], "np_adjoint": out["np_grad_dhd"][2], "jax": out["jax_dhd"]}, "jax")})
+    del out
     t = best_cpu(calls, repeat)
     ratios: dict[str, float] = {}
     rows: list[Row] = []
@@ -228,4 +243,5 @@ def measure_numpy(repeat: int = 3) -> tuple[list[Row], dict[str, float]]:
         rows.append(Row(f"NumPy reference MLP {name} / its own gradient",
                         cell(t[k], g) if k in t else notes.get(k, "—"), "—", f"≤ {lim}×",
                         verdict([(f"≤ {lim}×", le(t[k] / g if k in t else None, lim))])))
+    rows.append(check)
     return rows, ratios

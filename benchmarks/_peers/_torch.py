@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import Row, best_cpu, cell, has_kwarg, le, short_error, verdict
+from . import Row, agreement_row, best_cpu, cell, has_kwarg, le, short_error, verdict
 
 MLP_SIZES = (784, 512, 512, 10)
 
@@ -52,9 +52,10 @@ def cnn_problem(batch: int = 128, seed: int = 0) -> tuple[Any, Any, Any]:
     return net, X, y
 
 
-def build_calls(net: Any, X: Any, y: Any, compile: str = "all") -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
-    """The timed callables (key -> zero-argument callable) and, for a peer that could not be
-    built, a note (key -> reason). ``compile``: "all" (HVP and GGN), "hvp" or "none"."""
+def build_calls(net: Any, X: Any, y: Any, compile: str = "all") -> tuple[dict[str, Callable[[], Any]], dict[str, str], Any]:
+    """The timed callables (key -> zero-argument callable), for a peer that could not be
+    built a note (key -> reason), and the direction ``v`` (NumPy, the layout's order) every
+    product takes. ``compile``: "all" (HVP and GGN), "hvp" or "none"."""
     import torch
     from torch import nn
 
@@ -160,7 +161,7 @@ def build_calls(net: Any, X: Any, y: Any, compile: str = "all") -> tuple[dict[st
         return loss.item(), [gi.detach() for gi in g], float(sum((hi * wi).sum() for hi, wi in zip(hd, vp)))
 
     calls["dblbwd_grad_dhd"] = dblbwd_grad_dhd
-    return calls, notes
+    return calls, notes, v
 
 
 def measure(repeat: int = 3, compile: str = "all", models: tuple[str, ...] = ("mlp", "cnn")) -> tuple[list[Row], dict[str, float]]:
@@ -172,7 +173,17 @@ def measure(repeat: int = 3, compile: str = "all", models: tuple[str, ...] = ("m
     ratios: dict[str, float] = {}
     for model in models:
         net, X, y = (mlp_problem if model == "mlp" else cnn_problem)()
-        calls, notes = build_calls(net, X, y, compile)
+        calls, notes, v = build_calls(net, X, y, compile)
+        out = {k: f() for k, f in calls.items()}  # one call each: the same numbers?
+        hd = out["dblbwd_cached_hvp"]
+        check = agreement_row(
+            f"torch {'MLP' if model == 'mlp' else 'CNN'}: curvlab and the peers compute the same products",
+            {"HVP": ({k: out[k] for k in out if "hvp" in k}, "dblbwd_cached_hvp"),
+             "GGN-vp": ({k: out[k] for k in out if "ggn" in k}, "func_ggn"),
+             "dᵀHd": ({"vᵀ(Hv)": float(np.dot(v, np.concatenate([h.detach().numpy().ravel() for h in hd]))),
+                      "dhd": out["dhd"], "func_dhd": out["func_dhd"], "grad_dhd": out["grad_dhd"][2],
+                      "dblbwd_grad_dhd": out["dblbwd_grad_dhd"][2]}, "vᵀ(Hv)")})
+        del out
         t = best_cpu(calls, repeat)
         g = t["grad"]
         label = "MLP" if model == "mlp" else "CNN"
@@ -227,5 +238,6 @@ def measure(repeat: int = 3, compile: str = "all", models: tuple[str, ...] = ("m
         rows.append(Row(f"torch {label} grad + dᵀHd (`grad_and_curvature`)", c("grad_dhd"),
                         f"double backward {c('dblbwd_grad_dhd')}", "≤ 1.6× (memory ≤ 2.0×: asv bench_adapters)",
                         verdict([("≤ 1.6×", le(r("grad_dhd"), 1.6))])))
+        rows.append(check)
         del calls
     return rows, ratios
