@@ -21,7 +21,7 @@ Kernels
   (the state is only read), its pole and negative-curvature count, and the dual at several η
   (reads 8, writes 2).
 - :func:`arturo_finish` — last pass: the filter's covariance update, ``a, h <- an, hn`` and
-  the primal update given η (reads 8, writes 7).
+  the primal update given η, optionally the achieved KL (reads 8, writes 7).
 
 Example
 -------
@@ -268,14 +268,17 @@ def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any
 def arturo_finish(eta: float, g: Any, w: Any, an: Any, hn: Any, P00: Any, P01: Any, P11: Any, p: Any, a: Any, h: Any,
                   out: Any, *, xscale: float = 1.0, q: float, r: float, forget: float = 1.0, mscale: float = 1.0,
                   beta_p0: float, h_min: float = -np.inf, nu: float, beta: float, p_min: float = -np.inf,
-                  impl: str = "auto") -> int:
+                  want_kl: bool = False, impl: str = "auto") -> tuple[int, float, float]:
     """Last pass of an arTuRO step, fused: the state update given η, in place.
 
     ``P00, P01, P11`` get the covariance update of :func:`rls_filter_update` (the same ``g``,
     ``x = w·xscale``; coordinates with a non-finite ``g`` or ``x`` keep theirs), ``a, h <- an, hn``
     (from :func:`arturo_prepare`), and ``out, p`` the update of :func:`arturo_apply` computed with
-    ``an, hn`` and the old ``p``. Returns the number of clamped precisions. Host syncs: 0 (NumPy),
-    1 or 2 (CuPy). Method inspired by arXiv 2310.20574.
+    ``an, hn`` and the old ``p``. Returns ``(n_clamped, KL, dKL)``: the number of clamped
+    precisions, and with ``want_kl`` the dual at η (:func:`kl_dual` on ``w, an, hn`` and the old
+    ``p``: the achieved mean-KL of the step, computed per chunk while it is in cache; NaN
+    otherwise). Host syncs: 0 (NumPy), 2 (CuPy; 3 with ``want_kl``). Method inspired by arXiv
+    2310.20574.
     """
     _scalars(eta=(eta, "notnan"), xscale=(xscale, "finite"), q=(q, "nonneg"), r=(r, "pos"),
              forget=(forget, "forget"), mscale=(mscale, "finite"), beta_p0=(beta_p0, "nonneg"),
@@ -285,4 +288,5 @@ def arturo_finish(eta: float, g: Any, w: Any, an: Any, hn: Any, P00: Any, P01: A
     arrays = (g, w, an, hn, P00, P01, P11, p, a, h, out)
     _check("g w an hn P00 P01 P11 p a h out", arrays, "P00 P01 P11 p a h out")
     return _module(impl, *arrays).arturo_finish(eta, *arrays, xscale=xscale, q=q, r=r, forget=forget, mscale=mscale,
-                                                beta_p0=beta_p0, h_min=h_min, nu=nu, beta=beta, p_min=p_min)
+                                                beta_p0=beta_p0, h_min=h_min, nu=nu, beta=beta, p_min=p_min,
+                                                want_kl=bool(want_kl))

@@ -302,13 +302,13 @@ def _prepare(g, w, a, h, P00, P01, P11, p, an, hn, xscale, q, r, inv_lam, mscale
             part[ch, K + k] = s2
 
 
-def _finish(g, w, an, hn, P00, P01, P11, p, a, h, out, eta, xscale, q, r, inv_lam, mscale, bp0, hmin, nu, beta,
-            pmin):  # pragma: no cover
+def _finish_chunk(g, w, an, hn, P00, P01, P11, p, a, h, out, eta, xscale, q, r, inv_lam, mscale, bp0, hmin,
+                  nu, beta, pmin):  # pragma: no cover - compiled
     # the last pass of a step: the covariance part of ``_filter`` (the same arithmetic), ``a, h <- an, hn``
     # and the primal update of ``_apply`` given η
     clamped = 0
     ibn = 1.0 / (beta + nu)  # a multiplication in the loop (within an ulp of the twin's division)
-    for i in nb.prange(g.size):
+    for i in range(g.size):
         gi = np.float64(g[i])
         x = np.float64(w[i]) * xscale
         ok = (gi - gi == 0.0) & (x - x == 0.0)
@@ -348,6 +348,26 @@ def _finish(g, w, an, hn, P00, P01, P11, p, a, h, out, eta, xscale, q, r, inv_la
         p[i] = pmin if low else pn
         clamped += 1 if low else 0
     return clamped
+
+
+_finish_chunk_jit = nb.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")(_finish_chunk)
+
+
+def _finish(g, w, an, hn, P00, P01, P11, p, a, h, out, eta, xscale, q, r, inv_lam, mscale, bp0, hmin, nu, beta,
+            pmin, want_kl, part, stats):  # pragma: no cover
+    # chunked: with ``want_kl`` the dual at η of the chunk first (``_chunk_dual``, the old p), then the
+    # element-wise update of ``_finish_chunk`` on the chunk while it is in cache
+    n = g.size
+    for ch in nb.prange(part.shape[0]):
+        lo = ch * CHUNK
+        hi = min(n, lo + CHUNK)
+        if want_kl:
+            s1, s2 = _chunk_dual_jit(w[lo:hi], an[lo:hi], hn[lo:hi], p[lo:hi], eta, mscale, bp0, hmin, False)
+            part[ch, 0] = s1
+            part[ch, 1] = s2
+        stats[ch] = _finish_chunk_jit(g[lo:hi], w[lo:hi], an[lo:hi], hn[lo:hi], P00[lo:hi], P01[lo:hi], P11[lo:hi],
+                                      p[lo:hi], a[lo:hi], h[lo:hi], out[lo:hi], eta, xscale, q, r, inv_lam, mscale,
+                                      bp0, hmin, nu, beta, pmin)
 
 
 def _renamed(fn, suffix):
@@ -441,8 +461,16 @@ def arturo_prepare(etas, g, w, a, h, P00, P01, P11, p, an, hn, *, xscale=1.0, q,
 
 
 def arturo_finish(eta, g, w, an, hn, P00, P01, P11, p, a, h, out, *, xscale=1.0, q, r, forget=1.0, mscale=1.0,
-                  beta_p0, h_min=-np.inf, nu, beta, p_min=-np.inf) -> int:
-    return int(_pick(_finish_par, _finish_ser, g.size)(g, w, an, hn, P00, P01, P11, p, a, h, out, float(eta),
-                                                      float(xscale), float(q), float(r), 1.0 / float(forget),
-                                                      float(mscale), float(beta_p0), float(h_min), float(nu),
-                                                      float(beta), float(p_min)))
+                  beta_p0, h_min=-np.inf, nu, beta, p_min=-np.inf, want_kl=False) -> tuple[int, float, float]:
+    nch = _nchunks(g.size)
+    part = np.zeros((nch, 2))
+    stats = np.zeros(nch, dtype=np.int64)
+    if g.size:
+        _pick(_finish_par, _finish_ser, g.size)(g, w, an, hn, P00, P01, P11, p, a, h, out, float(eta), float(xscale),
+                                               float(q), float(r), 1.0 / float(forget), float(mscale),
+                                               float(beta_p0), float(h_min), float(nu), float(beta), float(p_min),
+                                               bool(want_kl), part, stats)
+    if not want_kl:
+        return int(stats.sum()), math.nan, math.nan
+    sm = part.sum(axis=0)
+    return int(stats.sum()), 0.5 * float(sm[0]), -float(sm[1])

@@ -185,6 +185,7 @@ def arturo_prepare(etas, g, w, a, h, P00, P01, P11, p, an, hn, **kw: Any) -> tup
     return reference.arturo_prepare(etas, g, w, a, h, P00, P01, P11, p, an, hn, _ops=sys.modules[__name__], **kw)
 
 
-def arturo_finish(eta, g, w, an, hn, P00, P01, P11, p, a, h, out, **kw: Any) -> int:
-    """Last pass of an arTuRO step: the composition of :mod:`.reference` over these kernels (2 host syncs)."""
+def arturo_finish(eta, g, w, an, hn, P00, P01, P11, p, a, h, out, **kw: Any) -> tuple[int, float, float]:
+    """Last pass of an arTuRO step: the composition of :mod:`.reference` over these kernels (2 host syncs,
+    3 with ``want_kl``)."""
     return reference.arturo_finish(eta, g, w, an, hn, P00, P01, P11, p, a, h, out, _ops=sys.modules[__name__], **kw)

@@ -217,18 +217,22 @@ def arturo_prepare(etas: Any, g: Any, w: Any, a: Any, h: Any, P00: Any, P01: Any
 def arturo_finish(eta: float, g: Any, w: Any, an: Any, hn: Any, P00: Any, P01: Any, P11: Any, p: Any, a: Any, h: Any,
                   out: Any, *, xscale: float = 1.0, q: float, r: float, forget: float = 1.0, mscale: float = 1.0,
                   beta_p0: float, h_min: float = -np.inf, nu: float, beta: float, p_min: float = -np.inf,
-                  dtype: Any = np.float64, _ops: Any = None) -> int:
+                  want_kl: bool = False, dtype: Any = np.float64, _ops: Any = None) -> tuple[int, float, float]:
     """Last pass of an arTuRO step, composed of the twins: the filter's covariance update of
     ``P00, P01, P11`` (in place), ``a, h <- an, hn``, then :func:`arturo_apply` with ``an, hn``
-    and the old ``p``. Returns the number of clamped precisions."""
+    and the old ``p``. Returns ``(n_clamped, KL, dKL)``, the dual at η from :func:`kl_dual`
+    (before ``p`` changes) with ``want_kl``, else NaN."""
     kw: dict[str, Any] = {} if _ops is not None else dict(dtype=dtype)
     ops = _ops if _ops is not None else _this()
+    kl, dkl = (ops.kl_dual(eta, w, an, hn, p, mscale=mscale, beta_p0=beta_p0, h_min=h_min, **kw) if want_kl
+               else (math.nan, math.nan))
     ta, th = a.copy(), h.copy()  # the filter's a, h updates are discarded (an, hn hold them)
     ops.rls_filter_update(g, w, ta, th, P00, P01, P11, xscale=xscale, q=q, r=r, forget=forget, **kw)
     a[...] = an
     h[...] = hn
-    return int(ops.arturo_apply(eta, w, an, hn, p, out, mscale=mscale, beta_p0=beta_p0, h_min=h_min, nu=nu,
-                                beta=beta, p_min=p_min, **kw))
+    n = int(ops.arturo_apply(eta, w, an, hn, p, out, mscale=mscale, beta_p0=beta_p0, h_min=h_min, nu=nu,
+                             beta=beta, p_min=p_min, **kw))
+    return n, float(kl), float(dkl)
 
 
 def _this() -> Any:

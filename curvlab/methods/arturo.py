@@ -484,26 +484,34 @@ class ArTuRO(Transform):
                        early_exit=self.early_exit, final_kl=False, warn=False)
         eta = res.eta
         if self.mode == "exact":
-            kl_eta = res.kl if res.kl == res.kl else dual(eta)[0]
+            kl_eta = res.kl
         else:
-            kl_eta = dual(eta)[0] if self.track_kl else math.nan
+            kl_eta = dual(eta)[0] if (self.track_kl and dual.known(eta)) else math.nan
+        # the achieved KL not at hand: the last pass computes it on its chunks in cache (no extra pass)
+        want_kl = kl_eta != kl_eta and (self.mode == "exact" or self.track_kl)
         if dual.n_nan:
-            bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
-            raise FloatingPointError(f"arTuRO state holds {bad} non-finite entries (step {state.count}); "
+            n_bad = sum(kernels.count_nonfinite(x, impl=self.impl) for leaves in Sf for x in leaves)
+            raise FloatingPointError(f"arTuRO state holds {n_bad} non-finite entries (step {state.count}); "
                                      "the gradients were finite, so the state was corrupted before this step")
-        if not res.converged:
-            warn_unconverged("ArTuRO", f"step {state.count + 1}: the KL solve did not converge (status "
-                             f"{res.status!r} after {res.n_evals} dual evaluations, η = {eta:.6g}, KL/ε = "
-                             f"{kl_eta / eps:.6g}); the step is taken with this η (info.status, "
-                             "state.n_unconverged)", warn=self.warn, stacklevel=5)
         nu = eta if isinstance(self.nu, str) else self.nu  # the only str is "coupled"
         p_min = beta_p0 / (self.reg_weight + nu) if self.mode == "exact" else -math.inf
         outs = [xp.empty_like(w) for w in W]
         clamped = 0
+        kl_sum = 0.0
+        if not res.converged:
+            # the warning may be an error (warnings filter): raise it before the state is written
+            warn_unconverged("ArTuRO", f"step {state.count + 1}: the KL solve did not converge (status "
+                             f"{res.status!r} after {res.n_evals} dual evaluations, η = {eta:.6g}, KL/ε = "
+                             f"{kl_eta / eps:.6g}); the step is taken with this η (info.status, "
+                             "state.n_unconverged)", warn=self.warn, stacklevel=5)
         for i, (g, w) in enumerate(zip(Gf, W)):
-            clamped += kernels.arturo_finish(eta, g, w, scratch[i][0], scratch[i][1], Sf[3][i], Sf[4][i], Sf[5][i],
-                                             Sf[0][i], Sf[1][i], Sf[2][i], outs[i], nu=nu, beta=self.reg_weight,
-                                             p_min=p_min, **fkw)
+            n_c, kl_i, _ = kernels.arturo_finish(eta, g, w, scratch[i][0], scratch[i][1], Sf[3][i], Sf[4][i],
+                                                 Sf[5][i], Sf[0][i], Sf[1][i], Sf[2][i], outs[i], nu=nu,
+                                                 beta=self.reg_weight, p_min=p_min, want_kl=want_kl, **fkw)
+            clamped += n_c
+            kl_sum += kl_i
+        if want_kl:
+            kl_eta = kl_sum
         return self._finish_info(state, res, eta, kl_eta, eps, n_neg, clamped, 0, dual.n_passes, outs, P, treedef)
 
     def _finish_info(self, state: ArTuROState, res: Any, eta: float, kl: float, eps: float, n_neg: int, clamped: int,

@@ -189,11 +189,11 @@ def _predicted_path(lo: float, hi: float, root: float, tol: float, cap: int = 24
                     eps: float = math.nan, early: float = 0.0) -> list[float]:
     """The midpoints :func:`bisect_reference` visits from ``[lo, hi]`` if its root is ``root``,
     and the midpoint of its final bracket (the returned η): what to evaluate ahead in one pass.
-    With a ``model`` of ``η ↦ KL``, the path stops one midpoint after the first one the model puts
-    well inside the early exit ``|KL − eps| < early·eps`` (at half that distance)."""
+    With a ``model`` of ``η ↦ KL``, the path stops at the first midpoint the model puts well
+    inside the early exit ``|KL − eps| < early·eps`` (at half that distance)."""
     mids: list[float] = []
     stop = math.inf
-    while hi - lo > tol and len(mids) < cap and len(mids) <= stop:
+    while hi - lo > tol and len(mids) < cap and len(mids) < stop:
         mid = (lo + hi) / 2.0
         mids.append(mid)
         if model is not None and stop == math.inf and abs(model(mid) - eps) < 0.5 * early * eps:

@@ -142,9 +142,11 @@ def test_prepare_and_finish_equal_the_multi_pass_step(xp, rng, dt, edge):
     np.testing.assert_allclose(many[1], dkl, rtol=1e-12)
     o1, o2 = xp.empty_like(w), xp.empty_like(w)
     akw = dict(nu=1.3, beta=0.1, p_min=0.2)
-    c1 = kernels.arturo_finish(2.5, g, w, an, hn, *st[2:5], st[5], st[0], st[1], o1, **fkw, **akw)
+    kl_eta = kernels.kl_dual(2.5, w, ref[0], ref[1], ref[5], mscale=0.97, beta_p0=0.02, h_min=-0.5)
+    c1, k1, d1 = kernels.arturo_finish(2.5, g, w, an, hn, *st[2:5], st[5], st[0], st[1], o1, want_kl=True, **fkw, **akw)
     c2 = kernels.arturo_apply(2.5, w, ref[0], ref[1], ref[5], o2, mscale=0.97, beta_p0=0.02, h_min=-0.5, **akw)
     assert c1 == c2
+    np.testing.assert_allclose([k1, d1], kl_eta, rtol=1e-12)  # the achieved KL, in the same pass
     for x, y in zip(st + [o1], ref + [o2]):
         _close(x, y, dt)
 
@@ -161,7 +163,7 @@ def test_prepare_rejects_nan_eta_and_a_read_only_scratch():
     e = np.zeros(0)
     assert kernels.arturo_prepare([1.0], e, e, e, e, e, e, e, e, e.copy(), e.copy(), **kw)[:3] == (0, 0.0, 0)
     assert kernels.arturo_finish(1.0, e, e, e, e, e.copy(), e.copy(), e.copy(), e.copy(), e.copy(), e.copy(), e.copy(),
-                                 q=0.1, r=1.0, beta_p0=0.0, nu=1.0, beta=1.0) == 0
+                                 q=0.1, r=1.0, beta_p0=0.0, nu=1.0, beta=1.0, want_kl=True) == (0, 0.0, -0.0)
 
 
 def test_apply_kl_equals_dual(rng):

@@ -218,8 +218,9 @@ def test_prepare_matches_twin(n, dt, impl, edge):
         assert got[0] > 0
 
 
-@pytest.mark.parametrize("n,dt,impl,edge", CASES)
-def test_finish_matches_twin(n, dt, impl, edge):
+@pytest.mark.parametrize("n,dt,impl,edge", CASES_CHUNKED)
+@pytest.mark.parametrize("want_kl", [False, True])
+def test_finish_matches_twin(n, dt, impl, edge, want_kl):
     d = _data(n, dt, 8, edge)
     rng = np.random.default_rng(9)
     an = rng.standard_normal(n).astype(dt)
@@ -230,10 +231,17 @@ def test_finish_matches_twin(n, dt, impl, edge):
     o1, o2 = np.empty_like(d["w"]), np.empty_like(d["w"])
     kw = dict(xscale=0.93, q=0.0123, r=1.7, forget=0.97, mscale=0.97, beta_p0=0.02, h_min=-0.5, nu=1.3, beta=0.1,
               p_min=0.2)
+    want = _ref(dt, impl).kl_dual(2.5, d["w"], an, hn, d["p"], mscale=0.97, beta_p0=0.02, h_min=-0.5)
     with np.errstate(all="ignore"):
-        c1 = kernels.arturo_finish(2.5, d["g"], d["w"], an, hn, *(A[k] for k in names), o1, impl=impl, **kw)
+        c1 = kernels.arturo_finish(2.5, d["g"], d["w"], an, hn, *(A[k] for k in names), o1, impl=impl,
+                                   want_kl=want_kl, **kw)
         c2 = _ref(dt, impl).arturo_finish(2.5, d["g"], d["w"], an, hn, *(B[k] for k in names), o2, **kw)
-    assert c1 == c2 and (c1 > 0 or n < 100)
+    assert c1[0] == c2[0] and (c1[0] > 0 or n < 100)
+    if want_kl:  # the dual at η with the old p, computed per chunk in the same pass
+        _scalar(c1[1], want[0], _tol(dt, impl), "finish kl")
+        _scalar(c1[2], want[1], _tol(dt, impl), "finish dkl")
+    else:
+        assert math.isnan(c1[1]) and math.isnan(c1[2])
     _same(o1, o2, _tol(dt, impl), "out")
     for k in names:
         _same(A[k], B[k], _tol(dt, impl), k)
