@@ -3,12 +3,14 @@
 Problems: a 784-512-512-10 tanh MLP (cross-entropy, batch 512, as in bench_mlp) and a
 small CNN (conv 1->16 3x3, BatchNorm in eval mode, tanh, avg-pool, conv 16->32 3x3,
 tanh, avg-pool, linear to 10; 28x28 inputs, batch 128). Measured: the gradient,
-Hessian-vector products forward-over-reverse and reverse-over-reverse (NumPy vectors in
-and out through DLPack; reverse-over-reverse also with the gradient graph cached across
-products), forward-only ``dᵀHd`` (nested jvp), ``(loss, g, dᵀHd)``,
+Hessian-vector products forward-over-reverse and reverse-over-reverse one-shot
+(``cache_bytes=0``; NumPy vectors in and out through DLPack) and through the product cache
+(issue 14: the default; GGN-vector products likewise), forward-only ``dᵀHd`` (second-order
+jets; nested jvp for comparison), ``(loss, g, dᵀHd)``, ``torch.func``'s jvp-of-grad HVP,
 curvlinops-for-pytorch's ``HessianLinearOperator`` matvec on the same model, the JAX
 (jitted) equivalents on the MLP, and the DLPack crossing itself. ``track_*`` give the
-HVP/gradient time ratios measured round-robin in the same run.
+time ratios over the gradient measured round-robin in the same run (cached HVP, cached
+GGN-vp, one-shot HVP, dᵀHd, gradient + dᵀHd) and the peak-RSS ratios of the dᵀHd calls.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[
     H_auto = curv.hessian()
     H_rc = curv.hessian("reverse_over_reverse", cache_graph=True)
     H_c, G_c, G_1 = cached.hessian(), cached.ggn(), curv.ggn()
+    nested = TorchCurvature(net, "cross_entropy", (X, y), cache_bytes=0)
+    nested._taylor["gm"] = False  # dᵀHd by nested jvp (what the jets replace)
     params = [p for p in net.parameters() if p.requires_grad]
     lossf = nn.CrossEntropyLoss()
 
@@ -135,7 +139,8 @@ def torch_calls(net: Any, X: Any, y: Any, with_curvlinops: bool = True) -> dict[
         "hvp_cached": lambda: H_c @ v,
         "ggn_oneshot": lambda: G_1 @ v,
         "ggn_cached": lambda: G_c @ v,
-        "curvature_fwd_fwd": lambda: curv.directional_curvature(v),
+        "curvature_fwd_fwd": lambda: curv.directional_curvature(v),  # second-order jets (Taylor mode)
+        "curvature_nested_jvp": lambda: nested.directional_curvature(v),
         "grad_and_curv_fwdrev": lambda: curv.grad_and_curvature(v, mode="forward_over_reverse"),
         "grad_and_curv_revrev": lambda: curv.grad_and_curvature(v, mode="reverse_over_reverse"),
         "grad_and_curv": lambda: curv.grad_and_curvature(v),

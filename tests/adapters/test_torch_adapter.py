@@ -387,3 +387,120 @@ def test_nan_policy_object_and_integer_inputs():
     emb = torch.nn.Sequential(torch.nn.Embedding(5, 3, dtype=torch.float64), torch.nn.Linear(3, 2, dtype=torch.float64))
     ids = torch.tensor([0, 4, 2, 1])
     assert np.isfinite(TorchCurvature(emb, "cross_entropy", (ids, torch.tensor([0, 1, 1, 0]))).gradient()[0])
+
+
+# ----------------------------------------------------------------- dᵀHd by second-order jets (issue 14)
+class _JetZoo(torch.nn.Module):
+    """Functional calls the jet interpreter meets: get_attr weights, F.linear, relu, views, a residual add,
+    layer_norm (nested-jvp fallback), a frozen Linear, BatchNorm1d in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64) * 0.5)
+        self.frozen = torch.nn.Linear(6, 6, dtype=torch.float64).requires_grad_(False)
+        self.bn = torch.nn.BatchNorm1d(6, dtype=torch.float64).eval()
+        self.head = torch.nn.Linear(6, 3, dtype=torch.float64)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.3, 0.3)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(torch.nn.functional.linear(x, self.w))
+        h = h + torch.relu(self.frozen(h)) * torch.sigmoid(h)
+        h = torch.nn.functional.layer_norm(self.bn(h), (6,))
+        return self.head(h.view(h.size(0), -1))
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn", "zoo", "mse"])
+def test_jet_curvature_matches_the_dense_hessian(case, rng):
+    torch.manual_seed(0)
+    if case == "cnn":
+        net = SmallCNN().eval()
+        with torch.no_grad():
+            net.bn.running_mean.uniform_(-0.2, 0.2)
+            net.bn.running_var.uniform_(0.5, 1.5)
+        X, y, loss = torch.randn(5, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (5,)), "cross_entropy"
+    elif case == "zoo":
+        net, X, y, loss = _JetZoo(), torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,)), "cross_entropy"
+    else:
+        net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5), torch.nn.ReLU(),
+                                  torch.nn.Linear(5, 3)).double()
+        X = torch.randn(9, 4, dtype=torch.float64)
+        y = torch.randn(9, 3, dtype=torch.float64) if case == "mse" else torch.randint(0, 3, (9,))
+        loss = "mse" if case == "mse" else "cross_entropy"
+    curv = TorchCurvature(net, loss, (X, y))
+    d = rng.standard_normal(curv.layout.size)
+    val, gd, c = curv.directional_curvature(d, return_all=True)
+    assert curv._taylor["gm"] is not False, curv._taylor.get("why")  # the jets ran, not the fallback
+    Hd = dense_hessian(curv) @ d
+    lo, g = curv.gradient()
+    assert abs(c - d @ Hd) <= 1e-12 * max(1.0, abs(d) @ np.abs(Hd))
+    assert abs(gd - g @ d) <= 1e-12 * max(1.0, np.abs(g) @ np.abs(d)) and val == pytest.approx(lo, abs=1e-14)
+    nested = TorchCurvature(net, loss, (X, y))
+    nested._taylor["gm"] = False  # force nested jvp: the same numbers to rounding
+    assert nested.directional_curvature(d) == pytest.approx(c, rel=1e-12, abs=1e-12)
+
+
+def test_untraceable_models_fall_back_to_nested_jvp(rng):
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2, dtype=torch.float64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) if float(x.sum()) > -1e9 else -self.lin(x)  # data-dependent: fx cannot trace
+
+    net = Branchy()
+    X, y = torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 2, (4,))
+    curv = TorchCurvature(net, "cross_entropy", (X, y))
+    d = rng.standard_normal(curv.layout.size)
+    c = curv.directional_curvature(d)
+    assert curv._taylor["gm"] is False and "fx" in curv._taylor["why"]
+    assert c == pytest.approx(d @ dense_hessian(curv) @ d, rel=1e-12)
+    hooked = torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+    hooked[0].register_forward_hook(lambda m, i, o: o * 2.0)  # a hook fx would drop: not traced
+    src = TorchCurvature(hooked, "cross_entropy", (X, y))
+    assert src.directional_curvature(d[:8]) == pytest.approx(d[:8] @ dense_hessian(src) @ d[:8], rel=1e-12)
+    assert src._taylor["gm"] is False
+
+
+def test_jets_never_inline_a_custom_autograd_function(rng):
+    """fx would trace through Function.forward and drop its derivative rules: not traced."""
+
+    class Clip(torch.autograd.Function):
+        @staticmethod
+        def forward(x):  # noqa: ANN001, ANN205
+            return torch.tanh(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+            ctx.save_for_backward(output)
+
+        @staticmethod
+        def backward(ctx, g):  # noqa: ANN001, ANN205
+            (t,) = ctx.saved_tensors
+            return g * (1 - t * t)
+
+        @staticmethod
+        def jvp(ctx, gx):  # noqa: ANN001, ANN205
+            return gx * 0.5  # deliberately not tanh's derivative: the Function's rules must win
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2, dtype=torch.float64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return Clip.apply(self.lin(x))
+
+    X, y = torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 2, (4,))
+    net = Net()
+    curv = TorchCurvature(net, "cross_entropy", (X, y), hvp_mode="forward_over_reverse")
+    d = rng.standard_normal(curv.layout.size)
+    c = curv.directional_curvature(d)
+    assert curv._taylor["gm"] is False and "Clip" in curv._taylor["why"]
+    nested = TorchCurvature(net, "cross_entropy", (X, y), hvp_mode="forward_over_reverse")
+    nested._taylor["gm"] = False
+    assert c == nested.directional_curvature(d)
+    assert torch.autograd.Function.apply.__func__ is not None  # the class was restored
+    assert Clip.apply(torch.zeros(1)).shape == (1,)
