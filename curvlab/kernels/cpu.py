@@ -15,6 +15,15 @@ Host syncs: none (host arrays). Every kernel here is compared with its twin on
 both sides of ``PARALLEL_MIN`` (``tests/kernels/test_thresholds.py``): a
 reduction inside ``prange`` must have a form Numba recognises (``x += y``,
 ``x = max(x, y)``), or each thread's partial result is silently dropped.
+
+The step kernels ``kl_dual_multi``, ``arturo_prepare`` and ``arturo_finish`` are chunked
+instead: ``prange`` runs over chunks of ``CHUNK`` elements, each chunk writes its own partial
+results (no ``prange`` reduction to recognise) and they are added in chunk order, so the sums
+do not depend on the number of threads. Inside a chunk, the element-wise loop runs once over
+memory and the reductions (the dual at each η, the pole) rerun over the chunk while it is in
+cache, in helpers compiled with ``fastmath={"reassoc"}`` on 0-based views (a loop from an
+offset index does not vectorise). Their twins are also compared at ``CHUNK ± 1``.
+``arturo_finish`` multiplies by ``1/(β + ν)`` where the twin divides (within an ulp).
 Method inspired by arXiv 2310.20574 (arTuRO).
 
 Example
