@@ -6,7 +6,8 @@ Problem: the 784-512-512-10 tanh MLP, cross-entropy, batch 512, float32 of
 warm-up (compilation, and for the cached products the cache built by a first product):
 
 * ``hvp_cached`` / ``hvp_uncached``: the Hessian matvec (forward-over-reverse) with the
-  product cache (``jax.linearize`` residuals kept) and with ``cache_bytes=0``;
+  product cache (``jax.linearize`` residuals kept) and with ``cache_bytes=0``
+  (``hvp_uncached_rr``: reverse-over-reverse, the other one-shot mode);
 * ``ggn_cached`` / ``ggn_uncached``: the GGN matvec likewise;
 * ``curvature``: ``directional_curvature(d)`` (``dᵀHd``, forward mode: nested ``jax.jvp``);
 * ``grad_and_curvature``: ``(loss, g, dᵀHd)`` from one pass (adjoint mode);
@@ -40,7 +41,8 @@ from .bench_adapters import HAVE_JAX, _need, jax_mlp_problem, peak_rss_bytes  # 
 from .common import interleaved_best  # noqa: E402
 
 #: the timed products, in table order
-KEYS = ("grad", "hvp_cached", "hvp_uncached", "ggn_cached", "ggn_uncached", "curvature", "grad_and_curvature")
+KEYS = ("grad", "hvp_cached", "hvp_uncached", "hvp_uncached_rr", "ggn_cached", "ggn_uncached", "curvature",
+        "grad_and_curvature")
 
 
 def jax_product_calls(dtype: Any = np.float32, batch: int = 512) -> tuple[dict[str, Callable[[], Any]], Any]:
@@ -53,10 +55,12 @@ def jax_product_calls(dtype: Any = np.float32, batch: int = 512) -> tuple[dict[s
     off = JaxCurvature(apply, params, "cross_entropy", (X, y), cache_bytes=0)
     v = np.random.default_rng(0).standard_normal(src.layout.size).astype(src.dtype)
     H, G, H0, G0 = src.hessian(), src.ggn(), off.hessian(), off.ggn()
+    Hr0 = off.hessian("reverse_over_reverse")
     calls: dict[str, Callable[[], Any]] = {
         "grad": lambda: src.gradient(),
         "hvp_cached": lambda: H @ v,
         "hvp_uncached": lambda: H0 @ v,
+        "hvp_uncached_rr": lambda: Hr0 @ v,
         "ggn_cached": lambda: G @ v,
         "ggn_uncached": lambda: G0 @ v,
         "curvature": lambda: off.directional_curvature(v),
@@ -91,6 +95,7 @@ def xla_bytes(src: Any) -> dict[str, int]:
         "grad": nb(jax.jit(src._compiled("grad")), th, X, y),
         "hvp_cached": nb(src._cached_fns("hvp_forward_over_reverse")[0], lin_h, v),
         "hvp_uncached": nb(src._mv_fns("hvp_forward_over_reverse")[0], th, X, y, v),
+        "hvp_uncached_rr": nb(src._mv_fns("hvp_reverse_over_reverse")[0], th, X, y, v),
         "ggn_cached": nb(src._cached_fns("ggn")[0], lin_o, v),
         "ggn_uncached": nb(src._mv_fns("ggn")[0], th, X, y, v),
         "curvature": nb(jax.jit(src._compiled("curvature")), th, X, y, v),
@@ -176,6 +181,9 @@ class JaxProducts:
 
     def track_ratio_hvp_uncached_over_grad(self) -> float:
         return self._ratio("hvp_uncached")
+
+    def track_ratio_hvp_uncached_rr_over_grad(self) -> float:
+        return self._ratio("hvp_uncached_rr")
 
     def track_ratio_ggn_cached_over_grad(self) -> float:
         return self._ratio("ggn_cached")
