@@ -876,7 +876,8 @@ class JaxCurvature:
                           cached=("output", *self._cached_fns(key)))
 
     def hvp(self, v: Any) -> Any:
-        """``H v`` for a flat ``(P,)`` vector (default mode)."""
+        """``H v`` for a flat ``(P,)`` vector (default mode; through the product cache, like
+        ``hessian() @ v``)."""
         key = "hvp_" + self.hvp_mode
         mv, _ = self._mv_fns(key)
         cmv, _ = self._cached_fns(key)
