@@ -545,3 +545,18 @@ def test_scratch_arrays_are_not_pickled_and_are_rebuilt():
     for t in range(3):
         v, sv, info = _step(opt, v, 0.3 * v + 0.1, sv)
         assert info.converged
+
+
+@pytest.mark.parametrize("mode", ["reference", "exact"])
+def test_reported_kl_is_the_achieved_mean_kl_of_the_step(mode):
+    """info.kl (from the look-ahead pass or computed by the last pass) is ½ Σ p_old (μ' − μ)²."""
+    from curvlab.trust_region import kl_of_step
+
+    opt = ArTuRO(kl_bound=0.01, mode=mode, **CFG)
+    w = W0.copy()
+    st = opt.init(w)
+    for t in range(8):
+        p_old = st.p.copy()
+        w_new, st, info = _step(opt, w, _grad(w, t), st)
+        assert info.kl == pytest.approx(kl_of_step(w_new, w, p_old), rel=1e-9, abs=1e-15), (t, info)
+        w = w_new
