@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.bench_arturo import (careful_numpy_filter, kernel_calls, make_problem, make_step,  # noqa: E402
-                                    solver_evaluations, step_bytes, step_copy_equivalents)
+                                    memory_floor, solver_evaluations, step_bytes, step_copy_equivalents)
 from benchmarks.common import get_xp, interleaved_best  # noqa: E402
 
 
@@ -53,6 +53,9 @@ def main() -> None:
                   f"{100 * r['bandwidth']:5.1f}% of copy bandwidth  dual evals/step {r['evals']:4.2f}  "
                   f"dual passes/step {r['passes']:4.2f}  (step {r['t_step'] * 1e3:.1f} ms, copy "
                   f"{r['t_copy'] * 1e3:.2f} ms)")
+        fl = memory_floor(args.n, repeat=args.repeat)
+        print(f"memory floor (the same 2-pass traffic, trivial arithmetic): time {fl['floor_ce']:5.1f} copies  "
+              f"bytes {fl['bytes_ce']:5.1f} copies  {100 * fl['bandwidth']:5.1f}% of copy bandwidth")
         if args.ce_only:
             return
 

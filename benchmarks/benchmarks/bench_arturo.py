@@ -11,7 +11,8 @@
 * ``CopyEquivalents`` (issue 14, target 5): one warm step at n = 10⁷ float32 in copy-equivalents
   (``track_``): its process CPU time over that of one ``np.copyto`` of n floats in the same run,
   the bytes it moves over those of that copy (read n + write n), the ratio of the two (% of copy
-  bandwidth), dual evaluations and passes over the data per step.
+  bandwidth), dual evaluations and passes over the data per step, and the memory floor of the
+  same traffic with trivial arithmetic (:func:`memory_floor`).
 
 Bytes of a warm step (units of one n-float array; :func:`step_bytes`): pass 1
 (``kernels.arturo_prepare``) reads g, w, a, h, P00, P01, P11, p and writes the scratch an, hn
@@ -83,6 +84,62 @@ def step_copy_equivalents(n: int = 10**7, mode: str = "exact", repeat: int = 7, 
     bytes_ce = step_bytes(npass) / 2.0
     return {"time_ce": time_ce, "bytes_ce": bytes_ce, "bandwidth": bytes_ce / time_ce, "evals": evals,
             "passes": npass, "t_step": t["step"], "t_copy": t["copy"]}
+
+
+def memory_floor(n: int = 10**7, repeat: int = 7, timer: str = "cpu") -> dict:
+    """Copy-equivalents of a two-dual-pass warm step's memory traffic alone: Numba ``prange``
+    loops with the step's reads and writes (pass 1: 8 reads, 2 writes; a dual pass: 4 reads; the
+    last pass: 8 reads, 7 writes into a freshly allocated update) and trivial arithmetic, against
+    ``np.copyto`` in the same run. ``floor_ce`` is the time-CE a step of 29 arrays cannot beat on
+    this machine with this thread count; ``bandwidth`` its share of the copy's bytes per second."""
+    import numba as nb
+
+    from .common import interleaved_best
+
+    rng = np.random.default_rng(3)
+    g, w, a, h, P00, P01, P11, p, an, hn = (rng.uniform(0.1, 1.0, n).astype(np.float32) for _ in range(10))
+    a2, h2 = a.copy(), h.copy()
+
+    @nb.njit(parallel=True, fastmath={"reassoc"}, nogil=True)
+    def first(g, w, a, h, P00, P01, P11, p, an, hn):  # pragma: no cover - compiled
+        s = 0.0
+        for i in nb.prange(g.size):
+            x = np.float64(g[i]) + np.float64(w[i]) + np.float64(P00[i]) + np.float64(P01[i]) + np.float64(P11[i])
+            an[i] = np.float64(a[i]) + x
+            hn[i] = np.float64(h[i]) + x
+            s += np.float64(p[i])
+        return s
+
+    @nb.njit(parallel=True, fastmath={"reassoc"}, nogil=True)
+    def dual(w, a, h, p):  # pragma: no cover - compiled
+        s = 0.0
+        for i in nb.prange(w.size):
+            s += np.float64(w[i]) + np.float64(a[i]) + np.float64(h[i]) + np.float64(p[i])
+        return s
+
+    @nb.njit(parallel=True, nogil=True)
+    def last(g, w, an, hn, P00, P01, P11, p, a, h, out):  # pragma: no cover - compiled
+        for i in nb.prange(g.size):
+            x = np.float64(g[i]) + np.float64(w[i])
+            P00[i] = np.float64(P00[i]) * 0.5 + x
+            P01[i] = np.float64(P01[i]) * 0.5 + x
+            P11[i] = np.float64(P11[i]) * 0.5 + x
+            a[i] = an[i]
+            h[i] = hn[i]
+            out[i] = x
+            p[i] = np.float64(p[i]) * 0.5 + 1.0
+
+    def step() -> Any:
+        first(g, w, a, h, P00, P01, P11, p, an, hn)
+        dual(w, an, hn, p)
+        out = np.empty_like(w)
+        last(g, w, an, hn, P00, P01, P11, p, a2, h2, out)
+        return out
+
+    dst = np.empty_like(w)
+    t = interleaved_best({"copy": lambda: np.copyto(dst, w), "floor": step}, repeat=repeat, timer=timer)
+    ce = t["floor"] / t["copy"]
+    return {"floor_ce": ce, "bytes_ce": step_bytes(2) / 2.0, "bandwidth": step_bytes(2) / 2.0 / ce}
 
 
 def kernel_calls(n: int, dtype: Any = np.float32, xp: Any = np) -> dict:
@@ -216,7 +273,13 @@ class CopyEquivalents:
     timeout = 600
 
     def setup_cache(self) -> dict:
-        return {mode: step_copy_equivalents(10**7, mode, repeat=5) for mode in ("exact", "reference")}
+        res = {mode: step_copy_equivalents(10**7, mode, repeat=5) for mode in ("exact", "reference")}
+        res["floor"] = memory_floor(10**7, repeat=5)
+        return res
+
+    def track_memory_floor_copy_equivalents(self, res: dict, mode: str) -> float:
+        """The same traffic with trivial arithmetic (:func:`memory_floor`; the same for both modes)."""
+        return float(res["floor"]["floor_ce"])
 
     def track_time_copy_equivalents(self, res: dict, mode: str) -> float:
         return float(res[mode]["time_ce"])
