@@ -45,6 +45,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,15 +185,15 @@ def _step(op: Any, V: Any, j: int, images: Any = None) -> tuple[Any, float, floa
     lo = max(j - 1, 0)
     c = V[lo: j + 1] @ w
     w = w - V[lo: j + 1].T @ c
-    nrm0 = float(np.linalg.norm(w))
+    nrm0 = math.sqrt(abs(float(w @ w)))  # what np.linalg.norm computes for a real vector, without its overhead
     h = Vj @ w
     w -= Vj.T @ h
-    b = float(np.linalg.norm(w))
+    b = math.sqrt(abs(float(w @ w)))
     if not b > _DGKS * nrm0:  # also when NaN: the second pass keeps the non-finite values visible
         h2 = Vj @ w
         w -= Vj.T @ h2
         h += h2
-        b = float(np.linalg.norm(w))
+        b = math.sqrt(abs(float(w @ w)))
     return w, float(c[-1] + h[j]), b
 
 
@@ -510,8 +511,9 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     eps = np.finfo(dt).eps
     before = op.n_matvecs
 
-    V = xp.zeros((ncv + 1, n), dtype=dt)  # basis vectors as rows (contiguous Gram-Schmidt)
-    AV = xp.zeros((ncv, n), dtype=dt)  # raw operator products of the basis rows
+    # rows are written before they are read (no zero fill: the allocation is touched once)
+    V = xp.empty((ncv + 1, n), dtype=dt)  # basis vectors as rows (contiguous Gram-Schmidt)
+    AV = xp.empty((ncv, n), dtype=dt)  # raw operator products of the basis rows
     # kept through the first restarts only: then the final verification needs no products, while
     # a long run (cheap matvecs, many restarts) would pay a (p, ncv, n) product per restart to
     # save k matvecs once; it verifies with one block product of the k Ritz vectors instead
@@ -613,7 +615,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
                 if j < ncv:
                     T[j, j - 1] = T[j - 1, j] = 0.0
                 continue
-            V[j] = w / dt.type(b)
+            xp.multiply(w, dt.type(1.0 / b), out=V[j])
             if j < ncv:
                 T[j, j - 1] = T[j - 1, j] = b
         if history is not None and last_sel is not None and theta is not None:
