@@ -68,15 +68,23 @@ def _versions() -> str:
 
 
 def _commit() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The commit of the curvlab that is imported (which may not be this script's checkout)."""
+    try:
+        import curvlab
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(curvlab.__file__)))
+    except Exception as exc:  # pragma: no cover - curvlab broken: every group will say so
+        return f"curvlab not importable ({short_error(exc, 60)})"
     try:
         head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=30).stdout.strip()
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=30).stdout.strip()
-        return head + (" (with uncommitted changes in the working tree)" if dirty else "")
     except Exception:  # pragma: no cover - no git
-        return "unknown"
+        head, dirty = "", ""
+    if not head:
+        return f"curvlab from {root} (not a git checkout)"
+    return f"curvlab {head}" + (" (with uncommitted changes in the working tree)" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     one_thread()
     t_start = time.time()
     print(f"# curvlab side by side with its peers — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"commit {_commit()}; {_versions()}")
+    print(f"{_commit()}; {_versions()}")
     print(f"1 BLAS thread, 1 torch thread, 1 XLA thread; process CPU time per call, best of {repeat} round-robin "
           f"repeats after a warm-up call, ratios within one run; torch.compile: {compile_}\n", flush=True)
 
