@@ -27,9 +27,10 @@ On a commit without the product cache (no ``cache_bytes`` keyword) the cached ce
 A peer that is not installed or cannot compile says why in its cell. curvlinops is installed
 without its dependency tree: ``.venv/bin/pip install --no-deps curvlinops-for-pytorch einconv
 linear-operator`` (the two pure-Python packages it imports at load time). ArTuRO and Adam run
-at n = 1e7 float32 (``--arturo-n``; about 0.6 GB). ``--quick``: 2 repeats,
-``torch.compile`` of the HVP only (about 5 minutes on a loaded 2-core
-machine; the first ``torch.compile`` on a machine adds its compile time, cached on disk).
+at n = 1e7 float32 (``--arturo-n``; about 0.6 GB). ``--quick``: 2 repeats and
+``torch.compile`` of the HVP only (the eigsh and method groups keep 5 rounds); 1.5 to 3
+minutes on a loaded 2-core machine, plus the first ``torch.compile`` on a machine (about a
+minute per function, then cached on disk by Inductor).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             else:
                 from _peers import _methods
 
-                r, q = _methods.measure(repeat, arturo_n)
+                r, q = _methods.measure(max(repeat, 5), arturo_n)  # memory-bound, noisy: more rounds
         except Exception as exc:  # one group failing must not hide the others
             r, q = [Row(f"{group} group", "failed: " + short_error(exc, 160))], {}
         rows += r
