@@ -124,15 +124,18 @@ def _drift(restarts: int, ncv: int, eps: float, tnorm: float) -> float:
 
 def _residual_norms(xp: Any, AY: Any, Y: Any, vals: np.ndarray) -> np.ndarray:
     """``‖A y_i - θ_i y_i‖`` in float64 on the host (``inf`` where not finite); one sync on a device."""
-    R = AY.astype(np.float64) - Y.astype(np.float64) * xp.asarray(vals)[None, :]
+    R = AY.astype(np.float64, copy=False) - Y.astype(np.float64, copy=False) * xp.asarray(vals)[None, :]
     resid = np.asarray(backend.to_numpy(xp.linalg.norm(R, axis=0)), dtype=np.float64)
     return np.where(np.isfinite(resid), resid, np.inf)
 
 
-def _stored_residuals(xp: Any, V: Any, AV: Any, j: int, S: np.ndarray, vals: np.ndarray, dt: Any) -> np.ndarray:
-    """Residual norms of the Ritz pairs ``(vals, V[:j]ᵀ S)`` from the stored raw products ``AV[:j]``."""
+def _stored_residuals(xp: Any, V: Any, AV: Any, j: int, S: np.ndarray, vals: np.ndarray,
+                      dt: Any) -> tuple[np.ndarray, Any, Any]:
+    """Residual norms of the Ritz pairs ``(vals, Y = V[:j]ᵀ S)`` from the stored raw products ``AV[:j]``,
+    with ``Y`` and ``AY`` (reused by the final verification when the run stops here)."""
     Sd = xp.asarray(S.astype(dt))
-    return _residual_norms(xp, AV[:j].T @ Sd, V[:j].T @ Sd, vals)
+    Y, AY = V[:j].T @ Sd, AV[:j].T @ Sd
+    return _residual_norms(xp, AY, Y, vals), Y, AY
 
 
 def _tol_scale(theta: np.ndarray, sel: np.ndarray, tnorm: float, anorm: float, relative_to: str) -> np.ndarray:
@@ -533,6 +536,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     tnorm = 0.0
     anorm = 0.0  # max |θ| over the Ritz values seen: a lower bound of ‖A‖ (tol_relative_to="norm")
     misses = 0  # claims the stored-product check refuted
+    checked: tuple[int, Any, Any] | None = None  # (j, Y, AY) of the last stored-product check
     next_check = 0  # matvec count of the next Ritz check (besides the one at the end of every cycle)
     last_check: tuple[int, float] | None = None  # (matvecs, log of the worst residual / threshold)
     stop = False
@@ -583,7 +587,9 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
                     conv = resid <= np.maximum(thr - slack, 0.5 * thr)
                     last_sel = (sel, resid, conv, j)
                     if conv.all() and check_now:
-                        true_res = _stored_residuals(xp, V, AV, j, S[:, sel], theta[sel], dt) + drift
+                        true_res, Yc, AYc = _stored_residuals(xp, V, AV, j, S[:, sel], theta[sel], dt)
+                        checked = (j, Yc, AYc)
+                        true_res = true_res + drift
                         if not np.all(true_res <= thr):
                             misses += 1
                             conv = true_res <= thr
@@ -644,6 +650,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
         p = keep.size
         V[:p] = Skd @ V[:ncv]
         restarts += 1
+        checked = None
         if restarts > _IMAGE_RESTARTS:
             images = None
         if images is not None:
@@ -672,12 +679,17 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     anorm = max(anorm, float(np.max(np.abs(theta_f[[0, -1]]))))
     scale = _tol_scale(theta_f, sel, tnorm, anorm, relative_to)
     Sd = xp.asarray(S_f[:, sel].astype(dt))
-    vecs = V[:jj].T @ Sd
+    # the claim's stored-product check already formed Y and A Y for these pairs (same T, basis and j)
+    reuse = claimed and checked is not None and checked[0] == jj
+    vecs = checked[1] if reuse and checked is not None else V[:jj].T @ Sd
     # true residuals: the stored raw products are A V up to one rounding per restart, so the residual
     # from them plus that drift bounds the true one; a fresh block product when the drift would matter
     drift = _drift(restarts, ncv, eps, tnorm)
     stored = images is not None and drift <= 0.5 * tol * float(np.min(scale))
-    AY = AV[:jj].T @ Sd if stored else op.matmat(vecs)
+    if stored:
+        AY = checked[2] if reuse and checked is not None else AV[:jj].T @ Sd
+    else:
+        AY = op.matmat(vecs)
     resid = _residual_norms(xp, AY, vecs, vals)
     margin = drift if stored else 0.0  # the stored products' drift: convergence is decided with it to spare
     # a residual below the rounding of one product (eps ‖A‖) cannot be told from zero: such a
