@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 
 from .. import backend
 from ._checks import as_symmetric_operator, check_budget, check_k, check_positive_int, eigen_problem, host_floats, start_vectors
@@ -101,6 +102,11 @@ def tridiagonal_eigh(alpha: np.ndarray, offdiag: np.ndarray) -> tuple[np.ndarray
     """Eigenpairs of the symmetric tridiagonal matrix (host float64, ascending)."""
     if alpha.size == 1:
         return alpha.copy(), np.ones((1, 1))
+    if np.all(np.isfinite(alpha)) and np.all(np.isfinite(offdiag)):
+        # LAPACK stev directly: SciPy's eigh_tridiagonal wrapper validates and copies on every call
+        vals, vecs, info = scipy.linalg.lapack.dstev(alpha, offdiag)
+        if info == 0:
+            return vals, vecs
     return scipy.linalg.eigh_tridiagonal(alpha, offdiag, lapack_driver="stev")
 
 
