@@ -2,8 +2,10 @@
 
 :func:`lanczos` runs ``m`` steps of the symmetric Lanczos recurrence
 ``A Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ`` from one start vector, reorthogonalising
-every new vector against the whole basis with blocked classical Gram-Schmidt
-applied twice ("twice is enough"). The recurrence coefficients ``α, β`` are
+every new vector against the whole basis with blocked classical Gram-Schmidt:
+on a device applied twice ("twice is enough"); on the host the three-term part
+is removed first and a second full pass runs only when the DGKS test asks for
+it (as ARPACK does), at about half the cost. The recurrence coefficients ``α, β`` are
 kept in float64 on the host even for float32 operators, and the tridiagonal
 eigenproblem is solved with :func:`scipy.linalg.eigh_tridiagonal`.
 
@@ -14,18 +16,24 @@ the projected matrix becomes "arrowhead + tridiagonal"; it is diagonalised
 with a symmetric dense eigensolver on the host (never a general ``eig``).
 Convergence is tested after every step once ``k`` Ritz values exist (every
 2nd or 4th step while the residuals are still more than 1e2 or 1e6 times the
-tolerance), so the solver stops as soon as the wanted pairs meet it.
+tolerance; after a restart, after half the matvecs the observed convergence
+rate still needs), so the solver stops as soon as the wanted pairs meet it.
 
 Stopping rule (the same as ARPACK's): pair ``i`` has converged when
-``‖A y_i - θ_i y_i‖ <= tol · max(|θ_i|, ε^{2/3} ‖T‖)``. The iteration stops
+``‖A y_i - θ_i y_i‖ <= tol · max(|θ_i|, ε^{2/3} ‖T‖)`` (with
+``tol_relative_to="norm"``: ``<= tol · max|θ|``, a lower bound of ``‖A‖``). The iteration stops
 when the residual read from the Lanczos relation (``|β| |s_{m,i}|``) meets
 it; that estimate is only as good as the relation, which round-off (float32,
 or drift over many restarts) breaks, so the returned pairs are then verified
 on their true residuals (computed in float64) and a pair is called converged
 only if its true residual meets ``tol`` and ``tol`` is attainable at all
-(``tol · max(|θ|, ...) >= eps ‖A‖``). A run the verification contradicts is
-repeated once from the sum of its Ritz vectors; what remains unconverged is
-flagged (status "stagnated", with the reason).
+(``tol · max(|θ|, ...) >= eps ‖A‖``). While the raw products ``A V`` are kept
+(through 3 restarts) a claim is verified at once from them, with their drift
+over the restarts to spare, and the iteration goes on if it is refuted;
+otherwise the recurrence must meet ``tol`` with ``√j eps ‖T‖`` to spare. A run
+the verification contradicts is repeated once from the sum of its Ritz
+vectors; what remains unconverged is flagged (status "stagnated", with the
+reason).
 
 NaN or Inf from the operator stops the run (status "nonfinite"). Every
 unconverged result issues a :class:`~curvlab.linalg.results.ConvergenceWarning`
@@ -421,8 +429,9 @@ def eigsh(
     "stagnated" and a message saying so.
 
     Host syncs: one per Lanczos step (``α_j`` and ``‖w‖`` in one transfer),
-    plus one for ``‖v0‖``, one for the final residual norms, and one per
-    invariant subspace met.
+    plus one for ``‖v0‖``, one for the final residual norms, one per
+    stored-product check of a claimed convergence (at most 2 refuted ones),
+    and one per invariant subspace met.
 
     Example
     -------
