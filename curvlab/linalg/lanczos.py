@@ -275,7 +275,7 @@ def lanczos(
     coef_max = 1e-300  # running max of |α| and β, the scale of the breakdown test
     for j in range(m):
         w, a, b = _step(op, V, j)
-        if not (np.isfinite(a) and np.isfinite(b)):
+        if not (math.isfinite(a) and math.isfinite(b)):
             msg = f"operator returned NaN/Inf at step {j + 1}"
             breakdown = True
             warn_unconverged("lanczos", f"{msg}; the decomposition stops after {j} steps", warn=warn)
@@ -526,7 +526,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
     g = backend.default_rng(rng, xp)
     v = start_vectors(op, v0, g)
     dt = op.dtype
-    eps = np.finfo(dt).eps
+    eps = float(np.finfo(dt).eps)
     before = op.n_matvecs
 
     # rows are written before they are read (no zero fill: the allocation is touched once)
@@ -568,7 +568,7 @@ def _eigsh(A: Any, k: int, which: str, tol: float, maxiter: int | None, max_matv
                 stop = True
                 break
             w, a, b = _step(op, V, j, images)
-            if not (np.isfinite(a) and np.isfinite(b)):
+            if not (math.isfinite(a) and math.isfinite(b)):
                 message, status = f"operator returned NaN/Inf after {op.n_matvecs - before} matvecs", "nonfinite"
                 stop = True
                 theta = None
