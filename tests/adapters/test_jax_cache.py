@@ -1,8 +1,10 @@
-"""The product cache of JaxCurvature (issue 14, target 1; /work/notes cache contract):
+"""The product cache of JaxCurvature (issue 14, target 1; the contract in curvlab/sources.py):
 cached products equal uncached ones, prefix over datasets, invalidation by at(), the
 bound, the validation of cache_bytes, and one compilation of the cached application."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -210,3 +212,34 @@ def test_callable_loss_and_a_stream_of_unequal_batches():
         _close(A @ V[:, 0], B @ V[:, 0])
     info = src.cache_info()
     assert info["batches_cached"] == 3 and info["batches"] == 3 and info["bytes"] > 0
+
+
+def test_a_shuffling_stream_never_gets_stale_residuals():
+    """A stream whose passes yield the batches in another order (a shuffling loader): a cached
+    position whose batch changed is rebuilt, so every product equals the uncached one over
+    the same data (this failed: residuals were looked up by position only)."""
+    X, y = _data(36)
+    data = _batches(X, y, 3)
+    orders = itertools.cycle([[0, 1, 2], [2, 0, 1], [1, 2, 0], [0, 2, 1], [1, 0, 2]])
+
+    def shuffled():
+        return iter([data[i] for i in next(orders)])
+
+    ref = JaxCurvature(apply, _params(), "cross_entropy", data, cache_bytes=0)
+    v = np.random.default_rng(8).standard_normal(ref.layout.size)
+    full = JaxCurvature(apply, _params(), "cross_entropy", data, cache_bytes=None)
+    full.hessian() @ v
+    per = full.cache_info()["bytes"] // 3
+    for limit in (None, per + per // 2):   # everything cached; only the first position cached
+        src = JaxCurvature(apply, _params(), "cross_entropy", shuffled, cache_bytes=limit)
+        for op in OPS:
+            A, B = OPS[op](src), OPS[op](ref)
+            if op in ("fisher_empirical", "fisher_mc"):
+                # residuals drawn for one pass's batches: another order is refused, not mispaired
+                with pytest.raises(ValueError, match="shuffling"):
+                    for _ in range(3):
+                        A @ v
+                continue
+            for _ in range(3):
+                _close(A @ v, B @ v)
+        assert limit is None or src.cache_info()["bytes"] <= limit

@@ -176,3 +176,30 @@ def test_a_batches_object_is_adopted_and_options_are_not_dropped(digits_setup, r
         TorchCurvature(net, "cross_entropy", b, progress=True)
     with pytest.raises(ValueError, match="batch must be a pair"):
         TorchCurvature(net, "cross_entropy", X)
+
+
+def test_mc_fisher_over_a_shuffling_stream_raises_instead_of_mispairing_labels():
+    """The Monte-Carlo labels are drawn per batch in the first pass; a stream that yields its
+    batches in another order later (a shuffling loader) is refused with a clear error (this
+    failed silently: the labels followed the batch position, so every product applied another
+    matrix). The same stream in a fixed order equals the list, product after product."""
+    import itertools
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    X, y = torch.randn(36, 5, dtype=torch.float64), torch.randint(0, 3, (36,))
+    data = [(X[12 * i:12 * i + 12], y[12 * i:12 * i + 12]) for i in range(3)]
+    orders = itertools.cycle([[0, 1, 2], [2, 0, 1], [1, 2, 0]])
+    v = np.random.default_rng(8).standard_normal(sum(p.numel() for p in model.parameters()))
+    ref = TorchCurvature(model, "cross_entropy", data).fisher("mc", rng=7) @ v
+    for cache_bytes in (0, None):
+        fixed = TorchCurvature(model, "cross_entropy", lambda: iter(data), cache_bytes=cache_bytes)
+        F = fixed.fisher("mc", rng=7)
+        for _ in range(2):
+            assert np.abs(F @ v - ref).max() <= 1e-13 * np.abs(ref).max()
+        shuffled = TorchCurvature(model, "cross_entropy", lambda: iter([data[i] for i in next(orders)]),
+                                  cache_bytes=cache_bytes)
+        F = shuffled.fisher("mc", rng=7)
+        with pytest.raises(ValueError, match="shuffling loader"):
+            for _ in range(3):
+                F @ v

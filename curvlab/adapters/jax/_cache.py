@@ -37,6 +37,16 @@ def check_cache_bytes(cache_bytes: Any) -> int | None:
     return int(cache_bytes)
 
 
+def _same_batch(X0: Any, y0: Any, X: Any, y: Any) -> bool:
+    """Whether ``(X, y)`` is the batch ``(X0, y0)``: the same arrays (a list of batches, no
+    sync), or equal shapes, dtypes and values (a stream's fresh arrays; one host sync)."""
+    if X is X0 and y is y0:
+        return True
+    if X.shape != X0.shape or y.shape != y0.shape or X.dtype != X0.dtype or y.dtype != y0.dtype:
+        return False
+    return bool(jax.numpy.array_equal(X, X0)) and bool(jax.numpy.array_equal(y, y0))
+
+
 def tree_nbytes(tree: Any) -> int:
     """Bytes held by the array leaves of ``tree`` (arrays or ``jax.ShapeDtypeStruct``; the
     logical size: a sharded array counts once)."""
@@ -63,26 +73,40 @@ class ProductCache:
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.entries: dict[str, list[Any]] = {}
+        self.batches_of: dict[str, list[tuple[Any, Any, int]]] = {}  # (X, y, bytes) each entry was built on
         self.closed: set[str] = set()
         self.bytes = 0
         self.batches_seen = 0
 
-    def lookup(self, kind: str, i: int, build: Callable[[], Any], nbytes: Callable[[], int]) -> Any | None:
-        """The cached residuals of ``kind`` on batch ``i``, built now by ``build()`` when
-        batch ``i`` is the next of the prefix and ``nbytes()`` (their size, known before
-        building) fits; None when the batch is not (and will not be) cached."""
+    def lookup(self, kind: str, i: int, X: Any, y: Any, build: Callable[[], Any],
+               nbytes: Callable[[], int]) -> Any | None:
+        """The cached residuals of ``kind`` on batch ``i`` = ``(X, y)``, built now by
+        ``build()`` when batch ``i`` is the next of the prefix and ``nbytes()`` (their size,
+        known before building) fits; None when the batch is not (and will not be) cached.
+
+        An entry is served only for the batch it was built on (the same arrays, or equal
+        ones: one host sync per comparison of fresh arrays). A stream that yields another
+        batch at position ``i`` (a shuffling loader) drops the entries from ``i`` on and
+        rebuilds them, so stale residuals are never used."""
         self.batches_seen = max(self.batches_seen, i + 1)
         got = self.entries.setdefault(kind, [])
+        on = self.batches_of.setdefault(kind, [])
         if i < len(got):
-            return got[i]
+            X0, y0, _ = on[i]
+            if _same_batch(X0, y0, X, y):
+                return got[i]
+            self.bytes -= sum(n for _, _, n in on[i:])
+            del got[i:], on[i:]
+            self.closed.discard(kind)
         if self.limit == 0 or kind in self.closed or i != len(got):
             return None
-        n = nbytes()
+        n = nbytes() + tree_nbytes((X, y))  # the batch is kept too, for the comparison above
         if self.limit is not None and self.bytes + n > self.limit:
             self.closed.add(kind)
             return None
         res = build()
         got.append(res)
+        on.append((X, y, n))
         self.bytes += n
         return res
 

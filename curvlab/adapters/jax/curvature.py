@@ -88,7 +88,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ... import backend
-from ...batches import Batches, as_batches
+from ...batches import Batches, as_batches, default_fingerprint
 from ...layout import Layout
 from ...linalg.operators import LinearOperator
 from .._common import FISHER_KINDS, CurvatureOperator, check_nan_policy
@@ -151,6 +151,21 @@ def _as_batch_array(b: Any, name: str) -> jax.Array:
     if jnp.issubdtype(b.dtype, jnp.complexfloating):
         raise TypeError(f"batch {name} have complex dtype {b.dtype}; curvlab's losses and operators are real")
     return b
+
+
+class _Residuals(list):
+    """Per-batch Fisher residuals in pass order; for a stream also the fingerprint of the batch
+    each was drawn for, so that a product over a pass in another order raises instead of
+    pairing residuals with the wrong samples (one host copy per batch and product)."""
+
+    def __init__(self, batches: Batches) -> None:
+        super().__init__()
+        self.fingerprints: list[str] | None = None if batches.kind in ("batch", "sequence") else []
+
+    def add(self, r: Any, batch: Any) -> None:
+        self.append(r)
+        if self.fingerprints is not None:
+            self.fingerprints.append(default_fingerprint(batch))
 
 
 class JaxCurvature:
@@ -427,11 +442,19 @@ class JaxCurvature:
             return bs.mean(lambda b: fn(*b))
         it = iter(extras)
         n = len(extras)
+        keys = getattr(extras, "fingerprints", None)
+        pos = itertools.count()
 
         def one(b: Any) -> Any:
             e = next(it, None)
             if e is None:
                 raise ValueError(f"data: a pass yielded more than the {n} batches the residuals were drawn for")
+            i = next(pos)
+            if keys is not None and default_fingerprint(b) != keys[i]:
+                raise ValueError(f"data: batch {i} of this pass differs from the batch {i} the Fisher's residuals were "
+                                 "drawn for (a shuffling loader?); the products of a stream need the same batches "
+                                 "in the same order at every pass: pass a list of batches or a loader that does not "
+                                 "shuffle")
             return fn(*b, e)
 
         out = bs.mean(one)
@@ -601,7 +624,8 @@ class JaxCurvature:
         kind: str = ckind
 
         def one(X: jax.Array, y: jax.Array, *e: Any) -> Any:
-            res = cache.lookup(kind, next(pos), lambda: build(th, X, y), lambda: self._cache_nbytes(kind, X, y))
+            res = cache.lookup(kind, next(pos), X, y, lambda: build(th, X, y),
+                               lambda: self._cache_nbytes(kind, X, y))
             return plain(th, X, y, vj, *e) if res is None else fast(res, vj, *e)
 
         return self._mean(one, extra, bs)
@@ -811,7 +835,9 @@ class JaxCurvature:
         the output residuals of every batch (per-sample ``∇_z ℓ``; for MC the draws, taken
         batch after batch from ``rng``) are computed once here in one pass and reused, by
         batch position, by every product (memory: the outputs of the whole dataset, times
-        ``mc_samples`` for MC)."""
+        ``mc_samples`` for MC). Over a stream each product checks that every batch is the one
+        its residuals were drawn for (a fingerprint: one host copy per batch) and raises
+        ``ValueError`` otherwise (a shuffling loader)."""
         if kind == "true":
             if self.loss_name is None:
                 raise ValueError("fisher(kind='true') needs a built-in loss ('cross_entropy' or 'mse'): a callable "
@@ -829,9 +855,11 @@ class JaxCurvature:
                 z = out_f(th, X)
                 return jax.grad(lambda zz: self.loss_fn(zz, y))(z) * z.shape[0]  # per-sample ∇_z ℓ_b
 
-            rs = [resid(X, y) for _, (X, y) in self._batches]
+            rs = _Residuals(self._batches)
+            for _, (X, y) in self._batches:
+                rs.add(resid(X, y), (X, y))
             return self._fisher_op("empirical", rs, what="empirical Fisher")
-        Rs, M = [], None
+        Rs, M = _Residuals(self._batches), None
         for _, (X, y) in self._batches:
             z = out_f(th, X)
             C = z.shape[-1]
@@ -839,9 +867,9 @@ class JaxCurvature:
             M, draws = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
                                        None if p is None else np.asarray(p, dtype=np.float64))
             if p is not None:
-                Rs.append(p[None] - jax.nn.one_hot(jnp.asarray(draws), C, dtype=z.dtype))
+                Rs.add(p[None] - jax.nn.one_hot(jnp.asarray(draws), C, dtype=z.dtype), (X, y))
             else:
-                Rs.append(-jnp.asarray(draws, dtype=z.dtype))
+                Rs.add(-jnp.asarray(draws, dtype=z.dtype), (X, y))
         return self._fisher_op("mc", Rs, what="Monte-Carlo Fisher", detail=f", mc_samples={M}")
 
     @staticmethod

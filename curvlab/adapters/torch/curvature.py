@@ -100,6 +100,7 @@ True
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -109,7 +110,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ... import backend
-from ...batches import Batches, as_batches
+from ...batches import Batches, as_batches, default_fingerprint
 from ...layout import Layout
 from ...linalg.operators import LinearOperator
 from .._common import FISHER_KINDS, CurvatureOperator, check_nan_policy
@@ -1148,7 +1149,9 @@ class TorchCurvature:
         distribution (categorical for cross-entropy, ``N(z, I)`` for mse) with the
         explicit ``rng`` (NumPy Generator or seed), ``mc_samples`` draws per output
         position ``n``; its expectation is the GGN. Built-in losses only. Over a dataset
-        the labels of every batch are drawn once, here (one pass), in data order.
+        the labels of every batch are drawn once, here (one pass), in data order; over a
+        stream each product checks that batch ``i`` is the one its labels were drawn for and
+        raises ``ValueError`` otherwise (a shuffling loader).
         ``kind="true"``: the exact Fisher of the model's predictive distribution
         (categorical for cross-entropy, ``N(z, I)`` for mse), which for these losses
         equals the GGN (the same products); built-in losses only.
@@ -1171,7 +1174,15 @@ class TorchCurvature:
         if kind == "mc" and rng is not None and self.loss_name is not None and not self._batches.single:
             rng = backend.default_rng(rng)  # one stream over the batches
 
+        # over a stream, the fingerprint of the batch each draw belongs to: a product over a
+        # pass in another order (a shuffling loader) raises instead of mispairing the labels
+        stream = self._batches.kind in ("iterable", "callable")
+        keys: list[str] = []
+        seen: dict[int, tuple[Any, Any]] = {}
+
         def draws(i: int) -> tuple[int, torch.Tensor]:
+            if stream:
+                keys.append(default_fingerprint((self.X, self.y)))
             z = self._outputs()
             p = torch.softmax(z, dim=-1) if self.loss_name == "cross_entropy" else None
             M, d = mc_fisher_draws(kind, self.loss_name, rng, mc_samples, z.shape,
@@ -1184,7 +1195,22 @@ class TorchCurvature:
         Rs = self._each(draws)
         M = Rs[0][0]
 
+        def check_batch(i: int) -> None:
+            """Batch ``i`` of this pass is the one its labels were drawn for (one host copy per
+            batch and product; the same tensors again are not re-read)."""
+            last = seen.get(i)
+            if last is not None and last[0]() is self.X and last[1]() is self.y:
+                return
+            if default_fingerprint((self.X, self.y)) != keys[i]:
+                raise ValueError(f"data: batch {i} of this pass differs from the batch {i} the Monte-Carlo labels "
+                                 "were drawn for (a shuffling loader?); the products of a stream need the same "
+                                 "batches in the same order at every pass: pass a list of batches or a loader "
+                                 "that does not shuffle")
+            seen[i] = (weakref.ref(self.X), weakref.ref(self.y))
+
         def weight_mc(z: torch.Tensor, u: torch.Tensor, i: int = 0) -> torch.Tensor:
+            if stream:
+                check_batch(i)
             R = Rs[i][1]
             s = (R * u.unsqueeze(0)).sum(-1, keepdim=True)
             return (R * s).sum(0) / ((z.numel() // z.shape[-1]) * M)
