@@ -92,7 +92,8 @@ def test_torch_at_keeps_nan_policy():
 def test_torch_operator_reprs_say_what_they_are(tsrc):
     src, *_ = tsrc
     assert repr(src) == "TorchCurvature(SmallCNN on 6 samples, P=123, dtype=float64, hvp_mode=forward_over_reverse)"
-    assert repr(src.hessian()).startswith("<Hessian of SmallCNN on 6 samples, P=123, hvp_mode=forward_over_reverse:")
+    assert repr(src.hessian()).startswith("<Hessian of SmallCNN on 6 samples, P=123, hvp_mode=reverse_over_reverse "
+                                          "(auto: faster than forward_over_reverse on cpu):")  # issue 14
     assert "hvp_mode=reverse_over_reverse, cached graph" in repr(src.hessian("reverse_over_reverse", cache_graph=True))
     assert repr(src.ggn()).startswith("<GGN of SmallCNN on 6 samples, P=123:")
     assert repr(src.fisher()).startswith("<empirical Fisher of SmallCNN")
