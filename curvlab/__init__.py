@@ -22,8 +22,8 @@ returns arrays of the same kind. The public API, by topic:
 - :mod:`curvlab.adapters` (PyTorch, JAX; imported on first use), :mod:`curvlab.data`,
   :mod:`curvlab.backend`, :mod:`curvlab.kernels`, :mod:`curvlab.tree`.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, curvlab
 >>> model = curvlab.MLP([4, 3, 2], activation="tanh", loss="cross_entropy", dtype=np.float64)
 >>> rng = np.random.default_rng(0)

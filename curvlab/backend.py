@@ -14,8 +14,8 @@ curvature of a real loss is real. :func:`float_dtype` and
 :func:`check_float_array` implement the policy and raise errors that name the
 offending argument.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab import backend
 >>> x = np.ones(3, dtype=np.float32)

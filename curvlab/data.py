@@ -12,8 +12,8 @@ and a train/test split made by a seeded stratified permutation, so the same
 ``seed`` always gives the same split. Move arrays to a GPU with
 ``cupy.asarray`` if needed.
 
-Example
--------
+Examples
+--------
 >>> from curvlab.data import load_digits
 >>> ds = load_digits(dtype="float64")
 >>> ds.X_train.shape[1], ds.n_classes

@@ -7,8 +7,8 @@ reference MLP, the torch and JAX adapters and the methods all describe parameter
 it. Only array methods every framework has (``reshape``, slicing) are used, so the same
 object unpacks NumPy, CuPy, torch and JAX vectors, and ``(P, k)`` blocks of vectors.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> lay = Layout(["w", "b"], [(2, 3), (2,)])
 >>> lay.size, lay.offsets

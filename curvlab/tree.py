@@ -10,8 +10,8 @@ tuple in a tuple out.
 Registration of further node types goes to optree's namespace ``"curvlab"``
 (:data:`NAMESPACE`); the functions below look there.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> t = {"w": np.ones((2, 2)), "b": np.zeros(2)}
 >>> tree_map(lambda x: x + 1, t)["b"]

@@ -129,11 +129,10 @@ html_theme_options = {
 
 
 # ---------------------------------------------------------------- docstring sections numpydoc lacks
-# numpydoc knows "Examples" but not the singular "Example" that several curvlab docstrings use,
-# and drops an unknown section's text with only a Python UserWarning. Before numpydoc parses a
-# docstring (priority 400 < numpydoc's 500): "Example" becomes "Examples"; any other unknown
-# heading becomes a rubric opening a "Notes" section (when the docstring has none), else a
-# Sphinx warning (which fails the -W build) names it.
+# numpydoc drops an unknown section's text with only a Python UserWarning. Before numpydoc
+# parses a docstring (priority 400 < numpydoc's 500): the singular "Example" is a Sphinx warning
+# (which fails the -W build); any other unknown heading becomes a rubric opening a "Notes"
+# section (when the docstring has none), else a Sphinx warning names it.
 import re  # noqa: E402
 
 _NUMPYDOC_SECTIONS = {
@@ -157,9 +156,8 @@ def _fix_sections(app, what, name, obj, options, lines):  # noqa: ANN001
     for i in reversed(heads):            # inserting lines below i keeps earlier indices valid
         title = lines[i].strip()
         indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
-        if title == "Example":
-            lines[i], lines[i + 1] = indent + "Examples", indent + "--------"
-            _renamed.append(f"{name}: Example -> Examples")
+        if title == "Example":            # numpydoc would drop it: fail the -W build instead
+            _logging.getLogger(__name__).warning(f"{name}: docstring section 'Example' must be 'Examples'")
         elif title not in _NUMPYDOC_SECTIONS:
             if "Notes" in titles:
                 _logging.getLogger(__name__).warning(

@@ -1,7 +1,7 @@
 """Curvature estimators from stochastic gradients (arTuRO, arXiv 2310.20574).
 
-Example
--------
+Examples
+--------
 >>> from curvlab.estimators import DiagonalRLS
 >>> DiagonalRLS(q=1e-3, r=1.0, P0=5e-5).variant
 'kalman'

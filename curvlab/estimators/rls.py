@@ -18,8 +18,8 @@ The update is one fused pass over memory (:func:`curvlab.kernels.rls_filter_upda
 and runs in place on the state arrays. Non-finite gradient (or ``x``) entries:
 those coordinates keep their state and the call reports how many were skipped.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> est = DiagonalRLS(q=1e-3, r=1.0, P0=1.0)
 >>> rng = np.random.default_rng(0); H = np.array([0.5, 2.0, 8.0])

@@ -23,8 +23,8 @@ Kernels
 - :func:`arturo_finish` — last pass: the filter's covariance update, ``a, h <- an, hn`` and
   the primal update given η, optionally the achieved KL (reads 8, writes 7).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> w = np.zeros(4); a = np.ones(4); h = np.ones(4); p = np.ones(4)
 >>> kl, dkl = kl_dual(1.0, w, a, h, p, beta_p0=0.0)   # G = 1, c + ηp = 2

@@ -26,8 +26,8 @@ offset index does not vectorise). Their twins are also compared at ``CHUNK ± 1`
 ``arturo_finish`` multiplies by ``1/(β + ν)`` where the twin divides (within an ulp).
 Method inspired by arXiv 2310.20574 (arTuRO).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> count_nonfinite(np.array([1.0, np.inf, np.nan]))
 2

@@ -7,8 +7,8 @@ costs one host synchronisation when read. Host syncs per call: 1 for every
 kernel (``kl_pole`` reads its maximum and its count together; the element-wise
 kernels read their counters). Method inspired by arXiv 2310.20574.
 
-Example
--------
+Examples
+--------
 >>> import cupy as cp                                   # doctest: +SKIP
 >>> count_nonfinite(cp.asarray([1.0, cp.nan]))          # doctest: +SKIP
 1

@@ -7,8 +7,8 @@ written back in the state's dtype. The same functions, called with
 ``dtype=float32``, are the "straightforward multi-pass" baseline of the
 benchmarks. Method inspired by arXiv 2310.20574 (arTuRO).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> g = np.array([1.0, np.nan]); w = np.zeros(2)
 >>> a, h, P00, P01, P11 = (np.zeros(2) for _ in range(5))

@@ -19,8 +19,8 @@ trace: ``target_rel_error`` stops when ``‖se‖₂ <= target ‖estimate‖₂
 ``max_matvecs`` caps the work; a missed target warns (``ConvergenceWarning``).
 Estimates and errors are arrays ``(n,)`` on the operator's backend, float64.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> d = hutchinson_diagonal(np.diag([1.0, 2.0, 3.0]), 4, rng=0)
 >>> d.estimate.tolist()

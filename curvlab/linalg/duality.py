@@ -38,8 +38,8 @@ stops when ``‖X_{k+1} − X_k‖_F ≤ tol·‖X_k‖_F`` or after ``max_steps
 (used in the tests), and :func:`polar_factor` reports the steps used. The nuclear
 norm is then ``⟨G, X_k⟩`` (exact when ``X_k = U Vᵀ``).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> G = np.array([[3.0, 0.0], [0.0, 4.0]])
 >>> rho, dn = duality_map(G, "spectral")

@@ -25,8 +25,8 @@ exactly ``M ⊗ ã ãᵀ`` with ``M = ∂²ℓ/∂z²`` (``n x n``). With row-ma
 All heavy work is done in float64 (float32 inputs are promoted internally; results are cast
 back to the operator's dtype). The same code runs on NumPy and CuPy arrays.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> M = np.array([[2.0, 1.0], [1.0, -1.0]]); a = np.array([1.0, 2.0, 1.0])
 >>> H = KroneckerLayerBlock(M, a, lam=0.5)
@@ -95,8 +95,8 @@ def adjust_spectrum(kappa: Any, rule: str = "abs", *, kappa_min: float = 1e-4, k
     kappa : float array of any shape (NumPy or CuPy)
     rule : str, one of :data:`ADJUSTMENTS`
 
-    Example
-    -------
+    Examples
+    --------
     >>> adjust_spectrum(np.array([-2.0, 0.0, 3.0]), "cap", kappa_max=1.0)
     array([1., 0., 1.])
     """
@@ -218,8 +218,8 @@ class KroneckerLayerBlock(LinearOperator):
     ``(μ, U) = eigh(M)`` and ``s = ‖ã‖²``, ``κ_i = s μ_i`` with eigenvectors
     ``vec(u_i ãᵀ)/‖ã‖``, and 0 with multiplicity ``n(m-1)``; the operator's are those plus λ.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> H = KroneckerLayerBlock(np.eye(2), np.array([3.0, 4.0]), lam=1.0)
     >>> H.kappa
@@ -385,8 +385,8 @@ class KroneckerSumBlock(LinearOperator):
     (``Bn x Bn`` system ``λI + C K``, ``C = scale·blockdiag(M_b)``, ``K = Γ ⊗ I_n``; valid for
     indefinite and singular ``M_b``) or by the projection (``nr x nr`` system), the smaller one.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> Ms = rng.standard_normal((3, 2, 2)); A = rng.standard_normal((3, 4))

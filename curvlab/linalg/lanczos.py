@@ -41,8 +41,8 @@ unconverged result issues a :class:`~curvlab.linalg.results.ConvergenceWarning`
 Krylov method finds one copy of a repeated eigenvalue per round-off
 "seed"; for multiplicities use :func:`curvlab.linalg.lobpcg` (a block method).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.linalg.testing import prescribed_spectrum_operator
 >>> ps = prescribed_spectrum_operator(np.arange(1.0, 101.0), rng=0)
@@ -250,8 +250,8 @@ def lanczos(
     Host syncs: one per step (``α_j`` and ``‖w‖`` in one transfer), plus one
     for ``‖v0‖``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> dec = lanczos(np.diag([1.0, 2.0, 3.0]), 3, v0=np.ones(3))
     >>> np.round(dec.ritz()[0], 10).tolist()
@@ -433,8 +433,8 @@ def eigsh(
     stored-product check of a claimed convergence (at most 2 refuted ones),
     and one per invariant subspace met.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> res = eigsh(np.diag(np.arange(1.0, 51.0)), k=2, which="BE", rng=0)
     >>> np.round(res.eigenvalues, 8).tolist()

@@ -22,8 +22,8 @@ Stopping rule: column ``i`` converged when
 checked again on the returned vectors with one fresh block product; a ``tol``
 below ``eps ‖A‖`` is never met (flagged "stagnated").
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> res = lobpcg(np.diag(np.arange(1.0, 101.0)), k=2, rng=0, tol=1e-6)
 >>> np.round(res.eigenvalues, 6).tolist()

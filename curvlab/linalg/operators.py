@@ -49,8 +49,8 @@ The code lives in the private package :mod:`curvlab.linalg._operators`, one modu
 stays the import path; rebinding a name here (``operators.WOODBURY_DENSE_FALLBACK_N = 10``,
 a test's monkeypatch) rebinds it in the module that uses it, as when it was one file.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.linalg.operators import DenseOperator, DiagonalOperator
 >>> A = DenseOperator(np.array([[2.0, 1.0], [1.0, 3.0]]), symmetric=True)

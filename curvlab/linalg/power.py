@@ -21,8 +21,8 @@ bias ``λ_max − vᵀĀv >= 0`` of an imperfect vector (through an unbiased
 estimate of the residual ``‖Āv − θv‖``). Method inspired by Oja (1982) and the
 averaged stochastic power method; the error decreases as batches accumulate.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> res = power_iteration(np.diag([1.0, 2.0, 10.0]), k=1, rng=0, tol=1e-10)
 >>> round(float(res.eigenvalues[0]), 8), bool(res.converged[0])
@@ -222,8 +222,8 @@ def stochastic_power(
     Host syncs: one per step (``vᵀw`` and ``‖w‖`` in one transfer), one for
     the start vector's norm and one for the evaluation groups' Gram matrix.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from curvlab.linalg.stochastic import StochasticOperator
     >>> from curvlab.linalg.operators import DenseOperator

@@ -18,8 +18,8 @@ Arrays (``eigenvectors``, diagonal estimates) live on the operator's backend
 (NumPy or CuPy); small per-value arrays (eigenvalues, residual norms, flags)
 are host NumPy arrays.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> r = TraceEstimate(estimate=3.0, std_error=0.1, n_matvecs=10, converged=True, method="hutchinson")
 >>> r.interval(2.0)

@@ -24,8 +24,8 @@ it (full reorthogonalisation, float64 coefficients, symmetric tridiagonal
 eigensolver); a probe whose Krylov space closes leaves the block.
 ``block=False`` runs the probes one after the other with ``matvec``.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> A = np.diag(np.linspace(1.0, 2.0, 200))
 >>> sd = slq(A, n_probes=10, m=20, rng=0)

@@ -28,8 +28,8 @@ Host syncs: CG two per iteration (the stopping test, ``pᵀAp``), MINRES two per
 (its scalar recurrences, all columns together), plus a few per call (``‖b‖``, the final true residual);
 closed forms sync as their operators' ``solve`` states.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.linalg.operators import DenseOperator
 >>> A = DenseOperator(np.array([[4.0, 1.0], [1.0, 3.0]]), symmetric=True, psd=True)

@@ -14,8 +14,8 @@ SLQ, trace/diagonal estimators) refuse a stochastic operator with a
 meaning; freeze one batch with :meth:`StochasticOperator.fixed`, or use
 :func:`curvlab.linalg.stochastic_power`, which is designed for it.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.linalg.operators import DiagonalOperator
 >>> data = np.arange(1.0, 11.0)

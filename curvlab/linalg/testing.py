@@ -8,8 +8,8 @@ larger ``n`` it is a product of a few random Householder reflectors (``O(n)``
 memory and matvec cost, eigenvectors still exact). :func:`named_spectrum`
 gives the standard hard cases.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.linalg.testing import prescribed_spectrum_operator, named_spectrum
 >>> ps = prescribed_spectrum_operator(named_spectrum("decaying", 50), np.random.default_rng(0))
@@ -198,8 +198,8 @@ def exact_eigvalsh(A: Any) -> np.ndarray:
     prescribed values of a :class:`PrescribedSpectrum`. Raises ``TypeError``
     for an operator without exact spectral data.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from curvlab.linalg import LowRankPlusDiagonal
     >>> np.round(exact_eigvalsh(LowRankPlusDiagonal(1.0, np.array([[1.0], [1.0]]))), 12).tolist()

@@ -36,8 +36,8 @@ All three need a square operator (not necessarily symmetric; Hutch++ and
 XTrace are designed for PSD ``A``). NaN from the operator raises
 ``FloatingPointError``.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> A = np.ones((50, 50)) + np.eye(50)
 >>> est = hutchinson(A, 30, rng=0)

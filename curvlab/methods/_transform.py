@@ -46,8 +46,8 @@ the one applied; a block used on its own applies its own. Methods that must
 also check a curvature (ArTuRO, CurvatureLR, ExactNewton, DSGD) apply the
 policy inside their ``_update``.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.methods.baselines import SGD
 >>> opt = SGD(lr=0.1)

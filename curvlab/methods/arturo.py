@@ -68,8 +68,8 @@ skipped; the multi-pass path 1 finiteness check (for all arrays together) + 1 fi
 + 1 apply + 1 per dual evaluation: ≤ 4 + 1 per dual evaluation either way
 (``tests/test_sync_budgets.py``). Each further array adds the same per array.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> opt = ArTuRO(kl_bound=0.01, reg_weight=0.1, mode="exact")
 >>> w = np.array([0.5, -1.0, 2.0]); state = opt.init(w)

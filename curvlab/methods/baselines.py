@@ -17,8 +17,8 @@ but for ``n_skipped_steps`` and ``consecutive_skips``. The direction transforms 
 when used on their own (outside a chain; inside one the chain's policy applies, checked once).
 Host syncs: one per ``update`` (the finiteness check; none with ``nan_policy="propagate"``).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> opt = Adam(lr=1e-3)
 >>> p = np.zeros(2); s = opt.init(p)

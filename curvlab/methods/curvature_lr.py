@@ -52,8 +52,8 @@ Host syncs per step: one read of ``(⟨g, d⟩, ‖d‖², base state finite)`` 
 recorded. The base gives ``d`` through the protocol's ``direction`` (no duck typing: a base
 without one, such as ArTuRO, raises ``NotImplementedError``).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> A = np.diag([1.0, 4.0])                       # f = ½θᵀAθ, g = Aθ
 >>> opt = CurvatureLR(schedule=1.0)

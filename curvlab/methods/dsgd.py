@@ -40,8 +40,8 @@ mini-batch mode passes a batch (``average="mean"``: the bound is valid for that 
 loss; ``average="max"`` with the training set as ``X``: valid for every batch).
 :func:`dsgd_train` runs either and records the chosen layer at every step.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> opt = DSGD(rule="constant", constants=[1.0, 4.0])
 >>> params = [np.zeros((2, 2)), np.zeros((1, 3))]

@@ -67,8 +67,8 @@ range check (:mod:`curvlab.models.layer_hessians`, one): 3 in all with
 ``batch_mode="average"``. ``"exact_block"`` adds the syncs of the Kronecker block solve
 (:mod:`curvlab.linalg.kronecker`). One more when some but not all samples are excluded.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.models.mlp import MLP
 >>> model = MLP([4, 3, 2], activation="tanh")
@@ -290,8 +290,8 @@ def exact_newton_directions(factors: Sequence[LayerCurvature], weights: Sequence
     the counters ``n_guarded``, ``n_indefinite``, ``n_singular`` (ints: one host read).
     ``kappa_min``, ``shift`` ≥ 0 and ``kappa_max`` > 0 are checked whatever the rule.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from curvlab.models.layer_hessians import layer_curvature
     >>> W = [np.array([[0.2, 0.1, 0.0], [0.0, -0.3, 0.1]])]            # softmax regression, 2 -> 2

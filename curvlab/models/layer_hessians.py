@@ -25,8 +25,8 @@ standalone) and :func:`layer_hessian_factors` (a :class:`curvlab.models.mlp.MLP`
 parameters). :func:`layer_hessian_block` wraps one layer's factors as a
 :class:`curvlab.linalg.kronecker.KroneckerSumBlock`.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> Ws = [rng.standard_normal((3, 5)), rng.standard_normal((2, 4))]   # 4 -> 3 -> 2, with bias
@@ -224,8 +224,8 @@ def layer_hessian_factors(model: Any, params: Any, X: Any, y: Any) -> list[Layer
     ``curvlab.models.activations.activation_derivatives`` and ``model.loss_output_derivatives``; the
     recursion then runs in float64 (:func:`backprop_curvature`).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from curvlab.models.mlp import MLP
     >>> model = MLP([4, 3, 2], activation="tanh", loss="cross_entropy")

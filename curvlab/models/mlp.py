@@ -74,8 +74,8 @@ NaN. Nothing is checked, so no host synchronisation is added on the GPU.
 ``nan_policy="raise"``: every public method first checks ``params`` and ``X``
 and raises ``FloatingPointError`` naming the argument.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.models.mlp import MLP, hessian_operator
 >>> model = MLP([4, 5, 3], activation="tanh", loss="cross_entropy")

@@ -38,8 +38,8 @@ check that passes agree, and show a tqdm bar. One batch is computed exactly as b
 
 The bound arrays are not copied and not re-checked: do not modify them in place.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.models import MLP, MLPCurvature
 >>> model = MLP([4, 5, 3], activation="tanh", loss="cross_entropy")

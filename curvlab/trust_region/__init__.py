@@ -1,7 +1,7 @@
 """Trust-region subproblems: KL (arTuRO, arXiv 2310.20574) and l2 (secular equation).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from curvlab.trust_region import solve_l2_subproblem
 >>> round(solve_l2_subproblem(np.array([3.0]), 1.0, diag=np.array([1.0])).norm, 12)

@@ -13,8 +13,8 @@ and prior precision ``p0`` (``c = h_eff + βp0``, ``G = a + (h + βp0)μ``):
 official code's bisection, quirks included) or ``"exact"`` (safeguarded
 Newton, relative tolerance ``rtol`` on the KL, inactive constraint → η = 0).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> w = np.array([1.0, -2.0]); a = np.array([0.5, 0.1]); h = np.array([1.0, 2.0]); p = np.array([10.0, 10.0])
 >>> dual = KLDual(w, a, h, p, beta=0.1, prior_prec=0.0015)

@@ -10,8 +10,8 @@ same safeguarded Newton iteration on ``‖s‖^{-1} − Δ^{-1}``
 bottom eigenspace and ``‖s(−λ_min)‖ < Δ``) adds ``τ v_min`` to reach the
 boundary.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> res = solve_l2_subproblem(np.array([1.0, 0.0]), 0.5, diag=np.array([1.0, 2.0]))
 >>> np.round(res.s, 12).tolist(), round(res.sigma, 12), res.interior     # s = -g/(1 + σ), ‖s‖ = Δ

@@ -5,8 +5,8 @@
 * :func:`from_reference_mlp` — ``(apply_fn, tree)``, the JAX twin of a
   :class:`curvlab.models.mlp.MLP` with the same weights and the same flat layout.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from_jax(to_jax(np.arange(3.0))).tolist()
 [0.0, 1.0, 2.0]
@@ -62,8 +62,8 @@ def from_reference_mlp(model: Any, params: Any) -> tuple[Callable[[Any, Any], An
     torch twin, :func:`curvlab.adapters.torch.from_reference_mlp`, needs a permutation).
     float64 needs ``jax.config.update("jax_enable_x64", True)``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from curvlab.models.mlp import MLP
     >>> m = MLP([3, 4, 2], dtype=np.float32); p = m.init_params(np.random.default_rng(0))

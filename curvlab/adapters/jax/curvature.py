@@ -58,8 +58,8 @@ The loss is ``"cross_entropy"`` (integer targets, logits on the last axis),
 axes as in :mod:`curvlab.models.mlp`, or a callable ``loss(outputs, targets)``
 returning a scalar mean over axis 0.
 
-Example
--------
+Examples
+--------
 >>> import jax, jax.numpy as jnp, numpy as np
 >>> def apply(p, X): return jnp.tanh(X @ p["w"].T) @ p["v"].T
 >>> rng = np.random.default_rng(0)

@@ -102,8 +102,8 @@ def dense(x: Any, w: Any, b: Any = None, *, name: str, weight: str | None = None
         ``x @ w + b``, bit for bit, outside ``layer_structure()``; inside it the same plus the
         layer's (zero) perturbation ``ε``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp, numpy as np
     >>> from curvlab.adapters.jax import JaxCurvature, dense
     >>> def apply(p, X):

@@ -175,8 +175,8 @@ def as_optax(transform: Transform, *, flat: bool = False, source: Any = None,
     ExactNewton, DSGD, layer extras as arrays        yes (they pass the callback) or held fixed
     ===============================================  ==========================================
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax, jax.numpy as jnp, optax
     >>> from curvlab.methods.baselines import SGD
     >>> opt = optax.chain(optax.clip_by_global_norm(1.0), as_optax(SGD(lr=0.5)))

@@ -6,8 +6,8 @@
   :class:`curvlab.models.mlp.MLP` with the same weights, and the permutation between the
   two flat layouts.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> a = np.zeros(3)
 >>> t = to_torch(a); _ = t.add_(1)       # the tensor shares a's memory
@@ -58,8 +58,8 @@ def from_reference_mlp(model: Any, params: Any) -> tuple[torch.nn.Sequential, np
     ``weight`` then ``bias`` per ``nn.Linear``. Hence
     ``H_torch = H_mlp[perm][:, perm]``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from curvlab.models.mlp import MLP
     >>> m = MLP([3, 4, 2]); p = m.init_params(np.random.default_rng(0))

@@ -71,8 +71,8 @@ and every matvec, gradient and curvature is the sample-weighted average over all
 ranks' samples (the weighted sums and counts are all-reduced through
 ``Batches``' ``reduce`` hook), equal to one process on all the data.
 
-Example
--------
+Examples
+--------
 >>> import torch, numpy as np
 >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
 <...>

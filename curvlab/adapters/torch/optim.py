@@ -254,8 +254,8 @@ class CurvlabOptimizer(torch.optim.Optimizer):
     default) reads it back, and ``load_state_dict`` restores the state and the
     groups' hyperparameters exactly: training continues bit for bit.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from curvlab.methods.baselines import SGD
     >>> w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))

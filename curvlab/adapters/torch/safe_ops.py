@@ -4,8 +4,8 @@
 ``group_norm``, ``scaled_dot_product_attention``, ``mse_loss``, ``silu`` and ``mish`` for compositions of elementary ops (same values) whose
 nested forward mode and double backward are right in torch 2.13.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> import torch.nn.functional as F
 >>> x = torch.randn(2, 4, dtype=torch.float64)

@@ -36,8 +36,8 @@ def aslinearoperator(
     docstring); ``check=False`` trusts them. A torch/JAX tensor raises
     ``TypeError`` saying how to convert it.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> op = aslinearoperator(np.eye(3), symmetric=True)
     >>> op.symmetric, op.shape

@@ -47,8 +47,8 @@ class LowRankPlusDiagonal(LinearOperator):
     valid for singular ``C``; cost ``O(n k^2 + k^3)``, with a backward-error
     check, iterative refinement and a dense fallback (see :meth:`solve`).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> U = np.array([[1.0], [1.0], [0.0]])
     >>> A = LowRankPlusDiagonal(1.0, U)

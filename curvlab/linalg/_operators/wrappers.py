@@ -40,8 +40,8 @@ class CallableOperator(LinearOperator):
     name : str, optional
         What the operator is; leads the ``repr``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> op = CallableOperator(lambda v: 2.0 * v, shape=(3, 3), dtype=np.float64, symmetric=True)
     >>> op @ np.ones(3)
