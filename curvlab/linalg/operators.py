@@ -46,8 +46,8 @@ The code lives in the private package :mod:`curvlab.linalg._operators`, one modu
 ``wrappers`` (callable, dense, diagonal, SciPy), ``lowrank`` (:class:`LowRankPlusDiagonal`),
 ``blockdiag`` (:class:`BlockDiagonalOperator`), ``conversion`` (:func:`aslinearoperator`,
 :func:`symmetry_defect`). This module re-exports every name (private helpers included) and
-stays the import path; rebinding a name here (``operators.WOODBURY_DENSE_FALLBACK_N = 10``,
-a test's monkeypatch) rebinds it in the module that uses it, as when it was one file.
+stays the import path; to change a module constant (a test's monkeypatch of
+``WOODBURY_DENSE_FALLBACK_N``), patch the ``_operators`` module that reads it.
 
 Examples
 --------
@@ -63,17 +63,8 @@ array([3.5, 1. ])
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
-# Every name is re-exported, private helpers too (other curvlab modules and tests import them from here).
-from ._operators import base as _base
-from ._operators import blockdiag as _blockdiag
-from ._operators import checks as _checks
-from ._operators import conversion as _conversion
-from ._operators import lowrank as _lowrank
-from ._operators import wrappers as _wrappers
+# Every name is re-exported, private helpers too (other curvlab modules and tests import them from
+# here). Rebinding a name here does not change it where it is used: patch the _operators module.
 from ._operators.base import (
     LinearOperator,
     ProductOperator,
@@ -120,19 +111,3 @@ __all__ = [
     "aslinearoperator",
     "symmetry_defect",
 ]
-
-#: the implementation modules whose names this module re-exports
-_PARTS = (_checks, _base, _wrappers, _lowrank, _blockdiag, _conversion)
-
-
-class _OperatorsModule(types.ModuleType):
-    """This module's type: rebinding a re-exported name also rebinds it where it is used."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        for part in _PARTS:
-            if name in vars(part):
-                setattr(part, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _OperatorsModule
