@@ -40,7 +40,9 @@ def frozen_curvature(value: float):
     """Within the block, arTuRO's RLS filter keeps ``h = value`` (and no covariance of ``h``): it still filters
     the offset ``a`` of the gradient model ``a + h·x``, with a frozen slope."""
     kernels = need("curvlab.kernels")
+    ar = need("curvlab.methods.arturo")
     orig = kernels.rls_filter_update
+    orig_fused = ar.ArTuRO.fused_steps
 
     def patched(g, w, a, h, P00, P01, P11, **kw):
         out = orig(g, w, a, h, P00, P01, P11, **kw)
@@ -50,10 +52,12 @@ def frozen_curvature(value: float):
         return out
 
     kernels.rls_filter_update = patched
+    ar.ArTuRO.fused_steps = False   # the fused warm step filters inside arturo_prepare: use the separate kernels
     try:
         yield
     finally:
         kernels.rls_filter_update = orig
+        ar.ArTuRO.fused_steps = orig_fused
 
 
 def make_optimizer(method: str, cfg: dict):

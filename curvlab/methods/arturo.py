@@ -219,6 +219,11 @@ class ArTuRO(Transform):
     nan_policy, max_consecutive_skips : the shared numerical-trouble policy (module docstring).
     """
 
+    #: Warm steps as the two fused passes of ``kernels.arturo_prepare`` / ``arturo_finish``;
+    #: False runs the separate kernels (``rls_filter_update``, the dual, the apply), which
+    #: instrumentation and ablations (paper_figures' frozen curvature) may replace.
+    fused_steps: bool = True
+
     state_class = ArTuROState
 
     def __init__(self, kl_bound: float = 0.085675, reg_weight: float = 0.058657, prior_prec: float = 0.0015,
@@ -339,7 +344,9 @@ class ArTuRO(Transform):
         W = [w.reshape(-1) for w in P]
         Gf = [g.reshape(-1).astype(w.dtype, copy=False) for g, w in zip(G, W)]
         Sf = [[x.reshape(-1) for x in leaves] for leaves in S]
-        fused = state.count > 0 and not self.psd_guard  # pass 1 reads the state only (module docstring)
+        # pass 1 reads the state only (module docstring); fused_steps=False runs the same step as
+        # separate kernels (filter, duals, apply: more passes, the same numbers to rounding)
+        fused = self.fused_steps and state.count > 0 and not self.psd_guard
         if self.nan_policy != "propagate" and not fused:
             if xp is np:  # the fused count (no temporary); no sync to save on the host
                 bad = any(kernels.count_nonfinite(g, impl=self.impl) for g in Gf)

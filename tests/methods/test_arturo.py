@@ -560,3 +560,24 @@ def test_reported_kl_is_the_achieved_mean_kl_of_the_step(mode):
         w_new, st, info = _step(opt, w, _grad(w, t), st)
         assert info.kl == pytest.approx(kl_of_step(w_new, w, p_old), rel=1e-9, abs=1e-15), (t, info)
         w = w_new
+
+
+@pytest.mark.parametrize("mode", ["exact", "reference"])
+def test_unfused_steps_follow_the_fused_trajectory(mode):
+    """fused_steps=False (the separate kernels, which ablations instrument) takes the same steps
+    as the fused warm step, to rounding, over 20 steps."""
+    rng = np.random.default_rng(5)
+    w0 = rng.standard_normal(300)
+    trajs = []
+    for fused in (True, False):
+        opt = ArTuRO(mode=mode, kl_bound=0.05)
+        opt.fused_steps = fused
+        w, st, r = w0.copy(), opt.init(w0), np.random.default_rng(6)
+        out = []
+        for _ in range(20):
+            u, st = opt.update(2.0 * w + r.standard_normal(300), st, w)
+            w = w + u
+            out.append(w.copy())
+        trajs.append(np.array(out))
+    assert np.abs(trajs[0][-1] - w0).max() > 1e-3
+    np.testing.assert_allclose(trajs[1], trajs[0], rtol=1e-9, atol=1e-12)

@@ -89,6 +89,7 @@ def test_frozen_curvature_keeps_h_and_is_undone():
         with abl.frozen_curvature(0.1):
             raise RuntimeError("boom")
     assert kernels.rls_filter_update is orig  # restored after an exception too
+    assert ar.ArTuRO.fused_steps is True
 
 
 # ----------------------------------------------------------------------------- 001_stability
