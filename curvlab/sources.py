@@ -67,13 +67,39 @@ DSGD                          the layer blocks of ``layout``; the rigorous const
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from .batches import Batches
 from .layout import Layout
 
-__all__ = ["Batches", "CurvatureSource", "DenseLayer", "LayerStructureUnavailable"]
+__all__ = ["Batches", "CurvatureSource", "DenseLayer", "LayerStructureUnavailable", "DEFAULT_CACHE_BYTES",
+           "check_cache_bytes"]
+
+#: The default bound of a source's product cache (``cache_bytes``): 1 GiB.
+DEFAULT_CACHE_BYTES = 2**30
+
+
+def check_cache_bytes(cache_bytes: Any) -> int | None:
+    """``cache_bytes`` validated: a non-negative int (bytes; 0 disables the product cache) or
+    None (no bound); a bool is refused.
+
+    Examples
+    --------
+    >>> check_cache_bytes(2**20), check_cache_bytes(None)
+    (1048576, None)
+    """
+    if cache_bytes is None:
+        return None
+    if isinstance(cache_bytes, (bool, np.bool_)) or not isinstance(cache_bytes, numbers.Integral):
+        raise TypeError(f"cache_bytes must be a non-negative int (bytes) or None (no bound), got "
+                        f"{type(cache_bytes).__name__} {cache_bytes!r}")
+    if int(cache_bytes) < 0:
+        raise ValueError(f"cache_bytes must be >= 0 (0 disables the product cache), got {int(cache_bytes)}")
+    return int(cache_bytes)
 
 
 class LayerStructureUnavailable(NotImplementedError):

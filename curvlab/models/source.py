@@ -65,32 +65,13 @@ True
 from __future__ import annotations
 
 import itertools
-import numbers
 import threading
 from typing import Any, Callable
 
-import numpy as np
-
 from ..batches import Batches, as_batches
-from ..sources import DenseLayer
+from ..sources import DEFAULT_CACHE_BYTES, DenseLayer, check_cache_bytes
 from .mlp import MLP
 from .mlp_products import _KINDS, Array, CurvatureOperator, PrimalState
-
-#: the default bound of the product cache: 1 GiB
-DEFAULT_CACHE_BYTES = 2**30
-
-
-def check_cache_bytes(cache_bytes: Any) -> int | None:
-    """``cache_bytes`` validated: a non-negative int or None (a bool is refused)."""
-    if cache_bytes is None:
-        return None
-    if isinstance(cache_bytes, (bool, np.bool_)) or not isinstance(cache_bytes, numbers.Integral):
-        raise TypeError(f"cache_bytes must be a non-negative int (bytes) or None (no bound), got "
-                        f"{type(cache_bytes).__name__} {cache_bytes!r}")
-    if int(cache_bytes) < 0:
-        raise ValueError(f"cache_bytes must be >= 0 (0 disables the product cache), got {int(cache_bytes)}")
-    return int(cache_bytes)
-
 
 class _ProductCache:
     """The :class:`PrimalState` of each batch of one source, in pass order, within ``limit``

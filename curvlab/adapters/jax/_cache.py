@@ -13,28 +13,14 @@ reference MLP: ``cache_bytes`` on the constructor, ``cache_info()`` on the sourc
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from ...sources import DEFAULT_CACHE_BYTES, check_cache_bytes
+
 __all__ = ["DEFAULT_CACHE_BYTES", "ProductCache", "check_cache_bytes", "tree_nbytes"]
-
-#: The default bound: 1 GiB.
-DEFAULT_CACHE_BYTES = 2**30
-
-
-def check_cache_bytes(cache_bytes: Any) -> int | None:
-    """``cache_bytes`` validated: a non-negative int or None (a bool is refused)."""
-    if cache_bytes is None:
-        return None
-    if isinstance(cache_bytes, (bool, np.bool_)) or not isinstance(cache_bytes, numbers.Integral):
-        raise TypeError(f"cache_bytes must be a non-negative int (bytes) or None (no bound), got "
-                        f"{type(cache_bytes).__name__} {cache_bytes!r}")
-    if int(cache_bytes) < 0:
-        raise ValueError(f"cache_bytes must be >= 0 (0 disables the product cache), got {int(cache_bytes)}")
-    return int(cache_bytes)
 
 
 def _same_batch(X0: Any, y0: Any, X: Any, y: Any) -> bool:

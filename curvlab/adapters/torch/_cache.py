@@ -15,24 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 
+from ...sources import DEFAULT_CACHE_BYTES, check_cache_bytes
+
 __all__ = ["check_cache_bytes", "SavedBytes", "CacheEntry", "ProductCache", "DEFAULT_CACHE_BYTES"]
-
-DEFAULT_CACHE_BYTES = 2**30
-
-
-def check_cache_bytes(cache_bytes: Any) -> int | None:
-    """``cache_bytes`` validated: a non-negative int or None (no bound); bool refused."""
-    if cache_bytes is None:
-        return None
-    if isinstance(cache_bytes, (bool, np.bool_)) or not isinstance(cache_bytes, (int, np.integer)):
-        raise TypeError(f"cache_bytes must be a non-negative int (bytes) or None (no bound), "
-                        f"got {type(cache_bytes).__name__} {cache_bytes!r}")
-    if cache_bytes < 0:
-        raise ValueError(f"cache_bytes must be >= 0 (0 disables the product cache), got {cache_bytes}")
-    return int(cache_bytes)
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
