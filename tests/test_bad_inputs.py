@@ -407,7 +407,8 @@ ENTRIES: dict[str, Entry] = {
                                                        "v0": (lambda: vec(), "array?"), "rng": (lambda: 0, "rng")},
                              check=check_eigpairs),
     "stochastic_power": Entry(curvlab.stochastic_power, {"A": (sym, "symop"), "n_steps": (lambda: 50, "count"),
-                                                         "burn_in": (lambda: 0.3, "pos"), "rng": (lambda: 0, "rng")},
+                                                         "burn_in": (lambda: 0.3, "pos"), "rng": (lambda: 0, "rng"),
+                                                         "tol": (lambda: 0.5, "pos?")},
                               skip={("n_steps", "huge"): "a long run is a valid request (no convergence test)"},
                               twin=False,
                               check=confirms(lambda res, kw: _ok(

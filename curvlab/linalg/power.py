@@ -31,6 +31,8 @@ Examples
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -245,8 +247,9 @@ def stochastic_power(
         raise TypeError(f"eval_fraction must be a float in (0, 1), got {type(eval_fraction).__name__}")
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-    if tol is not None and not (isinstance(tol, (int, float, np.floating)) and tol > 0):
-        raise ValueError(f"tol must be None or a float > 0, got {tol!r}")
+    if tol is not None and (isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.floating))
+                            or not math.isfinite(tol) or tol <= 0):
+        raise ValueError(f"tol must be None or a finite float > 0, got {tol!r}")
     xp, dt = op.xp, op.dtype
     g = backend.default_rng(rng, xp)
     v = start_vectors(op, v0, g)

@@ -317,3 +317,12 @@ def test_stochastic_power_burn_in_errors_name_burn_in(bad, exc):
         stochastic_power(A, 20, burn_in=bad, rng=0)
     with pytest.raises(TypeError, match=r"^eval_fraction must be"):
         stochastic_power(A, 20, eval_fraction="0.25", rng=0)
+
+
+@pytest.mark.parametrize("tol", [True, float("inf"), float("nan"), 0.0, -1e-3])
+def test_stochastic_power_refuses_a_meaningless_tol(tol):
+    """tol=True (bool), inf or nan would make the convergence test vacuous: refused, naming tol."""
+    from curvlab.linalg.power import stochastic_power
+
+    with pytest.raises(ValueError, match="tol"):
+        stochastic_power(np.diag([3.0, 1.0, 0.5]), 8, tol=tol, rng=0)
