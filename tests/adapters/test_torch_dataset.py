@@ -193,10 +193,14 @@ def test_mc_fisher_over_a_shuffling_stream_raises_instead_of_mispairing_labels()
     v = np.random.default_rng(8).standard_normal(sum(p.numel() for p in model.parameters()))
     ref = TorchCurvature(model, "cross_entropy", data).fisher("mc", rng=7) @ v
     for cache_bytes in (0, None):
-        fixed = TorchCurvature(model, "cross_entropy", lambda: iter(data), cache_bytes=cache_bytes)
+        # fresh (equal) tensors at every pass, as a DataLoader yields: checked by fingerprint
+        fixed = TorchCurvature(model, "cross_entropy", lambda: iter([(a.clone(), b.clone()) for a, b in data]),
+                               cache_bytes=cache_bytes)
         F = fixed.fisher("mc", rng=7)
         for _ in range(2):
             assert np.abs(F @ v - ref).max() <= 1e-13 * np.abs(ref).max()
+        V = np.stack([v, -2 * v], axis=1)
+        assert np.abs(F.matmat(V) - np.stack([ref, -2 * ref], axis=1)).max() <= 2e-13 * np.abs(ref).max()
         shuffled = TorchCurvature(model, "cross_entropy", lambda: iter([data[i] for i in next(orders)]),
                                   cache_bytes=cache_bytes)
         F = shuffled.fisher("mc", rng=7)
