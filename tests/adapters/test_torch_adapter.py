@@ -504,3 +504,44 @@ def test_jets_never_inline_a_custom_autograd_function(rng):
     assert c == nested.directional_curvature(d)
     assert torch.autograd.Function.apply.__func__ is not None  # the class was restored
     assert Clip.apply(torch.zeros(1)).shape == (1,)
+
+
+def test_tracing_does_not_break_autograd_functions_in_other_threads():
+    """trace_model replaces torch.autograd.Function.apply while fx traces (to refuse custom
+    Functions in the traced model); another thread's Function.apply meanwhile runs as usual,
+    and the original apply is restored."""
+    import threading
+    import time
+
+    from curvlab.adapters.torch import _taylor
+
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.3)            # the trace is in progress while the other thread runs
+            return x + 1
+
+    before = torch.autograd.Function.__dict__["apply"]
+    out, errors = [], []
+
+    def other():
+        time.sleep(0.05)
+        try:
+            out.append(float(Square.apply(torch.tensor(3.0))))
+        except Exception as e:  # noqa: BLE001 - the failure this test guards against
+            errors.append(e)
+
+    t = threading.Thread(target=other)
+    t.start()
+    _taylor.trace_model(Slow())
+    t.join()
+    assert errors == [] and out == [9.0]
+    assert torch.autograd.Function.__dict__["apply"] is before

@@ -19,6 +19,7 @@ raises :class:`TaylorUnavailable` and the caller uses nested forward mode.
 from __future__ import annotations
 
 import operator
+import threading
 from typing import Any, Callable
 
 import torch
@@ -29,6 +30,9 @@ from torch import nn
 __all__ = ["TaylorUnavailable", "trace_model", "taylor_loss"]
 
 Jet = tuple[Any, Any, Any]
+
+#: held while ``trace_model`` replaces ``torch.autograd.Function.apply``
+_TRACE_LOCK = threading.Lock()
 
 
 class TaylorUnavailable(RuntimeError):
@@ -46,21 +50,26 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
     """``model`` traced by ``torch.fx`` (raises :class:`TaylorUnavailable` when it cannot be)."""
     if _has_hooks(model):
         raise TaylorUnavailable("the model has forward hooks (torch.fx would drop them)")
-    descriptor = torch.autograd.Function.__dict__["apply"]
+    tracer = threading.get_ident()
+    descriptor: Any = None  # the original classmethod, read under the lock
 
     def refuse(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != tracer:  # another thread's Function runs as usual meanwhile
+            return descriptor.__func__(cls, *args, **kwargs)
         # fx would inline the Function's forward and lose its custom derivative rules
         raise TaylorUnavailable(f"the model calls the custom autograd.Function {cls.__name__}")
 
-    try:
-        setattr(torch.autograd.Function, "apply", classmethod(refuse))
-        return fx.symbolic_trace(model)
-    except TaylorUnavailable:
-        raise
-    except Exception as e:  # data-dependent control flow, unsupported Python
-        raise TaylorUnavailable(f"torch.fx cannot trace the model ({type(e).__name__})") from e
-    finally:
-        setattr(torch.autograd.Function, "apply", descriptor)
+    with _TRACE_LOCK:  # one patch at a time: a second tracing thread never restores the wrong apply
+        descriptor = torch.autograd.Function.__dict__["apply"]
+        try:
+            setattr(torch.autograd.Function, "apply", classmethod(refuse))
+            return fx.symbolic_trace(model)
+        except TaylorUnavailable:
+            raise
+        except Exception as e:  # data-dependent control flow, unsupported Python
+            raise TaylorUnavailable(f"torch.fx cannot trace the model ({type(e).__name__})") from e
+        finally:
+            setattr(torch.autograd.Function, "apply", descriptor)
 
 
 def _is_jet(x: Any) -> bool:
